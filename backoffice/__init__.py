@@ -1,0 +1,1 @@
+"""signalhub back office: the system of record (data model, domain rules, servicers, workers)."""

@@ -1,0 +1,1 @@
+"""Back-office gRPC servicers: each method decodes, calls one domain function, encodes."""

@@ -1,0 +1,153 @@
+"""Who is calling: bearer API tokens for users and admins, SH1 signatures for producers and devices."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backoffice import signing
+from backoffice.errors import Unauthenticated
+from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus, Role, User
+from backoffice.nonces import NonceStore
+from backoffice.signing import AuthFailure, SignatureError
+from backoffice.vault import Binding, Vault
+
+TOKEN_PREFIX = "sht_"
+AUTHORIZATION_HEADER = "authorization"
+# last_used_at is a hint for people, not an audit trail: refresh it at most this often per token.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated principal of one call."""
+
+    kind: ActorType
+    id: uuid.UUID
+    role: Role | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind is ActorType.USER and self.role is Role.ADMIN
+
+
+def new_api_token() -> tuple[str, bytes]:
+    """(the ``sht_`` token shown once, the hash that is stored)."""
+    raw = secrets.token_bytes(32)
+    shown = TOKEN_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return shown, hash_api_token(shown)
+
+
+def hash_api_token(shown: str) -> bytes:
+    return hashlib.sha256(shown.encode("utf-8")).digest()
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    for key, value in metadata:
+        if key == AUTHORIZATION_HEADER and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            break
+    raise Unauthenticated("missing 'authorization: Bearer <api token>' metadata", reason="TOKEN_MISSING")
+
+
+async def authenticate_token(session: AsyncSession, token: str) -> Caller:
+    row = (
+        await session.execute(
+            select(ApiToken.id, ApiToken.last_used_at, User.id, User.role)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == hash_api_token(token), ApiToken.revoked_at.is_(None))
+        )
+    ).first()
+    if row is None:
+        raise Unauthenticated("unknown or revoked API token", reason="TOKEN_INVALID")
+    token_id, last_used_at, user_id, role = row
+    now = datetime.now(UTC)
+    if last_used_at is None or now - last_used_at > _LAST_USED_RESOLUTION:
+        await session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+    return Caller(ActorType.USER, user_id, role)
+
+
+@dataclass(frozen=True)
+class SignedKey:
+    """A producer or device whose signature verified; ``secret`` is the one that matched."""
+
+    kind: ActorType
+    id: uuid.UUID
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"SignedKey(kind={self.kind.value}, id={self.id})"
+
+    def caller(self) -> Caller:
+        return Caller(self.kind, self.id)
+
+
+class KeyKind(Enum):
+    PRODUCER = (ActorType.PRODUCER, Producer, ProducerStatus.REVOKED)
+    DEVICE = (ActorType.DEVICE, Device, DeviceStatus.REVOKED)
+
+
+class SignatureVerifier:
+    """CONTRACT.md's verification order: well-formed headers, timestamp within tolerance, signature over
+    the raw bytes in constant time against the current and (inside its grace period) previous secret,
+    and only then the nonce is recorded, so a bad signature can never burn one."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        vault: Vault,
+        nonces: NonceStore,
+        tolerance_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sessions = sessions
+        self._vault = vault
+        self._nonces = nonces
+        self._tolerance = tolerance_seconds
+        self._clock = clock
+
+    async def verify(
+        self, kind: KeyKind, method: str, metadata: Iterable[tuple[str, str | bytes]], body: bytes
+    ) -> SignedKey:
+        headers = signing.parse_headers(metadata)
+        signing.check_timestamp(headers, self._clock(), self._tolerance)
+        actor, model, revoked_status = kind.value
+        try:
+            key_uuid = uuid.UUID(headers.key_id)
+        except ValueError:
+            raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify") from None
+        async with self._sessions() as session:
+            row = await session.get(model, key_uuid)
+        if row is None:
+            # Unknown keys fail exactly like bad signatures, so key ids cannot be probed.
+            raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
+        candidates = self._candidate_secrets(row)
+        matched = signing.match_secret(headers, method, body, candidates)
+        if matched is None:
+            raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
+        if row.status == revoked_status:
+            raise SignatureError(AuthFailure.KEY_REVOKED, f"this {actor.value.lower()} key is revoked")
+        if not await self._nonces.remember(headers.key_id, headers.nonce):
+            raise SignatureError(AuthFailure.NONCE_REPLAYED, "nonce was already used")
+        return SignedKey(actor, key_uuid, candidates[matched])
+
+    def _candidate_secrets(self, row: Producer | Device) -> Sequence[bytes]:
+        table = row.__tablename__
+        found = [self._vault.open(row.secret_sealed, Binding(table, str(row.id), "secret_sealed"))]
+        expires = row.previous_secret_expires_at
+        if row.previous_secret_sealed and expires is not None and expires.timestamp() > self._clock():
+            binding = Binding(table, str(row.id), "previous_secret_sealed")
+            found.append(self._vault.open(row.previous_secret_sealed, binding))
+        return found

@@ -1,0 +1,83 @@
+"""Composition root of the back office: wires settings, engine, Redis, the vault and the servicers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from backoffice import db
+from backoffice.api.accounts import AccountServicer
+from backoffice.api.registry import service_handler
+from backoffice.auth import SignatureVerifier
+from backoffice.config import Settings
+from backoffice.interceptors import Auth, RpcInterceptor
+from backoffice.nonces import NonceStore
+from backoffice.serving import Server
+from backoffice.vault import Vault
+from signalhub.v1 import backoffice_pb2
+
+SIGNAL_SERVICE = "/signalhub.v1.SignalService/"
+METHOD_AUTH = {
+    SIGNAL_SERVICE + "SubmitSignal": Auth.PRODUCER_SIGNED,
+    SIGNAL_SERVICE + "SubmitQuotes": Auth.PRODUCER_SIGNED,
+    SIGNAL_SERVICE + "CancelSignal": Auth.PRODUCER_SIGNED_OR_BEARER,
+}
+SERVICES = tuple(backoffice_pb2.DESCRIPTOR.services_by_name.values())
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What both processes open once at start and close at stop."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    vault: Vault
+    nonces: NonceStore
+    verifier: SignatureVerifier
+
+
+def open_redis(settings: Settings) -> Redis:
+    # Short timeouts: when Redis is down, callers fall back (nonces) or carry on (hints) quickly.
+    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+@asynccontextmanager
+async def resources(settings: Settings) -> AsyncIterator[Resources]:
+    master = settings.require_master_key()
+    engine = db.create_engine(settings)
+    sessions = db.session_factory(engine)
+    redis = open_redis(settings)
+    vault = Vault(master, settings.previous_master_keys)
+    nonces = NonceStore(redis, sessions, settings.nonce_ttl_seconds)
+    verifier = SignatureVerifier(sessions, vault, nonces, settings.signature_tolerance_seconds)
+    try:
+        yield Resources(settings, engine, sessions, redis, vault, nonces, verifier)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def build_server(res: Resources, address: str | None = None) -> Server:
+    interceptor = RpcInterceptor(
+        policies=METHOD_AUTH,
+        default_policy=Auth.BEARER,
+        sessions=res.sessions,
+        verifier=res.verifier,
+        max_in_flight=res.settings.max_concurrent_rpcs,
+    )
+    server = Server(
+        res.settings,
+        address or res.settings.backoffice_address,
+        [interceptor],
+        [s.full_name for s in SERVICES],
+    )
+    servicers: dict[str, object] = {"AccountService": AccountServicer(res.sessions)}
+    for service in SERVICES:
+        server.grpc.add_generic_rpc_handlers([service_handler(service, servicers.get(service.name, object()))])
+    return server

@@ -1,0 +1,109 @@
+"""The `signalhub` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backoffice import accounts, bootstrap, logs, schema, serving, vault, worker
+from backoffice.config import STATE_DIR, ConfigError, Settings
+from backoffice.embedded import EmbeddedUnavailable
+from backoffice.errors import DomainError
+from backoffice.local import load_settings
+from backoffice.models import Role
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signalhub", description="Trading signals from strategies to terminals.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="everything on one machine (embedded Postgres/Redis when no URLs are set)")
+    up.add_argument("--state-dir", type=Path, default=STATE_DIR)
+    commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    serve = commands.add_parser("serve", help="run one process")
+    serve.add_argument("process", choices=["backoffice", "gateway", "worker"])
+    admin = commands.add_parser("admin", help="administration").add_subparsers(dest="admin_command", required=True)
+    create_user = admin.add_parser("create-user", help='prints {"user_id", "api_token"}')
+    create_user.add_argument("--email", required=True)
+    create_user.add_argument("--role", choices=["admin", "user"], default="user")
+    create_producer = admin.add_parser("create-producer", help='prints {"producer_id", "secret"}')
+    create_producer.add_argument("--name", required=True)
+    admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
+    admin.add_parser("generate-master-key", help="print a new random master key (base64)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            logs.configure("WARNING")
+            asyncio.run(_up(args.state_dir))
+            return
+        if args.command == "admin" and args.admin_command == "generate-master-key":
+            print(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
+            return
+        settings = load_settings()
+        logs.configure(settings.log_level)
+        if args.command == "migrate":
+            schema.upgrade(settings)
+        elif args.command == "serve":
+            asyncio.run(_serve(settings, args.process))
+        elif args.command == "admin":
+            print(json.dumps(asyncio.run(_admin(settings, args))))
+    except ConfigError as exc:
+        sys.exit(f"signalhub: {exc}")
+    except EmbeddedUnavailable as exc:
+        sys.exit(f"signalhub: {exc}")
+    except DomainError as exc:
+        sys.exit(f"signalhub: {exc.message}")
+    except KeyboardInterrupt:
+        pass
+
+
+async def _up(state_dir: Path) -> None:
+    from backoffice import up  # imports the gateway too; only `up` needs both
+
+    await up.run(state_dir)
+
+
+async def _serve(settings: Settings, process: str) -> None:
+    stop = asyncio.Event()
+    serving.install_stop_signals(stop)
+    async with bootstrap.resources(settings) as res:
+        if process == "worker":
+            await worker.run(res, stop)
+            return
+        if process == "gateway":
+            from gateway.bootstrap import build_server
+        else:
+            build_server = bootstrap.build_server
+        server = build_server(res)
+        await server.start()
+        serving.start_metrics(settings)
+        await stop.wait()
+        await server.stop()
+
+
+async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
+    async with bootstrap.resources(settings) as res, res.sessions.begin() as session:
+        if args.admin_command == "create-user":
+            role = Role.ADMIN if args.role == "admin" else Role.USER
+            user, token = await accounts.create_user(session, email=args.email, role=role)
+            return {"user_id": str(user.id), "api_token": token}
+        if args.admin_command == "create-producer":
+            producer, secret = await accounts.create_producer(session, res.vault, name=args.name)
+            return {"producer_id": str(producer.id), "secret": secret}
+        if args.admin_command == "rotate-master-key":
+            changed = await vault.reseal_all(session, res.vault)
+            return {"resealed": changed, "master_key_id": res.vault.current_key_id}
+    raise AssertionError(args.admin_command)
+
+
+if __name__ == "__main__":
+    main()

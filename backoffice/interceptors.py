@@ -1,0 +1,242 @@
+"""Server interceptors that re-wrap each method handler: request id and access log, admission control,
+authentication (bearer token, or an SH1 signature verified over the raw request bytes), and the mapping
+of domain exceptions to gRPC status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter, Histogram
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from backoffice import auth, errors
+from backoffice.auth import Caller, KeyKind, SignatureVerifier
+from backoffice.logs import request_id_var
+from backoffice.rpc_errors import as_domain_error, build_status, trailing_metadata
+from backoffice.signing import SignatureError
+
+log = logging.getLogger("signalhub.rpc")
+
+caller_var: ContextVar[Caller | None] = ContextVar("caller", default=None)
+
+RPC_SECONDS = Histogram("signalhub_rpc_seconds", "Time to answer a unary RPC", ["method", "code"])
+RPC_REJECTED = Counter("signalhub_rpc_rejected_total", "RPCs refused by admission control", ["method"])
+
+REQUEST_ID_HEADER = "x-request-id"
+_TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# Health checks and reflection are open to anyone and never counted against the admission limit.
+_OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+if TYPE_CHECKING:  # generic only in the type stubs
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    Context = grpc.aio.ServicerContext
+_UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
+_StreamBehavior = Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]
+
+
+class Auth(Enum):
+    """How a method's caller proves who it is."""
+
+    BEARER = "bearer"  # authorization: Bearer <api token>
+    PRODUCER_SIGNED = "producer-signed"  # SH1 signature over the raw request bytes
+    PRODUCER_SIGNED_OR_BEARER = "producer-signed-or-bearer"
+    SELF = "self"  # the servicer authenticates (the device stream open)
+    NONE = "none"
+
+
+def current_caller() -> Caller:
+    caller = caller_var.get()
+    if caller is None:  # a wiring bug, never a client's doing
+        raise RuntimeError("no authenticated caller in this context")
+    return caller
+
+
+@dataclass(frozen=True)
+class _CallInfo:
+    method: str
+    metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        *,
+        policies: Mapping[str, Auth],
+        default_policy: Auth,
+        sessions: Any,
+        verifier: SignatureVerifier | None,
+        max_in_flight: int,
+    ) -> None:
+        self._policies = policies
+        self._default = default_policy
+        self._sessions = sessions
+        self._verifier = verifier
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_SERVICES):
+            return handler
+        policy = self._policies.get(method, self._default)
+        if handler.unary_unary is not None:
+            return self._wrap_unary(handler, method, policy)
+        if handler.stream_stream is not None:
+            return self._wrap_stream(handler, method)
+        return handler
+
+    def _wrap_unary(self, handler: Handler, method: str, policy: Auth) -> Handler:
+        inner = cast(_UnaryBehavior, handler.unary_unary)
+        deserialize = handler.request_deserializer
+        signed = policy in (Auth.PRODUCER_SIGNED, Auth.PRODUCER_SIGNED_OR_BEARER)
+
+        async def behavior(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            metadata = _metadata(context)
+            request_id_var.set(_request_id(metadata))
+            if not self._admit(method):
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await _abort(context, errors.ResourceExhausted("server is at capacity; retry with backoff"))
+            try:
+                if signed:
+                    # The handler was registered without a deserializer: `request` is the raw wire bytes,
+                    # which the signature covers.
+                    raw: bytes = request
+                    caller = await self._authenticate(policy, method, metadata, raw)
+                    try:
+                        request = deserialize(raw) if deserialize else raw
+                    except DecodeError:
+                        raise errors.InvalidArgument([("", "request is not a valid message")]) from None
+                else:
+                    caller = await self._authenticate(policy, method, metadata, b"")
+                caller_var.set(caller)
+                return await inner(request, context)
+            except Exception as exc:  # noqa: BLE001 - every failure is mapped to a status here, once
+                code = await _fail(context, exc, method)
+            finally:
+                self._in_flight -= 1
+                RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
+                log.info(
+                    "rpc",
+                    extra={"method": method, "code": code.name, "ms": round((time.perf_counter() - started) * 1e3, 2)},
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=None if signed else deserialize,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_stream(self, handler: Handler, method: str) -> Handler:
+        inner = cast(_StreamBehavior, handler.stream_stream)
+
+        async def behavior(requests: AsyncIterator[Any], context: Context) -> Any:
+            request_id_var.set(_request_id(_metadata(context)))
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for response in inner(requests, context):
+                    yield response
+            except Exception as exc:  # noqa: BLE001 - every failure is mapped to a status here, once
+                code = await _fail(context, exc, method)
+            finally:
+                log.info(
+                    "stream closed",
+                    extra={"method": method, "code": code.name, "seconds": round(time.perf_counter() - started, 3)},
+                )
+
+        return grpc.stream_stream_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _admit(self, method: str) -> bool:
+        # The aio server does not reliably enforce maximum_concurrent_rpcs (grpc#30424), so we count.
+        self._in_flight += 1
+        if self._in_flight > self._max_in_flight:
+            RPC_REJECTED.labels(method).inc()
+            return False
+        return True
+
+    async def _authenticate(
+        self, policy: Auth, method: str, metadata: tuple[tuple[str, str | bytes], ...], raw: bytes
+    ) -> Caller | None:
+        if policy in (Auth.NONE, Auth.SELF):
+            return None
+        has_signature = any(key == "x-sh-signature" for key, _ in metadata)
+        if policy is Auth.PRODUCER_SIGNED or (policy is Auth.PRODUCER_SIGNED_OR_BEARER and has_signature):
+            if self._verifier is None:
+                raise RuntimeError("signed method served without a signature verifier")
+            try:
+                key = await self._verifier.verify(KeyKind.PRODUCER, method, metadata, raw)
+            except SignatureError as exc:
+                raise as_domain_error(exc) from None
+            return key.caller()
+        token = auth.bearer_token(metadata)
+        async with self._sessions.begin() as session:
+            return await auth.authenticate_token(session, token)
+
+
+def _metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:
+    return tuple((m[0], m[1]) for m in (context.invocation_metadata() or ()))
+
+
+def _request_id(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
+    for key, value in metadata:
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable():
+            return value
+    return uuid.uuid4().hex
+
+
+async def _fail(context: Context, exc: BaseException, method: str) -> grpc.StatusCode:
+    """Turn any exception into a status; re-raises an abort that is already under way."""
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc
+    if _is_abort(exc):
+        raise exc
+    if isinstance(exc, errors.DomainError):
+        error = exc
+    elif isinstance(exc, NotImplementedError):
+        error = errors.NotImplementedYet(f"{method} is not implemented yet")
+    elif isinstance(exc, _TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        log.warning("transient failure", exc_info=exc)
+        error = errors.Unavailable("a backing service is unavailable; retry with backoff")
+    else:
+        log.error("unexpected failure", exc_info=exc)
+        error = errors.DomainError("internal error; quote the request id when reporting it", reason="INTERNAL")
+    code = await _abort(context, error)
+    return code  # pragma: no cover - _abort raises
+
+
+async def _abort(context: Context, error: errors.DomainError) -> grpc.StatusCode:
+    code, status = build_status(error, request_id_var.get())
+    await context.abort(code, status.message, trailing_metadata(status))
+    return code  # pragma: no cover - abort raises
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # grpc.aio raises its own AbortError out of context.abort(); it must pass through untouched.
+    return type(exc).__name__ == "AbortError"

@@ -1,0 +1,101 @@
+"""What every signalhub gRPC server shares: channel options, health, reflection, metrics and a
+graceful stop (health NOT_SERVING, drain in-flight calls, close)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from backoffice.config import Settings
+
+log = logging.getLogger("signalhub.serving")
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Keepalive and limits; the bridge SDK's channel options mirror these (too_many_pings otherwise)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 3),
+        ("grpc.http2.max_pings_without_data", 0),
+        # After a deploy, long-lived streams drift to new replicas: GOAWAY after an hour, then 5 min grace.
+        ("grpc.max_connection_age_ms", 3_600_000),
+        ("grpc.max_connection_age_grace_ms", 300_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class Server:
+    """A grpc.aio server with health and reflection, serving until ``stop`` is called or SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        address: str,
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+        service_names: Sequence[str],
+    ) -> None:
+        self.settings = settings
+        self.address = address
+        self.grpc = grpc.aio.server(interceptors=list(interceptors), options=server_options(settings))
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self._service_names = tuple(service_names)
+        reflection.enable_server_reflection((*self._service_names, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.grpc)
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        self.port = self.grpc.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+        await self.grpc.start()
+        for name in ("", *self._service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"address": self.bound_address, "services": list(self._service_names)})
+        return self.port
+
+    @property
+    def bound_address(self) -> str:
+        host = self.address.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Tell load balancers first, then let in-flight calls finish within the grace period."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.settings.shutdown_grace_seconds)
+        log.info("stopped", extra={"address": self.bound_address})
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def start_metrics(settings: Settings) -> None:
+    host, _, port = settings.metrics_address.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host)
+    except OSError as exc:
+        # A second process on one machine: metrics are useful, never a reason not to serve.
+        log.warning("metrics endpoint not started", extra={"address": settings.metrics_address, "error": str(exc)})

@@ -1,0 +1,104 @@
+"""`signalhub up`: everything on one machine, for a newcomer and for demos.
+
+Uses SIGNALHUB_DATABASE_URL / SIGNALHUB_REDIS_URL when set, else embedded Postgres and Redis with data
+under ./.signalhub/; migrates; creates (or reuses) a demo admin, user, producer and device; serves the
+back office and the gateway until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving
+from backoffice.bootstrap import Resources
+from backoffice.config import ENV_PREFIX, Settings
+from backoffice.errors import Unauthenticated
+from backoffice.models import ActorType, Role
+from gateway import bootstrap as gateway_bootstrap
+
+log = logging.getLogger("signalhub.up")
+
+DEMO_DATABASE = "signalhub"
+
+
+async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
+    """The demo credentials: reused while they still authenticate, created afresh otherwise."""
+    path = state_dir / local.DEMO_FILE
+    if path.exists():
+        demo: dict[str, str] = json.loads(path.read_text())
+        try:
+            async with res.sessions.begin() as session:
+                await auth.authenticate_token(session, demo["admin_token"])
+            return demo
+        except (Unauthenticated, KeyError):
+            log.info("demo credentials in demo.json are stale; creating new ones")
+    async with res.sessions.begin() as session:
+        admin, admin_token = await accounts.create_user(session, email="admin@demo.signalhub", role=Role.ADMIN)
+        user, user_token = await accounts.create_user(session, email="trader@demo.signalhub", role=Role.USER)
+        producer, producer_secret = await accounts.create_producer(session, res.vault, name="demo strategy")
+        device, device_secret = await devices.register_device(
+            session,
+            res.vault,
+            owner=auth.Caller(kind=ActorType.USER, id=user.id, role=Role.USER),
+            name="demo terminal",
+            symbol_map={"XAUUSD": "GOLD.m"},
+        )
+    return {
+        "admin_token": admin_token,
+        "user_token": user_token,
+        "producer_id": str(producer.id),
+        "producer_secret": producer_secret,
+        "device_id": str(device.id),
+        "device_secret": device_secret,
+    }
+
+
+async def run(state_dir: Path) -> None:
+    env = local.environment(state_dir)
+    with ExitStack() as stack:
+        if ENV_PREFIX + "DATABASE_URL" not in env or ENV_PREFIX + "REDIS_URL" not in env:
+            urls = embedded.start(state_dir, stack)
+            database_url = make_url(urls.database_url).set(database=DEMO_DATABASE).render_as_string(False)
+            env.setdefault(ENV_PREFIX + "DATABASE_URL", database_url)
+            env.setdefault(ENV_PREFIX + "REDIS_URL", urls.redis_url)
+            runtime = {"database_url": env[ENV_PREFIX + "DATABASE_URL"], "redis_url": env[ENV_PREFIX + "REDIS_URL"]}
+            local.write_private(state_dir / local.RUNTIME_FILE, json.dumps(runtime))
+            stack.callback((state_dir / local.RUNTIME_FILE).unlink, missing_ok=True)
+        if ENV_PREFIX + "MASTER_KEY" not in env:
+            env[ENV_PREFIX + "MASTER_KEY"] = local.ensure_dev_master_key(state_dir)
+            env[ENV_PREFIX + "MASTER_KEY_ID"] = local.DEV_KEY_ID
+        settings = Settings.from_env(env)
+        await db.ensure_database(settings.database_url)
+        # Alembic's env runs its own event loop, so it gets a thread of its own.
+        await asyncio.to_thread(schema.upgrade, settings)
+        await serve_demo(settings, state_dir)
+
+
+async def serve_demo(settings: Settings, state_dir: Path) -> None:
+    async with bootstrap.resources(settings) as res:
+        demo = await ensure_demo(res, state_dir)
+        backoffice = bootstrap.build_server(res)
+        gateway = gateway_bootstrap.build_server(res)
+        await backoffice.start()
+        await gateway.start()
+        serving.start_metrics(settings)
+        addresses: dict[str, Any] = {"backoffice": backoffice.bound_address, "gateway": gateway.bound_address}
+        local.write_private(state_dir / local.DEMO_FILE, json.dumps({**addresses, **demo}, indent=2) + "\n")
+        print(
+            f"signalhub is up\n  back office  {backoffice.bound_address}\n  gateway      {gateway.bound_address}\n"
+            f"  metrics      {settings.metrics_address}\n  credentials  {state_dir / local.DEMO_FILE} (mode 0600)\n"
+            "Ctrl-C stops.",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        serving.install_stop_signals(stop)
+        await stop.wait()
+        print("stopping...", flush=True)
+        await asyncio.gather(gateway.stop(), backoffice.stop())

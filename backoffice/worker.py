@@ -1,0 +1,39 @@
+"""Periodic housekeeping of the back office (`signalhub serve worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete
+
+from backoffice.bootstrap import Resources
+from backoffice.models import IdempotencyRecord
+
+log = logging.getLogger("signalhub.worker")
+
+IDEMPOTENCY_RETENTION = timedelta(days=7)
+
+
+async def run_once(res: Resources) -> dict[str, int]:
+    async with res.sessions.begin() as session:
+        nonces = await res.nonces.purge_expired(session)
+        cutoff = datetime.now(UTC) - IDEMPOTENCY_RETENTION
+        result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
+        records = int(result.rowcount)  # type: ignore[attr-defined]
+    return {"nonces_purged": nonces, "idempotency_records_purged": records}
+
+
+async def run(res: Resources, stop: asyncio.Event, interval_seconds: float = 30.0) -> None:
+    while not stop.is_set():
+        try:
+            done = await run_once(res)
+            if any(done.values()):
+                log.info("housekeeping", extra=done)
+        except Exception:  # a failed round is retried next round; the worker keeps going
+            log.exception("housekeeping round failed")
+        try:
+            await asyncio.wait_for(stop.wait(), interval_seconds)
+        except TimeoutError:
+            pass

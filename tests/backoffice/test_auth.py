@@ -1,0 +1,165 @@
+"""Signature verification against real Postgres and Redis: every failure reason, grace periods, nonces."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import update
+
+from backoffice import signing
+from backoffice.auth import KeyKind, SignatureVerifier, authenticate_token, bearer_token
+from backoffice.bootstrap import Resources
+from backoffice.errors import Unauthenticated, Unavailable
+from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus
+from backoffice.nonces import NonceStore
+from backoffice.signing import AuthFailure, SignatureError
+from backoffice.vault import Binding
+from tests.conftest import KeyCredentials, UserCredentials
+
+METHOD = "/signalhub.v1.SignalService/SubmitSignal"
+BODY = b"\x0a\x04ABCD"
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+
+
+def signed(key: KeyCredentials, *, body: bytes = BODY, method: str = METHOD, **kw: object) -> tuple[tuple[str, str], ...]:
+    return signing.signed_metadata(signing.parse_secret(key.secret), method, str(key.id), body, **kw)  # type: ignore[arg-type]
+
+
+async def expect(reason: AuthFailure, verifier: SignatureVerifier, kind: KeyKind, md: object, body: bytes = BODY) -> None:
+    with pytest.raises(SignatureError) as info:
+        await verifier.verify(kind, METHOD, md, body)  # type: ignore[arg-type]
+    assert info.value.reason is reason
+
+
+async def test_valid_signature_identifies_producer(res: Resources, producer: KeyCredentials) -> None:
+    key = await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(producer), BODY)
+    assert key.id == producer.id and key.kind is ActorType.PRODUCER
+    assert key.secret == signing.parse_secret(producer.secret)
+    assert producer.secret not in repr(key)
+
+
+async def test_replayed_nonce_is_refused(res: Resources, producer: KeyCredentials) -> None:
+    md = signed(producer)
+    await res.verifier.verify(KeyKind.PRODUCER, METHOD, md, BODY)
+    await expect(AuthFailure.NONCE_REPLAYED, res.verifier, KeyKind.PRODUCER, md)
+
+
+async def test_bad_signature_cannot_burn_a_nonce(res: Resources, producer: KeyCredentials) -> None:
+    nonce = signing.new_nonce()
+    forged = signing.signed_metadata(bytes(32), METHOD, str(producer.id), BODY, nonce=nonce)
+    await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, KeyKind.PRODUCER, forged)
+    await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(producer, nonce=nonce), BODY)
+
+
+async def test_tampered_body_is_invalid(res: Resources, producer: KeyCredentials) -> None:
+    await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, KeyKind.PRODUCER, signed(producer), BODY + b"x")
+
+
+@pytest.mark.parametrize("offset", [-301, 301])
+async def test_skewed_timestamp(res: Resources, producer: KeyCredentials, offset: int) -> None:
+    md = signed(producer, timestamp=int(time.time()) + offset)
+    await expect(AuthFailure.TIMESTAMP_SKEW, res.verifier, KeyKind.PRODUCER, md)
+
+
+async def test_unknown_key_is_invalid(res: Resources) -> None:
+    ghost = KeyCredentials(uuid.uuid4(), signing.generate_secret()[0])
+    await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, KeyKind.PRODUCER, signed(ghost))
+    not_a_uuid = signing.signed_metadata(bytes(32), METHOD, "producer-7", BODY)
+    await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, KeyKind.PRODUCER, not_a_uuid)
+
+
+async def test_device_key_does_not_sign_as_producer(res: Resources, device: KeyCredentials) -> None:
+    await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, KeyKind.PRODUCER, signed(device))
+    assert (await res.verifier.verify(KeyKind.DEVICE, METHOD, signed(device), BODY)).id == device.id
+
+
+async def test_revoked_key(res: Resources, producer: KeyCredentials, device: KeyCredentials) -> None:
+    async with res.sessions.begin() as session:
+        await session.execute(update(Producer).where(Producer.id == producer.id).values(status=ProducerStatus.REVOKED))
+        await session.execute(update(Device).where(Device.id == device.id).values(status=DeviceStatus.REVOKED))
+    await expect(AuthFailure.KEY_REVOKED, res.verifier, KeyKind.PRODUCER, signed(producer))
+    await expect(AuthFailure.KEY_REVOKED, res.verifier, KeyKind.DEVICE, signed(device))
+    # Without the secret, nobody learns that the key exists and is revoked.
+    forged = signing.signed_metadata(bytes(32), METHOD, str(producer.id), BODY)
+    await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, KeyKind.PRODUCER, forged)
+
+
+async def _rotate(res: Resources, producer: KeyCredentials, previous_valid_for: timedelta) -> KeyCredentials:
+    shown, raw = signing.generate_secret()
+    pid = str(producer.id)
+    async with res.sessions.begin() as session:
+        row = await session.get(Producer, producer.id)
+        assert row is not None
+        row.previous_secret_sealed = res.vault.seal(signing.parse_secret(producer.secret), Binding("producers", pid, "previous_secret_sealed"))
+        row.previous_secret_expires_at = datetime.now(UTC) + previous_valid_for
+        row.secret_sealed = res.vault.seal(raw, Binding("producers", pid, "secret_sealed"))
+    return KeyCredentials(producer.id, shown)
+
+
+async def test_old_secret_inside_grace_period(res: Resources, producer: KeyCredentials) -> None:
+    new = await _rotate(res, producer, timedelta(hours=1))
+    old_key = await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(producer), BODY)
+    assert old_key.secret == signing.parse_secret(producer.secret)
+    assert (await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(new), BODY)).secret == signing.parse_secret(new.secret)
+
+
+async def test_old_secret_after_grace_period(res: Resources, producer: KeyCredentials) -> None:
+    new = await _rotate(res, producer, timedelta(seconds=-1))
+    await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, KeyKind.PRODUCER, signed(producer))
+    await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(new), BODY)
+
+
+async def test_redis_outage_falls_back_to_postgres_and_still_refuses_replays(
+    res: Resources, producer: KeyCredentials
+) -> None:
+    dead = Redis.from_url(DEAD_REDIS, socket_connect_timeout=0.2, socket_timeout=0.2)
+    outage = NonceStore(dead, res.sessions, 600)
+    verifier = SignatureVerifier(res.sessions, res.vault, outage, 300)
+    md = signed(producer)
+    await verifier.verify(KeyKind.PRODUCER, METHOD, md, BODY)
+    await expect(AuthFailure.NONCE_REPLAYED, verifier, KeyKind.PRODUCER, md)
+    # Redis is back (the same process, now with a live client): the nonce seen during the outage stays
+    # refused, because the process flags the window in which Postgres holds nonces.
+    recovered = NonceStore(res.redis, res.sessions, 600)
+    recovered._fell_back_until = outage._fell_back_until
+    await expect(AuthFailure.NONCE_REPLAYED, SignatureVerifier(res.sessions, res.vault, recovered, 300), KeyKind.PRODUCER, md)
+    # ... and so does another process that never fell back, through the flag in Redis.
+    other = SignatureVerifier(res.sessions, res.vault, NonceStore(res.redis, res.sessions, 600), 300)
+    await expect(AuthFailure.NONCE_REPLAYED, other, KeyKind.PRODUCER, md)
+    await dead.aclose()
+
+
+async def test_nonce_store_never_fails_open(res: Resources) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from backoffice.db import session_factory
+
+    dead_pg = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none", connect_args={"timeout": 1})
+    dead_redis = Redis.from_url(DEAD_REDIS, socket_connect_timeout=0.2, socket_timeout=0.2)
+    store = NonceStore(dead_redis, session_factory(dead_pg), 600)
+    with pytest.raises(Unavailable):
+        await store.remember("key", signing.new_nonce())
+    await dead_redis.aclose()
+    await dead_pg.dispose()
+
+
+async def test_bearer_token(res: Resources, user: UserCredentials) -> None:
+    assert bearer_token([("authorization", f"Bearer {user.token}")]) == user.token
+    with pytest.raises(Unauthenticated):
+        bearer_token([("authorization", f"Basic {user.token}")])
+    with pytest.raises(Unauthenticated):
+        bearer_token([])
+    async with res.sessions.begin() as session:
+        caller = await authenticate_token(session, user.token)
+    assert caller.id == user.id and caller.role is user.role
+    async with res.sessions.begin() as session:
+        await session.execute(update(ApiToken).where(ApiToken.user_id == user.id).values(revoked_at=datetime.now(UTC)))
+    async with res.sessions.begin() as session:
+        with pytest.raises(Unauthenticated):
+            await authenticate_token(session, user.token)
+        with pytest.raises(Unauthenticated):
+            await authenticate_token(session, "sht_" + "A" * 43)

@@ -1,0 +1,69 @@
+"""Settings from SIGNALHUB_* variables: defaults, one clear line per bad value, secrets masked."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from backoffice.config import ConfigError, Settings
+
+KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = Settings.from_env({"SIGNALHUB_MASTER_KEY": KEY})
+    assert settings.backoffice_address == "127.0.0.1:50051"
+    assert settings.gateway_address == "127.0.0.1:50052"
+    assert settings.metrics_address == "127.0.0.1:9108"
+    assert settings.signature_tolerance_seconds == 300
+    assert settings.nonce_ttl_seconds == 600
+    assert settings.secret_grace_seconds == 24 * 3600
+    assert settings.require_master_key().key.reveal() == b"k" * 32
+
+
+def test_plain_postgres_url_gets_the_async_driver() -> None:
+    settings = Settings.from_env({"SIGNALHUB_DATABASE_URL": "postgresql://u@h/db"})
+    assert settings.database_url == "postgresql+asyncpg://u@h/db"
+
+
+def test_every_bad_value_is_named_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(
+            {
+                "SIGNALHUB_DATABASE_URL": "mysql://x",
+                "SIGNALHUB_REDIS_URL": "http://x",
+                "SIGNALHUB_MASTER_KEY": "too-short",
+                "SIGNALHUB_BACKOFFICE_ADDRESS": "nowhere",
+                "SIGNALHUB_SIGNATURE_TOLERANCE_SECONDS": "ten",
+                "SIGNALHUB_LOG_LEVEL": "LOUD",
+            }
+        )
+    problems = info.value.problems
+    for name in ("DATABASE_URL", "REDIS_URL", "MASTER_KEY", "BACKOFFICE_ADDRESS", "SIGNATURE_TOLERANCE_SECONDS", "LOG_LEVEL"):
+        assert sum(f"SIGNALHUB_{name}:" in p for p in problems) == 1, name
+    assert "too-short" not in str(info.value)
+
+
+def test_nonce_ttl_must_cover_the_signature_window() -> None:
+    with pytest.raises(ConfigError, match="NONCE_TTL_SECONDS"):
+        Settings.from_env({"SIGNALHUB_NONCE_TTL_SECONDS": "300"})
+
+
+def test_master_keys_are_masked_in_repr() -> None:
+    old = base64.b64encode(b"o" * 32).decode()
+    settings = Settings.from_env({"SIGNALHUB_MASTER_KEY": KEY, "SIGNALHUB_PREVIOUS_MASTER_KEYS": f"old:{old}"})
+    text = repr(settings) + str(settings)
+    assert KEY not in text and old not in text and "kkkk" not in text
+    assert [k.key_id for k in settings.all_master_keys] == ["k1", "old"]
+
+
+def test_missing_master_key_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="SIGNALHUB_MASTER_KEY is required"):
+        Settings.from_env({}).require_master_key()
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        settings.database_url = "x"  # type: ignore[misc]

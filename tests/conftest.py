@@ -1,0 +1,171 @@
+"""Shared fixtures: a database of this run's own on the real Postgres (created, migrated, dropped), the
+real Redis, both servers on free ports, and ready-made admin, user, producer and device credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+from sqlalchemy.engine import make_url
+
+from backoffice import accounts, bootstrap, devices, schema
+from backoffice.auth import Caller
+from backoffice.bootstrap import Resources
+from backoffice.config import Settings
+from backoffice.models import ActorType, Role
+from backoffice.serving import Server
+from gateway import bootstrap as gateway_bootstrap
+
+SERVER_URL = os.environ.get("SIGNALHUB_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("SIGNALHUB_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+def _dsn(url: str, database: str) -> str:
+    return make_url(url).set(drivername="postgresql", database=database).render_as_string(hide_password=False)
+
+
+async def create_database(name: str) -> str:
+    conn = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return make_url(SERVER_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def settings_for(database_url: str, **overrides: str) -> Settings:
+    env = {
+        "SIGNALHUB_DATABASE_URL": database_url,
+        "SIGNALHUB_REDIS_URL": REDIS_URL,
+        "SIGNALHUB_MASTER_KEY": TEST_MASTER_KEY,
+        "SIGNALHUB_MASTER_KEY_ID": "test1",
+        "SIGNALHUB_BACKOFFICE_ADDRESS": "127.0.0.1:0",
+        "SIGNALHUB_GATEWAY_ADDRESS": "127.0.0.1:0",
+        "SIGNALHUB_SHUTDOWN_GRACE_SECONDS": "1",
+        **overrides,
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture(scope="session")
+def database_name() -> Iterator[str]:
+    name = f"signalhub_test_{uuid.uuid4().hex[:12]}"
+    url = asyncio.run(create_database(name))
+    schema.upgrade(settings_for(url))
+    yield name
+    asyncio.run(drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def settings(database_name: str) -> Settings:
+    url = make_url(SERVER_URL).set(drivername="postgresql+asyncpg", database=database_name)
+    return settings_for(url.render_as_string(hide_password=False))
+
+
+@pytest.fixture(scope="session")
+async def res(settings: Settings) -> AsyncIterator[Resources]:
+    async with bootstrap.resources(settings) as resources:
+        yield resources
+
+
+@pytest.fixture(scope="session")
+async def backoffice_server(res: Resources) -> AsyncIterator[Server]:
+    server = bootstrap.build_server(res)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def gateway_server(res: Resources) -> AsyncIterator[Server]:
+    server = gateway_bootstrap.build_server(res)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def backoffice_channel(backoffice_server: Server) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(backoffice_server.bound_address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+async def gateway_channel(gateway_server: Server) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(gateway_server.bound_address) as channel:
+        yield channel
+
+
+@dataclass(frozen=True)
+class UserCredentials:
+    id: uuid.UUID
+    token: str
+    role: Role
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(ActorType.USER, self.id, self.role)
+
+
+@dataclass(frozen=True)
+class KeyCredentials:
+    id: uuid.UUID
+    secret: str  # the shs_ form
+
+
+async def make_user(res: Resources, role: Role = Role.USER) -> UserCredentials:
+    async with res.sessions.begin() as session:
+        user, token = await accounts.create_user(session, email=f"{uuid.uuid4().hex}@test.signalhub", role=role)
+    return UserCredentials(user.id, token, role)
+
+
+async def make_producer(res: Resources) -> KeyCredentials:
+    async with res.sessions.begin() as session:
+        producer, secret = await accounts.create_producer(session, res.vault, name="test producer")
+    return KeyCredentials(producer.id, secret)
+
+
+async def make_device(res: Resources, owner: UserCredentials) -> KeyCredentials:
+    async with res.sessions.begin() as session:
+        device, secret = await devices.register_device(session, res.vault, owner=owner.caller, name="test device")
+    return KeyCredentials(device.id, secret)
+
+
+@pytest.fixture
+async def admin(res: Resources) -> UserCredentials:
+    return await make_user(res, Role.ADMIN)
+
+
+@pytest.fixture
+async def user(res: Resources) -> UserCredentials:
+    return await make_user(res, Role.USER)
+
+
+@pytest.fixture
+async def producer(res: Resources) -> KeyCredentials:
+    return await make_producer(res)
+
+
+@pytest.fixture
+async def device(res: Resources, user: UserCredentials) -> KeyCredentials:
+    return await make_device(res, user)
