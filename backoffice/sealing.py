@@ -34,7 +34,7 @@ def instruction_key(device_secret: bytes, device_id: str) -> bytes:
 class InstructionSealer:
     """Seals and opens one device's instructions; holds the derived key, never the secret."""
 
-    __slots__ = ("_aead", "_aad")
+    __slots__ = ("_aad", "_aead")
 
     def __init__(self, device_secret: bytes, device_id: str) -> None:
         self._aead = AESGCM(instruction_key(device_secret, device_id))

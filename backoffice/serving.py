@@ -54,7 +54,9 @@ class Server:
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self._service_names = tuple(service_names)
-        reflection.enable_server_reflection((*self._service_names, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.grpc)
+        reflection.enable_server_reflection(
+            (*self._service_names, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.grpc
+        )
         self.port = 0
         self._stopped = asyncio.Event()
 

@@ -15,11 +15,11 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 SCHEME = "SH1-HMAC-SHA256"
 SIGNATURE_PREFIX = "v1="
-SECRET_PREFIX = "shs_"
+SECRET_PREFIX = "shs_"  # noqa: S105 - a format marker, not a secret
 SECRET_BYTES = 32
 
 HEADER_KEY_ID = "x-sh-key-id"
@@ -32,7 +32,7 @@ _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _KEY_ID_MAX = 128
 
 
-class AuthFailure(str, Enum):
+class AuthFailure(StrEnum):
     """The ``ErrorInfo.reason`` values of CONTRACT.md for a failed signature."""
 
     SIGNATURE_MISSING = "SIGNATURE_MISSING"

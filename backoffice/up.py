@@ -40,7 +40,7 @@ async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
         except (Unauthenticated, KeyError):
             log.info("demo credentials in demo.json are stale; creating new ones")
     async with res.sessions.begin() as session:
-        admin, admin_token = await accounts.create_user(session, email="admin@demo.signalhub", role=Role.ADMIN)
+        _, admin_token = await accounts.create_user(session, email="admin@demo.signalhub", role=Role.ADMIN)
         user, user_token = await accounts.create_user(session, email="trader@demo.signalhub", role=Role.USER)
         producer, producer_secret = await accounts.create_producer(session, res.vault, name="demo strategy")
         device, device_secret = await devices.register_device(
@@ -90,7 +90,7 @@ async def serve_demo(settings: Settings, state_dir: Path) -> None:
         await gateway.start()
         serving.start_metrics(settings)
         addresses: dict[str, Any] = {"backoffice": backoffice.bound_address, "gateway": gateway.bound_address}
-        local.write_private(state_dir / local.DEMO_FILE, json.dumps({**addresses, **demo}, indent=2) + "\n")
+        local.write_private(state_dir / local.DEMO_FILE, json.dumps({**demo, **addresses}, indent=2) + "\n")
         print(
             f"signalhub is up\n  back office  {backoffice.bound_address}\n  gateway      {gateway.bound_address}\n"
             f"  metrics      {settings.metrics_address}\n  credentials  {state_dir / local.DEMO_FILE} (mode 0600)\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -33,7 +34,5 @@ async def run(res: Resources, stop: asyncio.Event, interval_seconds: float = 30.
                 log.info("housekeeping", extra=done)
         except Exception:  # a failed round is retried next round; the worker keeps going
             log.exception("housekeeping round failed")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_seconds)
-        except TimeoutError:
-            pass

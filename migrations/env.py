@@ -15,9 +15,7 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
-    context.configure(
-        connection=connection, target_metadata=target_metadata, compare_type=True
-    )
+    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -34,10 +32,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    url = (
-        context.config.get_main_option("sqlalchemy.url")
-        or Settings.from_env().database_url
-    )
+    url = context.config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
     asyncio.run(_run_async(url))
 
 

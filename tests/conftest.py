@@ -169,3 +169,34 @@ async def producer(res: Resources) -> KeyCredentials:
 @pytest.fixture
 async def device(res: Resources, user: UserCredentials) -> KeyCredentials:
     return await make_device(res, user)
+
+
+@dataclass(frozen=True)
+class RpcFailure:
+    code: grpc.StatusCode
+    reason: str
+    domain: str
+    metadata: dict[str, str]
+    violations: dict[str, str]  # field -> description, from google.rpc.BadRequest
+
+
+def rpc_failure(error: grpc.aio.AioRpcError) -> RpcFailure:
+    """The contract's error details of a failed call: exactly one ErrorInfo, maybe a BadRequest."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw is not None, f"no status details on {error.code()}: {error.details()}"
+    status = status_pb2.Status.FromString(raw)  # type: ignore[arg-type]
+    assert status.code == error.code().value[0]
+    infos, violations = [], {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.update({v.field: v.description for v in bad.field_violations})
+    assert len(infos) == 1, status
+    return RpcFailure(error.code(), infos[0].reason, infos[0].domain, dict(infos[0].metadata), violations)

@@ -16,7 +16,9 @@ ROLE_TO_WIRE = {models.Role.ADMIN: pb.ROLE_ADMIN, models.Role.USER: pb.ROLE_USER
 
 
 def encode_user(user: models.User) -> pb.User:
-    return pb.User(id=str(user.id), email=user.email, role=ROLE_TO_WIRE[user.role], create_time=wire.timestamp(user.created_at))
+    return pb.User(
+        id=str(user.id), email=user.email, role=ROLE_TO_WIRE[user.role], create_time=wire.timestamp(user.created_at)
+    )
 
 
 class AccountServicer:

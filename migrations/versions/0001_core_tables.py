@@ -56,9 +56,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_events")),
     )
-    op.create_index(
-        "ix_audit_events_created_at", "audit_events", ["created_at"], unique=False
-    )
+    op.create_index("ix_audit_events_created_at", "audit_events", ["created_at"], unique=False)
     op.create_index(
         "ix_audit_events_object_type_object_id",
         "audit_events",
@@ -78,9 +76,7 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
             nullable=False,
         ),
-        sa.PrimaryKeyConstraint(
-            "caller_id", "method", "request_id", name=op.f("pk_idempotency_records")
-        ),
+        sa.PrimaryKeyConstraint("caller_id", "method", "request_id", name=op.f("pk_idempotency_records")),
     )
     op.create_index(
         op.f("ix_idempotency_records_created_at"),
@@ -95,9 +91,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key_id", "nonce", name=op.f("pk_nonces")),
     )
-    op.create_index(
-        op.f("ix_nonces_expires_at"), "nonces", ["expires_at"], unique=False
-    )
+    op.create_index(op.f("ix_nonces_expires_at"), "nonces", ["expires_at"], unique=False)
     op.create_table(
         "quotes",
         sa.Column("instrument", sa.Text(), nullable=False),
@@ -175,9 +169,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
     )
-    op.create_index(
-        op.f("ix_api_tokens_user_id"), "api_tokens", ["user_id"], unique=False
-    )
+    op.create_index(op.f("ix_api_tokens_user_id"), "api_tokens", ["user_id"], unique=False)
     op.create_table(
         "devices",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -206,9 +198,7 @@ def upgrade() -> None:
         ),
         sa.Column("secret_sealed", sa.Text(), nullable=False),
         sa.Column("previous_secret_sealed", sa.Text(), nullable=True),
-        sa.Column(
-            "previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True
-        ),
+        sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secret_rotated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_hello", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True),
@@ -226,9 +216,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_devices")),
-        sa.UniqueConstraint(
-            "user_id", "request_id", name=op.f("uq_devices_user_id_request_id")
-        ),
+        sa.UniqueConstraint("user_id", "request_id", name=op.f("uq_devices_user_id_request_id")),
     )
     op.create_index(op.f("ix_devices_user_id"), "devices", ["user_id"], unique=False)
     op.create_table(
@@ -250,9 +238,7 @@ def upgrade() -> None:
         sa.Column("created_by", sa.UUID(), nullable=True),
         sa.Column("secret_sealed", sa.Text(), nullable=False),
         sa.Column("previous_secret_sealed", sa.Text(), nullable=True),
-        sa.Column(
-            "previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True
-        ),
+        sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secret_rotated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
@@ -326,9 +312,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_signals")),
-        sa.UniqueConstraint(
-            "producer_id", "request_id", name=op.f("uq_signals_producer_id_request_id")
-        ),
+        sa.UniqueConstraint("producer_id", "request_id", name=op.f("uq_signals_producer_id_request_id")),
     )
     op.create_index(
         "ix_signals_open_expire_time",
@@ -447,9 +431,7 @@ def upgrade() -> None:
             ),
             nullable=False,
         ),
-        sa.Column(
-            "automatic", sa.Boolean(), server_default=sa.text("false"), nullable=False
-        ),
+        sa.Column("automatic", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("volume", sa.Numeric(), nullable=True),
         sa.Column(
             "device_ids",
@@ -491,13 +473,9 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approvals")),
-        sa.UniqueConstraint(
-            "signal_id", "user_id", name=op.f("uq_approvals_signal_id_user_id")
-        ),
+        sa.UniqueConstraint("signal_id", "user_id", name=op.f("uq_approvals_signal_id_user_id")),
     )
-    op.create_index(
-        "ix_approvals_user_id_status", "approvals", ["user_id", "status"], unique=False
-    )
+    op.create_index("ix_approvals_user_id_status", "approvals", ["user_id", "status"], unique=False)
     op.create_table(
         "deliveries",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -573,9 +551,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deliveries")),
-        sa.UniqueConstraint(
-            "approval_id", "device_id", name=op.f("uq_deliveries_approval_id_device_id")
-        ),
+        sa.UniqueConstraint("approval_id", "device_id", name=op.f("uq_deliveries_approval_id_device_id")),
     )
     op.create_index(
         "ix_deliveries_pending_device_id_created_at",
@@ -584,9 +560,7 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("state IN ('PENDING', 'SENT')"),
     )
-    op.create_index(
-        "ix_deliveries_signal_id", "deliveries", ["signal_id"], unique=False
-    )
+    op.create_index("ix_deliveries_signal_id", "deliveries", ["signal_id"], unique=False)
     op.create_table(
         "positions",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -744,9 +718,7 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status IN ('PENDING', 'SENT')"),
     )
-    op.create_index(
-        "ix_close_commands_position_id", "close_commands", ["position_id"], unique=False
-    )
+    op.create_index("ix_close_commands_position_id", "close_commands", ["position_id"], unique=False)
     op.create_table(
         "execution_events",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -802,9 +774,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_execution_events")),
-        sa.UniqueConstraint(
-            "device_id", "frame_id", name=op.f("uq_execution_events_device_id_frame_id")
-        ),
+        sa.UniqueConstraint("device_id", "frame_id", name=op.f("uq_execution_events_device_id_frame_id")),
     )
     op.create_index(
         "ix_execution_events_close_command_id",
@@ -835,9 +805,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER execution_events_immutable ON execution_events")
     op.execute("DROP FUNCTION execution_events_immutable()")
-    op.drop_index(
-        "ix_execution_events_delivery_id_received_at", table_name="execution_events"
-    )
+    op.drop_index("ix_execution_events_delivery_id_received_at", table_name="execution_events")
     op.drop_index("ix_execution_events_close_command_id", table_name="execution_events")
     op.drop_table("execution_events")
     op.drop_index("ix_close_commands_position_id", table_name="close_commands")
@@ -886,9 +854,7 @@ def downgrade() -> None:
     op.drop_table("quotes")
     op.drop_index(op.f("ix_nonces_expires_at"), table_name="nonces")
     op.drop_table("nonces")
-    op.drop_index(
-        op.f("ix_idempotency_records_created_at"), table_name="idempotency_records"
-    )
+    op.drop_index(op.f("ix_idempotency_records_created_at"), table_name="idempotency_records")
     op.drop_table("idempotency_records")
     op.drop_index("ix_audit_events_object_type_object_id", table_name="audit_events")
     op.drop_index("ix_audit_events_created_at", table_name="audit_events")

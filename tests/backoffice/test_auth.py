@@ -25,11 +25,15 @@ BODY = b"\x0a\x04ABCD"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 
 
-def signed(key: KeyCredentials, *, body: bytes = BODY, method: str = METHOD, **kw: object) -> tuple[tuple[str, str], ...]:
+def signed(
+    key: KeyCredentials, *, body: bytes = BODY, method: str = METHOD, **kw: object
+) -> tuple[tuple[str, str], ...]:
     return signing.signed_metadata(signing.parse_secret(key.secret), method, str(key.id), body, **kw)  # type: ignore[arg-type]
 
 
-async def expect(reason: AuthFailure, verifier: SignatureVerifier, kind: KeyKind, md: object, body: bytes = BODY) -> None:
+async def expect(
+    reason: AuthFailure, verifier: SignatureVerifier, kind: KeyKind, md: object, body: bytes = BODY
+) -> None:
     with pytest.raises(SignatureError) as info:
         await verifier.verify(kind, METHOD, md, body)  # type: ignore[arg-type]
     assert info.value.reason is reason
@@ -94,7 +98,9 @@ async def _rotate(res: Resources, producer: KeyCredentials, previous_valid_for: 
     async with res.sessions.begin() as session:
         row = await session.get(Producer, producer.id)
         assert row is not None
-        row.previous_secret_sealed = res.vault.seal(signing.parse_secret(producer.secret), Binding("producers", pid, "previous_secret_sealed"))
+        row.previous_secret_sealed = res.vault.seal(
+            signing.parse_secret(producer.secret), Binding("producers", pid, "previous_secret_sealed")
+        )
         row.previous_secret_expires_at = datetime.now(UTC) + previous_valid_for
         row.secret_sealed = res.vault.seal(raw, Binding("producers", pid, "secret_sealed"))
     return KeyCredentials(producer.id, shown)
@@ -104,7 +110,9 @@ async def test_old_secret_inside_grace_period(res: Resources, producer: KeyCrede
     new = await _rotate(res, producer, timedelta(hours=1))
     old_key = await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(producer), BODY)
     assert old_key.secret == signing.parse_secret(producer.secret)
-    assert (await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(new), BODY)).secret == signing.parse_secret(new.secret)
+    assert (await res.verifier.verify(KeyKind.PRODUCER, METHOD, signed(new), BODY)).secret == signing.parse_secret(
+        new.secret
+    )
 
 
 async def test_old_secret_after_grace_period(res: Resources, producer: KeyCredentials) -> None:
@@ -126,7 +134,9 @@ async def test_redis_outage_falls_back_to_postgres_and_still_refuses_replays(
     # refused, because the process flags the window in which Postgres holds nonces.
     recovered = NonceStore(res.redis, res.sessions, 600)
     recovered._fell_back_until = outage._fell_back_until
-    await expect(AuthFailure.NONCE_REPLAYED, SignatureVerifier(res.sessions, res.vault, recovered, 300), KeyKind.PRODUCER, md)
+    await expect(
+        AuthFailure.NONCE_REPLAYED, SignatureVerifier(res.sessions, res.vault, recovered, 300), KeyKind.PRODUCER, md
+    )
     # ... and so does another process that never fell back, through the flag in Redis.
     other = SignatureVerifier(res.sessions, res.vault, NonceStore(res.redis, res.sessions, 600), 300)
     await expect(AuthFailure.NONCE_REPLAYED, other, KeyKind.PRODUCER, md)

@@ -40,7 +40,14 @@ def test_every_bad_value_is_named_once() -> None:
             }
         )
     problems = info.value.problems
-    for name in ("DATABASE_URL", "REDIS_URL", "MASTER_KEY", "BACKOFFICE_ADDRESS", "SIGNATURE_TOLERANCE_SECONDS", "LOG_LEVEL"):
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "MASTER_KEY",
+        "BACKOFFICE_ADDRESS",
+        "SIGNATURE_TOLERANCE_SECONDS",
+        "LOG_LEVEL",
+    ):
         assert sum(f"SIGNALHUB_{name}:" in p for p in problems) == 1, name
     assert "too-short" not in str(info.value)
 

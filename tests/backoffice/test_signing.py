@@ -23,7 +23,8 @@ def test_secret_shown_form_round_trips_the_vector() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "shs_", "sht_" + "A" * 43, "shs_" + "A" * 42, "shs_" + "A" * 44, "shs_" + "!" * 43, "shs_" + "A" * 42 + "B"]
+    "bad",
+    ["", "shs_", "sht_" + "A" * 43, "shs_" + "A" * 42, "shs_" + "A" * 44, "shs_" + "!" * 43, "shs_" + "A" * 42 + "B"],
 )
 def test_malformed_secret_is_refused_without_echo(bad: str) -> None:
     with pytest.raises(ValueError, match="43 base64url") as info:
@@ -38,9 +39,10 @@ def test_generated_secret_is_32_random_bytes() -> None:
 
 
 def test_canonical_string_matches_vector() -> None:
-    assert signing.canonical_string(
-        SIG["method"], SIG["key_id"], SIG["timestamp"], SIG["nonce"], BODY
-    ) == SIG["canonical_string"].encode()
+    assert (
+        signing.canonical_string(SIG["method"], SIG["key_id"], SIG["timestamp"], SIG["nonce"], BODY)
+        == SIG["canonical_string"].encode()
+    )
 
 
 def test_signature_matches_vector() -> None:

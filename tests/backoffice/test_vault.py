@@ -62,7 +62,9 @@ def test_repr_names_keys_not_bytes() -> None:
     assert "nnnn" not in repr(Vault(NEW, (OLD,))) and "oooo" not in repr(Vault(NEW, (OLD,)))
 
 
-async def test_rotate_master_key_reseals_every_row(res: Resources, producer: KeyCredentials, device: KeyCredentials) -> None:
+async def test_rotate_master_key_reseals_every_row(
+    res: Resources, producer: KeyCredentials, device: KeyCredentials
+) -> None:
     current = res.settings.require_master_key()
     next_key = MasterKey("rotated", Secret(uuid.uuid4().bytes * 2))
     rotated = Vault(next_key, (current,))
@@ -74,7 +76,9 @@ async def test_rotate_master_key_reseals_every_row(res: Resources, producer: Key
         device_row = await session.get(Device, device.id)
         assert producer_row is not None and device_row is not None
         assert producer_row.secret_sealed.startswith("sv1:rotated:")
-        opened = Vault(next_key).open(producer_row.secret_sealed, Binding("producers", str(producer.id), "secret_sealed"))
+        opened = Vault(next_key).open(
+            producer_row.secret_sealed, Binding("producers", str(producer.id), "secret_sealed")
+        )
         assert opened == signing.parse_secret(producer.secret)
         assert Vault(next_key).open(device_row.secret_sealed, Binding("devices", str(device.id), "secret_sealed")) == (
             signing.parse_secret(device.secret)
@@ -90,9 +94,7 @@ async def test_database_dump_holds_no_plaintext_secret(
     res: Resources, producer: KeyCredentials, device: KeyCredentials, user: UserCredentials
 ) -> None:
     async with res.sessions() as session:
-        tables = (
-            await session.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
-        ).all()
+        tables = (await session.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))).all()
         rows: list[str] = []
         for table in tables:
             rows.extend((await session.scalars(text(f'SELECT t::text FROM "{table}" t'))).all())

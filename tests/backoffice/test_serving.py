@@ -1,0 +1,78 @@
+"""Both servers through real channels: health, reflection, and a graceful stop that says NOT_SERVING first."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from backoffice import bootstrap
+from backoffice.bootstrap import Resources
+from backoffice.serving import Server, server_options
+
+BACKOFFICE_SERVICES = {
+    "signalhub.v1.AccountService",
+    "signalhub.v1.SignalService",
+    "signalhub.v1.ApprovalService",
+    "signalhub.v1.DeviceService",
+    "signalhub.v1.ExecutionService",
+    "signalhub.v1.PositionService",
+    "signalhub.v1.AffiliateService",
+    "signalhub.v1.AuditService",
+}
+
+
+async def _health(channel: grpc.aio.Channel, service: str) -> int:
+    response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return int(response.status)
+
+
+async def _reflected(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for response in stub.ServerReflectionInfo(requests()):
+        return {s.name for s in response.list_services_response.service}
+    return set()
+
+
+async def test_backoffice_health_serving_for_each_service(backoffice_channel: grpc.aio.Channel) -> None:
+    for service in ("", *BACKOFFICE_SERVICES):
+        assert await _health(backoffice_channel, service) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_gateway_health_serving(gateway_channel: grpc.aio.Channel) -> None:
+    for service in ("", "signalhub.v1.DeviceGateway"):
+        assert await _health(gateway_channel, service) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_services(
+    backoffice_channel: grpc.aio.Channel, gateway_channel: grpc.aio.Channel
+) -> None:
+    assert BACKOFFICE_SERVICES | {"grpc.health.v1.Health"} <= await _reflected(backoffice_channel)
+    assert {"signalhub.v1.DeviceGateway", "grpc.health.v1.Health"} <= await _reflected(gateway_channel)
+
+
+async def test_graceful_stop_reports_not_serving_before_closing(res: Resources) -> None:
+    server = bootstrap.build_server(res)
+    await server.start()
+    async with grpc.aio.insecure_channel(server.bound_address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(server.stop())
+        second = await watch.read()
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await stopping
+    assert isinstance(server, Server)
+
+
+def test_keepalive_and_size_limits_are_set(res: Resources) -> None:
+    options = dict(server_options(res.settings))
+    assert options["grpc.max_receive_message_length"] == res.settings.max_message_bytes
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.max_connection_age_grace_ms"] > 0
