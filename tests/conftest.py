@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -26,6 +28,12 @@ from gateway import bootstrap as gateway_bootstrap
 SERVER_URL = os.environ.get("SIGNALHUB_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SIGNALHUB_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
+
+# CONTRACT.md's test vectors. A copy lives in the repository so a clone without ../shared still tests;
+# tests/test_contract_vectors.py fails when the copy drifts from ../shared/vectors.json.
+VECTORS_COPY = Path(__file__).with_name("contract_vectors.json")
+SHARED_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors.json"
+CONTRACT_VECTORS = json.loads(VECTORS_COPY.read_text())
 
 
 def _dsn(url: str, database: str) -> str:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from backoffice.sealing import InstructionSealer, SealError, instruction_key
+from tests.conftest import CONTRACT_VECTORS as VECTORS
 
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared" / "vectors.json").read_text())
 SEALED = VECTORS["sealed_instruction"]
 SECRET = bytes.fromhex(VECTORS["secret_bytes_hex"])
 DEVICE = SEALED["device_id"]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from backoffice import signing
 from backoffice.signing import AuthFailure, SignatureError
+from tests.conftest import CONTRACT_VECTORS as VECTORS
 
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared" / "vectors.json").read_text())
 SIG = VECTORS["signature"]
 SECRET = bytes.fromhex(VECTORS["secret_bytes_hex"])
 BODY = bytes.fromhex(SIG["body_hex"])
