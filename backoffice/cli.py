@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     create_producer.add_argument("--name", required=True)
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
+    from backoffice import producer_cli  # each client command defines its own arguments
+    from gateway import bridge_cli
+
+    producer_cli.add_arguments(commands.add_parser("producer", help="act as a producer (signed calls)"))
+    bridge_cli.add_arguments(commands.add_parser("bridge", help="run an EA bridge (paper or MetaTrader 5)"))
     return parser
 
 
@@ -44,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "up":
             logs.configure("WARNING")
             asyncio.run(_up(args.state_dir))
+            return
+        if args.command in ("producer", "bridge"):
+            logs.configure("WARNING")
+            args.run(args)
             return
         if args.command == "admin" and args.admin_command == "generate-master-key":
             print(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))

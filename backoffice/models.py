@@ -99,7 +99,7 @@ class SizingMode(enum.StrEnum):
 
 class SubscriptionStatus(enum.StrEnum):
     ACTIVE = "ACTIVE"
-    CANCELLED = "CANCELLED"
+    UNSUBSCRIBED = "UNSUBSCRIBED"
 
 
 class ApprovalStatus(enum.StrEnum):
@@ -123,13 +123,18 @@ class DeliveryState(enum.StrEnum):
     FILLED = "FILLED"
     REJECTED = "REJECTED"
     EXPIRED = "EXPIRED"
+    FAILED = "FAILED"  # the server could not send it (e.g. could not be sealed)
     SKIPPED = "SKIPPED"  # sizing gave no tradable volume; the reason is recorded
+    CANCELLED = "CANCELLED"  # the signal was cancelled before it was sent
 
 
 class EventKind(enum.StrEnum):
+    SENT = "SENT"  # the gateway pushed a delivery or close order (server-side: no frame_id)
     ACK = "ACK"
     FILL = "FILL"
     CLOSE_RESULT = "CLOSE_RESULT"
+    EXPIRED = "EXPIRED"
+    ERROR = "ERROR"
     QUOTE = "QUOTE"
     HEARTBEAT = "HEARTBEAT"
     HELLO = "HELLO"
@@ -245,7 +250,7 @@ class Subscription(Base):
     instruments: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     status: Mapped[SubscriptionStatus] = mapped_column(_enum(SubscriptionStatus, "subscription_status"))
     created_at: Mapped[datetime] = _created()
-    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Approval(Base):
@@ -284,6 +289,7 @@ class Device(Base):
     secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The last Hello: balance, equity, currency and symbol specs, for sizing.
     last_hello: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    last_hello_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -331,12 +337,14 @@ class ExecutionEvent(Base):
     )
     id: Mapped[uuid.UUID] = _id()
     device_id: Mapped[uuid.UUID] = _fk("devices.id")
-    frame_id: Mapped[str] = mapped_column(Text)
+    frame_id: Mapped[str | None] = mapped_column(Text)  # the device's frame id; None for server events
     kind: Mapped[EventKind] = mapped_column(_enum(EventKind, "event_kind"))
     delivery_id: Mapped[uuid.UUID | None] = _fk("deliveries.id", nullable=True)
     close_command_id: Mapped[uuid.UUID | None] = _fk("close_commands.id", nullable=True)
     stage: Mapped[str | None] = mapped_column(Text)
+    # What the frame said (price, volume, broker ticket, reason, error, attempt), as decimal strings.
     body: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # at the source
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -420,11 +428,14 @@ class IdempotencyRecord(Base):
     with the same id gets ALREADY_EXISTS."""
 
     __tablename__ = "idempotency_records"
-    caller_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    method: Mapped[str] = mapped_column(Text, primary_key=True)
-    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    __table_args__ = (UniqueConstraint("caller_id", "method", "request_id"),)
+    id: Mapped[uuid.UUID] = _id()
+    caller_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    method: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     request_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    response: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The serialised first response, sealed by the vault: some responses carry a secret shown once.
+    response_sealed: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
@@ -447,6 +458,7 @@ class AuditEvent(Base):
 
 # Every column that holds a vault-sealed secret, for `signalhub admin rotate-master-key`.
 SEALED_COLUMNS: tuple[tuple[type[Base], str], ...] = (
+    (IdempotencyRecord, "response_sealed"),
     (Producer, "secret_sealed"),
     (Producer, "previous_secret_sealed"),
     (Device, "secret_sealed"),

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 08:22:22.705709
+Create Date: 2026-11-23
 
 Execution events are immutable: a trigger refuses UPDATE and DELETE on them.
 """
@@ -42,48 +42,29 @@ def upgrade() -> None:
         sa.Column("object_type", sa.Text(), nullable=False),
         sa.Column("object_id", sa.UUID(), nullable=True),
         sa.Column(
-            "details",
-            postgresql.JSONB(astext_type=sa.Text()),
-            server_default=sa.text("'{}'::jsonb"),
-            nullable=False,
+            "details", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
         ),
         sa.Column("request_id", sa.Text(), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_events")),
     )
     op.create_index("ix_audit_events_created_at", "audit_events", ["created_at"], unique=False)
-    op.create_index(
-        "ix_audit_events_object_type_object_id",
-        "audit_events",
-        ["object_type", "object_id"],
-        unique=False,
-    )
+    op.create_index("ix_audit_events_object_type_object_id", "audit_events", ["object_type", "object_id"], unique=False)
     op.create_table(
         "idempotency_records",
+        sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("caller_id", sa.UUID(), nullable=False),
         sa.Column("method", sa.Text(), nullable=False),
         sa.Column("request_id", sa.UUID(), nullable=False),
         sa.Column("request_hash", sa.LargeBinary(), nullable=False),
-        sa.Column("response", sa.LargeBinary(), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
+        sa.Column("response_sealed", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_records")),
+        sa.UniqueConstraint(
+            "caller_id", "method", "request_id", name=op.f("uq_idempotency_records_caller_id_method_request_id")
         ),
-        sa.PrimaryKeyConstraint("caller_id", "method", "request_id", name=op.f("pk_idempotency_records")),
     )
-    op.create_index(
-        op.f("ix_idempotency_records_created_at"),
-        "idempotency_records",
-        ["created_at"],
-        unique=False,
-    )
+    op.create_index(op.f("ix_idempotency_records_created_at"), "idempotency_records", ["created_at"], unique=False)
     op.create_table(
         "nonces",
         sa.Column("key_id", sa.Text(), nullable=False),
@@ -113,12 +94,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("source_id", sa.UUID(), nullable=False),
-        sa.Column(
-            "received_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("instrument", name=op.f("pk_quotes")),
     )
     op.create_table(
@@ -127,22 +103,10 @@ def upgrade() -> None:
         sa.Column("email", sa.Text(), nullable=False),
         sa.Column(
             "role",
-            sa.Enum(
-                "ADMIN",
-                "USER",
-                name="role",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            sa.Enum("ADMIN", "USER", name="role", native_enum=False, create_constraint=True, length=32),
             nullable=False,
         ),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
     )
@@ -152,19 +116,11 @@ def upgrade() -> None:
         sa.Column("user_id", sa.UUID(), nullable=False),
         sa.Column("name", sa.Text(), server_default="", nullable=False),
         sa.Column("token_hash", sa.LargeBinary(), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["user_id"],
-            ["users.id"],
-            name=op.f("fk_api_tokens_user_id_users"),
-            ondelete="RESTRICT",
+            ["user_id"], ["users.id"], name=op.f("fk_api_tokens_user_id_users"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
@@ -178,10 +134,7 @@ def upgrade() -> None:
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("mac_address", sa.Text(), nullable=True),
         sa.Column(
-            "symbol_map",
-            postgresql.JSONB(astext_type=sa.Text()),
-            server_default=sa.text("'{}'::jsonb"),
-            nullable=False,
+            "symbol_map", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
         ),
         sa.Column(
             "status",
@@ -201,20 +154,11 @@ def upgrade() -> None:
         sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secret_rotated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_hello", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("last_hello_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["user_id"],
-            ["users.id"],
-            name=op.f("fk_devices_user_id_users"),
-            ondelete="RESTRICT",
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_devices_user_id_users"), ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_devices")),
         sa.UniqueConstraint("user_id", "request_id", name=op.f("uq_devices_user_id_request_id")),
     )
@@ -225,14 +169,7 @@ def upgrade() -> None:
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column(
             "status",
-            sa.Enum(
-                "ACTIVE",
-                "REVOKED",
-                name="producer_status",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            sa.Enum("ACTIVE", "REVOKED", name="producer_status", native_enum=False, create_constraint=True, length=32),
             nullable=False,
         ),
         sa.Column("created_by", sa.UUID(), nullable=True),
@@ -240,18 +177,10 @@ def upgrade() -> None:
         sa.Column("previous_secret_sealed", sa.Text(), nullable=True),
         sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("secret_rotated_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["created_by"],
-            ["users.id"],
-            name=op.f("fk_producers_created_by_users"),
-            ondelete="RESTRICT",
+            ["created_by"], ["users.id"], name=op.f("fk_producers_created_by_users"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_producers")),
     )
@@ -263,14 +192,7 @@ def upgrade() -> None:
         sa.Column("instrument", sa.Text(), nullable=False),
         sa.Column(
             "side",
-            sa.Enum(
-                "BUY",
-                "SELL",
-                name="side",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            sa.Enum("BUY", "SELL", name="side", native_enum=False, create_constraint=True, length=32),
             nullable=False,
         ),
         sa.Column("entry_price", sa.Numeric(), nullable=True),
@@ -279,10 +201,7 @@ def upgrade() -> None:
         sa.Column("signal_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expire_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
-            "payload",
-            postgresql.JSONB(astext_type=sa.Text()),
-            server_default=sa.text("'{}'::jsonb"),
-            nullable=False,
+            "payload", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
         ),
         sa.Column(
             "status",
@@ -298,18 +217,10 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("cancel_reason", sa.Text(), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["producer_id"],
-            ["producers.id"],
-            name=op.f("fk_signals_producer_id_producers"),
-            ondelete="RESTRICT",
+            ["producer_id"], ["producers.id"], name=op.f("fk_signals_producer_id_producers"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_signals")),
         sa.UniqueConstraint("producer_id", "request_id", name=op.f("uq_signals_producer_id_request_id")),
@@ -321,12 +232,7 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status = 'OPEN'"),
     )
-    op.create_index(
-        "ix_signals_producer_id_signal_time",
-        "signals",
-        ["producer_id", "signal_time"],
-        unique=False,
-    )
+    op.create_index("ix_signals_producer_id_signal_time", "signals", ["producer_id", "signal_time"], unique=False)
     op.create_table(
         "subscriptions",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -334,14 +240,7 @@ def upgrade() -> None:
         sa.Column("producer_id", sa.UUID(), nullable=False),
         sa.Column(
             "mode",
-            sa.Enum(
-                "MANUAL",
-                "AUTO",
-                name="subscription_mode",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            sa.Enum("MANUAL", "AUTO", name="subscription_mode", native_enum=False, create_constraint=True, length=32),
             nullable=False,
         ),
         sa.Column(
@@ -359,17 +258,12 @@ def upgrade() -> None:
         ),
         sa.Column("sizing_value", sa.Numeric(), nullable=False),
         sa.Column("max_volume", sa.Numeric(), nullable=True),
-        sa.Column(
-            "instruments",
-            sa.ARRAY(sa.Text()),
-            server_default=sa.text("'{}'::text[]"),
-            nullable=False,
-        ),
+        sa.Column("instruments", sa.ARRAY(sa.Text()), server_default=sa.text("'{}'::text[]"), nullable=False),
         sa.Column(
             "status",
             sa.Enum(
                 "ACTIVE",
-                "CANCELLED",
+                "UNSUBSCRIBED",
                 name="subscription_status",
                 native_enum=False,
                 create_constraint=True,
@@ -377,33 +271,17 @@ def upgrade() -> None:
             ),
             nullable=False,
         ),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("unsubscribed_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["producer_id"],
-            ["producers.id"],
-            name=op.f("fk_subscriptions_producer_id_producers"),
-            ondelete="RESTRICT",
+            ["producer_id"], ["producers.id"], name=op.f("fk_subscriptions_producer_id_producers"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"],
-            ["users.id"],
-            name=op.f("fk_subscriptions_user_id_users"),
-            ondelete="RESTRICT",
+            ["user_id"], ["users.id"], name=op.f("fk_subscriptions_user_id_users"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
     )
-    op.create_index(
-        "ix_subscriptions_producer_id_status",
-        "subscriptions",
-        ["producer_id", "status"],
-        unique=False,
-    )
+    op.create_index("ix_subscriptions_producer_id_status", "subscriptions", ["producer_id", "status"], unique=False)
     op.create_index(
         "uq_subscriptions_active_user_producer",
         "subscriptions",
@@ -433,32 +311,16 @@ def upgrade() -> None:
         ),
         sa.Column("automatic", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("volume", sa.Numeric(), nullable=True),
-        sa.Column(
-            "device_ids",
-            sa.ARRAY(sa.UUID()),
-            server_default=sa.text("'{}'::uuid[]"),
-            nullable=False,
-        ),
+        sa.Column("device_ids", sa.ARRAY(sa.UUID()), server_default=sa.text("'{}'::uuid[]"), nullable=False),
         sa.Column("decided_by", sa.UUID(), nullable=True),
         sa.Column("reason", sa.Text(), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["decided_by"],
-            ["users.id"],
-            name=op.f("fk_approvals_decided_by_users"),
-            ondelete="RESTRICT",
+            ["decided_by"], ["users.id"], name=op.f("fk_approvals_decided_by_users"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["signal_id"],
-            ["signals.id"],
-            name=op.f("fk_approvals_signal_id_signals"),
-            ondelete="RESTRICT",
+            ["signal_id"], ["signals.id"], name=op.f("fk_approvals_signal_id_signals"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
             ["subscription_id"],
@@ -467,10 +329,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"],
-            ["users.id"],
-            name=op.f("fk_approvals_user_id_users"),
-            ondelete="RESTRICT",
+            ["user_id"], ["users.id"], name=op.f("fk_approvals_user_id_users"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approvals")),
         sa.UniqueConstraint("signal_id", "user_id", name=op.f("uq_approvals_signal_id_user_id")),
@@ -485,14 +344,7 @@ def upgrade() -> None:
         sa.Column("instrument", sa.Text(), nullable=False),
         sa.Column(
             "side",
-            sa.Enum(
-                "BUY",
-                "SELL",
-                name="side",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            sa.Enum("BUY", "SELL", name="side", native_enum=False, create_constraint=True, length=32),
             nullable=False,
         ),
         sa.Column("volume", sa.Numeric(), nullable=False),
@@ -509,7 +361,9 @@ def upgrade() -> None:
                 "FILLED",
                 "REJECTED",
                 "EXPIRED",
+                "FAILED",
                 "SKIPPED",
+                "CANCELLED",
                 name="delivery_state",
                 native_enum=False,
                 create_constraint=True,
@@ -519,36 +373,17 @@ def upgrade() -> None:
         ),
         sa.Column("state_reason", sa.Text(), nullable=True),
         sa.Column("attempt", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["approval_id"], ["approvals.id"], name=op.f("fk_deliveries_approval_id_approvals"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["approval_id"],
-            ["approvals.id"],
-            name=op.f("fk_deliveries_approval_id_approvals"),
-            ondelete="RESTRICT",
+            ["device_id"], ["devices.id"], name=op.f("fk_deliveries_device_id_devices"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["device_id"],
-            ["devices.id"],
-            name=op.f("fk_deliveries_device_id_devices"),
-            ondelete="RESTRICT",
-        ),
-        sa.ForeignKeyConstraint(
-            ["signal_id"],
-            ["signals.id"],
-            name=op.f("fk_deliveries_signal_id_signals"),
-            ondelete="RESTRICT",
+            ["signal_id"], ["signals.id"], name=op.f("fk_deliveries_signal_id_signals"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deliveries")),
         sa.UniqueConstraint("approval_id", "device_id", name=op.f("uq_deliveries_approval_id_device_id")),
@@ -570,14 +405,7 @@ def upgrade() -> None:
         sa.Column("instrument", sa.Text(), nullable=False),
         sa.Column(
             "side",
-            sa.Enum(
-                "BUY",
-                "SELL",
-                name="side",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            sa.Enum("BUY", "SELL", name="side", native_enum=False, create_constraint=True, length=32),
             nullable=False,
         ),
         sa.Column("volume", sa.Numeric(), nullable=False),
@@ -601,40 +429,21 @@ def upgrade() -> None:
         ),
         sa.Column("close_price", sa.Numeric(), nullable=True),
         sa.Column("profit", sa.Numeric(), nullable=True),
-        sa.Column(
-            "opened_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("opened_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["delivery_id"],
-            ["deliveries.id"],
-            name=op.f("fk_positions_delivery_id_deliveries"),
-            ondelete="RESTRICT",
+            ["delivery_id"], ["deliveries.id"], name=op.f("fk_positions_delivery_id_deliveries"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["device_id"],
-            ["devices.id"],
-            name=op.f("fk_positions_device_id_devices"),
-            ondelete="RESTRICT",
+            ["device_id"], ["devices.id"], name=op.f("fk_positions_device_id_devices"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["signal_id"],
-            ["signals.id"],
-            name=op.f("fk_positions_signal_id_signals"),
-            ondelete="RESTRICT",
+            ["signal_id"], ["signals.id"], name=op.f("fk_positions_signal_id_signals"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_positions")),
         sa.UniqueConstraint("delivery_id", name=op.f("uq_positions_delivery_id")),
     )
-    op.create_index(
-        "ix_positions_device_id_opened_at",
-        "positions",
-        ["device_id", "opened_at"],
-        unique=False,
-    )
+    op.create_index("ix_positions_device_id_opened_at", "positions", ["device_id", "opened_at"], unique=False)
     op.create_index(
         "ix_positions_open_instrument",
         "positions",
@@ -683,31 +492,17 @@ def upgrade() -> None:
         sa.Column("closed_volume", sa.Numeric(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("attempt", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["device_id"],
-            ["devices.id"],
-            name=op.f("fk_close_commands_device_id_devices"),
-            ondelete="RESTRICT",
+            ["device_id"], ["devices.id"], name=op.f("fk_close_commands_device_id_devices"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["position_id"],
-            ["positions.id"],
-            name=op.f("fk_close_commands_position_id_positions"),
-            ondelete="RESTRICT",
+            ["position_id"], ["positions.id"], name=op.f("fk_close_commands_position_id_positions"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
-            ["requested_by"],
-            ["users.id"],
-            name=op.f("fk_close_commands_requested_by_users"),
-            ondelete="RESTRICT",
+            ["requested_by"], ["users.id"], name=op.f("fk_close_commands_requested_by_users"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_close_commands")),
     )
@@ -723,13 +518,16 @@ def upgrade() -> None:
         "execution_events",
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("device_id", sa.UUID(), nullable=False),
-        sa.Column("frame_id", sa.Text(), nullable=False),
+        sa.Column("frame_id", sa.Text(), nullable=True),
         sa.Column(
             "kind",
             sa.Enum(
+                "SENT",
                 "ACK",
                 "FILL",
                 "CLOSE_RESULT",
+                "EXPIRED",
+                "ERROR",
                 "QUOTE",
                 "HEARTBEAT",
                 "HELLO",
@@ -744,17 +542,10 @@ def upgrade() -> None:
         sa.Column("close_command_id", sa.UUID(), nullable=True),
         sa.Column("stage", sa.Text(), nullable=True),
         sa.Column(
-            "body",
-            postgresql.JSONB(astext_type=sa.Text()),
-            server_default=sa.text("'{}'::jsonb"),
-            nullable=False,
+            "body", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False
         ),
-        sa.Column(
-            "received_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        sa.Column("event_time", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.ForeignKeyConstraint(
             ["close_command_id"],
             ["close_commands.id"],
@@ -768,25 +559,14 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
-            ["device_id"],
-            ["devices.id"],
-            name=op.f("fk_execution_events_device_id_devices"),
-            ondelete="RESTRICT",
+            ["device_id"], ["devices.id"], name=op.f("fk_execution_events_device_id_devices"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_execution_events")),
         sa.UniqueConstraint("device_id", "frame_id", name=op.f("uq_execution_events_device_id_frame_id")),
     )
+    op.create_index("ix_execution_events_close_command_id", "execution_events", ["close_command_id"], unique=False)
     op.create_index(
-        "ix_execution_events_close_command_id",
-        "execution_events",
-        ["close_command_id"],
-        unique=False,
-    )
-    op.create_index(
-        "ix_execution_events_delivery_id_received_at",
-        "execution_events",
-        ["delivery_id", "received_at"],
-        unique=False,
+        "ix_execution_events_delivery_id_received_at", "execution_events", ["delivery_id", "received_at"], unique=False
     )
     op.execute(
         """
@@ -815,11 +595,7 @@ def downgrade() -> None:
         postgresql_where=sa.text("status IN ('PENDING', 'SENT')"),
     )
     op.drop_table("close_commands")
-    op.drop_index(
-        "ix_positions_open_instrument",
-        table_name="positions",
-        postgresql_where=sa.text("status = 'OPEN'"),
-    )
+    op.drop_index("ix_positions_open_instrument", table_name="positions", postgresql_where=sa.text("status = 'OPEN'"))
     op.drop_index("ix_positions_device_id_opened_at", table_name="positions")
     op.drop_table("positions")
     op.drop_index("ix_deliveries_signal_id", table_name="deliveries")
@@ -839,11 +615,7 @@ def downgrade() -> None:
     op.drop_index("ix_subscriptions_producer_id_status", table_name="subscriptions")
     op.drop_table("subscriptions")
     op.drop_index("ix_signals_producer_id_signal_time", table_name="signals")
-    op.drop_index(
-        "ix_signals_open_expire_time",
-        table_name="signals",
-        postgresql_where=sa.text("status = 'OPEN'"),
-    )
+    op.drop_index("ix_signals_open_expire_time", table_name="signals", postgresql_where=sa.text("status = 'OPEN'"))
     op.drop_table("signals")
     op.drop_table("producers")
     op.drop_index(op.f("ix_devices_user_id"), table_name="devices")

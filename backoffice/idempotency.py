@@ -1,0 +1,82 @@
+"""Idempotent mutations (CONTRACT.md): the same caller repeating a request_id with the same request gets
+the first response; with a different request, ALREADY_EXISTS.
+
+The record is inserted first, in the same transaction as the change: a concurrent repeat blocks on its
+unique key until the first commits, then reads the stored response. If the first rolls back, the repeat
+simply does the work itself. Responses are sealed, because some carry a secret shown once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backoffice.errors import AlreadyExists, InvalidArgument
+from backoffice.models import IdempotencyRecord
+from backoffice.vault import Binding, Vault
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+
+
+def parse_request_id(value: str, field: str = "request_id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument([(field, "a UUID is required")]) from None
+
+
+async def run_once(
+    session: AsyncSession,
+    vault: Vault,
+    *,
+    caller_id: uuid.UUID,
+    method: str,
+    request_id: str,
+    request: Message,
+    response_type: type[ResponseT],
+    action: Callable[[], Awaitable[ResponseT]],
+) -> tuple[ResponseT, bool]:
+    """Run ``action`` once per (caller, method, request_id) inside ``session``'s transaction.
+
+    Returns (response, True) when this call did the work, (the first response, False) for a repeat.
+    """
+    key = parse_request_id(request_id)
+    request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    record_id = uuid.uuid4()
+    inserted = await session.scalar(
+        insert(IdempotencyRecord)
+        .values(id=record_id, caller_id=caller_id, method=method, request_id=key, request_hash=request_hash)
+        .on_conflict_do_nothing()
+        .returning(IdempotencyRecord.id)
+    )
+    if inserted is None:
+        record = (
+            await session.execute(
+                select(IdempotencyRecord).where(
+                    IdempotencyRecord.caller_id == caller_id,
+                    IdempotencyRecord.method == method,
+                    IdempotencyRecord.request_id == key,
+                )
+            )
+        ).scalar_one()
+        if record.request_hash != request_hash or record.response_sealed is None:
+            raise AlreadyExists(
+                "request_id was already used for a different request", reason="REQUEST_ID_REUSED"
+            )
+        stored = vault.open(record.response_sealed, _binding(record.id))
+        return response_type.FromString(stored), False
+    response = await action()
+    sealed = vault.seal(response.SerializeToString(), _binding(record_id))
+    await session.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(response_sealed=sealed))
+    return response, True
+
+
+def _binding(record_id: uuid.UUID) -> Binding:
+    return Binding("idempotency_records", str(record_id), "response_sealed")

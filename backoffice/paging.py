@@ -1,0 +1,90 @@
+"""Keyset paging for every list RPC: ``page_size`` 0 means 50, larger than 500 is coerced to 500, and an
+opaque ``page_token`` that only says where the previous page ended (it grants nothing: every query still
+filters by what the caller may see), bound to the request's filters."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from backoffice.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+RowT = TypeVar("RowT")
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument([("page_size", "must not be negative")])
+    return DEFAULT_PAGE_SIZE if requested == 0 else min(requested, MAX_PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    created_at: datetime
+    id: uuid.UUID
+
+
+def _fingerprint(filters: Sequence[object]) -> str:
+    return hashlib.sha256(json.dumps([str(f) for f in filters]).encode()).hexdigest()[:16]
+
+
+def encode_token(cursor: Cursor, filters: Sequence[object]) -> str:
+    raw = json.dumps({"t": cursor.created_at.isoformat(), "i": str(cursor.id), "f": _fingerprint(filters)})
+    return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
+
+
+def decode_token(token: str, filters: Sequence[object]) -> Cursor | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        cursor = Cursor(datetime.fromisoformat(data["t"]), uuid.UUID(data["i"]))
+        fingerprint = data["f"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidArgument([("page_token", "not a page token from this list")]) from None
+    if fingerprint != _fingerprint(filters):
+        raise InvalidArgument([("page_token", "the filters changed since this token was issued")])
+    return cursor
+
+
+async def fetch_page(
+    session: AsyncSession,
+    query: Select[RowT],
+    *,
+    created_at: InstrumentedAttribute[datetime],
+    id_column: InstrumentedAttribute[uuid.UUID],
+    requested_size: int,
+    page_token: str,
+    filters: Sequence[Any],
+    newest_first: bool = True,
+) -> tuple[list[RowT], str]:
+    """One page of ``query`` in (created_at, id) order and the token of the next ('' at the end)."""
+    size = page_size(requested_size)
+    cursor = decode_token(page_token, filters)
+    if cursor is not None:
+        if newest_first:
+            after = or_(created_at < cursor.created_at, and_(created_at == cursor.created_at, id_column < cursor.id))
+        else:
+            after = or_(created_at > cursor.created_at, and_(created_at == cursor.created_at, id_column > cursor.id))
+        query = query.where(after)
+    order = (created_at.desc(), id_column.desc()) if newest_first else (created_at.asc(), id_column.asc())
+    rows = list((await session.scalars(query.order_by(*order).limit(size + 1))).all())
+    if len(rows) <= size:
+        return rows, ""
+    last = rows[size - 1]
+    token = encode_token(Cursor(getattr(last, created_at.key), getattr(last, id_column.key)), filters)
+    return rows[:size], token
