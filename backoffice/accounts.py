@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, signing
-from backoffice.auth import Caller, new_api_token
-from backoffice.errors import AlreadyExists, InvalidArgument
-from backoffice.models import ActorType, ApiToken, Producer, ProducerStatus, Role, User
+from backoffice.auth import Caller, new_api_token, require_admin
+from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from backoffice.models import ActorType, ApiToken, Device, Producer, ProducerStatus, Role, User
 from backoffice.vault import Binding, Vault
 
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
@@ -30,12 +31,18 @@ def validate_name(value: str, field: str) -> str:
 
 
 async def create_user(
-    session: AsyncSession, *, email: str, role: Role, created_by: Caller | None = None
+    session: AsyncSession, *, email: str, role: Role, referral_code: str = "", created_by: Caller | None = None
 ) -> tuple[User, str]:
     """A new user and its first API token (shown once)."""
     normalised = email.strip().lower()
+    violations = []
     if not _EMAIL_RE.match(normalised):
-        raise InvalidArgument([("email", "not an email address")])
+        violations.append(("email", "not an email address"))
+    if referral_code:
+        # Affiliates and their referral codes do not exist yet: every code is unknown.
+        violations.append(("referral_code", "unknown referral code"))
+    if violations:
+        raise InvalidArgument(violations)
     if await session.scalar(select(User.id).where(User.email == normalised)) is not None:
         raise AlreadyExists("a user with this email exists", reason="EMAIL_TAKEN")
     user = User(id=uuid.uuid4(), email=normalised, role=role)
@@ -47,7 +54,7 @@ async def create_user(
         session,
         actor_type=actor_type,
         actor_id=actor_id,
-        action="user.create",
+        action="CreateUser",
         object_type="user",
         object_id=user.id,
         details={"role": role.value},
@@ -66,7 +73,7 @@ async def create_api_token(
         session,
         actor_type=actor_type,
         actor_id=actor_id,
-        action="api_token.create",
+        action="CreateApiToken",
         object_type="api_token",
         object_id=token.id,
     )
@@ -93,9 +100,86 @@ async def create_producer(
         session,
         actor_type=actor_type,
         actor_id=actor_id,
-        action="producer.create",
+        action="CreateProducer",
         object_type="producer",
         object_id=producer_id,
     )
     await session.flush()
     return producer, shown
+
+
+async def revoke_api_token(session: AsyncSession, caller: Caller, token_id: uuid.UUID) -> ApiToken:
+    """Revoke one of the caller's tokens (admins: anyone's); revoking twice changes nothing."""
+    token = await session.get(ApiToken, token_id, with_for_update=True)
+    if token is None or (token.user_id != caller.id and not caller.is_admin):
+        raise NotFound("api_token")
+    if token.revoked_at is None:
+        token.revoked_at = datetime.now(UTC)
+        audit.record(
+            session,
+            actor_type=caller.kind,
+            actor_id=caller.id,
+            action="RevokeApiToken",
+            object_type="api_token",
+            object_id=token.id,
+        )
+    return token
+
+
+async def _admin_producer(session: AsyncSession, caller: Caller, producer_id: uuid.UUID) -> Producer:
+    require_admin(caller)
+    producer = await session.get(Producer, producer_id, with_for_update=True)
+    if producer is None:
+        raise NotFound("producer")
+    return producer
+
+
+async def rotate_producer_secret(
+    session: AsyncSession, vault: Vault, caller: Caller, producer_id: uuid.UUID, *, grace: timedelta, request_id: str
+) -> tuple[Producer, str]:
+    """A new secret (shown once); the previous one keeps verifying for ``grace``."""
+    producer = await _admin_producer(session, caller, producer_id)
+    if producer.status is ProducerStatus.REVOKED:
+        raise FailedPrecondition("the producer is revoked", reason="PRODUCER_REVOKED")
+    shown = rotate_secret(producer, vault, grace)
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="RotateProducerSecret",
+        object_type="producer",
+        object_id=producer.id,
+        request_id=request_id,
+    )
+    return producer, shown
+
+
+def rotate_secret(row: Producer | Device, vault: Vault, grace: timedelta) -> str:
+    """Seal a new secret into ``row``, keeping the current one as the previous secret for ``grace``.
+
+    One home for producers and devices: both sign with the same scheme and the same grace rule."""
+    table, row_id = row.__tablename__, str(row.id)
+    current = vault.open(row.secret_sealed, Binding(table, row_id, "secret_sealed"))
+    shown, raw = signing.generate_secret()
+    now = datetime.now(UTC)
+    row.previous_secret_sealed = vault.seal(current, Binding(table, row_id, "previous_secret_sealed"))
+    row.previous_secret_expires_at = now + grace
+    row.secret_sealed = vault.seal(raw, Binding(table, row_id, "secret_sealed"))
+    row.secret_rotated_at = now
+    return shown
+
+
+async def revoke_producer(session: AsyncSession, caller: Caller, producer_id: uuid.UUID) -> Producer:
+    producer = await _admin_producer(session, caller, producer_id)
+    if producer.status is not ProducerStatus.REVOKED:
+        producer.status = ProducerStatus.REVOKED
+        producer.revoked_at = datetime.now(UTC)
+        audit.record(
+            session,
+            actor_type=caller.kind,
+            actor_id=caller.id,
+            action="RevokeProducer",
+            object_type="producer",
+            object_id=producer.id,
+        )
+    return producer

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import signing
-from backoffice.errors import Unauthenticated
+from backoffice.errors import PermissionDenied, Unauthenticated
 from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus, Role, User
 from backoffice.nonces import NonceStore
 from backoffice.signing import AuthFailure, SignatureError
@@ -151,3 +151,8 @@ class SignatureVerifier:
             binding = Binding(table, str(row.id), "previous_secret_sealed")
             found.append(self._vault.open(row.previous_secret_sealed, binding))
         return found
+
+
+def require_admin(caller: Caller) -> None:
+    if not caller.is_admin:
+        raise PermissionDenied("only an admin may do this", reason="ADMIN_ONLY")

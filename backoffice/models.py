@@ -227,6 +227,12 @@ class Signal(Base):
     created_at: Mapped[datetime] = _created()
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    def status_at(self, now: datetime) -> SignalStatus:
+        """OPEN signals past their expire_time are EXPIRED even before the worker writes it down."""
+        if self.status is SignalStatus.OPEN and self.expire_time <= now:
+            return SignalStatus.EXPIRED
+        return self.status
+
 
 class Subscription(Base):
     __tablename__ = "subscriptions"

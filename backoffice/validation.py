@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from backoffice.errors import InvalidArgument
 
-MAX_DECIMAL_DIGITS = 30
+# Plain decimal notation only: no exponent, NaN or infinity; bounded so numeric columns stay sane.
+_DECIMAL_RE = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,12})?$")
 
 
 def parse_id(value: str, field: str) -> uuid.UUID:
@@ -23,13 +25,11 @@ def parse_optional_id(value: str, field: str) -> uuid.UUID | None:
 
 
 def parse_decimal(value: str, field: str, *, positive: bool = True) -> Decimal:
-    """A decimal string ("2034.15"); never a float, never NaN or infinity, no exponent tricks."""
-    try:
-        number = Decimal(value.strip())
-    except (InvalidOperation, ValueError):
-        raise InvalidArgument([(field, "a decimal string such as '2034.15' is required")]) from None
-    if not number.is_finite() or len(number.as_tuple().digits) > MAX_DECIMAL_DIGITS:
-        raise InvalidArgument([(field, "a finite decimal of at most 30 digits is required")])
+    """A decimal string ("2034.15"); never a float, never NaN or infinity, no exponent."""
+    text = value.strip()
+    if not _DECIMAL_RE.match(text):
+        raise InvalidArgument([(field, "a decimal string such as '2034.15' is required (at most 12 decimals)")])
+    number = Decimal(text)
     if positive and number <= 0:
         raise InvalidArgument([(field, "must be greater than zero")])
     return number

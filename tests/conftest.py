@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -208,3 +209,21 @@ def rpc_failure(error: grpc.aio.AioRpcError) -> RpcFailure:
             violations.update({v.field: v.description for v in bad.field_violations})
     assert len(infos) == 1, status
     return RpcFailure(error.code(), infos[0].reason, infos[0].domain, dict(infos[0].metadata), violations)
+
+
+async def signed_call(
+    channel: grpc.aio.Channel,
+    key: KeyCredentials,
+    method: str,
+    request: Any,
+    response_type: Any,
+    *,
+    timeout: float = 10,
+) -> Any:
+    """A producer-signed unary call: sign the exact bytes, send those bytes."""
+    from backoffice import signing
+
+    body = request.SerializeToString()
+    metadata = signing.signed_metadata(signing.parse_secret(key.secret), method, str(key.id), body)
+    call = channel.unary_unary(method, response_deserializer=response_type.FromString)
+    return await call(body, metadata=metadata, timeout=timeout)

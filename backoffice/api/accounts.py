@@ -2,28 +2,82 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import models
+from backoffice import accounts, idempotency, models
 from backoffice.api import wire
+from backoffice.auth import require_admin
 from backoffice.errors import NotFound
 from backoffice.interceptors import current_caller
+from backoffice.models import Role
+from backoffice.validation import parse_id
+from backoffice.vault import Vault
 from signalhub.v1 import backoffice_pb2 as pb
-
-ROLE_TO_WIRE = {models.Role.ADMIN: pb.ROLE_ADMIN, models.Role.USER: pb.ROLE_USER}
 
 
 def encode_user(user: models.User) -> pb.User:
     return pb.User(
-        id=str(user.id), email=user.email, role=ROLE_TO_WIRE[user.role], create_time=wire.timestamp(user.created_at)
+        id=str(user.id),
+        email=user.email,
+        role=wire.enum_to_wire(pb.Role, "ROLE", user.role),
+        create_time=wire.timestamp(user.created_at),
+    )
+
+
+def encode_api_token(token: models.ApiToken) -> pb.ApiToken:
+    return pb.ApiToken(
+        id=str(token.id),
+        user_id=str(token.user_id),
+        name=token.name,
+        create_time=wire.timestamp(token.created_at),
+        revoke_time=wire.timestamp(token.revoked_at),
+        last_used_time=wire.timestamp(token.last_used_at),
+    )
+
+
+def encode_producer(producer: models.Producer) -> pb.Producer:
+    return pb.Producer(
+        id=str(producer.id),
+        name=producer.name,
+        status=wire.enum_to_wire(pb.ProducerStatus, "PRODUCER_STATUS", producer.status),
+        create_time=wire.timestamp(producer.created_at),
+        secret_rotate_time=wire.timestamp(producer.secret_rotated_at),
+        revoke_time=wire.timestamp(producer.revoked_at),
     )
 
 
 class AccountServicer:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], vault: Vault, secret_grace: timedelta) -> None:
         self._sessions = sessions
+        self._vault = vault
+        self._grace = secret_grace
+
+    async def CreateUser(self, request: pb.CreateUserRequest, context: Any) -> pb.CreateUserResponse:
+        caller = current_caller()
+        require_admin(caller)
+        role = wire.enum_from_wire(pb.Role, "ROLE", request.role, Role, "role")
+        async with self._sessions.begin() as session:
+
+            async def create() -> pb.CreateUserResponse:
+                user, token = await accounts.create_user(
+                    session, email=request.email, role=role, referral_code=request.referral_code, created_by=caller
+                )
+                return pb.CreateUserResponse(user=encode_user(user), api_token=token)
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="CreateUser",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.CreateUserResponse,
+                action=create,
+            )
+        return response
 
     async def GetCurrentUser(self, request: pb.GetCurrentUserRequest, context: Any) -> pb.User:
         caller = current_caller()
@@ -32,3 +86,85 @@ class AccountServicer:
         if user is None:
             raise NotFound("user")
         return encode_user(user)
+
+    async def CreateApiToken(self, request: pb.CreateApiTokenRequest, context: Any) -> pb.CreateApiTokenResponse:
+        caller = current_caller()
+        name = accounts.validate_name(request.name or "api token", "name")
+        async with self._sessions.begin() as session:
+
+            async def create() -> pb.CreateApiTokenResponse:
+                token, shown = await accounts.create_api_token(session, user_id=caller.id, name=name, created_by=caller)
+                return pb.CreateApiTokenResponse(token=encode_api_token(token), api_token=shown)
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="CreateApiToken",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.CreateApiTokenResponse,
+                action=create,
+            )
+        return response
+
+    async def RevokeApiToken(self, request: pb.RevokeApiTokenRequest, context: Any) -> pb.ApiToken:
+        caller = current_caller()
+        token_id = parse_id(request.id, "id")
+        async with self._sessions.begin() as session:
+            return encode_api_token(await accounts.revoke_api_token(session, caller, token_id))
+
+    async def CreateProducer(self, request: pb.CreateProducerRequest, context: Any) -> pb.CreateProducerResponse:
+        caller = current_caller()
+        require_admin(caller)
+        async with self._sessions.begin() as session:
+
+            async def create() -> pb.CreateProducerResponse:
+                producer, secret = await accounts.create_producer(
+                    session, self._vault, name=request.name, created_by=caller
+                )
+                return pb.CreateProducerResponse(producer=encode_producer(producer), secret=secret)
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="CreateProducer",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.CreateProducerResponse,
+                action=create,
+            )
+        return response
+
+    async def RotateProducerSecret(
+        self, request: pb.RotateProducerSecretRequest, context: Any
+    ) -> pb.RotateProducerSecretResponse:
+        caller = current_caller()
+        require_admin(caller)
+        producer_id = parse_id(request.id, "id")
+        async with self._sessions.begin() as session:
+
+            async def rotate() -> pb.RotateProducerSecretResponse:
+                producer, secret = await accounts.rotate_producer_secret(
+                    session, self._vault, caller, producer_id, grace=self._grace, request_id=request.request_id
+                )
+                return pb.RotateProducerSecretResponse(producer=encode_producer(producer), secret=secret)
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="RotateProducerSecret",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.RotateProducerSecretResponse,
+                action=rotate,
+            )
+        return response
+
+    async def RevokeProducer(self, request: pb.RevokeProducerRequest, context: Any) -> pb.Producer:
+        caller = current_caller()
+        producer_id = parse_id(request.id, "id")
+        async with self._sessions.begin() as session:
+            return encode_producer(await accounts.revoke_producer(session, caller, producer_id))

@@ -1,11 +1,19 @@
-"""Encoding domain values for the wire: timestamps, decimals, ids, enums."""
+"""Encoding domain values for the wire and back: timestamps, decimals, enums, structs."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import enum
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, TypeVar
 
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from backoffice.errors import InvalidArgument
+
+EnumT = TypeVar("EnumT", bound=enum.Enum)
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -16,6 +24,41 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
+def parse_timestamp(value: Timestamp, present: bool) -> datetime | None:
+    return value.ToDatetime(tzinfo=UTC) if present else None
+
+
 def decimal_text(value: Decimal | None) -> str:
     """Decimal strings as the contract wants them: no exponent, no float rounding."""
     return "" if value is None else format(value, "f")
+
+
+def enum_to_wire(wire_enum: Any, prefix: str, value: enum.Enum | None) -> Any:
+    """``Side.BUY`` -> ``SIDE_BUY``'s number; None -> 0 (UNSPECIFIED). Typed Any: each generated enum
+    has its own ``ValueType``."""
+    return 0 if value is None else wire_enum.Value(f"{prefix}_{value.value}")
+
+
+def enum_from_wire(wire_enum: Any, prefix: str, number: int, domain: type[EnumT], field: str) -> EnumT:
+    """The domain enum for a wire number; UNSPECIFIED or an unknown number is INVALID_ARGUMENT."""
+    try:
+        name = str(wire_enum.Name(number))
+        return domain(name.removeprefix(prefix + "_"))
+    except ValueError:
+        allowed = ", ".join(f"{prefix}_{m.value}" for m in domain)
+        raise InvalidArgument([(field, f"one of {allowed} is required")]) from None
+
+
+def optional_enum_from_wire(wire_enum: Any, prefix: str, number: int, domain: type[EnumT], field: str) -> EnumT | None:
+    return None if number == 0 else enum_from_wire(wire_enum, prefix, number, domain, field)
+
+
+def struct_to_dict(value: Struct) -> dict[str, Any]:
+    return dict(json_format.MessageToDict(value))
+
+
+def dict_to_struct(value: dict[str, Any] | None) -> Struct:
+    struct = Struct()
+    if value:
+        struct.update(value)
+    return struct

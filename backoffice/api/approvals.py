@@ -1,0 +1,210 @@
+"""ApprovalService: subscriptions and approvals."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backoffice import approvals, hints, idempotency, subscriptions
+from backoffice.api import wire
+from backoffice.errors import InvalidArgument
+from backoffice.interceptors import current_caller
+from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
+from backoffice.validation import parse_decimal, parse_id, parse_optional_decimal, parse_optional_id
+from backoffice.vault import Vault
+from signalhub.v1 import backoffice_pb2 as pb
+
+
+def encode_subscription(subscription: Subscription) -> pb.Subscription:
+    return pb.Subscription(
+        id=str(subscription.id),
+        user_id=str(subscription.user_id),
+        producer_id=str(subscription.producer_id),
+        mode=wire.enum_to_wire(pb.SubscriptionMode, "SUBSCRIPTION_MODE", subscription.mode),
+        sizing=wire.enum_to_wire(pb.SizingMode, "SIZING_MODE", subscription.sizing_mode),
+        sizing_value=wire.decimal_text(subscription.sizing_value),
+        max_volume=wire.decimal_text(subscription.max_volume),
+        instruments=subscription.instruments,
+        status=wire.enum_to_wire(pb.SubscriptionStatus, "SUBSCRIPTION_STATUS", subscription.status),
+        create_time=wire.timestamp(subscription.created_at),
+        unsubscribe_time=wire.timestamp(subscription.unsubscribed_at),
+    )
+
+
+def encode_approval(approval: Approval, expire_time: Any = None) -> pb.Approval:
+    return pb.Approval(
+        id=str(approval.id),
+        signal_id=str(approval.signal_id),
+        subscription_id=str(approval.subscription_id),
+        user_id=str(approval.user_id),
+        status=wire.enum_to_wire(pb.ApprovalStatus, "APPROVAL_STATUS", approval.status),
+        volume=wire.decimal_text(approval.volume),
+        device_ids=[str(d) for d in approval.device_ids],
+        auto_approved=approval.automatic,
+        decided_by_user_id=str(approval.decided_by) if approval.decided_by else "",
+        reason=approval.reason or "",
+        create_time=wire.timestamp(approval.created_at),
+        decide_time=wire.timestamp(approval.decided_at),
+        expire_time=wire.timestamp(expire_time),
+    )
+
+
+class ApprovalServicer:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis) -> None:
+        self._sessions = sessions
+        self._vault = vault
+        self._redis = redis
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> pb.Subscription:
+        caller = current_caller()
+        terms = _decode_terms(request)
+        async with self._sessions.begin() as session:
+
+            async def subscribe() -> pb.Subscription:
+                return encode_subscription(await subscriptions.subscribe(session, caller, terms, request.request_id))
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="Subscribe",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.Subscription,
+                action=subscribe,
+            )
+        return response
+
+    async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> pb.Subscription:
+        caller = current_caller()
+        subscription_id = parse_id(request.id, "id")
+        async with self._sessions.begin() as session:
+            return encode_subscription(await subscriptions.unsubscribe(session, caller, subscription_id))
+
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, context: Any
+    ) -> pb.ListSubscriptionsResponse:
+        caller = current_caller()
+        status = wire.optional_enum_from_wire(
+            pb.SubscriptionStatus, "SUBSCRIPTION_STATUS", request.status, SubscriptionStatus, "status"
+        )
+        async with self._sessions() as session:
+            rows, token = await subscriptions.list_subscriptions(
+                session,
+                caller,
+                producer_id=parse_optional_id(request.producer_id, "producer_id"),
+                status=status,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return pb.ListSubscriptionsResponse(subscriptions=[encode_subscription(s) for s in rows], next_page_token=token)
+
+    async def ListPendingApprovals(
+        self, request: pb.ListPendingApprovalsRequest, context: Any
+    ) -> pb.ListPendingApprovalsResponse:
+        caller = current_caller()
+        async with self._sessions() as session:
+            rows, token = await approvals.list_pending(
+                session, caller, page_size=request.page_size, page_token=request.page_token
+            )
+            expiries = await approvals.expire_times(session, [a.signal_id for a in rows])
+        return pb.ListPendingApprovalsResponse(
+            approvals=[encode_approval(a, expiries.get(a.signal_id)) for a in rows], next_page_token=token
+        )
+
+    async def ApproveSignal(self, request: pb.ApproveSignalRequest, context: Any) -> pb.Approval:
+        caller = current_caller()
+        signal_id = parse_id(request.signal_id, "signal_id")
+        volume = parse_optional_decimal(request.volume, "volume")
+        device_ids = [parse_id(d, f"device_ids[{i}]") for i, d in enumerate(request.device_ids)]
+        woken: list[uuid.UUID] = []
+        async with self._sessions.begin() as session:
+
+            async def approve() -> pb.Approval:
+                decision = await approvals.approve_signal(
+                    session, caller, signal_id, volume=volume, device_ids=device_ids, request_id=request.request_id
+                )
+                woken.extend(decision.woken_devices)
+                expiries = await approvals.expire_times(session, [signal_id])
+                return encode_approval(decision.approval, expiries.get(signal_id))
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="ApproveSignal",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.Approval,
+                action=approve,
+            )
+        await hints.publish(self._redis, woken)
+        return response
+
+    async def RejectSignal(self, request: pb.RejectSignalRequest, context: Any) -> pb.Approval:
+        caller = current_caller()
+        signal_id = parse_id(request.signal_id, "signal_id")
+        async with self._sessions.begin() as session:
+
+            async def reject() -> pb.Approval:
+                approval = await approvals.reject_signal(
+                    session, caller, signal_id, reason=request.reason, request_id=request.request_id
+                )
+                expiries = await approvals.expire_times(session, [signal_id])
+                return encode_approval(approval, expiries.get(signal_id))
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="RejectSignal",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.Approval,
+                action=reject,
+            )
+        return response
+
+    async def ListApprovals(self, request: pb.ListApprovalsRequest, context: Any) -> pb.ListApprovalsResponse:
+        caller = current_caller()
+        status = wire.optional_enum_from_wire(pb.ApprovalStatus, "APPROVAL_STATUS", request.status, ApprovalStatus, "status")
+        async with self._sessions() as session:
+            rows, token = await approvals.list_approvals(
+                session,
+                caller,
+                signal_id=parse_optional_id(request.signal_id, "signal_id"),
+                status=status,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+            expiries = await approvals.expire_times(session, [a.signal_id for a in rows])
+        return pb.ListApprovalsResponse(
+            approvals=[encode_approval(a, expiries.get(a.signal_id)) for a in rows], next_page_token=token
+        )
+
+
+def _decode_terms(request: pb.SubscribeRequest) -> subscriptions.SubscriptionTerms:
+    violations: list[tuple[str, str]] = []
+    values: dict[str, Any] = {}
+    checks: dict[str, Callable[[], Any]] = {
+        "producer_id": lambda: parse_id(request.producer_id, "producer_id"),
+        "mode": lambda: wire.enum_from_wire(pb.SubscriptionMode, "SUBSCRIPTION_MODE", request.mode, SubscriptionMode, "mode"),
+        "sizing": lambda: wire.enum_from_wire(pb.SizingMode, "SIZING_MODE", request.sizing, SizingMode, "sizing"),
+        "sizing_value": lambda: parse_decimal(request.sizing_value, "sizing_value"),
+        "max_volume": lambda: parse_optional_decimal(request.max_volume, "max_volume"),
+        "instruments": lambda: subscriptions.validate_instruments(request.instruments),
+    }
+    for name, check in checks.items():
+        try:
+            values[name] = check()
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+    if values.get("sizing") is SizingMode.RISK_PERCENT and values.get("sizing_value", 0) > 100:
+        violations.append(("sizing_value", "a percentage of equity: at most 100"))
+    if violations:
+        raise InvalidArgument(violations)
+    return subscriptions.SubscriptionTerms(**values)

@@ -1,0 +1,166 @@
+"""SignalService."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backoffice import hints, idempotency, signals
+from backoffice.api import wire
+from backoffice.errors import InvalidArgument
+from backoffice.interceptors import current_caller
+from backoffice.models import Side, SignalStatus
+from backoffice.signals import SignalView
+from backoffice.validation import parse_decimal, parse_id, parse_optional_id
+from backoffice.vault import Vault
+from signalhub.v1 import backoffice_pb2 as pb
+from signalhub.v1 import common_pb2
+
+
+def encode_signal(view: SignalView) -> pb.Signal:
+    signal = view.signal
+    message = pb.Signal(
+        id=str(signal.id),
+        producer_id=str(signal.producer_id),
+        request_id=str(signal.request_id),
+        instrument=signal.instrument,
+        side=wire.enum_to_wire(common_pb2.Side, "SIDE", signal.side),
+        entry_price=wire.decimal_text(signal.entry_price),
+        signal_time=wire.timestamp(signal.signal_time),
+        expire_time=wire.timestamp(signal.expire_time),
+        status=wire.enum_to_wire(pb.SignalStatus, "SIGNAL_STATUS", view.status),
+        create_time=wire.timestamp(signal.created_at),
+        cancel_time=wire.timestamp(signal.cancelled_at),
+        cancel_reason=signal.cancel_reason or "",
+    )
+    if view.show_levels:
+        message.stop_loss = wire.decimal_text(signal.stop_loss)
+        message.take_profit = wire.decimal_text(signal.take_profit)
+    if view.show_payload:
+        message.payload.CopyFrom(wire.dict_to_struct(signal.payload))
+    return message
+
+
+class SignalServicer:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis, tolerance_seconds: int
+    ) -> None:
+        self._sessions = sessions
+        self._vault = vault
+        self._redis = redis
+        self._tolerance = tolerance_seconds
+
+    async def SubmitSignal(self, request: pb.SubmitSignalRequest, context: Any) -> pb.Signal:
+        caller = current_caller()
+        woken: list[Any] = []
+
+        async def submit() -> pb.Signal:
+            # Validated only when new: a retry of a stored request returns the first answer even after
+            # its signal_time has left the tolerance window.
+            now = datetime.now(UTC)
+            draft = signals.draft(
+                instrument=request.instrument,
+                side=wire.optional_enum_from_wire(common_pb2.Side, "SIDE", request.side, Side, "side"),
+                entry_price=request.entry_price,
+                stop_loss=request.stop_loss,
+                take_profit=request.take_profit,
+                signal_time=wire.parse_timestamp(request.signal_time, request.HasField("signal_time")),
+                expire_time=wire.parse_timestamp(request.expire_time, request.HasField("expire_time")),
+                payload=wire.struct_to_dict(request.payload),
+                payload_bytes=request.payload.ByteSize(),
+                now=now,
+                tolerance_seconds=self._tolerance,
+            )
+            submitted = await signals.submit(session, caller.id, request_uuid, draft, now)
+            woken.extend(submitted.woken_devices)
+            return encode_signal(signals.view_for_producer(submitted.signal, now))
+
+        request_uuid = idempotency.parse_request_id(request.request_id)
+        async with self._sessions.begin() as session:
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="SubmitSignal",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.Signal,
+                action=submit,
+            )
+        await hints.publish(self._redis, woken)
+        return response
+
+    async def CancelSignal(self, request: pb.CancelSignalRequest, context: Any) -> pb.Signal:
+        caller = current_caller()
+        signal_id = parse_id(request.id, "id")
+        woken: list[Any] = []
+
+        async def cancel() -> pb.Signal:
+            done = await signals.cancel(session, caller, signal_id, reason=request.reason, request_id=request.request_id)
+            woken.extend(done.woken_devices)
+            return encode_signal(signals.view_for_producer(done.signal))
+
+        async with self._sessions.begin() as session:
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="CancelSignal",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.Signal,
+                action=cancel,
+            )
+        await hints.publish(self._redis, woken)
+        return response
+
+    async def SubmitQuotes(self, request: pb.SubmitQuotesRequest, context: Any) -> pb.SubmitQuotesResponse:
+        caller = current_caller()
+        if len(request.quotes) > signals.MAX_QUOTES:
+            raise InvalidArgument([("quotes", f"at most {signals.MAX_QUOTES} quotes per call")])
+        quotes = [_decode_quote(q, f"quotes[{i}]") for i, q in enumerate(request.quotes)]
+        async with self._sessions.begin() as session:
+            accepted = await signals.store_quotes(session, caller.id, quotes)
+        return pb.SubmitQuotesResponse(accepted_count=accepted)
+
+    async def GetSignal(self, request: pb.GetSignalRequest, context: Any) -> pb.Signal:
+        caller = current_caller()
+        signal_id = parse_id(request.id, "id")
+        async with self._sessions() as session:
+            return encode_signal(await signals.get(session, caller, signal_id))
+
+    async def ListSignals(self, request: pb.ListSignalsRequest, context: Any) -> pb.ListSignalsResponse:
+        caller = current_caller()
+        status = wire.optional_enum_from_wire(pb.SignalStatus, "SIGNAL_STATUS", request.status, SignalStatus, "status")
+        async with self._sessions() as session:
+            views, token = await signals.list_signals(
+                session,
+                caller,
+                producer_id=parse_optional_id(request.producer_id, "producer_id"),
+                status=status,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return pb.ListSignalsResponse(signals=[encode_signal(v) for v in views], next_page_token=token)
+
+
+def _decode_quote(quote: common_pb2.Quote, field: str) -> signals.QuoteIn:
+    violations = []
+    if not signals.INSTRUMENT_RE.match(quote.instrument):
+        violations.append((f"{field}.instrument", "must match ^[A-Z0-9._-]{2,20}$"))
+    prices = {}
+    for name in ("bid", "ask"):
+        try:
+            prices[name] = parse_decimal(getattr(quote, name), f"{field}.{name}")
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+    if len(prices) == 2 and prices["bid"] > prices["ask"]:
+        violations.append((f"{field}.bid", "must not exceed ask"))
+    if not quote.HasField("quote_time"):
+        violations.append((f"{field}.quote_time", "is required"))
+    if violations:
+        raise InvalidArgument(violations)
+    return signals.QuoteIn(quote.instrument, prices["bid"], prices["ask"], quote.quote_time.ToDatetime(tzinfo=UTC))

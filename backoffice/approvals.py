@@ -1,0 +1,337 @@
+"""Approvals: a user's decision on one signal, and the sized deliveries an approval creates.
+
+An approval and its deliveries (one per chosen ACTIVE device, the instrument passed through that device's
+symbol map) are written in one transaction; the caller publishes wake-up hints after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backoffice import audit, paging, sizing
+from backoffice.auth import Caller
+from backoffice.errors import FailedPrecondition, NotFound
+from backoffice.models import (
+    Approval,
+    ApprovalStatus,
+    Delivery,
+    DeliveryState,
+    Device,
+    DeviceStatus,
+    Signal,
+    SignalStatus,
+    Subscription,
+    SubscriptionMode,
+    SubscriptionStatus,
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An approval as decided, and the devices whose new deliveries await a wake-up hint."""
+
+    approval: Approval
+    woken_devices: tuple[uuid.UUID, ...]
+
+
+def is_open(signal: Signal, now: datetime) -> bool:
+    return signal.status_at(now) is SignalStatus.OPEN
+
+
+async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -> list[Decision]:
+    """On a signal's arrival: a PENDING approval per MANUAL subscriber, an approval with deliveries per
+    AUTO subscriber (subscriptions whose instrument allow-list admits the signal)."""
+    subscriptions = (
+        await session.scalars(
+            select(Subscription).where(
+                Subscription.producer_id == signal.producer_id, Subscription.status == SubscriptionStatus.ACTIVE
+            )
+        )
+    ).all()
+    decisions = []
+    for subscription in subscriptions:
+        if subscription.instruments and signal.instrument not in subscription.instruments:
+            continue
+        approval = Approval(
+            id=uuid.uuid4(),
+            signal_id=signal.id,
+            subscription_id=subscription.id,
+            user_id=subscription.user_id,
+            status=ApprovalStatus.PENDING,
+            device_ids=[],
+        )
+        session.add(approval)
+        woken: tuple[uuid.UUID, ...] = ()
+        if subscription.mode is SubscriptionMode.AUTO:
+            woken = await _approve(session, approval, signal, subscription, None, None, now, decided_by=None)
+        decisions.append(Decision(approval, woken))
+    await session.flush()
+    return decisions
+
+
+async def _approval_for(
+    session: AsyncSession, caller: Caller, signal_id: uuid.UUID
+) -> tuple[Approval, Signal, Subscription]:
+    """The caller's approval row for a signal (created now if the caller subscribed after it arrived)."""
+    signal = await session.get(Signal, signal_id)
+    if signal is None:
+        raise NotFound("signal")
+    approval = await session.scalar(
+        select(Approval).where(Approval.signal_id == signal_id, Approval.user_id == caller.id).with_for_update()
+    )
+    if approval is not None:
+        subscription = await session.get(Subscription, approval.subscription_id)
+        assert subscription is not None
+        return approval, signal, subscription
+    subscription = await session.scalar(
+        select(Subscription).where(
+            Subscription.user_id == caller.id,
+            Subscription.producer_id == signal.producer_id,
+            Subscription.status == SubscriptionStatus.ACTIVE,
+        )
+    )
+    if subscription is None or (subscription.instruments and signal.instrument not in subscription.instruments):
+        raise NotFound("signal")  # not subscribed: the signal is not the caller's to see
+    approval = Approval(
+        id=uuid.uuid4(),
+        signal_id=signal.id,
+        subscription_id=subscription.id,
+        user_id=caller.id,
+        status=ApprovalStatus.PENDING,
+        device_ids=[],
+    )
+    try:
+        async with session.begin_nested():
+            session.add(approval)
+            await session.flush()
+    except IntegrityError:  # a concurrent decision created it first: use that one
+        return await _approval_for(session, caller, signal_id)
+    return approval, signal, subscription
+
+
+async def approve_signal(
+    session: AsyncSession,
+    caller: Caller,
+    signal_id: uuid.UUID,
+    *,
+    volume: Decimal | None,
+    device_ids: Sequence[uuid.UUID],
+    request_id: str,
+    now: datetime | None = None,
+) -> Decision:
+    now = now or datetime.now(UTC)
+    approval, signal, subscription = await _approval_for(session, caller, signal_id)
+    if approval.status is ApprovalStatus.APPROVED:
+        return Decision(approval, ())  # approving twice is idempotent
+    if approval.status is ApprovalStatus.REJECTED:
+        raise FailedPrecondition("the signal was already rejected", reason="ALREADY_REJECTED")
+    if approval.status is ApprovalStatus.EXPIRED or not is_open(signal, now):
+        raise FailedPrecondition(
+            f"the signal is {signal.status_at(now).value.lower()}", reason="SIGNAL_NOT_OPEN"
+        )
+    devices = await _chosen_devices(session, caller, device_ids)
+    woken = await _approve(session, approval, signal, subscription, volume, devices, now, decided_by=caller.id)
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="ApproveSignal",
+        object_type="signal",
+        object_id=signal.id,
+        details={"approval_id": str(approval.id), "deliveries": len(approval.device_ids)},
+        request_id=request_id,
+    )
+    return Decision(approval, woken)
+
+
+async def reject_signal(
+    session: AsyncSession, caller: Caller, signal_id: uuid.UUID, *, reason: str, request_id: str, now: datetime | None = None
+) -> Approval:
+    now = now or datetime.now(UTC)
+    approval, signal, _ = await _approval_for(session, caller, signal_id)
+    if approval.status is ApprovalStatus.REJECTED:
+        return approval
+    if approval.status is ApprovalStatus.APPROVED:
+        raise FailedPrecondition("the signal was already approved", reason="ALREADY_APPROVED")
+    if approval.status is ApprovalStatus.EXPIRED or not is_open(signal, now):
+        raise FailedPrecondition(f"the signal is {signal.status_at(now).value.lower()}", reason="SIGNAL_NOT_OPEN")
+    approval.status = ApprovalStatus.REJECTED
+    approval.decided_by = caller.id
+    approval.decided_at = now
+    approval.reason = reason[:500] or None
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="RejectSignal",
+        object_type="signal",
+        object_id=signal.id,
+        details={"approval_id": str(approval.id)},
+        request_id=request_id,
+    )
+    return approval
+
+
+async def _chosen_devices(session: AsyncSession, caller: Caller, device_ids: Sequence[uuid.UUID]) -> list[Device]:
+    if not device_ids:
+        query = select(Device).where(Device.user_id == caller.id, Device.status == DeviceStatus.ACTIVE)
+        return list((await session.scalars(query.order_by(Device.created_at, Device.id))).all())
+    found = {
+        d.id: d
+        for d in (await session.scalars(select(Device).where(Device.id.in_(device_ids), Device.user_id == caller.id))).all()
+    }
+    missing = [d for d in device_ids if d not in found]
+    if missing:
+        raise NotFound("device")
+    inactive = [str(d.id) for d in found.values() if d.status is not DeviceStatus.ACTIVE]
+    if inactive:
+        raise FailedPrecondition(
+            "only ACTIVE devices receive deliveries", reason="DEVICE_NOT_ACTIVE", metadata={"device_ids": ",".join(inactive)}
+        )
+    return [found[d] for d in dict.fromkeys(device_ids)]
+
+
+async def _approve(
+    session: AsyncSession,
+    approval: Approval,
+    signal: Signal,
+    subscription: Subscription,
+    volume: Decimal | None,
+    devices: list[Device] | None,
+    now: datetime,
+    *,
+    decided_by: uuid.UUID | None,
+) -> tuple[uuid.UUID, ...]:
+    """Mark the approval APPROVED and add one delivery per device; returns the devices to wake."""
+    if devices is None:
+        query = select(Device).where(Device.user_id == approval.user_id, Device.status == DeviceStatus.ACTIVE)
+        devices = list((await session.scalars(query.order_by(Device.created_at, Device.id))).all())
+    rule = sizing.Rule(subscription.sizing_mode, subscription.sizing_value, subscription.max_volume)
+    approval.status = ApprovalStatus.APPROVED
+    approval.automatic = decided_by is None
+    approval.decided_by = decided_by
+    approval.decided_at = now
+    approval.volume = volume
+    approval.device_ids = [d.id for d in devices]
+    skipped = []
+    woken = []
+    for device in devices:
+        instrument = device.symbol_map.get(signal.instrument, signal.instrument)
+        sized = sizing.size(
+            rule,
+            sizing.Account.from_hello(device.last_hello),
+            instrument,
+            entry_price=signal.entry_price,
+            stop_loss=signal.stop_loss,
+            override=volume,
+        )
+        state = DeliveryState.PENDING if sized.volume is not None else DeliveryState.SKIPPED
+        session.add(
+            Delivery(
+                id=uuid.uuid4(),
+                approval_id=approval.id,
+                signal_id=signal.id,
+                device_id=device.id,
+                instrument=instrument,
+                side=signal.side,
+                volume=sized.volume if sized.volume is not None else Decimal(0),
+                entry_price=signal.entry_price,
+                max_deviation=None,
+                expire_time=signal.expire_time,
+                state=state,
+                state_reason=sized.reason,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if sized.volume is None:
+            skipped.append(f"{device.name}: {sized.reason}")
+        else:
+            woken.append(device.id)
+    if not devices:
+        approval.reason = "no ACTIVE device to deliver to"
+    elif skipped:
+        approval.reason = "; ".join(skipped)[:1000]
+    await session.flush()
+    return tuple(woken)
+
+
+async def list_pending(
+    session: AsyncSession, caller: Caller, *, page_size: int, page_token: str, now: datetime | None = None
+) -> tuple[list[Approval], str]:
+    now = now or datetime.now(UTC)
+    query = (
+        select(Approval)
+        .join(Signal, Signal.id == Approval.signal_id)
+        .where(
+            Approval.user_id == caller.id,
+            Approval.status == ApprovalStatus.PENDING,
+            Signal.status == SignalStatus.OPEN,
+            Signal.expire_time > now,
+        )
+    )
+    return await paging.fetch_page(
+        session,
+        query,
+        created_at=Approval.created_at,
+        id_column=Approval.id,
+        requested_size=page_size,
+        page_token=page_token,
+        filters=["pending"],
+        newest_first=False,
+    )
+
+
+async def list_approvals(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    signal_id: uuid.UUID | None,
+    status: ApprovalStatus | None,
+    page_size: int,
+    page_token: str,
+) -> tuple[list[Approval], str]:
+    query = select(Approval)
+    if not caller.is_admin:
+        query = query.where(Approval.user_id == caller.id)
+    if signal_id is not None:
+        query = query.where(Approval.signal_id == signal_id)
+    if status is not None:
+        query = query.where(Approval.status == status)
+    return await paging.fetch_page(
+        session,
+        query,
+        created_at=Approval.created_at,
+        id_column=Approval.id,
+        requested_size=page_size,
+        page_token=page_token,
+        filters=[signal_id, status],
+    )
+
+
+async def expire_undecided(session: AsyncSession, signal_ids: Sequence[uuid.UUID], now: datetime, reason: str) -> None:
+    """Pending approvals of signals that expired or were cancelled can no longer be decided."""
+    for approval in (
+        await session.scalars(
+            select(Approval).where(Approval.signal_id.in_(signal_ids), Approval.status == ApprovalStatus.PENDING)
+        )
+    ).all():
+        approval.status = ApprovalStatus.EXPIRED
+        approval.decided_at = now
+        approval.reason = reason
+
+
+async def expire_times(session: AsyncSession, signal_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+    """When each signal stops being decidable (an approval shows it as its expire_time)."""
+    if not signal_ids:
+        return {}
+    rows = await session.execute(select(Signal.id, Signal.expire_time).where(Signal.id.in_(set(signal_ids))))
+    return {signal_id: expire_time for signal_id, expire_time in rows}

@@ -1,0 +1,364 @@
+"""Signals: producers' trading ideas, validated, stored once per request_id, fanned out to subscribers,
+expired on time, and cancelled by their producer or an admin."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backoffice import audit, paging
+from backoffice.approvals import expire_undecided, open_approvals
+from backoffice.auth import Caller
+from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from backoffice.models import (
+    ActorType,
+    Approval,
+    CloseCommand,
+    CloseCommandStatus,
+    CloseReason,
+    Delivery,
+    DeliveryState,
+    Device,
+    Position,
+    PositionStatus,
+    Quote,
+    Side,
+    Signal,
+    SignalStatus,
+    Subscription,
+    SubscriptionStatus,
+)
+from backoffice.validation import parse_optional_decimal
+
+INSTRUMENT_RE = re.compile(r"^[A-Z0-9._-]{2,20}$")
+PAYLOAD_MAX_BYTES = 32 * 1024
+DEFAULT_LIFETIME = timedelta(seconds=60)
+MAX_LIFETIME = timedelta(days=7)
+MAX_QUOTES = 1000
+
+
+@dataclass(frozen=True)
+class SignalDraft:
+    instrument: str
+    side: Side
+    entry_price: Decimal | None
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+    signal_time: datetime
+    expire_time: datetime
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def draft(
+    *,
+    instrument: str,
+    side: Side | None,
+    entry_price: str,
+    stop_loss: str,
+    take_profit: str,
+    signal_time: datetime | None,
+    expire_time: datetime | None,
+    payload: dict[str, Any],
+    payload_bytes: int,
+    now: datetime,
+    tolerance_seconds: int,
+) -> SignalDraft:
+    """Every rule of CONTRACT.md's "Signal rules"; all broken ones are reported together."""
+    violations: list[tuple[str, str]] = []
+
+    def decimal(value: str, name: str) -> Decimal | None:
+        try:
+            return parse_optional_decimal(value, name)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+            return None
+
+    if not INSTRUMENT_RE.match(instrument):
+        violations.append(("instrument", "must match ^[A-Z0-9._-]{2,20}$"))
+    if side is None:
+        violations.append(("side", "SIDE_BUY or SIDE_SELL is required"))
+    entry, stop, target = decimal(entry_price, "entry_price"), decimal(stop_loss, "stop_loss"), decimal(take_profit, "take_profit")
+    if side is not None and entry is not None:
+        below, above = ("stop_loss", "take_profit") if side is Side.BUY else ("take_profit", "stop_loss")
+        levels = {"stop_loss": stop, "take_profit": target}
+        if levels[below] is not None and not levels[below] < entry:  # type: ignore[operator]
+            violations.append((below, f"must be below entry_price for a {side.value} signal"))
+        if levels[above] is not None and not levels[above] > entry:  # type: ignore[operator]
+            violations.append((above, f"must be above entry_price for a {side.value} signal"))
+    elif side is not None and stop is not None and target is not None:
+        if (side is Side.BUY and not stop < target) or (side is Side.SELL and not stop > target):
+            violations.append(("stop_loss", f"is on the wrong side of take_profit for a {side.value} signal"))
+    if signal_time is None:
+        violations.append(("signal_time", "is required"))
+    elif abs((signal_time - now).total_seconds()) > tolerance_seconds:
+        violations.append(("signal_time", f"must be within {tolerance_seconds} s of the server clock"))
+    if payload_bytes > PAYLOAD_MAX_BYTES:
+        violations.append(("payload", f"must be at most {PAYLOAD_MAX_BYTES} bytes serialised"))
+    expires = None
+    if signal_time is not None:
+        expires = expire_time or signal_time + DEFAULT_LIFETIME
+        if expires <= signal_time:
+            violations.append(("expire_time", "must be after signal_time"))
+        elif expires - signal_time > MAX_LIFETIME:
+            violations.append(("expire_time", "must be at most 7 days after signal_time"))
+    if violations:
+        raise InvalidArgument(violations)
+    assert side is not None and signal_time is not None and expires is not None
+    return SignalDraft(instrument, side, entry, stop, target, signal_time, expires, payload)
+
+
+@dataclass(frozen=True)
+class Submission:
+    signal: Signal
+    woken_devices: tuple[uuid.UUID, ...]
+
+
+async def submit(
+    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID, signal: SignalDraft, now: datetime
+) -> Submission:
+    """Store the signal and open its approvals: pending for MANUAL subscribers, approved with sized
+    deliveries for AUTO ones, all in the caller's transaction."""
+    row = await _store(session, producer_id, request_id, signal)
+    decisions = await open_approvals(session, row, now)
+    return Submission(row, tuple(d for decision in decisions for d in decision.woken_devices))
+
+
+async def _store(
+    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID, signal: SignalDraft
+) -> Signal:
+    row = Signal(
+        id=uuid.uuid4(),
+        producer_id=producer_id,
+        request_id=request_id,
+        instrument=signal.instrument,
+        side=signal.side,
+        entry_price=signal.entry_price,
+        stop_loss=signal.stop_loss,
+        take_profit=signal.take_profit,
+        signal_time=signal.signal_time,
+        expire_time=signal.expire_time,
+        payload=signal.payload,
+        status=SignalStatus.OPEN,
+    )
+    session.add(row)
+    await session.flush()
+    audit.record(
+        session,
+        actor_type=ActorType.PRODUCER,
+        actor_id=producer_id,
+        action="SubmitSignal",
+        object_type="signal",
+        object_id=row.id,
+        details={"instrument": signal.instrument, "side": signal.side.value},
+        request_id=str(request_id),
+    )
+    return row
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    signal: Signal
+    woken_devices: tuple[uuid.UUID, ...]
+
+
+async def cancel(
+    session: AsyncSession, caller: Caller, signal_id: uuid.UUID, *, reason: str, request_id: str, now: datetime | None = None
+) -> Cancellation:
+    """Cancel an open signal: undecided approvals expire, unsent deliveries are cancelled, and every open
+    position from it gets a SIGNAL_CANCELLED close command."""
+    now = now or datetime.now(UTC)
+    if caller.kind is ActorType.USER and not caller.is_admin:
+        raise PermissionDenied("only the signal's producer or an admin may cancel it")
+    signal = await session.get(Signal, signal_id, with_for_update=True)
+    if signal is None or (caller.kind is ActorType.PRODUCER and signal.producer_id != caller.id):
+        raise NotFound("signal")
+    status = signal.status_at(now)
+    if status is SignalStatus.CANCELLED:
+        return Cancellation(signal, ())
+    if status is SignalStatus.EXPIRED:
+        raise FailedPrecondition("the signal has expired", reason="SIGNAL_NOT_OPEN")
+    signal.status = SignalStatus.CANCELLED
+    signal.cancelled_at = now
+    signal.cancel_reason = reason[:500] or None
+    await expire_undecided(session, [signal.id], now, "signal cancelled")
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.signal_id == signal.id, Delivery.state == DeliveryState.PENDING)
+        .values(state=DeliveryState.CANCELLED, state_reason="signal cancelled", updated_at=now)
+    )
+    positions = (
+        await session.scalars(
+            select(Position).where(Position.signal_id == signal.id, Position.status == PositionStatus.OPEN).with_for_update()
+        )
+    ).all()
+    for position in positions:
+        position.status = PositionStatus.CLOSING
+        session.add(
+            CloseCommand(
+                id=uuid.uuid4(),
+                position_id=position.id,
+                device_id=position.device_id,
+                volume=position.volume,
+                reason=CloseReason.SIGNAL_CANCELLED,
+                status=CloseCommandStatus.PENDING,
+            )
+        )
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="CancelSignal",
+        object_type="signal",
+        object_id=signal.id,
+        details={"reason": signal.cancel_reason or "", "positions_closed": len(positions)},
+        request_id=request_id,
+    )
+    await session.flush()
+    return Cancellation(signal, tuple(p.device_id for p in positions))
+
+
+def _visible_to(caller: Caller) -> Any:
+    """Users see the signals of producers they subscribe to, and those they were asked to decide on."""
+    return or_(
+        exists().where(
+            Subscription.user_id == caller.id,
+            Subscription.producer_id == Signal.producer_id,
+            Subscription.status == SubscriptionStatus.ACTIVE,
+        ),
+        exists().where(Approval.user_id == caller.id, Approval.signal_id == Signal.id),
+    )
+
+
+@dataclass(frozen=True)
+class SignalView:
+    """A signal and what this caller may see of it."""
+
+    signal: Signal
+    status: SignalStatus
+    show_payload: bool
+    show_levels: bool
+
+
+async def _view(session: AsyncSession, caller: Caller, signal: Signal, now: datetime) -> SignalView:
+    owner = caller.kind is ActorType.PRODUCER and caller.id == signal.producer_id
+    privileged = owner or caller.is_admin
+    show_levels = privileged or bool(
+        await session.scalar(
+            select(
+                exists().where(
+                    Position.signal_id == signal.id, Position.device_id == Device.id, Device.user_id == caller.id
+                )
+            )
+        )
+    )
+    return SignalView(signal, signal.status_at(now), show_payload=privileged, show_levels=show_levels)
+
+
+async def get(session: AsyncSession, caller: Caller, signal_id: uuid.UUID, now: datetime | None = None) -> SignalView:
+    now = now or datetime.now(UTC)
+    query = select(Signal).where(Signal.id == signal_id)
+    if caller.kind is ActorType.PRODUCER:
+        query = query.where(Signal.producer_id == caller.id)
+    elif not caller.is_admin:
+        query = query.where(_visible_to(caller))
+    signal = await session.scalar(query)
+    if signal is None:
+        raise NotFound("signal")
+    return await _view(session, caller, signal, now)
+
+
+def view_for_producer(signal: Signal, now: datetime | None = None) -> SignalView:
+    return SignalView(signal, signal.status_at(now or datetime.now(UTC)), show_payload=True, show_levels=True)
+
+
+async def list_signals(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    producer_id: uuid.UUID | None,
+    status: SignalStatus | None,
+    page_size: int,
+    page_token: str,
+    now: datetime | None = None,
+) -> tuple[list[SignalView], str]:
+    now = now or datetime.now(UTC)
+    query = select(Signal)
+    if not caller.is_admin:
+        query = query.where(_visible_to(caller))
+    if producer_id is not None:
+        query = query.where(Signal.producer_id == producer_id)
+    if status is SignalStatus.OPEN:
+        query = query.where(Signal.status == SignalStatus.OPEN, Signal.expire_time > now)
+    elif status is SignalStatus.EXPIRED:
+        query = query.where(
+            or_(Signal.status == SignalStatus.EXPIRED, (Signal.status == SignalStatus.OPEN) & (Signal.expire_time <= now))
+        )
+    elif status is not None:
+        query = query.where(Signal.status == status)
+    rows, token = await paging.fetch_page(
+        session,
+        query,
+        created_at=Signal.created_at,
+        id_column=Signal.id,
+        requested_size=page_size,
+        page_token=page_token,
+        filters=[producer_id, status],
+    )
+    return [await _view(session, caller, row, now) for row in rows], token
+
+
+async def expire_due(session: AsyncSession, now: datetime) -> int:
+    """Write down what Signal.status_at already reports: OPEN signals past expire_time become EXPIRED."""
+    ids: Sequence[uuid.UUID] = (
+        await session.scalars(
+            update(Signal)
+            .where(Signal.status == SignalStatus.OPEN, Signal.expire_time <= now)
+            .values(status=SignalStatus.EXPIRED)
+            .returning(Signal.id)
+        )
+    ).all()
+    if ids:
+        await expire_undecided(session, ids, now, "signal expired")
+    return len(ids)
+
+
+@dataclass(frozen=True)
+class QuoteIn:
+    instrument: str
+    bid: Decimal
+    ask: Decimal
+    quote_time: datetime
+
+
+async def store_quotes(session: AsyncSession, producer_id: uuid.UUID, quotes: Sequence[QuoteIn]) -> int:
+    """Keep the latest quote per instrument (an older quote never overwrites a newer one)."""
+    latest: dict[str, QuoteIn] = {}
+    for quote in quotes:
+        if quote.instrument not in latest or quote.quote_time >= latest[quote.instrument].quote_time:
+            latest[quote.instrument] = quote
+    for quote in latest.values():
+        statement = insert(Quote).values(
+            instrument=quote.instrument,
+            bid=quote.bid,
+            ask=quote.ask,
+            quote_time=quote.quote_time,
+            source_type=ActorType.PRODUCER,
+            source_id=producer_id,
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[Quote.instrument],
+                set_={k: statement.excluded[k] for k in ("bid", "ask", "quote_time", "source_type", "source_id")},
+                where=Quote.quote_time <= statement.excluded.quote_time,
+            )
+        )
+    return len(quotes)

@@ -1,0 +1,129 @@
+"""Users' subscriptions to producers' signals."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backoffice import audit, paging
+from backoffice.auth import Caller
+from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from backoffice.models import Producer, ProducerStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
+
+INSTRUMENT_RE = re.compile(r"^[A-Z0-9._-]{2,20}$")
+MAX_INSTRUMENTS = 200
+
+
+@dataclass(frozen=True)
+class SubscriptionTerms:
+    producer_id: uuid.UUID
+    mode: SubscriptionMode
+    sizing: SizingMode
+    sizing_value: Decimal
+    max_volume: Decimal | None
+    instruments: tuple[str, ...]
+
+
+def validate_instruments(instruments: Sequence[str], field: str = "instruments") -> tuple[str, ...]:
+    if len(instruments) > MAX_INSTRUMENTS:
+        raise InvalidArgument([(field, f"at most {MAX_INSTRUMENTS} instruments")])
+    bad = [(f"{field}[{i}]", "must match ^[A-Z0-9._-]{2,20}$") for i, v in enumerate(instruments) if not INSTRUMENT_RE.match(v)]
+    if bad:
+        raise InvalidArgument(bad)
+    return tuple(dict.fromkeys(instruments))
+
+
+async def subscribe(session: AsyncSession, caller: Caller, terms: SubscriptionTerms, request_id: str) -> Subscription:
+    producer = await session.get(Producer, terms.producer_id)
+    if producer is None:
+        raise NotFound("producer")
+    if producer.status is ProducerStatus.REVOKED:
+        raise FailedPrecondition("the producer is revoked", reason="PRODUCER_REVOKED")
+    subscription = Subscription(
+        id=uuid.uuid4(),
+        user_id=caller.id,
+        producer_id=terms.producer_id,
+        mode=terms.mode,
+        sizing_mode=terms.sizing,
+        sizing_value=terms.sizing_value,
+        max_volume=terms.max_volume,
+        instruments=list(terms.instruments),
+        status=SubscriptionStatus.ACTIVE,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(subscription)
+            await session.flush()
+    except IntegrityError:
+        raise AlreadyExists(
+            "an active subscription to this producer exists; unsubscribe first", reason="ALREADY_SUBSCRIBED"
+        ) from None
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="Subscribe",
+        object_type="subscription",
+        object_id=subscription.id,
+        details={"producer_id": str(terms.producer_id), "mode": terms.mode.value, "sizing": terms.sizing.value},
+        request_id=request_id,
+    )
+    return subscription
+
+
+async def _own(session: AsyncSession, caller: Caller, subscription_id: uuid.UUID) -> Subscription:
+    subscription = await session.get(Subscription, subscription_id, with_for_update=True)
+    if subscription is None or (subscription.user_id != caller.id and not caller.is_admin):
+        raise NotFound("subscription")
+    return subscription
+
+
+async def unsubscribe(session: AsyncSession, caller: Caller, subscription_id: uuid.UUID) -> Subscription:
+    subscription = await _own(session, caller, subscription_id)
+    if subscription.status is SubscriptionStatus.ACTIVE:
+        subscription.status = SubscriptionStatus.UNSUBSCRIBED
+        subscription.unsubscribed_at = datetime.now(UTC)
+        audit.record(
+            session,
+            actor_type=caller.kind,
+            actor_id=caller.id,
+            action="Unsubscribe",
+            object_type="subscription",
+            object_id=subscription.id,
+        )
+    return subscription
+
+
+async def list_subscriptions(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    producer_id: uuid.UUID | None,
+    status: SubscriptionStatus | None,
+    page_size: int,
+    page_token: str,
+) -> tuple[list[Subscription], str]:
+    query = select(Subscription)
+    if not caller.is_admin:
+        query = query.where(Subscription.user_id == caller.id)
+    if producer_id is not None:
+        query = query.where(Subscription.producer_id == producer_id)
+    if status is not None:
+        query = query.where(Subscription.status == status)
+    return await paging.fetch_page(
+        session,
+        query,
+        created_at=Subscription.created_at,
+        id_column=Subscription.id,
+        requested_size=page_size,
+        page_token=page_token,
+        filters=[producer_id, status],
+    )
