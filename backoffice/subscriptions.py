@@ -74,7 +74,7 @@ async def subscribe(session: AsyncSession, caller: Caller, terms: SubscriptionTe
         object_type="subscription",
         object_id=subscription.id,
         details={"producer_id": str(terms.producer_id), "mode": terms.mode.value, "sizing": terms.sizing.value},
-        request_id=request_id,
+        request_id=request_id or None,
     )
     return subscription
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 import logging
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,11 +17,11 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving
+from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving, subscriptions
 from backoffice.bootstrap import Resources
 from backoffice.config import ENV_PREFIX, Settings
 from backoffice.errors import Unauthenticated
-from backoffice.models import ActorType, Role
+from backoffice.models import ActorType, Role, SizingMode, SubscriptionMode
 from gateway import bootstrap as gateway_bootstrap
 
 log = logging.getLogger("signalhub.up")
@@ -43,13 +44,21 @@ async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
         _, admin_token = await accounts.create_user(session, email="admin@demo.signalhub", role=Role.ADMIN)
         user, user_token = await accounts.create_user(session, email="trader@demo.signalhub", role=Role.USER)
         producer, producer_secret = await accounts.create_producer(session, res.vault, name="demo strategy")
+        trader = auth.Caller(kind=ActorType.USER, id=user.id, role=Role.USER)
         device, device_secret = await devices.register_device(
-            session,
-            res.vault,
-            owner=auth.Caller(kind=ActorType.USER, id=user.id, role=Role.USER),
-            name="demo terminal",
-            symbol_map={"XAUUSD": "GOLD.m"},
+            session, res.vault, owner=trader, name="demo terminal", symbol_map={"XAUUSD": "GOLD.m"}
         )
+        # The demo trader follows the demo strategy automatically, so a submitted signal reaches the
+        # demo device at once (`signalhub producer submit`, then `signalhub bridge --executor paper`).
+        terms = subscriptions.SubscriptionTerms(
+            producer_id=producer.id,
+            mode=SubscriptionMode.AUTO,
+            sizing=SizingMode.FIXED_VOLUME,
+            sizing_value=Decimal("0.10"),
+            max_volume=Decimal("1"),
+            instruments=(),
+        )
+        await subscriptions.subscribe(session, trader, terms, request_id="")
     return {
         "admin_token": admin_token,
         "user_token": user_token,
