@@ -11,12 +11,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from backoffice import accounts, bootstrap, logs, schema, serving, vault, worker
-from backoffice.config import STATE_DIR, ConfigError, Settings
+from typing import TYPE_CHECKING
+
+from backoffice import logs
+from backoffice.config import STATE_DIR, ConfigError
 from backoffice.embedded import EmbeddedUnavailable
 from backoffice.errors import DomainError
 from backoffice.local import load_settings
-from backoffice.models import Role
+
+if TYPE_CHECKING:
+    from backoffice.config import Settings
+
+# Server-side modules (SQLAlchemy, the servicers) are imported inside the commands that need them, so
+# client commands (`producer`, `bridge`) start quickly.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings()
         logs.configure(settings.log_level)
         if args.command == "migrate":
+            from backoffice import schema
+
             schema.upgrade(settings)
         elif args.command == "serve":
             asyncio.run(_serve(settings, args.process))
@@ -82,6 +91,8 @@ async def _up(state_dir: Path) -> None:
 
 
 async def _serve(settings: Settings, process: str) -> None:
+    from backoffice import bootstrap, serving, worker
+
     stop = asyncio.Event()
     serving.install_stop_signals(stop)
     async with bootstrap.resources(settings) as res:
@@ -100,6 +111,9 @@ async def _serve(settings: Settings, process: str) -> None:
 
 
 async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
+    from backoffice import accounts, bootstrap, vault
+    from backoffice.models import Role
+
     async with bootstrap.resources(settings) as res, res.sessions.begin() as session:
         if args.admin_command == "create-user":
             role = Role.ADMIN if args.role == "admin" else Role.USER

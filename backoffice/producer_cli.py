@@ -1,0 +1,250 @@
+"""``signalhub producer submit|cancel|quote``: signed calls as one producer, on top of ``ProducerClient``.
+
+Credentials come from ``--credentials FILE`` (JSON with ``producer_id``, ``producer_secret`` and optionally
+``backoffice``, like the ``.signalhub/demo.json`` that ``signalhub up`` writes, which is the default when
+present), or from ``--producer-id`` with the secret in the environment variable
+``SIGNALHUB_PRODUCER_SECRET``; never from an argument, which anyone on the machine could read in ``ps``.
+
+The result is printed as one JSON object on stdout. A failure is one line on stderr (the gRPC code and
+the server's reason) and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from backoffice.config import STATE_DIR
+from backoffice.producer_client import (
+    DEFAULT_DEADLINE_SECONDS,
+    DEFAULT_TARGET,
+    ProducerCallError,
+    ProducerClient,
+    make_quote,
+)
+
+SECRET_ENV = "SIGNALHUB_PRODUCER_SECRET"  # noqa: S105 - the variable's name, not a secret
+DEFAULT_CREDENTIALS = STATE_DIR / "demo.json"
+
+
+class UsageError(Exception):
+    """Something the person running the command must fix; its text is safe to print."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    target: str
+    producer_id: str
+    secret: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(target={self.target!r}, producer_id={self.producer_id!r})"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``submit``, ``cancel`` and ``quote`` under ``parser``; each sets ``run``."""
+    common = argparse.ArgumentParser(add_help=False)
+    who = common.add_argument_group("credentials")
+    exclusive = who.add_mutually_exclusive_group()
+    exclusive.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE",
+        help=f"JSON with producer_id, producer_secret and optionally backoffice (default {DEFAULT_CREDENTIALS} "
+        "when present)",
+    )
+    exclusive.add_argument(
+        "--producer-id", metavar="ID", help=f"the producer's id; its secret is read from ${SECRET_ENV}"
+    )
+    who.add_argument(
+        "--target",
+        metavar="HOST:PORT",
+        help=f"back office address (default: the credentials file's backoffice, else {DEFAULT_TARGET})",
+    )
+    who.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_DEADLINE_SECONDS,
+        metavar="SECONDS",
+        help="deadline of each attempt (default %(default)s)",
+    )
+
+    commands = parser.add_subparsers(dest="producer_command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", parents=[common], help="submit a signal; prints the Signal")
+    submit.add_argument("--instrument", required=True, help="e.g. XAUUSD")
+    submit.add_argument("--side", required=True, type=str.lower, choices=["buy", "sell"])
+    submit.add_argument("--entry", metavar="PRICE", help="entry price (decimal); omit for market")
+    submit.add_argument("--stop-loss", metavar="PRICE", help="hidden stop-loss (decimal)")
+    submit.add_argument("--take-profit", metavar="PRICE", help="hidden take-profit (decimal)")
+    submit.add_argument(
+        "--signal-time",
+        type=_aware_datetime,
+        metavar="ISO8601",
+        help="when the signal was emitted, with a UTC offset (default now); to repeat a --request-id "
+        "byte for byte, repeat this too",
+    )
+    submit.add_argument(
+        "--expire-seconds",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="expire this many seconds after the signal time (server default 60)",
+    )
+    submit.add_argument("--payload", type=_json_object, metavar="JSON", help="strategy data, a JSON object")
+    submit.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
+    submit.set_defaults(run=run_submit)
+
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel one of your signals; prints the Signal")
+    cancel.add_argument("--signal-id", required=True, type=_uuid, metavar="ID")
+    cancel.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    cancel.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
+    cancel.set_defaults(run=run_cancel)
+
+    quote = commands.add_parser("quote", parents=[common], help="submit one bid/ask quote")
+    quote.add_argument("--instrument", required=True)
+    quote.add_argument("--bid", required=True, metavar="PRICE")
+    quote.add_argument("--ask", required=True, metavar="PRICE")
+    quote.set_defaults(run=run_quote)
+
+
+def run_submit(args: argparse.Namespace) -> None:
+    async def call(client: ProducerClient) -> Message:
+        return await client.submit_signal(
+            args.instrument,
+            args.side,
+            entry_price=args.entry,
+            stop_loss=args.stop_loss,
+            take_profit=args.take_profit,
+            signal_time=args.signal_time or datetime.now(UTC),
+            expire_time=timedelta(seconds=args.expire_seconds) if args.expire_seconds is not None else None,
+            payload=args.payload,
+            request_id=args.request_id,
+        )
+
+    _run(args, call)
+
+
+def run_cancel(args: argparse.Namespace) -> None:
+    async def call(client: ProducerClient) -> Message:
+        return await client.cancel_signal(args.signal_id, args.reason, request_id=args.request_id)
+
+    _run(args, call)
+
+
+def run_quote(args: argparse.Namespace) -> None:
+    async def call(client: ProducerClient) -> Message:
+        return await client.submit_quotes([make_quote(args.instrument, args.bid, args.ask)])
+
+    _run(args, call)
+
+
+def load_credentials(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Credentials:
+    """Who to call as and where, from ``--producer-id`` + ``$SIGNALHUB_PRODUCER_SECRET`` or a JSON file."""
+    if args.producer_id:
+        from_env = environ.get(SECRET_ENV, "")
+        if not from_env:
+            raise UsageError(f"--producer-id needs the producer's secret in the environment variable {SECRET_ENV}")
+        return Credentials(args.target or DEFAULT_TARGET, args.producer_id, from_env)
+    path: Path | None = args.credentials
+    if path is None:
+        if not DEFAULT_CREDENTIALS.is_file():
+            raise UsageError(
+                f"no producer credentials: pass --credentials FILE, or --producer-id with {SECRET_ENV} set "
+                f"(or run `signalhub up` here, which writes {DEFAULT_CREDENTIALS})"
+            )
+        path = DEFAULT_CREDENTIALS
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{path} is not a JSON file") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a JSON object")
+    producer_id, secret, backoffice = data.get("producer_id"), data.get("producer_secret"), data.get("backoffice")
+    if not isinstance(producer_id, str) or not producer_id or not isinstance(secret, str) or not secret:
+        raise UsageError(f"{path} must have producer_id and producer_secret")
+    target = args.target or (backoffice if isinstance(backoffice, str) and backoffice else DEFAULT_TARGET)
+    return Credentials(target, producer_id, secret)
+
+
+def _run(args: argparse.Namespace, call: Callable[[ProducerClient], Awaitable[Message]]) -> None:
+    try:
+        credentials = load_credentials(args)
+        result = asyncio.run(_call(credentials, args.timeout, call))
+    except ProducerCallError as exc:
+        _fail(str(exc))
+    except UsageError as exc:
+        _fail(str(exc))
+    except (ValueError, TypeError) as exc:  # a malformed secret, decimal or id: messages never echo a secret
+        _fail(str(exc))
+    print(
+        json.dumps(
+            json_format.MessageToDict(
+                result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+    )
+
+
+async def _call(
+    credentials: Credentials, deadline_seconds: float, call: Callable[[ProducerClient], Awaitable[Message]]
+) -> Message:
+    async with ProducerClient(
+        credentials.target, credentials.producer_id, credentials.secret, deadline_seconds=deadline_seconds
+    ) as client:
+        return await call(client)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"signalhub: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _aware_datetime(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a UTC offset (e.g. 2026-01-01T12:00:00+00:00): {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value

@@ -1,0 +1,460 @@
+"""The Python producer SDK: signed calls to ``SignalService`` that are safe to retry.
+
+Each call serialises its request once; every attempt signs those exact bytes (CONTRACT.md's
+SH1-HMAC-SHA256, with a fresh timestamp and nonce, so a retry is never a replay) and sends them through a
+multicallable that does not serialise again. Every attempt carries a deadline. ``UNAVAILABLE`` and
+``DEADLINE_EXCEEDED`` are retried with capped exponential backoff and full jitter; a mutating call keeps
+its ``request_id`` on every attempt, so a retry returns the first attempt's result instead of making a
+second signal. Anything else raises :class:`ProducerCallError` at once.
+
+    async with ProducerClient("127.0.0.1:50051", producer_id, "shs_...") as client:
+        signal = await client.submit_signal("XAUUSD", "buy", entry_price="2034.15", stop_loss="2020")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random as _random
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from types import TracebackType
+from typing import Any, Self, TypeAlias, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2  # untyped (googleapis-common-protos)
+
+from backoffice.signing import SECRET_BYTES, parse_secret, signed_metadata
+from signalhub.v1 import backoffice_pb2 as pb
+from signalhub.v1 import common_pb2
+
+log = logging.getLogger("signalhub.producer")
+
+SUBMIT_SIGNAL = "/signalhub.v1.SignalService/SubmitSignal"
+CANCEL_SIGNAL = "/signalhub.v1.SignalService/CancelSignal"
+SUBMIT_QUOTES = "/signalhub.v1.SignalService/SubmitQuotes"
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_DEADLINE_SECONDS = 5.0
+# Not signed, only for correlating the server's logs: the idempotency key of the call (same on every retry).
+REQUEST_ID_HEADER = "x-request-id"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_USER_AGENT = "signalhub-producer-python/0.1"
+
+Decimalish: TypeAlias = Decimal | str | int
+SideLike: TypeAlias = common_pb2.Side.ValueType | str
+_ResponseT = TypeVar("_ResponseT", bound=Message)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a call is retried.
+
+    The wait before retry ``n`` (1-based) is ``uniform(0, min(max_backoff, initial_backoff * multiplier**(n-1)))``
+    ("full jitter"), so many producers failing at once do not come back in lockstep.
+    """
+
+    max_attempts: int = 5
+    initial_backoff_seconds: float = 0.1
+    multiplier: float = 2.0
+    max_backoff_seconds: float = 2.0
+    retryable_codes: frozenset[grpc.StatusCode] = field(
+        default=frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff_seconds < 0 or self.max_backoff_seconds < 0:
+            raise ValueError("backoff must not be negative")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1")
+
+    def ceiling(self, retry: int) -> float:
+        """The most to wait before retry number ``retry`` (1 for the first retry)."""
+        if retry < 1:
+            raise ValueError("retries are numbered from 1")
+        # Stop growing once past the cap, so a large retry number cannot overflow.
+        grown = self.initial_backoff_seconds
+        for _ in range(retry - 1):
+            if grown >= self.max_backoff_seconds:
+                break
+            grown *= self.multiplier
+        return min(self.max_backoff_seconds, grown)
+
+    def delay(self, retry: int, unit_random: float) -> float:
+        """The wait before retry ``retry`` given a uniform draw from [0, 1)."""
+        if not 0.0 <= unit_random <= 1.0:
+            raise ValueError("unit_random must lie in [0, 1]")
+        return self.ceiling(retry) * unit_random
+
+
+class ProducerCallError(Exception):
+    """A call failed for good: a non-retryable status, or the last of ``attempts`` retryable ones.
+
+    ``reason``, ``domain`` and ``metadata`` come from the ``google.rpc.ErrorInfo`` the server attached,
+    ``violations`` (field -> description) from its ``google.rpc.BadRequest``; both are empty when the
+    failure came from the transport rather than the server (e.g. connection refused).
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        method: str,
+        attempts: int,
+        reason: str = "",
+        domain: str = "",
+        metadata: Mapping[str, str] | None = None,
+        violations: Mapping[str, str] | None = None,
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.method = method
+        self.attempts = attempts
+        self.reason = reason
+        self.domain = domain
+        self.metadata = dict(metadata or {})
+        self.violations = dict(violations or {})
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        head = f"{self.code.name} {self.reason}" if self.reason not in ("", self.code.name) else self.code.name
+        text = f"{head}: {self.message}" if self.message else head
+        if self.violations:
+            text += " (" + "; ".join(f"{f or '<request>'}: {d}" for f, d in self.violations.items()) + ")"
+        if self.attempts > 1:
+            text += f" after {self.attempts} attempts"
+        return text
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.aio.AioRpcError, *, method: str, attempts: int) -> ProducerCallError:
+        reason, domain, metadata, violations = _status_details(error)
+        return cls(
+            error.code(),
+            error.details() or "",
+            method=method,
+            attempts=attempts,
+            reason=reason,
+            domain=domain,
+            metadata=metadata,
+            violations=violations,
+        )
+
+
+def _status_details(error: grpc.aio.AioRpcError) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """(ErrorInfo reason, domain, metadata; BadRequest violations) from grpc-status-details-bin."""
+    raw: object = None
+    for key, value in error.trailing_metadata() or ():
+        if key == _STATUS_DETAILS_KEY:
+            raw = value
+    if not isinstance(raw, bytes):
+        return "", "", {}, {}
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except DecodeError:  # a garbled trailer must not hide the status code itself
+        return "", "", {}, {}
+    reason, domain, metadata, violations = "", "", {}, {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and not reason:
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, domain, metadata = (
+                str(info.reason),
+                str(info.domain),
+                {str(k): str(v) for k, v in info.metadata.items()},
+            )
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.update({str(v.field): str(v.description) for v in bad.field_violations})
+    return reason, domain, metadata, violations
+
+
+class _Secret:
+    """Holds the HMAC key bytes and keeps them out of every repr."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+
+def _secret_bytes(secret: str | bytes) -> bytes:
+    if isinstance(secret, bytes):
+        if len(secret) != SECRET_BYTES:
+            raise ValueError(f"a raw secret is {SECRET_BYTES} bytes")
+        return secret
+    return parse_secret(secret)  # its ValueError never echoes the text
+
+
+def decimal_string(value: Decimalish, name: str) -> str:
+    """``value`` as a plain decimal string (``"2034.15"``, never exponent notation); floats are refused."""
+    if isinstance(value, bool | float) or not isinstance(value, Decimal | str | int):
+        raise TypeError(f"{name} must be a Decimal or a decimal string, not {type(value).__name__}")
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{name} is not a decimal number: {value!r}") from None
+    if not number.is_finite():
+        raise ValueError(f"{name} must be a finite decimal number")
+    return format(number, "f")
+
+
+def parse_side(side: SideLike) -> common_pb2.Side.ValueType:
+    """``common_pb2.SIDE_BUY``/``SIDE_SELL``, or ``"buy"``/``"sell"``/``"SIDE_BUY"``/... in any case."""
+    if isinstance(side, str):
+        name = side.strip().upper()
+        name = name if name.startswith("SIDE_") else "SIDE_" + name
+        if name in ("SIDE_BUY", "SIDE_SELL"):
+            return common_pb2.Side.Value(name)
+        raise ValueError(f"side must be buy or sell, not {side!r}")
+    if side in (common_pb2.SIDE_BUY, common_pb2.SIDE_SELL):
+        return side
+    raise ValueError(f"side must be SIDE_BUY or SIDE_SELL, not {side!r}")
+
+
+def _request_id(request_id: str | uuid.UUID | None) -> str:
+    if request_id is None:
+        return str(uuid.uuid4())
+    if isinstance(request_id, uuid.UUID):
+        return str(request_id)
+    try:
+        return str(uuid.UUID(request_id))
+    except ValueError:
+        raise ValueError(f"request_id must be a UUID, not {request_id!r}") from None
+
+
+def _timestamp(moment: datetime, name: str) -> Timestamp:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def submit_signal_request(
+    instrument: str,
+    side: SideLike,
+    *,
+    entry_price: Decimalish | None = None,
+    stop_loss: Decimalish | None = None,
+    take_profit: Decimalish | None = None,
+    signal_time: datetime | None = None,
+    expire_time: datetime | timedelta | None = None,
+    payload: Mapping[str, Any] | None = None,
+    request_id: str | uuid.UUID | None = None,
+) -> pb.SubmitSignalRequest:
+    """The request ``ProducerClient.submit_signal`` sends.
+
+    ``signal_time`` defaults to now; ``expire_time`` may be a ``timedelta`` after ``signal_time``; a
+    missing ``request_id`` becomes a new UUID4. The server applies the contract's rules.
+    """
+    moment = signal_time if signal_time is not None else datetime.now(UTC)
+    request = pb.SubmitSignalRequest(
+        request_id=_request_id(request_id),
+        instrument=instrument,
+        side=parse_side(side),
+        signal_time=_timestamp(moment, "signal_time"),
+    )
+    for name, value in (("entry_price", entry_price), ("stop_loss", stop_loss), ("take_profit", take_profit)):
+        if value is not None:
+            setattr(request, name, decimal_string(value, name))
+    if expire_time is not None:
+        expires = moment + expire_time if isinstance(expire_time, timedelta) else expire_time
+        request.expire_time.CopyFrom(_timestamp(expires, "expire_time"))
+    if payload is not None:
+        struct = Struct()
+        struct.update(payload)
+        request.payload.CopyFrom(struct)
+    return request
+
+
+def make_quote(
+    instrument: str, bid: Decimalish, ask: Decimalish, quote_time: datetime | None = None
+) -> common_pb2.Quote:
+    """A ``Quote`` with decimal-string prices, observed at ``quote_time`` (default now)."""
+    return common_pb2.Quote(
+        instrument=instrument,
+        bid=decimal_string(bid, "bid"),
+        ask=decimal_string(ask, "ask"),
+        quote_time=_timestamp(quote_time if quote_time is not None else datetime.now(UTC), "quote_time"),
+    )
+
+
+def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
+    """Keepalive inside what ``backoffice.serving.server_options`` permits (pings no more often than every
+    10 s, also without calls), and reconnect backoff on the scale of the retry policy, so a retry after a
+    dropped connection is not refused by a channel still waiting out a long reconnect backoff."""
+    initial_ms = max(100, int(retry.initial_backoff_seconds * 1000))
+    return [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", initial_ms),
+        ("grpc.min_reconnect_backoff_ms", initial_ms),
+        ("grpc.max_reconnect_backoff_ms", max(initial_ms, int(retry.max_backoff_seconds * 1000))),
+        ("grpc.primary_user_agent", _USER_AGENT),
+    ]
+
+
+class ProducerClient:
+    """Signed, deadline-bound, retrying calls to ``SignalService`` as one producer.
+
+    ``target`` is a ``host:port`` (the client then owns its channel and closes it) or an existing
+    ``grpc.aio.Channel`` (left open by :meth:`close`); ``channel_credentials`` makes the owned channel a
+    TLS one. ``secret`` is the ``shs_`` form (or the 32 raw
+    bytes); only the key bytes are kept, and they appear in no repr, log line or error.
+    """
+
+    def __init__(
+        self,
+        target: str | grpc.aio.Channel,
+        producer_id: str | uuid.UUID,
+        secret: str | bytes,
+        *,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        retry: RetryPolicy | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if deadline_seconds <= 0:
+            raise ValueError("deadline_seconds must be positive")
+        self.producer_id = str(producer_id)
+        self.deadline_seconds = deadline_seconds
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._secret = _Secret(_secret_bytes(secret))
+        self._sleep = sleep
+        self._random = random
+        self._channel_credentials = channel_credentials
+        if isinstance(target, str):
+            self.target = target
+            self._given_channel: grpc.aio.Channel | None = None
+        else:
+            self.target = "<channel>"
+            self._given_channel = target
+        self._own_channel: grpc.aio.Channel | None = None  # created on first use, inside the running loop
+        self._callables: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, Any]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ProducerClient(target={self.target!r}, producer_id={self.producer_id!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel this client opened; a channel passed in stays open for its owner."""
+        self._closed = True
+        channel, self._own_channel = self._own_channel, None
+        self._callables.clear()
+        if channel is not None:
+            await channel.close()
+
+    async def submit_signal(
+        self,
+        instrument: str,
+        side: SideLike,
+        *,
+        entry_price: Decimalish | None = None,
+        stop_loss: Decimalish | None = None,
+        take_profit: Decimalish | None = None,
+        signal_time: datetime | None = None,
+        expire_time: datetime | timedelta | None = None,
+        payload: Mapping[str, Any] | None = None,
+        request_id: str | uuid.UUID | None = None,
+    ) -> pb.Signal:
+        """Submit a signal and return it as stored. Repeating a ``request_id`` with the same request returns
+        the first signal; with a different request it fails ``ALREADY_EXISTS``."""
+        request = submit_signal_request(
+            instrument,
+            side,
+            entry_price=entry_price,
+            stop_loss=stop_loss,
+            take_profit=take_profit,
+            signal_time=signal_time,
+            expire_time=expire_time,
+            payload=payload,
+            request_id=request_id,
+        )
+        return await self._call(SUBMIT_SIGNAL, request.SerializeToString(), pb.Signal, request.request_id)
+
+    async def cancel_signal(
+        self, signal_id: str | uuid.UUID, reason: str, request_id: str | uuid.UUID | None = None
+    ) -> pb.Signal:
+        """Cancel one of this producer's open signals and return it."""
+        request = pb.CancelSignalRequest(id=str(signal_id), request_id=_request_id(request_id), reason=reason)
+        return await self._call(CANCEL_SIGNAL, request.SerializeToString(), pb.Signal, request.request_id)
+
+    async def submit_quotes(self, quotes: Iterable[common_pb2.Quote]) -> pb.SubmitQuotesResponse:
+        """Send price-feed quotes (see :func:`make_quote`). Retried like the rest: a quote seen twice is
+        the same observation, so a repeat is harmless."""
+        request = pb.SubmitQuotesRequest(quotes=list(quotes))
+        return await self._call(SUBMIT_QUOTES, request.SerializeToString(), pb.SubmitQuotesResponse, str(uuid.uuid4()))
+
+    async def _call(self, method: str, body: bytes, response_type: type[_ResponseT], request_id: str) -> _ResponseT:
+        call = self._callable(method, response_type)
+        attempt = 0
+        while True:
+            attempt += 1
+            # A fresh timestamp and nonce over the same bytes: a retry is a new, valid request, not a replay.
+            metadata = (
+                *signed_metadata(self._secret.key, method, self.producer_id, body),
+                (REQUEST_ID_HEADER, request_id),
+            )
+            try:
+                response = await call(body, metadata=metadata, timeout=self.deadline_seconds)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code not in self.retry.retryable_codes or attempt >= self.retry.max_attempts:
+                    raise ProducerCallError.from_rpc_error(error, method=method, attempts=attempt) from error
+                delay = self.retry.delay(attempt, self._random())
+                log.info(
+                    "retrying",
+                    extra={"method": method, "attempt": attempt, "code": code.name, "delay_s": round(delay, 3)},
+                )
+                await self._sleep(delay)
+                continue
+            if not isinstance(response, response_type):  # the deserializer guarantees it; keeps mypy honest
+                raise TypeError(f"unexpected response type {type(response).__name__}")
+            return response
+
+    def _callable(self, method: str, response_type: type[Message]) -> grpc.aio.UnaryUnaryMultiCallable[bytes, Any]:
+        found = self._callables.get(method)
+        if found is None:
+            # No request serializer: the bytes that were signed are the bytes that go on the wire.
+            found = self._channel().unary_unary(
+                method, request_serializer=None, response_deserializer=response_type.FromString
+            )
+            self._callables[method] = found
+        return found
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self._closed:
+            raise RuntimeError("this ProducerClient is closed")
+        if self._given_channel is not None:
+            return self._given_channel
+        if self._own_channel is None:
+            options = channel_options(self.retry)
+            if self._channel_credentials is not None:
+                self._own_channel = grpc.aio.secure_channel(self.target, self._channel_credentials, options=options)
+            else:
+                self._own_channel = grpc.aio.insecure_channel(self.target, options=options)
+        return self._own_channel
