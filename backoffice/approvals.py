@@ -134,9 +134,7 @@ async def approve_signal(
     if approval.status is ApprovalStatus.REJECTED:
         raise FailedPrecondition("the signal was already rejected", reason="ALREADY_REJECTED")
     if approval.status is ApprovalStatus.EXPIRED or not is_open(signal, now):
-        raise FailedPrecondition(
-            f"the signal is {signal.status_at(now).value.lower()}", reason="SIGNAL_NOT_OPEN"
-        )
+        raise FailedPrecondition(f"the signal is {signal.status_at(now).value.lower()}", reason="SIGNAL_NOT_OPEN")
     devices = await _chosen_devices(session, caller, device_ids)
     woken = await _approve(session, approval, signal, subscription, volume, devices, now, decided_by=caller.id)
     audit.record(
@@ -153,7 +151,13 @@ async def approve_signal(
 
 
 async def reject_signal(
-    session: AsyncSession, caller: Caller, signal_id: uuid.UUID, *, reason: str, request_id: str, now: datetime | None = None
+    session: AsyncSession,
+    caller: Caller,
+    signal_id: uuid.UUID,
+    *,
+    reason: str,
+    request_id: str,
+    now: datetime | None = None,
 ) -> Approval:
     now = now or datetime.now(UTC)
     approval, signal, _ = await _approval_for(session, caller, signal_id)
@@ -186,7 +190,9 @@ async def _chosen_devices(session: AsyncSession, caller: Caller, device_ids: Seq
         return list((await session.scalars(query.order_by(Device.created_at, Device.id))).all())
     found = {
         d.id: d
-        for d in (await session.scalars(select(Device).where(Device.id.in_(device_ids), Device.user_id == caller.id))).all()
+        for d in (
+            await session.scalars(select(Device).where(Device.id.in_(device_ids), Device.user_id == caller.id))
+        ).all()
     }
     missing = [d for d in device_ids if d not in found]
     if missing:
@@ -194,7 +200,9 @@ async def _chosen_devices(session: AsyncSession, caller: Caller, device_ids: Seq
     inactive = [str(d.id) for d in found.values() if d.status is not DeviceStatus.ACTIVE]
     if inactive:
         raise FailedPrecondition(
-            "only ACTIVE devices receive deliveries", reason="DEVICE_NOT_ACTIVE", metadata={"device_ids": ",".join(inactive)}
+            "only ACTIVE devices receive deliveries",
+            reason="DEVICE_NOT_ACTIVE",
+            metadata={"device_ids": ",".join(inactive)},
         )
     return [found[d] for d in dict.fromkeys(device_ids)]
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backoffice import db
 from backoffice.api.accounts import AccountServicer
+from backoffice.api.approvals import ApprovalServicer
+from backoffice.api.audit import AuditServicer
+from backoffice.api.devices import DeviceServicer
+from backoffice.api.executions import ExecutionServicer
 from backoffice.api.registry import service_handler
+from backoffice.api.signals import SignalServicer
 from backoffice.auth import SignatureVerifier
 from backoffice.config import Settings
 from backoffice.interceptors import Auth, RpcInterceptor
@@ -77,7 +83,16 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         [interceptor],
         [s.full_name for s in SERVICES],
     )
-    servicers: dict[str, object] = {"AccountService": AccountServicer(res.sessions)}
+    servicers: dict[str, object] = {
+        "AccountService": AccountServicer(
+            res.sessions, res.vault, timedelta(seconds=res.settings.secret_grace_seconds)
+        ),
+        "SignalService": SignalServicer(res.sessions, res.vault, res.redis, res.settings.signature_tolerance_seconds),
+        "ApprovalService": ApprovalServicer(res.sessions, res.vault, res.redis),
+        "DeviceService": DeviceServicer(res.sessions, res.vault, res.redis, res.settings),
+        "ExecutionService": ExecutionServicer(res.sessions),
+        "AuditService": AuditServicer(res.sessions),
+    }
     for service in SERVICES:
         server.grpc.add_generic_rpc_handlers([service_handler(service, servicers.get(service.name, object()))])
     return server

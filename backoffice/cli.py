@@ -10,7 +10,6 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from backoffice import logs

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
+from sqlalchemy import ColumnElement, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, signing
-from backoffice.accounts import validate_name
+from backoffice import audit, paging, signing
+from backoffice.accounts import rotate_secret, validate_name
 from backoffice.auth import Caller
-from backoffice.errors import InvalidArgument
+from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound
 from backoffice.models import Device, DeviceStatus
 from backoffice.vault import Binding, Vault
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
 _SYMBOL_RE = re.compile(r"^[A-Za-z0-9._#-]{1,32}$")
 SYMBOL_MAP_MAX = 500
+UPDATABLE_FIELDS = ("name", "symbol_map")
+IDLE_AFTER = timedelta(days=7)
+
+T = TypeVar("T")
 
 
 def validate_symbol_map(symbol_map: dict[str, str], field: str = "symbol_map") -> dict[str, str]:
@@ -26,6 +34,32 @@ def validate_symbol_map(symbol_map: dict[str, str], field: str = "symbol_map") -
     if bad:
         raise InvalidArgument([(f"{field}[{k}]", "symbols are 1-32 of [A-Za-z0-9._#-]") for k in bad[:10]])
     return dict(symbol_map)
+
+
+def validate_mac_address(value: str, field: str = "mac_address") -> str | None:
+    if not value:
+        return None
+    if not _MAC_RE.match(value):
+        raise InvalidArgument([(field, "six hex pairs separated by ':' or '-'")])
+    return value.lower()
+
+
+def visible_to(caller: Caller) -> ColumnElement[bool]:
+    """The devices ``caller`` may see and change: its own; an admin's, every one."""
+    return true() if caller.is_admin else Device.user_id == caller.id
+
+
+def _secret_binding(device_id: uuid.UUID, column: str) -> Binding:
+    return Binding("devices", str(device_id), column)
+
+
+def _check(violations: list[tuple[str, str]], validate: Callable[[], T]) -> T | None:
+    """Run one field's validation, collecting its violations so the client hears of every bad field."""
+    try:
+        return validate()
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+        return None
 
 
 async def register_device(
@@ -39,28 +73,174 @@ async def register_device(
     request_id: uuid.UUID | None = None,
 ) -> tuple[Device, str]:
     """A new ACTIVE device of ``owner`` and its HMAC secret (shown once, sealed at rest)."""
-    if mac_address and not _MAC_RE.match(mac_address):
-        raise InvalidArgument([("mac_address", "six hex pairs separated by ':' or '-'")])
+    violations: list[tuple[str, str]] = []
+    clean_name = _check(violations, lambda: validate_name(name, "name"))
+    clean_mac = _check(violations, lambda: validate_mac_address(mac_address))
+    clean_map = _check(violations, lambda: validate_symbol_map(symbol_map or {}))
+    if violations:
+        raise InvalidArgument(violations)
+    assert clean_name is not None and clean_map is not None
     device_id = uuid.uuid4()
     shown, raw = signing.generate_secret()
     device = Device(
         id=device_id,
         user_id=owner.id,
         request_id=request_id,
-        name=validate_name(name, "name"),
-        mac_address=mac_address.lower() or None,
-        symbol_map=validate_symbol_map(symbol_map or {}),
+        name=clean_name,
+        mac_address=clean_mac,
+        symbol_map=clean_map,
         status=DeviceStatus.ACTIVE,
-        secret_sealed=vault.seal(raw, Binding("devices", str(device_id), "secret_sealed")),
+        secret_sealed=vault.seal(raw, _secret_binding(device_id, "secret_sealed")),
     )
     session.add(device)
     audit.record(
         session,
         actor_type=owner.kind,
         actor_id=owner.id,
-        action="device.register",
+        action="RegisterDevice",
         object_type="device",
         object_id=device_id,
+        details={"name": clean_name},
+        request_id=str(request_id) if request_id else None,
     )
     await session.flush()
     return device, shown
+
+
+async def get_device(session: AsyncSession, caller: Caller, device_id: uuid.UUID, *, lock: bool = False) -> Device:
+    """One device the caller may see; NotFound when absent or someone else's. ``lock`` holds its row."""
+    query = select(Device).where(Device.id == device_id, visible_to(caller))
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    device = await session.scalar(query)
+    if device is None:
+        raise NotFound("device")
+    return device
+
+
+async def list_devices(
+    session: AsyncSession,
+    caller: Caller,
+    *,
+    status: DeviceStatus | None,
+    page_size: int,
+    page_token: str,
+) -> tuple[list[Device], str]:
+    """The caller's devices (an admin's: everyone's), newest first, one page."""
+    query = select(Device).where(visible_to(caller))
+    if status is not None:
+        query = query.where(Device.status == status)
+    return await paging.fetch_page(
+        session,
+        query,
+        created_at=Device.created_at,
+        id_column=Device.id,
+        requested_size=page_size,
+        page_token=page_token,
+        filters=[status],
+    )
+
+
+async def update_device(
+    session: AsyncSession,
+    caller: Caller,
+    device_id: uuid.UUID,
+    *,
+    fields: Collection[str],
+    name: str,
+    symbol_map: dict[str, str],
+) -> Device:
+    """Replace the fields named in ``fields`` (empty means all of UPDATABLE_FIELDS)."""
+    chosen = set(fields) or set(UPDATABLE_FIELDS)
+    unknown = sorted(chosen - set(UPDATABLE_FIELDS))
+    if unknown:
+        raise InvalidArgument([("update_mask", f"unknown path(s) {', '.join(unknown)}; updatable: name, symbol_map")])
+    violations: list[tuple[str, str]] = []
+    changes: dict[str, object] = {}
+    if "name" in chosen:
+        changes["name"] = _check(violations, lambda: validate_name(name, "name"))
+    if "symbol_map" in chosen:
+        changes["symbol_map"] = _check(violations, lambda: validate_symbol_map(symbol_map))
+    if violations:
+        raise InvalidArgument(violations)
+    device = await get_device(session, caller, device_id, lock=True)
+    for column, value in changes.items():
+        setattr(device, column, value)
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="UpdateDevice",
+        object_type="device",
+        object_id=device.id,
+        details={"fields": sorted(chosen)},
+    )
+    await session.flush()
+    return device
+
+
+async def rotate_device_secret(
+    session: AsyncSession,
+    vault: Vault,
+    caller: Caller,
+    device_id: uuid.UUID,
+    *,
+    grace: timedelta,
+    request_id: str | None = None,
+) -> tuple[Device, str]:
+    """A new secret (shown once); the current one stays valid for ``grace`` as the previous secret."""
+    device = await get_device(session, caller, device_id, lock=True)
+    if device.status is DeviceStatus.REVOKED:
+        raise FailedPrecondition("a revoked device cannot get a new secret", reason="DEVICE_REVOKED")
+    shown = rotate_secret(device, vault, grace)
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="RotateDeviceSecret",
+        object_type="device",
+        object_id=device.id,
+        details={"grace_seconds": int(grace.total_seconds())},
+        request_id=request_id,
+    )
+    await session.flush()
+    return device, shown
+
+
+async def revoke_device(
+    session: AsyncSession, caller: Caller, device_id: uuid.UUID, *, now: datetime | None = None
+) -> Device:
+    """Revoke for good; revoking a revoked device changes nothing. The caller publishes the REVOKED hint
+    after commit, so the gateway ends the device's stream."""
+    device = await get_device(session, caller, device_id, lock=True)
+    if device.status is DeviceStatus.REVOKED:
+        return device
+    previous = device.status
+    device.status = DeviceStatus.REVOKED
+    device.revoked_at = now or datetime.now(UTC)
+    audit.record(
+        session,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+        action="RevokeDevice",
+        object_type="device",
+        object_id=device.id,
+        details={"previous_status": previous.value},
+    )
+    await session.flush()
+    return device
+
+
+async def mark_idle_devices_inactive(session: AsyncSession, now: datetime, idle: timedelta = IDLE_AFTER) -> int:
+    """ACTIVE devices not seen (or, never seen, not registered) for ``idle`` become INACTIVE; the gateway
+    makes them ACTIVE again when they connect. Returns how many changed."""
+    result = await session.execute(
+        update(Device)
+        .where(
+            Device.status == DeviceStatus.ACTIVE,
+            func.coalesce(Device.last_seen_at, Device.created_at) < now - idle,
+        )
+        .values(status=DeviceStatus.INACTIVE)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -44,6 +44,7 @@ def start(state_dir: Path, stack: ExitStack) -> EmbeddedUrls:
     except ImportError as exc:
         raise EmbeddedUnavailable(f"install the embedded extra: pip install -e '.[embedded]' ({exc})") from None
     state_dir.mkdir(parents=True, exist_ok=True)
+    _check_reachable_by_postgres_user(state_dir)
     postgres: Any = start_postgres(state_dir / "pgdata", cleanup_mode="stop")
     stack.callback(postgres.cleanup)
     redis_dir = state_dir / "redis"
@@ -52,6 +53,20 @@ def start(state_dir: Path, stack: ExitStack) -> EmbeddedUrls:
     stack.callback(redis.shutdown)
     database_url = postgres.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     return EmbeddedUrls(database_url=database_url, redis_url=f"unix://{redis.socket_file}")
+
+
+def _check_reachable_by_postgres_user(state_dir: Path) -> None:
+    """As root, pgserver runs Postgres as its own unprivileged user, which must be able to reach the data
+    directory: say so plainly instead of letting initdb fail with "Permission denied"."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    closed = [p for p in (state_dir.resolve(), *state_dir.resolve().parents) if not os.stat(p).st_mode & 0o001]
+    if closed:
+        raise EmbeddedUnavailable(
+            f"running as root, embedded Postgres runs as the 'pgserver' user, which cannot enter {closed[-1]} "
+            "(no execute permission for others). Run from a directory others can traverse, run as a normal user, "
+            "or set SIGNALHUB_DATABASE_URL and SIGNALHUB_REDIS_URL."
+        )
 
 
 def main() -> None:

@@ -67,14 +67,14 @@ async def run_once(
             )
         ).scalar_one()
         if record.request_hash != request_hash or record.response_sealed is None:
-            raise AlreadyExists(
-                "request_id was already used for a different request", reason="REQUEST_ID_REUSED"
-            )
+            raise AlreadyExists("request_id was already used for a different request", reason="REQUEST_ID_REUSED")
         stored = vault.open(record.response_sealed, _binding(record.id))
         return response_type.FromString(stored), False
     response = await action()
     sealed = vault.seal(response.SerializeToString(), _binding(record_id))
-    await session.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(response_sealed=sealed))
+    await session.execute(
+        update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(response_sealed=sealed)
+    )
     return response, True
 
 

@@ -86,7 +86,11 @@ def draft(
         violations.append(("instrument", "must match ^[A-Z0-9._-]{2,20}$"))
     if side is None:
         violations.append(("side", "SIDE_BUY or SIDE_SELL is required"))
-    entry, stop, target = decimal(entry_price, "entry_price"), decimal(stop_loss, "stop_loss"), decimal(take_profit, "take_profit")
+    entry, stop, target = (
+        decimal(entry_price, "entry_price"),
+        decimal(stop_loss, "stop_loss"),
+        decimal(take_profit, "take_profit"),
+    )
     if side is not None and entry is not None:
         below, above = ("stop_loss", "take_profit") if side is Side.BUY else ("take_profit", "stop_loss")
         levels = {"stop_loss": stop, "take_profit": target}
@@ -94,9 +98,13 @@ def draft(
             violations.append((below, f"must be below entry_price for a {side.value} signal"))
         if levels[above] is not None and not levels[above] > entry:  # type: ignore[operator]
             violations.append((above, f"must be above entry_price for a {side.value} signal"))
-    elif side is not None and stop is not None and target is not None:
-        if (side is Side.BUY and not stop < target) or (side is Side.SELL and not stop > target):
-            violations.append(("stop_loss", f"is on the wrong side of take_profit for a {side.value} signal"))
+    elif (
+        side is not None
+        and stop is not None
+        and target is not None
+        and ((side is Side.BUY and not stop < target) or (side is Side.SELL and not stop > target))
+    ):
+        violations.append(("stop_loss", f"is on the wrong side of take_profit for a {side.value} signal"))
     if signal_time is None:
         violations.append(("signal_time", "is required"))
     elif abs((signal_time - now).total_seconds()) > tolerance_seconds:
@@ -132,9 +140,7 @@ async def submit(
     return Submission(row, tuple(d for decision in decisions for d in decision.woken_devices))
 
 
-async def _store(
-    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID, signal: SignalDraft
-) -> Signal:
+async def _store(session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID, signal: SignalDraft) -> Signal:
     row = Signal(
         id=uuid.uuid4(),
         producer_id=producer_id,
@@ -171,7 +177,13 @@ class Cancellation:
 
 
 async def cancel(
-    session: AsyncSession, caller: Caller, signal_id: uuid.UUID, *, reason: str, request_id: str, now: datetime | None = None
+    session: AsyncSession,
+    caller: Caller,
+    signal_id: uuid.UUID,
+    *,
+    reason: str,
+    request_id: str,
+    now: datetime | None = None,
 ) -> Cancellation:
     """Cancel an open signal: undecided approvals expire, unsent deliveries are cancelled, and every open
     position from it gets a SIGNAL_CANCELLED close command."""
@@ -197,7 +209,9 @@ async def cancel(
     )
     positions = (
         await session.scalars(
-            select(Position).where(Position.signal_id == signal.id, Position.status == PositionStatus.OPEN).with_for_update()
+            select(Position)
+            .where(Position.signal_id == signal.id, Position.status == PositionStatus.OPEN)
+            .with_for_update()
         )
     ).all()
     for position in positions:
@@ -300,7 +314,10 @@ async def list_signals(
         query = query.where(Signal.status == SignalStatus.OPEN, Signal.expire_time > now)
     elif status is SignalStatus.EXPIRED:
         query = query.where(
-            or_(Signal.status == SignalStatus.EXPIRED, (Signal.status == SignalStatus.OPEN) & (Signal.expire_time <= now))
+            or_(
+                Signal.status == SignalStatus.EXPIRED,
+                (Signal.status == SignalStatus.OPEN) & (Signal.expire_time <= now),
+            )
         )
     elif status is not None:
         query = query.where(Signal.status == status)

@@ -35,7 +35,11 @@ class SubscriptionTerms:
 def validate_instruments(instruments: Sequence[str], field: str = "instruments") -> tuple[str, ...]:
     if len(instruments) > MAX_INSTRUMENTS:
         raise InvalidArgument([(field, f"at most {MAX_INSTRUMENTS} instruments")])
-    bad = [(f"{field}[{i}]", "must match ^[A-Z0-9._-]{2,20}$") for i, v in enumerate(instruments) if not INSTRUMENT_RE.match(v)]
+    bad = [
+        (f"{field}[{i}]", "must match ^[A-Z0-9._-]{2,20}$")
+        for i, v in enumerate(instruments)
+        if not INSTRUMENT_RE.match(v)
+    ]
     if bad:
         raise InvalidArgument(bad)
     return tuple(dict.fromkeys(instruments))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from decimal import Decimal
 import logging
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 

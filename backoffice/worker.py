@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete
 
+from backoffice import devices, signals
 from backoffice.bootstrap import Resources
 from backoffice.models import IdempotencyRecord
 
 log = logging.getLogger("signalhub.worker")
 
-IDEMPOTENCY_RETENTION = timedelta(days=7)
+# A retry comes within minutes; a day is generous, and keeps sealed copies of shown-once credentials short-lived.
+IDEMPOTENCY_RETENTION = timedelta(days=1)
 
 
 async def run_once(res: Resources) -> dict[str, int]:
@@ -23,7 +25,14 @@ async def run_once(res: Resources) -> dict[str, int]:
         cutoff = datetime.now(UTC) - IDEMPOTENCY_RETENTION
         result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
         records = int(result.rowcount)  # type: ignore[attr-defined]
-    return {"nonces_purged": nonces, "idempotency_records_purged": records}
+        inactive = await devices.mark_idle_devices_inactive(session, datetime.now(UTC))
+        expired = await signals.expire_due(session, datetime.now(UTC))
+    return {
+        "nonces_purged": nonces,
+        "idempotency_records_purged": records,
+        "devices_marked_inactive": inactive,
+        "signals_expired": expired,
+    }
 
 
 async def run(res: Resources, stop: asyncio.Event, interval_seconds: float = 30.0) -> None:

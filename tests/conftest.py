@@ -218,7 +218,7 @@ async def signed_call(
     request: Any,
     response_type: Any,
     *,
-    timeout: float = 10,
+    deadline: float = 10,
 ) -> Any:
     """A producer-signed unary call: sign the exact bytes, send those bytes."""
     from backoffice import signing
@@ -226,4 +226,4 @@ async def signed_call(
     body = request.SerializeToString()
     metadata = signing.signed_metadata(signing.parse_secret(key.secret), method, str(key.id), body)
     call = channel.unary_unary(method, response_deserializer=response_type.FromString)
-    return await call(body, metadata=metadata, timeout=timeout)
+    return await call(body, metadata=metadata, timeout=deadline)

@@ -171,7 +171,9 @@ class ApprovalServicer:
 
     async def ListApprovals(self, request: pb.ListApprovalsRequest, context: Any) -> pb.ListApprovalsResponse:
         caller = current_caller()
-        status = wire.optional_enum_from_wire(pb.ApprovalStatus, "APPROVAL_STATUS", request.status, ApprovalStatus, "status")
+        status = wire.optional_enum_from_wire(
+            pb.ApprovalStatus, "APPROVAL_STATUS", request.status, ApprovalStatus, "status"
+        )
         async with self._sessions() as session:
             rows, token = await approvals.list_approvals(
                 session,
@@ -192,7 +194,9 @@ def _decode_terms(request: pb.SubscribeRequest) -> subscriptions.SubscriptionTer
     values: dict[str, Any] = {}
     checks: dict[str, Callable[[], Any]] = {
         "producer_id": lambda: parse_id(request.producer_id, "producer_id"),
-        "mode": lambda: wire.enum_from_wire(pb.SubscriptionMode, "SUBSCRIPTION_MODE", request.mode, SubscriptionMode, "mode"),
+        "mode": lambda: wire.enum_from_wire(
+            pb.SubscriptionMode, "SUBSCRIPTION_MODE", request.mode, SubscriptionMode, "mode"
+        ),
         "sizing": lambda: wire.enum_from_wire(pb.SizingMode, "SIZING_MODE", request.sizing, SizingMode, "sizing"),
         "sizing_value": lambda: parse_decimal(request.sizing_value, "sizing_value"),
         "max_volume": lambda: parse_optional_decimal(request.max_volume, "max_volume"),

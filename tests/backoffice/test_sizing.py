@@ -26,15 +26,16 @@ HELLO = {
 ACCOUNT = Account.from_hello(HELLO)
 
 
+def _size(rule: Rule, account: Account = ACCOUNT, symbol: str = "GOLD.m") -> D | None:
+    return size(rule, account, symbol, entry_price=None, stop_loss=None).volume
+
+
 def test_fixed_volume_is_rounded_down_to_the_step() -> None:
-    assert size(Rule(SizingMode.FIXED_VOLUME, D("0.129"), None), ACCOUNT, "GOLD.m", entry_price=None, stop_loss=None).volume == D(
-        "0.12"
-    )
+    assert _size(Rule(SizingMode.FIXED_VOLUME, D("0.129"), None)) == D("0.12")
 
 
 def test_balance_ratio() -> None:
-    sized = size(Rule(SizingMode.BALANCE_RATIO, D("0.00001"), None), ACCOUNT, "GOLD.m", entry_price=None, stop_loss=None)
-    assert sized.volume == D("0.10")
+    assert _size(Rule(SizingMode.BALANCE_RATIO, D("0.00001"), None)) == D("0.10")
 
 
 def test_risk_percent_from_equity_and_stop_distance() -> None:
@@ -73,6 +74,4 @@ def test_no_hello_means_no_account_data(mode: SizingMode) -> None:
 
 
 def test_fixed_volume_without_symbol_spec_passes_as_given() -> None:
-    assert size(Rule(SizingMode.FIXED_VOLUME, D("0.10"), None), Account.from_hello(None), "X", entry_price=None, stop_loss=None).volume == (
-        D("0.10")
-    )
+    assert _size(Rule(SizingMode.FIXED_VOLUME, D("0.10"), None), Account.from_hello(None), "X") == D("0.10")

@@ -25,8 +25,20 @@ GOLD_HELLO = {
     "balance": "10000",
     "equity": "9500",
     "symbols": {
-        "GOLD.m": {"tick_size": "0.01", "tick_value": "1", "volume_min": "0.01", "volume_step": "0.01", "volume_max": "50"},
-        "XAUUSD": {"tick_size": "0.01", "tick_value": "1", "volume_min": "0.10", "volume_step": "0.10", "volume_max": "50"},
+        "GOLD.m": {
+            "tick_size": "0.01",
+            "tick_value": "1",
+            "volume_min": "0.01",
+            "volume_step": "0.01",
+            "volume_max": "50",
+        },
+        "XAUUSD": {
+            "tick_size": "0.01",
+            "tick_value": "1",
+            "volume_min": "0.10",
+            "volume_step": "0.10",
+            "volume_max": "50",
+        },
     },
 }
 
@@ -44,12 +56,18 @@ def subscribe_request(producer: KeyCredentials, **fields: Any) -> pb.SubscribeRe
 
 
 async def subscribe(channel: grpc.aio.Channel, user: UserCredentials, request: pb.SubscribeRequest) -> pb.Subscription:
-    subscription: pb.Subscription = await rpc.ApprovalServiceStub(channel).Subscribe(request, metadata=user.metadata, timeout=5)
+    subscription: pb.Subscription = await rpc.ApprovalServiceStub(channel).Subscribe(
+        request, metadata=user.metadata, timeout=5
+    )
     return subscription
 
 
 async def device_with(
-    res: Resources, owner: UserCredentials, *, symbol_map: dict[str, str] | None = None, hello: dict[str, Any] | None = None
+    res: Resources,
+    owner: UserCredentials,
+    *,
+    symbol_map: dict[str, str] | None = None,
+    hello: dict[str, Any] | None = None,
 ) -> uuid.UUID:
     device = await make_device(res, owner)
     async with res.sessions.begin() as session:
@@ -74,7 +92,9 @@ async def pending(channel: grpc.aio.Channel, user: UserCredentials) -> list[pb.A
 
 async def approve(channel: grpc.aio.Channel, user: UserCredentials, signal_id: str, **fields: Any) -> pb.Approval:
     request = pb.ApproveSignalRequest(signal_id=signal_id, request_id=str(uuid.uuid4()), **fields)
-    approval: pb.Approval = await rpc.ApprovalServiceStub(channel).ApproveSignal(request, metadata=user.metadata, timeout=5)
+    approval: pb.Approval = await rpc.ApprovalServiceStub(channel).ApproveSignal(
+        request, metadata=user.metadata, timeout=5
+    )
     return approval
 
 
@@ -98,7 +118,11 @@ async def expect_failure(call: Any) -> Any:
     ],
 )
 async def test_subscribe_validation(
-    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, user: UserCredentials, fields: dict[str, Any], bad: str
+    backoffice_channel: grpc.aio.Channel,
+    producer: KeyCredentials,
+    user: UserCredentials,
+    fields: dict[str, Any],
+    bad: str,
 ) -> None:
     failure = await expect_failure(subscribe(backoffice_channel, user, subscribe_request(producer, **fields)))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT and bad in failure.violations
@@ -108,10 +132,16 @@ async def test_subscribe_rules(
     backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, user: UserCredentials, res: Resources
 ) -> None:
     ghost = KeyCredentials(uuid.uuid4(), "")
-    assert (await expect_failure(subscribe(backoffice_channel, user, subscribe_request(ghost)))).code == grpc.StatusCode.NOT_FOUND
+    assert (
+        await expect_failure(subscribe(backoffice_channel, user, subscribe_request(ghost)))
+    ).code == grpc.StatusCode.NOT_FOUND
     request = subscribe_request(producer, instruments=["XAUUSD", "XAUUSD"], max_volume="2")
     first = await subscribe(backoffice_channel, user, request)
-    assert list(first.instruments) == ["XAUUSD"] and first.max_volume == "2" and first.status == pb.SUBSCRIPTION_STATUS_ACTIVE
+    assert (
+        list(first.instruments) == ["XAUUSD"]
+        and first.max_volume == "2"
+        and first.status == pb.SUBSCRIPTION_STATUS_ACTIVE
+    )
     assert await subscribe(backoffice_channel, user, request) == first  # idempotent on request_id
     duplicate = await expect_failure(subscribe(backoffice_channel, user, subscribe_request(producer)))
     assert duplicate.code == grpc.StatusCode.ALREADY_EXISTS
@@ -174,7 +204,9 @@ async def test_instrument_allow_list(
     await subscribe(backoffice_channel, user, subscribe_request(producer, instruments=["EURUSD"]))
     gold = await submit(backoffice_channel, producer, signal_request())
     euro = await submit(
-        backoffice_channel, producer, signal_request(instrument="EURUSD", entry_price="1.1", stop_loss="1.0", take_profit="1.2")
+        backoffice_channel,
+        producer,
+        signal_request(instrument="EURUSD", entry_price="1.1", stop_loss="1.0", take_profit="1.2"),
     )
     assert await deliveries(res, gold.id) == {}
     assert len(await deliveries(res, euro.id)) == 1
@@ -201,7 +233,9 @@ async def test_sizing_modes_through_the_flow(
     expected: str,
 ) -> None:
     device = await device_with(res, user, symbol_map={"XAUUSD": "GOLD.m"}, hello=GOLD_HELLO)
-    await subscribe(backoffice_channel, user, subscribe_request(producer, sizing=sizing, sizing_value=value, max_volume=max_volume))
+    await subscribe(
+        backoffice_channel, user, subscribe_request(producer, sizing=sizing, sizing_value=value, max_volume=max_volume)
+    )
     signal = await submit(backoffice_channel, producer, signal_request(entry_price="2034.15", stop_loss="2032.60"))
     assert (await deliveries(res, signal.id))[device].volume == Decimal(expected)
 
@@ -265,7 +299,11 @@ async def test_reject_then_approve_fails(
 
 
 async def test_expired_or_cancelled_signal_cannot_be_approved(
-    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, user: UserCredentials, admin: UserCredentials, res: Resources
+    backoffice_channel: grpc.aio.Channel,
+    producer: KeyCredentials,
+    user: UserCredentials,
+    admin: UserCredentials,
+    res: Resources,
 ) -> None:
     await device_with(res, user)
     await subscribe(backoffice_channel, user, subscribe_request(producer, mode=pb.SUBSCRIPTION_MODE_MANUAL))
@@ -280,7 +318,9 @@ async def test_expired_or_cancelled_signal_cannot_be_approved(
     await rpc.SignalServiceStub(backoffice_channel).CancelSignal(
         pb.CancelSignalRequest(id=cancelled.id, request_id=str(uuid.uuid4())), metadata=admin.metadata, timeout=5
     )
-    assert (await expect_failure(approve(backoffice_channel, user, cancelled.id))).code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        await expect_failure(approve(backoffice_channel, user, cancelled.id))
+    ).code == grpc.StatusCode.FAILED_PRECONDITION
     assert await pending(backoffice_channel, user) == []
     assert await deliveries(res, short.id) == {} and await deliveries(res, cancelled.id) == {}
 

@@ -91,14 +91,20 @@ async def test_submit_returns_the_stored_signal(backoffice_channel: grpc.aio.Cha
         ({"take_profit": "2030"}, "take_profit"),  # BUY: target above the entry
         ({"side": common_pb2.SIDE_SELL}, "stop_loss"),  # the BUY levels are wrong for a SELL
         ({"stop_loss": "0"}, "stop_loss"),
-        ({"signal_time": ts(datetime.now(UTC) - timedelta(seconds=301))}, "signal_time"),
-        ({"signal_time": ts(datetime.now(UTC) + timedelta(seconds=301))}, "signal_time"),
+        ({"signal_time": -301}, "signal_time"),  # seconds from now, resolved when the test runs
+        ({"signal_time": 301}, "signal_time"),
         ({"request_id": "not-a-uuid"}, "request_id"),
     ],
 )
 async def test_each_rule_is_invalid_argument_naming_the_field(
-    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, res: Resources, fields: dict[str, Any], bad_field: str
+    backoffice_channel: grpc.aio.Channel,
+    producer: KeyCredentials,
+    res: Resources,
+    fields: dict[str, Any],
+    bad_field: str,
 ) -> None:
+    if isinstance(fields.get("signal_time"), int):
+        fields = {**fields, "signal_time": ts(datetime.now(UTC) + timedelta(seconds=fields["signal_time"]))}
     failure = await submit_error(backoffice_channel, producer, signal_request(**fields))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_field in failure.violations
@@ -130,7 +136,9 @@ async def test_sell_levels_and_market_orders(backoffice_channel: grpc.aio.Channe
     assert market.entry_price == "" and market.stop_loss == ""
 
 
-async def test_all_violations_are_reported_together(backoffice_channel: grpc.aio.Channel, producer: KeyCredentials) -> None:
+async def test_all_violations_are_reported_together(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials
+) -> None:
     failure = await submit_error(
         backoffice_channel, producer, signal_request(instrument="bad", side=0, entry_price="x", stop_loss="y")
     )
@@ -150,7 +158,9 @@ async def test_repeat_returns_the_same_signal_and_a_different_body_conflicts(
     assert await count_signals(res, producer) == 1
 
 
-async def test_request_ids_are_per_producer(backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, res: Resources) -> None:
+async def test_request_ids_are_per_producer(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, res: Resources
+) -> None:
     other = await make_producer(res)
     request = signal_request()
     mine = await submit(backoffice_channel, producer, request)
@@ -239,13 +249,17 @@ async def test_visibility_payload_and_hidden_levels(
     seen = await stub.GetSignal(pb.GetSignalRequest(id=signal.id), metadata=user.metadata, timeout=5)
     assert seen.id == signal.id and seen.instrument == "XAUUSD"
     assert not seen.HasField("payload") and seen.stop_loss == "" and seen.take_profit == ""
-    listed = await stub.ListSignals(pb.ListSignalsRequest(producer_id=str(producer.id)), metadata=user.metadata, timeout=5)
+    listed = await stub.ListSignals(
+        pb.ListSignalsRequest(producer_id=str(producer.id)), metadata=user.metadata, timeout=5
+    )
     assert [s.id for s in listed.signals] == [signal.id]
     full = await stub.GetSignal(pb.GetSignalRequest(id=signal.id), metadata=admin.metadata, timeout=5)
     assert full.payload["secret_sauce"] == 1 and full.stop_loss == "2020.00"
 
 
-async def test_list_pages_newest_first(backoffice_channel: grpc.aio.Channel, admin: UserCredentials, res: Resources) -> None:
+async def test_list_pages_newest_first(
+    backoffice_channel: grpc.aio.Channel, admin: UserCredentials, res: Resources
+) -> None:
     producer = await make_producer(res)
     ids = [(await submit(backoffice_channel, producer, signal_request())).id for _ in range(5)]
     stub = rpc.SignalServiceStub(backoffice_channel)
@@ -268,7 +282,9 @@ async def test_list_pages_newest_first(backoffice_channel: grpc.aio.Channel, adm
     assert "page_token" in rpc_failure(info.value).violations
 
 
-async def test_signals_expire_on_time(backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, res: Resources) -> None:
+async def test_signals_expire_on_time(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, res: Resources
+) -> None:
     now = datetime.now(UTC)
     signal = await submit(
         backoffice_channel, producer, signal_request(signal_time=ts(now), expire_time=ts(now + timedelta(seconds=1)))
@@ -285,10 +301,14 @@ async def test_submit_quotes(backoffice_channel: grpc.aio.Channel, producer: Key
     quotes = pb.SubmitQuotesRequest(
         quotes=[
             common_pb2.Quote(instrument="EURUSD", bid="1.1000", ask="1.1002", quote_time=ts(now)),
-            common_pb2.Quote(instrument="EURUSD", bid="1.0990", ask="1.0992", quote_time=ts(now - timedelta(seconds=5))),
+            common_pb2.Quote(
+                instrument="EURUSD", bid="1.0990", ask="1.0992", quote_time=ts(now - timedelta(seconds=5))
+            ),
         ]
     )
-    response = await signed_call(backoffice_channel, producer, SERVICE + "SubmitQuotes", quotes, pb.SubmitQuotesResponse)
+    response = await signed_call(
+        backoffice_channel, producer, SERVICE + "SubmitQuotes", quotes, pb.SubmitQuotesResponse
+    )
     assert response.accepted_count == 2
     from backoffice.models import Quote
 

@@ -1,0 +1,150 @@
+"""DeviceService."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backoffice import devices, hints, idempotency, models
+from backoffice.api import wire
+from backoffice.config import Settings
+from backoffice.interceptors import current_caller
+from backoffice.validation import parse_id
+from backoffice.vault import Vault
+from signalhub.v1 import backoffice_pb2 as pb
+
+_STATUS = "DEVICE_STATUS"
+
+
+def _hello_text(hello: dict[str, Any], key: str) -> str:
+    value = hello.get(key)
+    return "" if value is None else str(value)
+
+
+def encode_device(device: models.Device) -> pb.Device:
+    # What the gateway stored from the device's last Hello (snake_case keys of the Hello message).
+    hello = device.last_hello or {}
+    return pb.Device(
+        id=str(device.id),
+        user_id=str(device.user_id),
+        name=device.name,
+        mac_address=device.mac_address or "",
+        symbol_map=device.symbol_map,
+        status=wire.enum_to_wire(pb.DeviceStatus, _STATUS, device.status),
+        create_time=wire.timestamp(device.created_at),
+        last_seen_time=wire.timestamp(device.last_seen_at),
+        secret_rotate_time=wire.timestamp(device.secret_rotated_at),
+        revoke_time=wire.timestamp(device.revoked_at),
+        bridge_version=_hello_text(hello, "bridge_version"),
+        account_currency=_hello_text(hello, "account_currency"),
+        balance=_hello_text(hello, "balance"),
+        equity=_hello_text(hello, "equity"),
+        hello_time=wire.timestamp(device.last_hello_at),
+    )
+
+
+class DeviceServicer:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis, settings: Settings
+    ) -> None:
+        self._sessions = sessions
+        self._vault = vault
+        self._redis = redis
+        self._grace = timedelta(seconds=settings.secret_grace_seconds)
+
+    async def RegisterDevice(self, request: pb.RegisterDeviceRequest, context: Any) -> pb.RegisterDeviceResponse:
+        caller = current_caller()
+        request_id = idempotency.parse_request_id(request.request_id)
+        async with self._sessions.begin() as session:
+
+            async def register() -> pb.RegisterDeviceResponse:
+                device, secret = await devices.register_device(
+                    session,
+                    self._vault,
+                    owner=caller,
+                    name=request.name,
+                    mac_address=request.mac_address,
+                    symbol_map=dict(request.symbol_map),
+                    request_id=request_id,
+                )
+                return pb.RegisterDeviceResponse(device=encode_device(device), secret=secret)
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="RegisterDevice",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.RegisterDeviceResponse,
+                action=register,
+            )
+        return response
+
+    async def GetDevice(self, request: pb.GetDeviceRequest, context: Any) -> pb.Device:
+        caller = current_caller()
+        device_id = parse_id(request.id, "id")
+        async with self._sessions() as session:
+            device = await devices.get_device(session, caller, device_id)
+        return encode_device(device)
+
+    async def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:
+        caller = current_caller()
+        status = wire.optional_enum_from_wire(pb.DeviceStatus, _STATUS, request.status, models.DeviceStatus, "status")
+        async with self._sessions() as session:
+            found, token = await devices.list_devices(
+                session, caller, status=status, page_size=request.page_size, page_token=request.page_token
+            )
+        return pb.ListDevicesResponse(devices=[encode_device(d) for d in found], next_page_token=token)
+
+    async def UpdateDevice(self, request: pb.UpdateDeviceRequest, context: Any) -> pb.Device:
+        caller = current_caller()
+        device_id = parse_id(request.id, "id")
+        async with self._sessions.begin() as session:
+            device = await devices.update_device(
+                session,
+                caller,
+                device_id,
+                fields=list(request.update_mask.paths),
+                name=request.name,
+                symbol_map=dict(request.symbol_map),
+            )
+        return encode_device(device)
+
+    async def RotateDeviceSecret(
+        self, request: pb.RotateDeviceSecretRequest, context: Any
+    ) -> pb.RotateDeviceSecretResponse:
+        caller = current_caller()
+        device_id = parse_id(request.id, "id")
+        async with self._sessions.begin() as session:
+
+            async def rotate() -> pb.RotateDeviceSecretResponse:
+                device, secret = await devices.rotate_device_secret(
+                    session, self._vault, caller, device_id, grace=self._grace, request_id=request.request_id
+                )
+                return pb.RotateDeviceSecretResponse(device=encode_device(device), secret=secret)
+
+            response, _ = await idempotency.run_once(
+                session,
+                self._vault,
+                caller_id=caller.id,
+                method="RotateDeviceSecret",
+                request_id=request.request_id,
+                request=request,
+                response_type=pb.RotateDeviceSecretResponse,
+                action=rotate,
+            )
+        return response
+
+    async def RevokeDevice(self, request: pb.RevokeDeviceRequest, context: Any) -> pb.Device:
+        caller = current_caller()
+        device_id = parse_id(request.id, "id")
+        async with self._sessions.begin() as session:
+            device = await devices.revoke_device(session, caller, device_id)
+        # Only after commit, so the gateway reads REVOKED when it wakes. A repeated revoke hints again:
+        # harmless, and it covers a hint lost the first time.
+        await hints.publish(self._redis, [device.id], hints.REVOKED)
+        return encode_device(device)
