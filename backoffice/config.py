@@ -76,6 +76,13 @@ class Settings:
     shutdown_grace_seconds: int = 10
     log_level: str = "INFO"
     public_url: str = "https://signalhub.example"
+    # The device gateway (issue 4).
+    ack_timeout_seconds: float = 10.0  # a delivery with no RECEIVED ack is re-sent after this
+    hello_timeout_seconds: float = 10.0  # a stream whose first frame is not a Hello by then is ended
+    device_frame_rate: int = 200  # frames/s a device may send (token bucket) ...
+    device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
+    session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
+    sweep_interval_seconds: float = 2.0  # how often the gateway re-reads what is pending (lost hints)
 
     @property
     def all_master_keys(self) -> tuple[MasterKey, ...]:
@@ -108,6 +115,19 @@ class Settings:
                 return default
             if not low <= value <= high:
                 problems.append(f"{ENV_PREFIX}{name}: must be between {low} and {high}, got {value}")
+            return value
+
+        def seconds(name: str, default: float, low: float, high: float) -> float:
+            raw = env.get(ENV_PREFIX + name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"{ENV_PREFIX}{name}: expected a number of seconds, got {raw!r}")
+                return default
+            if not low <= value <= high:  # also refuses NaN
+                problems.append(f"{ENV_PREFIX}{name}: must be between {low:g} and {high:g}, got {raw.strip()}")
             return value
 
         def address(name: str, default: str) -> str:
@@ -159,6 +179,12 @@ class Settings:
         values["max_streams"] = number("MAX_STREAMS", defaults.max_streams, 1, 1_000_000)
         values["heartbeat_seconds"] = number("HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1, 300)
         values["shutdown_grace_seconds"] = number("SHUTDOWN_GRACE_SECONDS", 10, 0, 600)
+        values["ack_timeout_seconds"] = seconds("ACK_TIMEOUT_SECONDS", defaults.ack_timeout_seconds, 0.1, 3600)
+        values["hello_timeout_seconds"] = seconds("HELLO_TIMEOUT_SECONDS", defaults.hello_timeout_seconds, 0.1, 600)
+        values["device_frame_rate"] = number("DEVICE_FRAME_RATE", defaults.device_frame_rate, 1, 100_000)
+        values["device_frame_burst"] = number("DEVICE_FRAME_BURST", defaults.device_frame_burst, 1, 1_000_000)
+        values["session_queue_size"] = number("SESSION_QUEUE_SIZE", defaults.session_queue_size, 8, 65_536)
+        values["sweep_interval_seconds"] = seconds("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds, 0.05, 300)
         level = text("LOG_LEVEL", defaults.log_level).upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")

@@ -19,7 +19,8 @@ from backoffice.models import Device, DeviceStatus
 from backoffice.vault import Binding, Vault
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
-_SYMBOL_RE = re.compile(r"^[A-Za-z0-9._#-]{1,32}$")
+# A broker symbol as MetaTrader spells it (e.g. "GOLD.m", "EURUSD#").
+SYMBOL_RE = re.compile(r"^[A-Za-z0-9._#-]{1,32}$")
 SYMBOL_MAP_MAX = 500
 UPDATABLE_FIELDS = ("name", "symbol_map")
 IDLE_AFTER = timedelta(days=7)
@@ -30,7 +31,7 @@ T = TypeVar("T")
 def validate_symbol_map(symbol_map: dict[str, str], field: str = "symbol_map") -> dict[str, str]:
     if len(symbol_map) > SYMBOL_MAP_MAX:
         raise InvalidArgument([(field, f"at most {SYMBOL_MAP_MAX} entries")])
-    bad = [k for k, v in symbol_map.items() if not _SYMBOL_RE.match(k) or not _SYMBOL_RE.match(v)]
+    bad = [k for k, v in symbol_map.items() if not SYMBOL_RE.match(k) or not SYMBOL_RE.match(v)]
     if bad:
         raise InvalidArgument([(f"{field}[{k}]", "symbols are 1-32 of [A-Za-z0-9._#-]") for k in bad[:10]])
     return dict(symbol_map)

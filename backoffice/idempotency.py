@@ -35,19 +35,16 @@ def parse_request_id(value: str, field: str = "request_id") -> uuid.UUID:
 async def run_once(
     session: AsyncSession,
     vault: Vault,
-    *,
     caller_id: uuid.UUID,
-    method: str,
-    request_id: str,
     request: Message,
     response_type: type[ResponseT],
     action: Callable[[], Awaitable[ResponseT]],
-) -> tuple[ResponseT, bool]:
-    """Run ``action`` once per (caller, method, request_id) inside ``session``'s transaction.
-
-    Returns (response, True) when this call did the work, (the first response, False) for a repeat.
-    """
-    key = parse_request_id(request_id)
+) -> ResponseT:
+    """Run ``action`` once per (caller, method, request.request_id) inside ``session``'s transaction and
+    return its response; a repeat gets the first response back. The method is named by the request type
+    (``ApproveSignalRequest`` -> ``ApproveSignal``)."""
+    method = request.DESCRIPTOR.name.removesuffix("Request")
+    key = parse_request_id(getattr(request, "request_id"))  # noqa: B009 - Message does not type the field
     request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
     record_id = uuid.uuid4()
     inserted = await session.scalar(
@@ -69,13 +66,13 @@ async def run_once(
         if record.request_hash != request_hash or record.response_sealed is None:
             raise AlreadyExists("request_id was already used for a different request", reason="REQUEST_ID_REUSED")
         stored = vault.open(record.response_sealed, _binding(record.id))
-        return response_type.FromString(stored), False
+        return response_type.FromString(stored)
     response = await action()
     sealed = vault.seal(response.SerializeToString(), _binding(record_id))
     await session.execute(
         update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(response_sealed=sealed)
     )
-    return response, True
+    return response
 
 
 def _binding(record_id: uuid.UUID) -> Binding:

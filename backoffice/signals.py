@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import exists, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, paging
@@ -30,7 +29,6 @@ from backoffice.models import (
     Device,
     Position,
     PositionStatus,
-    Quote,
     Side,
     Signal,
     SignalStatus,
@@ -346,36 +344,3 @@ async def expire_due(session: AsyncSession, now: datetime) -> int:
     if ids:
         await expire_undecided(session, ids, now, "signal expired")
     return len(ids)
-
-
-@dataclass(frozen=True)
-class QuoteIn:
-    instrument: str
-    bid: Decimal
-    ask: Decimal
-    quote_time: datetime
-
-
-async def store_quotes(session: AsyncSession, producer_id: uuid.UUID, quotes: Sequence[QuoteIn]) -> int:
-    """Keep the latest quote per instrument (an older quote never overwrites a newer one)."""
-    latest: dict[str, QuoteIn] = {}
-    for quote in quotes:
-        if quote.instrument not in latest or quote.quote_time >= latest[quote.instrument].quote_time:
-            latest[quote.instrument] = quote
-    for quote in latest.values():
-        statement = insert(Quote).values(
-            instrument=quote.instrument,
-            bid=quote.bid,
-            ask=quote.ask,
-            quote_time=quote.quote_time,
-            source_type=ActorType.PRODUCER,
-            source_id=producer_id,
-        )
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[Quote.instrument],
-                set_={k: statement.excluded[k] for k in ("bid", "ask", "quote_time", "source_type", "source_id")},
-                where=Quote.quote_time <= statement.excluded.quote_time,
-            )
-        )
-    return len(quotes)

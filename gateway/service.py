@@ -1,5 +1,6 @@
-"""DeviceGateway.Connect: the signed stream open. The stream protocol itself (push, acks, fills) is
-issue 4's; until it lands, an authenticated stream is answered UNIMPLEMENTED."""
+"""DeviceGateway.Connect: admission, the signed stream open, then the device's session does the rest
+(gateway.sessions). Errors that end a stream are domain exceptions raised from here; the interceptor maps
+them to status and ErrorInfo."""
 
 from __future__ import annotations
 
@@ -7,24 +8,31 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from backoffice.auth import KeyKind, SignatureVerifier
-from backoffice.errors import NotImplementedYet
 from backoffice.rpc_errors import as_domain_error
 from backoffice.signing import SignatureError
+from gateway.sessions import SessionRegistry
 from signalhub.v1 import gateway_pb2 as pb
 
 CONNECT_METHOD = "/signalhub.v1.DeviceGateway/Connect"
 
 
 class DeviceGatewayServicer:
-    def __init__(self, verifier: SignatureVerifier) -> None:
+    def __init__(self, verifier: SignatureVerifier, registry: SessionRegistry) -> None:
         self._verifier = verifier
+        self._registry = registry
 
     async def Connect(self, requests: AsyncIterator[pb.DeviceFrame], context: Any) -> AsyncIterator[pb.GatewayFrame]:
-        metadata = tuple((m[0], m[1]) for m in (context.invocation_metadata() or ()))
-        try:
-            # A stream open signs zero bytes: the frames that follow are covered by the session.
-            await self._verifier.verify(KeyKind.DEVICE, CONNECT_METHOD, metadata, b"")
-        except SignatureError as exc:
-            raise as_domain_error(exc) from None
-        raise NotImplementedYet("the device stream protocol is not implemented yet")
-        yield  # pragma: no cover - makes this an async generator
+        with self._registry.admit():
+            metadata = tuple((m[0], m[1]) for m in (context.invocation_metadata() or ()))
+            try:
+                # A stream open signs zero bytes: the frames that follow are covered by the session.
+                key = await self._verifier.verify(KeyKind.DEVICE, CONNECT_METHOD, metadata, b"")
+            except SignatureError as exc:
+                raise as_domain_error(exc) from None
+            session = self._registry.open(key)
+            await self._registry.attach(session)
+            try:
+                async for frame in session.frames(requests):
+                    yield frame
+            finally:
+                self._registry.detach(session)

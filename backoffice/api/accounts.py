@@ -67,15 +67,8 @@ class AccountServicer:
                 )
                 return pb.CreateUserResponse(user=encode_user(user), api_token=token)
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="CreateUser",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.CreateUserResponse,
-                action=create,
+            response = await idempotency.run_once(
+                session, self._vault, caller.id, request, pb.CreateUserResponse, create
             )
         return response
 
@@ -96,15 +89,8 @@ class AccountServicer:
                 token, shown = await accounts.create_api_token(session, user_id=caller.id, name=name, created_by=caller)
                 return pb.CreateApiTokenResponse(token=encode_api_token(token), api_token=shown)
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="CreateApiToken",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.CreateApiTokenResponse,
-                action=create,
+            response = await idempotency.run_once(
+                session, self._vault, caller.id, request, pb.CreateApiTokenResponse, create
             )
         return response
 
@@ -125,15 +111,8 @@ class AccountServicer:
                 )
                 return pb.CreateProducerResponse(producer=encode_producer(producer), secret=secret)
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="CreateProducer",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.CreateProducerResponse,
-                action=create,
+            response = await idempotency.run_once(
+                session, self._vault, caller.id, request, pb.CreateProducerResponse, create
             )
         return response
 
@@ -151,15 +130,8 @@ class AccountServicer:
                 )
                 return pb.RotateProducerSecretResponse(producer=encode_producer(producer), secret=secret)
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="RotateProducerSecret",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.RotateProducerSecretResponse,
-                action=rotate,
+            response = await idempotency.run_once(
+                session, self._vault, caller.id, request, pb.RotateProducerSecretResponse, rotate
             )
         return response
 

@@ -67,16 +67,7 @@ class ApprovalServicer:
             async def subscribe() -> pb.Subscription:
                 return encode_subscription(await subscriptions.subscribe(session, caller, terms, request.request_id))
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="Subscribe",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.Subscription,
-                action=subscribe,
-            )
+            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Subscription, subscribe)
         return response
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> pb.Subscription:
@@ -132,16 +123,7 @@ class ApprovalServicer:
                 expiries = await approvals.expire_times(session, [signal_id])
                 return encode_approval(decision.approval, expiries.get(signal_id))
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="ApproveSignal",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.Approval,
-                action=approve,
-            )
+            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Approval, approve)
         await hints.publish(self._redis, woken)
         return response
 
@@ -157,16 +139,7 @@ class ApprovalServicer:
                 expiries = await approvals.expire_times(session, [signal_id])
                 return encode_approval(approval, expiries.get(signal_id))
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="RejectSignal",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.Approval,
-                action=reject,
-            )
+            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Approval, reject)
         return response
 
     async def ListApprovals(self, request: pb.ListApprovalsRequest, context: Any) -> pb.ListApprovalsResponse:

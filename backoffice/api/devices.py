@@ -72,15 +72,8 @@ class DeviceServicer:
                 )
                 return pb.RegisterDeviceResponse(device=encode_device(device), secret=secret)
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="RegisterDevice",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.RegisterDeviceResponse,
-                action=register,
+            response = await idempotency.run_once(
+                session, self._vault, caller.id, request, pb.RegisterDeviceResponse, register
             )
         return response
 
@@ -127,15 +120,8 @@ class DeviceServicer:
                 )
                 return pb.RotateDeviceSecretResponse(device=encode_device(device), secret=secret)
 
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="RotateDeviceSecret",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.RotateDeviceSecretResponse,
-                action=rotate,
+            response = await idempotency.run_once(
+                session, self._vault, caller.id, request, pb.RotateDeviceSecretResponse, rotate
             )
         return response
 

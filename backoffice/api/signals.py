@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import hints, idempotency, signals
+from backoffice import hints, idempotency, quotes, signals
 from backoffice.api import wire
 from backoffice.errors import InvalidArgument
 from backoffice.interceptors import current_caller
-from backoffice.models import Side, SignalStatus
+from backoffice.models import ActorType, Side, SignalStatus
 from backoffice.signals import SignalView
 from backoffice.validation import parse_decimal, parse_id, parse_optional_id
 from backoffice.vault import Vault
@@ -80,16 +81,7 @@ class SignalServicer:
 
         request_uuid = idempotency.parse_request_id(request.request_id)
         async with self._sessions.begin() as session:
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="SubmitSignal",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.Signal,
-                action=submit,
-            )
+            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Signal, submit)
         await hints.publish(self._redis, woken)
         return response
 
@@ -106,16 +98,7 @@ class SignalServicer:
             return encode_signal(signals.view_for_producer(done.signal))
 
         async with self._sessions.begin() as session:
-            response, _ = await idempotency.run_once(
-                session,
-                self._vault,
-                caller_id=caller.id,
-                method="CancelSignal",
-                request_id=request.request_id,
-                request=request,
-                response_type=pb.Signal,
-                action=cancel,
-            )
+            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Signal, cancel)
         await hints.publish(self._redis, woken)
         return response
 
@@ -123,10 +106,10 @@ class SignalServicer:
         caller = current_caller()
         if len(request.quotes) > signals.MAX_QUOTES:
             raise InvalidArgument([("quotes", f"at most {signals.MAX_QUOTES} quotes per call")])
-        quotes = [_decode_quote(q, f"quotes[{i}]") for i, q in enumerate(request.quotes)]
+        decoded = [_decode_quote(q, f"quotes[{i}]", caller.id) for i, q in enumerate(request.quotes)]
         async with self._sessions.begin() as session:
-            accepted = await signals.store_quotes(session, caller.id, quotes)
-        return pb.SubmitQuotesResponse(accepted_count=accepted)
+            await quotes.store_latest(session, decoded, datetime.now(UTC))
+        return pb.SubmitQuotesResponse(accepted_count=len(decoded))
 
     async def GetSignal(self, request: pb.GetSignalRequest, context: Any) -> pb.Signal:
         caller = current_caller()
@@ -149,7 +132,7 @@ class SignalServicer:
         return pb.ListSignalsResponse(signals=[encode_signal(v) for v in views], next_page_token=token)
 
 
-def _decode_quote(quote: common_pb2.Quote, field: str) -> signals.QuoteIn:
+def _decode_quote(quote: common_pb2.Quote, field: str, producer_id: uuid.UUID) -> quotes.QuoteIn:
     violations = []
     if not signals.INSTRUMENT_RE.match(quote.instrument):
         violations.append((f"{field}.instrument", "must match ^[A-Z0-9._-]{2,20}$"))
@@ -165,4 +148,11 @@ def _decode_quote(quote: common_pb2.Quote, field: str) -> signals.QuoteIn:
         violations.append((f"{field}.quote_time", "is required"))
     if violations:
         raise InvalidArgument(violations)
-    return signals.QuoteIn(quote.instrument, prices["bid"], prices["ask"], quote.quote_time.ToDatetime(tzinfo=UTC))
+    return quotes.QuoteIn(
+        quote.instrument,
+        prices["bid"],
+        prices["ask"],
+        quote.quote_time.ToDatetime(tzinfo=UTC),
+        ActorType.PRODUCER,
+        producer_id,
+    )

@@ -1,0 +1,100 @@
+"""The gateway's periodic work, so that nothing depends on a hint arriving.
+
+Every ``sweep_interval_seconds``: expire what can no longer be delivered (for every device, connected or
+not), wake the sessions of devices with something due (PENDING, or SENT and unacknowledged past the ack
+timeout), end sessions of devices revoked meanwhile and sessions a newer one replaced, and write
+``devices.last_seen_at`` in one statement for the devices heard from since it was last written (at most
+once per LAST_SEEN_EVERY per device, never once per frame).
+
+Every second or so, in memory only: a heartbeat to each stream that has not had one for
+``heartbeat_seconds``, and the end of streams whose device has been silent for MISSED_HEARTBEATS periods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backoffice import deliveries
+from backoffice.config import Settings
+from backoffice.errors import Unavailable
+from gateway import presence
+from gateway.sessions import MISSED_HEARTBEATS, SessionRegistry, heartbeat, revoked
+
+log = logging.getLogger("signalhub.gateway.sweeper")
+
+LAST_SEEN_EVERY = 30.0  # seconds
+
+
+class Sweeper:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], registry: SessionRegistry, settings: Settings
+    ) -> None:
+        self._sessions = sessions
+        self._registry = registry
+        self._settings = settings
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        beat = min(1.0, self._settings.heartbeat_seconds / 3)
+        self._tasks = [
+            asyncio.create_task(_every(self._settings.sweep_interval_seconds, self.sweep), name="gateway-sweep"),
+            asyncio.create_task(_every(beat, self._tick), name="gateway-heartbeats"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def sweep(self) -> None:
+        now = datetime.now(UTC)
+        local = self._registry.sessions()
+        monotonic = time.monotonic()
+        stale = [s for s in local if s.last_heard > s.seen_recorded and monotonic - s.seen_recorded >= LAST_SEEN_EVERY]
+        async with self._sessions.begin() as session:
+            await deliveries.expire_due(session, now)
+            due = await deliveries.due_devices(session, now, timedelta(seconds=self._settings.ack_timeout_seconds))
+            gone = await presence.revoked_among(session, [s.device_id for s in local])
+            await presence.mark_seen(session, [s.device_id for s in stale], now)
+        for stream in stale:
+            stream.seen_recorded = monotonic
+        for stream in local:
+            if stream.device_id in gone:
+                stream.end(revoked())
+            elif stream.device_id in due:
+                stream.wake()
+        await self._registry.check_current(local)
+
+    async def _tick(self) -> None:
+        period = self._settings.heartbeat_seconds
+        now = time.monotonic()
+        for stream in self._registry.sessions():
+            if now - stream.last_heard > MISSED_HEARTBEATS * period:
+                stream.end(
+                    Unavailable(
+                        f"nothing heard from the device for {MISSED_HEARTBEATS * period} s; reconnect",
+                        reason="HEARTBEAT_MISSED",
+                    )
+                )
+            elif stream.welcomed and now - stream.last_beat >= period and stream.outbox.offer(heartbeat()):
+                stream.last_beat = now
+
+
+async def _every(interval: float, work: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failed round is retried next round; the loop keeps going
+            log.exception("gateway periodic work failed", extra={"work": getattr(work, "__name__", "")})

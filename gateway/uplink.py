@@ -1,0 +1,236 @@
+"""What devices send: frames decoded into domain reports, applied by one writer shared by every stream of
+the process, and answered with Receipts.
+
+The writer groups the frames that are waiting (from any number of streams) into one transaction, so a
+burst of acks costs a few commits rather than one each; a Receipt is only made after its frame is
+committed. Each stream has at most one group in flight, so a device's frames apply in the order sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from prometheus_client import Counter
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backoffice import deliveries
+from backoffice.deliveries import DeviceReport, Outcome, Verdict
+from backoffice.devices import SYMBOL_RE
+from backoffice.errors import InvalidArgument, Unavailable
+from backoffice.logs import request_id_var
+from backoffice.models import DeliveryState
+from backoffice.rpc_errors import build_status
+from backoffice.validation import parse_decimal, parse_id
+from signalhub.v1 import gateway_pb2 as pb
+
+log = logging.getLogger("signalhub.gateway.uplink")
+
+FRAMES = Counter("signalhub_gateway_frames_total", "Device frames answered, by receipt status", ["status"])
+
+MAX_FRAME_ID = 128
+MAX_TEXT = 1000  # reasons and errors are kept, cut to this length
+MAX_TICKET = 64
+# Broker symbols: the alphabet of a device's symbol map (backoffice.devices).
+
+# Deadlock, serialization failure, unique violation (another stream recorded the same frame meanwhile):
+# the batch is retried, and the retry sees what the other transaction committed.
+_RETRY_SQLSTATES = {"40P01", "40001", "23505"}
+_RETRIES = 3
+
+_ACK_STAGES = {
+    pb.ACK_STAGE_RECEIVED: DeliveryState.RECEIVED,
+    pb.ACK_STAGE_PLACED: DeliveryState.PLACED,
+    pb.ACK_STAGE_REJECTED: DeliveryState.REJECTED,
+}
+_RECEIPT_STATUS = {
+    Verdict.ACCEPTED: pb.RECEIPT_STATUS_ACCEPTED,
+    Verdict.DUPLICATE: pb.RECEIPT_STATUS_DUPLICATE,
+    Verdict.REJECTED: pb.RECEIPT_STATUS_REJECTED,
+}
+
+T = TypeVar("T")
+
+
+class _Violations:
+    """Collects every bad field of a frame, so one REJECTED receipt names them all."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def check(self, parse: Callable[[], T]) -> T | None:
+        try:
+            return parse()
+        except InvalidArgument as exc:
+            self.items.extend(exc.violations)
+            return None
+
+    def add(self, field_path: str, problem: str) -> None:
+        self.items.append((field_path, problem))
+
+    def raise_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def check_frame_id(frame: pb.DeviceFrame) -> None:
+    if not 0 < len(frame.frame_id) <= MAX_FRAME_ID:
+        raise InvalidArgument([("frame_id", f"1 to {MAX_FRAME_ID} characters, unique per device")])
+
+
+def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
+    """A frame (other than Hello) as a domain report; InvalidArgument names every bad field."""
+    check_frame_id(frame)
+    bad = _Violations()
+    report: deliveries.Report | None = None
+    body = frame.WhichOneof("body")
+    if body == "ack":
+        ack = frame.ack
+        delivery_id = bad.check(lambda: parse_id(ack.delivery_id, "ack.delivery_id"))
+        stage = _ACK_STAGES.get(ack.stage)
+        if stage is None:
+            bad.add("ack.stage", "one of ACK_STAGE_RECEIVED, ACK_STAGE_PLACED, ACK_STAGE_REJECTED")
+        bad.raise_any()
+        assert delivery_id is not None and stage is not None
+        report = deliveries.AckReport(delivery_id, stage, ack.reason[:MAX_TEXT])
+    elif body == "fill":
+        fill = frame.fill
+        delivery_id = bad.check(lambda: parse_id(fill.delivery_id, "fill.delivery_id"))
+        price = bad.check(lambda: parse_decimal(fill.price, "fill.price"))
+        volume = bad.check(lambda: parse_decimal(fill.volume, "fill.volume"))
+        if not 0 < len(fill.broker_ticket) <= MAX_TICKET:
+            bad.add("fill.broker_ticket", f"1 to {MAX_TICKET} characters")
+        bad.raise_any()
+        assert delivery_id is not None and price is not None and volume is not None
+        fill_time = fill.fill_time.ToDatetime(tzinfo=UTC) if fill.HasField("fill_time") else None
+        report = deliveries.FillReport(delivery_id, fill.broker_ticket, price, volume, fill_time)
+    elif body == "close_result":
+        result = frame.close_result
+        command_id = bad.check(lambda: parse_id(result.command_id, "close_result.command_id"))
+        close_price = closed_volume = None
+        if result.success:
+            close_price = bad.check(lambda: parse_decimal(result.close_price, "close_result.close_price"))
+            if result.closed_volume.strip():
+                closed_volume = bad.check(lambda: parse_decimal(result.closed_volume, "close_result.closed_volume"))
+        bad.raise_any()
+        assert command_id is not None
+        report = deliveries.CloseReport(command_id, result.success, close_price, closed_volume, result.error[:MAX_TEXT])
+    elif body == "quote":
+        quote = frame.quote
+        if not SYMBOL_RE.match(quote.instrument):
+            bad.add("quote.instrument", "the broker's symbol: 1 to 32 of [A-Za-z0-9._#-]")
+        bid = bad.check(lambda: parse_decimal(quote.bid, "quote.bid"))
+        ask = bad.check(lambda: parse_decimal(quote.ask, "quote.ask"))
+        if bid is not None and ask is not None and bid > ask:
+            bad.add("quote.bid", "must not exceed ask")
+        if not quote.HasField("quote_time"):
+            bad.add("quote.quote_time", "is required")
+        bad.raise_any()
+        assert bid is not None and ask is not None
+        report = deliveries.QuoteReport(quote.instrument, bid, ask, quote.quote_time.ToDatetime(tzinfo=UTC))
+    elif body == "heartbeat":
+        beat = frame.heartbeat
+        report = deliveries.HeartbeatReport(
+            beat.send_time.ToDatetime(tzinfo=UTC) if beat.HasField("send_time") else None
+        )
+    else:
+        raise InvalidArgument([("body", "one of hello, ack, fill, close_result, quote, heartbeat is required")])
+    return DeviceReport(device_id, frame.frame_id, report)
+
+
+def receipt(frame_id: str, outcome: Outcome) -> pb.GatewayFrame:
+    FRAMES.labels(outcome.verdict.value).inc()
+    answer = pb.Receipt(frame_id=frame_id, status=_RECEIPT_STATUS[outcome.verdict])
+    if outcome.error is not None:
+        answer.error.CopyFrom(build_status(outcome.error, request_id_var.get())[1])
+    return pb.GatewayFrame(receipt=answer)
+
+
+@dataclass
+class _Group:
+    reports: list[DeviceReport]
+    future: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class UplinkWriter:
+    """Applies the frames of every stream of this process, grouped into shared transactions."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, workers: int = 2, max_batch: int = 256) -> None:
+        self._sessions = sessions
+        self._workers = workers
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Group] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"uplink-writer-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            group = self._queue.get_nowait()
+            if not group.future.done():
+                group.future.set_exception(Unavailable("the gateway is stopping", reason="SERVER_SHUTTING_DOWN"))
+
+    async def submit(self, reports: Sequence[DeviceReport]) -> list[Outcome]:
+        """The outcome of each report, once all of them are committed."""
+        if not reports:
+            return []
+        group = _Group(list(reports))
+        self._queue.put_nowait(group)
+        return await group.future
+
+    async def _work(self) -> None:
+        while True:
+            groups = [await self._queue.get()]
+            size = len(groups[0].reports)
+            while size < self._max_batch and not self._queue.empty():
+                group = self._queue.get_nowait()
+                groups.append(group)
+                size += len(group.reports)
+            await self._apply(groups)
+
+    async def _apply(self, groups: list[_Group]) -> None:
+        live = [g for g in groups if not g.future.done()]  # a stream that ended stops waiting
+        if not live:
+            return
+        try:
+            outcomes = await self._transaction([r for g in live for r in g.reports])
+        except Exception as exc:
+            if len(live) > 1:
+                # Whatever broke, it must not take the other streams' frames with it: apply them apart.
+                for group in live:
+                    await self._apply([group])
+                return
+            if not live[0].future.done():
+                live[0].future.set_exception(exc)
+            return
+        start = 0
+        for group in live:
+            end = start + len(group.reports)
+            if not group.future.done():
+                group.future.set_result(outcomes[start:end])
+            start = end
+
+    async def _transaction(self, reports: list[DeviceReport]) -> list[Outcome]:
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                async with self._sessions.begin() as session:
+                    return await deliveries.record_reports(session, reports, datetime.now(UTC))
+            except DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if attempt == _RETRIES or sqlstate not in _RETRY_SQLSTATES:
+                    raise
+                log.info("uplink batch retried", extra={"sqlstate": sqlstate, "attempt": attempt})
+        raise AssertionError("unreachable")

@@ -1,0 +1,190 @@
+"""backoffice.deliveries on the real database: what is claimed for sending, expiry, and how device
+reports move deliveries (the transition table in the module's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import update
+
+from backoffice import deliveries
+from backoffice.bootstrap import Resources
+from backoffice.deliveries import AckReport, ClaimRequest, DeviceReport, FillReport, Verdict
+from backoffice.models import Delivery, DeliveryState, EventKind
+from tests.conftest import KeyCredentials, UserCredentials, make_device
+from tests.gateway.support import Book, count_events, events, row
+
+ACK_TIMEOUT = timedelta(seconds=10)
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def book(res: Resources, user: UserCredentials) -> Book:
+    return await Book.open(res, user.id)
+
+
+async def _claim(res: Resources, *requests: ClaimRequest, now: datetime | None = None) -> deliveries.Claim:
+    async with res.sessions.begin() as session:
+        return await deliveries.claim(session, requests, now or datetime.now(UTC), ACK_TIMEOUT)
+
+
+async def _record(res: Resources, *reports: DeviceReport) -> list[Verdict]:
+    async with res.sessions.begin() as session:
+        outcomes = await deliveries.record_reports(session, reports, datetime.now(UTC))
+    return [o.verdict for o in outcomes]
+
+
+async def _set(res: Resources, delivery_id: uuid.UUID, **values: object) -> None:
+    async with res.sessions.begin() as session:
+        await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
+def _ack(device: KeyCredentials, delivery_id: uuid.UUID, stage: DeliveryState, frame_id: str = "") -> DeviceReport:
+    return DeviceReport(device.id, frame_id or uuid.uuid4().hex, AckReport(delivery_id, stage, ""))
+
+
+def _fill(device: KeyCredentials, delivery_id: uuid.UUID) -> DeviceReport:
+    report = FillReport(delivery_id, "T-1", Decimal("2034.2"), Decimal("0.10"), datetime.now(UTC))
+    return DeviceReport(device.id, uuid.uuid4().hex, report)
+
+
+async def test_claim_takes_the_oldest_first_within_the_room(res: Resources, device: KeyCredentials, book: Book) -> None:
+    base = datetime.now(UTC) - timedelta(minutes=1)
+    ids = [await book.delivery(device.id, created_at=base + timedelta(seconds=i)) for i in range(3)]
+    claimed = await _claim(res, ClaimRequest(device.id, 2, LONG_AGO))
+    assert [o.id for o in claimed.orders[device.id]] == ids[:2]
+    assert [o.attempt for o in claimed.orders[device.id]] == [1, 1]
+    assert device.id in claimed.more  # the third did not fit
+    rest = await _claim(res, ClaimRequest(device.id, 2, LONG_AGO))
+    assert [o.id for o in rest.orders[device.id]] == ids[2:]
+    assert rest.more == frozenset()
+    assert await _claim(res, ClaimRequest(device.id, 2, LONG_AGO)) == deliveries.Claim({}, frozenset())
+
+
+async def test_sent_deliveries_go_again_to_a_new_stream_or_after_the_ack_timeout(
+    res: Resources, device: KeyCredentials, book: Book
+) -> None:
+    delivery_id = await book.delivery(device.id)
+    connected = datetime.now(UTC)
+    await _claim(res, ClaimRequest(device.id, 10, connected))
+    # The same stream, within the ack timeout: nothing.
+    assert await _claim(res, ClaimRequest(device.id, 10, connected)) == deliveries.Claim({}, frozenset())
+    # After the ack timeout: again.
+    later = datetime.now(UTC) + ACK_TIMEOUT + timedelta(seconds=1)
+    again = await _claim(res, ClaimRequest(device.id, 10, connected), now=later)
+    assert [(o.id, o.attempt) for o in again.orders[device.id]] == [(delivery_id, 2)]
+    # A stream opened after it was sent: again, at once.
+    reconnect = later + timedelta(seconds=1)
+    reconnected = await _claim(res, ClaimRequest(device.id, 10, reconnect), now=reconnect + timedelta(seconds=1))
+    assert [(o.id, o.attempt) for o in reconnected.orders[device.id]] == [(delivery_id, 3)]
+    assert [e.body["attempt"] for e in await events(res, device.id, kind=EventKind.SENT)] == [1, 2, 3]
+
+
+async def test_a_delivery_being_changed_elsewhere_is_skipped_not_waited_for(
+    res: Resources, device: KeyCredentials, book: Book
+) -> None:
+    delivery_id = await book.delivery(device.id)
+    async with res.sessions.begin() as holder:
+        await holder.get(Delivery, delivery_id, with_for_update=True)
+        claimed = await asyncio.wait_for(_claim(res, ClaimRequest(device.id, 10, LONG_AGO)), 5)
+        assert claimed.orders == {}
+    assert (await _claim(res, ClaimRequest(device.id, 10, LONG_AGO))).orders[device.id][0].id == delivery_id
+
+
+async def test_expiry_covers_what_was_not_received(res: Resources, device: KeyCredentials, book: Book) -> None:
+    pending = await book.delivery(device.id, expire_in=-1)
+    sent = await book.delivery(device.id, expire_in=-1, state=DeliveryState.SENT)
+    received = await book.delivery(device.id, expire_in=-1, state=DeliveryState.RECEIVED)
+    fresh = await book.delivery(device.id, expire_in=60)
+    assert await _claim(res, ClaimRequest(device.id, 10, LONG_AGO)) != deliveries.Claim({}, frozenset())
+    async with res.sessions.begin() as session:
+        expired = await deliveries.expire_due(session, datetime.now(UTC), device_ids=[device.id])
+    assert set(expired) == {(pending, device.id), (sent, device.id)}
+    assert (await row(res, Delivery, received)).state is DeliveryState.RECEIVED
+    assert (await row(res, Delivery, fresh)).state is DeliveryState.SENT
+    [event] = await events(res, device.id, kind=EventKind.EXPIRED, delivery_id=pending)
+    assert event.stage == "EXPIRED" and event.body["reason"] == deliveries.EXPIRED_REASON
+
+
+async def test_due_devices_names_who_has_something_to_send(
+    res: Resources, device: KeyCredentials, user: UserCredentials, book: Book
+) -> None:
+    other = await make_device(res, user)
+    await book.delivery(device.id)
+    sent = await book.delivery(other.id, state=DeliveryState.SENT)
+    await _set(res, sent, sent_at=datetime.now(UTC))
+    now = datetime.now(UTC)
+    async with res.sessions() as session:
+        due = await deliveries.due_devices(session, now, ACK_TIMEOUT)
+        assert device.id in due and other.id not in due
+        assert other.id in await deliveries.due_devices(session, now + ACK_TIMEOUT, ACK_TIMEOUT)
+
+
+# (state before, what the device reports) -> (verdict, state after)
+TRANSITIONS = [
+    (DeliveryState.SENT, DeliveryState.RECEIVED, Verdict.ACCEPTED, DeliveryState.RECEIVED),
+    (DeliveryState.SENT, DeliveryState.PLACED, Verdict.ACCEPTED, DeliveryState.PLACED),
+    (DeliveryState.SENT, DeliveryState.FILLED, Verdict.ACCEPTED, DeliveryState.FILLED),
+    (DeliveryState.EXPIRED, DeliveryState.RECEIVED, Verdict.ACCEPTED, DeliveryState.RECEIVED),
+    (DeliveryState.RECEIVED, DeliveryState.RECEIVED, Verdict.DUPLICATE, DeliveryState.RECEIVED),
+    (DeliveryState.PLACED, DeliveryState.RECEIVED, Verdict.DUPLICATE, DeliveryState.PLACED),
+    (DeliveryState.FILLED, DeliveryState.PLACED, Verdict.DUPLICATE, DeliveryState.FILLED),
+    (DeliveryState.FILLED, DeliveryState.FILLED, Verdict.DUPLICATE, DeliveryState.FILLED),
+    (DeliveryState.FILLED, DeliveryState.REJECTED, Verdict.REJECTED, DeliveryState.FILLED),
+    (DeliveryState.PLACED, DeliveryState.REJECTED, Verdict.ACCEPTED, DeliveryState.REJECTED),
+    (DeliveryState.REJECTED, DeliveryState.REJECTED, Verdict.DUPLICATE, DeliveryState.REJECTED),
+    (DeliveryState.REJECTED, DeliveryState.RECEIVED, Verdict.DUPLICATE, DeliveryState.REJECTED),
+    (DeliveryState.REJECTED, DeliveryState.FILLED, Verdict.REJECTED, DeliveryState.REJECTED),
+    (DeliveryState.CANCELLED, DeliveryState.RECEIVED, Verdict.REJECTED, DeliveryState.CANCELLED),
+    (DeliveryState.SKIPPED, DeliveryState.FILLED, Verdict.REJECTED, DeliveryState.SKIPPED),
+]
+
+
+@pytest.mark.parametrize(("before", "reported", "verdict", "after"), TRANSITIONS)
+async def test_transitions(
+    res: Resources,
+    device: KeyCredentials,
+    book: Book,
+    before: DeliveryState,
+    reported: DeliveryState,
+    verdict: Verdict,
+    after: DeliveryState,
+) -> None:
+    delivery_id = await book.delivery(device.id, state=before)
+    report = _fill(device, delivery_id) if reported is DeliveryState.FILLED else _ack(device, delivery_id, reported)
+    events_before = await count_events(res, device.id)
+    assert await _record(res, report) == [verdict]
+    assert (await row(res, Delivery, delivery_id)).state is after
+    # Only what is accepted leaves a trace.
+    assert await count_events(res, device.id) == events_before + (verdict is Verdict.ACCEPTED)
+
+
+async def test_one_batch_applies_in_order_and_sees_its_own_frames(
+    res: Resources, device: KeyCredentials, user: UserCredentials, book: Book
+) -> None:
+    other = await make_device(res, user)
+    mine = await book.delivery(device.id, state=DeliveryState.SENT)
+    theirs = await book.delivery(other.id, state=DeliveryState.SENT)
+    verdicts = await _record(
+        res,
+        _ack(device, mine, DeliveryState.RECEIVED, frame_id="a"),
+        _ack(device, mine, DeliveryState.RECEIVED, frame_id="a"),  # the same frame again
+        _ack(device, mine, DeliveryState.RECEIVED),  # the same stage again
+        _ack(other, theirs, DeliveryState.PLACED, frame_id="a"),  # frame ids are per device
+        _ack(device, theirs, DeliveryState.PLACED),  # not this device's
+        _fill(device, mine),
+    )
+    assert verdicts == [
+        Verdict.ACCEPTED,
+        Verdict.DUPLICATE,
+        Verdict.DUPLICATE,
+        Verdict.ACCEPTED,
+        Verdict.REJECTED,
+        Verdict.ACCEPTED,
+    ]
+    assert (await row(res, Delivery, mine)).state is DeliveryState.FILLED
+    assert (await row(res, Delivery, theirs)).state is DeliveryState.PLACED
