@@ -76,7 +76,7 @@ class Settings:
     shutdown_grace_seconds: int = 10
     log_level: str = "INFO"
     public_url: str = "https://signalhub.example"
-    # The device gateway (issue 4).
+    # The device gateway.
     ack_timeout_seconds: float = 10.0  # a delivery with no RECEIVED ack is re-sent after this
     hello_timeout_seconds: float = 10.0  # a stream whose first frame is not a Hello by then is ended
     device_frame_rate: int = 200  # frames/s a device may send (token bucket) ...

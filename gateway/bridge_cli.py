@@ -1,0 +1,217 @@
+"""`signalhub bridge`: run one EA bridge from a credentials file until Ctrl-C.
+
+The device secret comes from the credentials JSON (``device_secret``, as `signalhub up` writes it) or from
+the environment variable ``SIGNALHUB_DEVICE_SECRET`` with ``--device-id``; never from the command line,
+where other users of the machine could read it. Logs are JSON lines on stderr and never carry the secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, NoReturn
+
+from backoffice import logs
+from backoffice.config import STATE_DIR
+from backoffice.local import DEMO_FILE
+from backoffice.signing import parse_secret
+from gateway.bridge import BridgeClient, BridgeConfig, BridgeError
+from gateway.executors import Executor, ExecutorError, Mt5Config, Mt5Executor, PaperConfig, PaperExecutor
+
+log = logging.getLogger("signalhub.bridge")
+
+SECRET_ENV = "SIGNALHUB_DEVICE_SECRET"  # noqa: S105 - the name of a variable, not a secret
+MT5_PASSWORD_ENV = "SIGNALHUB_MT5_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
+DEFAULT_GATEWAY = "127.0.0.1:50052"
+
+
+class CredentialsError(ValueError):
+    """The device's id, secret or gateway could not be found or are malformed (the message never holds
+    the secret)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    device_id: str
+    secret: bytes = field(repr=False)
+    gateways: tuple[str, ...]
+
+
+class _NoSecretsHere(argparse.Action):
+    """Refuses a secret on the command line without echoing it back."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: a secret is never given on the command line: set {SECRET_ENV}\n")
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal: {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=["paper", "mt5"], default="paper", help="where orders go")
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        help=f"JSON with device_id, device_secret and gateway (default {STATE_DIR / DEMO_FILE} when present)",
+    )
+    parser.add_argument("--device-id", help=f"the device's id; its secret is read from ${SECRET_ENV}")
+    parser.add_argument(
+        "--gateway",
+        action="append",
+        metavar="HOST:PORT",
+        help="a gateway address; repeat for failover (default: the credentials file's, else " + DEFAULT_GATEWAY + ")",
+    )
+    parser.add_argument("--ledger", type=Path, help="the SQLite ledger (default .signalhub/bridge-<device id>.db)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--ca-file", type=Path, help="PEM roots for --tls (default: the system's)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    for name in ("--secret", "--device-secret"):
+        parser.add_argument(name, nargs="?", action=_NoSecretsHere, help=argparse.SUPPRESS)
+    paper = parser.add_argument_group("paper executor")
+    paper.add_argument("--paper-seed", type=int, default=0)
+    paper.add_argument("--paper-latency-ms", type=float, default=50.0, help="time to fill (default 50)")
+    paper.add_argument("--paper-slippage-ticks", type=int, default=1, help="worst slippage in ticks (default 1)")
+    paper.add_argument("--paper-reject-rate", type=float, default=0.0, help="share of orders rejected, 0 to 1")
+    paper.add_argument("--paper-balance", type=_decimal, default=Decimal(10000))
+    mt5 = parser.add_argument_group("MetaTrader 5 executor (Windows)")
+    mt5.add_argument("--mt5-path", help="terminal64.exe (default: the running terminal)")
+    mt5.add_argument("--mt5-login", type=int, help=f"account number; its password is read from ${MT5_PASSWORD_ENV}")
+    mt5.add_argument("--mt5-server", help="the broker's trade server")
+    parser.set_defaults(run=run)
+
+
+def _private_enough(path: Path) -> None:
+    if os.name != "posix":
+        return
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("credentials file is readable by other users: chmod 600 it", extra={"path": str(path)})
+
+
+def load_credentials(
+    credentials: Path | None,
+    device_id: str | None,
+    gateways: list[str] | None,
+    environ: Mapping[str, str],
+) -> Credentials:
+    """From ``--device-id`` and $SIGNALHUB_DEVICE_SECRET, else from the credentials JSON."""
+    file_gateway: str | None = None
+    if device_id:
+        shown = environ.get(SECRET_ENV, "").strip()
+        if not shown:
+            raise CredentialsError(f"--device-id needs the device's secret in ${SECRET_ENV}")
+        if credentials is not None:
+            raise CredentialsError("give either --credentials or --device-id, not both")
+    else:
+        path = credentials if credentials is not None else STATE_DIR / DEMO_FILE
+        if not path.exists():
+            hint = "" if credentials is not None else " (run `signalhub up`, or pass --credentials or --device-id)"
+            raise CredentialsError(f"no credentials file at {path}{hint}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CredentialsError(f"cannot read {path}: {type(exc).__name__}") from None
+        if not isinstance(data, dict) or not data.get("device_id") or not data.get("device_secret"):
+            raise CredentialsError(f"{path} needs device_id and device_secret")
+        _private_enough(path)
+        device_id = str(data["device_id"])
+        shown = str(data["device_secret"])
+        file_gateway = str(data["gateway"]) if data.get("gateway") else None
+    try:
+        secret = parse_secret(shown)
+    except ValueError as exc:
+        raise CredentialsError(f"the device secret is malformed: {exc}") from None
+    addresses = tuple(gateways) if gateways else ((file_gateway,) if file_gateway else (DEFAULT_GATEWAY,))
+    for address in addresses:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise CredentialsError(f"a gateway address is HOST:PORT, got {address!r}")
+    return Credentials(device_id, secret, addresses)
+
+
+def build_executor(args: argparse.Namespace, environ: Mapping[str, str]) -> Executor:
+    if args.executor == "mt5":
+        return Mt5Executor(
+            Mt5Config(
+                path=args.mt5_path,
+                login=args.mt5_login,
+                password=environ.get(MT5_PASSWORD_ENV),
+                server=args.mt5_server,
+            )
+        )
+    try:
+        config = PaperConfig(
+            seed=args.paper_seed,
+            latency=args.paper_latency_ms / 1000,
+            slippage_ticks=args.paper_slippage_ticks,
+            reject_rate=args.paper_reject_rate,
+            balance=args.paper_balance,
+        )
+    except ValueError as exc:
+        raise ExecutorError(str(exc)) from None
+    return PaperExecutor(config)
+
+
+def _install_stop(client: BridgeClient) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, client.stop)
+        except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(client.stop))
+
+
+async def serve(client: BridgeClient) -> None:
+    _install_stop(client)
+    log.info(
+        "bridge starting",
+        extra={
+            "device_id": client.config.device_id,
+            "gateways": list(client.config.gateways),
+            "executor": type(client.executor).__name__,
+            "ledger": str(client.config.ledger_path),
+        },
+    )
+    try:
+        await client.run()
+    finally:
+        log.info("bridge stopped", extra={"stats": vars(client.stats)})
+
+
+def run(args: argparse.Namespace) -> None:
+    logs.configure(args.log_level)
+    environ = os.environ
+    try:
+        credentials = load_credentials(args.credentials, args.device_id, args.gateway, environ)
+        executor = build_executor(args, environ)
+    except (CredentialsError, ExecutorError) as exc:
+        sys.exit(f"signalhub bridge: {exc}")
+    root_certificates = args.ca_file.read_bytes() if args.ca_file else None
+    config = BridgeConfig(
+        device_id=credentials.device_id,
+        gateways=credentials.gateways,
+        ledger_path=args.ledger or STATE_DIR / f"bridge-{credentials.device_id}.db",
+        tls=args.tls or root_certificates is not None,
+        root_certificates=root_certificates,
+    )
+    client = BridgeClient(config, credentials.secret, executor)
+    try:
+        asyncio.run(serve(client))
+    except (BridgeError, ExecutorError) as exc:
+        sys.exit(f"signalhub bridge: {exc}")
+    except KeyboardInterrupt:
+        pass
