@@ -7,7 +7,7 @@ import binascii
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 ENV_PREFIX = "SIGNALHUB_"
@@ -56,7 +56,7 @@ class MasterKey:
     key: Secret
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/signalhub"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -83,6 +83,13 @@ class Settings:
     device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
     session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
     sweep_interval_seconds: float = 2.0  # how often the gateway re-reads what is pending (lost hints)
+
+    def __repr__(self) -> str:
+        # URLs may carry a password; master keys mask themselves.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["database_url"] = mask_url(self.database_url)
+        shown["redis_url"] = mask_url(self.redis_url)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def all_master_keys(self) -> tuple[MasterKey, ...]:
@@ -200,6 +207,11 @@ class Settings:
         if problems:
             raise ConfigError(problems)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, for logs and reprs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def normalise_database_url(url: str) -> str:

@@ -2,7 +2,7 @@
 
 Uses SIGNALHUB_DATABASE_URL / SIGNALHUB_REDIS_URL when set, else embedded Postgres and Redis with data
 under ./.signalhub/; migrates; creates (or reuses) a demo admin, user, producer and device; serves the
-back office and the gateway until Ctrl-C.
+back office and the gateway, and runs the worker's housekeeping, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving, subscriptions
+from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving, subscriptions, worker
 from backoffice.bootstrap import Resources
 from backoffice.config import ENV_PREFIX, Settings
 from backoffice.errors import Unauthenticated
@@ -108,6 +108,7 @@ async def serve_demo(settings: Settings, state_dir: Path) -> None:
         )
         stop = asyncio.Event()
         serving.install_stop_signals(stop)
+        housekeeping = asyncio.create_task(worker.run(res, stop))
         await stop.wait()
         print("stopping...", flush=True)
-        await asyncio.gather(gateway.stop(), backoffice.stop())
+        await asyncio.gather(gateway.stop(), backoffice.stop(), housekeeping)

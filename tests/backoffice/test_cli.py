@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -231,3 +232,41 @@ def test_up_as_root_in_a_closed_directory_says_why(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "pgserver" in done.stderr and "SIGNALHUB_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(("process", "service"), [("backoffice", "signalhub.v1.AccountService"), ("gateway", "")])
+def test_serve_stops_cleanly_on_sigterm(settings: Settings, process: str, service: str) -> None:
+    port = _free_port()
+    variable = "SIGNALHUB_BACKOFFICE_ADDRESS" if process == "backoffice" else "SIGNALHUB_GATEWAY_ADDRESS"
+    env = _env(settings, **{variable: f"127.0.0.1:{port}", "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0"})
+    server = subprocess.Popen(
+        [sys.executable, "-m", "backoffice.cli", "serve", process],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _check_serving(f"127.0.0.1:{port}", service)
+                break
+            except grpc.RpcError:
+                assert server.poll() is None, server.communicate()
+                assert time.monotonic() < deadline, "never SERVING"
+                time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, err
+    assert '"stopped"' in err  # the JSON log says it drained and closed

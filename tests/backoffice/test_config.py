@@ -74,3 +74,13 @@ def test_settings_are_frozen() -> None:
     settings = Settings.from_env({})
     with pytest.raises(AttributeError):
         settings.database_url = "x"  # type: ignore[misc]
+
+
+def test_url_passwords_are_masked_in_repr() -> None:
+    settings = Settings.from_env(
+        {"SIGNALHUB_DATABASE_URL": "postgresql://app:hunter2@db/sh", "SIGNALHUB_REDIS_URL": "redis://:sesame@r:6379/0"}
+    )
+    text = repr(settings)
+    assert "hunter2" not in text and "sesame" not in text
+    assert "postgresql+asyncpg://app:***@db/sh" in text and "redis://:***@r:6379/0" in text
+    assert settings.database_url.endswith("app:hunter2@db/sh")  # the value itself is intact

@@ -1,0 +1,128 @@
+"""The README's walk-through as a person does it: `signalhub up`, `signalhub bridge --executor paper`,
+`signalhub producer submit`, and the signal ends as a paper fill visible through ExecutionService."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from signalhub.v1 import backoffice_pb2 as pb
+from signalhub.v1 import backoffice_pb2_grpc as rpc
+from tests.conftest import REDIS_URL, create_database, drop_database
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def demo_database() -> Iterator[str]:
+    name = f"signalhub_demo_{uuid.uuid4().hex[:10]}"
+    url = asyncio.run(create_database(name))
+    yield url
+    asyncio.run(drop_database(name))
+
+
+def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "backoffice.cli", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()
+
+
+def test_a_demo_signal_goes_from_producer_to_paper_fill(tmp_path: Path, demo_database: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
+    env.update(
+        {
+            "SIGNALHUB_DATABASE_URL": demo_database,
+            "SIGNALHUB_REDIS_URL": REDIS_URL,
+            "SIGNALHUB_BACKOFFICE_ADDRESS": "127.0.0.1:0",
+            "SIGNALHUB_GATEWAY_ADDRESS": "127.0.0.1:0",
+            "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}",
+        }
+    )
+    demo_file = tmp_path / ".signalhub" / "demo.json"
+    up = _start(["up"], env, tmp_path)
+    bridge = None
+    try:
+        deadline = time.monotonic() + 60
+        while not demo_file.exists():
+            assert up.poll() is None, _stop(up)
+            assert time.monotonic() < deadline, "signalhub up did not write demo.json"
+            time.sleep(0.2)
+        demo = json.loads(demo_file.read_text())
+        bridge = _start(["bridge", "--executor", "paper"], env, tmp_path)
+        submitted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "backoffice.cli",
+                "producer",
+                "submit",
+                "--instrument",
+                "XAUUSD",
+                "--side",
+                "buy",
+                "--entry",
+                "2034.15",
+                "--stop-loss",
+                "2020",
+                "--take-profit",
+                "2050",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        signal_id = json.loads(submitted.stdout)["id"]
+        user = (("authorization", f"Bearer {demo['user_token']}"),)
+        with grpc.insecure_channel(demo["backoffice"]) as channel:
+            stub = rpc.ExecutionServiceStub(channel)
+            deadline = time.monotonic() + 60
+            while True:
+                execution = stub.GetSignalExecution(pb.GetSignalExecutionRequest(signal_id=signal_id), metadata=user)
+                states = [d.state for d in execution.devices]
+                if states == [pb.DELIVERY_STATE_FILLED]:
+                    break
+                assert bridge.poll() is None, _stop(bridge)
+                assert time.monotonic() < deadline, f"not filled: {execution}"
+                time.sleep(0.3)
+        (device,) = execution.devices
+        assert device.device_id == demo["device_id"] and device.instrument == "GOLD.m"
+        assert device.fill_price and device.broker_ticket and device.position_id
+        assert {pb.DELIVERY_STATE_RECEIVED, pb.DELIVERY_STATE_PLACED, pb.DELIVERY_STATE_FILLED} <= {
+            latency.stage for latency in device.latencies
+        }
+    finally:
+        outputs = [_stop(bridge)] if bridge is not None else []
+        outputs.append(_stop(up))
+    for out, err in outputs:
+        for secret in (demo["device_secret"], demo["producer_secret"], demo["user_token"]):
+            assert secret not in out and secret not in err
