@@ -127,7 +127,7 @@ async def _assemble(session: AsyncSession, deliveries: Sequence[Delivery]) -> li
     events = await session.scalars(
         select(ExecutionEvent)
         .where(ExecutionEvent.delivery_id.in_(ids))
-        .order_by(ExecutionEvent.received_at, ExecutionEvent.id)
+        .order_by(ExecutionEvent.received_at, ExecutionEvent.seq)  # ties within one batch: insertion order
     )
     for event in events:
         assert event.delivery_id is not None

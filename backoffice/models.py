@@ -11,10 +11,12 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -342,6 +344,8 @@ class ExecutionEvent(Base):
         Index("ix_execution_events_close_command_id", "close_command_id"),
     )
     id: Mapped[uuid.UUID] = _id()
+    # Insertion order: frames applied in one batch share received_at, and ids are random.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True))
     device_id: Mapped[uuid.UUID] = _fk("devices.id")
     frame_id: Mapped[str | None] = mapped_column(Text)  # the device's frame id; None for server events
     kind: Mapped[EventKind] = mapped_column(_enum(EventKind, "event_kind"))

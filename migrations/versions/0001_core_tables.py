@@ -517,6 +517,7 @@ def upgrade() -> None:
     op.create_table(
         "execution_events",
         sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), sa.Identity(always=True), nullable=False),
         sa.Column("device_id", sa.UUID(), nullable=False),
         sa.Column("frame_id", sa.Text(), nullable=True),
         sa.Column(

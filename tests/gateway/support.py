@@ -49,7 +49,7 @@ from tests.conftest import KeyCredentials, RpcFailure, make_producer, rpc_failur
 
 # Short enough to keep the suite fast; every wait below is a safety net, never a performance claim.
 FAST = {"ack_timeout_seconds": 0.5, "sweep_interval_seconds": 0.2, "hello_timeout_seconds": 2.0}
-WAIT = 5.0
+WAIT = 15.0  # a safety net for a hung test on a loaded machine, never a performance claim
 
 
 @asynccontextmanager
@@ -65,7 +65,8 @@ async def gateway(res: Resources, **overrides: Any) -> AsyncIterator[tuple[Gatew
         await server.stop()
 
 
-async def eventually(predicate: Callable[[], Any], what: str, within: float = WAIT) -> None:
+async def eventually(predicate: Callable[[], Any], what: str = "condition", within: float = WAIT) -> None:
+    """Wait for ``predicate`` (sync or async); ``within`` is a safety net for a hung test, not a performance claim."""
     deadline = time.monotonic() + within
     while not await _maybe_await(predicate()):
         if time.monotonic() > deadline:

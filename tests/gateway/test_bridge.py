@@ -58,18 +58,9 @@ from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
 from tests.conftest import KeyCredentials, UserCredentials
+from tests.gateway.support import eventually
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 15.0, what: str = "condition") -> None:
-    """Wait for ``predicate``; ``within`` is a safety net for a hung test, not a performance claim."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -827,14 +818,21 @@ async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_onc
     producer: KeyCredentials,
     tmp_path: Path,
 ) -> None:
-    """Two gateway processes; the bridge is on the first. A burst of AUTO signals; in its middle the
-    bridge's disk stalls (the test holds the ledger's write lock) so deliveries go unacknowledged and the
-    first gateway sends them again, then that gateway is SIGKILLed. The bridge moves to the second one,
-    which sends again whatever has no RECEIVED; every delivery is still executed exactly once."""
+    """Two gateway processes; the bridge is on the first. A burst of AUTO signals: in its middle the
+    bridge's disk stalls (the test holds the ledger's write lock) until the first gateway has sent every
+    unacknowledged delivery again, so the bridge sees repeats; then, in the middle of the next wave, that
+    gateway is SIGKILLed. The bridge moves to the second one, which sends again whatever has no RECEIVED;
+    every delivery is still executed exactly once."""
     per_wave = 10
     await _subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_AUTO)
     executor = PaperExecutor(PaperConfig(seed=5, latency=0.02))
     ledger = tmp_path / "ledger.db"
+
+    async def resent() -> int:
+        async with res.sessions() as session:
+            query = select(func.count()).where(Delivery.device_id == device.id, Delivery.attempt >= 2)
+            return int(await session.scalar(query) or 0)
+
     async with _gateway_processes(settings, 2) as replicas:
         (first, first_process), (second, _) = replicas
         config = BridgeConfig(str(device.id), (first, second), ledger, backoff_base=0.1, backoff_cap=1.0)
@@ -845,8 +843,8 @@ async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_onc
             assert client.address == first
             async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
 
-                async def wave() -> None:
-                    for n in range(per_wave):
+                async def wave(count: int = per_wave) -> None:
+                    for n in range(count):
                         await signals.submit_signal("XAUUSD", "buy" if n % 2 else "sell")
 
                 await wave()
@@ -854,14 +852,16 @@ async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_onc
                 stall.execute("BEGIN IMMEDIATE")  # the bridge can record nothing: no acks go out
                 try:
                     await wave()
-                    await asyncio.sleep(1.5)  # past the gateways' ack timeout (1 s): sent again
-                    first_process.send_signal(signal.SIGKILL)
-                    await asyncio.sleep(0.3)
+                    # Past the gateways' ack timeout (1 s) every unacknowledged delivery is sent again.
+                    await eventually(lambda: resent(), what="the first gateway to send again", within=30)
                 finally:
                     stall.rollback()
                     stall.close()
+                await eventually(lambda: client.stats.repeated > 0, what="the bridge to see a repeat", within=30)
+                await wave(per_wave // 2)
+                first_process.send_signal(signal.SIGKILL)
                 filled_at_kill = len(executor.fills)
-                await wave()
+                await wave(per_wave - per_wave // 2)
             await eventually(lambda: client.address == second and client.connected.is_set(), what="failover")
             await eventually(lambda: len(executor.fills) >= 3 * per_wave, what="every delivery to fill", within=60)
             await asyncio.sleep(1.5)  # time for a wrong re-send (ack timeout 1 s) to show up
