@@ -60,14 +60,7 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
     for subscription in subscriptions:
         if subscription.instruments and signal.instrument not in subscription.instruments:
             continue
-        approval = Approval(
-            id=uuid.uuid4(),
-            signal_id=signal.id,
-            subscription_id=subscription.id,
-            user_id=subscription.user_id,
-            status=ApprovalStatus.PENDING,
-            device_ids=[],
-        )
+        approval = _pending(signal, subscription)
         session.add(approval)
         woken: tuple[uuid.UUID, ...] = ()
         if subscription.mode is SubscriptionMode.AUTO:
@@ -75,6 +68,17 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
         decisions.append(Decision(approval, woken))
     await session.flush()
     return decisions
+
+
+def _pending(signal: Signal, subscription: Subscription) -> Approval:
+    return Approval(
+        id=uuid.uuid4(),
+        signal_id=signal.id,
+        subscription_id=subscription.id,
+        user_id=subscription.user_id,
+        status=ApprovalStatus.PENDING,
+        device_ids=[],
+    )
 
 
 async def _approval_for(
@@ -100,14 +104,7 @@ async def _approval_for(
     )
     if subscription is None or (subscription.instruments and signal.instrument not in subscription.instruments):
         raise NotFound("signal")  # not subscribed: the signal is not the caller's to see
-    approval = Approval(
-        id=uuid.uuid4(),
-        signal_id=signal.id,
-        subscription_id=subscription.id,
-        user_id=caller.id,
-        status=ApprovalStatus.PENDING,
-        device_ids=[],
-    )
+    approval = _pending(signal, subscription)
     try:
         async with session.begin_nested():
             session.add(approval)

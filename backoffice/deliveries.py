@@ -43,7 +43,6 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import positions, quotes
-from backoffice.api.wire import decimal_text
 from backoffice.errors import DomainError, FailedPrecondition, NotFound
 from backoffice.models import (
     ActorType,
@@ -58,6 +57,7 @@ from backoffice.models import (
     Side,
 )
 from backoffice.sizing import Account
+from backoffice.validation import decimal_text
 
 UUID_ARRAY = ARRAY(UUID(as_uuid=True))
 # Deliveries without a RECEIVED ack: the only ones ever (re-)sent.

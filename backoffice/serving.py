@@ -4,6 +4,7 @@ graceful stop (health NOT_SERVING, drain in-flight calls, close)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -101,3 +102,12 @@ def start_metrics(settings: Settings) -> None:
     except OSError as exc:
         # A second process on one machine: metrics are useful, never a reason not to serve.
         log.warning("metrics endpoint not started", extra={"address": settings.metrics_address, "error": str(exc)})
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Stop background loops: cancel them all first, then wait for each to unwind."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

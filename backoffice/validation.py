@@ -1,4 +1,5 @@
-"""Decoding request fields into domain values, with INVALID_ARGUMENT naming the field."""
+"""Decoding request fields into domain values (INVALID_ARGUMENT naming the field), and decimals back to
+their text form."""
 
 from __future__ import annotations
 
@@ -37,3 +38,8 @@ def parse_decimal(value: str, field: str, *, positive: bool = True) -> Decimal:
 
 def parse_optional_decimal(value: str, field: str, *, positive: bool = True) -> Decimal | None:
     return parse_decimal(value, field, positive=positive) if value.strip() else None
+
+
+def decimal_text(value: Decimal | None) -> str:
+    """Decimal strings as the contract wants them: no exponent, no float rounding; '' for none."""
+    return "" if value is None else format(value, "f")

@@ -7,7 +7,6 @@ for its stream and put into the room its outbox reserved. Nothing here waits on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backoffice import deliveries
 from backoffice.api.wire import decimal_text, enum_to_wire, timestamp
 from backoffice.sealing import InstructionSealer
+from backoffice.serving import cancel_and_wait
 from gateway.outbox import Outbox
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
@@ -104,11 +104,7 @@ class Pusher:
         self._tasks = [asyncio.create_task(self._work(), name=f"pusher-{i}") for i in range(self._workers)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
     async def _work(self) -> None:
         while True:

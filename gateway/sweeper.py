@@ -13,7 +13,6 @@ Every second or so, in memory only: a heartbeat to each stream that has not had 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backoffice import deliveries
 from backoffice.config import Settings
 from backoffice.errors import Unavailable
+from backoffice.serving import cancel_and_wait
 from gateway import presence
 from gateway.sessions import MISSED_HEARTBEATS, SessionRegistry, heartbeat, revoked
 
@@ -49,11 +49,7 @@ class Sweeper:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
     async def sweep(self) -> None:
         now = datetime.now(UTC)

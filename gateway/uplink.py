@@ -9,7 +9,6 @@ committed. Each stream has at most one group in flight, so a device's frames app
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from backoffice.errors import InvalidArgument, Unavailable
 from backoffice.logs import request_id_var
 from backoffice.models import DeliveryState
 from backoffice.rpc_errors import build_status
+from backoffice.serving import cancel_and_wait
 from backoffice.validation import parse_decimal, parse_id
 from signalhub.v1 import gateway_pb2 as pb
 
@@ -173,11 +173,7 @@ class UplinkWriter:
         self._tasks = [asyncio.create_task(self._work(), name=f"uplink-writer-{i}") for i in range(self._workers)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         while not self._queue.empty():
             group = self._queue.get_nowait()
             if not group.future.done():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -12,6 +11,9 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from backoffice.errors import InvalidArgument
+
+# Re-exported: encoders use it beside the other wire helpers.
+from backoffice.validation import decimal_text as decimal_text
 
 EnumT = TypeVar("EnumT", bound=enum.Enum)
 
@@ -26,11 +28,6 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 def parse_timestamp(value: Timestamp, present: bool) -> datetime | None:
     return value.ToDatetime(tzinfo=UTC) if present else None
-
-
-def decimal_text(value: Decimal | None) -> str:
-    """Decimal strings as the contract wants them: no exponent, no float rounding."""
-    return "" if value is None else format(value, "f")
 
 
 def enum_to_wire(wire_enum: Any, prefix: str, value: enum.Enum | None) -> Any:
