@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, signing
@@ -43,11 +43,13 @@ async def create_user(
         violations.append(("referral_code", "unknown referral code"))
     if violations:
         raise InvalidArgument(violations)
-    if await session.scalar(select(User.id).where(User.email == normalised)) is not None:
-        raise AlreadyExists("a user with this email exists", reason="EMAIL_TAKEN")
     user = User(id=uuid.uuid4(), email=normalised, role=role)
-    session.add(user)
-    await session.flush()
+    try:
+        async with session.begin_nested():  # the unique index decides, also between concurrent calls
+            session.add(user)
+            await session.flush()
+    except IntegrityError:
+        raise AlreadyExists("a user with this email exists", reason="EMAIL_TAKEN") from None
     _, shown = await create_api_token(session, user_id=user.id, name="initial", created_by=created_by)
     actor_type, actor_id = _system_or(created_by)
     audit.record(

@@ -85,7 +85,8 @@ async def _approval_for(
     session: AsyncSession, caller: Caller, signal_id: uuid.UUID
 ) -> tuple[Approval, Signal, Subscription]:
     """The caller's approval row for a signal (created now if the caller subscribed after it arrived)."""
-    signal = await session.get(Signal, signal_id)
+    # FOR SHARE: a concurrent CancelSignal (FOR UPDATE) waits, or this sees the signal cancelled.
+    signal = await session.get(Signal, signal_id, with_for_update={"read": True})
     if signal is None:
         raise NotFound("signal")
     approval = await session.scalar(

@@ -82,7 +82,7 @@ class Settings:
     device_frame_rate: int = 200  # frames/s a device may send (token bucket) ...
     device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
     session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
-    sweep_interval_seconds: float = 2.0  # how often the gateway re-reads what is pending (lost hints)
+    sweep_interval_seconds: float = 1.0  # how often the gateway re-reads what is pending (lost hints)
 
     def __repr__(self) -> str:
         # URLs may carry a password; master keys mask themselves.

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import deliveries
+from backoffice.api.wire import parse_timestamp
 from backoffice.deliveries import DeviceReport, Outcome, Verdict
 from backoffice.devices import SYMBOL_RE
 from backoffice.errors import InvalidArgument, Unavailable
@@ -107,9 +108,9 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
         volume = bad.check(lambda: parse_decimal(fill.volume, "fill.volume"))
         if not 0 < len(fill.broker_ticket) <= MAX_TICKET:
             bad.add("fill.broker_ticket", f"1 to {MAX_TICKET} characters")
+        fill_time = bad.check(lambda: parse_timestamp(fill.fill_time, fill.HasField("fill_time"), "fill.fill_time"))
         bad.raise_any()
         assert delivery_id is not None and price is not None and volume is not None
-        fill_time = fill.fill_time.ToDatetime(tzinfo=UTC) if fill.HasField("fill_time") else None
         report = deliveries.FillReport(delivery_id, fill.broker_ticket, price, volume, fill_time)
     elif body == "close_result":
         result = frame.close_result
@@ -130,16 +131,21 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
         ask = bad.check(lambda: parse_decimal(quote.ask, "quote.ask"))
         if bid is not None and ask is not None and bid > ask:
             bad.add("quote.bid", "must not exceed ask")
+        quote_time = None
         if not quote.HasField("quote_time"):
             bad.add("quote.quote_time", "is required")
+        else:
+            quote_time = bad.check(lambda: parse_timestamp(quote.quote_time, True, "quote.quote_time"))
         bad.raise_any()
-        assert bid is not None and ask is not None
-        report = deliveries.QuoteReport(quote.instrument, bid, ask, quote.quote_time.ToDatetime(tzinfo=UTC))
+        assert bid is not None and ask is not None and quote_time is not None
+        report = deliveries.QuoteReport(quote.instrument, bid, ask, quote_time)
     elif body == "heartbeat":
         beat = frame.heartbeat
-        report = deliveries.HeartbeatReport(
-            beat.send_time.ToDatetime(tzinfo=UTC) if beat.HasField("send_time") else None
+        send_time = bad.check(
+            lambda: parse_timestamp(beat.send_time, beat.HasField("send_time"), "heartbeat.send_time")
         )
+        bad.raise_any()
+        report = deliveries.HeartbeatReport(send_time)
     else:
         raise InvalidArgument([("body", "one of hello, ack, fill, close_result, quote, heartbeat is required")])
     return DeviceReport(device_id, frame.frame_id, report)

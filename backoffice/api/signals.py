@@ -68,8 +68,8 @@ class SignalServicer:
                 entry_price=request.entry_price,
                 stop_loss=request.stop_loss,
                 take_profit=request.take_profit,
-                signal_time=wire.parse_timestamp(request.signal_time, request.HasField("signal_time")),
-                expire_time=wire.parse_timestamp(request.expire_time, request.HasField("expire_time")),
+                signal_time=wire.parse_timestamp(request.signal_time, request.HasField("signal_time"), "signal_time"),
+                expire_time=wire.parse_timestamp(request.expire_time, request.HasField("expire_time"), "expire_time"),
                 payload=wire.struct_to_dict(request.payload),
                 payload_bytes=request.payload.ByteSize(),
                 now=now,
@@ -144,15 +144,22 @@ def _decode_quote(quote: common_pb2.Quote, field: str, producer_id: uuid.UUID) -
             violations.extend(exc.violations)
     if len(prices) == 2 and prices["bid"] > prices["ask"]:
         violations.append((f"{field}.bid", "must not exceed ask"))
+    quote_time = None
     if not quote.HasField("quote_time"):
         violations.append((f"{field}.quote_time", "is required"))
+    else:
+        try:
+            quote_time = wire.parse_timestamp(quote.quote_time, True, f"{field}.quote_time")
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
     if violations:
         raise InvalidArgument(violations)
+    assert quote_time is not None
     return quotes.QuoteIn(
         quote.instrument,
         prices["bid"],
         prices["ask"],
-        quote.quote_time.ToDatetime(tzinfo=UTC),
+        quote_time,
         ActorType.PRODUCER,
         producer_id,
     )

@@ -26,8 +26,14 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def parse_timestamp(value: Timestamp, present: bool) -> datetime | None:
-    return value.ToDatetime(tzinfo=UTC) if present else None
+def parse_timestamp(value: Timestamp, present: bool, field: str = "timestamp") -> datetime | None:
+    """An aware datetime, or None when absent; out-of-range seconds or nanos are INVALID_ARGUMENT."""
+    if not present:
+        return None
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument([(field, "not a valid timestamp")]) from None
 
 
 def enum_to_wire(wire_enum: Any, prefix: str, value: enum.Enum | None) -> Any:
@@ -50,8 +56,11 @@ def optional_enum_from_wire(wire_enum: Any, prefix: str, number: int, domain: ty
     return None if number == 0 else enum_from_wire(wire_enum, prefix, number, domain, field)
 
 
-def struct_to_dict(value: Struct) -> dict[str, Any]:
-    return dict(json_format.MessageToDict(value))
+def struct_to_dict(value: Struct, field: str = "payload") -> dict[str, Any]:
+    try:
+        return dict(json_format.MessageToDict(value))
+    except ValueError:  # NaN or infinity has no JSON form
+        raise InvalidArgument([(field, "numbers must be finite")]) from None
 
 
 def dict_to_struct(value: dict[str, Any] | None) -> Struct:

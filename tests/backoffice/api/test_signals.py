@@ -319,3 +319,13 @@ async def test_submit_quotes(backoffice_channel: grpc.aio.Channel, producer: Key
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await signed_call(backoffice_channel, producer, SERVICE + "SubmitQuotes", bad, pb.SubmitQuotesResponse)
     assert "quotes[0].bid" in rpc_failure(info.value).violations
+
+
+async def test_out_of_range_time_and_non_finite_payload_are_invalid_argument(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials
+) -> None:
+    broken = signal_request(signal_time=Timestamp(seconds=10**13))
+    assert "signal_time" in (await submit_error(backoffice_channel, producer, broken)).violations
+    payload = Struct()
+    payload.update({"score": float("nan")})
+    assert "payload" in (await submit_error(backoffice_channel, producer, signal_request(payload=payload))).violations
