@@ -27,6 +27,8 @@ HEADER_TIMESTAMP = "x-sh-timestamp"
 HEADER_NONCE = "x-sh-nonce"
 HEADER_SIGNATURE = "x-sh-signature"
 SIGNED_HEADERS = (HEADER_KEY_ID, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+# The device stream open: its signature covers zero bytes.
+CONNECT_METHOD = "/signalhub.v1.DeviceGateway/Connect"
 
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _KEY_ID_MAX = 128

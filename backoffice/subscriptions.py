@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from backoffice import audit, paging
 from backoffice.auth import Caller
 from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from backoffice.models import Producer, ProducerStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
+from backoffice.signals import INSTRUMENT_RE
 
-INSTRUMENT_RE = re.compile(r"^[A-Z0-9._-]{2,20}$")
 MAX_INSTRUMENTS = 200
 
 

@@ -38,7 +38,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from backoffice.config import Secret
 from backoffice.sealing import InstructionSealer, SealError
-from backoffice.signing import signed_metadata
+from backoffice.signing import CONNECT_METHOD, signed_metadata
 from gateway.executors import (
     CloseFailed,
     CloseRequest,
@@ -56,7 +56,6 @@ from signalhub.v1 import gateway_pb2_grpc as rpc
 log = logging.getLogger("signalhub.bridge")
 
 BRIDGE_VERSION = "signalhub-bridge/0.1.0"
-CONNECT_METHOD = "/signalhub.v1.DeviceGateway/Connect"
 ERROR_DOMAIN = "signalhub.v1"
 _DETAILS_KEY = "grpc-status-details-bin"
 _T = TypeVar("_T")

@@ -40,8 +40,8 @@ from backoffice.models import (
     SubscriptionStatus,
 )
 from backoffice.sealing import InstructionSealer
+from backoffice.signing import CONNECT_METHOD
 from gateway.bootstrap import GatewayServer
-from gateway.service import CONNECT_METHOD
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
