@@ -18,18 +18,12 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice.errors import AlreadyExists, InvalidArgument
+from backoffice.errors import AlreadyExists
 from backoffice.models import IdempotencyRecord
+from backoffice.validation import parse_id
 from backoffice.vault import Binding, Vault
 
 ResponseT = TypeVar("ResponseT", bound=Message)
-
-
-def parse_request_id(value: str, field: str = "request_id") -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument([(field, "a UUID is required")]) from None
 
 
 async def run_once(
@@ -44,7 +38,7 @@ async def run_once(
     return its response; a repeat gets the first response back. The method is named by the request type
     (``ApproveSignalRequest`` -> ``ApproveSignal``)."""
     method = request.DESCRIPTOR.name.removesuffix("Request")
-    key = parse_request_id(getattr(request, "request_id"))  # noqa: B009 - Message does not type the field
+    key = parse_id(getattr(request, "request_id"), "request_id")  # noqa: B009 - Message does not type the field
     request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
     record_id = uuid.uuid4()
     inserted = await session.scalar(

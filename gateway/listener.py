@@ -10,7 +10,6 @@ The connection is pinged; one that stops answering is replaced.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -20,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from backoffice import hints
+from backoffice.serving import cancel_and_wait
 from gateway.sessions import TAKEOVER_PREFIX, SessionRegistry, revoked
 
 log = logging.getLogger("signalhub.gateway.listener")
@@ -43,9 +43,7 @@ class HintListener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
         backoff = 0.1

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import hints
+from backoffice.api.wire import timestamp
 from backoffice.auth import SignedKey
 from backoffice.config import Settings
 from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, Outcome, Verdict
@@ -214,7 +214,7 @@ class DeviceSession:
                 welcome=pb.Welcome(
                     device_id=str(self.device_id),
                     session_id=self.session_id,
-                    server_time=_now_timestamp(),
+                    server_time=timestamp(datetime.now(UTC)),
                     heartbeat_seconds=settings.heartbeat_seconds,
                 )
             )
@@ -263,14 +263,8 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _now_timestamp() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
 def heartbeat() -> pb.GatewayFrame:
-    return pb.GatewayFrame(heartbeat=pb.Heartbeat(send_time=_now_timestamp()))
+    return pb.GatewayFrame(heartbeat=pb.Heartbeat(send_time=timestamp(datetime.now(UTC))))
 
 
 class SessionRegistry:

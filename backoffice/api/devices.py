@@ -57,7 +57,7 @@ class DeviceServicer:
 
     async def RegisterDevice(self, request: pb.RegisterDeviceRequest, context: Any) -> pb.RegisterDeviceResponse:
         caller = current_caller()
-        request_id = idempotency.parse_request_id(request.request_id)
+        request_id = parse_id(request.request_id, "request_id")
         async with self._sessions.begin() as session:
 
             async def register() -> pb.RegisterDeviceResponse:

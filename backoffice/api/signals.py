@@ -79,7 +79,7 @@ class SignalServicer:
             woken.extend(submitted.woken_devices)
             return encode_signal(signals.view_for_producer(submitted.signal, now))
 
-        request_uuid = idempotency.parse_request_id(request.request_id)
+        request_uuid = parse_id(request.request_id, "request_id")
         async with self._sessions.begin() as session:
             response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Signal, submit)
         await hints.publish(self._redis, woken)
