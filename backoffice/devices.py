@@ -16,6 +16,7 @@ from backoffice.accounts import rotate_secret, validate_name
 from backoffice.auth import Caller
 from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound
 from backoffice.models import Device, DeviceStatus
+from backoffice.signals import add_once
 from backoffice.vault import Binding, Vault
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
@@ -93,7 +94,7 @@ async def register_device(
         status=DeviceStatus.ACTIVE,
         secret_sealed=vault.seal(raw, _secret_binding(device_id, "secret_sealed")),
     )
-    session.add(device)
+    await add_once(session, device)
     audit.record(
         session,
         actor_type=owner.kind,

@@ -12,15 +12,17 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, paging
 from backoffice.approvals import expire_undecided, open_approvals
 from backoffice.auth import Caller
-from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from backoffice.models import (
     ActorType,
     Approval,
+    Base,
     CloseCommand,
     CloseCommandStatus,
     CloseReason,
@@ -42,6 +44,7 @@ PAYLOAD_MAX_BYTES = 32 * 1024
 DEFAULT_LIFETIME = timedelta(seconds=60)
 MAX_LIFETIME = timedelta(days=7)
 MAX_QUOTES = 1000
+_UNIQUE_VIOLATION = "23505"
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,7 @@ async def _store(session: AsyncSession, producer_id: uuid.UUID, request_id: uuid
         payload=signal.payload,
         status=SignalStatus.OPEN,
     )
-    session.add(row)
-    await session.flush()
+    await add_once(session, row)
     audit.record(
         session,
         actor_type=ActorType.PRODUCER,
@@ -166,6 +168,21 @@ async def _store(session: AsyncSession, producer_id: uuid.UUID, request_id: uuid
         request_id=str(request_id),
     )
     return row
+
+
+async def add_once(session: AsyncSession, row: Base) -> None:
+    """Insert ``row``, which is unique per caller and request_id. A retry normally meets its idempotency
+    record first; once the worker has purged that record, the unique constraint still refuses a second
+    object (a producer's late retry must never trade twice), and the client hears ALREADY_EXISTS."""
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise
+        raise AlreadyExists(
+            "the request_id was used before and its record has expired", reason="REQUEST_ID_REUSED"
+        ) from None
 
 
 @dataclass(frozen=True)
