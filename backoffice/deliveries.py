@@ -22,7 +22,9 @@ another device is NOT_FOUND, exactly like an unknown one):
   arrived late); nothing is recorded or changed.
 - REJECTED ends a delivery that is not FILLED; after REJECTED, further acks are DUPLICATEs and a fill is
   refused. REJECTED after FILLED is refused too: both are conflicts a person must look at.
-- Deliveries that were never sent (SKIPPED, CANCELLED, FAILED) accept nothing.
+- Deliveries that were never sent (SKIPPED, CANCELLED before it was sent, FAILED) accept nothing. One
+  cancelled after it was sent counts as SENT: the bridge may have placed it, and a real fill is recorded
+  (its position is closed at once, see ``backoffice.positions.open_positions``).
 
 A close command accepts one result: SUCCEEDED or FAILED; the same outcome again is a DUPLICATE, the other
 one is refused. Frames that are refused are not recorded.
@@ -62,6 +64,8 @@ from backoffice.validation import decimal_text
 UUID_ARRAY = ARRAY(UUID(as_uuid=True))
 # Deliveries without a RECEIVED ack: the only ones ever (re-)sent.
 UNRECEIVED = (DeliveryState.PENDING, DeliveryState.SENT)
+# What a device may still report a fill for.
+_MAY_FILL = (*UNRECEIVED, DeliveryState.RECEIVED, DeliveryState.PLACED, DeliveryState.EXPIRED)
 EXPIRED_REASON = "expire_time passed before the device received it"
 # Deliveries expired per statement: the sweep comes back for the rest.
 EXPIRE_BATCH = 1000
@@ -333,6 +337,29 @@ async def due_devices(session: AsyncSession, now: datetime, ack_timeout: timedel
     return set(result.scalars())
 
 
+async def cancel_for_signal(session: AsyncSession, signal_id: uuid.UUID, now: datetime) -> None:
+    """A cancelled signal's deliveries without a RECEIVED ack become CANCELLED, so they are never sent
+    (again). Every delivery a fill may still come for is locked first, in id order like
+    ``record_reports``: a fill being recorded for one commits before the caller reads the signal's
+    positions, or waits and then finds the signal cancelled."""
+    rows = (
+        await session.execute(
+            select(Delivery.id, Delivery.state)
+            .where(Delivery.signal_id == signal_id, Delivery.state.in_(_MAY_FILL))
+            .order_by(Delivery.id)
+            .with_for_update()
+        )
+    ).all()
+    unreceived = [row.id for row in rows if row.state in UNRECEIVED]
+    if unreceived:
+        await session.execute(
+            update(Delivery)
+            .where(any_id(Delivery.id, unreceived))
+            .values(state=DeliveryState.CANCELLED, state_reason="signal cancelled", updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
 # --- what devices report ------------------------------------------------------------------------------
 
 
@@ -414,6 +441,7 @@ class _DeliveryState:
     attempt: int
     state: DeliveryState
     reason: str | None
+    sent: bool
     changed: bool = False
 
 
@@ -512,7 +540,7 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
     if delivery is None or delivery.device_id != item.device_id:
         return Outcome(Verdict.REJECTED, NotFound("delivery"))
     stage = report.stage if isinstance(report, AckReport) else DeliveryState.FILLED
-    verdict = _transition(delivery.state, stage)
+    verdict = _transition(delivery.state, stage, sent=delivery.sent)
     if verdict is not Verdict.ACCEPTED:
         if verdict is Verdict.DUPLICATE:
             return DUPLICATE
@@ -566,8 +594,10 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
     return ACCEPTED
 
 
-def _transition(state: DeliveryState, stage: DeliveryState) -> Verdict:
+def _transition(state: DeliveryState, stage: DeliveryState, *, sent: bool) -> Verdict:
     """ACCEPTED (move to ``stage``), DUPLICATE (nothing to change) or REJECTED (a conflict)."""
+    if state is DeliveryState.CANCELLED and sent:
+        state = DeliveryState.SENT  # cancelled on its way: the device's word wins, as after EXPIRED
     if state in _NEVER_SENT:
         return Verdict.REJECTED
     if state is DeliveryState.REJECTED:
@@ -652,6 +682,7 @@ async def _lock_deliveries(
             Delivery.attempt,
             Delivery.state,
             Delivery.state_reason,
+            Delivery.sent_at,
         )
         .where(any_id(Delivery.id, {d for d, _ in wanted}), any_id(Delivery.device_id, {d for _, d in wanted}))
         .order_by(Delivery.id)
@@ -659,7 +690,15 @@ async def _lock_deliveries(
     )
     return {
         row.id: _DeliveryState(
-            row.id, row.device_id, row.signal_id, row.instrument, row.side, row.attempt, row.state, row.state_reason
+            row.id,
+            row.device_id,
+            row.signal_id,
+            row.instrument,
+            row.side,
+            row.attempt,
+            row.state,
+            row.state_reason,
+            sent=row.sent_at is not None,
         )
         for row in rows
         if (row.id, row.device_id) in wanted

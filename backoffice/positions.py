@@ -12,12 +12,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import any_, bindparam, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice.models import CloseCommand, CloseCommandStatus, Device, Position, PositionStatus, Side, Signal
+from backoffice.models import (
+    CloseCommand,
+    CloseCommandStatus,
+    CloseReason,
+    Device,
+    Position,
+    PositionStatus,
+    Side,
+    Signal,
+    SignalStatus,
+)
 from backoffice.sizing import Account
 
 
@@ -37,23 +48,33 @@ class Opening:
 
 
 async def open_positions(session: AsyncSession, openings: Sequence[Opening]) -> list[uuid.UUID]:
-    """One OPEN position per opening, with its signal's hidden levels; returns their ids."""
+    """One position per opening, with its signal's hidden levels; returns their ids. A fill for a
+    cancelled signal (the device had its delivery before the cancel) is a real trade: its position is
+    recorded CLOSING, with a SIGNAL_CANCELLED close command, as the cancel did for positions already
+    open. The caller holds the deliveries' locks, which the cancel takes too, so the status read here
+    is the one that counts."""
     if not openings:
         return []
-    levels = {
-        row.id: (row.stop_loss, row.take_profit)
+    signals = {
+        row.id: row
         for row in await session.execute(
-            select(Signal.id, Signal.stop_loss, Signal.take_profit).where(
+            select(Signal.id, Signal.stop_loss, Signal.take_profit, Signal.status).where(
                 Signal.id.in_({o.signal_id for o in openings})
             )
         )
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
+    closes = []
     for opening in openings:
-        stop_loss, take_profit = levels.get(opening.signal_id, (None, None))
+        signal = signals.get(opening.signal_id)
+        stop_loss, take_profit = (signal.stop_loss, signal.take_profit) if signal else (None, None)
+        cancelled = signal is not None and signal.status is SignalStatus.CANCELLED
+        position_id = uuid.uuid4()
+        if cancelled:
+            closes.append(Closing(position_id, opening.device_id, opening.volume))
         rows.append(
             {
-                "id": uuid.uuid4(),
+                "id": position_id,
                 "device_id": opening.device_id,
                 "signal_id": opening.signal_id,
                 "delivery_id": opening.delivery_id,
@@ -64,12 +85,42 @@ async def open_positions(session: AsyncSession, openings: Sequence[Opening]) -> 
                 "stop_loss": stop_loss,
                 "take_profit": take_profit,
                 "broker_ticket": opening.broker_ticket,
-                "status": PositionStatus.OPEN,
+                "status": PositionStatus.CLOSING if cancelled else PositionStatus.OPEN,
                 "opened_at": opening.opened_at,
             }
         )
     await session.execute(insert(Position), rows)
+    await queue_closes(session, closes, CloseReason.SIGNAL_CANCELLED)
     return [row["id"] for row in rows]
+
+
+@dataclass(frozen=True)
+class Closing:
+    """A position to close in full; the caller marks it CLOSING."""
+
+    position_id: uuid.UUID
+    device_id: uuid.UUID
+    volume: Decimal
+
+
+async def queue_closes(session: AsyncSession, closings: Sequence[Closing], reason: CloseReason) -> None:
+    """A PENDING close command per position, for the gateway to push to its device."""
+    if not closings:
+        return
+    await session.execute(
+        insert(CloseCommand),
+        [
+            {
+                "id": uuid.uuid4(),
+                "position_id": c.position_id,
+                "device_id": c.device_id,
+                "volume": c.volume,
+                "reason": reason,
+                "status": CloseCommandStatus.PENDING,
+            }
+            for c in closings
+        ],
+    )
 
 
 @dataclass

@@ -15,7 +15,7 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, paging
+from backoffice import audit, deliveries, paging, positions
 from backoffice.approvals import expire_undecided, open_approvals
 from backoffice.auth import Caller
 from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -23,11 +23,7 @@ from backoffice.models import (
     ActorType,
     Approval,
     Base,
-    CloseCommand,
-    CloseCommandStatus,
     CloseReason,
-    Delivery,
-    DeliveryState,
     Device,
     Position,
     PositionStatus,
@@ -200,12 +196,15 @@ async def cancel(
     request_id: str,
     now: datetime | None = None,
 ) -> Cancellation:
-    """Cancel an open signal: undecided approvals expire, unsent deliveries are cancelled, and every open
-    position from it gets a SIGNAL_CANCELLED close command."""
+    """Cancel an open signal: undecided approvals expire, deliveries without a RECEIVED ack are cancelled
+    (never re-sent), and every open position from it gets a SIGNAL_CANCELLED close command (so does one a
+    late fill opens: ``backoffice.positions.open_positions``)."""
     now = now or datetime.now(UTC)
     if caller.kind is ActorType.USER and not caller.is_admin:
         raise PermissionDenied("only the signal's producer or an admin may cancel it")
-    signal = await session.get(Signal, signal_id, with_for_update=True)
+    # FOR NO KEY UPDATE: it still waits for approvals (FOR SHARE), but not for a fill's position insert,
+    # whose foreign key only takes KEY SHARE while that transaction holds the delivery the cancel locks next.
+    signal = await session.get(Signal, signal_id, with_for_update={"key_share": True})
     if signal is None or (caller.kind is ActorType.PRODUCER and signal.producer_id != caller.id):
         raise NotFound("signal")
     status = signal.status_at(now)
@@ -217,30 +216,21 @@ async def cancel(
     signal.cancelled_at = now
     signal.cancel_reason = reason[:500] or None
     await expire_undecided(session, [signal.id], now, "signal cancelled")
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.signal_id == signal.id, Delivery.state == DeliveryState.PENDING)
-        .values(state=DeliveryState.CANCELLED, state_reason="signal cancelled", updated_at=now)
-    )
-    positions = (
+    await deliveries.cancel_for_signal(session, signal.id, now)
+    open_positions = (
         await session.scalars(
             select(Position)
             .where(Position.signal_id == signal.id, Position.status == PositionStatus.OPEN)
             .with_for_update()
         )
     ).all()
-    for position in positions:
+    for position in open_positions:
         position.status = PositionStatus.CLOSING
-        session.add(
-            CloseCommand(
-                id=uuid.uuid4(),
-                position_id=position.id,
-                device_id=position.device_id,
-                volume=position.volume,
-                reason=CloseReason.SIGNAL_CANCELLED,
-                status=CloseCommandStatus.PENDING,
-            )
-        )
+    await positions.queue_closes(
+        session,
+        [positions.Closing(p.id, p.device_id, p.volume) for p in open_positions],
+        CloseReason.SIGNAL_CANCELLED,
+    )
     audit.record(
         session,
         actor_type=caller.kind,
@@ -248,11 +238,11 @@ async def cancel(
         action="CancelSignal",
         object_type="signal",
         object_id=signal.id,
-        details={"reason": signal.cancel_reason or "", "positions_closed": len(positions)},
+        details={"reason": signal.cancel_reason or "", "positions_closed": len(open_positions)},
         request_id=request_id,
     )
     await session.flush()
-    return Cancellation(signal, tuple(p.device_id for p in positions))
+    return Cancellation(signal, tuple(p.device_id for p in open_positions))
 
 
 def _visible_to(caller: Caller) -> Any:
