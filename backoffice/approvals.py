@@ -28,6 +28,7 @@ from backoffice.models import (
     DeviceStatus,
     Signal,
     SignalStatus,
+    SizingMode,
     Subscription,
     SubscriptionMode,
     SubscriptionStatus,
@@ -220,7 +221,16 @@ async def _approve(
     if devices is None:
         query = select(Device).where(Device.user_id == approval.user_id, Device.status == DeviceStatus.ACTIVE)
         devices = list((await session.scalars(query.order_by(Device.created_at, Device.id))).all())
-    rule = sizing.Rule(subscription.sizing_mode, subscription.sizing_value, subscription.max_volume)
+    if subscription.sizing_mode is None or subscription.sizing_value is None:
+        if volume is None:
+            raise FailedPrecondition(
+                "the subscription has no sizing rule: give volume when approving",
+                reason="VOLUME_REQUIRED",
+                metadata={"field": "volume"},
+            )
+        rule = sizing.Rule(SizingMode.FIXED_VOLUME, volume, subscription.max_volume)
+    else:
+        rule = sizing.Rule(subscription.sizing_mode, subscription.sizing_value, subscription.max_volume)
     approval.status = ApprovalStatus.APPROVED
     approval.automatic = decided_by is None
     approval.decided_by = decided_by

@@ -33,7 +33,7 @@ def record(
         object_type=object_type,
         object_id=object_id,
         details=details or {},
-        request_id=request_id,
+        request_id=request_id or None,  # "" on the wire: the call carried none
     )
     session.add(event)
     return event

@@ -76,6 +76,7 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         sessions=res.sessions,
         verifier=res.verifier,
         max_in_flight=res.settings.max_concurrent_rpcs,
+        max_message_bytes=res.settings.max_message_bytes,
     )
     server = Server(
         res.settings,

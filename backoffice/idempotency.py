@@ -36,7 +36,10 @@ async def run_once(
 ) -> ResponseT:
     """Run ``action`` once per (caller, method, request.request_id) inside ``session``'s transaction and
     return its response; a repeat gets the first response back. The method is named by the request type
-    (``ApproveSignalRequest`` -> ``ApproveSignal``)."""
+    (``ApproveSignalRequest`` -> ``ApproveSignal``). Without a request_id the call is simply not
+    idempotent (AIP-155): ``action`` runs and nothing is recorded."""
+    if not getattr(request, "request_id"):  # noqa: B009 - Message does not type the field
+        return await action()
     method = request.DESCRIPTOR.name.removesuffix("Request")
     key = parse_id(getattr(request, "request_id"), "request_id")  # noqa: B009 - Message does not type the field
     request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()

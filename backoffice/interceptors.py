@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from backoffice import auth, errors
+from backoffice import auth, errors, validation
 from backoffice.auth import Caller, KeyKind, SignatureVerifier
 from backoffice.logs import request_id_var
 from backoffice.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
@@ -81,12 +81,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         sessions: Any,
         verifier: SignatureVerifier | None,
         max_in_flight: int,
+        max_message_bytes: int,
     ) -> None:
         self._policies = policies
         self._default = default_policy
         self._sessions = sessions
         self._verifier = verifier
         self._max_in_flight = max_in_flight
+        self._max_message_bytes = max_message_bytes
         self._in_flight = 0
 
     async def intercept_service(
@@ -107,10 +109,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, handler: Handler, method: str, policy: Auth) -> Handler:
         inner = cast(_UnaryBehavior, handler.unary_unary)
-        deserialize = handler.request_deserializer
-        signed = policy in (Auth.PRODUCER_SIGNED, Auth.PRODUCER_SIGNED_OR_BEARER)
+        decode = _decoder(handler, self._max_message_bytes)
 
-        async def behavior(request: Any, context: Context) -> Any:
+        async def behavior(raw: bytes, context: Context) -> Any:
+            # Registered without a deserializer: ``raw`` is the request exactly as sent. A signature
+            # covers those bytes, and bytes that are not a message are only looked at once the caller
+            # is known (unauthenticated callers learn nothing about the method's message).
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             metadata = _metadata(context)
@@ -118,19 +122,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if not self._admit(method):
                     raise errors.ResourceExhausted("server is at capacity; retry with backoff")
-                if signed:
-                    # The handler was registered without a deserializer: `request` is the raw wire bytes,
-                    # which the signature covers.
-                    raw: bytes = request
-                    caller = await self._authenticate(policy, method, metadata, raw)
-                    try:
-                        request = deserialize(raw) if deserialize else raw
-                    except DecodeError:
-                        raise errors.InvalidArgument([("", "request is not a valid message")]) from None
-                else:
-                    caller = await self._authenticate(policy, method, metadata, b"")
-                caller_var.set(caller)
-                return await inner(request, context)
+                caller_var.set(await self._authenticate(policy, method, metadata, raw))
+                return await inner(decode(raw), context)
             except Exception as exc:
                 error = _domain_error(exc, method)
                 code = status_code_of(error)
@@ -144,20 +137,24 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 )
 
         return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=None if signed else deserialize,
-            response_serializer=handler.response_serializer,
+            behavior, request_deserializer=None, response_serializer=handler.response_serializer
         )
 
     def _wrap_stream(self, handler: Handler, method: str) -> Handler:
         inner = cast(_StreamBehavior, handler.stream_stream)
+        decode = _decoder(handler, self._max_message_bytes, check_text=False)
 
-        async def behavior(requests: AsyncIterator[Any], context: Context) -> Any:
+        async def decoded(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            # A frame that is not a message ends the stream INVALID_ARGUMENT (raised to whoever reads).
+            async for raw in requests:
+                yield decode(raw)
+
+        async def behavior(requests: AsyncIterator[bytes], context: Context) -> Any:
             request_id_var.set(_request_id(_metadata(context)))
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                async for response in inner(requests, context):
+                async for response in inner(decoded(requests), context):
                     yield response
             except Exception as exc:
                 error = _domain_error(exc, method)
@@ -170,9 +167,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 )
 
         return grpc.stream_stream_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            behavior, request_deserializer=None, response_serializer=handler.response_serializer
         )
 
     def _admit(self, method: str) -> bool:
@@ -200,6 +195,34 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         token = auth.bearer_token(metadata)
         async with self._sessions.begin() as session:
             return await auth.authenticate_token(session, token)
+
+
+def _decoder(handler: Handler, max_bytes: int, *, check_text: bool = True) -> Callable[[bytes], Any]:
+    """Turns a request's wire bytes into its message, or raises INVALID_ARGUMENT: bytes over the size
+    limit, bytes that do not parse, and (with ``check_text``) text Postgres cannot store, one rule for
+    every string field. Stream frames are checked by their session, which rejects just that frame."""
+    deserialize = handler.request_deserializer
+    if deserialize is None:
+        raise RuntimeError("every signalhub method is registered with its request type")
+
+    def decode(raw: bytes) -> Any:
+        if len(raw) > max_bytes:
+            raise errors.InvalidArgument(
+                [("", f"the message is {len(raw)} bytes; at most {max_bytes} are accepted")], reason="MESSAGE_TOO_LARGE"
+            )
+        try:
+            message = deserialize(raw)
+        except DecodeError:
+            raise errors.InvalidArgument(
+                [("", "the bytes are not a valid message")], reason="MALFORMED_MESSAGE"
+            ) from None
+        # NUL is the one character Postgres refuses in text (and in JSONB); most messages have no zero
+        # byte at all, so only those that do are walked.
+        if check_text and b"\x00" in raw:
+            validation.check_text(message)
+        return message
+
+    return decode
 
 
 def _metadata(context: Context) -> tuple[tuple[str, str | bytes], ...]:

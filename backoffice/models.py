@@ -215,7 +215,7 @@ class Signal(Base):
     )
     id: Mapped[uuid.UUID] = _id()
     producer_id: Mapped[uuid.UUID] = _fk("producers.id")
-    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    request_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))  # None: not idempotent
     instrument: Mapped[str] = mapped_column(Text)
     side: Mapped[Side] = mapped_column(_enum(Side, "side"))
     entry_price: Mapped[Decimal | None] = mapped_column(Numeric)
@@ -252,8 +252,9 @@ class Subscription(Base):
     user_id: Mapped[uuid.UUID] = _fk("users.id")
     producer_id: Mapped[uuid.UUID] = _fk("producers.id")
     mode: Mapped[SubscriptionMode] = mapped_column(_enum(SubscriptionMode, "subscription_mode"))
-    sizing_mode: Mapped[SizingMode] = mapped_column(_enum(SizingMode, "sizing_mode"))
-    sizing_value: Mapped[Decimal] = mapped_column(Numeric)
+    # None (MANUAL only): no sizing rule, every approval names its volume.
+    sizing_mode: Mapped[SizingMode | None] = mapped_column(_enum(SizingMode, "sizing_mode"))
+    sizing_value: Mapped[Decimal | None] = mapped_column(Numeric)
     max_volume: Mapped[Decimal | None] = mapped_column(Numeric)
     instruments: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     status: Mapped[SubscriptionStatus] = mapped_column(_enum(SubscriptionStatus, "subscription_status"))

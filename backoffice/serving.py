@@ -24,7 +24,9 @@ log = logging.getLogger("signalhub.serving")
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """Keepalive and limits; the bridge SDK's channel options mirror these (too_many_pings otherwise)."""
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # The interceptor refuses anything over max_message_bytes with INVALID_ARGUMENT and details; grpc's
+        # own limit, which can only answer a bare RESOURCE_EXHAUSTED, sits well above it.
+        ("grpc.max_receive_message_length", 4 * settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),

@@ -128,7 +128,7 @@ class Submission:
 
 
 async def submit(
-    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID, signal: SignalDraft, now: datetime
+    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID | None, signal: SignalDraft, now: datetime
 ) -> Submission:
     """Store the signal and open its approvals: pending for MANUAL subscribers, approved with sized
     deliveries for AUTO ones, all in the caller's transaction."""
@@ -137,7 +137,9 @@ async def submit(
     return Submission(row, tuple(d for decision in decisions for d in decision.woken_devices))
 
 
-async def _store(session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID, signal: SignalDraft) -> Signal:
+async def _store(
+    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID | None, signal: SignalDraft
+) -> Signal:
     row = Signal(
         id=uuid.uuid4(),
         producer_id=producer_id,
@@ -161,7 +163,7 @@ async def _store(session: AsyncSession, producer_id: uuid.UUID, request_id: uuid
         object_type="signal",
         object_id=row.id,
         details={"instrument": signal.instrument, "side": signal.side.value},
-        request_id=str(request_id),
+        request_id=str(request_id) if request_id else None,
     )
     return row
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -19,16 +19,28 @@ from backoffice.models import Producer, ProducerStatus, SizingMode, Subscription
 from backoffice.signals import INSTRUMENT_RE
 
 MAX_INSTRUMENTS = 200
+# An AUTO subscription that names no sizing trades one micro lot (0.01, the smallest volume most brokers
+# accept), fitted to each symbol's volume limits like any other size: the least a rule can risk.
+DEFAULT_AUTO_SIZING = (SizingMode.FIXED_VOLUME, Decimal("0.01"))
 
 
 @dataclass(frozen=True)
 class SubscriptionTerms:
+    """What a user asks for. ``sizing`` None: for MANUAL, every approval names its volume; for AUTO,
+    ``DEFAULT_AUTO_SIZING``."""
+
     producer_id: uuid.UUID
     mode: SubscriptionMode
-    sizing: SizingMode
-    sizing_value: Decimal
+    sizing: SizingMode | None
+    sizing_value: Decimal | None
     max_volume: Decimal | None
     instruments: tuple[str, ...]
+
+    def with_default_sizing(self) -> SubscriptionTerms:
+        if self.sizing is not None or self.mode is not SubscriptionMode.AUTO:
+            return self
+        sizing, value = DEFAULT_AUTO_SIZING
+        return replace(self, sizing=sizing, sizing_value=value)
 
 
 def validate_instruments(instruments: Sequence[str], field: str = "instruments") -> tuple[str, ...]:
@@ -50,6 +62,7 @@ async def subscribe(session: AsyncSession, caller: Caller, terms: SubscriptionTe
         raise NotFound("producer")
     if producer.status is ProducerStatus.REVOKED:
         raise FailedPrecondition("the producer is revoked", reason="PRODUCER_REVOKED")
+    terms = terms.with_default_sizing()
     subscription = Subscription(
         id=uuid.uuid4(),
         user_id=caller.id,
@@ -76,7 +89,11 @@ async def subscribe(session: AsyncSession, caller: Caller, terms: SubscriptionTe
         action="Subscribe",
         object_type="subscription",
         object_id=subscription.id,
-        details={"producer_id": str(terms.producer_id), "mode": terms.mode.value, "sizing": terms.sizing.value},
+        details={
+            "producer_id": str(terms.producer_id),
+            "mode": terms.mode.value,
+            "sizing": terms.sizing.value if terms.sizing else None,
+        },
         request_id=request_id or None,
     )
     return subscription

@@ -7,10 +7,51 @@ import re
 import uuid
 from decimal import Decimal
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
 from backoffice.errors import InvalidArgument
 
 # Plain decimal notation only: no exponent, NaN or infinity; bounded so numeric columns stay sane.
 _DECIMAL_RE = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,12})?$")
+
+
+def check_text(message: Message) -> None:
+    """One rule for all text at the edge: Postgres stores no NUL character (in text or JSONB), so a
+    request or frame with one in any string (map keys and Struct contents included) is INVALID_ARGUMENT
+    naming each such field, before any domain code sees it."""
+    violations = [(path, "must not contain a NUL character") for path in _nul_fields(message, "")]
+    if violations:
+        raise InvalidArgument(violations, reason="NUL_CHARACTER")
+
+
+def _nul_fields(message: Message, prefix: str) -> list[str]:
+    found: list[str] = []
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                entry = f"{path}[{key!r}]"
+                if "\x00" in key:
+                    found.append(entry)
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    found.extend(_nul_fields(item, entry + "."))
+                elif isinstance(item, str) and "\x00" in item:
+                    found.append(entry)
+        elif field.is_repeated:
+            for index, item in enumerate(value):
+                found.extend(_nul_in(field, item, f"{path}[{index}]"))
+        else:
+            found.extend(_nul_in(field, value, path))
+    return found
+
+
+def _nul_in(field: FieldDescriptor, value: object, path: str) -> list[str]:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert isinstance(value, Message)
+        return _nul_fields(value, path + ".")
+    return [path] if isinstance(value, str) and "\x00" in value else []
 
 
 def parse_id(value: str, field: str) -> uuid.UUID:

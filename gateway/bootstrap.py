@@ -33,6 +33,7 @@ class GatewayServer(Server):
             sessions=res.sessions,
             verifier=res.verifier,
             max_in_flight=res.settings.max_streams,
+            max_message_bytes=res.settings.max_message_bytes,
         )
         super().__init__(res.settings, address, [interceptor], [SERVICE.full_name])
         settings = res.settings

@@ -46,6 +46,7 @@ from backoffice.errors import (
 )
 from backoffice.sealing import InstructionSealer
 from backoffice.signing import AuthFailure
+from backoffice.validation import check_text
 from gateway import presence, uplink
 from gateway.outbox import Outbox, StreamFinished
 from gateway.push import Pusher
@@ -225,6 +226,7 @@ class DeviceSession:
 
     async def _hello(self, frame: pb.DeviceFrame) -> Outcome:
         """Store a Hello; a malformed one raises InvalidArgument."""
+        check_text(frame)
         record = presence.decode_hello(frame.hello)
         async with self._services.sessions.begin() as session:
             fresh = await presence.store_hello(session, self.device_id, frame.frame_id, record, datetime.now(UTC))
@@ -246,6 +248,7 @@ class DeviceSession:
                 await self.outbox.put(uplink.receipt(frame.frame_id, outcome))
                 continue
             try:
+                check_text(frame)
                 run.append((frame.frame_id, uplink.decode(self.device_id, frame)))
             except InvalidArgument as exc:
                 run.append((frame.frame_id, Outcome(Verdict.REJECTED, exc)))

@@ -14,7 +14,7 @@ from backoffice.api import wire
 from backoffice.errors import InvalidArgument
 from backoffice.interceptors import current_caller
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
-from backoffice.validation import parse_decimal, parse_id, parse_optional_decimal, parse_optional_id
+from backoffice.validation import parse_id, parse_optional_decimal, parse_optional_id
 from backoffice.vault import Vault
 from signalhub.v1 import backoffice_pb2 as pb
 
@@ -170,8 +170,10 @@ def _decode_terms(request: pb.SubscribeRequest) -> subscriptions.SubscriptionTer
         "mode": lambda: wire.enum_from_wire(
             pb.SubscriptionMode, "SUBSCRIPTION_MODE", request.mode, SubscriptionMode, "mode"
         ),
-        "sizing": lambda: wire.enum_from_wire(pb.SizingMode, "SIZING_MODE", request.sizing, SizingMode, "sizing"),
-        "sizing_value": lambda: parse_decimal(request.sizing_value, "sizing_value"),
+        "sizing": lambda: wire.optional_enum_from_wire(
+            pb.SizingMode, "SIZING_MODE", request.sizing, SizingMode, "sizing"
+        ),
+        "sizing_value": lambda: parse_optional_decimal(request.sizing_value, "sizing_value"),
         "max_volume": lambda: parse_optional_decimal(request.max_volume, "max_volume"),
         "instruments": lambda: subscriptions.validate_instruments(request.instruments),
     }
@@ -180,7 +182,11 @@ def _decode_terms(request: pb.SubscribeRequest) -> subscriptions.SubscriptionTer
             values[name] = check()
         except InvalidArgument as exc:
             violations.extend(exc.violations)
-    if values.get("sizing") is SizingMode.RISK_PERCENT and values.get("sizing_value", 0) > 100:
+    sizing, sizing_value = values.get("sizing"), values.get("sizing_value")
+    if "sizing" in values and "sizing_value" in values and (sizing is None) != (sizing_value is None):
+        missing = "sizing" if sizing is None else "sizing_value"
+        violations.append((missing, "give sizing and sizing_value together, or neither"))
+    if sizing is SizingMode.RISK_PERCENT and sizing_value is not None and sizing_value > 100:
         violations.append(("sizing_value", "a percentage of equity: at most 100"))
     if violations:
         raise InvalidArgument(violations)

@@ -12,7 +12,7 @@ from backoffice import devices, hints, idempotency, models
 from backoffice.api import wire
 from backoffice.config import Settings
 from backoffice.interceptors import current_caller
-from backoffice.validation import parse_id
+from backoffice.validation import parse_id, parse_optional_id
 from backoffice.vault import Vault
 from signalhub.v1 import backoffice_pb2 as pb
 
@@ -57,7 +57,7 @@ class DeviceServicer:
 
     async def RegisterDevice(self, request: pb.RegisterDeviceRequest, context: Any) -> pb.RegisterDeviceResponse:
         caller = current_caller()
-        request_id = parse_id(request.request_id, "request_id")
+        request_id = parse_optional_id(request.request_id, "request_id")
         async with self._sessions.begin() as session:
 
             async def register() -> pb.RegisterDeviceResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +14,7 @@ from backoffice.errors import InvalidArgument
 from backoffice.interceptors import current_caller
 from backoffice.models import ActorType, Side, SignalStatus
 from backoffice.signals import SignalView
-from backoffice.validation import parse_decimal, parse_id, parse_optional_id
+from backoffice.validation import parse_id, parse_optional_id
 from backoffice.vault import Vault
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
@@ -26,7 +25,7 @@ def encode_signal(view: SignalView) -> pb.Signal:
     message = pb.Signal(
         id=str(signal.id),
         producer_id=str(signal.producer_id),
-        request_id=str(signal.request_id),
+        request_id=str(signal.request_id) if signal.request_id else "",
         instrument=signal.instrument,
         side=wire.enum_to_wire(common_pb2.Side, "SIDE", signal.side),
         entry_price=wire.decimal_text(signal.entry_price),
@@ -79,7 +78,7 @@ class SignalServicer:
             woken.extend(submitted.woken_devices)
             return encode_signal(signals.view_for_producer(submitted.signal, now))
 
-        request_uuid = parse_id(request.request_id, "request_id")
+        request_uuid = parse_optional_id(request.request_id, "request_id")
         async with self._sessions.begin() as session:
             response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Signal, submit)
         await hints.publish(self._redis, woken)
@@ -106,7 +105,12 @@ class SignalServicer:
         caller = current_caller()
         if len(request.quotes) > signals.MAX_QUOTES:
             raise InvalidArgument([("quotes", f"at most {signals.MAX_QUOTES} quotes per call")])
-        decoded = [_decode_quote(q, f"quotes[{i}]", caller.id) for i, q in enumerate(request.quotes)]
+        decoded = [
+            quotes.parse_quote(
+                q, f"quotes[{i}]", instrument=signals.INSTRUMENT_RE, source_type=ActorType.PRODUCER, source_id=caller.id
+            )
+            for i, q in enumerate(request.quotes)
+        ]
         async with self._sessions.begin() as session:
             await quotes.store_latest(session, decoded, datetime.now(UTC))
         return pb.SubmitQuotesResponse(accepted_count=len(decoded))
@@ -130,36 +134,3 @@ class SignalServicer:
                 page_token=request.page_token,
             )
         return pb.ListSignalsResponse(signals=[encode_signal(v) for v in views], next_page_token=token)
-
-
-def _decode_quote(quote: common_pb2.Quote, field: str, producer_id: uuid.UUID) -> quotes.QuoteIn:
-    violations = []
-    if not signals.INSTRUMENT_RE.match(quote.instrument):
-        violations.append((f"{field}.instrument", "must match ^[A-Z0-9._-]{2,20}$"))
-    prices = {}
-    for name in ("bid", "ask"):
-        try:
-            prices[name] = parse_decimal(getattr(quote, name), f"{field}.{name}")
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-    if len(prices) == 2 and prices["bid"] > prices["ask"]:
-        violations.append((f"{field}.bid", "must not exceed ask"))
-    quote_time = None
-    if not quote.HasField("quote_time"):
-        violations.append((f"{field}.quote_time", "is required"))
-    else:
-        try:
-            quote_time = wire.parse_timestamp(quote.quote_time, True, f"{field}.quote_time")
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-    if violations:
-        raise InvalidArgument(violations)
-    assert quote_time is not None
-    return quotes.QuoteIn(
-        quote.instrument,
-        prices["bid"],
-        prices["ask"],
-        quote_time,
-        ActorType.PRODUCER,
-        producer_id,
-    )
