@@ -47,7 +47,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backoffice import positions, quotes
 from backoffice.errors import DomainError, FailedPrecondition, NotFound
 from backoffice.models import (
-    ActorType,
     CloseCommand,
     CloseCommandStatus,
     CloseReason,
@@ -406,10 +405,7 @@ class CloseReport:
 
 @dataclass(frozen=True)
 class QuoteReport:
-    instrument: str  # the broker's symbol
-    bid: Decimal
-    ask: Decimal
-    quote_time: datetime
+    quote: quotes.QuoteIn  # its instrument is the broker's symbol
 
 
 @dataclass(frozen=True)
@@ -512,7 +508,8 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
     if isinstance(report, CloseReport):
         return _apply_close(batch, item, report)
     if isinstance(report, QuoteReport):
-        body = {"instrument": report.instrument, "bid": decimal_text(report.bid), "ask": decimal_text(report.ask)}
+        quote = report.quote
+        body = {"instrument": quote.instrument, "bid": decimal_text(quote.bid), "ask": decimal_text(quote.ask)}
         batch.events.append(
             event_row(
                 item.device_id,
@@ -520,14 +517,10 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
                 batch.now,
                 frame_id=item.frame_id,
                 body=body,
-                event_time=report.quote_time,
+                event_time=quote.quote_time,
             )
         )
-        batch.quotes.append(
-            quotes.QuoteIn(
-                report.instrument, report.bid, report.ask, report.quote_time, ActorType.DEVICE, item.device_id
-            )
-        )
+        batch.quotes.append(quote)
         return ACCEPTED
     batch.events.append(
         event_row(item.device_id, EventKind.HEARTBEAT, batch.now, frame_id=item.frame_id, event_time=report.send_time)

@@ -20,13 +20,13 @@ from prometheus_client import Counter
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import deliveries
+from backoffice import deliveries, quotes
 from backoffice.api.wire import parse_timestamp
 from backoffice.deliveries import DeviceReport, Outcome, Verdict
 from backoffice.devices import SYMBOL_RE
 from backoffice.errors import InvalidArgument, Unavailable
 from backoffice.logs import request_id_var
-from backoffice.models import DeliveryState
+from backoffice.models import ActorType, DeliveryState
 from backoffice.rpc_errors import build_status
 from backoffice.serving import cancel_and_wait
 from backoffice.validation import parse_decimal, parse_id
@@ -39,7 +39,6 @@ FRAMES = Counter("signalhub_gateway_frames_total", "Device frames answered, by r
 MAX_FRAME_ID = 128
 MAX_TEXT = 1000  # reasons and errors are kept, cut to this length
 MAX_TICKET = 64
-# Broker symbols: the alphabet of a device's symbol map (backoffice.devices).
 
 # Deadlock, serialization failure, unique violation (another stream recorded the same frame meanwhile):
 # the batch is retried, and the retry sees what the other transaction committed.
@@ -124,21 +123,11 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
         assert command_id is not None
         report = deliveries.CloseReport(command_id, result.success, close_price, closed_volume, result.error[:MAX_TEXT])
     elif body == "quote":
-        quote = frame.quote
-        if not SYMBOL_RE.match(quote.instrument):
-            bad.add("quote.instrument", "the broker's symbol: 1 to 32 of [A-Za-z0-9._#-]")
-        bid = bad.check(lambda: parse_decimal(quote.bid, "quote.bid"))
-        ask = bad.check(lambda: parse_decimal(quote.ask, "quote.ask"))
-        if bid is not None and ask is not None and bid > ask:
-            bad.add("quote.bid", "must not exceed ask")
-        quote_time = None
-        if not quote.HasField("quote_time"):
-            bad.add("quote.quote_time", "is required")
-        else:
-            quote_time = bad.check(lambda: parse_timestamp(quote.quote_time, True, "quote.quote_time"))
-        bad.raise_any()
-        assert bid is not None and ask is not None and quote_time is not None
-        report = deliveries.QuoteReport(quote.instrument, bid, ask, quote_time)
+        report = deliveries.QuoteReport(
+            quotes.parse_quote(
+                frame.quote, "quote", instrument=SYMBOL_RE, source_type=ActorType.DEVICE, source_id=device_id
+            )
+        )
     elif body == "heartbeat":
         beat = frame.heartbeat
         send_time = bad.check(
