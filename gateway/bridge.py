@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import sqlite3
 import uuid
@@ -229,12 +230,16 @@ class Ledger:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # Owner-only whatever the umask, like the other state files: it records every order placed.
+            # SQLite gives the -wal and -shm files the database file's mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'device_id'").fetchone()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
         if row is None:
             db.execute("INSERT INTO meta (key, value) VALUES ('device_id', ?)", (self.device_id,))

@@ -908,3 +908,25 @@ def test_ledger_prunes_only_finished_and_receipted_instructions(tmp_path: Path) 
         assert kept == {"old-unreceipted", "old-open", "new-done"}
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask-022", "umask-000"])
+def test_ledger_files_are_owner_only_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    path = tmp_path / "state" / "ledger.db"
+    previous = os.umask(umask)
+    try:
+        ledger = Ledger(path, "device-1")
+        ledger.open()
+        try:
+            ack = OutFrame("ack-1", delivery_subject("d1"), b"")
+            assert ledger.record_delivery("d1", b"", ack).new  # a write, so the -wal file exists too
+            files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+            assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
+        finally:
+            ledger.close()
+        path.chmod(0o644)  # a ledger an older bridge left readable
+        ledger.open()
+        ledger.close()
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)
