@@ -16,7 +16,7 @@ from backoffice import logs
 from backoffice.config import STATE_DIR, ConfigError
 from backoffice.embedded import EmbeddedUnavailable
 from backoffice.errors import DomainError
-from backoffice.local import load_settings
+from backoffice.local import Unreachable, check_postgres, load_settings
 
 if TYPE_CHECKING:
     from backoffice.config import Settings
@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings()
         logs.configure(settings.log_level)
         if args.command == "migrate":
+            asyncio.run(check_postgres(settings.database_url))  # before Alembic's import logs anything
             from backoffice import schema
 
             schema.upgrade(settings)
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(asyncio.run(_admin(settings, args))))
     except ConfigError as exc:
         sys.exit(f"signalhub: {exc}")
-    except EmbeddedUnavailable as exc:
+    except (EmbeddedUnavailable, Unreachable) as exc:
         sys.exit(f"signalhub: {exc}")
     except DomainError as exc:
         sys.exit(f"signalhub: {exc.message}")
@@ -113,6 +114,7 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, obje
     from backoffice import accounts, bootstrap, vault
     from backoffice.models import Role
 
+    await check_postgres(settings.database_url)
     async with bootstrap.resources(settings) as res, res.sessions.begin() as session:
         if args.admin_command == "create-user":
             role = Role.ADMIN if args.role == "admin" else Role.USER

