@@ -27,18 +27,25 @@ if TYPE_CHECKING:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signalhub", description="Trading signals from strategies to terminals.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, help="what to do")
     up = commands.add_parser("up", help="everything on one machine (embedded Postgres/Redis when no URLs are set)")
-    up.add_argument("--state-dir", type=Path, default=STATE_DIR)
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        default=STATE_DIR,
+        help="where the dev master key, embedded data and demo.json live (default %(default)s)",
+    )
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
     serve = commands.add_parser("serve", help="run one process")
-    serve.add_argument("process", choices=["backoffice", "gateway", "worker"])
-    admin = commands.add_parser("admin", help="administration").add_subparsers(dest="admin_command", required=True)
+    serve.add_argument("process", choices=["backoffice", "gateway", "worker"], help="which process to run")
+    admin = commands.add_parser("admin", help="administration").add_subparsers(
+        dest="admin_command", required=True, help="what to administer"
+    )
     create_user = admin.add_parser("create-user", help='prints {"user_id", "api_token"}')
-    create_user.add_argument("--email", required=True)
-    create_user.add_argument("--role", choices=["admin", "user"], default="user")
+    create_user.add_argument("--email", required=True, help="the user's email address (unique)")
+    create_user.add_argument("--role", choices=["admin", "user"], default="user", help="default %(default)s")
     create_producer = admin.add_parser("create-producer", help='prints {"producer_id", "secret"}')
-    create_producer.add_argument("--name", required=True)
+    create_producer.add_argument("--name", required=True, help="a name for the strategy engine")
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
     from backoffice import producer_cli  # each client command defines its own arguments

@@ -81,11 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="deadline of each attempt (default %(default)s)",
     )
 
-    commands = parser.add_subparsers(dest="producer_command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="producer_command", required=True, metavar="COMMAND", help="the call")
 
     submit = commands.add_parser("submit", parents=[common], help="submit a signal; prints the Signal")
     submit.add_argument("--instrument", required=True, help="e.g. XAUUSD")
-    submit.add_argument("--side", required=True, type=str.lower, choices=["buy", "sell"])
+    submit.add_argument("--side", required=True, type=str.lower, choices=["buy", "sell"], help="buy or sell")
     submit.add_argument("--entry", metavar="PRICE", help="entry price (decimal); omit for market")
     submit.add_argument("--stop-loss", metavar="PRICE", help="hidden stop-loss (decimal)")
     submit.add_argument("--take-profit", metavar="PRICE", help="hidden take-profit (decimal)")
@@ -107,15 +107,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     submit.set_defaults(run=run_submit)
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel one of your signals; prints the Signal")
-    cancel.add_argument("--signal-id", required=True, type=_uuid, metavar="ID")
+    cancel.add_argument("--signal-id", required=True, type=_uuid, metavar="ID", help="the signal to cancel")
     cancel.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     cancel.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
     cancel.set_defaults(run=run_cancel)
 
     quote = commands.add_parser("quote", parents=[common], help="submit one bid/ask quote")
-    quote.add_argument("--instrument", required=True)
-    quote.add_argument("--bid", required=True, metavar="PRICE")
-    quote.add_argument("--ask", required=True, metavar="PRICE")
+    quote.add_argument("--instrument", required=True, help="e.g. XAUUSD")
+    quote.add_argument("--bid", required=True, metavar="PRICE", help="bid price (decimal)")
+    quote.add_argument("--ask", required=True, metavar="PRICE", help="ask price (decimal), not below the bid")
     quote.set_defaults(run=run_quote)
 
 

@@ -78,15 +78,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ledger", type=Path, help="the SQLite ledger (default .signalhub/bridge-<device id>.db)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
     parser.add_argument("--ca-file", type=Path, help="PEM roots for --tls (default: the system's)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s"
+    )
     for name in ("--secret", "--device-secret"):
         parser.add_argument(name, nargs="?", action=_NoSecretsHere, help=argparse.SUPPRESS)
     paper = parser.add_argument_group("paper executor")
-    paper.add_argument("--paper-seed", type=int, default=0)
+    paper.add_argument(
+        "--paper-seed", type=int, default=0, help="makes latency, slippage and rejects repeatable (default 0)"
+    )
     paper.add_argument("--paper-latency-ms", type=float, default=50.0, help="time to fill (default 50)")
     paper.add_argument("--paper-slippage-ticks", type=int, default=1, help="worst slippage in ticks (default 1)")
     paper.add_argument("--paper-reject-rate", type=float, default=0.0, help="share of orders rejected, 0 to 1")
-    paper.add_argument("--paper-balance", type=_decimal, default=Decimal(10000))
+    paper.add_argument(
+        "--paper-balance",
+        type=_decimal,
+        default=Decimal(10000),
+        help="the paper account's starting balance (default 10000)",
+    )
     mt5 = parser.add_argument_group("MetaTrader 5 executor (Windows)")
     mt5.add_argument("--mt5-path", help="terminal64.exe (default: the running terminal)")
     mt5.add_argument("--mt5-login", type=int, help=f"account number; its password is read from ${MT5_PASSWORD_ENV}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -20,11 +21,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backoffice import signing
+from backoffice import cli, producer_cli, signing
 from backoffice.auth import authenticate_token
 from backoffice.bootstrap import Resources
 from backoffice.config import Settings
 from backoffice.models import Role
+from gateway import bridge_cli
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import REDIS_URL, SERVER_URL, TEST_MASTER_KEY, create_database, drop_database
@@ -51,6 +53,30 @@ def signalhub(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.C
     return subprocess.run(
         [sys.executable, "-m", "backoffice.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: str) -> Iterator[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if not action.help:
+            yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:  # each command's line in its parent's --help
+                if not choice.help:
+                    yield f"{path} {choice.dest}"
+            for name, sub in action.choices.items():
+                yield from _undocumented(sub, f"{path} {name}")
+
+
+def test_every_option_and_command_has_help() -> None:
+    standalone = []
+    for add_arguments in (producer_cli.add_arguments, bridge_cli.add_arguments):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        standalone.append(parser)
+    assert [*_undocumented(cli._parser(), "signalhub")] == []
+    assert [*_undocumented(standalone[0], "producer"), *_undocumented(standalone[1], "bridge")] == []
 
 
 async def test_admin_create_user_prints_credentials(settings: Settings, res: Resources) -> None:
