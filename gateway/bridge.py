@@ -37,7 +37,11 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from backoffice import quotes
 from backoffice.config import Secret
+from backoffice.devices import SYMBOL_RE
+from backoffice.errors import InvalidArgument
+from backoffice.models import ActorType
 from backoffice.sealing import InstructionSealer, SealError
 from backoffice.signing import CONNECT_METHOD, signed_metadata
 from gateway.executors import (
@@ -1056,10 +1060,28 @@ class BridgeClient:
                         continue
                     self._last_quotes[instrument] = (bid, ask, now)
                     quote = common_pb2.Quote(instrument=instrument, bid=bid, ask=ask, quote_time=_timestamp(price.time))
+                    if not self._quotable(quote):
+                        continue
                     self._ephemeral(session, pb.DeviceFrame(quote=quote))
                     self.stats.quotes_sent += 1
             except ExecutorError as exc:
                 log.warning("no quotes from the terminal", extra={"error": str(exc)})
+
+    def _quotable(self, quote: common_pb2.Quote) -> bool:
+        """Whether the gateway takes ``quote`` (by its own rule). A terminal's price it would refuse is
+        logged here, at most once per quote_refresh, instead of being sent to be refused."""
+        try:
+            quotes.parse_quote(
+                quote,
+                "quote",
+                instrument=SYMBOL_RE,
+                source_type=ActorType.DEVICE,
+                source_id=uuid.UUID(self.config.device_id),
+            )
+        except InvalidArgument as exc:
+            log.warning("not sent: a quote the gateway would refuse", extra={"violations": exc.violations})
+            return False
+        return True
 
     # -- the main loop
 

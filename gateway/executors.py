@@ -274,7 +274,10 @@ class PaperExecutor(Executor):
         if move and self.config.drift_ticks:
             mid = max(mid + tick * self._rng.randint(-self.config.drift_ticks, self.config.drift_ticks), tick)
             self._mid[instrument] = mid
-        bid = _step_down(mid - tick * self.config.spread_ticks / 2, tick)
+        # On the symbol's tick grid and at least one tick: a signal's entry price may be finer than the
+        # tick or next to zero, and a bid of zero (or one with more decimals than a price may carry) is no
+        # price at all; the gateway would refuse every quote and fill made from it.
+        bid = max(_step_down(mid - tick * self.config.spread_ticks / 2, tick), tick)
         return Price(instrument, bid, bid + tick * self.config.spread_ticks, _now())
 
     async def account(self) -> AccountInfo:
@@ -329,7 +332,10 @@ class PaperExecutor(Executor):
         await self._wait()
         if rejected:
             raise OrderRejected("paper broker: simulated reject")
-        price = market + spec.tick_size * slip if order.side is OrderSide.BUY else market - spec.tick_size * slip
+        if order.side is OrderSide.BUY:
+            price = market + spec.tick_size * slip
+        else:
+            price = max(market - spec.tick_size * slip, spec.tick_size)  # a price stays above zero
         ticket = str(int.from_bytes(hashlib.sha256(order.delivery_id.encode()).digest()[:6], "big"))
         fill = OrderFill(ticket, price, order.volume, _now())
         self._positions[ticket] = HeldPosition(ticket, order.instrument, order.side, order.volume)

@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 from backoffice import errors, signing
 from backoffice.bootstrap import Resources
 from backoffice.config import Settings
-from backoffice.models import Delivery, DeliveryState, EventKind, ExecutionEvent
+from backoffice.models import Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
 from backoffice.producer_client import ProducerClient
 from backoffice.rpc_errors import build_status, trailing_metadata
 from backoffice.sealing import InstructionSealer
@@ -51,7 +51,7 @@ from gateway.bridge import (
     OutFrame,
     delivery_subject,
 )
-from gateway.executors import PaperConfig, PaperExecutor
+from gateway.executors import PaperConfig, PaperExecutor, Price
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
 from signalhub.v1 import common_pb2
@@ -930,3 +930,72 @@ def test_ledger_files_are_owner_only_whatever_the_umask(tmp_path: Path, umask: i
         assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(previous)
+
+
+async def test_an_absurd_entry_price_fills_and_quotes_what_the_gateway_takes(
+    res: Resources,
+    backoffice_server: Server,
+    backoffice_channel: grpc.aio.Channel,
+    gateway_server: Server,
+    user: UserCredentials,
+    device: KeyCredentials,
+    producer: KeyCredentials,
+    tmp_path: Path,
+) -> None:
+    """A signal at 0.000000000001 (a valid price, far below gold's tick) through the paper bridge: its
+    market stays on the tick grid above zero, so the SELL fill and every quote after it are accepted
+    (they used to be refused: a bid of -0.00, sent again every quote_refresh)."""
+    await _subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_AUTO)
+    executor = PaperExecutor(PaperConfig(seed=6, slippage_ticks=3))
+    config = BridgeConfig(
+        str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db", quote_interval=0.05, quote_refresh=0.1
+    )
+    client = BridgeClient(config, signing.parse_secret(device.secret), executor)
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.wait_for(client.connected.wait(), 15)
+        async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
+            await signals.submit_signal("XAUUSD", "sell", entry_price="0.000000000001")
+
+        async def filled() -> bool:
+            async with res.sessions() as session:
+                states = (await session.scalars(select(Delivery.state).where(Delivery.device_id == device.id))).all()
+            return list(states) == [DeliveryState.FILLED]
+
+        await _until(filled, "the gateway to record the fill")
+
+        async def quoted() -> bool:
+            async with res.sessions() as session:
+                quote = await session.get(Quote, "XAUUSD", populate_existing=True)
+            return quote is not None and quote.source_id == device.id
+
+        await _until(quoted, "the gateway to store the bridge's quote")
+        await eventually(lambda: client.stats.quotes_sent >= 3, what="quotes sent again")
+        await eventually(lambda: ledger_rows(tmp_path / "ledger.db", "outbox") == [], what="every frame receipted")
+        [(_, fill)] = executor.fills
+        assert fill.price == Decimal("0.01")  # the bid, one tick: a price never reaches zero
+        assert client.stats.receipts_rejected == 0
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, 15)
+
+
+class _OddTerminal(PaperExecutor):
+    """A terminal quoting a price the gateway refuses (more decimals than a price may carry)."""
+
+    async def quote(self, instrument: str) -> Price | None:
+        return Price(instrument, Decimal("1999.0000000000001"), Decimal("2000.01"), datetime.now(UTC))
+
+
+async def test_a_quote_the_gateway_would_refuse_is_not_sent(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    executor = _OddTerminal(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}))
+    client = rig.start(executor, quote_refresh=0.1)
+    await client.connected.wait()
+    instruction = delivery()
+    rig.gateway.push(instruction)
+    with caplog.at_level(logging.WARNING, "signalhub.bridge"):
+        await eventually(lambda: bool(rig.gateway.fills(instruction.delivery.delivery_id)))
+        await eventually(
+            lambda: any("quote the gateway would refuse" in r.getMessage() for r in caplog.records), what="a warning"
+        )
+    assert rig.gateway.of_kind("quote") == [] and client.stats.quotes_sent == 0

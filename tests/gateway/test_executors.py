@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from types import SimpleNamespace
@@ -10,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from gateway import uplink
+from gateway.bridge import wire_decimal
 from gateway.executors import (
     MT5_UNAVAILABLE,
     CloseFailed,
@@ -24,6 +27,8 @@ from gateway.executors import (
     PaperExecutor,
     order_comment,
 )
+from signalhub.v1 import common_pb2
+from signalhub.v1 import gateway_pb2 as pb
 
 
 def order(n: int, side: OrderSide = OrderSide.BUY, volume: str = "0.10", entry: str | None = None) -> OrderRequest:
@@ -208,3 +213,25 @@ async def test_mt5_executor_speaks_decimals_at_its_boundary() -> None:
             await executor.close_position(CloseRequest("c", "555001"))
     finally:
         await executor.stop()
+
+
+@pytest.mark.parametrize("instrument", ["XAUUSD", "EURUSD", "UNLISTED"])
+@pytest.mark.parametrize("side", [OrderSide.BUY, OrderSide.SELL])
+async def test_paper_prices_for_an_absurd_entry_are_ones_the_gateway_takes(instrument: str, side: OrderSide) -> None:
+    """An entry far finer than the tick (and next to zero) moves the paper market, but its quotes and fills
+    stay on the tick grid, at one tick or more; the gateway's own decoding accepts them."""
+    executor = PaperExecutor(PaperConfig(seed=9, slippage_ticks=3, drift_ticks=2))
+    request = OrderRequest(str(uuid.uuid4()), instrument, side, Decimal("0.10"), Decimal("0.000000000001"))
+    fill = await executor.place_order(request)
+    device_id = uuid.uuid4()
+    fill_frame = pb.Fill(
+        delivery_id=request.delivery_id, broker_ticket=fill.broker_ticket, price=wire_decimal(fill.price), volume="0.10"
+    )
+    uplink.decode(device_id, pb.DeviceFrame(frame_id="fill", fill=fill_frame))
+    for n in range(20):  # drift moves the price on every quote
+        price = await executor.quote(instrument)
+        assert price is not None
+        quote = common_pb2.Quote(instrument=instrument, bid=wire_decimal(price.bid), ask=wire_decimal(price.ask))
+        quote.quote_time.GetCurrentTime()
+        uplink.decode(device_id, pb.DeviceFrame(frame_id=f"q{n}", quote=quote))
+    assert (await executor.account()).equity.is_finite()
