@@ -4,8 +4,17 @@
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 
+# The interpreter that creates .venv: $PYTHON when set (e.g. PYTHON=python3.13), else the first of
+# python3.12, python3.11, python3 that is 3.11 or newer. An existing .venv keeps its own.
 pick_python() {
-    if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"; return; fi
+    if [[ -n "${PYTHON:-}" ]]; then
+        if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+            echo "PYTHON=$PYTHON: not a CPython 3.11 or newer that runs here." >&2
+            exit 1
+        fi
+        echo "$PYTHON"
+        return
+    fi
     local candidate
     for candidate in python3.12 python3.11 python3; do
         if command -v "$candidate" >/dev/null 2>&1 &&
@@ -19,6 +28,15 @@ pick_python() {
 
 ensure_venv() {
     local stamp="$venv/.signalhub-installed" want
+    if [[ -n "${PYTHON:-}" && -x "$venv/bin/python" ]]; then
+        local have asked
+        have="$("$venv/bin/python" -c 'import platform; print(platform.python_version())')"
+        asked="$("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "?")"
+        if [[ "$have" != "$asked" ]]; then
+            echo "!! .venv has Python $have, not PYTHON=$PYTHON ($asked): PYTHON only chooses the interpreter" \
+                "when .venv is created; remove .venv to switch." >&2
+        fi
+    fi
     want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
     if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         return
@@ -44,4 +62,43 @@ ensure_venv() {
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# The servers scripts/test runs against, each on its own: its SIGNALHUB_*_URL when set, else the one on
+# 127.0.0.1 when it answers (exported), else an embedded one. Sets embedded_for (DATABASE and/or REDIS)
+# and, when it is not empty, says on stderr which and why. SIGNALHUB_TEST_EMBEDDED=1 forces embedded ones
+# for both, even where others answer. Arguments: the Postgres and Redis ports (default 5432 and 6379).
+choose_test_servers() {
+    local pg_port="${1:-5432}" redis_port="${2:-6379}" why="" names
+    local -a labels=()
+    embedded_for=()
+    if [[ "${SIGNALHUB_TEST_EMBEDDED:-}" == 1 ]]; then
+        unset SIGNALHUB_DATABASE_URL SIGNALHUB_REDIS_URL
+        embedded_for=(DATABASE REDIS)
+        labels=(Postgres Redis)
+        why="forced by SIGNALHUB_TEST_EMBEDDED=1"
+    else
+        if [[ -z "${SIGNALHUB_DATABASE_URL:-}" ]]; then
+            if port_open "$pg_port"; then
+                export SIGNALHUB_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$pg_port/postgres"
+            else
+                embedded_for+=(DATABASE)
+                labels+=(Postgres)
+                why="SIGNALHUB_DATABASE_URL is unset and nothing answers on 127.0.0.1:$pg_port"
+            fi
+        fi
+        if [[ -z "${SIGNALHUB_REDIS_URL:-}" ]]; then
+            if port_open "$redis_port"; then
+                export SIGNALHUB_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+            else
+                embedded_for+=(REDIS)
+                labels+=(Redis)
+                why="${why:+$why; }SIGNALHUB_REDIS_URL is unset and nothing answers on 127.0.0.1:$redis_port"
+            fi
+        fi
+    fi
+    if ((${#embedded_for[@]})); then
+        names="$(printf '%s and ' "${labels[@]}")"
+        echo "== starting embedded ${names% and } under .signalhub/test-servers: $why" >&2
+    fi
 }

