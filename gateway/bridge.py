@@ -7,7 +7,8 @@ Nothing is lost and nothing happens twice, across reconnects and restarts, becau
 * every delivery and close command seen, with its state. A delivery is recorded (and acked RECEIVED)
   before anything else; ``executing`` is committed, fsync'd, before the order goes to the broker; the
   outcome and the frames reporting it are committed together. A repeated ``delivery_id`` is re-acked,
-  never re-executed; one found ``executing`` after a crash is looked up at the broker, never re-placed.
+  never re-executed; one found ``executing`` after a crash, or whose placing failed in the terminal, is
+  looked up at the broker (again, with backoff, while the terminal cannot answer), never re-placed.
 * the outbox: every Ack, Fill and CloseResult frame, stored before it is sent and deleted only when its
   Receipt (ACCEPTED or DUPLICATE) arrives. Unreceipted frames are sent again after every reconnect.
 
@@ -444,6 +445,10 @@ class BridgeConfig:
     healthy_after: float = 5.0  # a session this long (after Welcome) resets the backoff
     quote_interval: float = 1.0
     quote_refresh: float = 10.0  # an unchanged quote is sent again this often
+    # An order whose outcome is unknown is looked up again after this, doubling up to the cap (and at
+    # once after every reconnect), until the terminal answers.
+    lookup_backoff_base: float = 1.0
+    lookup_backoff_cap: float = 60.0
     max_concurrent_orders: int = 8
     drain_timeout: float = 10.0  # on stop: how long in-flight orders and unreceipted frames may take
     prune_after: timedelta = timedelta(days=30)
@@ -474,6 +479,7 @@ class BridgeStats:
     receipts: int = 0
     receipts_rejected: int = 0
     quotes_sent: int = 0
+    lookups_failed: int = 0  # order lookups the terminal could not answer (the outcome stayed unknown)
 
 
 class _SessionEnded(Exception):
@@ -514,6 +520,7 @@ class BridgeClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_quotes: dict[str, tuple[str, str, float]] = {}
         self.connected = asyncio.Event()  # set while a session is welcomed
+        self._welcomed = asyncio.Event()  # set, and replaced, at every Welcome: wakes pending lookups
         self.address: str | None = None  # the gateway of the current (or last) session
 
     def __repr__(self) -> str:
@@ -658,24 +665,47 @@ class BridgeClient:
                 return
             if not await self._db(self.ledger.claim_delivery, delivery_id):
                 return  # not ours to place (already claimed)
-            try:
-                fill = await self.executor.place_order(order)
-            except OrderRejected as exc:
-                await self._placed_outcome(delivery_id, None, f"broker: {exc.reason}")
-                return
-            except Exception as exc:
-                log.exception("order outcome unknown; asking the terminal", extra={"delivery_id": delivery_id})
-                found = await self._find_order(delivery_id)
-                await self._placed_outcome(delivery_id, found, None if found else f"terminal error: {exc}")
-                return
-            await self._placed_outcome(delivery_id, fill, None)
+            unknown = await self._place(order)
+        if unknown is not None:  # outside the order slot: the terminal may take long to answer
+            await self._settle(delivery_id, unknown)
 
-    async def _find_order(self, delivery_id: str) -> OrderFill | None:
+    async def _place(self, order: OrderRequest) -> str | None:
+        """Place the order and record its outcome. When the outcome is unknown (the terminal failed, so
+        the order may or may not be with the broker), nothing is recorded: returns what to report should
+        the terminal then know no such order."""
         try:
-            return await self.executor.find_order(delivery_id)
-        except Exception:
-            log.exception("cannot look the order up", extra={"delivery_id": delivery_id})
-            return None
+            fill = await self.executor.place_order(order)
+        except OrderRejected as exc:
+            await self._placed_outcome(order.delivery_id, None, f"broker: {exc.reason}")
+        except Exception as exc:
+            log.exception("order outcome unknown; asking the terminal", extra={"delivery_id": order.delivery_id})
+            return f"terminal error: {exc}"
+        else:
+            await self._placed_outcome(order.delivery_id, fill, None)
+        return None
+
+    async def _settle(self, delivery_id: str, not_found: str) -> None:
+        """Find out what became of an order whose outcome is unknown: the delivery stays ``executing`` in
+        the ledger while the terminal is asked, at once, then with bounded backoff and after every
+        reconnect, until it answers. Its answer is the outcome (REJECTED with ``not_found`` when it knows
+        no such order): a guess could report a trade that was made as one that was not. Stopping leaves
+        the delivery ``executing``, and the next run asks again."""
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                found = await self.executor.find_order(delivery_id)
+            except Exception as exc:
+                self.stats.lookups_failed += 1
+                delay = min(self.config.lookup_backoff_cap, self.config.lookup_backoff_base * 2**attempt)
+                log.warning(
+                    "order outcome still unknown; looking it up again later",
+                    extra={"delivery_id": delivery_id, "seconds": delay, "error": str(exc) or type(exc).__name__},
+                )
+                attempt += 1
+                await self._pause(delay, self._welcomed)
+                continue
+            await self._placed_outcome(delivery_id, found, None if found else not_found)
+            return
 
     async def _placed_outcome(self, delivery_id: str, fill: OrderFill | None, reason: str | None) -> None:
         if fill is None:
@@ -819,10 +849,9 @@ class BridgeClient:
         """Finish what a previous run left: instructions recorded but not executed are executed now;
         ones caught in the middle of execution are looked up at the broker, never placed again."""
         for delivery_id, _ in await self._db(self.ledger.deliveries_in, State.EXECUTING):
-            found = await self._find_order(delivery_id)
-            reason = None if found else "interrupted: the bridge stopped while placing the order; not retried"
-            log.warning("delivery was interrupted", extra={"delivery_id": delivery_id, "found": found is not None})
-            await self._placed_outcome(delivery_id, found, reason)
+            log.warning("delivery was interrupted; asking the terminal", extra={"delivery_id": delivery_id})
+            reason = "interrupted: the bridge stopped while placing the order; not retried"
+            self._spawn(self._settle(delivery_id, reason), f"delivery-{delivery_id}")
         for delivery_id, data in await self._db(self.ledger.deliveries_in, State.RECEIVED):
             log.info("resuming a recorded delivery", extra={"delivery_id": delivery_id})
             self._spawn(self._execute(pb.Delivery.FromString(data)), f"delivery-{delivery_id}")
@@ -898,6 +927,8 @@ class BridgeClient:
                 self.stats.frames_resent += len(backlog)
             self.address = address
             self.connected.set()
+            self._welcomed.set()
+            self._welcomed = asyncio.Event()
             log.info(
                 "connected",
                 extra={"gateway": address, "session_id": session.session_id, "unreceipted": len(backlog)},
@@ -1089,9 +1120,15 @@ class BridgeClient:
         """Exponential backoff with full jitter."""
         return self._rng.uniform(0, min(self.config.backoff_cap, self.config.backoff_base * 2**attempt))
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep ``seconds``, or less: until stop() (or ``wake`` is set)."""
+        events = [self._stopping] if wake is None else [self._stopping, wake]
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def run(self) -> None:
         """Serve until ``stop()``; raises DeviceRevoked (or LedgerError, ExecutorError) when it cannot go on."""

@@ -51,7 +51,7 @@ from gateway.bridge import (
     OutFrame,
     delivery_subject,
 )
-from gateway.executors import PaperConfig, PaperExecutor, Price
+from gateway.executors import OrderFill, OrderRequest, PaperConfig, PaperExecutor, Price
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
 from signalhub.v1 import common_pb2
@@ -999,3 +999,87 @@ async def test_a_quote_the_gateway_would_refuse_is_not_sent(rig: Rig, caplog: py
             lambda: any("quote the gateway would refuse" in r.getMessage() for r in caplog.records), what="a warning"
         )
     assert rig.gateway.of_kind("quote") == [] and client.stats.quotes_sent == 0
+
+
+class _FlakyTerminal(PaperExecutor):
+    """A terminal that fills the order but loses the answer (place_order raises), then cannot look it up
+    until ``answer_lookups`` is set: the outcome is unknown meanwhile."""
+
+    def __init__(self, *, fill_orders: bool = True, **kw: Any) -> None:
+        super().__init__(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}, **kw))
+        self.fill_orders = fill_orders
+        self.answer_lookups = False
+        self.lookups = 0
+
+    async def place_order(self, order: OrderRequest) -> OrderFill:
+        if self.fill_orders:
+            await super().place_order(order)
+        raise ConnectionError("terminal connection lost")
+
+    async def find_order(self, delivery_id: str) -> OrderFill | None:
+        self.lookups += 1
+        if not self.answer_lookups:
+            raise ConnectionError("terminal connection lost")
+        return await super().find_order(delivery_id)
+
+
+def _reports(rig: Rig, delivery_id: str) -> list[str]:
+    """What the bridge said about a delivery after RECEIVED: acks PLACED/REJECTED, fills."""
+    said = [pb.AckStage.Name(a.stage) for a in rig.gateway.acks(delivery_id) if a.stage != pb.ACK_STAGE_RECEIVED]
+    return said + ["FILL"] * len(rig.gateway.fills(delivery_id))
+
+
+async def test_unknown_outcome_stays_executing_and_is_looked_up_until_the_terminal_answers(rig: Rig) -> None:
+    executor = _FlakyTerminal()
+    client = rig.start(executor, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: executor.lookups >= 4, what="lookups again, with backoff")
+    assert ledger_rows(rig.ledger) == [(delivery_id, "executing", None)]
+    assert _reports(rig, delivery_id) == []  # never REJECTED: the order may well be with the broker
+    executor.answer_lookups = True
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)), what="the fill the lookup found")
+    assert _reports(rig, delivery_id) == ["ACK_STAGE_PLACED", "FILL"]
+    [(_, placed)] = executor.fills
+    assert rig.gateway.fills(delivery_id)[0].broker_ticket == placed.broker_ticket
+    assert ledger_rows(rig.ledger) == [(delivery_id, "filled", None)] and client.stats.lookups_failed >= 4
+
+
+async def test_unknown_outcome_is_looked_up_again_after_a_reconnect(rig: Rig) -> None:
+    executor = _FlakyTerminal()
+    client = rig.start(executor, lookup_backoff_base=600.0, lookup_backoff_cap=600.0)  # only a reconnect helps
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: executor.lookups == 1, what="the first lookup")
+    executor.answer_lookups = True
+    rig.gateway.end_stream(errors.Unavailable("replica going away"))
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)), what="a lookup after the reconnect")
+    assert _reports(rig, delivery_id) == ["ACK_STAGE_PLACED", "FILL"] and executor.lookups == 2
+
+
+async def test_unknown_outcome_survives_a_stop_and_the_next_run_settles_it(rig: Rig) -> None:
+    first = _FlakyTerminal(fill_orders=False)
+    client = rig.start(first, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: first.lookups >= 2)
+    await rig.stop(client)
+    assert ledger_rows(rig.ledger) == [(delivery_id, "executing", None)]
+    assert _reports(rig, delivery_id) == []
+
+    second = _FlakyTerminal(fill_orders=False)  # after the restart, still unanswered at first
+    again = rig.start(second, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
+    await again.connected.wait()
+    await eventually(lambda: second.lookups >= 2, what="lookups after the restart")
+    assert ledger_rows(rig.ledger)[0][1] == "executing"
+    second.answer_lookups = True  # the terminal answers: it never got the order
+    await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)))
+    assert _reports(rig, delivery_id) == ["ACK_STAGE_REJECTED"]
+    assert rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)[0].reason.startswith("interrupted")
+    assert first.fills == [] and second.fills == []
