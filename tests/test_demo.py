@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
@@ -41,6 +44,30 @@ def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _readme_example(containing: str) -> str:
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    (block,) = [block for block in blocks if containing in block]
+    return str(block)
+
+
+def _run_readme_grpcurl_example(env: dict[str, str], cwd: Path, demo: dict[str, str]) -> None:
+    """The README's GetSignalExecution example reads only keys demo.json has and, where grpcurl and jq
+    are installed (they are optional), runs as written and finds the demo device."""
+    example = _readme_example("ExecutionService/GetSignalExecution")
+    keys = set(re.findall(r"jq -r \.(\w+) \.signalhub/demo\.json", example))
+    assert keys and keys <= set(demo)
+    if not (shutil.which("grpcurl", path=env.get("PATH")) and shutil.which("jq", path=env.get("PATH"))):
+        return
+    script = example.replace(".venv/bin/signalhub", f"{sys.executable} -m backoffice.cli")
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    # Parsed with protobuf's JSON mapping, which takes field names as written or in lowerCamelCase.
+    (device,) = json_format.Parse(ran.stdout, pb.SignalExecution()).devices
+    assert device.device_id == demo["device_id"] and device.instrument == "GOLD.m"
 
 
 def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
@@ -120,6 +147,7 @@ def test_a_demo_signal_goes_from_producer_to_paper_fill(tmp_path: Path, demo_dat
         assert {pb.DELIVERY_STATE_RECEIVED, pb.DELIVERY_STATE_PLACED, pb.DELIVERY_STATE_FILLED} <= {
             latency.stage for latency in device.latencies
         }
+        _run_readme_grpcurl_example(env, tmp_path, demo)
     finally:
         outputs = [_stop(bridge)] if bridge is not None else []
         outputs.append(_stop(up))
