@@ -15,13 +15,13 @@ from backoffice import audit, paging, signing
 from backoffice.accounts import rotate_secret, validate_name
 from backoffice.auth import Caller
 from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound
+from backoffice.idempotency import add_once
 from backoffice.models import Device, DeviceStatus
-from backoffice.signals import add_once
+from backoffice.validation import SYMBOL_RE
 from backoffice.vault import Binding, Vault
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
 # A broker symbol as MetaTrader spells it (e.g. "GOLD.m", "EURUSD#").
-SYMBOL_RE = re.compile(r"^[A-Za-z0-9._#-]{1,32}$")
 SYMBOL_MAP_MAX = 500
 UPDATABLE_FIELDS = ("name", "symbol_map")
 IDLE_AFTER = timedelta(days=7)

@@ -16,14 +16,16 @@ from typing import TypeVar
 from google.protobuf.message import Message
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice.errors import AlreadyExists
-from backoffice.models import IdempotencyRecord
+from backoffice.models import Base, IdempotencyRecord
 from backoffice.validation import parse_id
 from backoffice.vault import Binding, Vault
 
 ResponseT = TypeVar("ResponseT", bound=Message)
+_UNIQUE_VIOLATION = "23505"
 
 
 async def run_once(
@@ -70,6 +72,21 @@ async def run_once(
         update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(response_sealed=sealed)
     )
     return response
+
+
+async def add_once(session: AsyncSession, row: Base) -> None:
+    """Insert ``row``, which is unique per caller and request_id. A retry normally meets its idempotency
+    record first; once the worker has purged that record, the unique constraint still refuses a second
+    object (a producer's late retry must never trade twice), and the client hears ALREADY_EXISTS."""
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise
+        raise AlreadyExists(
+            "the request_id was used before and its record has expired", reason="REQUEST_ID_REUSED"
+        ) from None
 
 
 def _binding(record_id: uuid.UUID) -> Binding:

@@ -127,7 +127,7 @@ class DeliveryState(enum.StrEnum):
     EXPIRED = "EXPIRED"
     FAILED = "FAILED"  # the server could not send it (e.g. could not be sealed)
     SKIPPED = "SKIPPED"  # sizing gave no tradable volume; the reason is recorded
-    CANCELLED = "CANCELLED"  # the signal was cancelled before it was sent
+    CANCELLED = "CANCELLED"  # the signal was cancelled before the device acked RECEIVED: never (re-)sent
 
 
 class EventKind(enum.StrEnum):

@@ -13,10 +13,8 @@ from uuid import UUID
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice.api.wire import parse_timestamp
-from backoffice.errors import InvalidArgument
+from backoffice import validation
 from backoffice.models import ActorType, Quote
-from backoffice.validation import parse_decimal
 from signalhub.v1 import common_pb2
 
 
@@ -33,31 +31,9 @@ class QuoteIn:
 def parse_quote(
     quote: common_pb2.Quote, prefix: str, *, instrument: re.Pattern[str], source_type: ActorType, source_id: UUID
 ) -> QuoteIn:
-    """A wire Quote as a domain quote. InvalidArgument names every bad field as ``<prefix>.<field>``.
-    ``instrument`` is the source's naming rule: producers name instruments, devices their broker's symbols."""
-    violations: list[tuple[str, str]] = []
-    if not instrument.match(quote.instrument):
-        violations.append((f"{prefix}.instrument", f"must match {instrument.pattern}"))
-    prices: dict[str, Decimal] = {}
-    for name in ("bid", "ask"):
-        try:
-            prices[name] = parse_decimal(getattr(quote, name), f"{prefix}.{name}")
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-    if len(prices) == 2 and prices["bid"] > prices["ask"]:
-        violations.append((f"{prefix}.bid", "must not exceed ask"))
-    quote_time = None
-    if not quote.HasField("quote_time"):
-        violations.append((f"{prefix}.quote_time", "is required"))
-    else:
-        try:
-            quote_time = parse_timestamp(quote.quote_time, True, f"{prefix}.quote_time")
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-    if violations:
-        raise InvalidArgument(violations)
-    assert quote_time is not None
-    return QuoteIn(quote.instrument, prices["bid"], prices["ask"], quote_time, source_type, source_id)
+    """A wire Quote (checked by ``validation.parse_quote``) as a domain quote of its source."""
+    prices = validation.parse_quote(quote, prefix, instrument)
+    return QuoteIn(prices.instrument, prices.bid, prices.ask, prices.quote_time, source_type, source_id)
 
 
 def latest(quotes: Iterable[QuoteIn]) -> dict[str, QuoteIn]:

@@ -38,22 +38,32 @@ def as_domain_error(error: SignatureError) -> errors.Unauthenticated:
     return errors.Unauthenticated(error.detail, reason=error.reason.value)
 
 
+# Error details travel in trailing metadata, which gRPC caps at 16 KiB: a client's own huge input (a
+# field path naming a 200,000-character map key) must never be echoed whole, or the status itself is lost.
+MAX_DETAIL_TEXT = 200
+MAX_VIOLATIONS = 20
+
+
 def build_status(error: errors.DomainError, request_id: str | None = None) -> tuple[grpc.StatusCode, status_pb2.Status]:
     code = status_code_of(error)
-    metadata = dict(error.metadata)
+    metadata = {_cut(key): _cut(value) for key, value in error.metadata.items()}
     if request_id:
         metadata["request_id"] = request_id
-    status = status_pb2.Status(code=_rpc_code(code), message=error.message)
+    status = status_pb2.Status(code=_rpc_code(code), message=_cut(error.message, 4 * MAX_DETAIL_TEXT))
     _pack(status, error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     if isinstance(error, errors.InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
-                for field, description in error.violations
+                error_details_pb2.BadRequest.FieldViolation(field=_cut(field), description=_cut(description))
+                for field, description in error.violations[:MAX_VIOLATIONS]
             ]
         )
         _pack(status, bad_request)
     return code, status
+
+
+def _cut(text: str, limit: int = MAX_DETAIL_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:

@@ -12,17 +12,16 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import exists, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, deliveries, paging, positions
 from backoffice.approvals import expire_undecided, open_approvals
 from backoffice.auth import Caller
-from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from backoffice.idempotency import add_once
 from backoffice.models import (
     ActorType,
     Approval,
-    Base,
     CloseReason,
     Device,
     Position,
@@ -40,7 +39,6 @@ PAYLOAD_MAX_BYTES = 32 * 1024
 DEFAULT_LIFETIME = timedelta(seconds=60)
 MAX_LIFETIME = timedelta(days=7)
 MAX_QUOTES = 1000
-_UNIQUE_VIOLATION = "23505"
 
 
 @dataclass(frozen=True)
@@ -166,21 +164,6 @@ async def _store(
         request_id=str(request_id) if request_id else None,
     )
     return row
-
-
-async def add_once(session: AsyncSession, row: Base) -> None:
-    """Insert ``row``, which is unique per caller and request_id. A retry normally meets its idempotency
-    record first; once the worker has purged that record, the unique constraint still refuses a second
-    object (a producer's late retry must never trade twice), and the client hears ALREADY_EXISTS."""
-    session.add(row)
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
-            raise
-        raise AlreadyExists(
-            "the request_id was used before and its record has expired", reason="REQUEST_ID_REUSED"
-        ) from None
 
 
 @dataclass(frozen=True)

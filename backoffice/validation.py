@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from backoffice.errors import InvalidArgument
+from signalhub.v1 import common_pb2
 
 # Plain decimal notation only: no exponent, NaN or infinity; bounded so numeric columns stay sane.
 _DECIMAL_RE = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,12})?$")
+# A broker's symbol as a device names it (symbol maps, Hello, quotes): brokers add suffixes like ".m" or "#".
+SYMBOL_RE = re.compile(r"^[A-Za-z0-9._#-]{1,32}$")
 
 
 def check_text(message: Message) -> None:
@@ -84,3 +90,50 @@ def parse_optional_decimal(value: str, field: str, *, positive: bool = True) -> 
 def decimal_text(value: Decimal | None) -> str:
     """Decimal strings as the contract wants them: no exponent, no float rounding; '' for none."""
     return "" if value is None else format(value, "f")
+
+
+def parse_timestamp(value: Timestamp, present: bool, field: str = "timestamp") -> datetime | None:
+    """An aware datetime, or None when absent; out-of-range seconds or nanos are INVALID_ARGUMENT."""
+    if not present:
+        return None
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument([(field, "not a valid timestamp")]) from None
+
+
+@dataclass(frozen=True)
+class QuotePrices:
+    instrument: str
+    bid: Decimal
+    ask: Decimal
+    quote_time: datetime
+
+
+def parse_quote(quote: common_pb2.Quote, prefix: str, instrument: re.Pattern[str]) -> QuotePrices:
+    """The one rule for a wire Quote, whoever sends it (a producer's feed, a device, or the bridge
+    checking what it is about to send). InvalidArgument names every bad field as ``<prefix>.<field>``;
+    ``instrument`` is the sender's naming rule: producers name instruments, devices their broker's symbols."""
+    violations: list[tuple[str, str]] = []
+    if not instrument.match(quote.instrument):
+        violations.append((f"{prefix}.instrument", f"must match {instrument.pattern}"))
+    prices: dict[str, Decimal] = {}
+    for name in ("bid", "ask"):
+        try:
+            prices[name] = parse_decimal(getattr(quote, name), f"{prefix}.{name}")
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+    if len(prices) == 2 and prices["bid"] > prices["ask"]:
+        violations.append((f"{prefix}.bid", "must not exceed ask"))
+    quote_time = None
+    if not quote.HasField("quote_time"):
+        violations.append((f"{prefix}.quote_time", "is required"))
+    else:
+        try:
+            quote_time = parse_timestamp(quote.quote_time, True, f"{prefix}.quote_time")
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+    if violations:
+        raise InvalidArgument(violations)
+    assert quote_time is not None
+    return QuotePrices(quote.instrument, prices["bid"], prices["ask"], quote_time)

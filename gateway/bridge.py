@@ -38,13 +38,11 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from backoffice import quotes
 from backoffice.config import Secret
-from backoffice.devices import SYMBOL_RE
 from backoffice.errors import InvalidArgument
-from backoffice.models import ActorType
 from backoffice.sealing import InstructionSealer, SealError
 from backoffice.signing import CONNECT_METHOD, signed_metadata
+from backoffice.validation import SYMBOL_RE, parse_quote
 from gateway.executors import (
     CloseFailed,
     CloseRequest,
@@ -1102,13 +1100,7 @@ class BridgeClient:
         """Whether the gateway takes ``quote`` (by its own rule). A terminal's price it would refuse is
         logged here, at most once per quote_refresh, instead of being sent to be refused."""
         try:
-            quotes.parse_quote(
-                quote,
-                "quote",
-                instrument=SYMBOL_RE,
-                source_type=ActorType.DEVICE,
-                source_id=uuid.UUID(self.config.device_id),
-            )
+            parse_quote(quote, "quote", SYMBOL_RE)
         except InvalidArgument as exc:
             log.warning("not sent: a quote the gateway would refuse", extra={"violations": exc.violations})
             return False

@@ -21,11 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backoffice import audit
 from backoffice.api.wire import decimal_text
 from backoffice.deliveries import any_id, event_row
-from backoffice.devices import SYMBOL_RE
 from backoffice.errors import InvalidArgument, Unauthenticated
 from backoffice.models import ActorType, Device, DeviceStatus, EventKind, ExecutionEvent
 from backoffice.signing import AuthFailure
-from backoffice.validation import parse_decimal
+from backoffice.validation import SYMBOL_RE, parse_decimal
 from signalhub.v1 import gateway_pb2 as pb
 
 MAX_SYMBOLS = 2000

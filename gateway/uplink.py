@@ -21,15 +21,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import deliveries, quotes
-from backoffice.api.wire import parse_timestamp
 from backoffice.deliveries import DeviceReport, Outcome, Verdict
-from backoffice.devices import SYMBOL_RE
 from backoffice.errors import InvalidArgument, Unavailable
 from backoffice.logs import request_id_var
 from backoffice.models import ActorType, DeliveryState
 from backoffice.rpc_errors import build_status
 from backoffice.serving import cancel_and_wait
-from backoffice.validation import parse_decimal, parse_id
+from backoffice.validation import SYMBOL_RE, parse_decimal, parse_id, parse_timestamp
 from signalhub.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("signalhub.gateway.uplink")

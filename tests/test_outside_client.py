@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from tests.conftest import KeyCredentials, UserCredentials, rpc_failure, signed_call
-from tests.gateway.support import DeviceStream
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as gw
+from tests.conftest import KeyCredentials, UserCredentials, rpc_failure, signed_call
+from tests.gateway.support import DeviceStream
 
 SUBMIT = "/signalhub.v1.SignalService/SubmitSignal"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -14,6 +14,7 @@ from backoffice.errors import InvalidArgument
 
 # Re-exported: encoders use it beside the other wire helpers.
 from backoffice.validation import decimal_text as decimal_text
+from backoffice.validation import parse_timestamp as parse_timestamp
 
 EnumT = TypeVar("EnumT", bound=enum.Enum)
 
@@ -24,16 +25,6 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
-
-
-def parse_timestamp(value: Timestamp, present: bool, field: str = "timestamp") -> datetime | None:
-    """An aware datetime, or None when absent; out-of-range seconds or nanos are INVALID_ARGUMENT."""
-    if not present:
-        return None
-    try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument([(field, "not a valid timestamp")]) from None
 
 
 def enum_to_wire(wire_enum: Any, prefix: str, value: enum.Enum | None) -> Any:

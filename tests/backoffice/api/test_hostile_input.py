@@ -1,0 +1,195 @@
+"""Every back-office RPC, hunted by hypothesis: random and hostile messages and raw bytes, with no
+credentials, bad ones and good ones (bearer tokens of a user and an admin; producer signatures over the
+exact bytes sent). Whatever comes back is a proper status with an ErrorInfo, never UNKNOWN or INTERNAL,
+and the server keeps SERVING."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backoffice import signing
+from backoffice.bootstrap import METHOD_AUTH, SERVICES, Resources
+from backoffice.interceptors import Auth
+from signalhub.v1 import backoffice_pb2 as pb
+from tests.conftest import KeyCredentials, UserCredentials, make_device
+from tests.hostile import assert_proper_status, messages, raw_bytes
+
+METHODS = [method for service in SERVICES for method in service.methods]
+# Bounded and repeatable in the suite; SIGNALHUB_HOSTILE_EXAMPLES=500 SIGNALHUB_HOSTILE_RANDOM=1 for a hunt.
+EXAMPLES = int(os.environ.get("SIGNALHUB_HOSTILE_EXAMPLES", "12"))
+HUNT = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=os.environ.get("SIGNALHUB_HOSTILE_RANDOM") != "1",
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+AUTHS = ["none", "garbage", "user", "admin", "signed", "badly-signed"]
+FOREIGN_SECRET = signing.parse_secret("shs_" + "A" * 43)
+
+
+def path(method: MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+@pytest.fixture
+async def world(res: Resources, user: UserCredentials, admin: UserCredentials, producer: KeyCredentials) -> Any:
+    """Real objects whose ids the fuzzer may use, so calls reach the code behind the first NOT_FOUND."""
+    device = await make_device(res, user)
+    return {
+        "user": user,
+        "admin": admin,
+        "producer": producer,
+        "known": [str(user.id), str(admin.id), str(producer.id), str(device.id)],
+    }
+
+
+def metadata_for(auth: str, world: dict[str, Any], method: str, body: bytes) -> tuple[tuple[str, str], ...]:
+    producer: KeyCredentials = world["producer"]
+    if auth == "garbage":
+        return (("authorization", "Bearer sht_not-a-token"), ("x-sh-signature", "v1=???"), ("x-sh-key-id", "x"))
+    if auth in ("user", "admin"):
+        return world[auth].metadata  # type: ignore[no-any-return]
+    if auth == "signed":
+        return signing.signed_metadata(signing.parse_secret(producer.secret), method, str(producer.id), body)
+    if auth == "badly-signed":
+        return signing.signed_metadata(FOREIGN_SECRET, method, str(producer.id), body)
+    return ()
+
+
+async def call(channel: grpc.aio.Channel, method: str, body: bytes, metadata: Any) -> None:
+    try:
+        await channel.unary_unary(method)(body, metadata=metadata, timeout=30)
+    except grpc.aio.AioRpcError as error:
+        assert_proper_status(error)
+
+
+def auths_for(method: str) -> st.SearchStrategy[str]:
+    signed = METHOD_AUTH.get(method, Auth.BEARER) is not Auth.BEARER
+    return st.sampled_from(AUTHS if signed else [a for a in AUTHS if "signed" not in a])
+
+
+@pytest.mark.parametrize("method", METHODS, ids=path)
+@HUNT
+@given(data=st.data())
+async def test_hostile_messages_get_a_proper_status(
+    method: MethodDescriptor, backoffice_channel: grpc.aio.Channel, world: dict[str, Any], data: st.DataObject
+) -> None:
+    name = path(method)
+    body = data.draw(messages(method.input_type, world["known"])).SerializeToString()
+    await call(backoffice_channel, name, body, metadata_for(data.draw(auths_for(name)), world, name, body))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=path)
+@HUNT
+@given(data=st.data())
+async def test_bytes_that_are_not_a_message_get_a_proper_status(
+    method: MethodDescriptor, backoffice_channel: grpc.aio.Channel, world: dict[str, Any], data: st.DataObject
+) -> None:
+    name = path(method)
+    good = "signed" if METHOD_AUTH.get(name, Auth.BEARER) is not Auth.BEARER else "admin"
+    body = data.draw(raw_bytes(method.input_type))
+    await call(backoffice_channel, name, body, metadata_for(good, world, name, body))
+
+
+async def test_garbage_bytes_are_invalid_argument_only_after_authentication(
+    backoffice_channel: grpc.aio.Channel, world: dict[str, Any]
+) -> None:
+    name = "/signalhub.v1.DeviceService/ListDevices"
+    garbage = b"\xff\xff\xff"
+    for metadata, code, reason in [
+        ((), grpc.StatusCode.UNAUTHENTICATED, None),
+        (world["user"].metadata, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await backoffice_channel.unary_unary(name)(garbage, metadata=metadata, timeout=10)
+        assert info.value.code() == code
+        if reason:
+            assert assert_proper_status(info.value) == reason
+
+
+async def test_a_message_over_the_size_limit_is_invalid_argument(
+    backoffice_channel: grpc.aio.Channel, res: Resources, world: dict[str, Any]
+) -> None:
+    request = pb.RegisterDeviceRequest(name="x" * (res.settings.max_message_bytes + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await backoffice_channel.unary_unary("/signalhub.v1.DeviceService/RegisterDevice")(
+            request.SerializeToString(), metadata=world["user"].metadata, timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert assert_proper_status(info.value) == "MESSAGE_TOO_LARGE"
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "field"),
+    [
+        ("/signalhub.v1.DeviceService/RegisterDevice", pb.RegisterDeviceRequest(name="vps\x00"), "name"),
+        (
+            "/signalhub.v1.DeviceService/RegisterDevice",
+            pb.RegisterDeviceRequest(name="vps", symbol_map={"XAUUSD": "GOLD\x00"}),
+            "symbol_map['XAUUSD']",
+        ),
+        ("/signalhub.v1.SignalService/ListSignals", pb.ListSignalsRequest(page_token="\x00"), "page_token"),
+        ("/signalhub.v1.ApprovalService/ListApprovals", pb.ListApprovalsRequest(page_token="a\x00"), "page_token"),
+    ],
+)
+async def test_a_nul_character_anywhere_is_invalid_argument_naming_the_field(
+    backoffice_channel: grpc.aio.Channel,
+    res: Resources,
+    world: dict[str, Any],
+    method: str,
+    request_message: Any,
+    field: str,
+) -> None:
+    from tests.conftest import rpc_failure
+
+    before = await _device_count(res)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await backoffice_channel.unary_unary(method)(
+            request_message.SerializeToString(), metadata=world["user"].metadata, timeout=10
+        )
+    failure = rpc_failure(info.value)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT and field in failure.violations
+    assert await _device_count(res) == before  # nothing changed
+
+
+async def test_a_nul_in_a_signed_signal_payload_is_invalid_argument(
+    backoffice_channel: grpc.aio.Channel, world: dict[str, Any]
+) -> None:
+    from tests.conftest import rpc_failure, signed_call
+
+    request = pb.SubmitSignalRequest(request_id=str(uuid.uuid4()), instrument="XAUUSD", side=1)
+    request.payload.update({"note\x00": "x", "nested": {"k": "v\x00"}})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await signed_call(
+            backoffice_channel, world["producer"], "/signalhub.v1.SignalService/SubmitSignal", request, pb.Signal
+        )
+    failure = rpc_failure(info.value)
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(failure.violations) == {
+        "payload.fields['note\\x00']",
+        "payload.fields['nested'].struct_value.fields['k'].string_value",
+    }
+
+
+async def test_the_server_keeps_serving(backoffice_channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(backoffice_channel)
+    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def _device_count(res: Resources) -> int:
+    from sqlalchemy import func, select
+
+    from backoffice.models import Device
+
+    async with res.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(Device)) or 0)

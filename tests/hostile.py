@@ -1,0 +1,182 @@
+"""Hypothesis strategies for hostile input, built from the contract's own descriptors so that every field
+of every request and frame is covered without a list to keep in step: huge strings, NUL characters, bad
+decimals, NaN, out-of-range timestamps, unknown enum numbers, deep Structs, forged page tokens, and raw
+bytes that are not a message at all."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+from hypothesis import strategies as st
+
+from backoffice import paging
+from tests.conftest import rpc_failure
+
+NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+
+_DECIMALS = [
+    "0",
+    "-1",
+    "1e5",
+    "NaN",
+    "Infinity",
+    "-0",
+    "0.000000000001",
+    "2034.15",
+    "99999999999999999999.999999999999",
+]
+_DECIMALS += ["1" * 30, "0.1234567890123", " 1.5 ", "1,5", "+1", ".5"]
+_WORDS = ["", "XAUUSD", "GOLD.m", "EURUSD", "a@b.c", "sht_x", "shs_x", "\x00", "a\x00b", "é€😀", "\ud7ff", " "]
+
+
+def _forged_page_tokens() -> list[str]:
+    """Tokens that decode but point where no real token would: odd times, naive times, wrong fingerprints."""
+    tokens = ["", "!!!", "e30", base64.urlsafe_b64encode(b"\xff\xfe").decode()]
+    for filters in range(7):
+        for moment in ("0001-01-01T00:00:00", "9999-12-31T23:59:59+14:00", "2026-01-01", "x", "2026-01-01T00:00:00Z"):
+            raw = json.dumps({"t": moment, "i": str(uuid.uuid4()), "f": paging._fingerprint([None] * filters)})
+            tokens.append(base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode())
+    tokens.append(base64.urlsafe_b64encode(json.dumps({"t": 1, "i": [], "f": None}).encode()).decode())
+    return tokens
+
+
+FORGED_TOKENS = _forged_page_tokens()
+
+
+def strings(known: Sequence[str] = ()) -> st.SearchStrategy[str]:
+    """Text a client might send, friendly or not; ``known`` adds ids of real objects, so calls get past
+    the first NOT_FOUND into the code behind it."""
+    return st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(_WORDS + _DECIMALS + FORGED_TOKENS + [str(uuid.uuid4()) for _ in range(3)] + list(known)),
+        st.text(max_size=10).map(lambda s: s + "\x00" + s),
+        st.sampled_from([n * "A" for n in (65, 300, 5_000, 200_000)]),
+    )
+
+
+def _json_values() -> st.SearchStrategy[Any]:
+    leaves = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=12),
+        st.just("\x00"),
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12,
+    )
+
+
+def deep_struct_bytes(depth: int) -> bytes:
+    """A Struct nested ``depth`` times ({"a": {"a": ...}}), written by hand: deeper than protobuf's
+    recursion limit of 100, it cannot be built as a message."""
+    inner = b""
+    for _ in range(depth):
+        value = b"\x2a" + _varint(len(inner)) + inner  # Value.struct_value (field 5)
+        entry = b"\x0a\x01a" + b"\x12" + _varint(len(value)) + value  # map entry: key "a", value
+        inner = b"\x0a" + _varint(len(entry)) + entry  # Struct.fields (field 1)
+    return inner
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = number & 0x7F
+        number >>= 7
+        if number:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+@st.composite
+def messages(draw: st.DrawFn, descriptor: Descriptor, known: Sequence[str] = (), depth: int = 0) -> Message:
+    """A message of ``descriptor``'s type with a random subset of its fields set to hostile values."""
+    message = GetMessageClass(descriptor)()
+    if descriptor.full_name == "google.protobuf.Struct":
+        message.update(draw(st.dictionaries(st.text(max_size=8), _json_values(), max_size=5)))  # type: ignore[attr-defined]
+        return message
+    if descriptor.full_name == "google.protobuf.Timestamp":
+        message.seconds = draw(st.integers(-(2**63), 2**63 - 1) | st.integers(-62135596800, 253402300799))  # type: ignore[attr-defined]
+        message.nanos = draw(st.integers(-(2**31), 2**31 - 1) | st.just(0))  # type: ignore[attr-defined]
+        return message
+    for field in descriptor.fields:
+        if not draw(st.booleans()):
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entries = draw(st.dictionaries(strings(known), strings(known), max_size=4))
+            getattr(message, field.name).update(entries)
+        elif field.is_repeated:
+            for _ in range(draw(st.integers(0, 3))):
+                _append(draw, message, field, known, depth)
+        elif field.message_type is not None:
+            if depth < 3:
+                getattr(message, field.name).CopyFrom(draw(messages(field.message_type, known, depth + 1)))
+        else:
+            setattr(message, field.name, draw(_scalar(field, known)))
+    return message
+
+
+def _append(draw: st.DrawFn, message: Message, field: FieldDescriptor, known: Sequence[str], depth: int) -> None:
+    values = getattr(message, field.name)
+    if field.message_type is not None:
+        if depth < 3:
+            values.add().CopyFrom(draw(messages(field.message_type, known, depth + 1)))
+    else:
+        values.append(draw(_scalar(field, known)))
+
+
+def _scalar(field: FieldDescriptor, known: Sequence[str]) -> st.SearchStrategy[Any]:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_STRING:
+        return strings(known)
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return st.binary(max_size=64)
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
+    if kind == FieldDescriptor.TYPE_ENUM:
+        return st.integers(-3, 12) | st.sampled_from([2**31 - 1, -(2**31)])
+    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return st.floats(allow_nan=True, allow_infinity=True, width=32 if kind == FieldDescriptor.TYPE_FLOAT else 64)
+    if kind in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32):
+        return st.integers(-(2**31), 2**31 - 1)
+    if kind in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):
+        return st.integers(0, 2**32 - 1)
+    if kind in (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64):
+        return st.integers(0, 2**64 - 1)
+    return st.integers(-(2**63), 2**63 - 1)
+
+
+def raw_bytes(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
+    """Bytes on the wire that are garbage, a truncated real message, or a Struct nested too deep."""
+    options = [
+        st.binary(min_size=1, max_size=200),
+        messages(descriptor).map(lambda m: m.SerializeToString()[:-1]).filter(bool),
+        st.just(b"\x0a" + _varint(2_000_000) + b"x"),  # a length prefix far past the end
+    ]
+    structs = [f for f in descriptor.fields if f.message_type and f.message_type.full_name == "google.protobuf.Struct"]
+    for field in structs:
+        tag = _varint(field.number << 3 | 2)
+        options.append(st.integers(90, 140).map(lambda d, tag=tag: tag + _length_prefixed(deep_struct_bytes(d))))
+    return st.one_of(*options)
+
+
+def _length_prefixed(body: bytes) -> bytes:
+    return _varint(len(body)) + body
+
+
+def assert_proper_status(error: grpc.aio.AioRpcError) -> str:
+    """A hostile call's answer: a real status (never UNKNOWN or INTERNAL) with exactly one ErrorInfo."""
+    assert error.code() not in NEVER, f"{error.code()}: {error.details()}"
+    return rpc_failure(error).reason
