@@ -100,7 +100,7 @@ class KeyKind(Enum):
 
 
 class SignatureVerifier:
-    """CONTRACT.md's verification order: well-formed headers, timestamp within tolerance, signature over
+    """docs/contract.md's verification order: well-formed headers, timestamp within tolerance, signature over
     the raw bytes in constant time against the current and (inside its grace period) previous secret,
     and only then the nonce is recorded, so a bad signature can never burn one."""
 

@@ -1,4 +1,4 @@
-"""Idempotent mutations (CONTRACT.md): the same caller repeating a request_id with the same request gets
+"""Idempotent mutations (docs/contract.md): the same caller repeating a request_id with the same request gets
 the first response; with a different request, ALREADY_EXISTS.
 
 The record is inserted first, in the same transaction as the change: a concurrent repeat blocks on its

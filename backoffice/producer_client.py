@@ -1,6 +1,6 @@
 """The Python producer SDK: signed calls to ``SignalService`` that are safe to retry.
 
-Each call serialises its request once; every attempt signs those exact bytes (CONTRACT.md's
+Each call serialises its request once; every attempt signs those exact bytes (docs/contract.md's
 SH1-HMAC-SHA256, with a fresh timestamp and nonce, so a retry is never a replay) and sends them through a
 multicallable that does not serialise again. Every attempt carries a deadline. ``UNAVAILABLE`` and
 ``DEADLINE_EXCEEDED`` are retried with capped exponential backoff and full jitter; a mutating call keeps

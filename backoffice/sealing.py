@@ -1,4 +1,4 @@
-"""Sealed instructions (CONTRACT.md): AES-256-GCM end to end between the gateway and one bridge.
+"""Sealed instructions (docs/contract.md): AES-256-GCM end to end between the gateway and one bridge.
 
 The key is derived from the device secret that signed the stream's open, so a TLS-terminating proxy can
 neither read, alter nor inject an instruction.

@@ -67,7 +67,7 @@ def draft(
     now: datetime,
     tolerance_seconds: int,
 ) -> SignalDraft:
-    """Every rule of CONTRACT.md's "Signal rules"; all broken ones are reported together."""
+    """Every rule of docs/contract.md's "Signal rules"; all broken ones are reported together."""
     violations: list[tuple[str, str]] = []
 
     def decimal(value: str, name: str) -> Decimal | None:

@@ -1,4 +1,4 @@
-"""CONTRACT.md's SH1-HMAC-SHA256 request signature: one implementation for servers and client SDKs.
+"""docs/contract.md's SH1-HMAC-SHA256 request signature: one implementation for servers and client SDKs.
 
 The signature covers the method, key id, timestamp, nonce and the SHA-256 of the request bytes exactly
 as sent on the wire, so the server must verify over the raw bytes it received.
@@ -35,7 +35,7 @@ _KEY_ID_MAX = 128
 
 
 class AuthFailure(StrEnum):
-    """The ``ErrorInfo.reason`` values of CONTRACT.md for a failed signature."""
+    """The ``ErrorInfo.reason`` values of docs/contract.md for a failed signature."""
 
     SIGNATURE_MISSING = "SIGNATURE_MISSING"
     SIGNATURE_INVALID = "SIGNATURE_INVALID"

@@ -116,7 +116,7 @@ class DeviceSession:
         self.device_id = key.id
         self.session_id = str(uuid.uuid4())
         self.connected_at = datetime.now(UTC)
-        # The sealing key derives from the secret that signed this stream's open (CONTRACT.md).
+        # The sealing key derives from the secret that signed this stream's open (docs/contract.md).
         self.sealer = InstructionSealer(key.secret, str(key.id))
         self.outbox = Outbox(settings.session_queue_size, on_room=self.wake)
         self.welcomed = False

@@ -1,4 +1,4 @@
-"""`scripts/bench`: signalhub's benchmark (issue 4 point 7; targets from DESIGN.md, "Limits we hold
+"""`scripts/bench`: signalhub's benchmark (targets from docs/design.md, "Limits we hold
 ourselves to").
 
 It drives the real system through its public APIs: a fresh database, the back office and one gateway

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +36,38 @@ TEST_MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 VECTORS_COPY = Path(__file__).with_name("contract_vectors.json")
 SHARED_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors.json"
 CONTRACT_VECTORS = json.loads(VECTORS_COPY.read_text())
+
+
+# Server-side loggers whose ERROR records mean a failure nobody planned for: an INTERNAL answer, or a
+# background round of the gateway or worker that broke. Client SDK loggers are left out on purpose.
+SERVER_LOGGERS = ("signalhub.rpc", "signalhub.gateway.push", "signalhub.gateway.sweeper", "signalhub.worker")
+
+
+class _UnplannedFailures(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_unplanned_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test doubles as a hunt for INTERNAL: a server error logged while it ran fails it, unless the
+    test is marked ``server_error_expected`` (one that breaks a dependency on purpose)."""
+    handler = _UnplannedFailures()
+    for name in SERVER_LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    yield
+    for name in SERVER_LOGGERS:
+        logging.getLogger(name).removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("server_error_expected") is None:
+        first = handler.records[0]
+        pytest.fail(
+            f"the server logged {len(handler.records)} unplanned error(s), first: {first.name}: "
+            f"{first.getMessage()}\n{logging.Formatter().formatException(first.exc_info) if first.exc_info else ''}"
+        )
 
 
 def _dsn(url: str, database: str) -> str:

@@ -59,6 +59,10 @@ class DeviceGatewayServicer:
         executes a delivery_id at most once. A second Connect for the same device ends this one
         ABORTED (reason SESSION_REPLACED); revoking the device ends it UNAUTHENTICATED
         (reason KEY_REVOKED); too many frames or streams give RESOURCE_EXHAUSTED.
+        A frame that is readable but bad (a malformed field, a NUL character in any string) is
+        answered REJECTED with the bad fields named, and the stream stays up; bytes that are not
+        a DeviceFrame at all, or a frame over the message size limit, end the stream
+        INVALID_ARGUMENT (reason MALFORMED_MESSAGE or MESSAGE_TOO_LARGE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
