@@ -35,6 +35,7 @@ RPC_REJECTED = Counter("signalhub_rpc_rejected_total", "RPCs refused by admissio
 
 REQUEST_ID_HEADER = "x-request-id"
 _TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_DATA_EXCEPTION = "22"  # SQLSTATE class 22: a value Postgres cannot store or compute with
 # Health checks and reflection are open to anyone and never counted against the admission limit.
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -244,6 +245,11 @@ def _domain_error(exc: Exception, method: str) -> errors.DomainError:
         return exc
     if isinstance(exc, NotImplementedError):
         return errors.NotImplementedYet(f"{method} is not implemented yet")
+    if isinstance(exc, DBAPIError) and str(getattr(exc.orig, "sqlstate", "")).startswith(_DATA_EXCEPTION):
+        # A value the edge's validation let through but Postgres refuses: the client still hears that its
+        # input was bad, and the ERROR line says validation has a gap to close.
+        log.error("the database refused a value from a request", exc_info=exc)
+        return errors.InvalidArgument([("", "a value the database cannot store")], reason="VALUE_NOT_STORABLE")
     if isinstance(exc, _TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         log.warning("transient failure", exc_info=exc)
         return errors.Unavailable("a backing service is unavailable; retry with backoff")

@@ -158,3 +158,18 @@ async def test_admission_control_answers_resource_exhausted(res: Resources) -> N
         assert "ok" in outcomes and "RESOURCE_EXHAUSTED" in outcomes
     finally:
         await server.stop()
+
+
+@pytest.mark.server_error_expected  # the mapping logs the gap at ERROR on purpose
+async def test_a_value_postgres_refuses_is_invalid_argument_never_internal(res: Resources) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from backoffice import errors
+    from backoffice.interceptors import _domain_error
+
+    with pytest.raises(DBAPIError) as refused:
+        async with res.sessions() as session:
+            await session.execute(text("SELECT 1 / 0"))  # SQLSTATE 22012, a real data exception
+    error = _domain_error(refused.value, "/signalhub.v1.Test/Method")
+    assert isinstance(error, errors.InvalidArgument) and error.reason == "VALUE_NOT_STORABLE"
