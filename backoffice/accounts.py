@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, signing
+from backoffice import audit
 from backoffice.auth import Caller, new_api_token, require_admin
-from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from backoffice.models import ActorType, ApiToken, Device, Producer, ProducerStatus, Role, User
 from backoffice.vault import Binding, Vault
+from signalhub.protocol import signing
+from signalhub.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
 _NAME_MAX = 200

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, paging, sizing
 from backoffice.auth import Caller
-from backoffice.errors import FailedPrecondition, NotFound
 from backoffice.models import (
     Approval,
     ApprovalStatus,
@@ -33,6 +32,7 @@ from backoffice.models import (
     SubscriptionMode,
     SubscriptionStatus,
 )
+from signalhub.protocol.errors import FailedPrecondition, NotFound
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import paging
 from backoffice.auth import Caller
-from backoffice.errors import PermissionDenied
 from backoffice.models import ActorType, AuditEvent
+from signalhub.protocol.errors import PermissionDenied
 
 
 def record(

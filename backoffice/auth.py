@@ -15,12 +15,12 @@ from enum import Enum
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import signing
-from backoffice.errors import PermissionDenied, Unauthenticated
 from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus, Role, User
 from backoffice.nonces import NonceStore
-from backoffice.signing import AuthFailure, SignatureError
 from backoffice.vault import Binding, Vault
+from signalhub.protocol import signing
+from signalhub.protocol.errors import PermissionDenied, Unauthenticated
+from signalhub.protocol.signing import AuthFailure, SignatureError
 
 TOKEN_PREFIX = "sht_"  # noqa: S105 - a format marker, not a secret
 AUTHORIZATION_HEADER = "authorization"

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backoffice import logs
-from backoffice.config import STATE_DIR, ConfigError
+from backoffice.config import ConfigError
 from backoffice.embedded import EmbeddedUnavailable
-from backoffice.errors import DomainError
 from backoffice.local import Unreachable, check_postgres, load_settings
+from signalhub.protocol import logs
+from signalhub.protocol.errors import DomainError
+from signalhub.protocol.state import STATE_DIR
 
 if TYPE_CHECKING:
     from backoffice.config import Settings

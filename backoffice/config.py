@@ -8,11 +8,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
+
+from signalhub.protocol.secret import Secret
 
 ENV_PREFIX = "SIGNALHUB_"
-# Where `signalhub up` keeps generated state (dev master key, embedded data, demo.json).
-STATE_DIR = Path(".signalhub")
 
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -23,29 +22,6 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-class Secret:
-    """A value that must never be printed: repr and str are masked."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-
-    def reveal(self) -> bytes:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import positions, quotes
-from backoffice.errors import DomainError, FailedPrecondition, NotFound
 from backoffice.models import (
     CloseCommand,
     CloseCommandStatus,
@@ -58,7 +57,8 @@ from backoffice.models import (
     Side,
 )
 from backoffice.sizing import Account
-from backoffice.validation import decimal_text
+from signalhub.protocol.errors import DomainError, FailedPrecondition, NotFound
+from signalhub.protocol.wire import decimal_text
 
 UUID_ARRAY = ARRAY(UUID(as_uuid=True))
 # Deliveries without a RECEIVED ack: the only ones ever (re-)sent.

@@ -11,14 +11,15 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, paging, signing
+from backoffice import audit, paging
 from backoffice.accounts import rotate_secret, validate_name
 from backoffice.auth import Caller
-from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound
 from backoffice.idempotency import add_once
 from backoffice.models import Device, DeviceStatus
-from backoffice.validation import SYMBOL_RE
 from backoffice.vault import Binding, Vault
+from signalhub.protocol import signing
+from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound
+from signalhub.protocol.wire import SYMBOL_RE
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
 # A broker symbol as MetaTrader spells it (e.g. "GOLD.m", "EURUSD#").

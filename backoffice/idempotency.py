@@ -19,10 +19,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice.errors import AlreadyExists
 from backoffice.models import Base, IdempotencyRecord
-from backoffice.validation import parse_id
 from backoffice.vault import Binding, Vault
+from signalhub.protocol.errors import AlreadyExists
+from signalhub.protocol.wire import parse_id
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 _UNIQUE_VIOLATION = "23505"

@@ -20,11 +20,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from backoffice import auth, errors, validation
+from backoffice import auth
 from backoffice.auth import Caller, KeyKind, SignatureVerifier
-from backoffice.logs import request_id_var
 from backoffice.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
-from backoffice.signing import SignatureError
+from signalhub.protocol import errors, wire
+from signalhub.protocol.logs import request_id_var
+from signalhub.protocol.signing import SignatureError
 
 log = logging.getLogger("signalhub.rpc")
 
@@ -220,7 +221,7 @@ def _decoder(handler: Handler, max_bytes: int, *, check_text: bool = True) -> Ca
         # NUL is the one character Postgres refuses in text (and in JSONB); most messages have no zero
         # byte at all, so only those that do are walked.
         if check_text and b"\x00" in raw:
-            validation.check_text(message)
+            wire.check_text(message)
         return message
 
     return decode

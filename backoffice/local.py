@@ -11,11 +11,11 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from backoffice.config import ENV_PREFIX, STATE_DIR, Settings, mask_url
+from backoffice.config import ENV_PREFIX, Settings, mask_url
+from signalhub.protocol.state import STATE_DIR, write_private
 
 MASTER_KEY_FILE = "master.key"
 RUNTIME_FILE = "runtime.json"  # URLs of the embedded servers while `signalhub up` runs
-DEMO_FILE = "demo.json"
 DEV_KEY_ID = "dev"
 CONNECT_TIMEOUT_SECONDS = 5.0
 
@@ -28,15 +28,6 @@ class Unreachable(RuntimeError):
         for password in _passwords(url):  # drivers rarely echo it, but never print it
             reason = reason.replace(password, "***")
         super().__init__(f"cannot connect to {server} at {mask_url(url)} ({ENV_PREFIX}{variable}): {reason}")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (created 0600, never world-readable even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
 
 
 def ensure_dev_master_key(state_dir: Path = STATE_DIR) -> str:

@@ -16,8 +16,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice.errors import Unavailable
 from backoffice.models import Nonce
+from signalhub.protocol.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from backoffice.config import STATE_DIR
 from backoffice.producer_client import (
     DEFAULT_DEADLINE_SECONDS,
     DEFAULT_TARGET,
@@ -34,6 +33,7 @@ from backoffice.producer_client import (
     ProducerClient,
     make_quote,
 )
+from signalhub.protocol.state import STATE_DIR
 
 SECRET_ENV = "SIGNALHUB_PRODUCER_SECRET"  # noqa: S105 - the variable's name, not a secret
 DEFAULT_CREDENTIALS = STATE_DIR / "demo.json"

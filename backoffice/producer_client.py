@@ -25,12 +25,13 @@ from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2  # untyped (googleapis-common-protos)
 
-from backoffice.signing import SECRET_BYTES, parse_secret, signed_metadata
+from signalhub.protocol.secret import Secret
+from signalhub.protocol.signing import SECRET_BYTES, parse_secret, signed_metadata
+from signalhub.protocol.wire import status_details
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
 
@@ -44,7 +45,6 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_DEADLINE_SECONDS = 5.0
 # Not signed, only for correlating the server's logs: the idempotency key of the call (same on every retry).
 REQUEST_ID_HEADER = "x-request-id"
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _USER_AGENT = "signalhub-producer-python/0.1"
 
 Decimalish: TypeAlias = Decimal | str | int
@@ -136,58 +136,17 @@ class ProducerCallError(Exception):
 
     @classmethod
     def from_rpc_error(cls, error: grpc.aio.AioRpcError, *, method: str, attempts: int) -> ProducerCallError:
-        reason, domain, metadata, violations = _status_details(error)
+        details = status_details(error)
         return cls(
             error.code(),
             error.details() or "",
             method=method,
             attempts=attempts,
-            reason=reason,
-            domain=domain,
-            metadata=metadata,
-            violations=violations,
+            reason=details.reason,
+            domain=details.domain,
+            metadata=details.metadata,
+            violations=details.violations,
         )
-
-
-def _status_details(error: grpc.aio.AioRpcError) -> tuple[str, str, dict[str, str], dict[str, str]]:
-    """(ErrorInfo reason, domain, metadata; BadRequest violations) from grpc-status-details-bin."""
-    raw: object = None
-    for key, value in error.trailing_metadata() or ():
-        if key == _STATUS_DETAILS_KEY:
-            raw = value
-    if not isinstance(raw, bytes):
-        return "", "", {}, {}
-    try:
-        status = status_pb2.Status.FromString(raw)
-    except DecodeError:  # a garbled trailer must not hide the status code itself
-        return "", "", {}, {}
-    reason, domain, metadata, violations = "", "", {}, {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and not reason:
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason, domain, metadata = (
-                str(info.reason),
-                str(info.domain),
-                {str(k): str(v) for k, v in info.metadata.items()},
-            )
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations.update({str(v.field): str(v.description) for v in bad.field_violations})
-    return reason, domain, metadata, violations
-
-
-class _Secret:
-    """Holds the HMAC key bytes and keeps them out of every repr."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: bytes) -> None:
-        self.key = key
-
-    def __repr__(self) -> str:
-        return "<secret>"
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
@@ -335,7 +294,7 @@ class ProducerClient:
         self.producer_id = str(producer_id)
         self.deadline_seconds = deadline_seconds
         self.retry = retry if retry is not None else RetryPolicy()
-        self._secret = _Secret(_secret_bytes(secret))
+        self._secret = Secret(_secret_bytes(secret))
         self._sleep = sleep
         self._random = random
         self._channel_credentials = channel_credentials
@@ -416,7 +375,7 @@ class ProducerClient:
             attempt += 1
             # A fresh timestamp and nonce over the same bytes: a retry is a new, valid request, not a replay.
             metadata = (
-                *signed_metadata(self._secret.key, method, self.producer_id, body),
+                *signed_metadata(self._secret.reveal(), method, self.producer_id, body),
                 (REQUEST_ID_HEADER, request_id),
             )
             try:

@@ -13,8 +13,8 @@ from uuid import UUID
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import validation
 from backoffice.models import ActorType, Quote
+from signalhub.protocol import wire
 from signalhub.v1 import common_pb2
 
 
@@ -31,8 +31,8 @@ class QuoteIn:
 def parse_quote(
     quote: common_pb2.Quote, prefix: str, *, instrument: re.Pattern[str], source_type: ActorType, source_id: UUID
 ) -> QuoteIn:
-    """A wire Quote (checked by ``validation.parse_quote``) as a domain quote of its source."""
-    prices = validation.parse_quote(quote, prefix, instrument)
+    """A wire Quote (checked by ``wire.parse_quote``) as a domain quote of its source."""
+    prices = wire.parse_quote(quote, prefix, instrument)
     return QuoteIn(prices.instrument, prices.bid, prices.ask, prices.quote_time, source_type, source_id)
 
 

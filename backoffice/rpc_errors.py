@@ -7,8 +7,8 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from backoffice import errors
-from backoffice.signing import SignatureError
+from signalhub.protocol import errors
+from signalhub.protocol.signing import SignatureError
 
 DOMAIN = "signalhub.v1"
 DETAILS_KEY = "grpc-status-details-bin"

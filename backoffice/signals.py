@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backoffice import audit, deliveries, paging, positions
 from backoffice.approvals import expire_undecided, open_approvals
 from backoffice.auth import Caller
-from backoffice.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from backoffice.idempotency import add_once
 from backoffice.models import (
     ActorType,
@@ -32,7 +31,8 @@ from backoffice.models import (
     Subscription,
     SubscriptionStatus,
 )
-from backoffice.validation import parse_optional_decimal
+from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from signalhub.protocol.wire import parse_optional_decimal
 
 INSTRUMENT_RE = re.compile(r"^[A-Z0-9._-]{2,20}$")
 PAYLOAD_MAX_BYTES = 32 * 1024

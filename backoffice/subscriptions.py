@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, paging
 from backoffice.auth import Caller
-from backoffice.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from backoffice.models import Producer, ProducerStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
 from backoffice.signals import INSTRUMENT_RE
+from signalhub.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 MAX_INSTRUMENTS = 200
 # An AUTO subscription that names no sizing trades one micro lot (0.01, the smallest volume most brokers

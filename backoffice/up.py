@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving, subscriptions, worker
 from backoffice.bootstrap import Resources
 from backoffice.config import ENV_PREFIX, Settings
-from backoffice.errors import Unauthenticated
 from backoffice.models import (
     ActorType,
     Device,
@@ -40,6 +39,8 @@ from backoffice.models import (
 )
 from backoffice.vault import Vault
 from gateway import bootstrap as gateway_bootstrap
+from signalhub.protocol import state
+from signalhub.protocol.errors import Unauthenticated
 
 log = logging.getLogger("signalhub.up")
 
@@ -54,7 +55,7 @@ DEVICE_NAME = "demo terminal"
 
 async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
     """The demo credentials: reused while they still authenticate, made afresh otherwise."""
-    path = state_dir / local.DEMO_FILE
+    path = state_dir / state.DEMO_FILE
     if path.exists():
         try:
             demo: dict[str, str] = json.loads(path.read_text())
@@ -153,7 +154,7 @@ async def run(state_dir: Path) -> None:
             env.setdefault(ENV_PREFIX + "DATABASE_URL", database_url)
             env.setdefault(ENV_PREFIX + "REDIS_URL", urls.redis_url)
             runtime = {"database_url": env[ENV_PREFIX + "DATABASE_URL"], "redis_url": env[ENV_PREFIX + "REDIS_URL"]}
-            local.write_private(state_dir / local.RUNTIME_FILE, json.dumps(runtime))
+            state.write_private(state_dir / local.RUNTIME_FILE, json.dumps(runtime))
             stack.callback((state_dir / local.RUNTIME_FILE).unlink, missing_ok=True)
         if ENV_PREFIX + "MASTER_KEY" not in env:
             env[ENV_PREFIX + "MASTER_KEY"] = local.ensure_dev_master_key(state_dir)
@@ -177,10 +178,10 @@ async def serve_demo(settings: Settings, state_dir: Path) -> None:
         await gateway.start()
         serving.start_metrics(settings)
         addresses: dict[str, Any] = {"backoffice": backoffice.bound_address, "gateway": gateway.bound_address}
-        local.write_private(state_dir / local.DEMO_FILE, json.dumps({**demo, **addresses}, indent=2) + "\n")
+        state.write_private(state_dir / state.DEMO_FILE, json.dumps({**demo, **addresses}, indent=2) + "\n")
         print(
             f"signalhub is up\n  back office  {backoffice.bound_address}\n  gateway      {gateway.bound_address}\n"
-            f"  metrics      {settings.metrics_address}\n  credentials  {state_dir / local.DEMO_FILE} (mode 0600)\n"
+            f"  metrics      {settings.metrics_address}\n  credentials  {state_dir / state.DEMO_FILE} (mode 0600)\n"
             "Ctrl-C stops.",
             flush=True,
         )

@@ -36,13 +36,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 
-from backoffice.config import Secret
-from backoffice.errors import InvalidArgument
-from backoffice.sealing import InstructionSealer, SealError
-from backoffice.signing import CONNECT_METHOD, signed_metadata
-from backoffice.validation import SYMBOL_RE, parse_quote
 from gateway.executors import (
     CloseFailed,
     CloseRequest,
@@ -53,6 +47,11 @@ from gateway.executors import (
     OrderRequest,
     OrderSide,
 )
+from signalhub.protocol.errors import InvalidArgument
+from signalhub.protocol.sealing import InstructionSealer, SealError
+from signalhub.protocol.secret import Secret
+from signalhub.protocol.signing import CONNECT_METHOD, signed_metadata
+from signalhub.protocol.wire import SYMBOL_RE, parse_quote, status_details
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
@@ -61,7 +60,6 @@ log = logging.getLogger("signalhub.bridge")
 
 BRIDGE_VERSION = "signalhub-bridge/0.1.0"
 ERROR_DOMAIN = "signalhub.v1"
-_DETAILS_KEY = "grpc-status-details-bin"
 _T = TypeVar("_T")
 
 
@@ -123,17 +121,7 @@ class RpcErrorInfo:
 
     @classmethod
     def of(cls, error: grpc.aio.AioRpcError) -> RpcErrorInfo:
-        reason = ""
-        for key, value in error.trailing_metadata() or ():
-            if key == _DETAILS_KEY and isinstance(value, bytes):
-                with contextlib.suppress(DecodeError):
-                    status = status_pb2.Status.FromString(value)
-                    for detail in status.details:
-                        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                            info = error_details_pb2.ErrorInfo()
-                            detail.Unpack(info)
-                            reason = info.reason
-        return cls(error.code(), reason, error.details() or "")
+        return cls(error.code(), status_details(error).reason, error.details() or "")
 
 
 class BridgeError(Exception):

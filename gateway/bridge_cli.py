@@ -21,12 +21,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NoReturn
 
-from backoffice import logs
-from backoffice.config import STATE_DIR
-from backoffice.local import DEMO_FILE
-from backoffice.signing import parse_secret
 from gateway.bridge import BridgeClient, BridgeConfig, BridgeError
 from gateway.executors import Executor, ExecutorError, Mt5Config, Mt5Executor, PaperConfig, PaperExecutor
+from signalhub.protocol import logs
+from signalhub.protocol.signing import parse_secret
+from signalhub.protocol.state import DEMO_FILE, STATE_DIR
 
 log = logging.getLogger("signalhub.bridge")
 

@@ -19,12 +19,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit
-from backoffice.api.wire import decimal_text
 from backoffice.deliveries import any_id, event_row
-from backoffice.errors import InvalidArgument, Unauthenticated
 from backoffice.models import ActorType, Device, DeviceStatus, EventKind, ExecutionEvent
-from backoffice.signing import AuthFailure
-from backoffice.validation import SYMBOL_RE, parse_decimal
+from signalhub.protocol.errors import InvalidArgument, Unauthenticated
+from signalhub.protocol.signing import AuthFailure
+from signalhub.protocol.wire import SYMBOL_RE, decimal_text, parse_decimal
 from signalhub.v1 import gateway_pb2 as pb
 
 MAX_SYMBOLS = 2000

@@ -16,10 +16,10 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import deliveries
-from backoffice.api.wire import decimal_text, enum_to_wire, timestamp
-from backoffice.sealing import InstructionSealer
 from backoffice.serving import cancel_and_wait
 from gateway.outbox import Outbox
+from signalhub.protocol.sealing import InstructionSealer
+from signalhub.protocol.wire import decimal_text, enum_to_wire, timestamp
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 

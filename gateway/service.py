@@ -9,8 +9,8 @@ from typing import Any
 
 from backoffice.auth import KeyKind, SignatureVerifier
 from backoffice.rpc_errors import as_domain_error
-from backoffice.signing import CONNECT_METHOD, SignatureError
 from gateway.sessions import SessionRegistry
+from signalhub.protocol.signing import CONNECT_METHOD, SignatureError
 from signalhub.v1 import gateway_pb2 as pb
 
 

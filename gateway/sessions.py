@@ -31,11 +31,14 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import hints
-from backoffice.api.wire import timestamp
 from backoffice.auth import SignedKey
 from backoffice.config import Settings
 from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, Outcome, Verdict
-from backoffice.errors import (
+from gateway import presence, uplink
+from gateway.outbox import Outbox, StreamFinished
+from gateway.push import Pusher
+from gateway.uplink import UplinkWriter
+from signalhub.protocol.errors import (
     Aborted,
     DomainError,
     FailedPrecondition,
@@ -44,13 +47,9 @@ from backoffice.errors import (
     Unauthenticated,
     Unavailable,
 )
-from backoffice.sealing import InstructionSealer
-from backoffice.signing import AuthFailure
-from backoffice.validation import check_text
-from gateway import presence, uplink
-from gateway.outbox import Outbox, StreamFinished
-from gateway.push import Pusher
-from gateway.uplink import UplinkWriter
+from signalhub.protocol.sealing import InstructionSealer
+from signalhub.protocol.signing import AuthFailure
+from signalhub.protocol.wire import check_text, timestamp
 from signalhub.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("signalhub.gateway.sessions")

@@ -22,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import deliveries
 from backoffice.config import Settings
-from backoffice.errors import Unavailable
 from backoffice.serving import cancel_and_wait
 from gateway import presence
 from gateway.sessions import MISSED_HEARTBEATS, SessionRegistry, heartbeat, revoked
+from signalhub.protocol.errors import Unavailable
 
 log = logging.getLogger("signalhub.gateway.sweeper")
 

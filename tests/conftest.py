@@ -265,7 +265,7 @@ async def signed_call(
     deadline: float = 10,
 ) -> Any:
     """A producer-signed unary call: sign the exact bytes, send those bytes."""
-    from backoffice import signing
+    from signalhub.protocol import signing
 
     body = request.SerializeToString()
     metadata = signing.signed_metadata(signing.parse_secret(key.secret), method, str(key.id), body)

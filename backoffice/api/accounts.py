@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import accounts, idempotency, models
-from backoffice.api import wire
 from backoffice.auth import require_admin
-from backoffice.errors import NotFound
 from backoffice.interceptors import current_caller
 from backoffice.models import Role
-from backoffice.validation import parse_id
 from backoffice.vault import Vault
+from signalhub.protocol import wire
+from signalhub.protocol.errors import NotFound
+from signalhub.protocol.wire import parse_id
 from signalhub.v1 import backoffice_pb2 as pb
 
 

@@ -10,12 +10,12 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import approvals, hints, idempotency, subscriptions
-from backoffice.api import wire
-from backoffice.errors import InvalidArgument
 from backoffice.interceptors import current_caller
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
-from backoffice.validation import parse_id, parse_optional_decimal, parse_optional_id
 from backoffice.vault import Vault
+from signalhub.protocol import wire
+from signalhub.protocol.errors import InvalidArgument
+from signalhub.protocol.wire import parse_id, parse_optional_decimal, parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb
 
 

@@ -9,11 +9,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import devices, hints, idempotency, models
-from backoffice.api import wire
 from backoffice.config import Settings
 from backoffice.interceptors import current_caller
-from backoffice.validation import parse_id, parse_optional_id
 from backoffice.vault import Vault
+from signalhub.protocol import wire
+from signalhub.protocol.wire import parse_id, parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb
 
 _STATUS = "DEVICE_STATUS"

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
-from backoffice.errors import NotImplementedYet
+from signalhub.protocol.errors import NotImplementedYet
 
 
 def service_handler(descriptor: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:

@@ -9,13 +9,13 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import hints, idempotency, quotes, signals
-from backoffice.api import wire
-from backoffice.errors import InvalidArgument
 from backoffice.interceptors import current_caller
 from backoffice.models import ActorType, Side, SignalStatus
 from backoffice.signals import SignalView
-from backoffice.validation import parse_id, parse_optional_id
 from backoffice.vault import Vault
+from signalhub.protocol import wire
+from signalhub.protocol.errors import InvalidArgument
+from signalhub.protocol.wire import parse_id, parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
 

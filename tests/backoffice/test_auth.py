@@ -10,14 +10,14 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import update
 
-from backoffice import signing
 from backoffice.auth import KeyKind, SignatureVerifier, authenticate_token, bearer_token
 from backoffice.bootstrap import Resources
-from backoffice.errors import Unauthenticated, Unavailable
 from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus
 from backoffice.nonces import NonceStore
-from backoffice.signing import AuthFailure, SignatureError
 from backoffice.vault import Binding
+from signalhub.protocol import signing
+from signalhub.protocol.errors import Unauthenticated, Unavailable
+from signalhub.protocol.signing import AuthFailure, SignatureError
 from tests.conftest import KeyCredentials, UserCredentials
 
 METHOD = "/signalhub.v1.SignalService/SubmitSignal"

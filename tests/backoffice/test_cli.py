@@ -19,12 +19,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backoffice import cli, producer_cli, signing
+from backoffice import cli, producer_cli
 from backoffice.auth import authenticate_token
 from backoffice.bootstrap import Resources
 from backoffice.config import Settings
 from backoffice.models import Role
 from gateway import bridge_cli
+from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import REDIS_URL, SERVER_URL, TEST_MASTER_KEY, create_database, drop_database

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from backoffice import devices, signing, worker
+from backoffice import devices, worker
 from backoffice.auth import KeyKind, SignatureVerifier
 from backoffice.bootstrap import Resources
-from backoffice.errors import FailedPrecondition
 from backoffice.models import Device, DeviceStatus
-from backoffice.signing import AuthFailure, SignatureError
+from signalhub.protocol import signing
+from signalhub.protocol.errors import FailedPrecondition
+from signalhub.protocol.signing import AuthFailure, SignatureError
 from tests.conftest import UserCredentials, make_device
 
 CONNECT = "/signalhub.v1.DeviceGateway/Connect"

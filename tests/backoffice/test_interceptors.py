@@ -9,8 +9,8 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from backoffice import signing
 from backoffice.bootstrap import Resources
+from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
@@ -165,8 +165,8 @@ async def test_a_value_postgres_refuses_is_invalid_argument_never_internal(res: 
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from backoffice import errors
     from backoffice.interceptors import _domain_error
+    from signalhub.protocol import errors
 
     with pytest.raises(DBAPIError) as refused:
         async with res.sessions() as session:

@@ -19,9 +19,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from backoffice import models, signing
+from backoffice import models
 from backoffice.bootstrap import Resources
 from backoffice.serving import Server
+from signalhub.protocol import signing
 from tests.conftest import KeyCredentials
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from backoffice import models, signing
+from backoffice import models
 from backoffice.bootstrap import Resources
 from backoffice.producer_client import (
     CANCEL_SIGNAL,
@@ -35,6 +35,7 @@ from backoffice.producer_client import (
     submit_signal_request,
 )
 from backoffice.serving import Server
+from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
 from tests.conftest import KeyCredentials

@@ -14,9 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from backoffice import quotes, signals
 from backoffice.devices import SYMBOL_RE
-from backoffice.errors import InvalidArgument
 from backoffice.models import ActorType
 from gateway import uplink
+from signalhub.protocol.errors import InvalidArgument
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as gpb

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backoffice.sealing import InstructionSealer, SealError, instruction_key
+from signalhub.protocol.sealing import InstructionSealer, SealError, instruction_key
 from tests.conftest import CONTRACT_VECTORS as VECTORS
 
 SEALED = VECTORS["sealed_instruction"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backoffice import signing
-from backoffice.signing import AuthFailure, SignatureError
+from signalhub.protocol import signing
+from signalhub.protocol.signing import AuthFailure, SignatureError
 from tests.conftest import CONTRACT_VECTORS as VECTORS
 
 SIG = VECTORS["signature"]

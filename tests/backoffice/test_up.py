@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from backoffice import bootstrap, local, schema, signing, up
+from backoffice import bootstrap, schema, up
 from backoffice.auth import KeyKind, authenticate_token
 from backoffice.bootstrap import Resources
 from backoffice.models import Role
+from signalhub.protocol import signing, state
 from tests.conftest import create_database, drop_database, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ async def _verifies(res: Resources, kind: KeyKind, method: str, key_id: str, sec
 
 async def test_lost_demo_json_gets_new_credentials_for_the_existing_demo(fresh_res: Resources, tmp_path: Path) -> None:
     first = await up.ensure_demo(fresh_res, tmp_path)
-    assert not (tmp_path / local.DEMO_FILE).exists()  # as after `rm .signalhub/demo.json`
+    assert not (tmp_path / state.DEMO_FILE).exists()  # as after `rm .signalhub/demo.json`
     second = await up.ensure_demo(fresh_res, tmp_path)
 
     assert (second["producer_id"], second["device_id"]) == (first["producer_id"], first["device_id"])
@@ -69,7 +70,7 @@ async def test_lost_demo_json_gets_new_credentials_for_the_existing_demo(fresh_r
 
 async def test_stale_demo_json_is_replaced_not_trusted(fresh_res: Resources, tmp_path: Path) -> None:
     first = await up.ensure_demo(fresh_res, tmp_path)
-    local.write_private(tmp_path / local.DEMO_FILE, json.dumps({**first, "admin_token": "sht_" + "A" * 43}))
+    state.write_private(tmp_path / state.DEMO_FILE, json.dumps({**first, "admin_token": "sht_" + "A" * 43}))
     second = await up.ensure_demo(fresh_res, tmp_path)
     assert second["device_id"] == first["device_id"] and second["admin_token"] != first["admin_token"]
     async with fresh_res.sessions.begin() as session:

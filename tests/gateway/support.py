@@ -18,7 +18,6 @@ from typing import Any, cast
 import grpc
 from sqlalchemy import func, select
 
-from backoffice import signing
 from backoffice.bootstrap import Resources
 from backoffice.models import (
     Approval,
@@ -39,9 +38,10 @@ from backoffice.models import (
     SubscriptionMode,
     SubscriptionStatus,
 )
-from backoffice.sealing import InstructionSealer
-from backoffice.signing import CONNECT_METHOD
 from gateway.bootstrap import GatewayServer
+from signalhub.protocol import signing
+from signalhub.protocol.sealing import InstructionSealer
+from signalhub.protocol.signing import CONNECT_METHOD
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc

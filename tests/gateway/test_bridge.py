@@ -33,13 +33,11 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
-from backoffice import errors, signing
 from backoffice.bootstrap import Resources
 from backoffice.config import Settings
 from backoffice.models import Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
 from backoffice.producer_client import ProducerClient
 from backoffice.rpc_errors import build_status, trailing_metadata
-from backoffice.sealing import InstructionSealer
 from backoffice.serving import Server
 from gateway.bridge import (
     CONNECT_METHOD,
@@ -52,6 +50,8 @@ from gateway.bridge import (
     delivery_subject,
 )
 from gateway.executors import OrderFill, OrderRequest, PaperConfig, PaperExecutor, Price
+from signalhub.protocol import errors, signing
+from signalhub.protocol.sealing import InstructionSealer
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
 from signalhub.v1 import common_pb2

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from backoffice import cli, signing
+from backoffice import cli
 from gateway.bridge_cli import SECRET_ENV, CredentialsError, add_arguments, load_credentials
+from signalhub.protocol import signing
 from signalhub.v1 import gateway_pb2 as pb
 from tests.gateway.test_bridge import REPO, ScriptedGateway, delivery, eventually, spawn
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backoffice import signing
+from signalhub.protocol import signing
 from signalhub.v1 import gateway_pb2 as pb
 from tests.conftest import KeyCredentials, rpc_failure
 from tests.gateway.support import HELLO, WAIT, signed

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from backoffice import hints, signing
+from backoffice import hints
 from backoffice.bootstrap import Resources
 from backoffice.models import CloseCommand, CloseCommandStatus, Delivery, DeliveryState, EventKind
-from backoffice.sealing import InstructionSealer, SealError
+from signalhub.protocol import signing
+from signalhub.protocol.sealing import InstructionSealer, SealError
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from tests.conftest import KeyCredentials, UserCredentials, make_device

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from backoffice.errors import InvalidArgument
 from gateway import uplink
+from signalhub.protocol.errors import InvalidArgument
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 

@@ -8,11 +8,11 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from backoffice import signing
 from backoffice.auth import KeyKind
 from backoffice.bootstrap import Resources
 from backoffice.models import ApiToken, AuditEvent
-from backoffice.signing import AuthFailure, SignatureError
+from signalhub.protocol import signing
+from signalhub.protocol.signing import AuthFailure, SignatureError
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import KeyCredentials, UserCredentials, rpc_failure

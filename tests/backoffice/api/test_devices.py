@@ -15,12 +15,13 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import func, select
 
-from backoffice import hints, signing
+from backoffice import hints
 from backoffice.auth import KeyKind
 from backoffice.bootstrap import Resources
 from backoffice.models import Device, DeviceStatus
-from backoffice.signing import AuthFailure, SignatureError
 from backoffice.vault import Binding
+from signalhub.protocol import signing
+from signalhub.protocol.signing import AuthFailure, SignatureError
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import KeyCredentials, UserCredentials, make_device, make_user, rpc_failure

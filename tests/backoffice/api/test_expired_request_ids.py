@@ -10,9 +10,10 @@ import grpc
 import pytest
 from sqlalchemy import func, select, update
 
-from backoffice import signing, worker
+from backoffice import worker
 from backoffice.bootstrap import Resources
 from backoffice.models import Device, IdempotencyRecord, Signal
+from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.backoffice.api.test_signals import signal_request

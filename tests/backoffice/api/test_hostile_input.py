@@ -15,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backoffice import signing
 from backoffice.bootstrap import METHOD_AUTH, SERVICES, Resources
 from backoffice.interceptors import Auth
+from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from tests.conftest import KeyCredentials, UserCredentials, make_device
 from tests.hostile import HUNT, assert_proper_status, messages, raw_bytes

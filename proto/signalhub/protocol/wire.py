@@ -1,20 +1,31 @@
-"""Decoding request fields into domain values (INVALID_ARGUMENT naming the field), and decimals back to
-their text form."""
+"""The wire codecs of the contract, for servers and client SDKs alike: request fields into domain values
+(INVALID_ARGUMENT naming the field), domain values back to their wire form (decimal strings, timestamps,
+enums, structs), the one text rule (no NUL), the one quote rule, and the error details of a status."""
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, TypeVar
 
+import grpc
+from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 
-from backoffice.errors import InvalidArgument
+from signalhub.protocol.errors import InvalidArgument
 from signalhub.v1 import common_pb2
+
+EnumT = TypeVar("EnumT", bound=enum.Enum)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 # Plain decimal notation only: no exponent, NaN or infinity; bounded so numeric columns stay sane.
 _DECIMAL_RE = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,12})?$")
@@ -137,3 +148,79 @@ def parse_quote(quote: common_pb2.Quote, prefix: str, instrument: re.Pattern[str
         raise InvalidArgument(violations)
     assert quote_time is not None
     return QuotePrices(quote.instrument, prices["bid"], prices["ask"], quote_time)
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def enum_to_wire(wire_enum: Any, prefix: str, value: enum.Enum | None) -> Any:
+    """``Side.BUY`` -> ``SIDE_BUY``'s number; None -> 0 (UNSPECIFIED). Typed Any: each generated enum
+    has its own ``ValueType``."""
+    return 0 if value is None else wire_enum.Value(f"{prefix}_{value.value}")
+
+
+def enum_from_wire(wire_enum: Any, prefix: str, number: int, domain: type[EnumT], field: str) -> EnumT:
+    """The domain enum for a wire number; UNSPECIFIED or an unknown number is INVALID_ARGUMENT."""
+    try:
+        name = str(wire_enum.Name(number))
+        return domain(name.removeprefix(prefix + "_"))
+    except ValueError:
+        allowed = ", ".join(f"{prefix}_{m.value}" for m in domain)
+        raise InvalidArgument([(field, f"one of {allowed} is required")]) from None
+
+
+def optional_enum_from_wire(wire_enum: Any, prefix: str, number: int, domain: type[EnumT], field: str) -> EnumT | None:
+    return None if number == 0 else enum_from_wire(wire_enum, prefix, number, domain, field)
+
+
+def struct_to_dict(value: Struct, field: str = "payload") -> dict[str, Any]:
+    try:
+        return dict(json_format.MessageToDict(value))
+    except ValueError:  # NaN or infinity has no JSON form
+        raise InvalidArgument([(field, "numbers must be finite")]) from None
+
+
+def dict_to_struct(value: dict[str, Any] | None) -> Struct:
+    struct = Struct()
+    if value:
+        struct.update(value)
+    return struct
+
+
+@dataclass(frozen=True)
+class StatusDetails:
+    """What a failed call's ``google.rpc.Status`` says beyond its code: the ErrorInfo and the BadRequest."""
+
+    reason: str = ""
+    domain: str = ""
+    metadata: dict[str, str] = dataclass_field(default_factory=dict)
+    violations: dict[str, str] = dataclass_field(default_factory=dict)  # field path -> what is wrong
+
+
+def status_details(error: grpc.aio.AioRpcError) -> StatusDetails:
+    """The details in ``grpc-status-details-bin``; empty when absent or garbled (a broken trailer must
+    never hide the status code itself)."""
+    raw = next((v for k, v in error.trailing_metadata() or () if k == STATUS_DETAILS_KEY), None)
+    if not isinstance(raw, bytes):
+        return StatusDetails()
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except DecodeError:
+        return StatusDetails()
+    details = StatusDetails()
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and not details.reason:
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            metadata = {str(k): str(v) for k, v in info.metadata.items()}
+            details = StatusDetails(str(info.reason), str(info.domain), metadata, details.violations)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            details.violations.update({str(v.field): str(v.description) for v in bad.field_violations})
+    return details

@@ -1,0 +1,71 @@
+"""A trader's VPS and a producer's strategy engine install signalhub without the servers' dependencies
+(`pip install signalhub`, no `[server]` extra): the client SDKs, their command lines and the protocol
+layer must import and run with SQLAlchemy, asyncpg, redis, alembic and prometheus-client absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_ONLY = ("sqlalchemy", "asyncpg", "redis", "alembic", "prometheus_client", "grpc_health", "grpc_reflection")
+
+# Installed first in the child interpreter: any import of a server-only package fails as if not installed.
+BLOCKER = textwrap.dedent(
+    f"""
+    import importlib.abc, sys
+
+    class ServerOnly(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in {SERVER_ONLY!r}:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (a server dependency)", name=name)
+            return None
+
+    sys.meta_path.insert(0, ServerOnly())
+    """
+)
+
+
+def run_without_server_dependencies(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "proto")])}
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_blocker_really_blocks() -> None:
+    done = run_without_server_dependencies("import sqlalchemy")
+    assert done.returncode != 0 and "a server dependency" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "from gateway.bridge import BridgeClient",
+        "from gateway.executors import PaperExecutor, Mt5Executor",
+        "from backoffice.producer_client import ProducerClient",
+        "import signalhub.protocol.signing, signalhub.protocol.sealing, signalhub.protocol.wire",
+    ],
+)
+def test_the_sdks_import_without_server_dependencies(statement: str) -> None:
+    done = run_without_server_dependencies(statement)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", ["bridge", "producer"])
+def test_the_sdk_commands_run_without_server_dependencies(command: str) -> None:
+    done = run_without_server_dependencies(
+        "import sys; from backoffice.cli import main; sys.exit(main(sys.argv[1:]))", command, "--help"
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"signalhub {command}" in done.stdout
