@@ -424,7 +424,7 @@ def echo_server_main(conn: Connection) -> None:
 async def _echo_server(conn: Connection) -> None:
     import grpc
 
-    from backoffice.serving import server_options
+    from backoffice.platform.serving import server_options
     from signalhub.v1 import gateway_pb2 as pb
     from signalhub.v1 import gateway_pb2_grpc as rpc
 
@@ -436,7 +436,7 @@ async def _echo_server(conn: Connection) -> None:
                 receipt = pb.Receipt(frame_id=frame.frame_id, status=pb.RECEIPT_STATUS_ACCEPTED)
                 yield pb.GatewayFrame(receipt=receipt)
 
-    from backoffice.config import Settings
+    from backoffice.platform.config import Settings
 
     server = grpc.aio.server(options=server_options(Settings()))
     rpc.add_DeviceGatewayServicer_to_server(Echo(), server)  # type: ignore[arg-type]
@@ -528,7 +528,7 @@ def port_open(port: int) -> bool:
 
 @dataclass
 class Stack:
-    settings: Any  # backoffice.config.Settings
+    settings: Any  # backoffice.platform.config.Settings
     backoffice: str
     gateway: str
     gateway_pid: int | None
@@ -561,8 +561,9 @@ async def wait_serving(address: str, within: float = 60) -> None:
 async def start_stack(args: argparse.Namespace, stack: AsyncExitStack, sync_stack: ExitStack) -> Stack:
     from sqlalchemy.engine import make_url
 
-    from backoffice import db, local, schema
-    from backoffice.config import Settings
+    from backoffice import local
+    from backoffice.platform import db, schema
+    from backoffice.platform.config import Settings
 
     if args.backoffice and args.gateway:
         settings = local.load_settings()
@@ -681,8 +682,8 @@ async def provision(stack: Stack, users: int, devices: int) -> World:
 
     from backoffice import accounts, bootstrap
     from backoffice import devices as device_domain
-    from backoffice.auth import Caller
     from backoffice.models import ActorType, Role
+    from backoffice.platform.auth import Caller
     from signalhub.v1 import backoffice_pb2 as bpb
     from signalhub.v1 import backoffice_pb2_grpc as brpc
 
