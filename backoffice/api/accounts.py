@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import accounts, models
 from backoffice.models import Role
-from backoffice.platform import idempotency
 from backoffice.platform.auth import require_admin
 from backoffice.platform.interceptors import current_caller
+from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.errors import NotFound
@@ -55,23 +55,20 @@ class AccountServicer:
         self._sessions = sessions
         self._vault = vault
         self._grace = secret_grace
+        self._mutations = Mutations(sessions, vault)
 
     async def CreateUser(self, request: pb.CreateUserRequest, context: Any) -> pb.CreateUserResponse:
         caller = current_caller()
         require_admin(caller)
         role = wire.enum_from_wire(pb.Role, "ROLE", request.role, Role, "role")
-        async with self._sessions.begin() as session:
 
-            async def create() -> pb.CreateUserResponse:
-                user, token = await accounts.create_user(
-                    session, email=request.email, role=role, referral_code=request.referral_code, created_by=caller
-                )
-                return pb.CreateUserResponse(user=encode_user(user), api_token=token)
-
-            response = await idempotency.run_once(
-                session, self._vault, caller.id, request, pb.CreateUserResponse, create
+        async def create(session: AsyncSession, wake: Wake) -> pb.CreateUserResponse:
+            user, token = await accounts.create_user(
+                session, email=request.email, role=role, referral_code=request.referral_code, created_by=caller
             )
-        return response
+            return pb.CreateUserResponse(user=encode_user(user), api_token=token)
+
+        return await self._mutations.run(caller.id, request, pb.CreateUserResponse, create)
 
     async def GetCurrentUser(self, request: pb.GetCurrentUserRequest, context: Any) -> pb.User:
         caller = current_caller()
@@ -84,16 +81,12 @@ class AccountServicer:
     async def CreateApiToken(self, request: pb.CreateApiTokenRequest, context: Any) -> pb.CreateApiTokenResponse:
         caller = current_caller()
         name = accounts.validate_name(request.name or "api token", "name")
-        async with self._sessions.begin() as session:
 
-            async def create() -> pb.CreateApiTokenResponse:
-                token, shown = await accounts.create_api_token(session, user_id=caller.id, name=name, created_by=caller)
-                return pb.CreateApiTokenResponse(token=encode_api_token(token), api_token=shown)
+        async def create(session: AsyncSession, wake: Wake) -> pb.CreateApiTokenResponse:
+            token, shown = await accounts.create_api_token(session, user_id=caller.id, name=name, created_by=caller)
+            return pb.CreateApiTokenResponse(token=encode_api_token(token), api_token=shown)
 
-            response = await idempotency.run_once(
-                session, self._vault, caller.id, request, pb.CreateApiTokenResponse, create
-            )
-        return response
+        return await self._mutations.run(caller.id, request, pb.CreateApiTokenResponse, create)
 
     async def RevokeApiToken(self, request: pb.RevokeApiTokenRequest, context: Any) -> pb.ApiToken:
         caller = current_caller()
@@ -104,18 +97,14 @@ class AccountServicer:
     async def CreateProducer(self, request: pb.CreateProducerRequest, context: Any) -> pb.CreateProducerResponse:
         caller = current_caller()
         require_admin(caller)
-        async with self._sessions.begin() as session:
 
-            async def create() -> pb.CreateProducerResponse:
-                producer, secret = await accounts.create_producer(
-                    session, self._vault, name=request.name, created_by=caller
-                )
-                return pb.CreateProducerResponse(producer=encode_producer(producer), secret=secret)
-
-            response = await idempotency.run_once(
-                session, self._vault, caller.id, request, pb.CreateProducerResponse, create
+        async def create(session: AsyncSession, wake: Wake) -> pb.CreateProducerResponse:
+            producer, secret = await accounts.create_producer(
+                session, self._vault, name=request.name, created_by=caller
             )
-        return response
+            return pb.CreateProducerResponse(producer=encode_producer(producer), secret=secret)
+
+        return await self._mutations.run(caller.id, request, pb.CreateProducerResponse, create)
 
     async def RotateProducerSecret(
         self, request: pb.RotateProducerSecretRequest, context: Any
@@ -123,18 +112,14 @@ class AccountServicer:
         caller = current_caller()
         require_admin(caller)
         producer_id = parse_id(request.id, "id")
-        async with self._sessions.begin() as session:
 
-            async def rotate() -> pb.RotateProducerSecretResponse:
-                producer, secret = await accounts.rotate_producer_secret(
-                    session, self._vault, caller, producer_id, grace=self._grace, request_id=request.request_id
-                )
-                return pb.RotateProducerSecretResponse(producer=encode_producer(producer), secret=secret)
-
-            response = await idempotency.run_once(
-                session, self._vault, caller.id, request, pb.RotateProducerSecretResponse, rotate
+        async def rotate(session: AsyncSession, wake: Wake) -> pb.RotateProducerSecretResponse:
+            producer, secret = await accounts.rotate_producer_secret(
+                session, self._vault, caller, producer_id, grace=self._grace, request_id=request.request_id
             )
-        return response
+            return pb.RotateProducerSecretResponse(producer=encode_producer(producer), secret=secret)
+
+        return await self._mutations.run(caller.id, request, pb.RotateProducerSecretResponse, rotate)
 
     async def RevokeProducer(self, request: pb.RevokeProducerRequest, context: Any) -> pb.Producer:
         caller = current_caller()

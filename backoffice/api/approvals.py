@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import approvals, subscriptions
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
-from backoffice.platform import hints, idempotency
 from backoffice.platform.interceptors import current_caller
+from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.errors import InvalidArgument
@@ -57,19 +56,16 @@ def encode_approval(approval: Approval, expire_time: Any = None) -> pb.Approval:
 class ApprovalServicer:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis) -> None:
         self._sessions = sessions
-        self._vault = vault
-        self._redis = redis
+        self._mutations = Mutations(sessions, vault, redis)
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> pb.Subscription:
         caller = current_caller()
         terms = _decode_terms(request)
-        async with self._sessions.begin() as session:
 
-            async def subscribe() -> pb.Subscription:
-                return encode_subscription(await subscriptions.subscribe(session, caller, terms, request.request_id))
+        async def subscribe(session: AsyncSession, wake: Wake) -> pb.Subscription:
+            return encode_subscription(await subscriptions.subscribe(session, caller, terms, request.request_id))
 
-            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Subscription, subscribe)
-        return response
+        return await self._mutations.run(caller.id, request, pb.Subscription, subscribe)
 
     async def Unsubscribe(self, request: pb.UnsubscribeRequest, context: Any) -> pb.Subscription:
         caller = current_caller()
@@ -113,35 +109,29 @@ class ApprovalServicer:
         signal_id = parse_id(request.signal_id, "signal_id")
         volume = parse_optional_decimal(request.volume, "volume")
         device_ids = [parse_id(d, f"device_ids[{i}]") for i, d in enumerate(request.device_ids)]
-        woken: list[uuid.UUID] = []
-        async with self._sessions.begin() as session:
 
-            async def approve() -> pb.Approval:
-                decision = await approvals.approve_signal(
-                    session, caller, signal_id, volume=volume, device_ids=device_ids, request_id=request.request_id
-                )
-                woken.extend(decision.woken_devices)
-                expiries = await approvals.expire_times(session, [signal_id])
-                return encode_approval(decision.approval, expiries.get(signal_id))
+        async def approve(session: AsyncSession, wake: Wake) -> pb.Approval:
+            decision = await approvals.approve_signal(
+                session, caller, signal_id, volume=volume, device_ids=device_ids, request_id=request.request_id
+            )
+            wake.add(decision.woken_devices)
+            expiries = await approvals.expire_times(session, [signal_id])
+            return encode_approval(decision.approval, expiries.get(signal_id))
 
-            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Approval, approve)
-        await hints.publish(self._redis, woken)
-        return response
+        return await self._mutations.run(caller.id, request, pb.Approval, approve)
 
     async def RejectSignal(self, request: pb.RejectSignalRequest, context: Any) -> pb.Approval:
         caller = current_caller()
         signal_id = parse_id(request.signal_id, "signal_id")
-        async with self._sessions.begin() as session:
 
-            async def reject() -> pb.Approval:
-                approval = await approvals.reject_signal(
-                    session, caller, signal_id, reason=request.reason, request_id=request.request_id
-                )
-                expiries = await approvals.expire_times(session, [signal_id])
-                return encode_approval(approval, expiries.get(signal_id))
+        async def reject(session: AsyncSession, wake: Wake) -> pb.Approval:
+            approval = await approvals.reject_signal(
+                session, caller, signal_id, reason=request.reason, request_id=request.request_id
+            )
+            expiries = await approvals.expire_times(session, [signal_id])
+            return encode_approval(approval, expiries.get(signal_id))
 
-            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Approval, reject)
-        return response
+        return await self._mutations.run(caller.id, request, pb.Approval, reject)
 
     async def ListApprovals(self, request: pb.ListApprovalsRequest, context: Any) -> pb.ListApprovalsResponse:
         caller = current_caller()

@@ -10,9 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import devices, models
 from backoffice.devices.hello import Hello
-from backoffice.platform import hints, idempotency
+from backoffice.platform import hints
 from backoffice.platform.config import Settings
 from backoffice.platform.interceptors import current_caller
+from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.wire import parse_id, parse_optional_id
@@ -48,30 +49,26 @@ class DeviceServicer:
     ) -> None:
         self._sessions = sessions
         self._vault = vault
-        self._redis = redis
+        self._mutations = Mutations(sessions, vault, redis)
         self._grace = timedelta(seconds=settings.secret_grace_seconds)
 
     async def RegisterDevice(self, request: pb.RegisterDeviceRequest, context: Any) -> pb.RegisterDeviceResponse:
         caller = current_caller()
         request_id = parse_optional_id(request.request_id, "request_id")
-        async with self._sessions.begin() as session:
 
-            async def register() -> pb.RegisterDeviceResponse:
-                device, secret = await devices.register_device(
-                    session,
-                    self._vault,
-                    owner=caller,
-                    name=request.name,
-                    mac_address=request.mac_address,
-                    symbol_map=dict(request.symbol_map),
-                    request_id=request_id,
-                )
-                return pb.RegisterDeviceResponse(device=encode_device(device), secret=secret)
-
-            response = await idempotency.run_once(
-                session, self._vault, caller.id, request, pb.RegisterDeviceResponse, register
+        async def register(session: AsyncSession, wake: Wake) -> pb.RegisterDeviceResponse:
+            device, secret = await devices.register_device(
+                session,
+                self._vault,
+                owner=caller,
+                name=request.name,
+                mac_address=request.mac_address,
+                symbol_map=dict(request.symbol_map),
+                request_id=request_id,
             )
-        return response
+            return pb.RegisterDeviceResponse(device=encode_device(device), secret=secret)
+
+        return await self._mutations.run(caller.id, request, pb.RegisterDeviceResponse, register)
 
     async def GetDevice(self, request: pb.GetDeviceRequest, context: Any) -> pb.Device:
         caller = current_caller()
@@ -108,18 +105,14 @@ class DeviceServicer:
     ) -> pb.RotateDeviceSecretResponse:
         caller = current_caller()
         device_id = parse_id(request.id, "id")
-        async with self._sessions.begin() as session:
 
-            async def rotate() -> pb.RotateDeviceSecretResponse:
-                device, secret = await devices.rotate_device_secret(
-                    session, self._vault, caller, device_id, grace=self._grace, request_id=request.request_id
-                )
-                return pb.RotateDeviceSecretResponse(device=encode_device(device), secret=secret)
-
-            response = await idempotency.run_once(
-                session, self._vault, caller.id, request, pb.RotateDeviceSecretResponse, rotate
+        async def rotate(session: AsyncSession, wake: Wake) -> pb.RotateDeviceSecretResponse:
+            device, secret = await devices.rotate_device_secret(
+                session, self._vault, caller, device_id, grace=self._grace, request_id=request.request_id
             )
-        return response
+            return pb.RotateDeviceSecretResponse(device=encode_device(device), secret=secret)
+
+        return await self._mutations.run(caller.id, request, pb.RotateDeviceSecretResponse, rotate)
 
     async def RevokeDevice(self, request: pb.RevokeDeviceRequest, context: Any) -> pb.Device:
         caller = current_caller()
@@ -128,5 +121,7 @@ class DeviceServicer:
             device = await devices.revoke_device(session, caller, device_id)
         # Only after commit, so the gateway reads REVOKED when it wakes. A repeated revoke hints again:
         # harmless, and it covers a hint lost the first time.
-        await hints.publish(self._redis, [device.id], hints.REVOKED)
+        wake = Wake()
+        wake.add([device.id], hints.REVOKED)
+        await self._mutations.publish(wake)
         return encode_device(device)

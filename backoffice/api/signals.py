@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import quotes, signals
 from backoffice.models import ActorType, Side, SignalStatus
-from backoffice.platform import hints, idempotency
 from backoffice.platform.interceptors import current_caller
+from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
 from backoffice.signals import SignalView
 from signalhub.protocol import wire
@@ -50,15 +50,14 @@ class SignalServicer:
         self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis, tolerance_seconds: int
     ) -> None:
         self._sessions = sessions
-        self._vault = vault
-        self._redis = redis
+        self._mutations = Mutations(sessions, vault, redis)
         self._tolerance = tolerance_seconds
 
     async def SubmitSignal(self, request: pb.SubmitSignalRequest, context: Any) -> pb.Signal:
         caller = current_caller()
-        woken: list[Any] = []
+        request_uuid = parse_optional_id(request.request_id, "request_id")
 
-        async def submit() -> pb.Signal:
+        async def submit(session: AsyncSession, wake: Wake) -> pb.Signal:
             # Validated only when new: a retry of a stored request returns the first answer even after
             # its signal_time has left the tolerance window.
             now = datetime.now(UTC)
@@ -76,31 +75,23 @@ class SignalServicer:
                 tolerance_seconds=self._tolerance,
             )
             submitted = await signals.submit(session, caller.id, request_uuid, draft, now)
-            woken.extend(submitted.woken_devices)
+            wake.add(submitted.woken_devices)
             return encode_signal(signals.view_for_producer(submitted.signal, now))
 
-        request_uuid = parse_optional_id(request.request_id, "request_id")
-        async with self._sessions.begin() as session:
-            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Signal, submit)
-        await hints.publish(self._redis, woken)
-        return response
+        return await self._mutations.run(caller.id, request, pb.Signal, submit)
 
     async def CancelSignal(self, request: pb.CancelSignalRequest, context: Any) -> pb.Signal:
         caller = current_caller()
         signal_id = parse_id(request.id, "id")
-        woken: list[Any] = []
 
-        async def cancel() -> pb.Signal:
+        async def cancel(session: AsyncSession, wake: Wake) -> pb.Signal:
             done = await signals.cancel(
                 session, caller, signal_id, reason=request.reason, request_id=request.request_id
             )
-            woken.extend(done.woken_devices)
+            wake.add(done.woken_devices)
             return encode_signal(signals.view_for_producer(done.signal))
 
-        async with self._sessions.begin() as session:
-            response = await idempotency.run_once(session, self._vault, caller.id, request, pb.Signal, cancel)
-        await hints.publish(self._redis, woken)
-        return response
+        return await self._mutations.run(caller.id, request, pb.Signal, cancel)
 
     async def SubmitQuotes(self, request: pb.SubmitQuotesRequest, context: Any) -> pb.SubmitQuotesResponse:
         caller = current_caller()
