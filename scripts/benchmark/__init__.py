@@ -16,6 +16,6 @@ Modules: ``cli`` (the run, phase by phase), ``options`` (the command line), ``sy
 database), ``world`` (accounts, devices, producers; the public API), ``limits`` and ``echo`` (the bare
 limits), ``scenarios`` (one function each), ``loadgen`` and ``simdevice`` (the load processes and the
 simulated bridges they hold), ``meters`` (CPU and memory), ``report`` (figures, the table, results.json).
-The load and echo processes are spawned and import only ``loadgen``/``simdevice`` and ``echo``: this
-package's ``__init__`` imports nothing and ``__main__`` only when run, so that they stay light.
+The load and echo processes are spawned and import only ``loadgen`` (with ``simdevice``) and ``echo``,
+and this ``__init__``, which imports nothing: a load process loads no server module.
 """

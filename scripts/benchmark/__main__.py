@@ -1,8 +1,7 @@
-"""``python -m scripts.benchmark``: what ``scripts/bench`` runs."""
+"""``python -m scripts.benchmark``: what ``scripts/bench`` runs. (Spawned load processes do not re-import
+a package's ``__main__``, so importing the coordinator's modules here costs them nothing.)"""
+
+from .cli import main
 
 if __name__ == "__main__":
-    # Imported only when run: the spawned load and echo processes re-import this module (as __mp_main__)
-    # and must not load the servers' dependencies that the coordinator needs.
-    from .cli import main
-
     main()

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """The command line, checked (a running stack needs both addresses), with the scenario sizes of a
+    full run or of a ``--quick`` one."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.backoffice) != bool(args.gateway):

@@ -34,6 +34,7 @@ class Report:
         at_most: float | None = None,
         at_least: float | None = None,
     ) -> None:
+        """Record a figure (rounded to 3 decimals) with its target and verdict, and print its table row."""
         target: str | None = None
         met: bool | None = None
         if at_most is not None:
