@@ -10,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit
-from backoffice.auth import Caller, new_api_token, require_admin
 from backoffice.models import ActorType, ApiToken, Device, Producer, ProducerStatus, Role, User
-from backoffice.vault import Binding, Vault
+from backoffice.platform.auth import Caller, new_api_token, require_admin
+from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
 from signalhub.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 

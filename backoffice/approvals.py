@@ -16,8 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, paging, sizing
-from backoffice.auth import Caller
+from backoffice import audit, sizing
 from backoffice.models import (
     Approval,
     ApprovalStatus,
@@ -32,6 +31,8 @@ from backoffice.models import (
     SubscriptionMode,
     SubscriptionStatus,
 )
+from backoffice.platform import paging
+from backoffice.platform.auth import Caller
 from signalhub.protocol.errors import FailedPrecondition, NotFound
 
 

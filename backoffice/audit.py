@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import paging
-from backoffice.auth import Caller
 from backoffice.models import ActorType, AuditEvent
+from backoffice.platform import paging
+from backoffice.platform.auth import Caller
 from signalhub.protocol.errors import PermissionDenied
 
 

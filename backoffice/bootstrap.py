@@ -10,20 +10,20 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backoffice import db
 from backoffice.api.accounts import AccountServicer
 from backoffice.api.approvals import ApprovalServicer
 from backoffice.api.audit import AuditServicer
 from backoffice.api.devices import DeviceServicer
 from backoffice.api.executions import ExecutionServicer
-from backoffice.api.registry import service_handler
 from backoffice.api.signals import SignalServicer
-from backoffice.auth import SignatureVerifier
-from backoffice.config import Settings
-from backoffice.interceptors import Auth, RpcInterceptor
-from backoffice.nonces import NonceStore
-from backoffice.serving import Server
-from backoffice.vault import Vault
+from backoffice.platform import db
+from backoffice.platform.auth import SignatureVerifier
+from backoffice.platform.config import Settings
+from backoffice.platform.interceptors import Auth, RpcInterceptor
+from backoffice.platform.nonces import NonceStore
+from backoffice.platform.registry import service_handler
+from backoffice.platform.serving import Server
+from backoffice.platform.vault import Vault
 from signalhub.v1 import backoffice_pb2
 
 SIGNAL_SERVICE = "/signalhub.v1.SignalService/"

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backoffice.config import ConfigError
 from backoffice.embedded import EmbeddedUnavailable
 from backoffice.local import Unreachable, check_postgres, load_settings
+from backoffice.platform.config import ConfigError
 from signalhub.protocol import logs
 from signalhub.protocol.errors import DomainError
 from signalhub.protocol.state import STATE_DIR
 
 if TYPE_CHECKING:
-    from backoffice.config import Settings
+    from backoffice.platform.config import Settings
 
 # Server-side modules (SQLAlchemy, the servicers) are imported inside the commands that need them, so
 # client commands (`producer`, `bridge`) start quickly.
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logs.configure(settings.log_level)
         if args.command == "migrate":
             asyncio.run(check_postgres(settings.database_url))  # before Alembic's import logs anything
-            from backoffice import schema
+            from backoffice.platform import schema
 
             schema.upgrade(settings)
         elif args.command == "serve":
@@ -99,7 +99,8 @@ async def _up(state_dir: Path) -> None:
 
 
 async def _serve(settings: Settings, process: str) -> None:
-    from backoffice import bootstrap, serving, worker
+    from backoffice import bootstrap, worker
+    from backoffice.platform import serving
 
     stop = asyncio.Event()
     serving.install_stop_signals(stop)
@@ -119,8 +120,9 @@ async def _serve(settings: Settings, process: str) -> None:
 
 
 async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
-    from backoffice import accounts, bootstrap, vault
+    from backoffice import accounts, bootstrap
     from backoffice.models import Role
+    from backoffice.platform import vault
 
     await check_postgres(settings.database_url)
     async with bootstrap.resources(settings) as res, res.sessions.begin() as session:

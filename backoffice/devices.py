@@ -11,12 +11,13 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, paging
+from backoffice import audit
 from backoffice.accounts import rotate_secret, validate_name
-from backoffice.auth import Caller
-from backoffice.idempotency import add_once
 from backoffice.models import Device, DeviceStatus
-from backoffice.vault import Binding, Vault
+from backoffice.platform import paging
+from backoffice.platform.auth import Caller
+from backoffice.platform.idempotency import add_once
+from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
 from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound
 from signalhub.protocol.wire import SYMBOL_RE

@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import devices, paging, signals
-from backoffice.auth import Caller
+from backoffice import devices, signals
 from backoffice.models import (
     Approval,
     Delivery,
@@ -26,6 +25,8 @@ from backoffice.models import (
     Side,
     Signal,
 )
+from backoffice.platform import paging
+from backoffice.platform.auth import Caller
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from backoffice.config import ENV_PREFIX, Settings, mask_url
+from backoffice.platform.config import ENV_PREFIX, Settings, mask_url
 from signalhub.protocol.state import STATE_DIR, write_private
 
 MASTER_KEY_FILE = "master.key"

@@ -14,10 +14,8 @@ from typing import Any
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, deliveries, paging, positions
+from backoffice import audit, deliveries, positions
 from backoffice.approvals import expire_undecided, open_approvals
-from backoffice.auth import Caller
-from backoffice.idempotency import add_once
 from backoffice.models import (
     ActorType,
     Approval,
@@ -31,6 +29,9 @@ from backoffice.models import (
     Subscription,
     SubscriptionStatus,
 )
+from backoffice.platform import paging
+from backoffice.platform.auth import Caller
+from backoffice.platform.idempotency import add_once
 from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from signalhub.protocol.wire import parse_optional_decimal
 

@@ -12,9 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, paging
-from backoffice.auth import Caller
+from backoffice import audit
 from backoffice.models import Producer, ProducerStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
+from backoffice.platform import paging
+from backoffice.platform.auth import Caller
 from backoffice.signals import INSTRUMENT_RE
 from signalhub.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 

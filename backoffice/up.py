@@ -21,9 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import accounts, auth, bootstrap, db, devices, embedded, local, schema, serving, subscriptions, worker
+from backoffice import accounts, bootstrap, devices, embedded, local, subscriptions, worker
 from backoffice.bootstrap import Resources
-from backoffice.config import ENV_PREFIX, Settings
 from backoffice.models import (
     ActorType,
     Device,
@@ -37,7 +36,9 @@ from backoffice.models import (
     SubscriptionStatus,
     User,
 )
-from backoffice.vault import Vault
+from backoffice.platform import auth, db, schema, serving
+from backoffice.platform.config import ENV_PREFIX, Settings
+from backoffice.platform.vault import Vault
 from gateway import bootstrap as gateway_bootstrap
 from signalhub.protocol import state
 from signalhub.protocol.errors import Unauthenticated

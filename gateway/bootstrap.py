@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from backoffice.api.registry import service_handler
 from backoffice.bootstrap import Resources
-from backoffice.interceptors import Auth, RpcInterceptor
-from backoffice.serving import Server
+from backoffice.platform.interceptors import Auth, RpcInterceptor
+from backoffice.platform.registry import service_handler
+from backoffice.platform.serving import Server
 from gateway.listener import HintListener
 from gateway.push import Pusher
 from gateway.service import DeviceGatewayServicer

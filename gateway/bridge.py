@@ -64,7 +64,7 @@ _T = TypeVar("_T")
 
 
 def channel_options(max_message_bytes: int = 1024 * 1024) -> list[tuple[str, Any]]:
-    """Client options matching ``backoffice.serving.server_options``: pings every 30 s (the server allows
+    """Client options matching ``backoffice.platform.serving.server_options``: pings every 30 s (the server allows
     one per 10 s, so it never answers too_many_pings), a subchannel of its own per client."""
     return [
         ("grpc.keepalive_time_ms", 30_000),

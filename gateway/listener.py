@@ -18,8 +18,8 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from backoffice import hints
-from backoffice.serving import cancel_and_wait
+from backoffice.platform import hints
+from backoffice.platform.serving import cancel_and_wait
 from gateway.sessions import TAKEOVER_PREFIX, SessionRegistry, revoked
 
 log = logging.getLogger("signalhub.gateway.listener")

@@ -16,7 +16,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import deliveries
-from backoffice.serving import cancel_and_wait
+from backoffice.platform.serving import cancel_and_wait
 from gateway.outbox import Outbox
 from signalhub.protocol.sealing import InstructionSealer
 from signalhub.protocol.wire import decimal_text, enum_to_wire, timestamp

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from backoffice.auth import KeyKind, SignatureVerifier
-from backoffice.rpc_errors import as_domain_error
+from backoffice.platform.auth import KeyKind, SignatureVerifier
+from backoffice.platform.rpc_errors import as_domain_error
 from gateway.sessions import SessionRegistry
 from signalhub.protocol.signing import CONNECT_METHOD, SignatureError
 from signalhub.v1 import gateway_pb2 as pb

@@ -30,10 +30,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import hints
-from backoffice.auth import SignedKey
-from backoffice.config import Settings
 from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, Outcome, Verdict
+from backoffice.platform import hints
+from backoffice.platform.auth import SignedKey
+from backoffice.platform.config import Settings
 from gateway import presence, uplink
 from gateway.outbox import Outbox, StreamFinished
 from gateway.push import Pusher

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backoffice import deliveries, quotes
 from backoffice.deliveries import DeviceReport, Outcome, Verdict
 from backoffice.models import ActorType, DeliveryState
-from backoffice.rpc_errors import build_status
-from backoffice.serving import cancel_and_wait
+from backoffice.platform.rpc_errors import build_status
+from backoffice.platform.serving import cancel_and_wait
 from signalhub.protocol.errors import InvalidArgument, Unavailable
 from signalhub.protocol.logs import request_id_var
 from signalhub.protocol.wire import SYMBOL_RE, parse_decimal, parse_id, parse_timestamp

@@ -8,8 +8,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from backoffice.config import Settings
 from backoffice.models import Base
+from backoffice.platform.config import Settings
 
 target_metadata = Base.metadata
 

@@ -21,12 +21,13 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from backoffice import accounts, bootstrap, devices, schema
-from backoffice.auth import Caller
+from backoffice import accounts, bootstrap, devices
 from backoffice.bootstrap import Resources
-from backoffice.config import Settings
 from backoffice.models import ActorType, Role
-from backoffice.serving import Server
+from backoffice.platform import schema
+from backoffice.platform.auth import Caller
+from backoffice.platform.config import Settings
+from backoffice.platform.serving import Server
 from gateway import bootstrap as gateway_bootstrap
 
 SERVER_URL = os.environ.get("SIGNALHUB_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")

@@ -19,7 +19,7 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from backoffice import paging
+from backoffice.platform import paging
 from tests.conftest import rpc_failure
 
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}

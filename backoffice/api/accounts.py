@@ -7,11 +7,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import accounts, idempotency, models
-from backoffice.auth import require_admin
-from backoffice.interceptors import current_caller
+from backoffice import accounts, models
 from backoffice.models import Role
-from backoffice.vault import Vault
+from backoffice.platform import idempotency
+from backoffice.platform.auth import require_admin
+from backoffice.platform.interceptors import current_caller
+from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.errors import NotFound
 from signalhub.protocol.wire import parse_id

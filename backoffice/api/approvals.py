@@ -9,10 +9,11 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import approvals, hints, idempotency, subscriptions
-from backoffice.interceptors import current_caller
+from backoffice import approvals, subscriptions
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
-from backoffice.vault import Vault
+from backoffice.platform import hints, idempotency
+from backoffice.platform.interceptors import current_caller
+from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.errors import InvalidArgument
 from signalhub.protocol.wire import parse_id, parse_optional_decimal, parse_optional_id

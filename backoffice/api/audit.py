@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import audit, models
-from backoffice.interceptors import current_caller
+from backoffice.platform.interceptors import current_caller
 from signalhub.protocol import wire
 from signalhub.protocol.wire import parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb

@@ -8,10 +8,11 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import devices, hints, idempotency, models
-from backoffice.config import Settings
-from backoffice.interceptors import current_caller
-from backoffice.vault import Vault
+from backoffice import devices, models
+from backoffice.platform import hints, idempotency
+from backoffice.platform.config import Settings
+from backoffice.platform.interceptors import current_caller
+from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.wire import parse_id, parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb

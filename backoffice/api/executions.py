@@ -9,7 +9,7 @@ from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import executions, models
-from backoffice.interceptors import current_caller
+from backoffice.platform.interceptors import current_caller
 from signalhub.protocol import wire
 from signalhub.protocol.wire import parse_id, parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb

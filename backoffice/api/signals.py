@@ -8,11 +8,12 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import hints, idempotency, quotes, signals
-from backoffice.interceptors import current_caller
+from backoffice import quotes, signals
 from backoffice.models import ActorType, Side, SignalStatus
+from backoffice.platform import hints, idempotency
+from backoffice.platform.interceptors import current_caller
+from backoffice.platform.vault import Vault
 from backoffice.signals import SignalView
-from backoffice.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.errors import InvalidArgument
 from signalhub.protocol.wire import parse_id, parse_optional_id

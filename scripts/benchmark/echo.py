@@ -10,8 +10,8 @@ from multiprocessing.connection import Connection
 
 import grpc
 
-from backoffice.config import Settings
-from backoffice.serving import server_options
+from backoffice.platform.config import Settings
+from backoffice.platform.serving import server_options
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
 

@@ -22,8 +22,9 @@ import grpc
 from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 
-from backoffice import db, embedded, local, schema
-from backoffice.config import Settings
+from backoffice import embedded, local
+from backoffice.platform import db, schema
+from backoffice.platform.config import Settings
 
 from .options import REPO, Options
 

@@ -10,11 +10,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import update
 
-from backoffice.auth import KeyKind, SignatureVerifier, authenticate_token, bearer_token
 from backoffice.bootstrap import Resources
 from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus
-from backoffice.nonces import NonceStore
-from backoffice.vault import Binding
+from backoffice.platform.auth import KeyKind, SignatureVerifier, authenticate_token, bearer_token
+from backoffice.platform.nonces import NonceStore
+from backoffice.platform.vault import Binding
 from signalhub.protocol import signing
 from signalhub.protocol.errors import Unauthenticated, Unavailable
 from signalhub.protocol.signing import AuthFailure, SignatureError
@@ -146,7 +146,7 @@ async def test_redis_outage_falls_back_to_postgres_and_still_refuses_replays(
 async def test_nonce_store_never_fails_open(res: Resources) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from backoffice.db import session_factory
+    from backoffice.platform.db import session_factory
 
     dead_pg = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none", connect_args={"timeout": 1})
     dead_redis = Redis.from_url(DEAD_REDIS, socket_connect_timeout=0.2, socket_timeout=0.2)

@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import select, update
 
 from backoffice import deliveries, signals
-from backoffice.auth import Caller
 from backoffice.bootstrap import Resources
 from backoffice.deliveries import ClaimRequest, DeviceReport, FillReport, Verdict
 from backoffice.models import (
@@ -24,6 +23,7 @@ from backoffice.models import (
     Position,
     PositionStatus,
 )
+from backoffice.platform.auth import Caller
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from tests.conftest import KeyCredentials, UserCredentials

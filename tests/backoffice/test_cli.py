@@ -20,10 +20,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from backoffice import cli, producer_cli
-from backoffice.auth import authenticate_token
 from backoffice.bootstrap import Resources
-from backoffice.config import Settings
 from backoffice.models import Role
+from backoffice.platform.auth import authenticate_token
+from backoffice.platform.config import Settings
 from gateway import bridge_cli
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb

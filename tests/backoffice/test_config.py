@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from backoffice.config import ConfigError, Settings
+from backoffice.platform.config import ConfigError, Settings
 
 KEY = base64.b64encode(b"k" * 32).decode()
 

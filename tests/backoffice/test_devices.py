@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import update
 
 from backoffice import devices, worker
-from backoffice.auth import KeyKind, SignatureVerifier
 from backoffice.bootstrap import Resources
 from backoffice.models import Device, DeviceStatus
+from backoffice.platform.auth import KeyKind, SignatureVerifier
 from signalhub.protocol import signing
 from signalhub.protocol.errors import FailedPrecondition
 from signalhub.protocol.signing import AuthFailure, SignatureError

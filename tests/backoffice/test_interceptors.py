@@ -136,7 +136,7 @@ async def test_unimplemented_rpcs_say_so_with_details(
 
 async def test_admission_control_answers_resource_exhausted(res: Resources) -> None:
     from backoffice import bootstrap
-    from backoffice.config import Settings
+    from backoffice.platform.config import Settings
 
     tight = Settings(**{**res.settings.__dict__, "max_concurrent_rpcs": 1})
     server = bootstrap.build_server(Resources(**{**res.__dict__, "settings": tight}))
@@ -165,7 +165,7 @@ async def test_a_value_postgres_refuses_is_invalid_argument_never_internal(res: 
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from backoffice.interceptors import _domain_error
+    from backoffice.platform.interceptors import _domain_error
     from signalhub.protocol import errors
 
     with pytest.raises(DBAPIError) as refused:

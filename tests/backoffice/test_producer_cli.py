@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from backoffice import models
 from backoffice.bootstrap import Resources
-from backoffice.serving import Server
+from backoffice.platform.serving import Server
 from signalhub.protocol import signing
 from tests.conftest import KeyCredentials
 

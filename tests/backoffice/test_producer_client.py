@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from backoffice import models
 from backoffice.bootstrap import Resources
+from backoffice.platform.serving import Server
 from backoffice.producer_client import (
     CANCEL_SIGNAL,
     SUBMIT_QUOTES,
@@ -34,7 +35,6 @@ from backoffice.producer_client import (
     make_quote,
     submit_signal_request,
 )
-from backoffice.serving import Server
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
@@ -474,7 +474,7 @@ def test_request_defaults() -> None:
 
 
 def test_channel_keepalive_stays_inside_what_the_server_permits(res: Resources) -> None:
-    from backoffice.serving import server_options
+    from backoffice.platform.serving import server_options
 
     client = dict(channel_options(RetryPolicy()))
     server = dict(server_options(res.settings))

@@ -15,9 +15,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from backoffice import schema
-from backoffice.config import Settings
 from backoffice.models import Base
+from backoffice.platform import schema
+from backoffice.platform.config import Settings
 from tests.conftest import create_database, drop_database, settings_for
 
 

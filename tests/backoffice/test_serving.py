@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from backoffice import bootstrap
 from backoffice.bootstrap import Resources
-from backoffice.serving import Server, server_options
+from backoffice.platform.serving import Server, server_options
 
 BACKOFFICE_SERVICES = {
     "signalhub.v1.AccountService",

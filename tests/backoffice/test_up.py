@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from backoffice import bootstrap, schema, up
-from backoffice.auth import KeyKind, authenticate_token
+from backoffice import bootstrap, up
 from backoffice.bootstrap import Resources
 from backoffice.models import Role
+from backoffice.platform import schema
+from backoffice.platform.auth import KeyKind, authenticate_token
 from signalhub.protocol import signing, state
 from tests.conftest import create_database, drop_database, settings_for
 

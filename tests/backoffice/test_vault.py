@@ -8,11 +8,11 @@ import uuid
 import pytest
 from sqlalchemy import select, text
 
-from backoffice import vault
 from backoffice.bootstrap import Resources
-from backoffice.config import MasterKey
 from backoffice.models import Device, Producer
-from backoffice.vault import Binding, Vault, VaultError
+from backoffice.platform import vault
+from backoffice.platform.config import MasterKey
+from backoffice.platform.vault import Binding, Vault, VaultError
 from signalhub.protocol import signing
 from signalhub.protocol.secret import Secret
 from tests.conftest import KeyCredentials, UserCredentials

@@ -34,11 +34,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
 from backoffice.bootstrap import Resources
-from backoffice.config import Settings
 from backoffice.models import Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
+from backoffice.platform.config import Settings
+from backoffice.platform.rpc_errors import build_status, trailing_metadata
+from backoffice.platform.serving import Server
 from backoffice.producer_client import ProducerClient
-from backoffice.rpc_errors import build_status, trailing_metadata
-from backoffice.serving import Server
 from gateway.bridge import (
     CONNECT_METHOD,
     BridgeClient,

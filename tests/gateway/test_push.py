@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from backoffice import hints
 from backoffice.bootstrap import Resources
 from backoffice.models import CloseCommand, CloseCommandStatus, Delivery, DeliveryState, EventKind
+from backoffice.platform import hints
 from signalhub.protocol import signing
 from signalhub.protocol.sealing import InstructionSealer, SealError
 from signalhub.v1 import common_pb2

@@ -10,9 +10,9 @@ import grpc
 import pytest
 from sqlalchemy import update
 
-from backoffice import hints
 from backoffice.bootstrap import Resources
 from backoffice.models import Device, DeviceStatus
+from backoffice.platform import hints
 from gateway import sweeper
 from signalhub.v1 import gateway_pb2 as pb
 from tests.conftest import KeyCredentials, UserCredentials, make_device

@@ -8,9 +8,9 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from backoffice.auth import KeyKind
 from backoffice.bootstrap import Resources
 from backoffice.models import ApiToken, AuditEvent
+from backoffice.platform.auth import KeyKind
 from signalhub.protocol import signing
 from signalhub.protocol.signing import AuthFailure, SignatureError
 from signalhub.v1 import backoffice_pb2 as pb

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select, update
 
 from backoffice.bootstrap import Resources
-from backoffice.hints import device_channel
 from backoffice.models import Delivery, DeliveryState, Device, DeviceStatus, Producer, ProducerStatus
+from backoffice.platform.hints import device_channel
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.backoffice.api.test_signals import signal_request, submit, ts

@@ -15,11 +15,11 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import func, select
 
-from backoffice import hints
-from backoffice.auth import KeyKind
 from backoffice.bootstrap import Resources
 from backoffice.models import Device, DeviceStatus
-from backoffice.vault import Binding
+from backoffice.platform import hints
+from backoffice.platform.auth import KeyKind
+from backoffice.platform.vault import Binding
 from signalhub.protocol import signing
 from signalhub.protocol.signing import AuthFailure, SignatureError
 from signalhub.v1 import backoffice_pb2 as pb

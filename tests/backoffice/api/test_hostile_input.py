@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backoffice.bootstrap import METHOD_AUTH, SERVICES, Resources
-from backoffice.interceptors import Auth
+from backoffice.platform.interceptors import Auth
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from tests.conftest import KeyCredentials, UserCredentials, make_device

@@ -20,9 +20,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from backoffice import auth
-from backoffice.auth import Caller, KeyKind, SignatureVerifier
-from backoffice.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
+from backoffice.platform import auth
+from backoffice.platform.auth import Caller, KeyKind, SignatureVerifier
+from backoffice.platform.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
 from signalhub.protocol import errors, wire
 from signalhub.protocol.logs import request_id_var
 from signalhub.protocol.signing import SignatureError

@@ -16,8 +16,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus, Role, User
-from backoffice.nonces import NonceStore
-from backoffice.vault import Binding, Vault
+from backoffice.platform.nonces import NonceStore
+from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
 from signalhub.protocol.errors import PermissionDenied, Unauthenticated
 from signalhub.protocol.signing import AuthFailure, SignatureError

@@ -16,7 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from backoffice.config import Settings
+from backoffice.platform.config import Settings
 
 log = logging.getLogger("signalhub.serving")
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice.models import Base, IdempotencyRecord
-from backoffice.vault import Binding, Vault
+from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol.errors import AlreadyExists
 from signalhub.protocol.wire import parse_id
 

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice.config import MasterKey
 from backoffice.models import SEALED_COLUMNS
+from backoffice.platform.config import MasterKey
 
 FORMAT = "sv1"
 _NONCE_BYTES = 12

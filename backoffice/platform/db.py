@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from backoffice.config import Settings
+from backoffice.platform.config import Settings
 
 
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
