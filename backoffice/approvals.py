@@ -16,12 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, sizing
+from backoffice import audit, deliveries, sizing
 from backoffice.models import (
     Approval,
     ApprovalStatus,
-    Delivery,
-    DeliveryState,
     Device,
     DeviceStatus,
     Signal,
@@ -238,47 +236,13 @@ async def _approve(
     approval.decided_at = now
     approval.volume = volume
     approval.device_ids = [d.id for d in devices]
-    skipped = []
-    woken = []
-    for device in devices:
-        instrument = device.symbol_map.get(signal.instrument, signal.instrument)
-        sized = sizing.size(
-            rule,
-            sizing.Account.from_hello(device.last_hello),
-            instrument,
-            entry_price=signal.entry_price,
-            stop_loss=signal.stop_loss,
-            override=volume,
-        )
-        state = DeliveryState.PENDING if sized.volume is not None else DeliveryState.SKIPPED
-        session.add(
-            Delivery(
-                id=uuid.uuid4(),
-                approval_id=approval.id,
-                signal_id=signal.id,
-                device_id=device.id,
-                instrument=instrument,
-                side=signal.side,
-                volume=sized.volume if sized.volume is not None else Decimal(0),
-                entry_price=signal.entry_price,
-                max_deviation=None,
-                expire_time=signal.expire_time,
-                state=state,
-                state_reason=sized.reason,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        if sized.volume is None:
-            skipped.append(f"{device.name}: {sized.reason}")
-        else:
-            woken.append(device.id)
+    created = deliveries.create_for_approval(session, approval, signal, devices, rule, volume, now)
     if not devices:
         approval.reason = "no ACTIVE device to deliver to"
-    elif skipped:
-        approval.reason = "; ".join(skipped)[:1000]
+    elif created.skipped:
+        approval.reason = "; ".join(created.skipped)[:1000]
     await session.flush()
-    return tuple(woken)
+    return created.woken
 
 
 async def list_pending(

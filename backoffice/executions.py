@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import devices, signals
@@ -204,3 +204,38 @@ async def list_executions(
         filters=[signal_id, device_id, state],
     )
     return await _assemble(session, deliveries), token
+
+
+def event_row(
+    device_id: uuid.UUID,
+    kind: EventKind,
+    now: datetime,
+    *,
+    frame_id: str | None = None,
+    delivery_id: uuid.UUID | None = None,
+    close_command_id: uuid.UUID | None = None,
+    stage: str | None = None,
+    body: dict[str, Any] | None = None,
+    event_time: datetime | None = None,
+) -> dict[str, Any]:
+    """An execution_events row. ``body`` holds decimals as strings; ``event_time`` is the source's clock,
+    ``received_at`` the server's."""
+    return {
+        "id": uuid.uuid4(),
+        "device_id": device_id,
+        "frame_id": frame_id,
+        "kind": kind,
+        "delivery_id": delivery_id,
+        "close_command_id": close_command_id,
+        "stage": stage,
+        "body": body or {},
+        "event_time": event_time,
+        "received_at": now,
+    }
+
+
+async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        # Core, not the ORM's bulk insert: nothing is read back, and this is the hottest write there is.
+        connection = await session.connection()
+        await connection.execute(insert(ExecutionEvent), list(rows))

@@ -18,6 +18,7 @@ from sqlalchemy import any_, bindparam, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backoffice.devices.hello import Hello
 from backoffice.models import (
     CloseCommand,
     CloseCommandStatus,
@@ -29,7 +30,6 @@ from backoffice.models import (
     Signal,
     SignalStatus,
 )
-from backoffice.sizing import Account
 
 
 @dataclass(frozen=True)
@@ -213,20 +213,20 @@ async def lock_close_targets(
     return targets
 
 
-async def accounts_of(session: AsyncSession, device_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Account]:
+async def accounts_of(session: AsyncSession, device_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Hello]:
     """Each device's account as its last Hello described it (symbol specs give the value of a tick)."""
     ids = set(device_ids)
     if not ids:
         return {}
     rows = await session.execute(select(Device.id, Device.last_hello).where(Device.id.in_(ids)))
-    return {row.id: Account.from_hello(row.last_hello) for row in rows}
+    return {row.id: Hello.from_json(row.last_hello) for row in rows}
 
 
 def realised_profit(
-    side: Side, entry_price: Decimal, close_price: Decimal, volume: Decimal, account: Account | None, instrument: str
+    side: Side, entry_price: Decimal, close_price: Decimal, volume: Decimal, account: Hello | None, instrument: str
 ) -> Decimal | None:
     """Profit in the account currency from the symbol's tick value; None when the Hello lacks it."""
-    spec = account.symbols.get(instrument) if account else None
+    spec = account.spec(instrument) if account else None
     if spec is None or not spec.tick_size or spec.tick_value is None:
         return None
     direction = 1 if side is Side.BUY else -1
@@ -240,7 +240,7 @@ def apply_close(
     close_price: Decimal | None,
     closed_volume: Decimal | None,
     error: str,
-    account: Account | None,
+    account: Hello | None,
     now: datetime,
 ) -> None:
     """The command SUCCEEDED or FAILED. A success closes the position, or reduces it when only part of

@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, deliveries, positions
-from backoffice.approvals import expire_undecided, open_approvals
+from backoffice import approvals, audit, deliveries, positions
 from backoffice.models import (
     ActorType,
     Approval,
@@ -132,7 +131,7 @@ async def submit(
     """Store the signal and open its approvals: pending for MANUAL subscribers, approved with sized
     deliveries for AUTO ones, all in the caller's transaction."""
     row = await _store(session, producer_id, request_id, signal)
-    decisions = await open_approvals(session, row, now)
+    decisions = await approvals.open_approvals(session, row, now)
     return Submission(row, tuple(d for decision in decisions for d in decision.woken_devices))
 
 
@@ -201,7 +200,7 @@ async def cancel(
     signal.status = SignalStatus.CANCELLED
     signal.cancelled_at = now
     signal.cancel_reason = reason[:500] or None
-    await expire_undecided(session, [signal.id], now, "signal cancelled")
+    await approvals.expire_undecided(session, [signal.id], now, "signal cancelled")
     await deliveries.cancel_for_signal(session, signal.id, now)
     open_positions = (
         await session.scalars(
@@ -335,5 +334,5 @@ async def expire_due(session: AsyncSession, now: datetime) -> int:
         )
     ).all()
     if ids:
-        await expire_undecided(session, ids, now, "signal expired")
+        await approvals.expire_undecided(session, ids, now, "signal expired")
     return len(ids)

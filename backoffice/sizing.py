@@ -7,46 +7,10 @@ symbol's volume_max, and skipped (with a reason a person can read) when it falls
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
-from typing import Any
+from decimal import ROUND_DOWN, Decimal
 
+from backoffice.devices.hello import Hello, SymbolSpec
 from backoffice.models import SizingMode
-
-
-@dataclass(frozen=True)
-class SymbolSpec:
-    contract_size: Decimal | None
-    tick_size: Decimal | None
-    tick_value: Decimal | None
-    volume_min: Decimal | None
-    volume_step: Decimal | None
-    volume_max: Decimal | None
-
-
-@dataclass(frozen=True)
-class Account:
-    """What sizing needs from a device's last Hello."""
-
-    balance: Decimal | None
-    equity: Decimal | None
-    symbols: dict[str, SymbolSpec]
-
-    @classmethod
-    def from_hello(cls, hello: dict[str, Any] | None) -> Account:
-        hello = hello or {}
-        symbols = {
-            str(name): SymbolSpec(
-                contract_size=_dec(spec.get("contract_size")),
-                tick_size=_dec(spec.get("tick_size")),
-                tick_value=_dec(spec.get("tick_value")),
-                volume_min=_dec(spec.get("volume_min")),
-                volume_step=_dec(spec.get("volume_step")),
-                volume_max=_dec(spec.get("volume_max")),
-            )
-            for name, spec in (hello.get("symbols") or {}).items()
-            if isinstance(spec, dict)
-        }
-        return cls(balance=_dec(hello.get("balance")), equity=_dec(hello.get("equity")), symbols=symbols)
 
 
 @dataclass(frozen=True)
@@ -66,14 +30,14 @@ class Sized:
 
 def size(
     rule: Rule,
-    account: Account,
+    account: Hello,
     symbol: str,
     *,
     entry_price: Decimal | None,
     stop_loss: Decimal | None,
     override: Decimal | None = None,
 ) -> Sized:
-    spec = account.symbols.get(symbol)
+    spec = account.spec(symbol)
     if override is not None:
         raw = override
     elif rule.mode is SizingMode.FIXED_VOLUME:
@@ -110,13 +74,3 @@ def _fit(raw: Decimal, max_volume: Decimal | None, spec: SymbolSpec | None, symb
         floor = f" (minimum {format(minimum, 'f')})" if minimum is not None else ""
         return Sized(None, f"sized volume {shown} for {symbol} is below the tradable minimum{floor}")
     return Sized(volume)
-
-
-def _dec(value: object) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return number if number.is_finite() and number >= 0 else None

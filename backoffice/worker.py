@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete
 
-from backoffice import devices, signals
+from backoffice import signals
 from backoffice.bootstrap import Resources
+from backoffice.devices import presence
 from backoffice.models import IdempotencyRecord
 
 log = logging.getLogger("signalhub.worker")
@@ -25,7 +26,7 @@ async def run_once(res: Resources) -> dict[str, int]:
         cutoff = datetime.now(UTC) - IDEMPOTENCY_RETENTION
         result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
         records = int(result.rowcount)  # type: ignore[attr-defined]
-        inactive = await devices.mark_idle_devices_inactive(session, datetime.now(UTC))
+        inactive = await presence.mark_idle_devices_inactive(session, datetime.now(UTC))
         expired = await signals.expire_due(session, datetime.now(UTC))
     return {
         "nonces_purged": nonces,

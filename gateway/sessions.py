@@ -31,10 +31,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, Outcome, Verdict
+from backoffice.devices import hello, presence
 from backoffice.platform import hints
 from backoffice.platform.auth import SignedKey
 from backoffice.platform.config import Settings
-from gateway import presence, uplink
+from gateway import uplink
 from gateway.outbox import Outbox, StreamFinished
 from gateway.push import Pusher
 from gateway.uplink import UplinkWriter
@@ -226,7 +227,7 @@ class DeviceSession:
     async def _hello(self, frame: pb.DeviceFrame) -> Outcome:
         """Store a Hello; a malformed one raises InvalidArgument."""
         check_text(frame)
-        record = presence.decode_hello(frame.hello)
+        record = hello.decode_hello(frame.hello)
         async with self._services.sessions.begin() as session:
             fresh = await presence.store_hello(session, self.device_id, frame.frame_id, record, datetime.now(UTC))
         self.seen_recorded = time.monotonic()

@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import deliveries
+from backoffice.devices import presence
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import cancel_and_wait
-from gateway import presence
 from gateway.sessions import MISSED_HEARTBEATS, SessionRegistry, heartbeat, revoked
 from signalhub.protocol.errors import Unavailable
 

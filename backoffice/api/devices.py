@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import devices, models
+from backoffice.devices.hello import Hello
 from backoffice.platform import hints, idempotency
 from backoffice.platform.config import Settings
 from backoffice.platform.interceptors import current_caller
@@ -20,14 +21,8 @@ from signalhub.v1 import backoffice_pb2 as pb
 _STATUS = "DEVICE_STATUS"
 
 
-def _hello_text(hello: dict[str, Any], key: str) -> str:
-    value = hello.get(key)
-    return "" if value is None else str(value)
-
-
 def encode_device(device: models.Device) -> pb.Device:
-    # What the gateway stored from the device's last Hello (snake_case keys of the Hello message).
-    hello = device.last_hello or {}
+    hello = Hello.from_json(device.last_hello)
     return pb.Device(
         id=str(device.id),
         user_id=str(device.user_id),
@@ -39,10 +34,10 @@ def encode_device(device: models.Device) -> pb.Device:
         last_seen_time=wire.timestamp(device.last_seen_at),
         secret_rotate_time=wire.timestamp(device.secret_rotated_at),
         revoke_time=wire.timestamp(device.revoked_at),
-        bridge_version=_hello_text(hello, "bridge_version"),
-        account_currency=_hello_text(hello, "account_currency"),
-        balance=_hello_text(hello, "balance"),
-        equity=_hello_text(hello, "equity"),
+        bridge_version=hello.bridge_version,
+        account_currency=hello.account_currency,
+        balance=wire.decimal_text(hello.balance),
+        equity=wire.decimal_text(hello.equity),
         hello_time=wire.timestamp(device.last_hello_at),
     )
 

@@ -1,7 +1,14 @@
-"""Engine and session factory: one per process, built by its composition root and passed down."""
+"""Engine and session factory: one per process, built by its composition root and passed down; and the
+one SQL idiom every module shares (id arrays as a single parameter)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, any_, literal
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from backoffice.platform.config import Settings
@@ -37,3 +44,12 @@ async def ensure_database(database_url: str) -> None:
             await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+UUID_ARRAY = ARRAY(UUID(as_uuid=True))
+
+
+def any_id(column: Any, ids: Iterable[uuid.UUID]) -> ColumnElement[bool]:
+    """``column = ANY($1)``: one array parameter, so the statement is the same (and prepared once)
+    however many ids there are; an IN list is a new statement per length and is capped in size."""
+    return column == any_(literal(list(ids), UUID_ARRAY))  # type: ignore[no-any-return]

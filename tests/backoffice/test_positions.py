@@ -10,12 +10,12 @@ import pytest
 
 from backoffice import deliveries, positions
 from backoffice.bootstrap import Resources
+from backoffice.devices.hello import Hello
 from backoffice.models import CloseCommand, CloseCommandStatus, CloseReason, Position, PositionStatus, Side
-from backoffice.sizing import Account
 from tests.conftest import KeyCredentials, UserCredentials
 from tests.gateway.support import Book, row
 
-GOLD = Account.from_hello({"symbols": {"GOLD.m": {"tick_size": "0.01", "tick_value": "1"}}})
+GOLD = Hello.from_json({"symbols": {"GOLD.m": {"tick_size": "0.01", "tick_value": "1"}}})
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 

@@ -13,10 +13,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from backoffice import quotes, signals
-from backoffice.devices import SYMBOL_RE
 from backoffice.models import ActorType
 from gateway import uplink
 from signalhub.protocol.errors import InvalidArgument
+from signalhub.protocol.wire import SYMBOL_RE
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as gpb

@@ -6,8 +6,9 @@ from decimal import Decimal as D
 
 import pytest
 
+from backoffice.devices.hello import Hello
 from backoffice.models import SizingMode
-from backoffice.sizing import Account, Rule, size
+from backoffice.sizing import Rule, size
 
 HELLO = {
     "balance": "10000",
@@ -23,10 +24,10 @@ HELLO = {
         }
     },
 }
-ACCOUNT = Account.from_hello(HELLO)
+ACCOUNT = Hello.from_json(HELLO)
 
 
-def _size(rule: Rule, account: Account = ACCOUNT, symbol: str = "GOLD.m") -> D | None:
+def _size(rule: Rule, account: Hello = ACCOUNT, symbol: str = "GOLD.m") -> D | None:
     return size(rule, account, symbol, entry_price=None, stop_loss=None).volume
 
 
@@ -69,9 +70,9 @@ def test_override_is_still_fitted() -> None:
 
 @pytest.mark.parametrize("mode", [SizingMode.BALANCE_RATIO, SizingMode.RISK_PERCENT])
 def test_no_hello_means_no_account_data(mode: SizingMode) -> None:
-    sized = size(Rule(mode, D("1"), None), Account.from_hello(None), "GOLD.m", entry_price=D("2"), stop_loss=D("1"))
+    sized = size(Rule(mode, D("1"), None), Hello.from_json(None), "GOLD.m", entry_price=D("2"), stop_loss=D("1"))
     assert sized.volume is None and "Hello" in (sized.reason or "")
 
 
 def test_fixed_volume_without_symbol_spec_passes_as_given() -> None:
-    assert _size(Rule(SizingMode.FIXED_VOLUME, D("0.10"), None), Account.from_hello(None), "X") == D("0.10")
+    assert _size(Rule(SizingMode.FIXED_VOLUME, D("0.10"), None), Hello.from_json(None), "X") == D("0.10")

@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from backoffice import devices, worker
 from backoffice.bootstrap import Resources
+from backoffice.devices import presence
 from backoffice.models import Device, DeviceStatus
 from backoffice.platform.auth import KeyKind, SignatureVerifier
 from signalhub.protocol import signing
@@ -52,7 +53,7 @@ async def test_idle_devices_become_inactive(res: Resources, user: UserCredential
         await devices.revoke_device(session, user.caller, revoked_old)
 
     async with res.sessions.begin() as session:
-        changed = await devices.mark_idle_devices_inactive(session, datetime.now(UTC))
+        changed = await presence.mark_idle_devices_inactive(session, datetime.now(UTC))
     assert changed >= 2  # the database is shared with other tests: at least these two
     assert await _status(res, never_seen_old) is DeviceStatus.INACTIVE
     assert await _status(res, seen_long_ago) is DeviceStatus.INACTIVE

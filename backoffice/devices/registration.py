@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, func, select, true, update
+from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit
@@ -26,7 +26,6 @@ _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
 # A broker symbol as MetaTrader spells it (e.g. "GOLD.m", "EURUSD#").
 SYMBOL_MAP_MAX = 500
 UPDATABLE_FIELDS = ("name", "symbol_map")
-IDLE_AFTER = timedelta(days=7)
 
 T = TypeVar("T")
 
@@ -233,18 +232,3 @@ async def revoke_device(
     )
     await session.flush()
     return device
-
-
-async def mark_idle_devices_inactive(session: AsyncSession, now: datetime, idle: timedelta = IDLE_AFTER) -> int:
-    """ACTIVE devices not seen (or, never seen, not registered) for ``idle`` become INACTIVE; the gateway
-    makes them ACTIVE again when they connect. Returns how many changed."""
-    result = await session.execute(
-        update(Device)
-        .where(
-            Device.status == DeviceStatus.ACTIVE,
-            func.coalesce(Device.last_seen_at, Device.created_at) < now - idle,
-        )
-        .values(status=DeviceStatus.INACTIVE)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,85 @@
+"""A delivery's whole lifecycle, in one package: one instruction of one approved signal to one device.
+
+Every function works inside the caller's transaction:
+
+- ``create_for_approval`` (create.py): one delivery per chosen device when a signal is approved, sized
+  per device (PENDING), or SKIPPED with the reason when sizing gives nothing tradable.
+- ``cancel_for_signal`` (cancel.py): a cancelled signal's deliveries that were not received are never
+  (re-)sent.
+
+- ``claim`` (claim.py): what is due for some connected devices, oldest first, marked SENT (attempt + 1) with a SENT
+  execution event. A delivery is due while it has no RECEIVED ack: when PENDING, when it was sent on an
+  earlier stream (the device reconnected), or when the ack timeout passed. Nothing is sent after its
+  ``expire_time``: it becomes EXPIRED, with an EXPIRED event. A close command is due while PENDING, or
+  SENT on an earlier stream (it has no ack of its own; its CloseResult completes it).
+- ``expire_due`` (expiry.py) expires deliveries of devices that are not connected; ``due_devices`` names the devices
+  with something due, for the gateway's periodic sweep (a lost wake-up hint costs latency, never data).
+- ``record_reports`` (reports.py): a batch of device frames. Each one is kept as an immutable execution event and
+  applied to its delivery, close command, position or quote, in the caller's one transaction; the caller
+  commits before it answers any Receipt.
+
+What a device may report about a delivery of its own (anything else answers REJECTED, and a delivery of
+another device is NOT_FOUND, exactly like an unknown one):
+
+- RECEIVED, PLACED and FILLED move a delivery forward from PENDING, SENT or EXPIRED (the device's word
+  beats the server's presumption that it never arrived: the bridge itself refuses to place late). A stage
+  the delivery has already reached or passed is a DUPLICATE (e.g. RECEIVED after FILLED, an ack that
+  arrived late); nothing is recorded or changed.
+- REJECTED ends a delivery that is not FILLED; after REJECTED, further acks are DUPLICATEs and a fill is
+  refused. REJECTED after FILLED is refused too: both are conflicts a person must look at.
+- Deliveries that were never sent (SKIPPED, CANCELLED before it was sent, FAILED) accept nothing. One
+  cancelled after it was sent counts as SENT: the bridge may have placed it, and a real fill is recorded
+  (its position is closed at once, see ``backoffice.positions.open_positions``).
+
+A close command accepts one result: SUCCEEDED or FAILED; the same outcome again is a DUPLICATE, the other
+one is refused. Frames that are refused are not recorded.
+"""
+
+from backoffice.deliveries.cancel import cancel_for_signal
+from backoffice.deliveries.claim import Claim, ClaimRequest, CloseOrder, DeliveryOrder, Order, claim
+from backoffice.deliveries.create import Created, create_for_approval
+from backoffice.deliveries.expiry import due_devices, expire_due
+from backoffice.deliveries.reports import (
+    ACCEPTED,
+    DUPLICATE,
+    AckReport,
+    CloseReport,
+    DeviceReport,
+    FillReport,
+    HeartbeatReport,
+    Outcome,
+    QuoteReport,
+    Report,
+    Verdict,
+    record_reports,
+)
+from backoffice.deliveries.states import EXPIRED_REASON, MAY_FILL, UNRECEIVED
+
+__all__ = [
+    "ACCEPTED",
+    "DUPLICATE",
+    "EXPIRED_REASON",
+    "MAY_FILL",
+    "UNRECEIVED",
+    "AckReport",
+    "Claim",
+    "ClaimRequest",
+    "CloseOrder",
+    "CloseReport",
+    "Created",
+    "DeliveryOrder",
+    "DeviceReport",
+    "FillReport",
+    "HeartbeatReport",
+    "Order",
+    "Outcome",
+    "QuoteReport",
+    "Report",
+    "Verdict",
+    "cancel_for_signal",
+    "claim",
+    "create_for_approval",
+    "due_devices",
+    "expire_due",
+    "record_reports",
+]

@@ -1,0 +1,381 @@
+"""What devices report about their deliveries and close commands (acks, fills, close results, quotes,
+heartbeats), applied in the caller's transaction (see the package docstring for the rules)."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Text, any_, bindparam, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backoffice import executions, positions, quotes
+from backoffice.devices.hello import Hello
+from backoffice.models import (
+    CloseCommandStatus,
+    Delivery,
+    DeliveryState,
+    EventKind,
+    ExecutionEvent,
+    Side,
+)
+from backoffice.platform.db import any_id
+from signalhub.protocol.errors import DomainError, FailedPrecondition, NotFound
+from signalhub.protocol.wire import decimal_text
+
+
+class Verdict(enum.StrEnum):
+    ACCEPTED = "ACCEPTED"
+    DUPLICATE = "DUPLICATE"
+    REJECTED = "REJECTED"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    error: DomainError | None = None  # why, for REJECTED
+
+
+ACCEPTED = Outcome(Verdict.ACCEPTED)
+DUPLICATE = Outcome(Verdict.DUPLICATE)
+
+
+@dataclass(frozen=True)
+class AckReport:
+    delivery_id: uuid.UUID
+    stage: DeliveryState  # RECEIVED, PLACED or REJECTED
+    reason: str
+
+
+@dataclass(frozen=True)
+class FillReport:
+    delivery_id: uuid.UUID
+    broker_ticket: str
+    price: Decimal
+    volume: Decimal
+    fill_time: datetime | None
+
+
+@dataclass(frozen=True)
+class CloseReport:
+    command_id: uuid.UUID
+    success: bool
+    close_price: Decimal | None  # required when success
+    closed_volume: Decimal | None  # None: the command's volume
+    error: str
+
+
+@dataclass(frozen=True)
+class QuoteReport:
+    quote: quotes.QuoteIn  # its instrument is the broker's symbol
+
+
+@dataclass(frozen=True)
+class HeartbeatReport:
+    send_time: datetime | None
+
+
+Report = AckReport | FillReport | CloseReport | QuoteReport | HeartbeatReport
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """One frame of one device."""
+
+    device_id: uuid.UUID
+    frame_id: str
+    report: Report
+
+
+@dataclass
+class _DeliveryState:
+    """A delivery locked by the current transaction, changed in memory, written once at the end."""
+
+    id: uuid.UUID
+    device_id: uuid.UUID
+    signal_id: uuid.UUID
+    instrument: str
+    side: Side
+    attempt: int
+    state: DeliveryState
+    reason: str | None
+    sent: bool
+    changed: bool = False
+
+
+# How far along the way to a fill each state is; EXPIRED counts as "not received" (see the module doc).
+_PROGRESS = {
+    DeliveryState.PENDING: 0,
+    DeliveryState.SENT: 0,
+    DeliveryState.EXPIRED: 0,
+    DeliveryState.RECEIVED: 1,
+    DeliveryState.PLACED: 2,
+    DeliveryState.FILLED: 3,
+}
+_NEVER_SENT = (DeliveryState.SKIPPED, DeliveryState.CANCELLED, DeliveryState.FAILED)
+
+
+@dataclass
+class _Batch:
+    now: datetime
+    deliveries: dict[uuid.UUID, _DeliveryState]
+    closes: dict[uuid.UUID, positions.CloseTarget]
+    accounts: dict[uuid.UUID, Hello]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    openings: list[positions.Opening] = field(default_factory=list)
+    quotes: list[quotes.QuoteIn] = field(default_factory=list)
+
+
+async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> list[Outcome]:
+    """Apply a batch of frames in order; one Outcome per frame. A frame_id the device used before (or
+    earlier in the batch) is a DUPLICATE. Locks are taken in id order, so concurrent batches never wait
+    on each other in a cycle; a unique violation on (device_id, frame_id) means another transaction
+    recorded the same frame meanwhile, and the caller retries the batch (this check then sees it)."""
+    recorded = await _recorded_frames(session, reports)
+    batch = _Batch(
+        now=now,
+        deliveries=await _lock_deliveries(
+            session,
+            {(r.report.delivery_id, r.device_id) for r in reports if isinstance(r.report, AckReport | FillReport)},
+        ),
+        closes=await positions.lock_close_targets(
+            session, {(r.report.command_id, r.device_id) for r in reports if isinstance(r.report, CloseReport)}
+        ),
+        accounts={},
+    )
+    if batch.closes:
+        batch.accounts = await positions.accounts_of(session, {t.device_id for t in batch.closes.values()})
+    outcomes = []
+    for item in reports:
+        key = (item.device_id, item.frame_id)
+        if key in recorded:
+            outcomes.append(DUPLICATE)
+            continue
+        outcome = _apply(batch, item)
+        if outcome.verdict is Verdict.ACCEPTED:
+            recorded.add(key)
+        outcomes.append(outcome)
+    await executions.insert_events(session, batch.events)
+    await _write_deliveries(session, batch.deliveries.values(), now)
+    await positions.open_positions(session, batch.openings)
+    await positions.write_closes(session, batch.closes.values())
+    await quotes.store_latest(session, batch.quotes, batch.now)
+    return outcomes
+
+
+def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
+    report = item.report
+    if isinstance(report, AckReport | FillReport):
+        return _apply_to_delivery(batch, item, report)
+    if isinstance(report, CloseReport):
+        return _apply_close(batch, item, report)
+    if isinstance(report, QuoteReport):
+        quote = report.quote
+        body = {"instrument": quote.instrument, "bid": decimal_text(quote.bid), "ask": decimal_text(quote.ask)}
+        batch.events.append(
+            executions.event_row(
+                item.device_id,
+                EventKind.QUOTE,
+                batch.now,
+                frame_id=item.frame_id,
+                body=body,
+                event_time=quote.quote_time,
+            )
+        )
+        batch.quotes.append(quote)
+        return ACCEPTED
+    batch.events.append(
+        executions.event_row(
+            item.device_id, EventKind.HEARTBEAT, batch.now, frame_id=item.frame_id, event_time=report.send_time
+        )
+    )
+    return ACCEPTED
+
+
+def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | FillReport) -> Outcome:
+    delivery = batch.deliveries.get(report.delivery_id)
+    if delivery is None or delivery.device_id != item.device_id:
+        return Outcome(Verdict.REJECTED, NotFound("delivery"))
+    stage = report.stage if isinstance(report, AckReport) else DeliveryState.FILLED
+    verdict = _transition(delivery.state, stage, sent=delivery.sent)
+    if verdict is not Verdict.ACCEPTED:
+        if verdict is Verdict.DUPLICATE:
+            return DUPLICATE
+        return Outcome(
+            Verdict.REJECTED,
+            FailedPrecondition(
+                f"a delivery that is {delivery.state.value} cannot become {stage.value}",
+                reason="INVALID_TRANSITION",
+                metadata={"delivery_id": str(delivery.id), "state": delivery.state.value, "stage": stage.value},
+            ),
+        )
+    delivery.state = stage
+    delivery.changed = True
+    body: dict[str, Any] = {"attempt": delivery.attempt}
+    if isinstance(report, AckReport):
+        if report.reason:
+            body["reason"] = report.reason
+        if stage is DeliveryState.REJECTED:
+            delivery.reason = report.reason or "rejected by the device"
+        kind, event_time = EventKind.ACK, None
+    else:
+        body.update(
+            price=decimal_text(report.price), volume=decimal_text(report.volume), broker_ticket=report.broker_ticket
+        )
+        kind, event_time = EventKind.FILL, report.fill_time
+        batch.openings.append(
+            positions.Opening(
+                delivery_id=delivery.id,
+                device_id=delivery.device_id,
+                signal_id=delivery.signal_id,
+                instrument=delivery.instrument,
+                side=delivery.side,
+                volume=report.volume,
+                entry_price=report.price,
+                broker_ticket=report.broker_ticket,
+                opened_at=report.fill_time or batch.now,
+            )
+        )
+    batch.events.append(
+        executions.event_row(
+            item.device_id,
+            kind,
+            batch.now,
+            frame_id=item.frame_id,
+            delivery_id=delivery.id,
+            stage=stage.value,
+            body=body,
+            event_time=event_time,
+        )
+    )
+    return ACCEPTED
+
+
+def _transition(state: DeliveryState, stage: DeliveryState, *, sent: bool) -> Verdict:
+    """ACCEPTED (move to ``stage``), DUPLICATE (nothing to change) or REJECTED (a conflict)."""
+    if state is DeliveryState.CANCELLED and sent:
+        state = DeliveryState.SENT  # cancelled on its way: the device's word wins, as after EXPIRED
+    if state in _NEVER_SENT:
+        return Verdict.REJECTED
+    if state is DeliveryState.REJECTED:
+        return Verdict.REJECTED if stage is DeliveryState.FILLED else Verdict.DUPLICATE
+    if stage is DeliveryState.REJECTED:
+        return Verdict.REJECTED if state is DeliveryState.FILLED else Verdict.ACCEPTED
+    return Verdict.ACCEPTED if _PROGRESS[stage] > _PROGRESS[state] else Verdict.DUPLICATE
+
+
+def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outcome:
+    target = batch.closes.get(report.command_id)
+    if target is None or target.device_id != item.device_id:
+        return Outcome(Verdict.REJECTED, NotFound("close command"))
+    outcome = CloseCommandStatus.SUCCEEDED if report.success else CloseCommandStatus.FAILED
+    if target.status in (CloseCommandStatus.SUCCEEDED, CloseCommandStatus.FAILED):
+        if target.status is outcome:
+            return DUPLICATE
+        return Outcome(
+            Verdict.REJECTED,
+            FailedPrecondition(
+                f"the close command already {target.status.value}",
+                reason="INVALID_TRANSITION",
+                metadata={"command_id": str(target.command_id), "state": target.status.value, "stage": outcome.value},
+            ),
+        )
+    positions.apply_close(
+        target,
+        success=report.success,
+        close_price=report.close_price,
+        closed_volume=report.closed_volume,
+        error=report.error,
+        account=batch.accounts.get(item.device_id),
+        now=batch.now,
+    )
+    body: dict[str, Any] = {}
+    if report.success:
+        body.update(price=decimal_text(target.close_price), volume=decimal_text(target.closed_volume))
+    else:
+        body["error"] = target.error
+    batch.events.append(
+        executions.event_row(
+            item.device_id,
+            EventKind.CLOSE_RESULT,
+            batch.now,
+            frame_id=item.frame_id,
+            close_command_id=target.command_id,
+            stage=outcome.value,
+            body=body,
+        )
+    )
+    return ACCEPTED
+
+
+async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport]) -> set[tuple[uuid.UUID, str]]:
+    pairs = {(r.device_id, r.frame_id) for r in reports}
+    if not pairs:
+        return set()
+    rows = await session.execute(
+        select(ExecutionEvent.device_id, ExecutionEvent.frame_id).where(
+            any_id(ExecutionEvent.device_id, {device_id for device_id, _ in pairs}),
+            ExecutionEvent.frame_id == any_(literal([frame_id for _, frame_id in pairs], ARRAY(Text))),
+        )
+    )
+    return {(row.device_id, row.frame_id) for row in rows if (row.device_id, row.frame_id) in pairs}
+
+
+async def _lock_deliveries(
+    session: AsyncSession, pairs: Iterable[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[uuid.UUID, _DeliveryState]:
+    """The deliveries named by (delivery id, device id) pairs, locked in id order; another device's
+    delivery is simply not found."""
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(
+            Delivery.id,
+            Delivery.device_id,
+            Delivery.signal_id,
+            Delivery.instrument,
+            Delivery.side,
+            Delivery.attempt,
+            Delivery.state,
+            Delivery.state_reason,
+            Delivery.sent_at,
+        )
+        .where(any_id(Delivery.id, {d for d, _ in wanted}), any_id(Delivery.device_id, {d for _, d in wanted}))
+        .order_by(Delivery.id)
+        .with_for_update()
+    )
+    return {
+        row.id: _DeliveryState(
+            row.id,
+            row.device_id,
+            row.signal_id,
+            row.instrument,
+            row.side,
+            row.attempt,
+            row.state,
+            row.state_reason,
+            sent=row.sent_at is not None,
+        )
+        for row in rows
+        if (row.id, row.device_id) in wanted
+    }
+
+
+async def _write_deliveries(session: AsyncSession, deliveries: Iterable[_DeliveryState], now: datetime) -> None:
+    changed = [d for d in deliveries if d.changed]
+    if not changed:
+        return
+    connection = await session.connection()  # Core executemany: one statement, many parameter sets
+    await connection.execute(
+        update(Delivery)
+        .where(Delivery.id == bindparam("b_id"))
+        .values(state=bindparam("b_state"), state_reason=bindparam("b_reason"), updated_at=bindparam("b_at")),
+        [{"b_id": d.id, "b_state": d.state, "b_reason": d.reason, "b_at": now} for d in changed],
+    )
