@@ -1,0 +1,67 @@
+"""The run, phase by phase: start the stack, provision, measure the bare limits, run the scenarios on
+the gateway, stop; the figures go to ``bench/results.json`` even when a phase fails."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack, ExitStack
+
+from .limits import Bare, bare_echo, bare_postgres, bare_redis
+from .options import Options, parse_args
+from .report import Report, write_results
+from .scenarios import gateway_scenarios
+from .system import start_stack
+from .world import provision
+
+
+async def main_async(options: Options) -> int:
+    """Every phase in order, each announced with the time since the start; the servers and the database
+    are stopped and dropped on the way out, whatever happened, and the figures so far are written."""
+    report = Report()
+    began = time.monotonic()
+
+    def phase(name: str) -> None:
+        print(f"== {name} (at {time.monotonic() - began:.0f} s)", flush=True)
+
+    try:
+        async with AsyncExitStack() as stack:
+            with ExitStack() as sync_stack:
+                system = await start_stack(options, stack, sync_stack)
+                phase(f"provisioning {options.users} users, {options.devices} devices, 3 producers")
+                world = await provision(system, options.users, options.devices)
+                phase("bare limits: Postgres commit, Redis publish")
+                bare: Bare = {
+                    "commit": await bare_postgres(system, report, options.commits),
+                    "publish": await bare_redis(system, report, options.publishes),
+                }
+                phase(f"bare limits: echo stream, {options.devices} streams over {options.processes} load processes")
+                bare.update(await bare_echo(options, world, report))
+                phase(f"the system: {options.devices} simulated bridges on one gateway")
+                await gateway_scenarios(options, system, world, report, bare)
+                phase("stopping")
+    finally:
+        write_results(options.output, report)
+    missed = report.missed()
+    print(f"== {len(report.figures)} figures in {time.monotonic() - began:.0f} s -> {options.output}", flush=True)
+    if missed:
+        print("== targets not met: " + ", ".join(missed), flush=True)
+    return 0
+
+
+def raise_file_limit() -> None:
+    """1,000 streams (and the servers' database connections) need more than 1,024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_args(argv)
+    raise_file_limit()
+    sys.exit(asyncio.run(main_async(options)))

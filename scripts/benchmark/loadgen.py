@@ -1,0 +1,186 @@
+"""The load generator: simulated bridges spread over several spawned processes (one Python process
+cannot drive 1,000 streams and time them fairly), each answering the coordinator's commands over a pipe.
+
+This module is what a load process imports: keep it free of the servers' dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import grpc
+
+from .simdevice import Samples, SimDevice
+
+# A pipe message: the command (or answer) name, then its arguments. Pickled across processes, so untyped.
+Message = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    address: str
+    devices: tuple[tuple[str, str], ...]  # (device id, shs_ secret)
+    connect_concurrency: int = 25
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """A load process: holds its share of the devices and answers the coordinator's commands."""
+    asyncio.run(_serve(Worker(spec), conn))
+
+
+async def _serve(worker: Worker, conn: Connection) -> None:
+    handlers: dict[str, Callable[..., Awaitable[Message]]] = {
+        "connect": worker.connect,
+        "echo": worker.echo,
+        "echo_paced": worker.echo_paced,
+        "count": worker.count,
+        "drain": worker.drain,
+        "collect": worker.collect,
+        "close": worker.close,
+    }
+    while True:
+        command, *args = await asyncio.to_thread(conn.recv)
+        conn.send(await handlers[command](*args))
+        if command == "close":
+            return
+
+
+class Worker:
+    """One load process's devices and what they saw in the current phase; a method per command."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.samples = Samples()
+        self.devices: list[SimDevice] = []
+
+    async def _connect_one(self, device_id: str, shown: str, gate: asyncio.Semaphore) -> SimDevice | None:
+        device = SimDevice(device_id, shown, self.spec.address, self.samples)
+        async with gate:
+            try:
+                await device.connect()
+            except Exception as exc:
+                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+                self.samples.errors.append(f"{code}: {exc}")
+                await device.close()
+                return None
+        return device
+
+    async def connect(self) -> Message:
+        gate = asyncio.Semaphore(self.spec.connect_concurrency)
+        found = await asyncio.gather(*(self._connect_one(d, s, gate) for d, s in self.spec.devices))
+        self.devices = [d for d in found if d is not None]
+        return ("connected", len(self.devices), self.samples.errors[:3])
+
+    async def echo(self, count: int) -> Message:
+        await asyncio.gather(*(d.echo_frames(count) for d in self.devices))
+        await asyncio.gather(*(d.drain() for d in self.devices))
+        return ("done",)
+
+    async def echo_paced(self, total: int, seconds: float) -> Message:
+        """``total`` frames from this process, evenly over ``seconds``, round-robin over its devices."""
+        began, sends = time.monotonic(), []
+        for k in range(total):
+            delay = began + k * seconds / total - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sends.append(asyncio.create_task(self.devices[k % len(self.devices)].echo_one()))
+        await asyncio.gather(*sends)
+        await asyncio.gather(*(d.drain() for d in self.devices))
+        return ("done",)
+
+    async def count(self, signal_ids: Sequence[str]) -> Message:
+        wanted = set(signal_ids)
+        return ("count", sum(1 for s, *_ in self.samples.deliveries if s in wanted), len(self.samples.receipts))
+
+    async def drain(self, within: float) -> Message:
+        await asyncio.gather(*(d.drain(within) for d in self.devices))
+        return ("drained", sum(len(d.pending) for d in self.devices))
+
+    async def collect(self) -> Message:
+        """Hand over this phase's samples and start the next phase."""
+        s = self.samples
+        answer = ("samples", s.deliveries, s.receipts, s.rejected, s.errors[:5], s.late)
+        self.samples = Samples(phase=s.phase + 1)
+        for device in self.devices:
+            device.samples = self.samples
+        return answer
+
+    async def close(self) -> Message:
+        await asyncio.gather(*(d.close() for d in self.devices))
+        return ("closed",)
+
+
+class LoadGenerator:
+    """The coordinator's side of the load processes."""
+
+    def __init__(self, address: str, devices: Sequence[tuple[str, str]], processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.processes: list[SpawnProcess] = []
+        share = [tuple(devices[i::processes]) for i in range(processes)]
+        for index, chunk in enumerate(share):
+            if not chunk:
+                continue
+            mine, theirs = context.Pipe()
+            process = context.Process(target=worker_main, args=(WorkerSpec(index, address, chunk), theirs), daemon=True)
+            process.start()
+            self.pipes.append(mine)
+            self.processes.append(process)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
+
+    async def ask(self, *command: object) -> list[Message]:
+        """Send a command to every load process; their answers, in process order."""
+        for pipe in self.pipes:
+            pipe.send(command)
+        return list(await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes)))
+
+    async def connect(self) -> tuple[int, list[str]]:
+        answers = await self.ask("connect")
+        return sum(a[1] for a in answers), [e for a in answers for e in a[2]]
+
+    async def echo(self, count: int) -> None:
+        """Every device writes ``count`` frames back to back; returns once all are receipted."""
+        await self.ask("echo", count)
+
+    async def echo_paced(self, per_process: int, seconds: float) -> None:
+        """``per_process`` frames from each load process, evenly over ``seconds``."""
+        await self.ask("echo_paced", per_process, seconds)
+
+    async def collect(self) -> Samples:
+        """What every device saw since the last collect; the devices start a new phase."""
+        merged = Samples()
+        for answer in await self.ask("collect"):
+            merged.deliveries.extend(answer[1])
+            merged.receipts.extend(answer[2])
+            merged.rejected += answer[3]
+            merged.errors.extend(answer[4])
+            merged.late += answer[5]
+        return merged
+
+    async def drain(self, within: float) -> int:
+        """Wait (at most ``within`` seconds) for every written frame's receipt; the number still missing."""
+        return sum(a[1] for a in await self.ask("drain", within))
+
+    async def count(self, signal_ids: Sequence[str]) -> tuple[int, int]:
+        answers = await self.ask("count", list(signal_ids))
+        return sum(a[1] for a in answers), sum(a[2] for a in answers)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ask("close"), 30)
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()

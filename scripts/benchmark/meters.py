@@ -1,0 +1,77 @@
+"""CPU and memory of the processes under test, read from /proc (Linux); None where it cannot be read."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .report import Report
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time a process has used so far (Linux)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time (all cores) the whole machine spent busy so far (Linux /proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int | None) -> int | None:
+    """A process's resident memory now, in KiB."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class CpuMeter:
+    """CPU used during one scenario, as a share of one core: each server, the load processes together,
+    and the whole machine (on a 2-core machine, 200 % is saturation)."""
+
+    def __init__(self, pids: Mapping[str, int | None], load_pids: Sequence[int] = ()) -> None:
+        self.pids = dict(pids)
+        self.load_pids = list(load_pids)
+        self.began = time.monotonic()
+        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.load_start = [cpu_seconds(pid) for pid in self.load_pids]
+        self.machine_start = machine_busy_seconds()
+
+    def report(self, report: Report, scenario: str, frames: int | None = None) -> None:
+        elapsed = time.monotonic() - self.began
+        if elapsed <= 0:
+            return
+        for name, pid in self.pids.items():
+            before, after = self.start[name], cpu_seconds(pid)
+            if before is None or after is None:
+                continue
+            report.add(f"{name}_cpu_share", 100 * (after - before) / elapsed, "% of a core", scenario)
+            if frames:
+                report.add(f"{name}_cpu_per_frame", 1e6 * (after - before) / frames, "us", scenario)
+        used = [(b, cpu_seconds(pid)) for b, pid in zip(self.load_start, self.load_pids, strict=True)]
+        load = sum(a - b for b, a in used if a is not None and b is not None)
+        if self.load_pids:
+            report.add("load_generator_cpu_share", 100 * load / elapsed, "% of a core", scenario)
+        machine_end = machine_busy_seconds()
+        if self.machine_start is not None and machine_end is not None:
+            busy = 100 * (machine_end - self.machine_start) / elapsed
+            report.add("machine_cpu_busy", busy, f"% of {os.cpu_count()} cores", scenario)

@@ -1,0 +1,252 @@
+"""The scenarios against the real system, one function each, run in order over the same connected
+simulated bridges: approval to delivery, fan-out, acks at a steady rate, acks in a burst, and signed
+SubmitSignal. Each reports its figures beside the targets of docs/design.md."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .limits import Bare
+from .loadgen import LoadGenerator
+from .meters import CpuMeter, rss_kib
+from .options import Options
+from .report import Report, ms, percentile, round_trips, throughput
+from .system import Stack
+from .world import Backoffice, World
+
+
+@dataclass
+class Run:
+    """What the scenarios against the real system share."""
+
+    options: Options
+    stack: Stack
+    world: World
+    report: Report
+    bare: Bare
+    load: LoadGenerator
+    api: Backoffice
+    connected: int = 0
+
+    @property
+    def per_user(self) -> int:
+        return max(1, len(self.world.devices) // len(self.world.accounts))
+
+    def meter(self) -> CpuMeter:
+        """CPU of the servers and the load processes from now on."""
+        return CpuMeter(self.stack.pids, self.load.pids)
+
+
+async def paced(count: int, rate: float, make: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """Start ``make(i)`` at ``rate`` per second (open loop), then wait for all."""
+    began = time.monotonic()
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(count):
+        delay = began + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(make(i)))
+    await asyncio.gather(*tasks)
+
+
+async def wait_for_deliveries(load: LoadGenerator, signal_ids: Sequence[str], expected: int, within: float) -> int:
+    """Poll until ``expected`` deliveries of these signals arrived (or ``within`` seconds passed)."""
+    deadline = time.monotonic() + within
+    got = 0
+    while time.monotonic() < deadline:
+        got, _ = await load.count(signal_ids)
+        if got >= expected:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # let the last receipts arrive
+    return got
+
+
+async def approval_to_delivery(run: Run) -> None:
+    """One delivery per approval (one user, one of their devices), approvals paced; the latency runs from
+    the approval's decide_time to the device's first receipt of the delivery."""
+    options, world, report = run.options, run.world, run.report
+    meter = run.meter()
+    approvals: dict[tuple[str, str], float] = {}
+    run.api.approve_latencies.clear()
+    rounds = max(1, min(run.per_user, -(-options.latency_samples // len(world.accounts))))
+    for r in range(rounds):
+        signal_id = await run.api.signal(run.api.manual)
+
+        async def approve_one(i: int, signal_id: str = signal_id, r: int = r) -> None:
+            account = world.accounts[i]
+            device_id = account.devices[r % len(account.devices)]
+            approvals[(signal_id, device_id)] = await run.api.approve(account, signal_id, [device_id])
+
+        await paced(len(world.accounts), options.approval_rate, approve_one)
+    signal_ids = sorted({s for s, _ in approvals})
+    await wait_for_deliveries(run.load, signal_ids, len(approvals), options.wait_seconds)
+    samples = await run.load.collect()
+    first: dict[tuple[str, str], float] = {}
+    for signal_id, device_id, received, _ in samples.deliveries:
+        key = (signal_id, device_id)
+        if key in approvals:
+            first[key] = min(received, first.get(key, received))
+    latencies = [first[k] - approvals[k] for k in first]
+    where = f"{run.connected} devices connected, {len(approvals)} approvals at {options.approval_rate:g}/s"
+    report.add("approval_to_delivery_p50", ms(percentile(latencies, 50)), "ms", where, at_most=5)
+    report.add("approval_to_delivery_p95", ms(percentile(latencies, 95)), "ms", where)
+    report.add("approval_to_delivery_p99", ms(percentile(latencies, 99)), "ms", where, at_most=20)
+    report.add("approve_signal_rpc_p50", ms(percentile(run.api.approve_latencies, 50)), "ms", where)
+    report.add("approve_signal_rpc_p99", ms(percentile(run.api.approve_latencies, 99)), "ms", where)
+    floor = sum(v for v in (run.bare.get("commit"), run.bare.get("publish"), run.bare.get("rtt")) if v is not None)
+    p50 = percentile(latencies, 50)
+    if p50 is not None and floor > 0:
+        report.add("approval_to_delivery_p50_over_bare", p50 / floor, "x", f"{where}; bare = commit+publish+echo rtt")
+    meter.report(report, where)
+    if len(first) < len(approvals):
+        report.note(f"{len(approvals) - len(first)} of {len(approvals)} approved deliveries did not arrive in time")
+
+
+async def fanout(run: Run) -> None:
+    """One AUTO signal to every connected device."""
+    meter = run.meter()
+    t0 = time.time()
+    signal_id = await run.api.signal(run.api.auto)
+    got = await wait_for_deliveries(run.load, [signal_id], run.connected, run.options.wait_seconds)
+    samples = await run.load.collect()
+    arrivals = [received - t0 for s, _, received, attempt in samples.deliveries if s == signal_id and attempt == 1]
+    where = f"one AUTO signal to {run.connected} devices (the target is for 10,000)"
+    last = ms(max(arrivals)) if len(arrivals) >= run.connected else None  # not all arrived: not met
+    run.report.add("fanout_last_delivery", last, "ms", where, at_most=1000)
+    run.report.add("fanout_p50_delivery", ms(percentile(arrivals, 50)), "ms", where)
+    meter.report(run.report, where)
+    if got < run.connected:
+        wait = run.options.wait_seconds
+        run.report.note(f"fan-out: {got} of {run.connected} devices got the signal within {wait:g} s")
+
+
+async def ack_steady(run: Run) -> None:
+    """Acks at a steady offered rate: whole-account approvals (one delivery per device, three frames
+    each: RECEIVED, PLACED, Fill), paced."""
+    options, world = run.options, run.world
+    meter = run.meter()
+    approval_rate = options.ack_rate / (3 * run.per_user)
+    count = max(1, int(approval_rate * options.ack_seconds))
+    signal_ids = []
+    for start in range(0, count, len(world.accounts)):
+        signal_id = await run.api.signal(run.api.manual)
+        signal_ids.append(signal_id)
+
+        async def approve_account(i: int, signal_id: str = signal_id) -> None:
+            await run.api.approve(world.accounts[i], signal_id)
+
+        await paced(min(len(world.accounts), count - start), approval_rate, approve_account)
+    await wait_for_deliveries(run.load, signal_ids, count * run.per_user, options.wait_seconds)
+    missing = await run.load.drain(options.wait_seconds)
+    samples = await run.load.collect()
+    latencies = round_trips(samples.receipts)
+    if missing:
+        run.report.note(f"steady: {missing} frames still had no receipt after {options.wait_seconds:g} s")
+    where = f"~{options.ack_rate:g} ack/fill frames/s offered for {options.ack_seconds:g} s"
+    run.report.add("ack_to_receipt_p50", ms(percentile(latencies, 50)), "ms", where)
+    run.report.add("ack_to_receipt_p99", ms(percentile(latencies, 99)), "ms", where, at_most=10)
+    run.report.add("ack_steady_throughput", throughput(samples.receipts), "frames/s", where)
+    meter.report(run.report, where, len(samples.receipts))
+    if samples.rejected:
+        run.report.note(f"{samples.rejected} frames were answered REJECTED")
+
+
+async def ack_burst(run: Run) -> None:
+    """Several AUTO signals at once, every device acking each (RECEIVED, PLACED, Fill)."""
+    options = run.options
+    meter = run.meter()
+    signal_ids = [await run.api.signal(run.api.auto) for _ in range(options.burst_signals)]
+    await wait_for_deliveries(run.load, signal_ids, run.connected * options.burst_signals, 2 * options.wait_seconds)
+    missing = await run.load.drain(2 * options.wait_seconds)
+    samples = await run.load.collect()
+    rate = throughput(samples.receipts)
+    if missing:
+        run.report.note(f"burst: {missing} frames still had no receipt after {2 * options.wait_seconds:g} s")
+    where = f"{options.burst_signals} AUTO signals x {run.connected} devices x 3 frames"
+    run.report.add("ack_burst_frames_receipted", len(samples.receipts), "frames", where)
+    run.report.add("ack_burst_throughput", rate, "frames/s", where, at_least=5000)
+    run.report.add("ack_burst_receipt_p99", ms(percentile(round_trips(samples.receipts), 99)), "ms", where)
+    meter.report(run.report, where, len(samples.receipts))
+    echo_rate = run.bare.get("echo_rate")
+    if rate is not None and echo_rate:
+        run.report.add("ack_burst_over_echo_throughput", rate / echo_rate, "ratio", where, at_least=0.5)
+
+
+async def submit_signals(run: Run) -> None:
+    """Signed SubmitSignal at a steady rate, from a producer without subscribers."""
+    options = run.options
+    meter = run.meter()
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def submit(_: int) -> None:
+        began = time.perf_counter()
+        try:
+            await Backoffice.signal(run.api.idle)
+        except Exception as exc:
+            failures.append(str(exc))
+        else:
+            latencies.append(time.perf_counter() - began)
+
+    await paced(int(options.submit_rate * options.submit_seconds), options.submit_rate, submit)
+    where = f"{options.submit_rate:g} signed SubmitSignal/s for {options.submit_seconds:g} s"
+    run.report.add("submit_signal_p50", ms(percentile(latencies, 50)), "ms", where)
+    run.report.add("submit_signal_p99", ms(percentile(latencies, 99)), "ms", where, at_most=15)
+    run.report.add("submit_signal_failed", len(failures), "calls", where, at_most=0)
+    meter.report(run.report, where)
+    if failures:
+        run.report.note(f"{len(failures)} SubmitSignal calls failed, e.g. {failures[0]}")
+
+
+SCENARIOS: tuple[tuple[str, Callable[[Run], Coroutine[Any, Any, None]]], ...] = (
+    ("approval to delivery", approval_to_delivery),
+    ("fan-out", fanout),
+    ("acks, steady", ack_steady),
+    ("acks, burst", ack_burst),
+    ("signed SubmitSignal", submit_signals),
+)
+
+
+async def gateway_scenarios(options: Options, stack: Stack, world: World, report: Report, bare: Bare) -> None:
+    """Connect every simulated bridge to the gateway (streams connected, how long, RSS per stream), measure
+    it idle, then run each of SCENARIOS in turn; one that fails is noted and the next one still runs."""
+    where = f"{len(world.devices)} devices on one gateway"
+    load = LoadGenerator(stack.gateway, world.devices, options.processes)
+    run = Run(options, stack, world, report, bare, load, Backoffice(stack, world))
+    try:
+        before = rss_kib(stack.gateway_pid)
+        began = time.monotonic()
+        run.connected, errors = await run.load.connect()
+        report.add("streams_connected", run.connected, "streams", where, at_least=len(world.devices))
+        report.add("connect_all_seconds", time.monotonic() - began, "s", where)
+        if run.connected == 0:
+            report.note(f"no stream reached the gateway: {errors[:3]}")
+            return
+        if run.connected < len(world.devices):
+            report.note(f"only {run.connected} streams connected: {errors[:3]}")
+        await asyncio.sleep(2)
+        after = rss_kib(stack.gateway_pid)
+        if before is not None and after is not None:
+            # 10,000 streams under 1 GiB on one gateway process: at most 104.9 KiB each.
+            report.add("gateway_rss_per_stream", (after - before) / run.connected, "KiB", where, at_most=104.8)
+        idle = run.meter()
+        await asyncio.sleep(options.idle_seconds)
+        idle.report(report, f"{run.connected} streams connected, nothing to do")
+        await run.load.collect()
+        for name, scenario in SCENARIOS:
+            began = time.monotonic()
+            print(f"== {name}", flush=True)
+            try:
+                await scenario(run)
+            except Exception as exc:
+                report.note(f"{name} did not finish: {type(exc).__name__}: {exc}")
+                await run.load.collect()
+            print(f"   ({time.monotonic() - began:.0f} s)", flush=True)
+    finally:
+        await run.api.close()
+        await run.load.close()

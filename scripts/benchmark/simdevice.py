@@ -1,0 +1,201 @@
+"""A simulated EA bridge, built on the protocol layer alone (``signalhub.protocol``): it signs the stream
+open, opens sealed deliveries and answers each at once with RECEIVED, PLACED and a Fill (no ledger, no
+broker), heartbeats, and times every frame it writes until its Receipt. It imports no server module, so
+it measures what any bridge speaking the contract would see."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Final
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from signalhub.protocol.sealing import InstructionSealer
+from signalhub.protocol.signing import CONNECT_METHOD, parse_secret, signed_metadata
+from signalhub.v1 import gateway_pb2 as pb
+from signalhub.v1 import gateway_pb2_grpc as rpc
+
+INSTRUMENT: Final = "XAUUSD"
+FRAME_LIMIT_BYTES: Final = 1024 * 1024
+# What the bridge SDK's channels use: keepalive within what the servers permit (never too_many_pings), and
+# a subchannel (a TCP connection) of its own per channel, as each real bridge is a process of its own.
+CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", FRAME_LIMIT_BYTES),
+    ("grpc.max_send_message_length", FRAME_LIMIT_BYTES),
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.enable_retries", 0),
+)
+Stream = grpc.aio.StreamStreamCall[pb.DeviceFrame, pb.GatewayFrame]
+
+
+@dataclass
+class Samples:
+    """What the devices of one load process saw during the current phase."""
+
+    phase: int = 0
+    late: int = 0  # receipts of frames written in an earlier phase (not counted)
+    deliveries: list[tuple[str, str, float, int]] = field(default_factory=list)  # signal, device, received, attempt
+    receipts: list[tuple[float, float]] = field(default_factory=list)  # (written, receipted) of ack/fill frames
+    rejected: int = 0  # receipts other than ACCEPTED/DUPLICATE
+    errors: list[str] = field(default_factory=list)
+
+
+async def read_frame(call: Stream) -> pb.GatewayFrame | None:
+    """The next frame from the gateway; None once the stream has ended."""
+    frame = await call.read()
+    return frame if isinstance(frame, pb.GatewayFrame) else None  # otherwise grpc.aio.EOF
+
+
+def hello() -> pb.Hello:
+    """What the bridge reports on connecting: one tradable symbol, a 10,000 USD account."""
+    spec = pb.SymbolSpec(
+        name=INSTRUMENT,
+        contract_size="100",
+        tick_size="0.01",
+        tick_value="1",
+        volume_min="0.01",
+        volume_step="0.01",
+        volume_max="100",
+    )
+    return pb.Hello(bridge_version="bench", account_currency="USD", balance="10000", equity="10000", symbols=[spec])
+
+
+class SimDevice:
+    """A bridge reduced to the protocol: opens sealed deliveries and answers RECEIVED, PLACED and a Fill
+    at once (no ledger, no broker), and heartbeats."""
+
+    def __init__(self, device_id: str, shown: str, address: str, samples: Samples) -> None:
+        self.device_id = device_id
+        self.secret = parse_secret(shown)
+        self.sealer = InstructionSealer(self.secret, device_id)
+        self.address = address
+        self.samples = samples
+        self.pending: dict[str, tuple[float, int]] = {}  # frame id -> (written at, phase) of ack/fill frames
+        self.drained = asyncio.Event()  # set while nothing tracked awaits its receipt
+        self.drained.set()
+        self.seen: set[str] = set()
+        self.lock = asyncio.Lock()
+        self.sequence = 0
+        self.call: Stream | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def connect(self) -> None:
+        """Open the signed stream, say Hello, wait for Welcome, then read and heartbeat in the background."""
+        self.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        await asyncio.wait_for(self.channel.channel_ready(), 20)
+        metadata = signed_metadata(self.secret, CONNECT_METHOD, self.device_id, b"")
+        self.call = rpc.DeviceGatewayStub(self.channel).Connect(metadata=metadata)
+        await self._write(pb.DeviceFrame(hello=hello()), track=False)
+        heartbeat_seconds = 15
+        while True:
+            frame = await asyncio.wait_for(read_frame(self.call), 20)
+            if frame is None:
+                raise ConnectionError("stream ended before Welcome")
+            if frame.WhichOneof("body") == "welcome":
+                heartbeat_seconds = max(1, frame.welcome.heartbeat_seconds or 15)
+                break
+        self.tasks = [
+            asyncio.create_task(self._read(self.call)),
+            asyncio.create_task(self._heartbeat(heartbeat_seconds)),
+        ]
+
+    async def _write(self, frame: pb.DeviceFrame, *, track: bool) -> None:
+        """Number and send a frame; a tracked one is timed until its receipt."""
+        if self.call is None:
+            raise ConnectionError("not connected")
+        async with self.lock:
+            self.sequence += 1
+            frame.frame_id = f"{self.device_id[:8]}-{self.sequence}-{secrets.token_hex(4)}"
+            if track:
+                self.pending[frame.frame_id] = (time.time(), self.samples.phase)
+                self.drained.clear()
+            await self.call.write(frame)
+
+    async def _heartbeat(self, seconds: int) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self._write(pb.DeviceFrame(heartbeat=pb.Heartbeat()), track=False)
+
+    async def _read(self, call: Stream) -> None:
+        try:
+            while (frame := await read_frame(call)) is not None:
+                now = time.time()
+                kind = frame.WhichOneof("body")
+                if kind == "receipt":
+                    self._on_receipt(frame.receipt, now)
+                elif kind == "instruction":
+                    await self._on_instruction(frame.instruction, now)
+        except grpc.aio.AioRpcError as exc:
+            self.samples.errors.append(f"{exc.code().name}: {exc.details()}")
+
+    def _on_receipt(self, receipt: pb.Receipt, now: float) -> None:
+        written = self.pending.pop(receipt.frame_id, None)
+        if receipt.status not in (pb.RECEIPT_STATUS_ACCEPTED, pb.RECEIPT_STATUS_DUPLICATE):
+            self.samples.rejected += 1
+        if written is not None and written[1] != self.samples.phase:
+            self.samples.late += 1
+        elif written is not None:
+            self.samples.receipts.append((written[0], now))
+        if not self.pending:
+            self.drained.set()
+
+    async def _on_instruction(self, sealed: pb.SealedInstruction, received: float) -> None:
+        """Open a sealed instruction; a delivery is acked RECEIVED, and the first time also PLACED and
+        filled at once (a redelivery only gets RECEIVED, as a bridge executes a delivery once)."""
+        instruction = pb.Instruction.FromString(self.sealer.open(sealed.nonce, sealed.ciphertext))
+        if instruction.WhichOneof("body") != "delivery":
+            return
+        delivery = instruction.delivery
+        self.samples.deliveries.append((delivery.signal_id, self.device_id, received, delivery.attempt))
+        first = delivery.delivery_id not in self.seen
+        self.seen.add(delivery.delivery_id)
+        await self._ack(delivery.delivery_id, pb.ACK_STAGE_RECEIVED)
+        if not first:
+            return
+        await self._ack(delivery.delivery_id, pb.ACK_STAGE_PLACED)
+        stamp = Timestamp()
+        stamp.GetCurrentTime()
+        fill = pb.Fill(
+            delivery_id=delivery.delivery_id,
+            broker_ticket=str(abs(hash(delivery.delivery_id)) % 10**9),
+            price=delivery.entry_price or "2000.00",
+            volume=delivery.volume,
+            fill_time=stamp,
+        )
+        await self._write(pb.DeviceFrame(fill=fill), track=True)
+
+    async def _ack(self, delivery_id: str, stage: pb.AckStage.ValueType) -> None:
+        await self._write(pb.DeviceFrame(ack=pb.Ack(delivery_id=delivery_id, stage=stage)), track=True)
+
+    async def echo_one(self) -> None:
+        """Bare limit: one ack-sized frame (the echo server receipts it)."""
+        await self._ack(str(uuid.uuid4()), pb.ACK_STAGE_PLACED)
+
+    async def echo_frames(self, count: int) -> None:
+        """Bare limit: ``count`` ack-sized frames written back to back."""
+        for _ in range(count):
+            await self.echo_one()
+
+    async def drain(self, within: float = 30.0) -> None:
+        """Wait until every tracked frame has its receipt (or give up after ``within`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drained.wait(), within)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.call is not None:
+            self.call.cancel()
+        if self.channel is not None:
+            await self.channel.close()

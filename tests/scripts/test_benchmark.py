@@ -1,0 +1,55 @@
+"""The benchmark package (scripts/benchmark, run by scripts/bench) imports and its command line parses.
+Nothing is started and nothing is timed: a real run is `scripts/bench --quick`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import scripts.benchmark
+from scripts.benchmark import options
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = sorted(m.name for m in pkgutil.iter_modules(scripts.benchmark.__path__) if m.name != "__main__")
+
+
+def test_the_package_has_its_modules() -> None:
+    assert {"cli", "loadgen", "simdevice", "scenarios", "limits", "report", "system"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_imports(name: str) -> None:
+    importlib.import_module(f"scripts.benchmark.{name}")
+
+
+def test_the_parser_builds_and_quick_shortens_every_phase() -> None:
+    assert options.build_parser().prog == "scripts/bench"
+    full, quick = options.parse_args([]), options.parse_args(["--quick"])
+    assert (full.devices, full.users, full.processes) == (1000, 50, 4)
+    assert quick.quick and not full.quick
+    assert quick.ack_seconds < full.ack_seconds and quick.latency_samples < full.latency_samples
+    assert full.output == ROOT / "bench" / "results.json"
+
+
+def test_a_running_stack_is_named_by_both_addresses() -> None:
+    with pytest.raises(SystemExit):
+        options.parse_args(["--backoffice", "127.0.0.1:1"])
+    given = options.parse_args(["--backoffice", "127.0.0.1:1", "--gateway", "127.0.0.1:2", "--gateway-pid", "7"])
+    assert (given.backoffice, given.gateway, given.gateway_pid) == ("127.0.0.1:1", "127.0.0.1:2", 7)
+
+
+def test_a_load_process_imports_no_server_module() -> None:
+    """The simulated bridges are built on signalhub.protocol alone, like any bridge."""
+    code = "import json, sys, scripts.benchmark.loadgen; print(json.dumps(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "proto")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
+    assert not loaded & {"backoffice", "gateway", "sqlalchemy", "asyncpg", "redis"}
+    assert "signalhub" in loaded
