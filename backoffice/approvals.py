@@ -125,6 +125,9 @@ async def approve_signal(
     request_id: str,
     now: datetime | None = None,
 ) -> Decision:
+    """Approve the caller's pending approval of ``signal_id``: deliveries to the chosen ACTIVE devices (all
+    of them when none are named), in the caller's transaction. Approving twice returns the approval;
+    a rejected, expired or cancelled one is FAILED_PRECONDITION."""
     now = now or datetime.now(UTC)
     approval, signal, subscription = await _approval_for(session, caller, signal_id)
     if approval.status is ApprovalStatus.APPROVED:
@@ -157,6 +160,8 @@ async def reject_signal(
     request_id: str,
     now: datetime | None = None,
 ) -> Approval:
+    """Reject the caller's pending approval of ``signal_id`` (rejecting twice returns it); an approved,
+    expired or cancelled one is FAILED_PRECONDITION."""
     now = now or datetime.now(UTC)
     approval, signal, _ = await _approval_for(session, caller, signal_id)
     if approval.status is ApprovalStatus.REJECTED:

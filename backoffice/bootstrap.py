@@ -70,6 +70,8 @@ async def resources(settings: Settings) -> AsyncIterator[Resources]:
 
 
 def build_server(res: Resources, address: str | None = None) -> Server:
+    """The back-office gRPC server: every service of the contract behind one interceptor (admission,
+    authentication per method, error mapping), with health and reflection."""
     interceptor = RpcInterceptor(
         policies=METHOD_AUTH,
         default_policy=Auth.BEARER,

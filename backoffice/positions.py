@@ -275,6 +275,8 @@ def apply_close(
 
 
 async def write_closes(session: AsyncSession, targets: Iterable[CloseTarget]) -> None:
+    """Write the close commands a batch of CloseResults changed, and the positions they close (price, profit,
+    status), each as one executemany statement: this runs on the uplink's hot transaction."""
     changed = [t for t in targets if t.changed]
     if not changed:
         return

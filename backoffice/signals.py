@@ -138,6 +138,8 @@ async def submit(
 async def _store(
     session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID | None, signal: SignalDraft
 ) -> Signal:
+    """Insert the signal (refused as REQUEST_ID_REUSED when its request_id was used before and its
+    idempotency record has expired) and audit the submission."""
     row = Signal(
         id=uuid.uuid4(),
         producer_id=producer_id,
@@ -294,6 +296,8 @@ async def list_signals(
     page_token: str,
     now: datetime | None = None,
 ) -> tuple[list[SignalView], str]:
+    """The signals the caller may see (admins: all; producers: their own; users: those of producers they
+    subscribe to), newest first, with their status as of ``now``."""
     now = now or datetime.now(UTC)
     query = select(Signal)
     if not caller.is_admin:

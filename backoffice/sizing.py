@@ -37,6 +37,9 @@ def size(
     stop_loss: Decimal | None,
     override: Decimal | None = None,
 ) -> Sized:
+    """The volume ``rule`` gives for ``symbol`` on the account of ``account`` (a device's last Hello), or
+    None with a reason a person can read when the Hello lacks what the rule needs. ``override`` (an
+    approval's own volume) replaces the rule but is still fitted to the symbol's limits."""
     spec = account.spec(symbol)
     if override is not None:
         raw = override

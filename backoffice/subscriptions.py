@@ -58,6 +58,9 @@ def validate_instruments(instruments: Sequence[str], field: str = "instruments")
 
 
 async def subscribe(session: AsyncSession, caller: Caller, terms: SubscriptionTerms, request_id: str) -> Subscription:
+    """Subscribe the caller to an active producer on ``terms`` (AUTO without sizing gets the default rule).
+    One active subscription per producer: a second is ALREADY_EXISTS, caught on the partial unique index
+    inside a savepoint so the caller's transaction survives."""
     producer = await session.get(Producer, terms.producer_id)
     if producer is None:
         raise NotFound("producer")

@@ -126,6 +126,8 @@ class Pusher:
                 self.want(recipient)
 
     async def _push(self, batch: list[Recipient]) -> None:
+        """Claim what is due for a batch of sessions in one transaction, as much as each outbox has room for,
+        seal it per device and queue it; sessions that may have more are asked for again."""
         rooms = {r.device_id: (r, r.outbox.reserve()) for r in batch}
         requests = [
             deliveries.ClaimRequest(device_id, room, recipient.connected_at)

@@ -198,6 +198,8 @@ class DeviceSession:
             self.end(exc)
 
     async def _open(self) -> None:
+        """Wait for the stream's Hello (within the configured time), store it, answer Welcome and its Receipt,
+        then let the pusher send everything pending."""
         timeout = self._services.settings.hello_timeout_seconds
         try:
             first = await asyncio.wait_for(self._inbox.get(), timeout)

@@ -154,6 +154,7 @@ class ApprovalServicer:
 
 
 def _decode_terms(request: pb.SubscribeRequest) -> subscriptions.SubscriptionTerms:
+    """The subscription terms of a Subscribe request; every bad field is named in one INVALID_ARGUMENT."""
     violations: list[tuple[str, str]] = []
     values: dict[str, Any] = {}
     checks: dict[str, Callable[[], Any]] = {

@@ -71,6 +71,8 @@ def encode_event(event: models.ExecutionEvent) -> pb.ExecutionEvent:
 
 
 def encode_execution(execution: executions.DeviceExecution) -> pb.DeviceExecution:
+    """One device's execution of a signal on the wire: its delivery's state and attempts, every stage with
+    its time, latency from approval to each stage, and the fill's slippage."""
     delivery = execution.delivery
     fill = execution.fill
     return pb.DeviceExecution(

@@ -54,6 +54,8 @@ class SignalServicer:
         self._tolerance = tolerance_seconds
 
     async def SubmitSignal(self, request: pb.SubmitSignalRequest, context: Any) -> pb.Signal:
+        """Validate and store a producer's signal once per request_id, open its approvals, and wake the devices
+        of AUTO subscribers after the commit."""
         caller = current_caller()
         request_uuid = parse_optional_id(request.request_id, "request_id")
 

@@ -170,6 +170,7 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
 
 
 def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
+    """Apply one frame to the batch's state in memory (the writes happen once, at the end of the batch)."""
     report = item.report
     if isinstance(report, AckReport | FillReport):
         return _apply_to_delivery(batch, item, report)
@@ -199,6 +200,8 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
 
 
 def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | FillReport) -> Outcome:
+    """An ack or fill against its delivery: NOT_FOUND unless it is this device's, the state machine of the
+    package docstring, an execution event when accepted, and for a fill the position it opens."""
     delivery = batch.deliveries.get(report.delivery_id)
     if delivery is None or delivery.device_id != item.device_id:
         return Outcome(Verdict.REJECTED, NotFound("delivery"))
@@ -271,6 +274,8 @@ def _transition(state: DeliveryState, stage: DeliveryState, *, sent: bool) -> Ve
 
 
 def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outcome:
+    """A CloseResult against its close command: one outcome per command (the same again is a DUPLICATE, the
+    other refused); success closes the position or the part closed, with price and profit."""
     target = batch.closes.get(report.command_id)
     if target is None or target.device_id != item.device_id:
         return Outcome(Verdict.REJECTED, NotFound("close command"))

@@ -110,6 +110,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def _wrap_unary(self, handler: Handler, method: str, policy: Auth) -> Handler:
+        """The unary handler behind the interceptor: admission, authentication (a signature over the raw bytes
+        or a bearer token), then decoding, the servicer, and the error mapping; one access-log line each."""
         inner = cast(_UnaryBehavior, handler.unary_unary)
         decode = _decoder(handler, self._max_message_bytes)
 
@@ -143,6 +145,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _wrap_stream(self, handler: Handler, method: str) -> Handler:
+        """The streaming handler behind the interceptor: frames decoded from raw bytes (bytes that are not a
+        frame end the stream INVALID_ARGUMENT), the servicer's own authentication, and the error mapping."""
         inner = cast(_StreamBehavior, handler.stream_stream)
         decode = _decoder(handler, self._max_message_bytes, check_text=False)
 
