@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
     from backoffice import producer_cli  # each client command defines its own arguments
-    from gateway import bridge_cli
+    from gateway.bridge import cli as bridge_cli
 
     producer_cli.add_arguments(commands.add_parser("producer", help="act as a producer (signed calls)"))
     bridge_cli.add_arguments(commands.add_parser("bridge", help="run an EA bridge (paper or MetaTrader 5)"))

@@ -151,8 +151,8 @@ class SimDevice:
     async def connect(self) -> None:
         import grpc
 
-        from gateway.bridge import CONNECT_METHOD, channel_options
-        from signalhub.protocol.signing import signed_metadata
+        from gateway.bridge import channel_options
+        from signalhub.protocol.signing import CONNECT_METHOD, signed_metadata
         from signalhub.v1 import gateway_pb2 as pb
         from signalhub.v1 import gateway_pb2_grpc as rpc
 

@@ -51,8 +51,8 @@ def test_the_blocker_really_blocks() -> None:
 @pytest.mark.parametrize(
     "statement",
     [
-        "from gateway.bridge import BridgeClient",
-        "from gateway.executors import PaperExecutor, Mt5Executor",
+        "from gateway.bridge import BridgeClient, PaperExecutor",
+        "from gateway.bridge.executors import Mt5Executor",
         "from backoffice.producer_client import ProducerClient",
         "import signalhub.protocol.signing, signalhub.protocol.sealing, signalhub.protocol.wire",
     ],

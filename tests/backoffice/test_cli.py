@@ -24,7 +24,7 @@ from backoffice.auth import authenticate_token
 from backoffice.bootstrap import Resources
 from backoffice.config import Settings
 from backoffice.models import Role
-from gateway import bridge_cli
+from gateway.bridge import cli as bridge_cli
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc

@@ -21,8 +21,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gateway.bridge import BridgeClient, BridgeConfig, BridgeError
-from gateway.executors import Executor, ExecutorError, Mt5Config, Mt5Executor, PaperConfig, PaperExecutor
+from gateway.bridge.client import BridgeClient
+from gateway.bridge.config import BridgeConfig
+from gateway.bridge.errors import BridgeError
+from gateway.bridge.executors import Executor, ExecutorError, Mt5Config, Mt5Executor, PaperConfig, PaperExecutor
 from signalhub.protocol import logs
 from signalhub.protocol.signing import parse_secret
 from signalhub.protocol.state import DEMO_FILE, STATE_DIR

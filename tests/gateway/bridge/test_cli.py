@@ -1,4 +1,5 @@
-"""`signalhub bridge`: credentials, refusing secrets on the command line, and a real run until Ctrl-C."""
+"""`signalhub bridge` (gateway/bridge/cli.py): credentials, refusing secrets on the command line, and a real
+run until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from backoffice import cli
-from gateway.bridge_cli import SECRET_ENV, CredentialsError, add_arguments, load_credentials
+from gateway.bridge.cli import SECRET_ENV, CredentialsError, add_arguments, load_credentials
 from signalhub.protocol import signing
 from signalhub.v1 import gateway_pb2 as pb
-from tests.gateway.test_bridge import REPO, ScriptedGateway, delivery, eventually, spawn
+from tests.gateway.bridge.scripted import REPO, ScriptedGateway, delivery, spawn
+from tests.gateway.support import eventually
 
 SECRET = bytes(range(100, 132))
 SHOWN = signing.format_secret(SECRET)
