@@ -835,7 +835,7 @@ class Backoffice:
     def __init__(self, stack: Stack, world: World) -> None:
         import grpc
 
-        from backoffice.producer_client import ProducerClient, RetryPolicy
+        from backoffice.producer import ProducerClient, RetryPolicy
         from signalhub.v1 import backoffice_pb2_grpc as brpc
 
         self.channel = grpc.aio.insecure_channel(stack.backoffice)

@@ -53,7 +53,7 @@ def test_the_blocker_really_blocks() -> None:
     [
         "from gateway.bridge import BridgeClient, PaperExecutor",
         "from gateway.bridge.executors import Mt5Executor",
-        "from backoffice.producer_client import ProducerClient",
+        "from backoffice.producer import ProducerClient",
         "import signalhub.protocol.signing, signalhub.protocol.sealing, signalhub.protocol.wire",
     ],
 )

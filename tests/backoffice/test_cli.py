@@ -19,11 +19,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backoffice import cli, producer_cli
+from backoffice import cli
 from backoffice.auth import authenticate_token
 from backoffice.bootstrap import Resources
 from backoffice.config import Settings
 from backoffice.models import Role
+from backoffice.producer import cli as producer_cli
 from gateway.bridge import cli as bridge_cli
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from backoffice.bootstrap import Resources
 from backoffice.config import Settings
 from backoffice.models import Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
-from backoffice.producer_client import ProducerClient
+from backoffice.producer import ProducerClient
 from backoffice.serving import Server
 from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecutor
 from signalhub.protocol import signing

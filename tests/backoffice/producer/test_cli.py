@@ -25,7 +25,7 @@ from backoffice.serving import Server
 from signalhub.protocol import signing
 from tests.conftest import KeyCredentials
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SECRET_ENV = "SIGNALHUB_PRODUCER_SECRET"
 
 

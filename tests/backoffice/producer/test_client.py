@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from backoffice import models
 from backoffice.bootstrap import Resources
-from backoffice.producer_client import (
+from backoffice.producer import (
     CANCEL_SIGNAL,
     SUBMIT_QUOTES,
     SUBMIT_SIGNAL,

@@ -26,13 +26,8 @@ from typing import Any, NoReturn
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from backoffice.producer_client import (
-    DEFAULT_DEADLINE_SECONDS,
-    DEFAULT_TARGET,
-    ProducerCallError,
-    ProducerClient,
-    make_quote,
-)
+from backoffice.producer.client import DEFAULT_DEADLINE_SECONDS, DEFAULT_TARGET, ProducerCallError, ProducerClient
+from backoffice.producer.messages import make_quote
 from signalhub.protocol.state import STATE_DIR
 
 SECRET_ENV = "SIGNALHUB_PRODUCER_SECRET"  # noqa: S105 - the variable's name, not a secret
