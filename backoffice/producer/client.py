@@ -147,9 +147,9 @@ def _secret_bytes(secret: str | bytes) -> bytes:
 
 
 def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
-    """Keepalive inside what ``backoffice.serving.server_options`` permits (pings no more often than every
-    10 s, also without calls), and reconnect backoff on the scale of the retry policy, so a retry after a
-    dropped connection is not refused by a channel still waiting out a long reconnect backoff."""
+    """Keepalive inside what the servers permit (``KEEPALIVE_OPTIONS``), and reconnect backoff on the scale
+    of the retry policy, so a retry after a dropped connection is not refused by a channel still waiting
+    out a long reconnect backoff."""
     initial_ms = max(100, int(retry.initial_backoff_seconds * 1000))
     return [
         *KEEPALIVE_OPTIONS,

@@ -3,8 +3,8 @@ channels alive within what the servers permit, and back off between attempts."""
 
 from __future__ import annotations
 
-# The servers (``backoffice.serving.server_options``) allow a ping every 10 s, also without calls; pinging
-# every 30 s stays well inside that, so a server never answers too_many_pings and drops the connection.
+# The servers' ``server_options`` allow a ping every 10 s, also without calls; pinging every 30 s stays
+# well inside that, so a server never answers too_many_pings and drops the connection.
 KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
