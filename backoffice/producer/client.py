@@ -181,6 +181,9 @@ class ProducerClient:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
     ) -> None:
+        """Keep only the secret's key bytes, as a ``Secret``, and open no channel yet: a grpc.aio channel
+        belongs to the event loop that first uses it, so an owned one is made on the first call.
+        ``sleep`` and ``random`` pace the retries (tests pass their own)."""
         if deadline_seconds <= 0:
             raise ValueError("deadline_seconds must be positive")
         self.producer_id = str(producer_id)
@@ -261,6 +264,9 @@ class ProducerClient:
         return await self._call(SUBMIT_QUOTES, request.SerializeToString(), pb.SubmitQuotesResponse, str(uuid.uuid4()))
 
     async def _call(self, method: str, body: bytes, response_type: type[_ResponseT], request_id: str) -> _ResponseT:
+        """Send ``body``, serialised once so every attempt carries the same bytes, signed afresh each attempt.
+        Retryable codes are retried after a jittered backoff, under the same request id, up to max_attempts;
+        anything else (or the last attempt) raises ProducerCallError with the server's details."""
         call = self._callable(method, response_type)
         attempt = 0
         while True:

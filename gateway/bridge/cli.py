@@ -56,6 +56,8 @@ def _decimal(text: str) -> Decimal:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `signalhub bridge`. No option takes a secret (other users of the machine could read
+    it): ``--secret`` and ``--device-secret`` are refused without echoing what followed them."""
     parser.add_argument("--executor", choices=["paper", "mt5"], default="paper", help="where orders go")
     parser.add_argument(
         "--credentials",

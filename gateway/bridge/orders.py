@@ -255,6 +255,9 @@ class Orders:
                 await self.outbox.report([frames.close_result(result)])
 
     async def _execute_close(self, close: pb.CloseOrder) -> None:
+        """Execute a close order at most once: a malformed volume fails at once; otherwise the command is
+        claimed (``executing``, committed) inside an order slot before the terminal is asked, and whatever
+        the terminal says, its own failure included, becomes the CloseResult reported."""
         command_id = close.command_id
         try:
             volume = frames.parse_decimal(close.volume, "volume", optional=True)

@@ -154,6 +154,10 @@ class Mt5Executor(Executor):
         return int(self._mt5.ORDER_FILLING_RETURN)
 
     def _send_order(self, order: OrderRequest) -> OrderFill:
+        """Place a market order on the executor's thread and return its fill. The comment ties the order to
+        its delivery, so ``find_order`` finds it after a crash; the fill is the deal's price (what the broker
+        filled, not what was asked), and an order only accepted (PLACED) is looked up. OrderRejected carries
+        the broker's retcode and comment."""
         mt5 = self._mt5
         if not mt5.symbol_select(order.instrument, True):
             raise OrderRejected(f"unknown symbol {order.instrument}")
@@ -217,6 +221,9 @@ class Mt5Executor(Executor):
         return await self._call(self._find, delivery_id)
 
     def _close(self, request: CloseRequest) -> CloseFill:
+        """Close ``request.volume`` (default: all) of a position with an opposite market deal, on the
+        executor's thread. CloseFailed says why not: no such position, more than it holds, no price, or the
+        broker's retcode."""
         mt5 = self._mt5
         found = mt5.positions_get(ticket=int(request.broker_ticket)) if request.broker_ticket.isdigit() else None
         if not found:

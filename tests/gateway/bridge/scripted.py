@@ -121,6 +121,8 @@ class ScriptedGateway:
         await context.abort(code, error.message, trailing_metadata=trailing_metadata(status))
 
     async def Connect(self, requests: AsyncIterator[pb.DeviceFrame], context: Any) -> AsyncIterator[pb.GatewayFrame]:
+        """Check the signed open, end it with a planned error if the test asked for one, then answer each
+        Hello with a Welcome and each frame with a receipt (unless held back), and send what the test pushes."""
         metadata = tuple((m[0], m[1]) for m in context.invocation_metadata() or ())
         try:
             headers = signing.parse_headers(metadata)

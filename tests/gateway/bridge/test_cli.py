@@ -95,6 +95,8 @@ def test_mt5_off_windows_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_runs_until_ctrl_c_with_json_logs_and_no_secret(tmp_path: Path) -> None:
+    """`signalhub bridge` as a process: it fills a delivery, stops cleanly on SIGINT, logs JSON lines that
+    never hold the secret, and keeps its ledger in .signalhub by default."""
     device_id = str(uuid.uuid4())
     gateway = ScriptedGateway(device_id, SECRET)
     await gateway.start()

@@ -132,6 +132,8 @@ async def test_end_to_end_approve_receive_ack_fill(
     producer: KeyCredentials,
     tmp_path: Path,
 ) -> None:
+    """A MANUAL signal approved by the trader reaches the paper bridge, fills, and GetSignalExecution shows
+    the fill with every stage the bridge reported."""
     await _subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_MANUAL)
     executor = PaperExecutor(PaperConfig(seed=4, slippage_ticks=2))
     config = BridgeConfig(str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db")

@@ -193,6 +193,8 @@ async def test_refuses_beyond_max_deviation_and_places_within_it(rig: Rig) -> No
 
 
 async def test_close_order_executes_once_and_reports(rig: Rig) -> None:
+    """A partial close is executed once and reported (again, when the gateway sends it again); a close of
+    an unknown ticket is reported as failed."""
     executor = paper()
     client = rig.start(executor)
     await client.connected.wait()
