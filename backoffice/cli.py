@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     create_producer.add_argument("--name", required=True, help="a name for the strategy engine")
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
-    from backoffice import producer_cli  # each client command defines its own arguments
-    from gateway import bridge_cli
+    from backoffice.producer import cli as producer_cli  # each client command defines its own arguments
+    from gateway.bridge import cli as bridge_cli
 
     producer_cli.add_arguments(commands.add_parser("producer", help="act as a producer (signed calls)"))
     bridge_cli.add_arguments(commands.add_parser("bridge", help="run an EA bridge (paper or MetaTrader 5)"))

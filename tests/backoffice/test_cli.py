@@ -19,12 +19,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backoffice import cli, producer_cli
+from backoffice import cli
 from backoffice.bootstrap import Resources
 from backoffice.models import Role
 from backoffice.platform.auth import authenticate_token
 from backoffice.platform.config import Settings
-from gateway import bridge_cli
+from backoffice.producer import cli as producer_cli
+from gateway.bridge import cli as bridge_cli
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
