@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backoffice import cli
+from backoffice.cli import commands as cli
 from gateway.bridge.cli import SECRET_ENV, CredentialsError, add_arguments, load_credentials
 from signalhub.protocol import signing
 from signalhub.v1 import gateway_pb2 as pb

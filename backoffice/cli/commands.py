@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backoffice.embedded import EmbeddedUnavailable
-from backoffice.local import Unreachable, check_postgres, load_settings
+from backoffice.cli.embedded import EmbeddedUnavailable
+from backoffice.cli.local import Unreachable, check_postgres, load_settings
 from backoffice.platform.config import ConfigError
 from signalhub.protocol import logs
 from signalhub.protocol.errors import DomainError
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command and option, each with its help text; the client commands (``producer``, ``bridge``)
+    get their arguments from their SDKs, so each SDK owns its command line."""
     parser = argparse.ArgumentParser(prog="signalhub", description="Trading signals from strategies to terminals.")
     commands = parser.add_subparsers(dest="command", required=True, help="what to do")
     up = commands.add_parser("up", help="everything on one machine (embedded Postgres/Redis when no URLs are set)")
@@ -58,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one ``signalhub`` command. A problem a person can fix (a bad setting, a server that does not
+    answer, a refused call) ends with one line naming it, never a traceback."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "up":
@@ -93,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _up(state_dir: Path) -> None:
-    from backoffice import up  # imports the gateway too; only `up` needs both
+    from backoffice.cli import up  # imports the gateway too; only `up` needs both
 
     await up.run(state_dir)
 
@@ -137,7 +141,3 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, obje
             changed = await vault.reseal_all(session, res.vault)
             return {"resealed": changed, "master_key_id": res.vault.current_key_id}
     raise AssertionError(args.admin_command)
-
-
-if __name__ == "__main__":
-    main()

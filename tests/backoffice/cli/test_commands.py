@@ -19,8 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backoffice import cli
 from backoffice.bootstrap import Resources
+from backoffice.cli import commands as cli
 from backoffice.models import Role
 from backoffice.platform.auth import authenticate_token
 from backoffice.platform.config import Settings
@@ -31,7 +31,7 @@ from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import REDIS_URL, SERVER_URL, TEST_MASTER_KEY, create_database, drop_database
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
