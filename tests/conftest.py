@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -71,6 +73,18 @@ def no_unplanned_server_errors(request: pytest.FixtureRequest) -> Iterator[None]
             f"the server logged {len(handler.records)} unplanned error(s), first: {first.name}: "
             f"{first.getMessage()}\n{logging.Formatter().formatException(first.exc_info) if first.exc_info else ''}"
         )
+
+
+def run_module(module: str, *args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """``python -m <module> <args>`` as a child process with text pipes (the CLI, the embedded servers)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _dsn(url: str, database: str) -> str:
