@@ -335,6 +335,7 @@ SERVICES: dict[str, dict[str, Rpc]] = {
         "ApprovePayout": _unary("ApprovePayoutRequest", "Payout"),
         "RejectPayout": _unary("RejectPayoutRequest", "Payout"),
         "MarkPayoutPaid": _unary("MarkPayoutPaidRequest", "Payout"),
+        "ReverseFill": _unary("ReverseFillRequest", "Commission"),
     },
     "AuditService": {
         "ListAuditEvents": _unary("ListAuditEventsRequest", "ListAuditEventsResponse"),
@@ -743,6 +744,12 @@ FIELDS: dict[str, dict[str, str]] = {
         "referred_user_id": "string",
         "amount": "string",
         "status": "CommissionStatus",
+        "execution_event_id": "string",
+        "lots": "string",
+        "available_time": TS,
+        "reverse_time": TS,
+        "reverse_reason": "string",
+        "clawed_back": "bool",
     },
     "RequestPayoutRequest": {
         "request_id": "string",
@@ -757,6 +764,15 @@ FIELDS: dict[str, dict[str, str]] = {
     "ApprovePayoutRequest": {"id": "string"},
     "RejectPayoutRequest": {"id": "string"},
     "MarkPayoutPaidRequest": {"id": "string"},
+    "ReverseFillRequest": {"request_id": "string", "execution_event_id": "string", "reason": "string"},
+    "GetAffiliateStatsRequest": {"affiliate_id": "string"},
+    "GetAffiliateStatsResponse": {
+        "affiliate_id": "string",
+        "lots": "string",
+        "commission_clawback_due": "string",
+        "months": "repeated AffiliateMonthStats",
+    },
+    "AffiliateMonthStats": {"month": "string", "lots": "string", "commission_total": "string", "fill_count": "int64"},
     # Audit
     "AuditEvent": {
         "id": "string",
@@ -926,6 +942,7 @@ RETRYABLE_MUTATIONS = [
     "ApprovePayout",
     "RejectPayout",
     "MarkPayoutPaid",
+    "ReverseFill",
 ]
 
 

@@ -413,11 +413,13 @@ class _CommissionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Comm
     COMMISSION_STATUS_AVAILABLE: _CommissionStatus.ValueType  # 2
     """Available for payout."""
     COMMISSION_STATUS_RESERVED: _CommissionStatus.ValueType  # 3
-    """Part of a requested or approved payout."""
+    """Not used: payouts draw on the available balance, not on particular commissions (see
+    GetAffiliateStatsResponse for what is reserved and paid).
+    """
     COMMISSION_STATUS_PAID: _CommissionStatus.ValueType  # 4
-    """Paid out."""
+    """Not used, as RESERVED."""
     COMMISSION_STATUS_VOIDED: _CommissionStatus.ValueType  # 5
-    """Cancelled (e.g. the trade was reversed)."""
+    """Cancelled: its fill was reversed (see Commission.clawed_back)."""
 
 class CommissionStatus(_CommissionStatus, metaclass=_CommissionStatusEnumTypeWrapper):
     """State of a commission."""
@@ -428,11 +430,13 @@ COMMISSION_STATUS_PENDING: CommissionStatus.ValueType  # 1
 COMMISSION_STATUS_AVAILABLE: CommissionStatus.ValueType  # 2
 """Available for payout."""
 COMMISSION_STATUS_RESERVED: CommissionStatus.ValueType  # 3
-"""Part of a requested or approved payout."""
+"""Not used: payouts draw on the available balance, not on particular commissions (see
+GetAffiliateStatsResponse for what is reserved and paid).
+"""
 COMMISSION_STATUS_PAID: CommissionStatus.ValueType  # 4
-"""Paid out."""
+"""Not used, as RESERVED."""
 COMMISSION_STATUS_VOIDED: CommissionStatus.ValueType  # 5
-"""Cancelled (e.g. the trade was reversed)."""
+"""Cancelled: its fill was reversed (see Commission.clawed_back)."""
 Global___CommissionStatus: _TypeAlias = CommissionStatus  # noqa: Y015
 
 class _PayoutStatus:
@@ -2856,7 +2860,10 @@ class Affiliate(_message.Message):
     user_id: _builtins.str
     """The affiliate's user."""
     referral_code: _builtins.str
-    """Code new users give at sign-up (CreateUserRequest.referral_code)."""
+    """Code new users give at sign-up (CreateUserRequest.referral_code): 16 unguessable URL-safe
+    characters. A user is attributed once, at creation, and for ever; an affiliate cannot
+    refer its own mailbox (the same address but for a +tag).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the user became an affiliate."""
@@ -2932,6 +2939,13 @@ class Commission(_message.Message):
     POSITION_ID_FIELD_NUMBER: _builtins.int
     PAYOUT_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXECUTION_EVENT_ID_FIELD_NUMBER: _builtins.int
+    LOTS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_TIME_FIELD_NUMBER: _builtins.int
+    REVERSE_TIME_FIELD_NUMBER: _builtins.int
+    REVERSE_REASON_FIELD_NUMBER: _builtins.int
+    CLAWED_BACK_FIELD_NUMBER: _builtins.int
+    MONTH_LOTS_BEFORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id (UUID)."""
     affiliate_id: _builtins.str
@@ -2947,10 +2961,32 @@ class Commission(_message.Message):
     position_id: _builtins.str
     """The position that earned it."""
     payout_id: _builtins.str
-    """The payout it is part of, once reserved."""
+    """Not used: payouts draw on the balance, not on particular commissions."""
+    execution_event_id: _builtins.str
+    """The FILL execution event that earned it (ExecutionEvent.id)."""
+    lots: _builtins.str
+    """The fill's volume in lots, decimal string."""
+    reverse_reason: _builtins.str
+    """Why its fill was reversed."""
+    clawed_back: _builtins.bool
+    """Whether it was reversed after its hold: its amount was then taken back from the balance
+    (a negative adjustment) instead of simply voided.
+    """
+    month_lots_before: _builtins.str
+    """The affiliate's volume this month before this fill, in lots (it set the tier), decimal
+    string.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it accrued."""
+
+    @_builtins.property
+    def available_time(self) -> _timestamp_pb2.Timestamp:
+        """When its hold period ends (or ended): it is AVAILABLE from then on."""
+
+    @_builtins.property
+    def reverse_time(self) -> _timestamp_pb2.Timestamp:
+        """When its fill was reversed (ReverseFill); unset otherwise."""
 
     def __init__(
         self,
@@ -2964,10 +3000,17 @@ class Commission(_message.Message):
         position_id: _builtins.str = ...,
         payout_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        execution_event_id: _builtins.str = ...,
+        lots: _builtins.str = ...,
+        available_time: _timestamp_pb2.Timestamp | None = ...,
+        reverse_time: _timestamp_pb2.Timestamp | None = ...,
+        reverse_reason: _builtins.str = ...,
+        clawed_back: _builtins.bool = ...,
+        month_lots_before: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_time", b"available_time", "create_time", b"create_time", "reverse_time", b"reverse_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affiliate_id", b"affiliate_id", "amount", b"amount", "create_time", b"create_time", "currency", b"currency", "id", b"id", "payout_id", b"payout_id", "position_id", b"position_id", "referred_user_id", b"referred_user_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affiliate_id", b"affiliate_id", "amount", b"amount", "available_time", b"available_time", "clawed_back", b"clawed_back", "create_time", b"create_time", "currency", b"currency", "execution_event_id", b"execution_event_id", "id", b"id", "lots", b"lots", "month_lots_before", b"month_lots_before", "payout_id", b"payout_id", "position_id", b"position_id", "referred_user_id", b"referred_user_id", "reverse_reason", b"reverse_reason", "reverse_time", b"reverse_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3116,12 +3159,17 @@ class GetAffiliateStatsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    AFFILIATE_ID_FIELD_NUMBER: _builtins.int
+    affiliate_id: _builtins.str
+    """Admins only: this affiliate's stats (default: the caller's)."""
     def __init__(
         self,
+        *,
+        affiliate_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affiliate_id", b"affiliate_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3141,6 +3189,10 @@ class GetAffiliateStatsResponse(_message.Message):
     COMMISSION_RESERVED_FIELD_NUMBER: _builtins.int
     COMMISSION_PAID_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    AFFILIATE_ID_FIELD_NUMBER: _builtins.int
+    LOTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_CLAWBACK_DUE_FIELD_NUMBER: _builtins.int
+    MONTHS_FIELD_NUMBER: _builtins.int
     referral_count: _builtins.int
     """Users referred."""
     active_referral_count: _builtins.int
@@ -3157,6 +3209,19 @@ class GetAffiliateStatsResponse(_message.Message):
     """Commission paid out."""
     currency: _builtins.str
     """ISO 4217 currency of the amounts."""
+    affiliate_id: _builtins.str
+    """The affiliate."""
+    lots: _builtins.str
+    """Lots filled by referred users (reversed fills excluded), decimal string."""
+    commission_clawback_due: _builtins.str
+    """Commission reversed after its hold that later earnings have yet to cover (the negative
+    adjustment still outstanding), decimal string. commission_total = pending + available +
+    reserved + paid - clawback_due.
+    """
+    @_builtins.property
+    def months(self) -> _containers.RepeatedCompositeFieldContainer[Global___AffiliateMonthStats]:
+        """Per calendar month (UTC), newest first, the last 24 months with commissions."""
+
     def __init__(
         self,
         *,
@@ -3168,14 +3233,52 @@ class GetAffiliateStatsResponse(_message.Message):
         commission_reserved: _builtins.str = ...,
         commission_paid: _builtins.str = ...,
         currency: _builtins.str = ...,
+        affiliate_id: _builtins.str = ...,
+        lots: _builtins.str = ...,
+        commission_clawback_due: _builtins.str = ...,
+        months: _abc.Iterable[Global___AffiliateMonthStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_referral_count", b"active_referral_count", "commission_available", b"commission_available", "commission_paid", b"commission_paid", "commission_pending", b"commission_pending", "commission_reserved", b"commission_reserved", "commission_total", b"commission_total", "currency", b"currency", "referral_count", b"referral_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_referral_count", b"active_referral_count", "affiliate_id", b"affiliate_id", "commission_available", b"commission_available", "commission_clawback_due", b"commission_clawback_due", "commission_paid", b"commission_paid", "commission_pending", b"commission_pending", "commission_reserved", b"commission_reserved", "commission_total", b"commission_total", "currency", b"currency", "lots", b"lots", "months", b"months", "referral_count", b"referral_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAffiliateStatsResponse: _TypeAlias = GetAffiliateStatsResponse  # noqa: Y015
+
+@_typing.final
+class AffiliateMonthStats(_message.Message):
+    """One calendar month of an affiliate's commissions (reversed ones excluded)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    LOTS_FIELD_NUMBER: _builtins.int
+    COMMISSION_TOTAL_FIELD_NUMBER: _builtins.int
+    FILL_COUNT_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """The month, "YYYY-MM" (UTC)."""
+    lots: _builtins.str
+    """Lots filled by referred users, decimal string: the volume that sets the tier."""
+    commission_total: _builtins.str
+    """Commission earned, decimal string."""
+    fill_count: _builtins.int
+    """Fills that earned a commission."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        lots: _builtins.str = ...,
+        commission_total: _builtins.str = ...,
+        fill_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commission_total", b"commission_total", "fill_count", b"fill_count", "lots", b"lots", "month", b"month"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AffiliateMonthStats: _TypeAlias = AffiliateMonthStats  # noqa: Y015
 
 @_typing.final
 class ListReferralsRequest(_message.Message):
@@ -3309,10 +3412,12 @@ class RequestPayoutRequest(_message.Message):
     request_id: _builtins.str
     """Optional idempotency key (UUID); without it the call is not idempotent."""
     amount: _builtins.str
-    """Amount, positive decimal string, at most the available commission."""
+    """Amount, decimal string in whole cents: at least the program's minimum (50.00 by default),
+    at most the available commission.
+    """
     @_builtins.property
     def method_details(self) -> _struct_pb2.Struct:
-        """How to pay (e.g. bank or wallet details); sealed at rest."""
+        """How to pay (e.g. bank or wallet details), required, at most 4 KiB as JSON; sealed at rest."""
 
     def __init__(
         self,
@@ -3431,7 +3536,7 @@ class RejectPayoutRequest(_message.Message):
     request_id: _builtins.str
     """Optional idempotency key (UUID); without it the call is not idempotent."""
     reason: _builtins.str
-    """Why (shown to the affiliate)."""
+    """Why (required; shown to the affiliate)."""
     def __init__(
         self,
         *,
@@ -3461,7 +3566,7 @@ class MarkPayoutPaidRequest(_message.Message):
     request_id: _builtins.str
     """Optional idempotency key (UUID); without it the call is not idempotent."""
     payment_reference: _builtins.str
-    """Reference of the payment (e.g. a bank transfer id)."""
+    """Reference of the payment (e.g. a bank transfer id), required."""
     def __init__(
         self,
         *,
@@ -3476,6 +3581,36 @@ class MarkPayoutPaidRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarkPayoutPaidRequest: _TypeAlias = MarkPayoutPaidRequest  # noqa: Y015
+
+@_typing.final
+class ReverseFillRequest(_message.Message):
+    """Request for AffiliateService.ReverseFill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key (UUID); without it the call is not idempotent."""
+    execution_event_id: _builtins.str
+    """The reversed fill: its FILL execution event (ExecutionEvent.id, Commission.execution_event_id)."""
+    reason: _builtins.str
+    """Why (required; recorded on the commission and in the audit log)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        execution_event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_event_id", b"execution_event_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseFillRequest: _TypeAlias = ReverseFillRequest  # noqa: Y015
 
 @_typing.final
 class AuditEvent(_message.Message):

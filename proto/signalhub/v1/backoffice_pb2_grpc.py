@@ -78,8 +78,9 @@ class AccountServiceServicer:
 
     def CreateUser(self, request, context):
         """Creates a user and its first API token (shown once). Admin only. Idempotent on
-        request_id. An unknown referral_code gives INVALID_ARGUMENT; a taken email
-        ALREADY_EXISTS.
+        request_id. A referral_code attributes the new user to its affiliate once and for ever;
+        an unknown code, or the affiliate's own mailbox (self-referral), gives INVALID_ARGUMENT
+        naming referral_code; a taken email ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1660,6 +1661,15 @@ class PositionService:
 class AffiliateServiceStub:
     """Referrals, commissions and payouts. Bearer-token auth; admins see every affiliate and
     decide payouts.
+
+    A fill of a referred user earns its referrer one commission: the fill's lots times the
+    per-lot rate of the affiliate's tier, tiers being set by the lots its referred users filled
+    this calendar month (UTC). Tiers are marginal: a fill that crosses a tier boundary earns each
+    tier's rate on the lots that fall in it. The exact amount is rounded once, to the cent, half
+    to even. A commission is PENDING for the hold period (30 days by default), then AVAILABLE.
+    Money sits in balances kept by a ledger: pending, available, reserved (in requested or
+    approved payouts), paid, and clawback due; none is ever negative. An affiliate sees only its
+    own figures (another affiliate's are NOT_FOUND); admins may name any affiliate.
     """
 
     def __init__(self, channel):
@@ -1718,11 +1728,25 @@ class AffiliateServiceStub:
                 request_serializer=signalhub_dot_v1_dot_backoffice__pb2.MarkPayoutPaidRequest.SerializeToString,
                 response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.Payout.FromString,
                 _registered_method=True)
+        self.ReverseFill = channel.unary_unary(
+                '/signalhub.v1.AffiliateService/ReverseFill',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.ReverseFillRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.Commission.FromString,
+                _registered_method=True)
 
 
 class AffiliateServiceServicer:
     """Referrals, commissions and payouts. Bearer-token auth; admins see every affiliate and
     decide payouts.
+
+    A fill of a referred user earns its referrer one commission: the fill's lots times the
+    per-lot rate of the affiliate's tier, tiers being set by the lots its referred users filled
+    this calendar month (UTC). Tiers are marginal: a fill that crosses a tier boundary earns each
+    tier's rate on the lots that fall in it. The exact amount is rounded once, to the cent, half
+    to even. A commission is PENDING for the hold period (30 days by default), then AVAILABLE.
+    Money sits in balances kept by a ledger: pending, available, reserved (in requested or
+    approved payouts), paid, and clawback due; none is ever negative. An affiliate sees only its
+    own figures (another affiliate's are NOT_FOUND); admins may name any affiliate.
     """
 
     def RegisterAffiliate(self, request, context):
@@ -1734,14 +1758,15 @@ class AffiliateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetReferralLink(self, request, context):
-        """Returns the caller's referral link. NOT_FOUND if the caller is not an affiliate.
+        """Returns the caller's referral link, <public URL>/signup?ref=<referral code>. NOT_FOUND if
+        the caller is not an affiliate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAffiliateStats(self, request, context):
-        """Returns the caller's referral counts and commission totals.
+        """Returns the caller's referral counts and commission totals (admins: any affiliate's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1762,8 +1787,11 @@ class AffiliateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RequestPayout(self, request, context):
-        """Requests a payout of available commission. Idempotent on request_id. More than the
-        available balance gives FAILED_PRECONDITION.
+        """Requests a payout of available commission: the amount moves from available to reserved.
+        Idempotent on request_id. An amount not in whole cents or below the program's minimum, or
+        missing method_details, gives INVALID_ARGUMENT; more than the available balance gives
+        FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE), also when concurrent requests together
+        exceed it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1777,22 +1805,38 @@ class AffiliateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApprovePayout(self, request, context):
-        """Approves a REQUESTED payout. Admin only. Idempotent on request_id.
+        """Approves a REQUESTED payout. Admin only. Idempotent on request_id; approving an APPROVED
+        payout returns it; any other state gives FAILED_PRECONDITION (reason INVALID_TRANSITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RejectPayout(self, request, context):
-        """Rejects a REQUESTED payout, releasing its commissions. Admin only. Idempotent on
-        request_id.
+        """Rejects a REQUESTED or APPROVED payout (e.g. the transfer bounced) with a reason: its amount
+        returns to the available balance. Admin only. Idempotent on request_id; rejecting a
+        REJECTED payout returns it; a PAID one gives FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def MarkPayoutPaid(self, request, context):
-        """Records that an APPROVED payout was paid. Admin only. Idempotent on request_id.
+        """Records that an APPROVED payout was paid, with the payment's reference. Admin only.
+        Idempotent on request_id; marking a PAID payout returns it; any other state gives
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReverseFill(self, request, context):
+        """Reverses a fill on the affiliate side (e.g. the broker cancelled the trade), with a reason:
+        its PENDING commission is VOIDED; one already AVAILABLE is VOIDED with clawed_back set, and
+        its amount is taken from the available balance, what that cannot cover being set against
+        future earnings (never a negative payout). Admin only. Idempotent on request_id; reversing
+        twice returns the commission. A fill that earned no commission gives NOT_FOUND. What the
+        device reported stays recorded as it came.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1851,6 +1895,11 @@ def add_AffiliateServiceServicer_to_server(servicer, server):
                     request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.MarkPayoutPaidRequest.FromString,
                     response_serializer=signalhub_dot_v1_dot_backoffice__pb2.Payout.SerializeToString,
             ),
+            'ReverseFill': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseFill,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ReverseFillRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.Commission.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'signalhub.v1.AffiliateService', rpc_method_handlers)
@@ -1862,6 +1911,15 @@ def add_AffiliateServiceServicer_to_server(servicer, server):
 class AffiliateService:
     """Referrals, commissions and payouts. Bearer-token auth; admins see every affiliate and
     decide payouts.
+
+    A fill of a referred user earns its referrer one commission: the fill's lots times the
+    per-lot rate of the affiliate's tier, tiers being set by the lots its referred users filled
+    this calendar month (UTC). Tiers are marginal: a fill that crosses a tier boundary earns each
+    tier's rate on the lots that fall in it. The exact amount is rounded once, to the cent, half
+    to even. A commission is PENDING for the hold period (30 days by default), then AVAILABLE.
+    Money sits in balances kept by a ledger: pending, available, reserved (in requested or
+    approved payouts), paid, and clawback due; none is ever negative. An affiliate sees only its
+    own figures (another affiliate's are NOT_FOUND); admins may name any affiliate.
     """
 
     @staticmethod
@@ -2124,6 +2182,33 @@ class AffiliateService:
             '/signalhub.v1.AffiliateService/MarkPayoutPaid',
             signalhub_dot_v1_dot_backoffice__pb2.MarkPayoutPaidRequest.SerializeToString,
             signalhub_dot_v1_dot_backoffice__pb2.Payout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseFill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.AffiliateService/ReverseFill',
+            signalhub_dot_v1_dot_backoffice__pb2.ReverseFillRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.Commission.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,8 +55,9 @@ class AccountServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AccountServiceAsyncStub: ...
     CreateUser: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.CreateUserRequest, _backoffice_pb2.CreateUserResponse]
     """Creates a user and its first API token (shown once). Admin only. Idempotent on
-    request_id. An unknown referral_code gives INVALID_ARGUMENT; a taken email
-    ALREADY_EXISTS.
+    request_id. A referral_code attributes the new user to its affiliate once and for ever;
+    an unknown code, or the affiliate's own mailbox (self-referral), gives INVALID_ARGUMENT
+    naming referral_code; a taken email ALREADY_EXISTS.
     """
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.GetCurrentUserRequest, _backoffice_pb2.User]
     """Returns the caller's own user."""
@@ -85,8 +86,9 @@ class AccountServiceAsyncStub(AccountServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateUser: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.CreateUserRequest, _backoffice_pb2.CreateUserResponse]  # type: ignore[assignment]
     """Creates a user and its first API token (shown once). Admin only. Idempotent on
-    request_id. An unknown referral_code gives INVALID_ARGUMENT; a taken email
-    ALREADY_EXISTS.
+    request_id. A referral_code attributes the new user to its affiliate once and for ever;
+    an unknown code, or the affiliate's own mailbox (self-referral), gives INVALID_ARGUMENT
+    naming referral_code; a taken email ALREADY_EXISTS.
     """
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.GetCurrentUserRequest, _backoffice_pb2.User]  # type: ignore[assignment]
     """Returns the caller's own user."""
@@ -118,8 +120,9 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.CreateUserResponse, _abc.Awaitable[_backoffice_pb2.CreateUserResponse]]:
         """Creates a user and its first API token (shown once). Admin only. Idempotent on
-        request_id. An unknown referral_code gives INVALID_ARGUMENT; a taken email
-        ALREADY_EXISTS.
+        request_id. A referral_code attributes the new user to its affiliate once and for ever;
+        an unknown code, or the affiliate's own mailbox (self-referral), gives INVALID_ARGUMENT
+        naming referral_code; a taken email ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -691,6 +694,15 @@ def add_PositionServiceServicer_to_server(servicer: PositionServiceServicer, ser
 class AffiliateServiceStub:
     """Referrals, commissions and payouts. Bearer-token auth; admins see every affiliate and
     decide payouts.
+
+    A fill of a referred user earns its referrer one commission: the fill's lots times the
+    per-lot rate of the affiliate's tier, tiers being set by the lots its referred users filled
+    this calendar month (UTC). Tiers are marginal: a fill that crosses a tier boundary earns each
+    tier's rate on the lots that fall in it. The exact amount is rounded once, to the cent, half
+    to even. A commission is PENDING for the hold period (30 days by default), then AVAILABLE.
+    Money sits in balances kept by a ledger: pending, available, reserved (in requested or
+    approved payouts), paid, and clawback due; none is ever negative. An affiliate sees only its
+    own figures (another affiliate's are NOT_FOUND); admins may name any affiliate.
     """
 
     @_typing.overload
@@ -702,32 +714,60 @@ class AffiliateServiceStub:
     who already is one gets its Affiliate back.
     """
     GetReferralLink: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.GetReferralLinkRequest, _backoffice_pb2.GetReferralLinkResponse]
-    """Returns the caller's referral link. NOT_FOUND if the caller is not an affiliate."""
+    """Returns the caller's referral link, <public URL>/signup?ref=<referral code>. NOT_FOUND if
+    the caller is not an affiliate.
+    """
     GetAffiliateStats: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.GetAffiliateStatsRequest, _backoffice_pb2.GetAffiliateStatsResponse]
-    """Returns the caller's referral counts and commission totals."""
+    """Returns the caller's referral counts and commission totals (admins: any affiliate's)."""
     ListReferrals: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListReferralsRequest, _backoffice_pb2.ListReferralsResponse]
     """Lists the users the caller referred, newest first."""
     ListCommissions: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListCommissionsRequest, _backoffice_pb2.ListCommissionsResponse]
     """Lists the caller's commissions, newest first."""
     RequestPayout: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.RequestPayoutRequest, _backoffice_pb2.Payout]
-    """Requests a payout of available commission. Idempotent on request_id. More than the
-    available balance gives FAILED_PRECONDITION.
+    """Requests a payout of available commission: the amount moves from available to reserved.
+    Idempotent on request_id. An amount not in whole cents or below the program's minimum, or
+    missing method_details, gives INVALID_ARGUMENT; more than the available balance gives
+    FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE), also when concurrent requests together
+    exceed it.
     """
     ListPayouts: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListPayoutsRequest, _backoffice_pb2.ListPayoutsResponse]
     """Lists the caller's payouts (admins: everyone's), newest first."""
     ApprovePayout: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ApprovePayoutRequest, _backoffice_pb2.Payout]
-    """Approves a REQUESTED payout. Admin only. Idempotent on request_id."""
+    """Approves a REQUESTED payout. Admin only. Idempotent on request_id; approving an APPROVED
+    payout returns it; any other state gives FAILED_PRECONDITION (reason INVALID_TRANSITION).
+    """
     RejectPayout: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.RejectPayoutRequest, _backoffice_pb2.Payout]
-    """Rejects a REQUESTED payout, releasing its commissions. Admin only. Idempotent on
-    request_id.
+    """Rejects a REQUESTED or APPROVED payout (e.g. the transfer bounced) with a reason: its amount
+    returns to the available balance. Admin only. Idempotent on request_id; rejecting a
+    REJECTED payout returns it; a PAID one gives FAILED_PRECONDITION.
     """
     MarkPayoutPaid: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.MarkPayoutPaidRequest, _backoffice_pb2.Payout]
-    """Records that an APPROVED payout was paid. Admin only. Idempotent on request_id."""
+    """Records that an APPROVED payout was paid, with the payment's reference. Admin only.
+    Idempotent on request_id; marking a PAID payout returns it; any other state gives
+    FAILED_PRECONDITION.
+    """
+    ReverseFill: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ReverseFillRequest, _backoffice_pb2.Commission]
+    """Reverses a fill on the affiliate side (e.g. the broker cancelled the trade), with a reason:
+    its PENDING commission is VOIDED; one already AVAILABLE is VOIDED with clawed_back set, and
+    its amount is taken from the available balance, what that cannot cover being set against
+    future earnings (never a negative payout). Admin only. Idempotent on request_id; reversing
+    twice returns the commission. A fill that earned no commission gives NOT_FOUND. What the
+    device reported stays recorded as it came.
+    """
 
 @_typing.type_check_only
 class AffiliateServiceAsyncStub(AffiliateServiceStub):
     """Referrals, commissions and payouts. Bearer-token auth; admins see every affiliate and
     decide payouts.
+
+    A fill of a referred user earns its referrer one commission: the fill's lots times the
+    per-lot rate of the affiliate's tier, tiers being set by the lots its referred users filled
+    this calendar month (UTC). Tiers are marginal: a fill that crosses a tier boundary earns each
+    tier's rate on the lots that fall in it. The exact amount is rounded once, to the cent, half
+    to even. A commission is PENDING for the hold period (30 days by default), then AVAILABLE.
+    Money sits in balances kept by a ledger: pending, available, reserved (in requested or
+    approved payouts), paid, and clawback due; none is ever negative. An affiliate sees only its
+    own figures (another affiliate's are NOT_FOUND); admins may name any affiliate.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -736,31 +776,59 @@ class AffiliateServiceAsyncStub(AffiliateServiceStub):
     who already is one gets its Affiliate back.
     """
     GetReferralLink: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.GetReferralLinkRequest, _backoffice_pb2.GetReferralLinkResponse]  # type: ignore[assignment]
-    """Returns the caller's referral link. NOT_FOUND if the caller is not an affiliate."""
+    """Returns the caller's referral link, <public URL>/signup?ref=<referral code>. NOT_FOUND if
+    the caller is not an affiliate.
+    """
     GetAffiliateStats: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.GetAffiliateStatsRequest, _backoffice_pb2.GetAffiliateStatsResponse]  # type: ignore[assignment]
-    """Returns the caller's referral counts and commission totals."""
+    """Returns the caller's referral counts and commission totals (admins: any affiliate's)."""
     ListReferrals: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListReferralsRequest, _backoffice_pb2.ListReferralsResponse]  # type: ignore[assignment]
     """Lists the users the caller referred, newest first."""
     ListCommissions: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListCommissionsRequest, _backoffice_pb2.ListCommissionsResponse]  # type: ignore[assignment]
     """Lists the caller's commissions, newest first."""
     RequestPayout: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.RequestPayoutRequest, _backoffice_pb2.Payout]  # type: ignore[assignment]
-    """Requests a payout of available commission. Idempotent on request_id. More than the
-    available balance gives FAILED_PRECONDITION.
+    """Requests a payout of available commission: the amount moves from available to reserved.
+    Idempotent on request_id. An amount not in whole cents or below the program's minimum, or
+    missing method_details, gives INVALID_ARGUMENT; more than the available balance gives
+    FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE), also when concurrent requests together
+    exceed it.
     """
     ListPayouts: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListPayoutsRequest, _backoffice_pb2.ListPayoutsResponse]  # type: ignore[assignment]
     """Lists the caller's payouts (admins: everyone's), newest first."""
     ApprovePayout: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ApprovePayoutRequest, _backoffice_pb2.Payout]  # type: ignore[assignment]
-    """Approves a REQUESTED payout. Admin only. Idempotent on request_id."""
+    """Approves a REQUESTED payout. Admin only. Idempotent on request_id; approving an APPROVED
+    payout returns it; any other state gives FAILED_PRECONDITION (reason INVALID_TRANSITION).
+    """
     RejectPayout: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.RejectPayoutRequest, _backoffice_pb2.Payout]  # type: ignore[assignment]
-    """Rejects a REQUESTED payout, releasing its commissions. Admin only. Idempotent on
-    request_id.
+    """Rejects a REQUESTED or APPROVED payout (e.g. the transfer bounced) with a reason: its amount
+    returns to the available balance. Admin only. Idempotent on request_id; rejecting a
+    REJECTED payout returns it; a PAID one gives FAILED_PRECONDITION.
     """
     MarkPayoutPaid: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.MarkPayoutPaidRequest, _backoffice_pb2.Payout]  # type: ignore[assignment]
-    """Records that an APPROVED payout was paid. Admin only. Idempotent on request_id."""
+    """Records that an APPROVED payout was paid, with the payment's reference. Admin only.
+    Idempotent on request_id; marking a PAID payout returns it; any other state gives
+    FAILED_PRECONDITION.
+    """
+    ReverseFill: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ReverseFillRequest, _backoffice_pb2.Commission]  # type: ignore[assignment]
+    """Reverses a fill on the affiliate side (e.g. the broker cancelled the trade), with a reason:
+    its PENDING commission is VOIDED; one already AVAILABLE is VOIDED with clawed_back set, and
+    its amount is taken from the available balance, what that cannot cover being set against
+    future earnings (never a negative payout). Admin only. Idempotent on request_id; reversing
+    twice returns the commission. A fill that earned no commission gives NOT_FOUND. What the
+    device reported stays recorded as it came.
+    """
 
 class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
     """Referrals, commissions and payouts. Bearer-token auth; admins see every affiliate and
     decide payouts.
+
+    A fill of a referred user earns its referrer one commission: the fill's lots times the
+    per-lot rate of the affiliate's tier, tiers being set by the lots its referred users filled
+    this calendar month (UTC). Tiers are marginal: a fill that crosses a tier boundary earns each
+    tier's rate on the lots that fall in it. The exact amount is rounded once, to the cent, half
+    to even. A commission is PENDING for the hold period (30 days by default), then AVAILABLE.
+    Money sits in balances kept by a ledger: pending, available, reserved (in requested or
+    approved payouts), paid, and clawback due; none is ever negative. An affiliate sees only its
+    own figures (another affiliate's are NOT_FOUND); admins may name any affiliate.
     """
 
     @_abc_1.abstractmethod
@@ -779,7 +847,9 @@ class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.GetReferralLinkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.GetReferralLinkResponse, _abc.Awaitable[_backoffice_pb2.GetReferralLinkResponse]]:
-        """Returns the caller's referral link. NOT_FOUND if the caller is not an affiliate."""
+        """Returns the caller's referral link, <public URL>/signup?ref=<referral code>. NOT_FOUND if
+        the caller is not an affiliate.
+        """
 
     @_abc_1.abstractmethod
     def GetAffiliateStats(
@@ -787,7 +857,7 @@ class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.GetAffiliateStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.GetAffiliateStatsResponse, _abc.Awaitable[_backoffice_pb2.GetAffiliateStatsResponse]]:
-        """Returns the caller's referral counts and commission totals."""
+        """Returns the caller's referral counts and commission totals (admins: any affiliate's)."""
 
     @_abc_1.abstractmethod
     def ListReferrals(
@@ -811,8 +881,11 @@ class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.RequestPayoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.Payout, _abc.Awaitable[_backoffice_pb2.Payout]]:
-        """Requests a payout of available commission. Idempotent on request_id. More than the
-        available balance gives FAILED_PRECONDITION.
+        """Requests a payout of available commission: the amount moves from available to reserved.
+        Idempotent on request_id. An amount not in whole cents or below the program's minimum, or
+        missing method_details, gives INVALID_ARGUMENT; more than the available balance gives
+        FAILED_PRECONDITION (reason INSUFFICIENT_BALANCE), also when concurrent requests together
+        exceed it.
         """
 
     @_abc_1.abstractmethod
@@ -829,7 +902,9 @@ class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.ApprovePayoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.Payout, _abc.Awaitable[_backoffice_pb2.Payout]]:
-        """Approves a REQUESTED payout. Admin only. Idempotent on request_id."""
+        """Approves a REQUESTED payout. Admin only. Idempotent on request_id; approving an APPROVED
+        payout returns it; any other state gives FAILED_PRECONDITION (reason INVALID_TRANSITION).
+        """
 
     @_abc_1.abstractmethod
     def RejectPayout(
@@ -837,8 +912,9 @@ class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.RejectPayoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.Payout, _abc.Awaitable[_backoffice_pb2.Payout]]:
-        """Rejects a REQUESTED payout, releasing its commissions. Admin only. Idempotent on
-        request_id.
+        """Rejects a REQUESTED or APPROVED payout (e.g. the transfer bounced) with a reason: its amount
+        returns to the available balance. Admin only. Idempotent on request_id; rejecting a
+        REJECTED payout returns it; a PAID one gives FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -847,7 +923,24 @@ class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.MarkPayoutPaidRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.Payout, _abc.Awaitable[_backoffice_pb2.Payout]]:
-        """Records that an APPROVED payout was paid. Admin only. Idempotent on request_id."""
+        """Records that an APPROVED payout was paid, with the payment's reference. Admin only.
+        Idempotent on request_id; marking a PAID payout returns it; any other state gives
+        FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ReverseFill(
+        self,
+        request: _backoffice_pb2.ReverseFillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.Commission, _abc.Awaitable[_backoffice_pb2.Commission]]:
+        """Reverses a fill on the affiliate side (e.g. the broker cancelled the trade), with a reason:
+        its PENDING commission is VOIDED; one already AVAILABLE is VOIDED with clawed_back set, and
+        its amount is taken from the available balance, what that cannot cover being set against
+        future earnings (never a negative payout). Admin only. Idempotent on request_id; reversing
+        twice returns the commission. A fill that earned no commission gives NOT_FOUND. What the
+        device reported stays recorded as it came.
+        """
 
 def add_AffiliateServiceServicer_to_server(servicer: AffiliateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
