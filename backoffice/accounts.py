@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit
+from backoffice.affiliates import referrals
 from backoffice.models import ActorType, ApiToken, Device, Producer, ProducerStatus, Role, User
 from backoffice.platform.auth import Caller, new_api_token, require_admin
 from backoffice.platform.vault import Binding, Vault
@@ -39,9 +40,11 @@ async def create_user(
     violations = []
     if not _EMAIL_RE.match(normalised):
         violations.append(("email", "not an email address"))
-    if referral_code:
-        # Affiliates and their referral codes do not exist yet: every code is unknown.
-        violations.append(("referral_code", "unknown referral code"))
+    referrer, refused = (
+        await referrals.find_referrer(session, referral_code, normalised) if referral_code else (None, "")
+    )
+    if refused:
+        violations.append(("referral_code", refused))
     if violations:
         raise InvalidArgument(violations)
     user = User(id=uuid.uuid4(), email=normalised, role=role)
@@ -51,6 +54,8 @@ async def create_user(
             await session.flush()
     except IntegrityError:
         raise AlreadyExists("a user with this email exists", reason="EMAIL_TAKEN") from None
+    if referrer is not None:
+        await referrals.attribute(session, referrer, user.id)  # once and for ever
     _, shown = await create_api_token(session, user_id=user.id, name="initial", created_by=created_by)
     actor_type, actor_id = _system_or(created_by)
     audit.record(
@@ -60,7 +65,7 @@ async def create_user(
         action="CreateUser",
         object_type="user",
         object_id=user.id,
-        details={"role": role.value},
+        details={"role": role.value, "referrer_affiliate_id": str(referrer.id) if referrer else ""},
     )
     return user, shown
 

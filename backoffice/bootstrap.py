@@ -10,7 +10,9 @@ from datetime import timedelta
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from backoffice.affiliates.program import Program
 from backoffice.api.accounts import AccountServicer
+from backoffice.api.affiliates import AffiliateServicer
 from backoffice.api.approvals import ApprovalServicer
 from backoffice.api.audit import AuditServicer
 from backoffice.api.devices import DeviceServicer
@@ -95,6 +97,7 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         "DeviceService": DeviceServicer(res.sessions, res.vault, res.redis, res.settings),
         "ExecutionService": ExecutionServicer(res.sessions),
         "AuditService": AuditServicer(res.sessions),
+        "AffiliateService": AffiliateServicer(res.sessions, res.vault, Program.from_settings(res.settings)),
     }
     for service in SERVICES:
         server.grpc.add_generic_rpc_handlers([service_handler(service, servicers.get(service.name, object()))])

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete
 
 from backoffice import signals
+from backoffice.affiliates import accrual
+from backoffice.affiliates.program import Program
 from backoffice.bootstrap import Resources
 from backoffice.devices import presence
 from backoffice.models import IdempotencyRecord
@@ -28,11 +30,16 @@ async def run_once(res: Resources) -> dict[str, int]:
         records = int(result.rowcount)  # type: ignore[attr-defined]
         inactive = await presence.mark_idle_devices_inactive(session, datetime.now(UTC))
         expired = await signals.expire_due(session, datetime.now(UTC))
+    # Each in transactions of its own: fills are accrued a batch at a time, releases an affiliate at a time.
+    fills = await accrual.drain(res.sessions, Program.from_settings(res.settings), datetime.now(UTC))
+    released = await accrual.release_due(res.sessions, datetime.now(UTC))
     return {
         "nonces_purged": nonces,
         "idempotency_records_purged": records,
         "devices_marked_inactive": inactive,
         "signals_expired": expired,
+        "fills_accrued": fills,
+        "commissions_released": released,
     }
 
 

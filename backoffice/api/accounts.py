@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import accounts, models
+from backoffice.affiliates import referrals
 from backoffice.models import Role
 from backoffice.platform.auth import require_admin
 from backoffice.platform.interceptors import current_caller
@@ -19,12 +21,13 @@ from signalhub.protocol.wire import parse_id
 from signalhub.v1 import backoffice_pb2 as pb
 
 
-def encode_user(user: models.User) -> pb.User:
+def encode_user(user: models.User, referrer_affiliate_id: uuid.UUID | None) -> pb.User:
     return pb.User(
         id=str(user.id),
         email=user.email,
         role=wire.enum_to_wire(pb.Role, "ROLE", user.role),
         create_time=wire.timestamp(user.created_at),
+        referrer_affiliate_id=str(referrer_affiliate_id or ""),
     )
 
 
@@ -66,7 +69,8 @@ class AccountServicer:
             user, token = await accounts.create_user(
                 session, email=request.email, role=role, referral_code=request.referral_code, created_by=caller
             )
-            return pb.CreateUserResponse(user=encode_user(user), api_token=token)
+            referrer = await referrals.referrer_of(session, user.id)
+            return pb.CreateUserResponse(user=encode_user(user, referrer), api_token=token)
 
         return await self._mutations.run(caller.id, request, pb.CreateUserResponse, create)
 
@@ -74,9 +78,10 @@ class AccountServicer:
         caller = current_caller()
         async with self._sessions() as session:
             user = await session.get(models.User, caller.id)
+            referrer = await referrals.referrer_of(session, caller.id)
         if user is None:
             raise NotFound("user")
-        return encode_user(user)
+        return encode_user(user, referrer)
 
     async def CreateApiToken(self, request: pb.CreateApiTokenRequest, context: Any) -> pb.CreateApiTokenResponse:
         caller = current_caller()

@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import executions, positions, quotes
+from backoffice.affiliates import accrual
 from backoffice.devices.hello import Hello
 from backoffice.models import (
     CloseCommandStatus,
@@ -162,6 +163,7 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
             recorded.add(key)
         outcomes.append(outcome)
     await executions.insert_events(session, batch.events)
+    await accrual.enqueue_fills(session, batch.events)  # the worker accrues commissions, off this transaction
     await _write_deliveries(session, batch.deliveries.values(), now)
     await positions.open_positions(session, batch.openings)
     await positions.write_closes(session, batch.closes.values())

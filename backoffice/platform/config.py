@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal
 
 from signalhub.protocol.secret import Secret
 
@@ -59,6 +61,15 @@ class Settings:
     device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
     session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
     sweep_interval_seconds: float = 1.0  # how often the gateway re-reads what is pending (lost hints)
+    # Affiliates: per-lot rates by the referred users' lots this calendar month, as (from lots, rate) pairs.
+    affiliate_tiers: tuple[tuple[Decimal, Decimal], ...] = (
+        (Decimal(0), Decimal("5.00")),
+        (Decimal(100), Decimal("7.00")),
+        (Decimal(500), Decimal("10.00")),
+    )
+    affiliate_hold_days: int = 30  # a commission is PENDING this long before it may be paid out
+    affiliate_payout_minimum: Decimal = Decimal("50.00")
+    affiliate_currency: str = "USD"
 
     def __repr__(self) -> str:
         # URLs may carry a password; master keys mask themselves.
@@ -168,6 +179,23 @@ class Settings:
         values["device_frame_burst"] = number("DEVICE_FRAME_BURST", defaults.device_frame_burst, 1, 1_000_000)
         values["session_queue_size"] = number("SESSION_QUEUE_SIZE", defaults.session_queue_size, 8, 65_536)
         values["sweep_interval_seconds"] = seconds("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds, 0.05, 300)
+
+        def parsed(name: str, default: object, parse: Callable[[str], object]) -> object:
+            raw = env.get(ENV_PREFIX + name, "").strip()
+            try:
+                return parse(raw) if raw else default
+            except ValueError as exc:
+                problems.append(f"{ENV_PREFIX}{name}: {exc}")
+                return default
+
+        values["affiliate_tiers"] = parsed("AFFILIATE_TIERS", defaults.affiliate_tiers, parse_tiers)
+        values["affiliate_hold_days"] = number("AFFILIATE_HOLD_DAYS", defaults.affiliate_hold_days, 0, 365)
+        values["affiliate_payout_minimum"] = parsed(
+            "AFFILIATE_PAYOUT_MINIMUM", defaults.affiliate_payout_minimum, parse_money
+        )
+        values["affiliate_currency"] = text("AFFILIATE_CURRENCY", defaults.affiliate_currency).upper()
+        if not re.fullmatch(r"[A-Z]{3}", str(values["affiliate_currency"])):
+            problems.append(f"{ENV_PREFIX}AFFILIATE_CURRENCY: an ISO 4217 code such as USD")
         level = text("LOG_LEVEL", defaults.log_level).upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
@@ -204,3 +232,30 @@ def _decode_key(raw: str) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return key if len(key) == 32 else None
+
+
+# Money and lots in settings: plain decimal notation only (never a float, no exponent).
+_PLAIN_DECIMAL = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
+
+
+def parse_money(raw: str) -> Decimal:
+    """A positive amount in whole cents, e.g. ``50.00``."""
+    if not _PLAIN_DECIMAL.match(raw) or Decimal(raw) <= 0 or Decimal(raw) != Decimal(raw).quantize(Decimal("0.01")):
+        raise ValueError(f"expected a positive amount with at most 2 decimals, got {raw!r}")
+    return Decimal(raw)
+
+
+def parse_tiers(raw: str) -> tuple[tuple[Decimal, Decimal], ...]:
+    """``from_lots:rate,...`` (e.g. ``0:5.00,100:7.00,500:10.00``): the first tier starts at 0 lots, each
+    later one at more lots than the one before; rates are per lot, at most 6 decimals."""
+    tiers: list[tuple[Decimal, Decimal]] = []
+    for item in raw.split(","):
+        start, sep, rate = (part.strip() for part in item.partition(":"))
+        if not sep or not _PLAIN_DECIMAL.match(start) or not _PLAIN_DECIMAL.match(rate):
+            raise ValueError(f"expected from_lots:rate pairs separated by commas, got {item.strip()!r}")
+        tiers.append((Decimal(start), Decimal(rate)))
+    if tiers[0][0] != 0:
+        raise ValueError("the first tier must start at 0 lots")
+    if any(later[0] <= earlier[0] for earlier, later in itertools.pairwise(tiers)):
+        raise ValueError("each tier must start at more lots than the one before")
+    return tuple(tiers)

@@ -126,10 +126,10 @@ async def test_bearer_token_required(backoffice_channel: grpc.aio.Channel, user:
 async def test_unimplemented_rpcs_say_so_with_details(
     backoffice_channel: grpc.aio.Channel, user: UserCredentials
 ) -> None:
-    # Affiliates are a later issue: until then their RPCs say so instead of pretending.
-    stub = rpc.AffiliateServiceStub(backoffice_channel)
+    # Positions are a later issue: until then their RPCs say so instead of pretending.
+    stub = rpc.PositionServiceStub(backoffice_channel)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ListCommissions(pb.ListCommissionsRequest(), metadata=user.metadata, timeout=5)
+        await stub.ListPositions(pb.ListPositionsRequest(), metadata=user.metadata, timeout=5)
     failure = rpc_failure(info.value)
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
 

@@ -1,0 +1,228 @@
+"""Test support for affiliates: affiliates and referred traders made through the stubs, fills recorded by
+the gateway's own ``record_reports`` (the uplink's transaction, which queues them), and the worker's
+accrual and release run with a chosen program and clock."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import grpc
+from sqlalchemy import insert, select
+
+from backoffice import deliveries
+from backoffice.affiliates import accrual
+from backoffice.affiliates.program import Program, Tier
+from backoffice.bootstrap import Resources
+from backoffice.models import (
+    Approval,
+    ApprovalStatus,
+    Delivery,
+    DeliveryState,
+    EventKind,
+    ExecutionEvent,
+    Role,
+    Side,
+    Signal,
+    SignalStatus,
+)
+from signalhub.v1 import backoffice_pb2 as pb
+from signalhub.v1 import backoffice_pb2_grpc as rpc
+from tests.conftest import KeyCredentials, UserCredentials, make_device, make_user
+from tests.gateway.support import Book
+
+# Small tiers, so a few fills cross them: 5.00 a lot up to 1 lot this month, 7.00 up to 2, then 10.00.
+PROGRAM = Program(
+    tiers=(Tier(Decimal(0), Decimal("5.00")), Tier(Decimal(1), Decimal("7.00")), Tier(Decimal(2), Decimal("10.00"))),
+    hold=timedelta(days=30),
+    payout_minimum=Decimal("50.00"),
+    currency="USD",
+    public_url="https://signalhub.example",
+)
+
+
+def stub(channel: grpc.aio.Channel) -> rpc.AffiliateServiceStub:
+    return rpc.AffiliateServiceStub(channel)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Affiliate:
+    user: UserCredentials
+    id: str
+    code: str
+
+
+@dataclass(frozen=True)
+class Trader:
+    """A referred user with one device."""
+
+    user: UserCredentials
+    device: KeyCredentials
+
+    @property
+    def device_id(self) -> uuid.UUID:
+        return self.device.id
+
+
+async def make_affiliate(channel: grpc.aio.Channel, res: Resources) -> Affiliate:
+    user = await make_user(res)
+    made = await stub(channel).RegisterAffiliate(
+        pb.RegisterAffiliateRequest(request_id=new_id()), metadata=user.metadata, timeout=5
+    )
+    return Affiliate(user, made.id, made.referral_code)
+
+
+async def create_user(
+    channel: grpc.aio.Channel, admin: UserCredentials, referral_code: str, email: str | None = None
+) -> pb.CreateUserResponse:
+    request = pb.CreateUserRequest(
+        request_id=new_id(),
+        email=email or f"{uuid.uuid4().hex}@referred.test",
+        role=pb.ROLE_USER,
+        referral_code=referral_code,
+    )
+    return await rpc.AccountServiceStub(channel).CreateUser(request, metadata=admin.metadata, timeout=5)
+
+
+async def make_trader(
+    channel: grpc.aio.Channel, res: Resources, admin: UserCredentials, affiliate: Affiliate | None
+) -> Trader:
+    """A user referred by ``affiliate`` (None: referred by nobody) with a device."""
+    created = await create_user(channel, admin, affiliate.code if affiliate else "")
+    user = UserCredentials(uuid.UUID(created.user.id), created.api_token, Role.USER)
+    return Trader(user, await make_device(res, user))
+
+
+async def new_deliveries(res: Resources, trader: Trader, count: int) -> list[uuid.UUID]:
+    """``count`` SENT deliveries to the trader's device, written in bulk (one signal and approval each)."""
+    book = await Book.open(res, trader.user.id)
+    now = datetime.now(UTC)
+    signal_ids, approval_ids, delivery_ids = ([uuid.uuid4() for _ in range(count)] for _ in range(3))
+    expire = now + timedelta(hours=1)
+    common = {"instrument": "XAUUSD", "side": Side.BUY}
+    async with res.sessions.begin() as session:
+        await session.execute(
+            insert(Signal),
+            [
+                {
+                    "id": signal_id,
+                    "producer_id": book.producer_id,
+                    "signal_time": now,
+                    "expire_time": expire,
+                    "status": SignalStatus.OPEN,
+                    **common,
+                }
+                for signal_id in signal_ids
+            ],
+        )
+        await session.execute(
+            insert(Approval),
+            [
+                {
+                    "id": approval_id,
+                    "signal_id": signal_id,
+                    "subscription_id": book.subscription_id,
+                    "user_id": trader.user.id,
+                    "status": ApprovalStatus.APPROVED,
+                }
+                for approval_id, signal_id in zip(approval_ids, signal_ids, strict=True)
+            ],
+        )
+        await session.execute(
+            insert(Delivery),
+            [
+                {
+                    "id": delivery_id,
+                    "approval_id": approval_id,
+                    "signal_id": signal_id,
+                    "device_id": trader.device_id,
+                    "volume": Decimal("0.01"),
+                    "expire_time": expire,
+                    "state": DeliveryState.SENT,
+                    "sent_at": now,
+                    **{**common, "instrument": "GOLD.m"},
+                }
+                for delivery_id, approval_id, signal_id in zip(delivery_ids, approval_ids, signal_ids, strict=True)
+            ],
+        )
+    return delivery_ids
+
+
+async def record_fills(
+    res: Resources, trader: Trader, lots: Sequence[str], *, now: datetime | None = None, batch: int = 500
+) -> list[uuid.UUID]:
+    """One fill of each of ``lots`` on a fresh delivery of the trader's device, recorded by the gateway's
+    ``record_reports`` (which queues each fill for accrual) with the server clock at ``now``."""
+    delivery_ids = await new_deliveries(res, trader, len(lots))
+    reports = [
+        deliveries.DeviceReport(
+            trader.device_id,
+            f"fill-{uuid.uuid4().hex}",
+            deliveries.FillReport(delivery_id, f"T-{index}", Decimal("2034.25"), Decimal(volume), None),
+        )
+        for index, (delivery_id, volume) in enumerate(zip(delivery_ids, lots, strict=True))
+    ]
+    for start in range(0, len(reports), batch):
+        async with res.sessions.begin() as session:
+            outcomes = await deliveries.record_reports(
+                session, reports[start : start + batch], now or datetime.now(UTC)
+            )
+        assert all(o is deliveries.ACCEPTED for o in outcomes), outcomes
+    return await fill_event_ids(res, delivery_ids)
+
+
+async def fill_event_ids(res: Resources, delivery_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The FILL execution events of the deliveries, in the deliveries' order."""
+    async with res.sessions() as session:
+        rows = dict(
+            (
+                await session.execute(
+                    select(ExecutionEvent.delivery_id, ExecutionEvent.id).where(
+                        ExecutionEvent.delivery_id.in_(delivery_ids), ExecutionEvent.kind == EventKind.FILL
+                    )
+                )
+            ).all()
+        )
+    return [rows[d] for d in delivery_ids]
+
+
+async def accrue(res: Resources, now: datetime | None = None, program: Program = PROGRAM) -> int:
+    """The worker's accrual round with ``program``."""
+    return await accrual.drain(res.sessions, program, now or datetime.now(UTC))
+
+
+async def release(res: Resources, now: datetime) -> int:
+    return await accrual.release_due(res.sessions, now)
+
+
+async def commissions(
+    channel: grpc.aio.Channel, who: UserCredentials, affiliate_id: str = "", **filters: object
+) -> list[pb.Commission]:
+    """Every commission ListCommissions shows ``who``, page after page, newest first."""
+    found: list[pb.Commission] = []
+    token = ""
+    while True:
+        page = await stub(channel).ListCommissions(
+            pb.ListCommissionsRequest(page_size=500, page_token=token, affiliate_id=affiliate_id, **filters),  # type: ignore[arg-type]
+            metadata=who.metadata,
+            timeout=30,
+        )
+        found.extend(page.commissions)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def stats(
+    channel: grpc.aio.Channel, who: UserCredentials, affiliate_id: str = ""
+) -> pb.GetAffiliateStatsResponse:
+    return await stub(channel).GetAffiliateStats(
+        pb.GetAffiliateStatsRequest(affiliate_id=affiliate_id), metadata=who.metadata, timeout=10
+    )
