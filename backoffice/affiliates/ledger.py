@@ -50,6 +50,7 @@ from backoffice.platform.db import any_id
 
 ZERO = Decimal("0.00")  # balances are in cents, and say so even when empty
 BALANCES = ("pending", "available", "reserved", "paid", "clawback_due")
+_AMOUNTS = ("amount", *BALANCES)
 
 
 class LedgerError(RuntimeError):
@@ -200,11 +201,12 @@ async def check(session: AsyncSession) -> CheckReport:
     replayed: dict[uuid.UUID, Balances] = {}
     accruals: dict[uuid.UUID, tuple[int, Decimal]] = {}
     entries = 0
+    columns = [getattr(AffiliateLedgerEntry, name) for name in ("affiliate_id", "entry_no", "kind", *_AMOUNTS)]
     stream = await session.stream(
-        select(AffiliateLedgerEntry).order_by(AffiliateLedgerEntry.affiliate_id, AffiliateLedgerEntry.entry_no)
+        select(*columns).order_by(AffiliateLedgerEntry.affiliate_id, AffiliateLedgerEntry.entry_no)
     )
     expected_no: dict[uuid.UUID, int] = {}
-    async for entry in stream.scalars():
+    async for entry in stream:
         entries += 1
         key = entry.affiliate_id
         number = expected_no.get(key, 0) + 1
