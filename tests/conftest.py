@@ -34,6 +34,7 @@ from backoffice.platform.serving import Server
 from gateway import bootstrap as gateway_bootstrap
 from signalhub.protocol.logs import JsonFormatter
 
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository
 SERVER_URL = os.environ.get("SIGNALHUB_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SIGNALHUB_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_MASTER_KEY = base64.b64encode(bytes(range(32))).decode()

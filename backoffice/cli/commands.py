@@ -6,21 +6,18 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from backoffice.cli.embedded import EmbeddedUnavailable
 from backoffice.cli.local import Unreachable, check_postgres, load_settings
-from backoffice.platform.config import ConfigError
+from backoffice.platform.config import ENV_PREFIX, ConfigError, Settings
 from signalhub.protocol import logs
 from signalhub.protocol.errors import DomainError
 from signalhub.protocol.state import STATE_DIR
-
-if TYPE_CHECKING:
-    from backoffice.platform.config import Settings
 
 # Server-side modules (SQLAlchemy, the servicers) are imported inside the commands that need them, so
 # client commands (`producer`, `bridge`) start quickly.
@@ -39,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         help="where the dev master key, embedded data and demo.json live (default %(default)s)",
     )
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    status = commands.add_parser("status", help="a one-screen summary read from the processes' metrics")
+    status.add_argument(
+        "--metrics",
+        action="append",
+        metavar="HOST:PORT",
+        help="a metrics endpoint to read (repeat for each process; default SIGNALHUB_METRICS_ADDRESS)",
+    )
     serve = commands.add_parser("serve", help="run one process")
     serve.add_argument("process", choices=["backoffice", "gateway", "worker"], help="which process to run")
     admin = commands.add_parser("admin", help="administration").add_subparsers(
@@ -71,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command in ("producer", "bridge"):
             logs.configure("WARNING")
             args.run(args)
+            return
+        if args.command == "status":
+            from backoffice.cli import status as status_command
+
+            default = os.environ.get(f"{ENV_PREFIX}METRICS_ADDRESS") or Settings().metrics_address
+            addresses = status_command.addresses_or_default(args.metrics, default)
+            print("\n".join(status_command.run(addresses)))
             return
         if args.command == "admin" and args.admin_command == "generate-master-key":
             print(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
