@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     create_producer = admin.add_parser("create-producer", help='prints {"producer_id", "secret"}')
     create_producer.add_argument("--name", required=True, help="a name for the strategy engine")
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
+    backup = admin.add_parser("backup", help="a consistent dump of the database (pg_dump); prints its size")
+    backup.add_argument("--to", type=Path, required=True, help="the file to write (owner-only)")
+    restore = admin.add_parser("restore", help="restore a dump into the configured (new, empty) database")
+    restore.add_argument("--from", dest="source", type=Path, required=True, help="a file written by backup")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
     from backoffice.producer import cli as producer_cli  # each client command defines its own arguments
     from gateway.bridge import cli as bridge_cli
@@ -95,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             schema.upgrade(settings)
         elif args.command == "serve":
             asyncio.run(_serve(settings, args.process))
+        elif args.command == "admin" and args.admin_command in ("backup", "restore"):
+            print(json.dumps(_backup_or_restore(settings, args)))
         elif args.command == "admin":
             print(json.dumps(asyncio.run(_admin(settings, args))))
     except ConfigError as exc:
@@ -132,6 +138,18 @@ async def _serve(settings: Settings, process: str) -> None:
         serving.start_metrics(settings)
         await stop.wait()
         await server.stop()
+
+
+def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
+    from backoffice.cli import backup  # SQLAlchemy: not for the client commands
+
+    asyncio.run(check_postgres(settings.database_url))
+    try:
+        if args.admin_command == "backup":
+            return backup.backup(settings, args.to)
+        return backup.restore(settings, args.source)
+    except backup.BackupFailed as exc:
+        sys.exit(f"signalhub: {exc}")
 
 
 async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
