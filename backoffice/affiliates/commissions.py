@@ -17,7 +17,6 @@ from backoffice import accounts, audit
 from backoffice.affiliates import accrual, ledger, referrals
 from backoffice.affiliates.program import Program
 from backoffice.models import Commission, CommissionStatus, LedgerEntryKind
-from backoffice.platform import paging
 from backoffice.platform.auth import Caller, require_admin
 from signalhub.protocol.errors import NotFound
 
@@ -82,25 +81,11 @@ async def reverse_fill(
 
 
 async def list_commissions(
-    session: AsyncSession,
-    caller: Caller,
-    *,
-    affiliate_id: uuid.UUID | None,
-    status: CommissionStatus | None,
-    page_size: int,
-    page_token: str,
+    session: AsyncSession, caller: Caller, page: referrals.Page, status: CommissionStatus | None
 ) -> tuple[list[Commission], str]:
     """An affiliate's commissions, newest first (a user sees only its own; an admin names any)."""
-    affiliate = await referrals.affiliate_of(session, caller, affiliate_id)
+    affiliate = await referrals.affiliate_of(session, caller, page.affiliate_id)
     query = select(Commission).where(Commission.affiliate_id == affiliate.id)
     if status is not None:
         query = query.where(Commission.status == status)
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=Commission.created_at,
-        id_column=Commission.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[affiliate.id, status],
-    )
+    return await referrals.page_of(session, query, Commission, page, status)

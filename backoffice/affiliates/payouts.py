@@ -25,7 +25,6 @@ from backoffice import accounts, audit
 from backoffice.affiliates import ledger, referrals
 from backoffice.affiliates.program import CENT, Program
 from backoffice.models import LedgerEntryKind, Payout, PayoutStatus
-from backoffice.platform import paging
 from backoffice.platform.auth import Caller, require_admin
 from backoffice.platform.idempotency import add_once
 from backoffice.platform.vault import Binding, Vault
@@ -135,29 +134,17 @@ async def decide(
 
 
 async def list_payouts(
-    session: AsyncSession,
-    caller: Caller,
-    *,
-    affiliate_id: uuid.UUID | None,
-    status: PayoutStatus | None,
-    page_size: int,
-    page_token: str,
+    session: AsyncSession, caller: Caller, page: referrals.Page, status: PayoutStatus | None
 ) -> tuple[list[Payout], str]:
     """Payouts, newest first: a user's own; an admin's choice of affiliate, or everyone's."""
     query = select(Payout)
-    if affiliate_id is not None or not caller.is_admin:
-        query = query.where(Payout.affiliate_id == (await referrals.affiliate_of(session, caller, affiliate_id)).id)
+    if page.affiliate_id is not None or not caller.is_admin:
+        query = query.where(
+            Payout.affiliate_id == (await referrals.affiliate_of(session, caller, page.affiliate_id)).id
+        )
     if status is not None:
         query = query.where(Payout.status == status)
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=Payout.created_at,
-        id_column=Payout.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[affiliate_id, status],
-    )
+    return await referrals.page_of(session, query, Payout, page, status)
 
 
 def method_details(vault: Vault, payout: Payout) -> dict[str, Any]:

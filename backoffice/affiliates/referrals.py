@@ -14,8 +14,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import Select, func, literal, select
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,6 +49,30 @@ async def register(session: AsyncSession, caller: Caller, *, request_id: str = "
             request_id=request_id,
         )
     return (await session.scalars(select(Affiliate).where(Affiliate.user_id == caller.id))).one()
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which page of a list, and whose: ``affiliate_id`` as ``affiliate_of`` reads it."""
+
+    affiliate_id: uuid.UUID | None
+    size: int
+    token: str
+
+
+async def page_of(
+    session: AsyncSession, query: Select[Any], model: Any, page: Page, *filters: object
+) -> tuple[list[Any], str]:
+    """One page of ``query`` over ``model`` (its rows have ``created_at`` and ``id``), newest first."""
+    return await paging.fetch_page(
+        session,
+        query,
+        created_at=model.created_at,
+        id_column=model.id,
+        requested_size=page.size,
+        page_token=page.token,
+        filters=[page.affiliate_id, *filters],
+    )
 
 
 async def affiliate_of(session: AsyncSession, caller: Caller, affiliate_id: uuid.UUID | None = None) -> Affiliate:
@@ -119,20 +144,10 @@ class ReferralView:
     commission_total: Decimal  # net of reversed commissions
 
 
-async def list_referrals(
-    session: AsyncSession, caller: Caller, *, affiliate_id: uuid.UUID | None, page_size: int, page_token: str
-) -> tuple[list[ReferralView], str]:
+async def list_referrals(session: AsyncSession, caller: Caller, page: Page) -> tuple[list[ReferralView], str]:
     """The affiliate's referrals, newest first, each with the commission earned on it so far."""
-    affiliate = await affiliate_of(session, caller, affiliate_id)
-    rows, token = await paging.fetch_page(
-        session,
-        select(Referral).where(Referral.affiliate_id == affiliate.id),
-        created_at=Referral.created_at,
-        id_column=Referral.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[affiliate.id],
-    )
+    affiliate = await affiliate_of(session, caller, page.affiliate_id)
+    rows, token = await page_of(session, select(Referral).where(Referral.affiliate_id == affiliate.id), Referral, page)
     totals = dict(
         (
             await session.execute(

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import models
-from backoffice.affiliates import commissions, payouts, referrals, stats
+from backoffice.affiliates import commissions, ledger, payouts, referrals, stats
 from backoffice.affiliates.payouts import Decision
 from backoffice.affiliates.program import Program
 from backoffice.models import CommissionStatus, PayoutStatus
@@ -94,18 +94,12 @@ class AffiliateServicer:
         affiliate_id = parse_optional_id(request.affiliate_id, "affiliate_id")
         async with self._sessions() as session:
             found = await stats.affiliate_stats(session, caller, affiliate_id)
-        balances = found.balances
-        return pb.GetAffiliateStatsResponse(
+        response = pb.GetAffiliateStatsResponse(
             affiliate_id=str(found.affiliate_id),
             referral_count=found.referrals,
             active_referral_count=found.active_referrals,
             lots=decimal_text(found.lots),
-            commission_total=decimal_text(balances.earned),
-            commission_pending=decimal_text(balances.pending),
-            commission_available=decimal_text(balances.available),
-            commission_reserved=decimal_text(balances.reserved),
-            commission_paid=decimal_text(balances.paid),
-            commission_clawback_due=decimal_text(balances.clawback_due),
+            commission_total=decimal_text(found.balances.earned),
             currency=self._program.currency,
             months=[
                 pb.AffiliateMonthStats(
@@ -117,14 +111,14 @@ class AffiliateServicer:
                 for month in found.months
             ],
         )
+        for name in ledger.BALANCES:  # commission_pending, commission_available, ...: the ledger's balances
+            setattr(response, f"commission_{name}", decimal_text(getattr(found.balances, name)))
+        return response
 
     async def ListReferrals(self, request: pb.ListReferralsRequest, context: Any) -> pb.ListReferralsResponse:
-        caller = current_caller()
-        affiliate_id = parse_optional_id(request.affiliate_id, "affiliate_id")
+        caller, page = current_caller(), _page(request)
         async with self._sessions() as session:
-            rows, token = await referrals.list_referrals(
-                session, caller, affiliate_id=affiliate_id, page_size=request.page_size, page_token=request.page_token
-            )
+            rows, token = await referrals.list_referrals(session, caller, page)
         return pb.ListReferralsResponse(
             referrals=[
                 pb.Referral(
@@ -140,20 +134,12 @@ class AffiliateServicer:
         )
 
     async def ListCommissions(self, request: pb.ListCommissionsRequest, context: Any) -> pb.ListCommissionsResponse:
-        caller = current_caller()
-        affiliate_id = parse_optional_id(request.affiliate_id, "affiliate_id")
+        caller, page = current_caller(), _page(request)
         status = wire.optional_enum_from_wire(
             pb.CommissionStatus, "COMMISSION_STATUS", request.status, CommissionStatus, "status"
         )
         async with self._sessions() as session:
-            rows, token = await commissions.list_commissions(
-                session,
-                caller,
-                affiliate_id=affiliate_id,
-                status=status,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+            rows, token = await commissions.list_commissions(session, caller, page, status)
         return pb.ListCommissionsResponse(commissions=[encode_commission(c) for c in rows], next_page_token=token)
 
     async def RequestPayout(self, request: pb.RequestPayoutRequest, context: Any) -> pb.Payout:
@@ -176,18 +162,10 @@ class AffiliateServicer:
         return await self._mutations.run(caller.id, request, pb.Payout, request_payout)
 
     async def ListPayouts(self, request: pb.ListPayoutsRequest, context: Any) -> pb.ListPayoutsResponse:
-        caller = current_caller()
-        affiliate_id = parse_optional_id(request.affiliate_id, "affiliate_id")
+        caller, page = current_caller(), _page(request)
         status = wire.optional_enum_from_wire(pb.PayoutStatus, "PAYOUT_STATUS", request.status, PayoutStatus, "status")
         async with self._sessions() as session:
-            rows, token = await payouts.list_payouts(
-                session,
-                caller,
-                affiliate_id=affiliate_id,
-                status=status,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+            rows, token = await payouts.list_payouts(session, caller, page, status)
         return pb.ListPayoutsResponse(payouts=[self.encode_payout(p) for p in rows], next_page_token=token)
 
     async def ApprovePayout(self, request: pb.ApprovePayoutRequest, context: Any) -> pb.Payout:
@@ -235,3 +213,9 @@ class AffiliateServicer:
             return encode_commission(commission)
 
         return await self._mutations.run(caller.id, request, pb.Commission, reverse)
+
+
+def _page(request: pb.ListReferralsRequest | pb.ListCommissionsRequest | pb.ListPayoutsRequest) -> referrals.Page:
+    return referrals.Page(
+        parse_optional_id(request.affiliate_id, "affiliate_id"), request.page_size, request.page_token
+    )

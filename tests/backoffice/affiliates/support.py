@@ -11,29 +11,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import grpc
+from google.protobuf.struct_pb2 import Struct
 from sqlalchemy import insert, select
 
-from backoffice import deliveries
+from backoffice import deliveries, models
 from backoffice.affiliates import accrual
 from backoffice.affiliates.program import Program, Tier
 from backoffice.bootstrap import Resources
-from backoffice.models import (
-    Approval,
-    ApprovalStatus,
-    Delivery,
-    DeliveryState,
-    EventKind,
-    ExecutionEvent,
-    Role,
-    Side,
-    Signal,
-    SignalStatus,
-)
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import KeyCredentials, UserCredentials, make_device, make_user
 from tests.gateway.support import Book
 
+IBAN = "DE89370400440532013000"
 # Small tiers, so a few fills cross them: 5.00 a lot up to 1 lot this month, 7.00 up to 2, then 10.00.
 PROGRAM = Program(
     tiers=(Tier(Decimal(0), Decimal("5.00")), Tier(Decimal(1), Decimal("7.00")), Tier(Decimal(2), Decimal("10.00"))),
@@ -96,7 +86,7 @@ async def make_trader(
 ) -> Trader:
     """A user referred by ``affiliate`` (None: referred by nobody) with a device."""
     created = await create_user(channel, admin, affiliate.code if affiliate else "")
-    user = UserCredentials(uuid.UUID(created.user.id), created.api_token, Role.USER)
+    user = UserCredentials(uuid.UUID(created.user.id), created.api_token, models.Role.USER)
     return Trader(user, await make_device(res, user))
 
 
@@ -106,37 +96,37 @@ async def new_deliveries(res: Resources, trader: Trader, count: int) -> list[uui
     now = datetime.now(UTC)
     signal_ids, approval_ids, delivery_ids = ([uuid.uuid4() for _ in range(count)] for _ in range(3))
     expire = now + timedelta(hours=1)
-    common = {"instrument": "XAUUSD", "side": Side.BUY}
+    common = {"instrument": "XAUUSD", "side": models.Side.BUY}
     async with res.sessions.begin() as session:
         await session.execute(
-            insert(Signal),
+            insert(models.Signal),
             [
                 {
                     "id": signal_id,
                     "producer_id": book.producer_id,
                     "signal_time": now,
                     "expire_time": expire,
-                    "status": SignalStatus.OPEN,
+                    "status": models.SignalStatus.OPEN,
                     **common,
                 }
                 for signal_id in signal_ids
             ],
         )
         await session.execute(
-            insert(Approval),
+            insert(models.Approval),
             [
                 {
                     "id": approval_id,
                     "signal_id": signal_id,
                     "subscription_id": book.subscription_id,
                     "user_id": trader.user.id,
-                    "status": ApprovalStatus.APPROVED,
+                    "status": models.ApprovalStatus.APPROVED,
                 }
                 for approval_id, signal_id in zip(approval_ids, signal_ids, strict=True)
             ],
         )
         await session.execute(
-            insert(Delivery),
+            insert(models.Delivery),
             [
                 {
                     "id": delivery_id,
@@ -145,7 +135,7 @@ async def new_deliveries(res: Resources, trader: Trader, count: int) -> list[uui
                     "device_id": trader.device_id,
                     "volume": Decimal("0.01"),
                     "expire_time": expire,
-                    "state": DeliveryState.SENT,
+                    "state": models.DeliveryState.SENT,
                     "sent_at": now,
                     **{**common, "instrument": "GOLD.m"},
                 }
@@ -184,8 +174,9 @@ async def fill_event_ids(res: Resources, delivery_ids: Sequence[uuid.UUID]) -> l
         rows = dict(
             (
                 await session.execute(
-                    select(ExecutionEvent.delivery_id, ExecutionEvent.id).where(
-                        ExecutionEvent.delivery_id.in_(delivery_ids), ExecutionEvent.kind == EventKind.FILL
+                    select(models.ExecutionEvent.delivery_id, models.ExecutionEvent.id).where(
+                        models.ExecutionEvent.delivery_id.in_(delivery_ids),
+                        models.ExecutionEvent.kind == models.EventKind.FILL,
                     )
                 )
             ).all()
@@ -226,3 +217,43 @@ async def stats(
     return await stub(channel).GetAffiliateStats(
         pb.GetAffiliateStatsRequest(affiliate_id=affiliate_id), metadata=who.metadata, timeout=10
     )
+
+
+async def money(
+    channel: grpc.aio.Channel, who: UserCredentials, *names: str, affiliate_id: str = ""
+) -> tuple[str, ...]:
+    """The named figures of GetAffiliateStats (``commission_`` left off: "pending", "available", ...)."""
+    found = await stats(channel, who, affiliate_id)
+    return tuple(getattr(found, name if name == "lots" else f"commission_{name}") for name in names)
+
+
+async def affiliate_and_trader(
+    channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
+) -> tuple[Affiliate, Trader]:
+    """A new affiliate and a new trader it referred."""
+    affiliate = await make_affiliate(channel, res)
+    return affiliate, await make_trader(channel, res, admin, affiliate)
+
+
+def payout_request(amount: str) -> pb.RequestPayoutRequest:
+    details = Struct()
+    details.update({"method": "bank", "iban": IBAN})
+    return pb.RequestPayoutRequest(request_id=new_id(), amount=amount, method_details=details)
+
+
+async def reverse(
+    channel: grpc.aio.Channel, who: UserCredentials, fill: uuid.UUID, reason: str = "broker cancelled"
+) -> pb.Commission:
+    request = pb.ReverseFillRequest(request_id=new_id(), execution_event_id=str(fill), reason=reason)
+    return await stub(channel).ReverseFill(request, metadata=who.metadata, timeout=10)
+
+
+async def ledger_kinds(res: Resources, affiliate_id: str) -> list[models.LedgerEntryKind]:
+    """The kinds of the affiliate's ledger entries, in order."""
+    async with res.sessions() as session:
+        found = await session.scalars(
+            select(models.AffiliateLedgerEntry.kind)
+            .where(models.AffiliateLedgerEntry.affiliate_id == uuid.UUID(affiliate_id))
+            .order_by(models.AffiliateLedgerEntry.entry_no)
+        )
+        return list(found.all())

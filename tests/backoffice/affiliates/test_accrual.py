@@ -1,6 +1,6 @@
 """Accrual: a referred user's fill earns exactly one commission in the right tier, off the uplink's
 transaction; duplicate fills, a fill queued twice and two workers at once still give one; the hold
-period and its release."""
+period and its support.release."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from backoffice import worker
 from backoffice.affiliates import accrual
 from backoffice.bootstrap import Resources
 from backoffice.models import (
-    AffiliateLedgerEntry,
     AuditEvent,
     Commission,
     CommissionQueueItem,
@@ -27,16 +26,7 @@ from backoffice.models import (
 )
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import gateway_pb2 as gw
-from tests.backoffice.affiliates.support import (
-    PROGRAM,
-    accrue,
-    commissions,
-    make_affiliate,
-    make_trader,
-    record_fills,
-    release,
-    stats,
-)
+from tests.backoffice.affiliates import support
 from tests.conftest import UserCredentials
 from tests.gateway.support import Book, stream
 
@@ -59,8 +49,7 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
     res: Resources,
     admin: UserCredentials,
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     delivery_id = await (await Book.open(res, trader.user.id)).delivery(trader.device_id)
     async with stream(gateway_channel, trader.device) as device:
         assert (await device.delivery()).delivery_id == str(delivery_id)
@@ -71,10 +60,10 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
         assert (await device.receipt(fill)).status == gw.RECEIPT_STATUS_DUPLICATE
         assert (await device.receipt(device.fill(delivery_id, volume="0.60"))).status == gw.RECEIPT_STATUS_DUPLICATE
     # The uplink only queued the fill: nothing is accrued until the worker runs.
-    assert await commissions(backoffice_channel, affiliate.user) == []
+    assert await support.commissions(backoffice_channel, affiliate.user) == []
     done = await worker.run_once(res)
     assert done["fills_accrued"] >= 1
-    found = await commissions(backoffice_channel, affiliate.user)
+    found = await support.commissions(backoffice_channel, affiliate.user)
     assert len(found) == 1
     commission = found[0]
     async with res.sessions() as session:
@@ -85,28 +74,33 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
     assert commission.referred_user_id == str(trader.user.id) and commission.affiliate_id == affiliate.id
     assert commission.available_time.ToDatetime(UTC) - commission.create_time.ToDatetime(UTC) < timedelta(days=30)
     assert commission.available_time.ToDatetime(UTC) > datetime.now(UTC) + timedelta(days=29)
-    figures = await stats(backoffice_channel, affiliate.user)
-    assert (figures.commission_pending, figures.commission_available, figures.lots) == ("3.00", "0.00", "0.60")
+    assert await support.money(backoffice_channel, affiliate.user, "pending", "available", "lots") == (
+        "3.00",
+        "0.00",
+        "0.60",
+    )
+    figures = await support.stats(backoffice_channel, affiliate.user)
     assert (figures.referral_count, figures.active_referral_count) == (1, 1)
     await worker.run_once(res)  # a second round finds nothing more to do for this fill
-    assert len(await commissions(backoffice_channel, affiliate.user)) == 1
+    assert len(await support.commissions(backoffice_channel, affiliate.user)) == 1
 
 
 async def test_tiers_by_the_months_lots_crossed_mid_month_and_restarted(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
-    other_trader = await make_trader(backoffice_channel, res, admin, affiliate)
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
+    other_trader = await support.make_trader(backoffice_channel, res, admin, affiliate)
     march = datetime(2031, 3, 10, 12, tzinfo=UTC)
     # 5.00 a lot up to 1 lot, 7.00 up to 2, then 10.00; the month's lots are all referred users' lots.
-    await record_fills(res, trader, ["0.6"], now=march)
-    await record_fills(res, other_trader, ["0.6"], now=march + timedelta(hours=1))
-    await record_fills(res, trader, ["1.0"], now=march + timedelta(days=5))
-    await record_fills(res, trader, ["0.3"], now=march + timedelta(days=21, hours=11))  # March 31st, 23:00
-    await record_fills(res, trader, ["0.5"], now=datetime(2031, 4, 1, 0, 0, 5, tzinfo=UTC))
-    await accrue(res)
-    found = sorted(await commissions(backoffice_channel, affiliate.user), key=lambda c: c.available_time.ToDatetime())
+    await support.record_fills(res, trader, ["0.6"], now=march)
+    await support.record_fills(res, other_trader, ["0.6"], now=march + timedelta(hours=1))
+    await support.record_fills(res, trader, ["1.0"], now=march + timedelta(days=5))
+    await support.record_fills(res, trader, ["0.3"], now=march + timedelta(days=21, hours=11))  # March 31st, 23:00
+    await support.record_fills(res, trader, ["0.5"], now=datetime(2031, 4, 1, 0, 0, 5, tzinfo=UTC))
+    await support.accrue(res)
+    found = sorted(
+        await support.commissions(backoffice_channel, affiliate.user), key=lambda c: c.available_time.ToDatetime()
+    )
     assert [(c.lots, c.month_lots_before, c.amount) for c in found] == [
         ("0.6", "0", "3.00"),  # all of it in the first tier
         ("0.6", "0.6", "3.40"),  # 0.4 at 5.00 and 0.2 at 7.00: the boundary crossed mid-fill
@@ -114,7 +108,7 @@ async def test_tiers_by_the_months_lots_crossed_mid_month_and_restarted(
         ("0.3", "2.2", "3.00"),  # the top tier
         ("0.5", "0", "2.50"),  # April starts from nothing
     ]
-    figures = await stats(backoffice_channel, affiliate.user)
+    figures = await support.stats(backoffice_channel, affiliate.user)
     assert [(m.month, m.lots, m.commission_total, m.fill_count) for m in figures.months] == [
         ("2031-04", "0.5", "2.50", 1),
         ("2031-03", "2.5", "17.00", 4),
@@ -125,15 +119,16 @@ async def test_tiers_by_the_months_lots_crossed_mid_month_and_restarted(
 async def test_duplicate_queue_rows_and_two_workers_give_one_commission_per_fill(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     june = datetime(2031, 6, 15, tzinfo=UTC)
-    fills = await record_fills(res, trader, ["0.01"] * 1200, now=june)
+    fills = await support.record_fills(res, trader, ["0.01"] * 1200, now=june)
     assert await queued(res, fills) == 1200
-    taken = await asyncio.gather(accrue(res, program=PROGRAM), accrue(res, program=PROGRAM))
+    taken = await asyncio.gather(
+        support.accrue(res, program=support.PROGRAM), support.accrue(res, program=support.PROGRAM)
+    )
     assert sum(taken) >= 1200 and all(taken)  # both workers took batches
     assert await queued(res, fills) == 0
-    found = await commissions(backoffice_channel, affiliate.user)
+    found = await support.commissions(backoffice_channel, affiliate.user)
     assert sorted(c.execution_event_id for c in found) == sorted(str(f) for f in fills)
     # The workers took turns on the affiliate, so the tiers still come out right: 100 fills at 0.05,
     # 100 at 0.07, 1,000 at 0.10.
@@ -141,7 +136,7 @@ async def test_duplicate_queue_rows_and_two_workers_give_one_commission_per_fill
         sorted(Decimal(c.amount) for c in found)
         == [Decimal("0.05")] * 100 + [Decimal("0.07")] * 100 + [Decimal("0.10")] * 1000
     )
-    assert (await stats(backoffice_channel, affiliate.user)).commission_pending == "112.00"
+    assert (await support.stats(backoffice_channel, affiliate.user)).commission_pending == "112.00"
     # A fill queued again (reported twice) is taken and earns nothing more.
     async with res.sessions.begin() as session:
         await session.execute(
@@ -157,9 +152,9 @@ async def test_duplicate_queue_rows_and_two_workers_give_one_commission_per_fill
                 for fill in fills[:10]
             ],
         )
-    await accrue(res)
+    await support.accrue(res)
     assert await queued(res, fills) == 0
-    assert len(await commissions(backoffice_channel, affiliate.user)) == 1200
+    assert len(await support.commissions(backoffice_channel, affiliate.user)) == 1200
     # And the constraint itself refuses a second commission for a fill, whoever writes it.
     async with res.sessions() as session:
         first = (await session.scalars(select(Commission).where(Commission.fill_event_id == fills[0]))).one()
@@ -172,49 +167,39 @@ async def test_duplicate_queue_rows_and_two_workers_give_one_commission_per_fill
 async def test_fills_of_users_nobody_referred_earn_nothing(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    stranger = await make_trader(backoffice_channel, res, admin, None)
-    fills = await record_fills(res, stranger, ["1.0", "2.0"])
-    await accrue(res)
+    affiliate = await support.make_affiliate(backoffice_channel, res)
+    stranger = await support.make_trader(backoffice_channel, res, admin, None)
+    fills = await support.record_fills(res, stranger, ["1.0", "2.0"])
+    await support.accrue(res)
     assert await queued(res, fills) == 0
     async with res.sessions() as session:
         assert await session.scalar(select(func.count()).where(Commission.fill_event_id.in_(fills))) == 0
-    assert (await stats(backoffice_channel, affiliate.user)).commission_total == "0.00"
+    assert (await support.stats(backoffice_channel, affiliate.user)).commission_total == "0.00"
 
 
 async def test_pending_for_the_hold_period_then_available(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     filled = datetime(2031, 7, 1, 12, tzinfo=UTC)
-    await record_fills(res, trader, ["2.5"], now=filled)  # 1 at 5.00, 1 at 7.00, 0.5 at 10.00
-    await accrue(res, now=filled + timedelta(minutes=1))
-    (commission,) = await commissions(backoffice_channel, affiliate.user)
+    await support.record_fills(res, trader, ["2.5"], now=filled)  # 1 at 5.00, 1 at 7.00, 0.5 at 10.00
+    await support.accrue(res, now=filled + timedelta(minutes=1))
+    (commission,) = await support.commissions(backoffice_channel, affiliate.user)
     assert (commission.amount, commission.status) == ("17.00", pb.COMMISSION_STATUS_PENDING)
     assert commission.available_time.ToDatetime(UTC) == filled + timedelta(days=30)
-    await release(res, filled + timedelta(days=30) - timedelta(seconds=1))
-    (commission,) = await commissions(backoffice_channel, affiliate.user)
+    await support.release(res, filled + timedelta(days=30) - timedelta(seconds=1))
+    (commission,) = await support.commissions(backoffice_channel, affiliate.user)
     assert commission.status == pb.COMMISSION_STATUS_PENDING
-    assert (await stats(backoffice_channel, affiliate.user)).commission_available == "0.00"
-    assert await release(res, filled + timedelta(days=30)) >= 1
-    (commission,) = await commissions(backoffice_channel, affiliate.user)
+    assert await support.money(backoffice_channel, affiliate.user, "pending", "available") == ("17.00", "0.00")
+    assert await support.release(res, filled + timedelta(days=30)) >= 1
+    (commission,) = await support.commissions(backoffice_channel, affiliate.user)
     assert commission.status == pb.COMMISSION_STATUS_AVAILABLE
-    figures = await stats(backoffice_channel, affiliate.user)
-    assert (figures.commission_pending, figures.commission_available, figures.commission_total) == (
-        "0.00",
-        "17.00",
-        "17.00",
-    )
-    await release(res, filled + timedelta(days=40))  # released once only
+    figures = ("pending", "available", "total")
+    assert await support.money(backoffice_channel, affiliate.user, *figures) == ("0.00", "17.00", "17.00")
+    await support.release(res, filled + timedelta(days=40))  # released once only
+    kinds = await support.ledger_kinds(res, affiliate.id)
+    assert kinds == [LedgerEntryKind.ACCRUAL, LedgerEntryKind.HOLD_RELEASE]
     async with res.sessions() as session:
-        entries = (
-            await session.execute(
-                select(AffiliateLedgerEntry.kind, AffiliateLedgerEntry.amount)
-                .where(AffiliateLedgerEntry.affiliate_id == uuid.UUID(affiliate.id))
-                .order_by(AffiliateLedgerEntry.entry_no)
-            )
-        ).all()
         audited = (
             await session.scalars(
                 select(AuditEvent.action)
@@ -222,7 +207,6 @@ async def test_pending_for_the_hold_period_then_available(
                 .order_by(AuditEvent.created_at)
             )
         ).all()
-    assert entries == [(LedgerEntryKind.ACCRUAL, Decimal("17.00")), (LedgerEntryKind.HOLD_RELEASE, Decimal("17.00"))]
     assert audited == ["AccrueCommission", "ReleaseCommission"]
 
 
@@ -231,11 +215,10 @@ async def test_the_uplink_only_queues(
 ) -> None:
     """What the hot transaction writes for a fill is one queue row naming the device: no commission, no
     ledger entry, no lookup of who referred whom."""
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
-    (fill,) = await record_fills(res, trader, ["1.5"])
+    _, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
+    (fill,) = await support.record_fills(res, trader, ["1.5"])
     async with res.sessions() as session:
         item = await session.get_one(CommissionQueueItem, fill)
         assert await session.scalar(select(func.count()).where(Commission.fill_event_id == fill)) == 0
     assert (item.device_id, item.lots) == (trader.device_id, Decimal("1.5"))
-    assert await accrual.drain(res.sessions, PROGRAM, datetime.now(UTC)) >= 1
+    assert await accrual.drain(res.sessions, support.PROGRAM, datetime.now(UTC)) >= 1

@@ -11,31 +11,22 @@ import pytest
 
 from backoffice.bootstrap import Resources
 from signalhub.v1 import backoffice_pb2 as pb
-from tests.backoffice.affiliates.support import (
-    Affiliate,
-    accrue,
-    commissions,
-    make_affiliate,
-    make_trader,
-    record_fills,
-    release,
-    stats,
-    stub,
-)
-from tests.backoffice.affiliates.test_reversal import payout_request
+from tests.backoffice.affiliates import support
 from tests.conftest import UserCredentials, rpc_failure
 
 
-async def busy_affiliate(channel: grpc.aio.Channel, res: Resources, admin: UserCredentials) -> Affiliate:
+async def busy_affiliate(channel: grpc.aio.Channel, res: Resources, admin: UserCredentials) -> support.Affiliate:
     """An affiliate with two referred traders, three fills a month ago (released) and a payout."""
-    affiliate = await make_affiliate(channel, res)
+    affiliate = await support.make_affiliate(channel, res)
     filled = datetime.now(UTC) - timedelta(days=40)
     for minutes, lots in enumerate((["6"], ["2", "3"])):
-        trader = await make_trader(channel, res, admin, affiliate)
-        await record_fills(res, trader, lots, now=filled + timedelta(minutes=minutes))
-    await accrue(res, now=filled)
-    await release(res, datetime.now(UTC))
-    await stub(channel).RequestPayout(payout_request("50.00"), metadata=affiliate.user.metadata, timeout=10)
+        trader = await support.make_trader(channel, res, admin, affiliate)
+        await support.record_fills(res, trader, lots, now=filled + timedelta(minutes=minutes))
+    await support.accrue(res, now=filled)
+    await support.release(res, datetime.now(UTC))
+    await support.stub(channel).RequestPayout(
+        support.payout_request("50.00"), metadata=affiliate.user.metadata, timeout=10
+    )
     return affiliate
 
 
@@ -44,15 +35,15 @@ async def test_affiliates_see_only_their_own(
 ) -> None:
     one = await busy_affiliate(backoffice_channel, res, admin)
     other = await busy_affiliate(backoffice_channel, res, admin)
-    api = stub(backoffice_channel)
+    api = support.stub(backoffice_channel)
     for me, them in ((one, other), (other, one)):
-        own = await commissions(backoffice_channel, me.user)
+        own = await support.commissions(backoffice_channel, me.user)
         assert len(own) == 3 and {c.affiliate_id for c in own} == {me.id}
         referrals = await api.ListReferrals(pb.ListReferralsRequest(), metadata=me.user.metadata, timeout=10)
         assert len(referrals.referrals) == 2 and {r.affiliate_id for r in referrals.referrals} == {me.id}
         payouts = await api.ListPayouts(pb.ListPayoutsRequest(), metadata=me.user.metadata, timeout=10)
         assert [p.affiliate_id for p in payouts.payouts] == [me.id]
-        assert (await stats(backoffice_channel, me.user, me.id)).affiliate_id == me.id  # naming oneself is fine
+        assert (await support.stats(backoffice_channel, me.user, me.id)).affiliate_id == me.id  # naming oneself is fine
         calls = {
             "GetAffiliateStats": api.GetAffiliateStats(
                 pb.GetAffiliateStatsRequest(affiliate_id=them.id), metadata=me.user.metadata
@@ -76,8 +67,8 @@ async def test_affiliates_see_only_their_own(
             await api.ApprovePayout(pb.ApprovePayoutRequest(id=them_payout.id), metadata=me.user.metadata)
         assert rpc_failure(info.value).code == grpc.StatusCode.PERMISSION_DENIED
     # Admins name any affiliate; without one, payouts are everyone's.
-    assert {c.affiliate_id for c in await commissions(backoffice_channel, admin, other.id)} == {other.id}
-    assert (await stats(backoffice_channel, admin, one.id)).commission_reserved == "50.00"
+    assert {c.affiliate_id for c in await support.commissions(backoffice_channel, admin, other.id)} == {other.id}
+    assert (await support.stats(backoffice_channel, admin, one.id)).commission_reserved == "50.00"
     everyone = await api.ListPayouts(pb.ListPayoutsRequest(page_size=500), metadata=admin.metadata)
     assert {one.id, other.id} <= {p.affiliate_id for p in everyone.payouts}
     # A user who is no affiliate has no figures, and an unknown affiliate is unknown to admins too.
@@ -89,7 +80,7 @@ async def test_affiliates_see_only_their_own(
 
 async def test_figures_and_paging(backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials) -> None:
     affiliate = await busy_affiliate(backoffice_channel, res, admin)
-    figures = await stats(backoffice_channel, affiliate.user)
+    figures = await support.stats(backoffice_channel, affiliate.user)
     # 6 lots: 1 x 5.00 + 1 x 7.00 + 4 x 10.00 = 52.00; 2 and 3 more lots at 10.00 = 50.00.
     assert (figures.referral_count, figures.active_referral_count, figures.lots) == (2, 2, "11")
     assert (figures.commission_total, figures.commission_available, figures.commission_reserved) == (
@@ -100,14 +91,14 @@ async def test_figures_and_paging(backoffice_channel: grpc.aio.Channel, res: Res
     assert (figures.commission_pending, figures.commission_paid, figures.currency) == ("0.00", "0.00", "USD")
     month = (datetime.now(UTC) - timedelta(days=40)).strftime("%Y-%m")
     assert [(m.month, m.lots, m.commission_total, m.fill_count) for m in figures.months] == [(month, "11", "102.00", 3)]
-    api, me = stub(backoffice_channel), affiliate.user.metadata
+    api, me = support.stub(backoffice_channel), affiliate.user.metadata
     first = await api.ListCommissions(pb.ListCommissionsRequest(page_size=2), metadata=me)
     second = await api.ListCommissions(
         pb.ListCommissionsRequest(page_size=2, page_token=first.next_page_token), metadata=me
     )
     assert len(first.commissions) == 2 and len(second.commissions) == 1 and second.next_page_token == ""
     assert {c.id for c in first.commissions} | {c.id for c in second.commissions} == {
-        c.id for c in await commissions(backoffice_channel, affiliate.user)
+        c.id for c in await support.commissions(backoffice_channel, affiliate.user)
     }
     pending = await api.ListCommissions(pb.ListCommissionsRequest(status=pb.COMMISSION_STATUS_PENDING), metadata=me)
     assert pending.commissions == []

@@ -1,5 +1,5 @@
 """The ledger: append-only and gapless in the database, the check that recomputes every balance (and
-catches a tampered one), and 10,000 small fills whose commissions sum exactly to the balances."""
+catches a tampered one), and 10,000 small fills whose support.commissions sum exactly to the balances."""
 
 from __future__ import annotations
 
@@ -17,25 +17,14 @@ from backoffice.affiliates import ledger
 from backoffice.bootstrap import Resources
 from backoffice.models import AffiliateLedgerEntry
 from signalhub.v1 import backoffice_pb2 as pb
-from tests.backoffice.affiliates.support import (
-    PROGRAM,
-    accrue,
-    commissions,
-    make_affiliate,
-    make_trader,
-    record_fills,
-    release,
-    stats,
-    stub,
-)
-from tests.backoffice.affiliates.test_reversal import payout_request
+from tests.backoffice.affiliates import support
 from tests.conftest import UserCredentials
 
 
 def expected_amounts(lots: list[Decimal]) -> list[Decimal]:
     """The program's rule, written out again as the test's oracle: the month's lots so far decide how
     much of each fill falls in each tier; the exact sum is rounded once, to the cent, half to even."""
-    bounds = [(tier.from_lots, tier.rate) for tier in PROGRAM.tiers]
+    bounds = [(tier.from_lots, tier.rate) for tier in support.PROGRAM.tiers]
     amounts, volume = [], Decimal(0)
     for fill in lots:
         exact = Decimal(0)
@@ -52,15 +41,14 @@ def expected_amounts(lots: list[Decimal]) -> list[Decimal]:
 async def test_ten_thousand_small_fills_sum_exactly(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     # Sizes whose products end in half a cent, so the rounding rule shows (0.015 x 5.00 = 0.075).
     sizes = ["0.01", "0.015", "0.003", "0.025", "0.007"]
     lots = [sizes[i % len(sizes)] for i in range(10_000)]
     filled = datetime(2031, 11, 3, tzinfo=UTC)
-    fills = await record_fills(res, trader, lots, now=filled)
-    await accrue(res, now=filled)
-    found = await commissions(backoffice_channel, affiliate.user)
+    fills = await support.record_fills(res, trader, lots, now=filled)
+    await support.accrue(res, now=filled)
+    found = await support.commissions(backoffice_channel, affiliate.user)
     assert len(found) == 10_000 and {c.execution_event_id for c in found} == {str(f) for f in fills}
     # Priced in the order received: the same server time for all, so by the fill's event id.
     in_order = sorted(found, key=lambda c: uuid.UUID(c.execution_event_id))
@@ -70,27 +58,24 @@ async def test_ten_thousand_small_fills_sum_exactly(
         exact.traps[decimal.Inexact] = True
         unrounded = sum(Decimal(c.lots) for c in found)
     assert unrounded == Decimal("120.00")
-    figures = await stats(backoffice_channel, affiliate.user)
+    figures = await support.stats(backoffice_channel, affiliate.user)
     assert Decimal(figures.commission_pending) == total == Decimal(figures.commission_total)
     assert figures.lots == "120.000" and figures.months[0].fill_count == 10_000
-    await release(res, filled + timedelta(days=30))
-    figures = await stats(backoffice_channel, affiliate.user)
-    assert (Decimal(figures.commission_pending), Decimal(figures.commission_available)) == (0, total)
-    payout = await stub(backoffice_channel).RequestPayout(
-        payout_request(str(total)), metadata=affiliate.user.metadata, timeout=10
+    await support.release(res, filled + timedelta(days=30))
+    assert await support.money(backoffice_channel, affiliate.user, "pending", "available") == ("0.00", str(total))
+    payout = await support.stub(backoffice_channel).RequestPayout(
+        support.payout_request(str(total)), metadata=affiliate.user.metadata, timeout=10
     )
     assert Decimal(payout.amount) == total
-    figures = await stats(backoffice_channel, affiliate.user)
-    assert (figures.commission_available, Decimal(figures.commission_reserved)) == ("0.00", total)
+    assert await support.money(backoffice_channel, affiliate.user, "available", "reserved") == ("0.00", str(total))
 
 
 async def test_the_ledger_is_append_only_and_gapless(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
-    await record_fills(res, trader, ["0.5"])
-    await accrue(res)
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
+    await support.record_fills(res, trader, ["0.5"])
+    await support.accrue(res)
     affiliate_id = uuid.UUID(affiliate.id)
     for statement in ("UPDATE affiliate_ledger SET pending = 0", "DELETE FROM affiliate_ledger"):
         with pytest.raises(DBAPIError, match="append-only"):
@@ -115,30 +100,25 @@ async def test_the_ledger_is_append_only_and_gapless(
 async def test_the_check_recomputes_every_balance_and_finds_a_tampered_one(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    trader = await make_trader(backoffice_channel, res, admin, affiliate)
-    await record_fills(res, trader, ["0.5", "0.7"])
-    await accrue(res)
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
+    await support.record_fills(res, trader, ["0.5", "0.7"])
+    await support.accrue(res)
     async with res.sessions() as session:
         clean = await ledger.check(session)
     assert clean.problems == () and clean.entries >= 2 and clean.affiliates >= 1
+    tampered = await check_after(res, "UPDATE affiliate_ledger SET pending = pending + 1 WHERE entry_no = 1", affiliate)
+    assert any(f"affiliate {affiliate.id} entry 1" in problem for problem in tampered), tampered
+    tampered = await check_after(res, "UPDATE commissions SET amount = amount + 0.01 WHERE true", affiliate)
+    assert any(f"affiliate {affiliate.id}: pending" in problem for problem in tampered), tampered
+    assert (await support.commissions(backoffice_channel, affiliate.user))[0].status == pb.COMMISSION_STATUS_PENDING
+
+
+async def check_after(res: Resources, statement: str, affiliate: support.Affiliate) -> tuple[str, ...]:
+    """The check's problems once ``statement`` (its WHERE narrowed to the affiliate) changed rows behind the
+    ledger's back, in a transaction then rolled back (triggers off for it alone: the database owner may)."""
     async with res.sessions.begin() as session:
-        # Triggers off for this transaction only (the test database's owner may): rewrite history.
         await session.execute(text("SET LOCAL session_replication_role = replica"))
-        await session.execute(
-            text("UPDATE affiliate_ledger SET pending = pending + 1 WHERE affiliate_id = :a AND entry_no = 1"),
-            {"a": uuid.UUID(affiliate.id)},
-        )
-        tampered = await ledger.check(session)
+        await session.execute(text(f"{statement} AND affiliate_id = :a"), {"a": uuid.UUID(affiliate.id)})
+        problems = (await ledger.check(session)).problems
         await session.rollback()
-    assert any(f"affiliate {affiliate.id} entry 1" in problem for problem in tampered.problems), tampered
-    async with res.sessions.begin() as session:
-        await session.execute(text("SET LOCAL session_replication_role = replica"))
-        await session.execute(
-            text("UPDATE commissions SET amount = amount + 0.01 WHERE affiliate_id = :a"),
-            {"a": uuid.UUID(affiliate.id)},
-        )
-        tampered = await ledger.check(session)
-        await session.rollback()
-    assert any(f"affiliate {affiliate.id}: pending" in problem for problem in tampered.problems), tampered
-    assert (await commissions(backoffice_channel, affiliate.user))[0].status == pb.COMMISSION_STATUS_PENDING
+    return problems

@@ -18,31 +18,26 @@ from backoffice.platform.config import Settings
 from signalhub.protocol.errors import FailedPrecondition
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-from tests.backoffice.affiliates.support import create_user, make_affiliate, new_id, stub
-from tests.conftest import UserCredentials, make_user, rpc_failure
-
-
-async def failure_of(call: object) -> object:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return rpc_failure(info.value)
+from tests.backoffice.affiliates import support
+from tests.backoffice.api.test_accounts import expect_failure
+from tests.conftest import UserCredentials, make_user
 
 
 async def test_register_gives_a_unique_unguessable_url_safe_code_once(
     backoffice_channel: grpc.aio.Channel, res: Resources, settings: Settings
 ) -> None:
     user = await make_user(res)
-    request = pb.RegisterAffiliateRequest(request_id=new_id())
-    first = await stub(backoffice_channel).RegisterAffiliate(request, metadata=user.metadata, timeout=5)
+    request = pb.RegisterAffiliateRequest(request_id=support.new_id())
+    first = await support.stub(backoffice_channel).RegisterAffiliate(request, metadata=user.metadata, timeout=5)
     assert first.user_id == str(user.id) and first.HasField("create_time")
     assert re.fullmatch(r"[A-Za-z0-9_-]{16}", first.referral_code)
     # Registering again (with the same request_id or a new one) gives the same affiliate back.
-    assert await stub(backoffice_channel).RegisterAffiliate(request, metadata=user.metadata, timeout=5) == first
-    again = pb.RegisterAffiliateRequest(request_id=new_id())
-    assert await stub(backoffice_channel).RegisterAffiliate(again, metadata=user.metadata, timeout=5) == first
-    others = {(await make_affiliate(backoffice_channel, res)).code for _ in range(5)}
+    assert await support.stub(backoffice_channel).RegisterAffiliate(request, metadata=user.metadata, timeout=5) == first
+    again = pb.RegisterAffiliateRequest(request_id=support.new_id())
+    assert await support.stub(backoffice_channel).RegisterAffiliate(again, metadata=user.metadata, timeout=5) == first
+    others = {(await support.make_affiliate(backoffice_channel, res)).code for _ in range(5)}
     assert first.referral_code not in others and len(others) == 5
-    link = await stub(backoffice_channel).GetReferralLink(
+    link = await support.stub(backoffice_channel).GetReferralLink(
         pb.GetReferralLinkRequest(), metadata=user.metadata, timeout=5
     )
     assert link.referral_code == first.referral_code
@@ -57,8 +52,8 @@ async def test_register_gives_a_unique_unguessable_url_safe_code_once(
 async def test_a_user_who_is_no_affiliate_has_no_link(
     backoffice_channel: grpc.aio.Channel, user: UserCredentials
 ) -> None:
-    failure = await failure_of(
-        stub(backoffice_channel).GetReferralLink(pb.GetReferralLinkRequest(), metadata=user.metadata, timeout=5)
+    failure = await expect_failure(
+        support.stub(backoffice_channel).GetReferralLink(pb.GetReferralLinkRequest(), metadata=user.metadata, timeout=5)
     )
     assert failure.code == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
 
@@ -66,22 +61,22 @@ async def test_a_user_who_is_no_affiliate_has_no_link(
 async def test_create_user_with_a_code_is_attributed_once_and_for_ever(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
-    created = await create_user(backoffice_channel, admin, affiliate.code)
+    affiliate = await support.make_affiliate(backoffice_channel, res)
+    created = await support.create_user(backoffice_channel, admin, affiliate.code)
     assert created.user.referrer_affiliate_id == affiliate.id
     referred = UserCredentials(uuid.UUID(created.user.id), created.api_token, admin.role)
     me = await rpc.AccountServiceStub(backoffice_channel).GetCurrentUser(
         pb.GetCurrentUserRequest(), metadata=referred.metadata, timeout=5
     )
     assert me.referrer_affiliate_id == affiliate.id
-    listed = await stub(backoffice_channel).ListReferrals(
+    listed = await support.stub(backoffice_channel).ListReferrals(
         pb.ListReferralsRequest(), metadata=affiliate.user.metadata, timeout=5
     )
     assert [(r.referred_user_id, r.affiliate_id, r.commission_total) for r in listed.referrals] == [
         (created.user.id, affiliate.id, "0.00")
     ]
     # For ever: the referral row cannot be changed or deleted, and a second attribution is refused.
-    other = await make_affiliate(backoffice_channel, res)
+    other = await support.make_affiliate(backoffice_channel, res)
     async with res.sessions() as session:
         other_row = await session.get_one(Affiliate, uuid.UUID(other.id))
     for statement in ("UPDATE referrals SET affiliate_id = :other", "DELETE FROM referrals"):
@@ -96,14 +91,14 @@ async def test_create_user_with_a_code_is_attributed_once_and_for_ever(
             await referrals.attribute(session, other_row, uuid.UUID(created.user.id))
     assert me.referrer_affiliate_id == affiliate.id
     # A user created without a code has no referrer.
-    plain = await create_user(backoffice_channel, admin, "")
+    plain = await support.create_user(backoffice_channel, admin, "")
     assert plain.user.referrer_affiliate_id == ""
 
 
 async def test_unknown_codes_and_self_referral_are_invalid(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
-    affiliate = await make_affiliate(backoffice_channel, res)
+    affiliate = await support.make_affiliate(backoffice_channel, res)
     async with res.sessions() as session:
         email = (await session.scalars(text("SELECT email FROM users WHERE id = :id"), {"id": affiliate.user.id})).one()
     local, _, domain = email.partition("@")
@@ -112,7 +107,7 @@ async def test_unknown_codes_and_self_referral_are_invalid(
         (affiliate.code.swapcase(), None),  # codes are exact
         (affiliate.code, f"{local.upper()}+second@{domain}"),  # the affiliate's own mailbox
     ]:
-        failure = await failure_of(create_user(backoffice_channel, admin, code, address))
+        failure = await expect_failure(support.create_user(backoffice_channel, admin, code, address))
         assert failure.code == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert set(failure.violations) == {"referral_code"}  # type: ignore[attr-defined]
     async with res.sessions() as session:
@@ -127,15 +122,15 @@ async def test_self_referral_and_cycles_are_refused_where_attribution_happens(
 ) -> None:
     """Through the API a referred user is always new, so neither can happen there; ``attribute`` (what
     CreateUser calls) refuses both anyway, for any path that may attribute later."""
-    first = await make_affiliate(backoffice_channel, res)
-    second_user = await create_user(backoffice_channel, admin, first.code)  # first referred second
-    second = await stub(backoffice_channel).RegisterAffiliate(
+    first = await support.make_affiliate(backoffice_channel, res)
+    second_user = await support.create_user(backoffice_channel, admin, first.code)  # first referred second
+    second = await support.stub(backoffice_channel).RegisterAffiliate(
         pb.RegisterAffiliateRequest(),
         metadata=UserCredentials(uuid.UUID(second_user.user.id), second_user.api_token, admin.role).metadata,
         timeout=5,
     )
-    third_user = await create_user(backoffice_channel, admin, second.referral_code)  # second referred third
-    third = await stub(backoffice_channel).RegisterAffiliate(
+    third_user = await support.create_user(backoffice_channel, admin, second.referral_code)  # second referred third
+    third = await support.stub(backoffice_channel).RegisterAffiliate(
         pb.RegisterAffiliateRequest(),
         metadata=UserCredentials(uuid.UUID(third_user.user.id), third_user.api_token, admin.role).metadata,
         timeout=5,

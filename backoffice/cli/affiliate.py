@@ -1,0 +1,262 @@
+"""``signalhub affiliate ...``: AffiliateService from the command line.
+
+Every command but ``check`` is one call (list commands: every page) through the generated stubs with a
+bearer token, printed as one JSON object; the server decides what the token may do (the payout
+decisions and ``reverse-fill`` need an admin's). The token comes from ``$SIGNALHUB_API_TOKEN``, else
+from ``--credentials FILE`` (default ``.signalhub/demo.json``): its ``api_token``, or in the demo file
+the ``admin_token`` for admin commands and the ``user_token`` for the others. It is never an argument,
+which anyone on the machine could read in ``ps``. A refused call is one line on stderr and exit status 1.
+
+``check`` runs on the server side, over the domain like ``signalhub admin``: it recomputes every
+affiliate's balances from the ledger and prints what disagrees (exit status 1 if anything does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+
+from backoffice.producer.client import DEFAULT_TARGET, ProducerCallError
+from signalhub.protocol.state import DEFAULT_CREDENTIALS
+from signalhub.v1 import backoffice_pb2 as pb
+from signalhub.v1 import backoffice_pb2_grpc as rpc
+
+TOKEN_ENV = "SIGNALHUB_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
+
+
+@dataclass(frozen=True)
+class Call:
+    """One command: the RPC, its options (names in OPTIONS), how its request is built from them, and
+    whether it needs an admin's token."""
+
+    rpc: str
+    help: str
+    options: tuple[str, ...]
+    request: Callable[[argparse.Namespace], Message]
+    admin: bool = False
+    pages: str = ""  # a list RPC: the repeated field to collect from every page
+
+
+def _list_call(rpc: str, help: str, kind: type[Message], pages: str, status: str = "") -> Call:
+    """A list: every page of ``pages``, for the caller (admins: ``--affiliate-id``), maybe by state."""
+
+    def request(a: argparse.Namespace) -> Message:
+        wanted = {"status": _status(status, a.status)} if status else {}
+        return kind(affiliate_id=a.affiliate_id, **wanted)
+
+    options = ("affiliate_id", f"{status}_status") if status else ("affiliate_id",)
+    return Call(rpc, help, options, request, pages=pages)
+
+
+def _payout_decision(rpc: str, help: str, kind: type[Message], **fields: str) -> Call:
+    """An admin's decision on a payout: its id, the request fields ``fields`` names (field -> option)."""
+
+    def request(a: argparse.Namespace) -> Message:
+        return kind(id=a.id, request_id=a.request_id, **{f: getattr(a, option) for f, option in fields.items()})
+
+    return Call(rpc, f"admin: {help}", ("payout_id", *fields.values(), "request_id"), request, admin=True)
+
+
+CALLS: dict[str, Call] = {
+    "register": Call(
+        "RegisterAffiliate",
+        "become an affiliate",
+        ("request_id",),
+        lambda a: pb.RegisterAffiliateRequest(request_id=a.request_id),
+    ),
+    "link": Call("GetReferralLink", "your referral code and link", (), lambda a: pb.GetReferralLinkRequest()),
+    "stats": Call(
+        "GetAffiliateStats",
+        "referrals, lots and commission by state and month",
+        ("affiliate_id",),
+        lambda a: pb.GetAffiliateStatsRequest(affiliate_id=a.affiliate_id),
+    ),
+    "referrals": _list_call("ListReferrals", "the users you referred", pb.ListReferralsRequest, "referrals"),
+    "commissions": _list_call(
+        "ListCommissions", "your commissions, newest first", pb.ListCommissionsRequest, "commissions", "commission"
+    ),
+    "payouts": _list_call(
+        "ListPayouts", "payouts, newest first (admins: everyone's)", pb.ListPayoutsRequest, "payouts", "payout"
+    ),
+    "request-payout": Call(
+        "RequestPayout",
+        "ask for part of your available commission",
+        ("amount", "method", "request_id"),
+        lambda a: pb.RequestPayoutRequest(request_id=a.request_id, amount=a.amount, method_details=a.method),
+    ),
+    "approve-payout": _payout_decision("ApprovePayout", "approve a requested payout", pb.ApprovePayoutRequest),
+    "reject-payout": _payout_decision(
+        "RejectPayout", "reject a payout (its amount returns to the balance)", pb.RejectPayoutRequest, reason="reason"
+    ),
+    "mark-paid": _payout_decision(
+        "MarkPayoutPaid",
+        "record that an approved payout was paid",
+        pb.MarkPayoutPaidRequest,
+        payment_reference="reference",
+    ),
+    "reverse-fill": Call(
+        "ReverseFill",
+        "admin: reverse the commission of a fill (void it, or claw it back)",
+        ("fill_id", "reason", "request_id"),
+        lambda a: pb.ReverseFillRequest(request_id=a.request_id, execution_event_id=a.id, reason=a.reason),
+        admin=True,
+    ),
+}
+
+
+def _uuid(text: str) -> str:
+    if not text:
+        return ""  # not given
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _method(path: str) -> Struct:
+    """How to pay, read from a JSON file (bank or wallet details stay off the command line)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read JSON from {path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("the method file must hold a JSON object")
+    method = Struct()
+    method.update(value)
+    return method
+
+
+# Each option a command may take: its flags and argparse's keywords.
+OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "request_id": (("--request-id",), {"type": _uuid, "help": "idempotency key (default: a new UUID)"}),
+    "affiliate_id": (("--affiliate-id",), {"type": _uuid, "help": "admins: this affiliate's"}),
+    "commission_status": (("--status",), {"choices": ("pending", "available", "voided"), "help": "only these"}),
+    "payout_status": (("--status",), {"choices": ("requested", "approved", "rejected", "paid"), "help": "only these"}),
+    "amount": (("--amount",), {"required": True, "help": "decimal, in whole cents (e.g. 50.00)"}),
+    "method": (("--method-file",), {"dest": "method", "type": _method, "required": True, "help": "JSON: how to pay"}),
+    "payout_id": (("id",), {"type": _uuid, "help": "the payout's id"}),
+    "fill_id": (("id",), {"type": _uuid, "help": "the fill's execution event id (ExecutionEvent.id)"}),
+    "reason": (("--reason",), {"required": True, "help": "why (recorded, and shown to the affiliate)"}),
+    "reference": (("--reference",), {"required": True, "help": "the payment's reference, e.g. a transfer id"}),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one subcommand per call, and ``check``; each sets ``run``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE",
+        help=f"JSON with api_token (or a demo file's user_token/admin_token) and optionally backoffice "
+        f"(default {DEFAULT_CREDENTIALS}); ${TOKEN_ENV} wins",
+    )
+    common.add_argument("--target", metavar="HOST:PORT", help=f"back office address (default {DEFAULT_TARGET})")
+    common.add_argument("--tls", action="store_true", help="check the server against gRPC's default roots")
+    common.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per call (default %(default)s)")
+    commands = parser.add_subparsers(dest="affiliate_command", required=True, metavar="COMMAND", help="the call")
+    for name, call in CALLS.items():
+        sub = commands.add_parser(name, parents=[common], help=call.help)
+        sub.set_defaults(run=run_call, call=call, status=None, affiliate_id="")
+        for option in call.options:
+            flags, keywords = OPTIONS[option]
+            sub.add_argument(*flags, **keywords)
+    check = commands.add_parser("check", help="admin, on the server: recompute every balance from the ledger")
+    check.set_defaults(run=run_check)
+
+
+def run_call(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> None:
+    call: Call = args.call
+    if "request_id" in call.options and not args.request_id:
+        args.request_id = str(uuid.uuid4())
+    token, target = _token_and_target(args, call.admin, environ)
+    try:
+        result = asyncio.run(_call(target, args.tls, token, call, call.request(args), args.timeout))
+    except grpc.aio.AioRpcError as exc:
+        _fail(str(ProducerCallError.from_rpc_error(exc, method=call.rpc, attempts=1)))
+    print(json.dumps(result))
+
+
+def run_check(args: argparse.Namespace) -> None:
+    from backoffice import bootstrap
+    from backoffice.affiliates import ledger
+    from backoffice.cli.local import check_postgres, load_settings
+
+    async def check() -> ledger.CheckReport:
+        settings = load_settings()
+        await check_postgres(settings.database_url)
+        async with bootstrap.resources(settings) as res, res.sessions() as session:
+            return await ledger.check(session)
+
+    report = asyncio.run(check())
+    print(json.dumps({"affiliates": report.affiliates, "entries": report.entries, "problems": list(report.problems)}))
+    if report.problems:
+        raise SystemExit(1)
+
+
+async def _call(target: str, tls: bool, token: str, call: Call, request: Message, deadline: float) -> dict[str, Any]:
+    """The call (every page of a list), as a JSON-ready dict."""
+    channel = (
+        grpc.aio.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.aio.insecure_channel(target)
+    )
+    async with channel:
+        method = getattr(rpc.AffiliateServiceStub(channel), call.rpc)
+        metadata = (("authorization", f"Bearer {token}"),)
+        if not call.pages:
+            return _json(await method(request, metadata=metadata, timeout=deadline))
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await method(request, metadata=metadata, timeout=deadline)
+            items.extend(_json(item) for item in getattr(page, call.pages))
+            if not page.next_page_token:
+                return {call.pages: items}
+            request.page_token = page.next_page_token  # type: ignore[attr-defined]
+
+
+def _token_and_target(args: argparse.Namespace, admin: bool, environ: Mapping[str, str]) -> tuple[str, str]:
+    token = environ.get(TOKEN_ENV, "").strip()
+    path = args.credentials or DEFAULT_CREDENTIALS
+    data: dict[str, Any] = {}
+    if args.credentials is not None or path.is_file():
+        try:
+            data = dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            _fail(f"cannot read a JSON object from the credentials file {path}")
+    token = token or str(data.get("api_token") or data.get("admin_token" if admin else "user_token") or "")
+    if not token:
+        _fail(f"no API token: set ${TOKEN_ENV}, or pass --credentials FILE holding api_token")
+    return token, args.target or str(data.get("backoffice") or DEFAULT_TARGET)
+
+
+def _json(message: Message) -> dict[str, Any]:
+    found: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return found
+
+
+def _status(kind: str, status: str | None) -> Any:  # Any: each generated enum has its own ValueType
+    """The wire number of ``status`` ("pending") of ``kind`` ("commission"); 0 (unspecified) for none."""
+    if not status:
+        return 0
+    return (
+        pb.DESCRIPTOR.enum_types_by_name[f"{kind.capitalize()}Status"]
+        .values_by_name[f"{kind.upper()}_STATUS_{status.upper()}"]
+        .number
+    )
+
+
+def _fail(message: str) -> Any:
+    print(f"signalhub: {message}", file=sys.stderr)
+    raise SystemExit(1)
