@@ -138,12 +138,13 @@ class Book:
 
 async def open_books(session: AsyncSession, affiliate_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Book]:
     """Lock the affiliates' rows (in id order, so two transactions never wait on each other in a cycle) and
-    read each one's last entry. Whoever moves an affiliate's money holds this lock until it commits."""
+    read each one's last entry. Whoever moves an affiliate's money holds this lock until it commits; it is
+    FOR NO KEY UPDATE, so rows that merely reference the affiliate (a new referral) do not wait for it."""
     ids = sorted(set(affiliate_ids))
     if not ids:
         return {}
     await session.execute(
-        select(Affiliate.id).where(any_id(Affiliate.id, ids)).order_by(Affiliate.id).with_for_update()
+        select(Affiliate.id).where(any_id(Affiliate.id, ids)).order_by(Affiliate.id).with_for_update(key_share=True)
     )
     last = await _last_entries(session, ids)
     books = {}

@@ -3196,7 +3196,7 @@ class GetAffiliateStatsResponse(_message.Message):
     referral_count: _builtins.int
     """Users referred."""
     active_referral_count: _builtins.int
-    """Referred users with at least one position."""
+    """Referred users with at least one position (a fill that earned a commission not reversed)."""
     commission_total: _builtins.str
     """All commission ever earned (excluding voided)."""
     commission_pending: _builtins.str
