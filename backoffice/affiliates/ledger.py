@@ -28,12 +28,12 @@ the commissions and payouts they stand for.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import case, func, insert, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -193,18 +193,20 @@ class CheckReport:
     problems: tuple[str, ...]
 
 
-async def check(session: AsyncSession) -> CheckReport:
-    """Recompute every affiliate's balances from its entries and compare: each entry's number follows the
-    one before, its stored balances are what replaying the movements from zero gives, and the final
-    balances agree with the commissions and payouts (pending = PENDING commissions; earned = those not
-    VOIDED; reserved = REQUESTED and APPROVED payouts; paid = PAID ones; one ACCRUAL per commission)."""
+async def check(session: AsyncSession, only: Collection[uuid.UUID] | None = None) -> CheckReport:
+    """Recompute every affiliate's balances (or ``only`` these affiliates') from its entries and compare:
+    each entry's number follows the one before, its stored balances are what replaying the movements
+    from zero gives, and the final balances agree with the commissions and payouts (pending = PENDING
+    commissions; earned = those not VOIDED; reserved = REQUESTED and APPROVED payouts; paid = PAID ones;
+    one ACCRUAL per commission)."""
     problems: list[str] = []
     replayed: dict[uuid.UUID, Balances] = {}
     accruals: dict[uuid.UUID, tuple[int, Decimal]] = {}
     entries = 0
     columns = [getattr(AffiliateLedgerEntry, name) for name in ("affiliate_id", "entry_no", "kind", *_AMOUNTS)]
+    query = select(*columns).order_by(AffiliateLedgerEntry.affiliate_id, AffiliateLedgerEntry.entry_no)
     stream = await session.stream(
-        select(*columns).order_by(AffiliateLedgerEntry.affiliate_id, AffiliateLedgerEntry.entry_no)
+        query if only is None else query.where(any_id(AffiliateLedgerEntry.affiliate_id, only))
     )
     expected_no: dict[uuid.UUID, int] = {}
     async for entry in stream:
@@ -226,7 +228,7 @@ async def check(session: AsyncSession) -> CheckReport:
         if entry.kind is LedgerEntryKind.ACCRUAL:
             count, total = accruals.get(key, (0, ZERO))
             accruals[key] = (count + 1, total + entry.amount)
-    expected = await _expected_balances(session)
+    expected = await _expected_balances(session, only)
     for affiliate_id in sorted(set(replayed) | set(expected)):
         got = replayed.get(affiliate_id, Balances())
         want = expected.get(affiliate_id, {})
@@ -243,8 +245,10 @@ async def check(session: AsyncSession) -> CheckReport:
     return CheckReport(len(replayed), entries, tuple(problems))
 
 
-async def _expected_balances(session: AsyncSession) -> dict[uuid.UUID, dict[str, Any]]:
-    """Per affiliate, what its commissions and payouts say the ledger must hold."""
+async def _expected_balances(
+    session: AsyncSession, only: Collection[uuid.UUID] | None
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Per affiliate (or ``only`` these), what its commissions and payouts say the ledger must hold."""
     found: dict[uuid.UUID, dict[str, Any]] = {}
     commission_rows = await session.execute(
         select(
@@ -253,7 +257,9 @@ async def _expected_balances(session: AsyncSession) -> dict[uuid.UUID, dict[str,
             func.sum(case((Commission.status != CommissionStatus.VOIDED, Commission.amount), else_=ZERO)),
             func.count(),
             func.sum(Commission.amount),
-        ).group_by(Commission.affiliate_id)
+        )
+        .where(true() if only is None else any_id(Commission.affiliate_id, only))
+        .group_by(Commission.affiliate_id)
     )
     for affiliate_id, pending, earned, count, total in commission_rows:
         found[affiliate_id] = {"pending": pending, "earned": earned, "accruals": (count, total)}
@@ -264,7 +270,9 @@ async def _expected_balances(session: AsyncSession) -> dict[uuid.UUID, dict[str,
                 case((Payout.status.in_([PayoutStatus.REQUESTED, PayoutStatus.APPROVED]), Payout.amount), else_=ZERO)
             ),
             func.sum(case((Payout.status == PayoutStatus.PAID, Payout.amount), else_=ZERO)),
-        ).group_by(Payout.affiliate_id)
+        )
+        .where(true() if only is None else any_id(Payout.affiliate_id, only))
+        .group_by(Payout.affiliate_id)
     )
     for affiliate_id, reserved, paid in payout_rows:
         found.setdefault(affiliate_id, {}).update(reserved=reserved, paid=paid)

@@ -119,6 +119,6 @@ async def check_after(res: Resources, statement: str, affiliate: support.Affilia
     async with res.sessions.begin() as session:
         await session.execute(text("SET LOCAL session_replication_role = replica"))
         await session.execute(text(f"{statement} AND affiliate_id = :a"), {"a": uuid.UUID(affiliate.id)})
-        problems = (await ledger.check(session)).problems
+        problems = (await ledger.check(session, [uuid.UUID(affiliate.id)])).problems
         await session.rollback()
     return problems
