@@ -90,6 +90,7 @@ class AffiliateServicer:
     async def GetAffiliateStats(
         self, request: pb.GetAffiliateStatsRequest, context: Any
     ) -> pb.GetAffiliateStatsResponse:
+        """The affiliate's figures: counts and lots, the ledger's balances (one wire field each), by month."""
         caller = current_caller()
         affiliate_id = parse_optional_id(request.affiliate_id, "affiliate_id")
         async with self._sessions() as session:

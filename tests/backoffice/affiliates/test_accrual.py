@@ -49,6 +49,8 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
     res: Resources,
     admin: UserCredentials,
 ) -> None:
+    """A real device stream: one fill (sent three times) is queued by the uplink, then accrued by the
+    worker into one commission."""
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     delivery_id = await (await Book.open(res, trader.user.id)).delivery(trader.device_id)
     async with stream(gateway_channel, trader.device) as device:
@@ -88,6 +90,7 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
 async def test_tiers_by_the_months_lots_crossed_mid_month_and_restarted(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
+    """Each fill is priced from the month's lots of all referred users so far; a new month starts again."""
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     other_trader = await support.make_trader(backoffice_channel, res, admin, affiliate)
     march = datetime(2031, 3, 10, 12, tzinfo=UTC)
@@ -119,6 +122,7 @@ async def test_tiers_by_the_months_lots_crossed_mid_month_and_restarted(
 async def test_duplicate_queue_rows_and_two_workers_give_one_commission_per_fill(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
+    """Two workers drain 1,200 fills at once; re-queued fills earn nothing more; the unique key refuses a twin."""
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     june = datetime(2031, 6, 15, tzinfo=UTC)
     fills = await support.record_fills(res, trader, ["0.01"] * 1200, now=june)
@@ -180,6 +184,7 @@ async def test_fills_of_users_nobody_referred_earn_nothing(
 async def test_pending_for_the_hold_period_then_available(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
+    """PENDING until its fill time plus the hold, then AVAILABLE once, with its ledger entries and audit events."""
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     filled = datetime(2031, 7, 1, 12, tzinfo=UTC)
     await support.record_fills(res, trader, ["2.5"], now=filled)  # 1 at 5.00, 1 at 7.00, 0.5 at 10.00

@@ -33,6 +33,7 @@ async def busy_affiliate(channel: grpc.aio.Channel, res: Resources, admin: UserC
 async def test_affiliates_see_only_their_own(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials, user: UserCredentials
 ) -> None:
+    """Another affiliate's figures and lists are NOT_FOUND; its payouts' decisions are for admins only."""
     one = await busy_affiliate(backoffice_channel, res, admin)
     other = await busy_affiliate(backoffice_channel, res, admin)
     api = support.stub(backoffice_channel)
@@ -79,6 +80,7 @@ async def test_affiliates_see_only_their_own(
 
 
 async def test_figures_and_paging(backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials) -> None:
+    """GetAffiliateStats adds up, month by month; ListCommissions pages; ListReferrals totals per user."""
     affiliate = await busy_affiliate(backoffice_channel, res, admin)
     figures = await support.stats(backoffice_channel, affiliate.user)
     # 6 lots: 1 x 5.00 + 1 x 7.00 + 4 x 10.00 = 52.00; 2 and 3 more lots at 10.00 = 50.00.

@@ -41,6 +41,7 @@ def expected_amounts(lots: list[Decimal]) -> list[Decimal]:
 async def test_ten_thousand_small_fills_sum_exactly(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
+    """Every commission is what the rule says, and their sum is exactly the balance, released and paid out."""
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     # Sizes whose products end in half a cent, so the rounding rule shows (0.015 x 5.00 = 0.075).
     sizes = ["0.01", "0.015", "0.003", "0.025", "0.007"]

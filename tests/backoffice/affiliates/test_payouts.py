@@ -36,6 +36,7 @@ async def code_of(call: object) -> grpc.StatusCode:
 
 
 async def test_payout_lifecycle(backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials) -> None:
+    """REQUESTED, APPROVED, PAID: balances, idempotency, sealing, admin-only decisions and the audit trail."""
     affiliate = await earning(backoffice_channel, res, admin, "10")  # 92.00
     api, me, boss = support.stub(backoffice_channel), affiliate.user.metadata, admin.metadata
     request = payout_request("50.00")

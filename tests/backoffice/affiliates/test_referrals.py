@@ -61,6 +61,7 @@ async def test_a_user_who_is_no_affiliate_has_no_link(
 async def test_create_user_with_a_code_is_attributed_once_and_for_ever(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
+    """The new user shows its referrer, the affiliate lists it, and the referral can never change."""
     affiliate = await support.make_affiliate(backoffice_channel, res)
     created = await support.create_user(backoffice_channel, admin, affiliate.code)
     assert created.user.referrer_affiliate_id == affiliate.id

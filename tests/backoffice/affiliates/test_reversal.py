@@ -24,6 +24,7 @@ K = LedgerEntryKind
 async def test_a_fill_reversed_in_its_hold_voids_its_commission(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
+    """VOID: out of pending, not released later, its lots out of the month's tier volume, audited."""
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     filled = datetime(2031, 9, 2, tzinfo=UTC)
     kept, reversed_fill = await support.record_fills(res, trader, ["0.4", "0.4"], now=filled)
@@ -58,6 +59,7 @@ async def test_a_fill_reversed_in_its_hold_voids_its_commission(
 async def test_a_fill_reversed_after_release_is_clawed_back_against_future_earnings(
     backoffice_channel: grpc.aio.Channel, res: Resources, admin: UserCredentials
 ) -> None:
+    """CLAWBACK: taken from available, the rest owed and paid off by later earnings and a rejected payout."""
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     api, me = support.stub(backoffice_channel), affiliate.user
     filled = datetime(2031, 10, 1, tzinfo=UTC)

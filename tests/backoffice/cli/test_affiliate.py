@@ -38,6 +38,7 @@ async def test_affiliate_commands(
     admin: UserCredentials,
     tmp_path: Path,
 ) -> None:
+    """An affiliate's commands, an admin's, refusals as one line, and check; no token is ever printed."""
     me = await make_user(res)
     target = ("--target", backoffice_server.bound_address)
     as_me = _env(settings, SIGNALHUB_API_TOKEN=me.token)
