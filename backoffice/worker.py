@@ -31,7 +31,7 @@ async def run_once(res: Resources) -> dict[str, int]:
         inactive = await presence.mark_idle_devices_inactive(session, datetime.now(UTC))
         expired = await signals.expire_due(session, datetime.now(UTC))
     # Each in transactions of its own: fills are accrued a batch at a time, releases an affiliate at a time.
-    fills = await accrual.drain(res.sessions, Program.from_settings(res.settings), datetime.now(UTC))
+    fills = await accrual.drain(res.sessions, Program.from_settings(res.settings))
     released = await accrual.release_due(res.sessions, datetime.now(UTC))
     return {
         "nonces_purged": nonces,

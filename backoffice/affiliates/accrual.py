@@ -61,23 +61,22 @@ async def enqueue_fills(session: AsyncSession, events: Sequence[dict[str, Any]])
         await connection.execute(insert(CommissionQueueItem), rows)
 
 
-async def drain(sessions: async_sessionmaker[AsyncSession], program: Program, now: datetime) -> int:
+async def drain(sessions: async_sessionmaker[AsyncSession], program: Program) -> int:
     """Accrue everything queued, a batch per transaction; returns how many fills were taken."""
     taken = 0
     while True:
         async with sessions.begin() as session:
-            done = await accrue(session, program, now)
+            done = await accrue(session, program)
         taken += done
         if done < BATCH:
             return taken
 
 
-async def accrue(
-    session: AsyncSession, program: Program, now: datetime, *, fill_event_id: uuid.UUID | None = None
-) -> int:
+async def accrue(session: AsyncSession, program: Program, *, fill_event_id: uuid.UUID | None = None) -> int:
     """Take up to a batch of queued fills (or the one named, waiting for it if a worker holds it) and
     accrue a commission for each fill of a referred user; the rest are simply dropped. Returns how many
-    queue rows were taken. Fills are priced in the order they were received, per affiliate."""
+    queue rows were taken. A batch prices its fills in the order they were received; concurrent
+    batches take turns per affiliate (the book lock)."""
     query = select(CommissionQueueItem).order_by(CommissionQueueItem.filled_at, CommissionQueueItem.fill_event_id)
     if fill_event_id is None:
         query = query.limit(BATCH).with_for_update(skip_locked=True)

@@ -35,7 +35,7 @@ async def reverse_fill(
     first. Reversing twice changes nothing. NOT_FOUND when the fill earned no commission."""
     require_admin(caller)
     reason = accounts.validate_name(reason, "reason")
-    await accrual.accrue(session, program, now, fill_event_id=fill_event_id)
+    await accrual.accrue(session, program, fill_event_id=fill_event_id)
     affiliate_id = await session.scalar(
         select(Commission.affiliate_id).where(Commission.fill_event_id == fill_event_id)
     )

@@ -184,9 +184,9 @@ async def fill_event_ids(res: Resources, delivery_ids: Sequence[uuid.UUID]) -> l
     return [rows[d] for d in delivery_ids]
 
 
-async def accrue(res: Resources, now: datetime | None = None, program: Program = PROGRAM) -> int:
+async def accrue(res: Resources, program: Program = PROGRAM) -> int:
     """The worker's accrual round with ``program``."""
-    return await accrual.drain(res.sessions, program, now or datetime.now(UTC))
+    return await accrual.drain(res.sessions, program)
 
 
 async def release(res: Resources, now: datetime) -> int:

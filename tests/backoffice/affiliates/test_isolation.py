@@ -22,7 +22,7 @@ async def busy_affiliate(channel: grpc.aio.Channel, res: Resources, admin: UserC
     for minutes, lots in enumerate((["6"], ["2", "3"])):
         trader = await support.make_trader(channel, res, admin, affiliate)
         await support.record_fills(res, trader, lots, now=filled + timedelta(minutes=minutes))
-    await support.accrue(res, now=filled)
+    await support.accrue(res)
     await support.release(res, datetime.now(UTC))
     await support.stub(channel).RequestPayout(
         support.payout_request("50.00"), metadata=affiliate.user.metadata, timeout=10

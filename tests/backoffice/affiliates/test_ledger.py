@@ -48,7 +48,7 @@ async def test_ten_thousand_small_fills_sum_exactly(
     lots = [sizes[i % len(sizes)] for i in range(10_000)]
     filled = datetime(2031, 11, 3, tzinfo=UTC)
     fills = await support.record_fills(res, trader, lots, now=filled)
-    await support.accrue(res, now=filled)
+    await support.accrue(res)
     found = await support.commissions(backoffice_channel, affiliate.user)
     assert len(found) == 10_000 and {c.execution_event_id for c in found} == {str(f) for f in fills}
     # Priced in the order received: the same server time for all, so by the fill's event id.

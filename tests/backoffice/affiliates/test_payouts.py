@@ -26,7 +26,7 @@ async def earning(channel: grpc.aio.Channel, res: Resources, admin: UserCredenti
     affiliate, trader = await support.affiliate_and_trader(channel, res, admin)
     filled = datetime.now(UTC) - timedelta(days=31)
     await support.record_fills(res, trader, [lots], now=filled)
-    await support.accrue(res, now=filled)
+    await support.accrue(res)
     await support.release(res, datetime.now(UTC))
     return affiliate
 

@@ -28,7 +28,7 @@ async def test_a_fill_reversed_in_its_hold_voids_its_commission(
     affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
     filled = datetime(2031, 9, 2, tzinfo=UTC)
     kept, reversed_fill = await support.record_fills(res, trader, ["0.4", "0.4"], now=filled)
-    await support.accrue(res, now=filled)
+    await support.accrue(res)
     voided = await reverse(backoffice_channel, admin, reversed_fill)
     assert (voided.status, voided.clawed_back, voided.reverse_reason, voided.execution_event_id) == (
         pb.COMMISSION_STATUS_VOIDED,
@@ -64,7 +64,7 @@ async def test_a_fill_reversed_after_release_is_clawed_back_against_future_earni
     api, me = support.stub(backoffice_channel), affiliate.user
     filled = datetime(2031, 10, 1, tzinfo=UTC)
     (big,) = await support.record_fills(res, trader, ["10"], now=filled)  # 1 x 5.00 + 1 x 7.00 + 8 x 10.00
-    await support.accrue(res, now=filled)
+    await support.accrue(res)
     await support.release(res, filled + timedelta(days=30))
     assert await money(backoffice_channel, me, "available") == ("92.00",)
     payout = await api.RequestPayout(support.payout_request("60.00"), metadata=me.metadata, timeout=10)
@@ -78,7 +78,7 @@ async def test_a_fill_reversed_after_release_is_clawed_back_against_future_earni
     assert (failure.code, failure.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_BALANCE")  # type: ignore[attr-defined]
     # New earnings pay off what is owed before any of them is available.
     await support.record_fills(res, trader, ["1"], now=filled + timedelta(days=2))
-    await support.accrue(res, now=filled + timedelta(days=2))
+    await support.accrue(res)
     await support.release(res, filled + timedelta(days=32))
     assert await money(backoffice_channel, me, *figures) == ("0.00", "60.00", "55.00", "5.00")
     # A rejected payout returns to the balance, and pays off the rest of the debt first.
