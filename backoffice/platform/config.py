@@ -54,13 +54,6 @@ class Settings:
     shutdown_grace_seconds: int = 10
     log_level: str = "INFO"
     public_url: str = "https://signalhub.example"
-    # The device gateway.
-    ack_timeout_seconds: float = 10.0  # a delivery with no RECEIVED ack is re-sent after this
-    hello_timeout_seconds: float = 10.0  # a stream whose first frame is not a Hello by then is ended
-    device_frame_rate: int = 200  # frames/s a device may send (token bucket) ...
-    device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
-    session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
-    sweep_interval_seconds: float = 1.0  # how often the gateway re-reads what is pending (lost hints)
     # Affiliates: per-lot rates by the referred users' lots this calendar month, as (from lots, rate) pairs.
     affiliate_tiers: tuple[tuple[Decimal, Decimal], ...] = (
         (Decimal(0), Decimal("5.00")),
@@ -70,6 +63,13 @@ class Settings:
     affiliate_hold_days: int = 30  # a commission is PENDING this long before it may be paid out
     affiliate_payout_minimum: Decimal = Decimal("50.00")
     affiliate_currency: str = "USD"
+    # The device gateway.
+    ack_timeout_seconds: float = 10.0  # a delivery with no RECEIVED ack is re-sent after this
+    hello_timeout_seconds: float = 10.0  # a stream whose first frame is not a Hello by then is ended
+    device_frame_rate: int = 200  # frames/s a device may send (token bucket) ...
+    device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
+    session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
+    sweep_interval_seconds: float = 1.0  # how often the gateway re-reads what is pending (lost hints)
 
     def __repr__(self) -> str:
         # URLs may carry a password; master keys mask themselves.
@@ -180,6 +180,12 @@ class Settings:
         values["session_queue_size"] = number("SESSION_QUEUE_SIZE", defaults.session_queue_size, 8, 65_536)
         values["sweep_interval_seconds"] = seconds("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds, 0.05, 300)
 
+        level = text("LOG_LEVEL", defaults.log_level).upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
+        values["log_level"] = level
+        values["public_url"] = text("PUBLIC_URL", defaults.public_url).rstrip("/")
+
         def parsed(name: str, default: object, parse: Callable[[str], object]) -> object:
             raw = env.get(ENV_PREFIX + name, "").strip()
             try:
@@ -196,11 +202,6 @@ class Settings:
         values["affiliate_currency"] = text("AFFILIATE_CURRENCY", defaults.affiliate_currency).upper()
         if not re.fullmatch(r"[A-Z]{3}", str(values["affiliate_currency"])):
             problems.append(f"{ENV_PREFIX}AFFILIATE_CURRENCY: an ISO 4217 code such as USD")
-        level = text("LOG_LEVEL", defaults.log_level).upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
-        values["log_level"] = level
-        values["public_url"] = text("PUBLIC_URL", defaults.public_url).rstrip("/")
         if values["signature_tolerance_seconds"] and values["nonce_ttl_seconds"]:
             tolerance = values["signature_tolerance_seconds"]
             ttl = values["nonce_ttl_seconds"]
