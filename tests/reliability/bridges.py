@@ -58,7 +58,11 @@ class DurablePaperBroker(PaperExecutor):
             self._orders.setdefault(delivery_id, fill)
             self._positions[ticket] = HeldPosition(ticket, instrument, OrderSide(side), Decimal(volume))
             self._entry[ticket] = Decimal(price)
-        for ticket, volume in self._book.execute("SELECT ticket, volume FROM closes ORDER BY n"):
+            self._mid.setdefault(instrument, Decimal(price))  # a terminal always has a price
+        for command_id, ticket, volume, price in self._book.execute(
+            "SELECT command_id, ticket, volume, price FROM closes ORDER BY n"
+        ):
+            self._closed.setdefault(command_id, CloseFill(Decimal(price), Decimal(volume)))
             held = self._positions.get(ticket)
             if held is not None and Decimal(volume) >= held.volume:
                 del self._positions[ticket]

@@ -30,3 +30,46 @@ async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(
         await world.cluster.restart("gateway1")  # as a supervisor would; the rest never restarts
         await asyncio.sleep(1.0)
         await world.settle_and_check(restarted={"gateway1"})
+
+
+async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(
+    template: PostgresTemplate, scratch: Path, tmp_path: Path
+) -> None:
+    async with open_world(template, scratch, tmp_path) as (world, _, _):
+        await asyncio.sleep(1.0)
+        killed = datetime.now(UTC)
+        world.cluster["worker"].kill()
+        await asyncio.sleep(2.0)  # signals come due with no worker to expire them
+        overdue = await world.overdue_signals(datetime.now(UTC))
+        assert overdue, "signals came due while the worker was gone"
+        world.cluster["worker"].start()
+        restarted = datetime.now(UTC)
+
+        async def caught_up() -> bool:
+            return not await world.overdue_signals(restarted)
+
+        took = await wait_for(caught_up, "the new worker to expire what came due")
+        world.report.add(
+            "worker SIGKILL", down_s=(restarted - killed).total_seconds(), resumed_s=took, overdue=len(overdue)
+        )
+        await world.settle_and_check(restarted={"worker"})
+
+
+async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(
+    template: PostgresTemplate, scratch: Path, tmp_path: Path
+) -> None:
+    async with open_world(template, scratch, tmp_path) as (world, _, _):
+        for round_ in range(3):  # at different moments: mid-order, mid-report, between the two
+            await asyncio.sleep(0.6 + 0.3 * round_)
+            killed = datetime.now(UTC)
+            world.bridges.kill()
+            await asyncio.sleep(0.5)  # deliveries pile up and are sent again to nobody
+            world.bridges.start()
+
+            async def back() -> bool:
+                return world.bridges.connected()
+
+            took = await wait_for(back, "the bridges to reconnect")
+            await world.recovered_after(f"bridge SIGKILL #{round_ + 1}", killed, reconnected_s=took)
+        await world.settle_and_check()
+        assert world.bridges.starts == 4
