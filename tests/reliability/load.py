@@ -334,7 +334,10 @@ class World:
         assert set(healthy.values()) <= {"SERVING", "RUNNING"}, healthy
         for name, process in self.cluster.processes.items():
             assert process.starts == (2 if name in restarted else 1), f"{name} was started {process.starts} times"
-        errors = {name: len(p.errors()) for name, p in self.cluster.processes.items()}
+        errors = {name: p.errors() for name, p in self.cluster.processes.items()}
+        internal = [line for lines in errors.values() for line in lines if '"unexpected failure"' in line]
+        assert not internal, f"a client was answered INTERNAL: {internal[0][:2000]}"
+        assert '"code": "INTERNAL"' not in self.bridges.log_path.read_text(), "a bridge was answered INTERNAL"
         self.report.add(
             "totals",
             signals=len(signals),
@@ -344,5 +347,5 @@ class World:
             bridge_sessions=self.bridges.total("sessions"),
             repeated_instructions=self.bridges.total("repeated"),
             frames_resent=self.bridges.total("frames_resent"),
-            error_lines=errors,
+            error_lines={name: len(lines) for name, lines in errors.items()},
         )
