@@ -223,7 +223,11 @@ class BridgeHost:
         return sum(int(d.get(counter, 0)) for run in (*self._earlier, self.stats()) for d in run.values())
 
     def connected(self, addresses: set[str] | None = None) -> bool:
-        """Every bridge holds a welcomed session (on one of ``addresses``, if given)."""
+        """Every bridge holds a welcomed session (on one of ``addresses``, if given). A bridge process
+        that died of something fails the test here, with its last log lines."""
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the bridge process exited with {self.process.returncode}:\n{tail}")
         stats = self.stats()
         return len(stats) == len(self.bridges) and all(
             d["connected"] and (addresses is None or d["address"] in addresses) for d in stats.values()

@@ -69,11 +69,23 @@ def _postgres_user() -> str | None:
 
 def postgres_missing() -> str | None:
     """Why an owned Postgres cannot be started here, or None when it can."""
+    if _postgres_user() is not None and shutil.which("setpriv") is None:
+        return "running as root and there is no setpriv (util-linux) to run Postgres as its own user"
     if postgres_bin_dir() is None:
         return "no Postgres binaries (neither /usr/lib/postgresql/*/bin nor the pgserver package)"
     if _postgres_user() == "missing":
         return "running as root and there is no 'postgres' user to run Postgres as"
     return None
+
+
+def _as_postgres() -> list[str]:
+    """The command prefix that runs a program as the Postgres user. Not Popen(user=...): that forks without
+    vfork, and a fork of a process with grpc threads runs grpc's fork handlers, which crashed the child."""
+    user = _postgres_user()
+    if user is None:
+        return []
+    # setpriv execs the program itself (runuser would stay its parent and swallow our signals).
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
 
 
 def _run_as(path: Path) -> None:
@@ -133,7 +145,7 @@ class OwnedPostgres:
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, user=_postgres_user(), start_new_session=True
+                [*_as_postgres(), *command], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     async def _accepting(self) -> None:
@@ -225,7 +237,7 @@ def _initdb(workdir: Path) -> Path:
         [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
         check=True,
         capture_output=True,
-        user=_postgres_user(),
+        user=_postgres_user(),  # before any grpc thread exists: a plain fork is safe here
     )
     return data_dir
 

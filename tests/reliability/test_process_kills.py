@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.reliability.conftest import open_world
-from tests.reliability.load import wait_for
+from tests.reliability.load import STRANDED_CLOSE, wait_for
 from tests.reliability.services import PostgresTemplate
 
 
@@ -29,7 +29,7 @@ async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(
         await world.recovered_after("gateway SIGKILL", killed, bridges_moved_s=took)
         await world.cluster.restart("gateway1")  # as a supervisor would; the rest never restarts
         await asyncio.sleep(1.0)
-        await world.settle_and_check(restarted={"gateway1"})
+        await world.settle_and_check(restarted=frozenset({"gateway1"}))
 
 
 async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(
@@ -52,9 +52,10 @@ async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(
         world.report.add(
             "worker SIGKILL", down_s=(restarted - killed).total_seconds(), resumed_s=took, overdue=len(overdue)
         )
-        await world.settle_and_check(restarted={"worker"})
+        await world.settle_and_check(restarted=frozenset({"worker"}))
 
 
+@STRANDED_CLOSE
 async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(
     template: PostgresTemplate, scratch: Path, tmp_path: Path
 ) -> None:
@@ -70,6 +71,6 @@ async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(
                 return world.bridges.connected()
 
             took = await wait_for(back, "the bridges to reconnect")
-            await world.recovered_after(f"bridge SIGKILL #{round_ + 1}", killed, reconnected_s=took)
-        await world.settle_and_check()
+            await world.recovered_after(f"bridge SIGKILL #{round_ + 1}", killed, within=30.0, reconnected_s=took)
+        await world.settle_and_check(within=30.0)
         assert world.bridges.starts == 4
