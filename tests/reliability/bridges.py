@@ -203,13 +203,9 @@ class BridgeHost:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        from tests.reliability.cluster import stop_process
+
+        stop_process(self.process)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """The current process's counters per device ({} before it wrote any)."""

@@ -21,6 +21,18 @@ FAST_SETTINGS = {
 }
 
 
+def stop_process(process: subprocess.Popen[str] | None) -> None:
+    """SIGTERM (the process drains and closes), SIGKILL if it takes too long."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @dataclass
 class ServerProcess:
     """One ``signalhub serve`` process; ``address`` is None for the worker (it serves no RPC)."""
@@ -52,14 +64,7 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
 
     def errors(self) -> list[str]:
         """The ERROR lines this process logged (JSON lines), for the report."""

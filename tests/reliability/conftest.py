@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -44,15 +44,6 @@ async def template() -> AsyncIterator[PostgresTemplate]:
         yield await make_template(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A directory the Postgres user can enter (pytest's own are 0700 when tests run as root)."""
-    path = Path(tempfile.mkdtemp(prefix="signalhub-fault-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,10 @@ STALL_SECONDS = 5.0
 REDIS_OUTAGE_SECONDS = 10.0
 
 
-async def test_postgres_restarted_then_stalled(template: PostgresTemplate, scratch: Path, tmp_path: Path) -> None:
-    async with open_world(template, scratch, tmp_path) as (world, postgres, _):
+async def test_postgres_restarted_then_stalled(
+    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
+) -> None:
+    async with open_world(template, traversable_dir, tmp_path) as (world, postgres, _):
         await asyncio.sleep(1.0)
         started = datetime.now(UTC)
         await postgres.restart()
@@ -29,8 +31,10 @@ async def test_postgres_restarted_then_stalled(template: PostgresTemplate, scrat
         await world.settle_and_check()
 
 
-async def test_redis_unreachable_for_ten_seconds(template: PostgresTemplate, scratch: Path, tmp_path: Path) -> None:
-    async with open_world(template, scratch, tmp_path) as (world, _, redis):
+async def test_redis_unreachable_for_ten_seconds(
+    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
+) -> None:
+    async with open_world(template, traversable_dir, tmp_path) as (world, _, redis):
         await asyncio.sleep(1.0)
         before = len(world.load.submitted)
         await redis.kill()

@@ -20,7 +20,7 @@ CHAOS_SECONDS = 6.0
 
 @STRANDED_CLOSE
 async def test_bytes_dropped_delayed_duplicated_reordered_and_cut(
-    template: PostgresTemplate, scratch: Path, tmp_path: Path
+    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
 ) -> None:
     proxies: list[ChaosProxy] = []
 
@@ -31,7 +31,7 @@ async def test_bytes_dropped_delayed_duplicated_reordered_and_cut(
         return [p.address for p in proxies]
 
     try:
-        async with open_world(template, scratch, tmp_path, route=through_proxies) as (world, _, _):
+        async with open_world(template, traversable_dir, tmp_path, route=through_proxies) as (world, _, _):
             await asyncio.sleep(1.0)
             for proxy in proxies:
                 proxy.chaos = CHAOS

@@ -13,9 +13,9 @@ from tests.reliability.services import PostgresTemplate
 
 
 async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(
-    template: PostgresTemplate, scratch: Path, tmp_path: Path
+    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
 ) -> None:
-    async with open_world(template, scratch, tmp_path) as (world, _, _):
+    async with open_world(template, traversable_dir, tmp_path) as (world, _, _):
         first, second = world.cluster.gateway_addresses
         assert world.bridges.connected({first}), "every bridge starts on the first replica"
         await asyncio.sleep(1.0)
@@ -33,9 +33,9 @@ async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(
 
 
 async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(
-    template: PostgresTemplate, scratch: Path, tmp_path: Path
+    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
 ) -> None:
-    async with open_world(template, scratch, tmp_path) as (world, _, _):
+    async with open_world(template, traversable_dir, tmp_path) as (world, _, _):
         await asyncio.sleep(1.0)
         killed = datetime.now(UTC)
         world.cluster["worker"].kill()
@@ -57,9 +57,9 @@ async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(
 
 @STRANDED_CLOSE
 async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(
-    template: PostgresTemplate, scratch: Path, tmp_path: Path
+    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
 ) -> None:
-    async with open_world(template, scratch, tmp_path) as (world, _, _):
+    async with open_world(template, traversable_dir, tmp_path) as (world, _, _):
         for round_ in range(3):  # at different moments: mid-order, mid-report, between the two
             await asyncio.sleep(0.6 + 0.3 * round_)
             killed = datetime.now(UTC)
