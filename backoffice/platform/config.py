@@ -70,6 +70,7 @@ class Settings:
     device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
     session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
     sweep_interval_seconds: float = 1.0  # how often the gateway re-reads what is pending (lost hints)
+    worker_interval_seconds: float = 30.0  # how often the worker runs its housekeeping round
 
     def __repr__(self) -> str:
         # URLs may carry a password; master keys mask themselves.
@@ -179,7 +180,9 @@ class Settings:
         values["device_frame_burst"] = number("DEVICE_FRAME_BURST", defaults.device_frame_burst, 1, 1_000_000)
         values["session_queue_size"] = number("SESSION_QUEUE_SIZE", defaults.session_queue_size, 8, 65_536)
         values["sweep_interval_seconds"] = seconds("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds, 0.05, 300)
-
+        values["worker_interval_seconds"] = seconds(
+            "WORKER_INTERVAL_SECONDS", defaults.worker_interval_seconds, 0.1, 3600
+        )
         level = text("LOG_LEVEL", defaults.log_level).upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")

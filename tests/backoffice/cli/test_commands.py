@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,15 @@ from gateway.bridge import cli as bridge_cli
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-from tests.conftest import REDIS_URL, SERVER_URL, TEST_MASTER_KEY, create_database, drop_database, run_module
+from tests.conftest import (
+    REDIS_URL,
+    SERVER_URL,
+    TEST_MASTER_KEY,
+    create_database,
+    drop_database,
+    free_port,
+    run_module,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -308,15 +315,9 @@ def test_up_as_root_in_a_closed_directory_says_why(tmp_path: Path) -> None:
     assert "pgserver" in done.stderr and "SIGNALHUB_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize(("process", "service"), [("backoffice", "signalhub.v1.AccountService"), ("gateway", "")])
 def test_serve_stops_cleanly_on_sigterm(settings: Settings, process: str, service: str) -> None:
-    port = _free_port()
+    port = free_port()
     variable = "SIGNALHUB_BACKOFFICE_ADDRESS" if process == "backoffice" else "SIGNALHUB_GATEWAY_ADDRESS"
     env = _env(settings, **{variable: f"127.0.0.1:{port}", "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0"})
     server = run_module("backoffice.cli", "serve", process, env=env, cwd=ROOT)
