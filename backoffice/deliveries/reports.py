@@ -162,8 +162,8 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
         if outcome.verdict is Verdict.ACCEPTED:
             recorded.add(key)
         outcomes.append(outcome)
-    await executions.insert_events(session, batch.events)
     await accrual.enqueue_fills(session, batch.events)  # the worker accrues commissions, off this transaction
+    await executions.insert_events(session, batch.events)
     await _write_deliveries(session, batch.deliveries.values(), now)
     await positions.open_positions(session, batch.openings)
     await positions.write_closes(session, batch.closes.values())
