@@ -167,6 +167,13 @@ class CloseCommandStatus(enum.StrEnum):
     EXPIRED = "EXPIRED"
 
 
+class ActorType(enum.StrEnum):
+    USER = "USER"
+    PRODUCER = "PRODUCER"
+    DEVICE = "DEVICE"
+    SYSTEM = "SYSTEM"
+
+
 class CommissionStatus(enum.StrEnum):
     PENDING = "PENDING"  # in its hold period
     AVAILABLE = "AVAILABLE"
@@ -188,13 +195,6 @@ class LedgerEntryKind(enum.StrEnum):  # what each moves: backoffice/affiliates/l
     PAYOUT_REQUESTED = "PAYOUT_REQUESTED"
     PAYOUT_REJECTED = "PAYOUT_REJECTED"
     PAYOUT_PAID = "PAYOUT_PAID"
-
-
-class ActorType(enum.StrEnum):
-    USER = "USER"
-    PRODUCER = "PRODUCER"
-    DEVICE = "DEVICE"
-    SYSTEM = "SYSTEM"
 
 
 class User(Base):
