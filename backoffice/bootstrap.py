@@ -15,6 +15,7 @@ from backoffice.api.approvals import ApprovalServicer
 from backoffice.api.audit import AuditServicer
 from backoffice.api.devices import DeviceServicer
 from backoffice.api.executions import ExecutionServicer
+from backoffice.api.positions import PositionServicer
 from backoffice.api.signals import SignalServicer
 from backoffice.platform import db
 from backoffice.platform.auth import SignatureVerifier
@@ -94,6 +95,7 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         "ApprovalService": ApprovalServicer(res.sessions, res.vault, res.redis),
         "DeviceService": DeviceServicer(res.sessions, res.vault, res.redis, res.settings),
         "ExecutionService": ExecutionServicer(res.sessions),
+        "PositionService": PositionServicer(res.sessions, res.vault, res.redis, res.settings.quote_max_age_seconds),
         "AuditService": AuditServicer(res.sessions),
     }
     for service in SERVICES:

@@ -356,6 +356,7 @@ class Book:
                 signal_id=delivery.signal_id,
                 delivery_id=delivery_id,
                 instrument="GOLD.m",
+                signal_instrument="XAUUSD",
                 side=Side.BUY,
                 volume=Decimal(volume),
                 entry_price=Decimal("2034.25"),
