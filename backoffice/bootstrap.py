@@ -49,9 +49,11 @@ class Resources:
     verifier: SignatureVerifier
 
 
-def open_redis(settings: Settings) -> Redis:
-    # Short timeouts: when Redis is down, callers fall back (nonces) or carry on (hints) quickly.
-    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+def open_redis(settings: Settings, *, block_seconds: float = 0.0) -> Redis:
+    """A Redis client with short timeouts: when Redis is down, callers fall back (nonces) or carry on
+    (hints) quickly. A client that blocks on purpose (the monitor on its stream) gets ``block_seconds``
+    more to read an answer."""
+    return Redis.from_url(settings.redis_url, socket_timeout=0.5 + block_seconds, socket_connect_timeout=0.5)
 
 
 @asynccontextmanager

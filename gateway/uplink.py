@@ -20,13 +20,12 @@ from typing import TypeVar
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, deliveries, quotes
 from backoffice.deliveries import DeviceReport, Outcome, Recorded, Verdict
 from backoffice.models import ActorType, DeliveryState
-from backoffice.platform import hints
+from backoffice.platform import db, hints
 from backoffice.platform.rpc_errors import build_status
 from backoffice.platform.serving import cancel_and_wait
 from signalhub.protocol.errors import InvalidArgument, Unavailable
@@ -44,8 +43,7 @@ MAX_TICKET = 64
 
 # Deadlock, serialization failure, unique violation (another stream recorded the same frame meanwhile):
 # the batch is retried, and the retry sees what the other transaction committed.
-_RETRY_SQLSTATES = {"40P01", "40001", "23505"}
-_RETRIES = 3
+_RETRY_SQLSTATES = db.RACE_SQLSTATES | {"23505"}
 
 _ACK_STAGES = {
     pb.ACK_STAGE_RECEIVED: DeliveryState.RECEIVED,
@@ -240,13 +238,10 @@ class UplinkWriter:
             await hints.publish_monitor(self._redis, entries)
 
     async def _transaction(self, reports: list[DeviceReport]) -> Recorded:
-        for attempt in range(1, _RETRIES + 1):
-            try:
-                async with self._sessions.begin() as session:
-                    return await deliveries.record_reports(session, reports, datetime.now(UTC))
-            except DBAPIError as exc:
-                sqlstate = getattr(exc.orig, "sqlstate", None)
-                if attempt == _RETRIES or sqlstate not in _RETRY_SQLSTATES:
-                    raise
-                log.info("uplink batch retried", extra={"sqlstate": sqlstate, "attempt": attempt})
-        raise AssertionError("unreachable")
+        return await db.retrying(
+            self._sessions,
+            lambda session: deliveries.record_reports(session, reports, datetime.now(UTC)),
+            log=log,
+            what="uplink batch",
+            sqlstates=_RETRY_SQLSTATES,
+        )

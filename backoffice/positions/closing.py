@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, any_, bindparam, literal, select, update
+from sqlalchemy import and_, any_, bindparam, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,7 +37,6 @@ from backoffice.models import (
 from backoffice.platform.db import any_id
 from backoffice.positions import events
 
-OUTSTANDING = (CloseCommandStatus.PENDING, CloseCommandStatus.SENT)
 _PRICE_PLACES = Decimal("1e-12")
 
 
@@ -92,8 +91,9 @@ async def queue_closes(
         ]
     )
     result = await session.execute(
+        # The index's own predicate, spelled as a literal: Postgres infers the arbiter index only from that.
         statement.on_conflict_do_nothing(
-            index_elements=[CloseCommand.position_id], index_where=CloseCommand.status.in_(OUTSTANDING)
+            index_elements=[CloseCommand.position_id], index_where=text("status IN ('PENDING', 'SENT')")
         ).returning(CloseCommand.id, CloseCommand.position_id, CloseCommand.device_id)
     )
     queued = [Queued(row.id, row.position_id, row.device_id) for row in result]
