@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from backoffice.platform import hints
+from backoffice.platform.metrics import REDIS_UP
 from backoffice.platform.serving import cancel_and_wait
 from gateway.sessions import TAKEOVER_PREFIX, SessionRegistry, revoked
 
@@ -58,6 +59,7 @@ class HintListener:
                 raise
             except Exception as exc:
                 self.ready.clear()
+                REDIS_UP.set(0)
                 log.warning("hint subscription lost; reconnecting", extra={"error": str(exc), "backoff": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -73,6 +75,7 @@ class HintListener:
                 kind = message["type"]
                 if kind == "psubscribe" and not self.ready.is_set():
                     self.ready.set()
+                    REDIS_UP.set(1)
                     if connected_before:
                         self._on_reconnect()  # hints may have been lost while we were away
                 elif kind == "pmessage":

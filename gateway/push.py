@@ -12,10 +12,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import deliveries
+from backoffice.platform.metrics import APPROVAL_TO_DELIVERY, PUSHED
 from backoffice.platform.serving import cancel_and_wait
 from gateway.outbox import Outbox
 from signalhub.protocol.sealing import InstructionSealer
@@ -26,7 +26,6 @@ from signalhub.v1 import gateway_pb2 as pb
 log = logging.getLogger("signalhub.gateway.push")
 
 RETRY_SECONDS = 1.0  # after a failed read of what is pending
-PUSHED = Counter("signalhub_gateway_instructions_total", "Sealed instructions pushed", ["kind"])
 
 
 class Recipient(Protocol):
@@ -152,9 +151,15 @@ class Pusher:
             raise
         for device_id, (recipient, room) in rooms.items():
             orders = claim.orders.get(device_id, [])
+            pushed_at = datetime.now(UTC)
             for order in orders:
                 recipient.outbox.fill(sealed(recipient.sealer, order))
-                PUSHED.labels("delivery" if isinstance(order, deliveries.DeliveryOrder) else "close").inc()
+                if isinstance(order, deliveries.DeliveryOrder):
+                    PUSHED.labels("delivery").inc()
+                    if order.attempt == 1:
+                        APPROVAL_TO_DELIVERY.observe((pushed_at - order.created_at).total_seconds())
+                else:
+                    PUSHED.labels("close").inc()
             recipient.outbox.release(room - len(orders))
             if device_id in claim.more:
                 self.want(recipient)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +34,7 @@ from backoffice.devices import hello, presence
 from backoffice.platform import hints
 from backoffice.platform.auth import SignedKey
 from backoffice.platform.config import Settings
+from backoffice.platform.metrics import FRAME_TO_RECEIPT, SESSIONS
 from gateway import uplink
 from gateway.outbox import Outbox, StreamFinished
 from gateway.push import Pusher
@@ -55,7 +55,6 @@ from signalhub.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("signalhub.gateway.sessions")
 
-SESSIONS = Gauge("signalhub_gateway_sessions", "Device streams open on this gateway process")
 
 SESSION_KEY_PREFIX = "sh:session:"
 TAKEOVER_PREFIX = b"takeover:"  # + session id, on the device's hint channel
@@ -222,7 +221,7 @@ class DeviceSession:
                 )
             )
         )
-        await self.outbox.put(uplink.receipt(first.frame_id, outcome))
+        await self.outbox.put(uplink.receipt(first, outcome))
         self.welcomed = True
         self.wake()  # everything pending, oldest first
 
@@ -237,7 +236,8 @@ class DeviceSession:
 
     async def _answer_group(self, frames: list[pb.DeviceFrame]) -> None:
         """Receipts for the frames, in order; Hellos (a bridge may refresh its account) apart."""
-        run: list[tuple[str, DeviceReport | Outcome]] = []
+        taken = time.monotonic()
+        run: list[tuple[pb.DeviceFrame, DeviceReport | Outcome]] = []
         for frame in frames:
             if frame.WhichOneof("body") == "hello":
                 await self._answer_run(run)
@@ -247,21 +247,22 @@ class DeviceSession:
                     outcome = await self._hello(frame)
                 except InvalidArgument as exc:
                     outcome = Outcome(Verdict.REJECTED, exc)
-                await self.outbox.put(uplink.receipt(frame.frame_id, outcome))
+                await self.outbox.put(uplink.receipt(frame, outcome))
                 continue
             try:
                 check_text(frame)
-                run.append((frame.frame_id, uplink.decode(self.device_id, frame)))
+                run.append((frame, uplink.decode(self.device_id, frame)))
             except InvalidArgument as exc:
-                run.append((frame.frame_id, Outcome(Verdict.REJECTED, exc)))
+                run.append((frame, Outcome(Verdict.REJECTED, exc)))
         await self._answer_run(run)
+        FRAME_TO_RECEIPT.observe(time.monotonic() - taken)
 
-    async def _answer_run(self, run: list[tuple[str, DeviceReport | Outcome]]) -> None:
+    async def _answer_run(self, run: list[tuple[pb.DeviceFrame, DeviceReport | Outcome]]) -> None:
         reports = [item for _, item in run if isinstance(item, DeviceReport)]
         outcomes = iter(await self._services.writer.submit(reports))
-        for frame_id, item in run:
+        for frame, item in run:
             outcome = next(outcomes) if isinstance(item, DeviceReport) else item
-            await self.outbox.put(uplink.receipt(frame_id, outcome))
+            await self.outbox.put(uplink.receipt(frame, outcome))
 
 
 def _text(value: bytes | str) -> str:

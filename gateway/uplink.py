@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -26,6 +26,7 @@ from backoffice import alerts, deliveries, quotes
 from backoffice.deliveries import DeviceReport, Outcome, Recorded, Verdict
 from backoffice.models import ActorType, DeliveryState
 from backoffice.platform import db, hints
+from backoffice.platform.metrics import FRAMES, UPLINK_BATCH, UPLINK_COMMIT
 from backoffice.platform.rpc_errors import build_status
 from backoffice.platform.serving import cancel_and_wait
 from signalhub.protocol.errors import InvalidArgument, Unavailable
@@ -35,7 +36,6 @@ from signalhub.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("signalhub.gateway.uplink")
 
-FRAMES = Counter("signalhub_gateway_frames_total", "Device frames answered, by receipt status", ["status"])
 
 MAX_FRAME_ID = 128
 MAX_TEXT = 1000  # reasons and errors are kept, cut to this length
@@ -145,9 +145,9 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
     return DeviceReport(device_id, frame.frame_id, report)
 
 
-def receipt(frame_id: str, outcome: Outcome) -> pb.GatewayFrame:
-    FRAMES.labels(outcome.verdict.value).inc()
-    answer = pb.Receipt(frame_id=frame_id, status=_RECEIPT_STATUS[outcome.verdict])
+def receipt(frame: pb.DeviceFrame, outcome: Outcome) -> pb.GatewayFrame:
+    FRAMES.labels(frame.WhichOneof("body") or "none", outcome.verdict.value).inc()
+    answer = pb.Receipt(frame_id=frame.frame_id, status=_RECEIPT_STATUS[outcome.verdict])
     if outcome.error is not None:
         answer.error.CopyFrom(build_status(outcome.error, request_id_var.get())[1])
     return pb.GatewayFrame(receipt=answer)
@@ -238,10 +238,14 @@ class UplinkWriter:
             await hints.publish_monitor(self._redis, entries)
 
     async def _transaction(self, reports: list[DeviceReport]) -> Recorded:
-        return await db.retrying(
+        started = time.perf_counter()
+        recorded = await db.retrying(
             self._sessions,
             lambda session: deliveries.record_reports(session, reports, datetime.now(UTC)),
             log=log,
             what="uplink batch",
             sqlstates=_RETRY_SQLSTATES,
         )
+        UPLINK_COMMIT.observe(time.perf_counter() - started)
+        UPLINK_BATCH.observe(len(reports))
+        return recorded

@@ -8,7 +8,10 @@ import base64
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +32,9 @@ from backoffice.platform.auth import Caller
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import Server
 from gateway import bootstrap as gateway_bootstrap
+from signalhub.protocol.logs import JsonFormatter
 
+ROOT_DIR = Path(__file__).resolve().parents[1]  # the repository
 SERVER_URL = os.environ.get("SIGNALHUB_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SIGNALHUB_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
@@ -61,22 +66,66 @@ class _UnplannedFailures(logging.Handler):
         self.records.append(record)
 
 
+# Text that must never reach a log line: API tokens and secrets (sht_/shs_ and 43 base64url characters),
+# SH1 signatures, and every secret the fixtures made (plus the producer payload the gateway tests use,
+# which must never leave the back office).
+LEAK_PATTERNS = (re.compile(r"sh[ts]_[A-Za-z0-9_-]{43}"), re.compile(r"v1=[A-Za-z0-9+/]{42,}"))
+KNOWN_SECRETS: set[str] = {TEST_MASTER_KEY, "secret-sauce-42"}
+
+
+class LogScan(logging.Handler):
+    """Formats every record as production does (JSON lines) and keeps those that leak a secret."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        if any(p.search(line) for p in LEAK_PATTERNS) or any(s in line for s in KNOWN_SECRETS):
+            self.leaks.append(line)
+
+
 @pytest.fixture(autouse=True)
 def no_unplanned_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test doubles as a hunt for INTERNAL: a server error logged while it ran fails it, unless the
-    test is marked ``server_error_expected`` (one that breaks a dependency on purpose)."""
-    handler = _UnplannedFailures()
+    """Every test doubles as two hunts. A server error logged while it ran fails it (an INTERNAL answer, a
+    broken background round), unless it is marked ``server_error_expected`` (one that breaks a dependency
+    on purpose). And every log line written while it ran, at INFO and above from anywhere, is scanned for
+    secrets, tokens, signatures and the producer's payload."""
+    failures = _UnplannedFailures()
     for name in SERVER_LOGGERS:
-        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).addHandler(failures)
+    scan = LogScan()
+    root, ours = logging.getLogger(), logging.getLogger("signalhub")
+    previous_level = ours.level
+    ours.setLevel(logging.INFO)
+    root.addHandler(scan)
     yield
+    root.removeHandler(scan)
+    ours.setLevel(previous_level)
     for name in SERVER_LOGGERS:
-        logging.getLogger(name).removeHandler(handler)
-    if handler.records and request.node.get_closest_marker("server_error_expected") is None:
-        first = handler.records[0]
+        logging.getLogger(name).removeHandler(failures)
+    if scan.leaks:
+        pytest.fail(f"{len(scan.leaks)} log line(s) leaked a secret, first: {scan.leaks[0]}")
+    if failures.records and request.node.get_closest_marker("server_error_expected") is None:
+        first = failures.records[0]
         pytest.fail(
-            f"the server logged {len(handler.records)} unplanned error(s), first: {first.name}: "
+            f"the server logged {len(failures.records)} unplanned error(s), first: {first.name}: "
             f"{first.getMessage()}\n{logging.Formatter().formatException(first.exc_info) if first.exc_info else ''}"
         )
+
+
+def run_module(module: str, *args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """``python -m <module> <args>`` as a child process with text pipes (the CLI, the embedded servers)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _dsn(url: str, database: str) -> str:
@@ -187,18 +236,21 @@ class KeyCredentials:
 async def make_user(res: Resources, role: Role = Role.USER) -> UserCredentials:
     async with res.sessions.begin() as session:
         user, token = await accounts.create_user(session, email=f"{uuid.uuid4().hex}@test.signalhub", role=role)
+    KNOWN_SECRETS.add(token)
     return UserCredentials(user.id, token, role)
 
 
 async def make_producer(res: Resources) -> KeyCredentials:
     async with res.sessions.begin() as session:
         producer, secret = await accounts.create_producer(session, res.vault, name="test producer")
+    KNOWN_SECRETS.add(secret)
     return KeyCredentials(producer.id, secret)
 
 
 async def make_device(res: Resources, owner: UserCredentials) -> KeyCredentials:
     async with res.sessions.begin() as session:
         device, secret = await devices.register_device(session, res.vault, owner=owner.caller, name="test device")
+    KNOWN_SECRETS.add(secret)
     return KeyCredentials(device.id, secret)
 
 

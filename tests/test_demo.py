@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-from tests.conftest import REDIS_URL, create_database, drop_database
+from tests.conftest import REDIS_URL, create_database, drop_database, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +36,7 @@ def demo_database() -> Iterator[str]:
 
 
 def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "backoffice.cli", *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return run_module("backoffice.cli", *args, env=env, cwd=cwd)
 
 
 def _readme_example(containing: str) -> str:

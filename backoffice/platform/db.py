@@ -15,10 +15,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from backoffice.platform.config import Settings
+from backoffice.platform.metrics import DB_POOL_IN_USE, DB_POOL_SIZE
 
 
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    """The process's engine; its pool is what ``signalhub_db_pool_*`` report when scraped."""
+    engine = create_async_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -27,6 +29,10 @@ def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
         echo=False,
         hide_parameters=True,
     )
+    pool: Any = engine.pool  # QueuePool: checkedout() and checkedin() count connections
+    DB_POOL_IN_USE.set_function(lambda: float(pool.checkedout()))
+    DB_POOL_SIZE.set_function(lambda: float(pool.checkedout() + pool.checkedin()))
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

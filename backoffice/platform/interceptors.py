@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter, Histogram
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from backoffice.platform import auth
 from backoffice.platform.auth import Caller, KeyKind, SignatureVerifier
+from backoffice.platform.metrics import AUTH_FAILURES, RPC_REJECTED, RPC_SECONDS
 from backoffice.platform.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
 from signalhub.protocol import errors, wire
 from signalhub.protocol.logs import request_id_var
@@ -31,8 +31,6 @@ log = logging.getLogger("signalhub.rpc")
 
 caller_var: ContextVar[Caller | None] = ContextVar("caller", default=None)
 
-RPC_SECONDS = Histogram("signalhub_rpc_seconds", "Time to answer a unary RPC", ["method", "code"])
-RPC_REJECTED = Counter("signalhub_rpc_rejected_total", "RPCs refused by admission control", ["method"])
 
 REQUEST_ID_HEADER = "x-request-id"
 _TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -264,6 +262,8 @@ def _domain_error(exc: Exception, method: str) -> errors.DomainError:
 
 async def _abort(context: Context, error: errors.DomainError) -> None:
     code, status = build_status(error, request_id_var.get())
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        AUTH_FAILURES.labels(error.reason).inc()
     await context.abort(code, status.message, trailing_metadata(status))
 
 

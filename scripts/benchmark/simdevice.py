@@ -16,6 +16,7 @@ from typing import Final
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from signalhub.protocol.client import device_channel_options
 from signalhub.protocol.sealing import InstructionSealer
 from signalhub.protocol.signing import CONNECT_METHOD, parse_secret, signed_metadata
 from signalhub.v1 import gateway_pb2 as pb
@@ -23,18 +24,8 @@ from signalhub.v1 import gateway_pb2_grpc as rpc
 
 INSTRUMENT: Final = "XAUUSD"
 FRAME_LIMIT_BYTES: Final = 1024 * 1024
-# What the bridge SDK's channels use: keepalive within what the servers permit (never too_many_pings), and
-# a subchannel (a TCP connection) of its own per channel, as each real bridge is a process of its own.
-CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", FRAME_LIMIT_BYTES),
-    ("grpc.max_send_message_length", FRAME_LIMIT_BYTES),
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.enable_retries", 0),
-)
+# What the bridge SDK's channels use (each real bridge is a process with a connection of its own).
+CHANNEL_OPTIONS: Final = tuple(device_channel_options(FRAME_LIMIT_BYTES))
 Stream = grpc.aio.StreamStreamCall[pb.DeviceFrame, pb.GatewayFrame]
 
 

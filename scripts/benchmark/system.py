@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 
-from backoffice import embedded, local
+from backoffice.cli import embedded, local
 from backoffice.platform import db, schema
 from backoffice.platform.config import Settings
 

@@ -16,7 +16,7 @@ from backoffice import accounts, bootstrap
 from backoffice import devices as device_domain
 from backoffice.models import ActorType, Role
 from backoffice.platform.auth import Caller
-from backoffice.producer_client import ProducerClient, RetryPolicy
+from backoffice.producer import ProducerClient, RetryPolicy
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
 

@@ -1,13 +1,21 @@
 """Local state that signalhub's tools and SDK command lines share on one machine: the ``.signalhub``
-folder (development master key, embedded servers' data, demo credentials), written owner-only."""
+folder (development master key, embedded servers' data, demo credentials), written owner-only, and the
+one way both SDK command lines find who they act as."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+from signalhub.protocol.secret import Secret
+from signalhub.protocol.signing import parse_secret
 
 STATE_DIR = Path(".signalhub")
 DEMO_FILE = "demo.json"  # what `signalhub up` hands the SDK command lines: addresses, ids, secrets
+DEFAULT_CREDENTIALS = STATE_DIR / DEMO_FILE  # what an SDK command line reads when told no other file
 
 
 def write_private(path: Path, text: str) -> None:
@@ -17,3 +25,70 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(path, 0o600)
+
+
+class CredentialsError(ValueError):
+    """Who to act as could not be found, or is malformed; the message never holds the secret."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who an SDK command line acts as: an id and its secret (the key bytes, never shown); the address
+    and the path of the credentials file, when they came from one."""
+
+    key_id: str
+    secret: Secret
+    address: str | None = None
+    path: Path | None = None
+
+
+def load_credentials(
+    role: str, key_id: str | None, path: Path | None, environ: Mapping[str, str], *, secret_env: str, address_key: str
+) -> Credentials:
+    """The credentials of a ``role`` ("device", "producer"): ``key_id`` (``--<role>-id``) with its secret
+    in the environment variable ``secret_env``, else a JSON file holding ``<role>_id``, ``<role>_secret``
+    and optionally an address under ``address_key``: ``path``, or the demo.json that `signalhub up` writes.
+
+    A secret is never taken from an argument, where anyone on the machine could read it (``ps``), and no
+    error message repeats it."""
+    if key_id:
+        shown = environ.get(secret_env, "").strip()
+        if not shown:
+            raise CredentialsError(f"--{role}-id needs the {role}'s secret in the environment variable {secret_env}")
+        if path is not None:
+            raise CredentialsError(f"give either --credentials or --{role}-id, not both")
+        return Credentials(key_id, _secret(role, shown))
+    if path is None:
+        if not DEFAULT_CREDENTIALS.is_file():
+            raise CredentialsError(
+                f"no {role} credentials: pass --credentials FILE, or --{role}-id with {secret_env} set "
+                f"(or run `signalhub up` here, which writes {DEFAULT_CREDENTIALS})"
+            )
+        path = DEFAULT_CREDENTIALS
+    data = _read_json(path)
+    found_id, found_secret, address = data.get(f"{role}_id"), data.get(f"{role}_secret"), data.get(address_key)
+    if not isinstance(found_id, str) or not found_id or not isinstance(found_secret, str) or not found_secret:
+        raise CredentialsError(f"{path} must have {role}_id and {role}_secret")
+    address = address if isinstance(address, str) and address else None
+    return Credentials(found_id, _secret(role, found_secret), address, path)
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CredentialsError(f"no credentials file at {path}") from None
+    except OSError as exc:
+        raise CredentialsError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except ValueError:  # not JSON, or not UTF-8
+        raise CredentialsError(f"{path} is not a JSON file") from None
+    if not isinstance(data, dict):
+        raise CredentialsError(f"{path} must hold a JSON object")
+    return data
+
+
+def _secret(role: str, shown: str) -> Secret:
+    try:
+        return Secret(parse_secret(shown))
+    except ValueError as exc:  # parse_secret never echoes the text
+        raise CredentialsError(f"the {role} secret is malformed: {exc}") from None

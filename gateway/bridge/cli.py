@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -21,22 +20,18 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gateway.bridge import BridgeClient, BridgeConfig, BridgeError
-from gateway.executors import Executor, ExecutorError, Mt5Config, Mt5Executor, PaperConfig, PaperExecutor
-from signalhub.protocol import logs
-from signalhub.protocol.signing import parse_secret
-from signalhub.protocol.state import DEMO_FILE, STATE_DIR
+from gateway.bridge.client import BridgeClient
+from gateway.bridge.config import BridgeConfig
+from gateway.bridge.errors import BridgeError
+from gateway.bridge.executors import Executor, ExecutorError, Mt5Config, Mt5Executor, PaperConfig, PaperExecutor
+from signalhub.protocol import logs, state
+from signalhub.protocol.state import DEFAULT_CREDENTIALS, STATE_DIR, CredentialsError
 
 log = logging.getLogger("signalhub.bridge")
 
 SECRET_ENV = "SIGNALHUB_DEVICE_SECRET"  # noqa: S105 - the name of a variable, not a secret
 MT5_PASSWORD_ENV = "SIGNALHUB_MT5_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
 DEFAULT_GATEWAY = "127.0.0.1:50052"
-
-
-class CredentialsError(ValueError):
-    """The device's id, secret or gateway could not be found or are malformed (the message never holds
-    the secret)."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +56,13 @@ def _decimal(text: str) -> Decimal:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `signalhub bridge`. No option takes a secret (other users of the machine could read
+    it): ``--secret`` and ``--device-secret`` are refused without echoing what followed them."""
     parser.add_argument("--executor", choices=["paper", "mt5"], default="paper", help="where orders go")
     parser.add_argument(
         "--credentials",
         type=Path,
-        help=f"JSON with device_id, device_secret and gateway (default {STATE_DIR / DEMO_FILE} when present)",
+        help=f"JSON with device_id, device_secret and gateway (default {DEFAULT_CREDENTIALS} when present)",
     )
     parser.add_argument("--device-id", help=f"the device's id; its secret is read from ${SECRET_ENV}")
     parser.add_argument(
@@ -116,39 +113,19 @@ def load_credentials(
     gateways: list[str] | None,
     environ: Mapping[str, str],
 ) -> Credentials:
-    """From ``--device-id`` and $SIGNALHUB_DEVICE_SECRET, else from the credentials JSON."""
-    file_gateway: str | None = None
-    if device_id:
-        shown = environ.get(SECRET_ENV, "").strip()
-        if not shown:
-            raise CredentialsError(f"--device-id needs the device's secret in ${SECRET_ENV}")
-        if credentials is not None:
-            raise CredentialsError("give either --credentials or --device-id, not both")
-    else:
-        path = credentials if credentials is not None else STATE_DIR / DEMO_FILE
-        if not path.exists():
-            hint = "" if credentials is not None else " (run `signalhub up`, or pass --credentials or --device-id)"
-            raise CredentialsError(f"no credentials file at {path}{hint}")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CredentialsError(f"cannot read {path}: {type(exc).__name__}") from None
-        if not isinstance(data, dict) or not data.get("device_id") or not data.get("device_secret"):
-            raise CredentialsError(f"{path} needs device_id and device_secret")
-        _private_enough(path)
-        device_id = str(data["device_id"])
-        shown = str(data["device_secret"])
-        file_gateway = str(data["gateway"]) if data.get("gateway") else None
-    try:
-        secret = parse_secret(shown)
-    except ValueError as exc:
-        raise CredentialsError(f"the device secret is malformed: {exc}") from None
-    addresses = tuple(gateways) if gateways else ((file_gateway,) if file_gateway else (DEFAULT_GATEWAY,))
+    """From ``--device-id`` and $SIGNALHUB_DEVICE_SECRET, else from the credentials JSON; the gateways
+    from ``--gateway``, else the file's, else the local default."""
+    found = state.load_credentials(
+        "device", device_id, credentials, environ, secret_env=SECRET_ENV, address_key="gateway"
+    )
+    if found.path is not None:
+        _private_enough(found.path)
+    addresses = tuple(gateways) if gateways else ((found.address,) if found.address else (DEFAULT_GATEWAY,))
     for address in addresses:
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise CredentialsError(f"a gateway address is HOST:PORT, got {address!r}")
-    return Credentials(device_id, secret, addresses)
+    return Credentials(found.key_id, found.secret.reveal(), addresses)
 
 
 def build_executor(args: argparse.Namespace, environ: Mapping[str, str]) -> Executor:

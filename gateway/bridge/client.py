@@ -1,0 +1,149 @@
+"""The EA bridge SDK's entry point: a ``BridgeClient`` holds one signed ``DeviceGateway.Connect`` stream
+(``stream``), opens sealed instructions, executes each delivery at most once through an ``Executor``
+(``orders``), and reports back through a durable outbox (``ledger``, ``outbox``).
+
+It reconnects after every session with capped exponential backoff and full jitter, moving to the next
+gateway address each time (a replica that just failed is the least likely to work), and stops for good
+only on ``stop()`` or a revoked device key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import grpc
+
+from gateway.bridge.config import BridgeConfig, BridgeStats
+from gateway.bridge.errors import DeviceRevoked
+from gateway.bridge.executors.base import Executor, ExecutorError
+from gateway.bridge.ledger import Ledger
+from gateway.bridge.orders import Orders
+from gateway.bridge.outbox import Outbox
+from gateway.bridge.pacing import pause
+from gateway.bridge.stream import SessionEnded, Stream
+from signalhub.protocol.client import jittered_backoff
+from signalhub.protocol.secret import Secret
+from signalhub.protocol.wire import status_details
+
+log = logging.getLogger("signalhub.bridge")
+
+
+@dataclass(frozen=True)
+class RpcErrorInfo:
+    """The status code and ``google.rpc.ErrorInfo`` reason that ended a stream."""
+
+    code: grpc.StatusCode
+    reason: str
+    message: str
+
+    @classmethod
+    def of(cls, error: grpc.aio.AioRpcError) -> RpcErrorInfo:
+        return cls(error.code(), status_details(error).reason, error.details() or "")
+
+
+class BridgeClient:
+    """Runs until ``stop()`` (or a revoked key): connect, Hello, then execute instructions and report."""
+
+    def __init__(self, config: BridgeConfig, secret: bytes, executor: Executor, *, seed: int | None = None) -> None:
+        self.config = config
+        self.executor = executor
+        self.ledger = Ledger(config.ledger_path, config.device_id)
+        self.stats = BridgeStats()
+        self._rng = random.Random(seed)  # noqa: S311 - backoff jitter, not cryptography
+        self._stopping = asyncio.Event()
+        self._outbox = Outbox(self.ledger)
+        self._orders = Orders(config, executor, self._outbox, self.stats, self._stopping)
+        self._stream = Stream(config, Secret(secret), executor, self._outbox, self._orders, self.stats, self._stopping)
+
+    def __repr__(self) -> str:
+        return f"BridgeClient(device_id={self.config.device_id!r}, gateways={self.config.gateways!r})"
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while a session is welcomed."""
+        return self._stream.connected
+
+    @property
+    def address(self) -> str | None:
+        """The gateway of the current (or last) session."""
+        return self._stream.address
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish: in-flight orders complete, their reports are flushed, then it returns."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Serve until ``stop()``; raises DeviceRevoked (or LedgerError, ExecutorError) when it cannot go on."""
+        await self._outbox.db(self.ledger.open)
+        try:
+            await self.executor.start()
+            pruned = await self._outbox.db(self.ledger.prune, self.config.prune_after)
+            if pruned:
+                log.info("ledger pruned", extra={"removed": pruned})
+            await self._orders.recover()
+            await self._connect_loop()
+        finally:
+            await self._orders.finish()
+            await self.executor.stop()
+            await self._outbox.close()
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (``attempt`` 0 for the first reconnect)."""
+        return jittered_backoff(attempt + 1, self._rng.random(), self.config.backoff_base, self.config.backoff_cap)
+
+    async def _connect_loop(self) -> None:
+        """Open sessions until stopped: after each one, the next gateway, after a jittered backoff that
+        grows while sessions fail and starts over after a healthy one. SESSION_REPLACED (another bridge
+        took this device) waits replaced_backoff on top, so two bridges do not take turns forever;
+        KEY_REVOKED stops for good."""
+        attempt = 0
+        index = 0
+        gateways = self.config.gateways
+        while not self._stopping.is_set():
+            address = gateways[index % len(gateways)]
+            floor = 0.0
+            try:
+                healthy = await self._stream.run(address)
+                if healthy:
+                    attempt = 0
+                log.info("session ended", extra={"gateway": address})
+            except grpc.aio.AioRpcError as exc:
+                info = RpcErrorInfo.of(exc)
+                if info.code == grpc.StatusCode.UNAUTHENTICATED and info.reason == "KEY_REVOKED":
+                    log.error("this device's key was revoked; stopping for good", extra={"gateway": address})
+                    raise DeviceRevoked(
+                        f"device {self.config.device_id} was revoked: register a new device and use its credentials"
+                    ) from None
+                if info.code == grpc.StatusCode.ABORTED and info.reason == "SESSION_REPLACED":
+                    log.warning(
+                        "another bridge connected as this device; backing off",
+                        extra={"gateway": address, "seconds": self.config.replaced_backoff},
+                    )
+                    floor = self.config.replaced_backoff
+                else:
+                    log.warning(
+                        "stream failed",
+                        extra={
+                            "gateway": address,
+                            "code": info.code.name,
+                            "reason": info.reason or None,
+                            "error": info.message,
+                        },
+                    )
+            except (TimeoutError, SessionEnded, OSError, ExecutorError) as exc:
+                log.warning("no session", extra={"gateway": address, "error": str(exc) or type(exc).__name__})
+            except asyncio.InvalidStateError as exc:  # a write after the call ended
+                log.warning("stream ended while writing", extra={"gateway": address, "error": str(exc)})
+            if self._stopping.is_set():
+                return
+            index += 1  # try the next gateway: a replica that just failed is the least likely to work
+            delay = floor + self._backoff(attempt)
+            attempt += 1
+            await pause(self._stopping, delay)

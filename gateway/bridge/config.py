@@ -1,0 +1,70 @@
+"""How a bridge is set up (``BridgeConfig``, its channel options) and what it counts (``BridgeStats``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from signalhub.protocol.client import device_channel_options
+
+# The bridge's channels, part of its public API.
+channel_options = device_channel_options
+
+BRIDGE_VERSION = "signalhub-bridge/0.1.0"
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """How a bridge reaches its gateways and paces itself. ``gateways`` are tried in turn: after a session
+    ends, the next one is used (so a bridge moves off a replica that died)."""
+
+    device_id: str
+    gateways: tuple[str, ...]
+    ledger_path: Path
+    bridge_version: str = BRIDGE_VERSION
+    tls: bool = False
+    root_certificates: bytes | None = field(default=None, repr=False)
+    connect_timeout: float = 5.0
+    welcome_timeout: float = 10.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    replaced_backoff: float = 30.0  # after SESSION_REPLACED: another bridge holds this device
+    healthy_after: float = 5.0  # a session this long (after Welcome) resets the backoff
+    quote_interval: float = 1.0
+    quote_refresh: float = 10.0  # an unchanged quote is sent again this often
+    # An order whose outcome is unknown is looked up again after this, doubling up to the cap (and at
+    # once after every reconnect), until the terminal answers.
+    lookup_backoff_base: float = 1.0
+    lookup_backoff_cap: float = 60.0
+    max_concurrent_orders: int = 8
+    drain_timeout: float = 10.0  # on stop: how long in-flight orders and unreceipted frames may take
+    prune_after: timedelta = timedelta(days=30)
+    max_message_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.gateways:
+            raise ValueError("at least one gateway address is needed")
+        if self.max_concurrent_orders < 1:
+            raise ValueError("max_concurrent_orders must be at least 1")
+
+
+@dataclass
+class BridgeStats:
+    """Counters for logs, tests and the demo."""
+
+    sessions: int = 0
+    welcomes: int = 0
+    instructions: int = 0
+    refused: int = 0  # sealed instructions that did not open (never executed)
+    repeated: int = 0  # instructions seen before (re-acked, never re-executed)
+    filled: int = 0
+    rejected: int = 0
+    closed: int = 0
+    close_failed: int = 0
+    frames_sent: int = 0
+    frames_resent: int = 0
+    receipts: int = 0
+    receipts_rejected: int = 0
+    quotes_sent: int = 0
+    lookups_failed: int = 0  # order lookups the terminal could not answer (the outcome stayed unknown)

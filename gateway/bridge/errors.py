@@ -1,0 +1,15 @@
+"""Why a bridge stops for good (anything else it rides out: it reconnects, or reports and carries on)."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """The bridge stopped for good."""
+
+
+class DeviceRevoked(BridgeError):
+    """The gateway said KEY_REVOKED: this device's key was revoked; reconnecting cannot help."""
+
+
+class LedgerError(BridgeError):
+    """The ledger file cannot be used (another device's ledger, or unreadable)."""

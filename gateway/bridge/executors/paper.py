@@ -1,0 +1,227 @@
+"""``PaperExecutor``: a simulated broker (latency, slippage and rejects, deterministic with a seed) with
+positions in memory, for demos, tests and trying a bridge without a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_DOWN, Decimal
+
+from gateway.bridge.executors.base import (
+    AccountInfo,
+    CloseFailed,
+    CloseFill,
+    CloseRequest,
+    Executor,
+    HeldPosition,
+    OrderFill,
+    OrderRejected,
+    OrderRequest,
+    OrderSide,
+    Price,
+    SymbolInfo,
+    now,
+)
+
+
+def _step_down(value: Decimal, step: Decimal) -> Decimal:
+    if step <= 0:
+        return value
+    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+
+DEFAULT_SYMBOLS: tuple[SymbolInfo, ...] = (
+    SymbolInfo("XAUUSD", Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)),
+    SymbolInfo("GOLD.m", Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)),
+    SymbolInfo(
+        "EURUSD", Decimal(100000), Decimal("0.00001"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
+    ),
+    SymbolInfo(
+        "GBPUSD", Decimal(100000), Decimal("0.00001"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
+    ),
+    SymbolInfo("USDJPY", Decimal(100000), Decimal("0.001"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)),
+    SymbolInfo("BTCUSD", Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal("0.01"), Decimal("0.01"), Decimal(10)),
+)
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    """A simulated broker. ``latency`` (seconds, plus up to ``latency_jitter``) before each fill or close;
+    ``slippage_ticks``: a fill is up to this many ticks worse than the market; ``reject_rate``: the share
+    of orders refused (0 to 1); ``seed`` makes jitter, slippage, rejects and price drift repeatable.
+
+    A paper market has no prices of its own. ``prices`` fixes mid prices (and ``set_price`` moves them);
+    otherwise, with ``follow_signals``, an order that names an entry price first moves the market there
+    (the fill then differs from the entry only by spread and slippage), and an order at market on an
+    instrument never priced starts from ``REFERENCE_PRICES``. ``drift_ticks`` moves a price by up to this
+    many ticks on every quote."""
+
+    seed: int = 0
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    slippage_ticks: int = 0
+    reject_rate: float = 0.0
+    spread_ticks: int = 2
+    drift_ticks: int = 0
+    currency: str = "USD"
+    balance: Decimal = Decimal(10000)
+    symbols: tuple[SymbolInfo, ...] = DEFAULT_SYMBOLS
+    prices: Mapping[str, Decimal] = field(default_factory=dict)
+    follow_signals: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.reject_rate <= 1:
+            raise ValueError("reject_rate must be between 0 and 1")
+        if self.latency < 0 or self.latency_jitter < 0 or self.slippage_ticks < 0 or self.spread_ticks < 0:
+            raise ValueError("latency, jitter, slippage and spread must not be negative")
+
+
+REFERENCE_PRICES: Mapping[str, Decimal] = {
+    "XAUUSD": Decimal("2000.00"),
+    "GOLD.m": Decimal("2000.00"),
+    "EURUSD": Decimal("1.08000"),
+    "GBPUSD": Decimal("1.27000"),
+    "USDJPY": Decimal("150.000"),
+    "BTCUSD": Decimal("60000.00"),
+}
+
+_GENERIC_SYMBOL = SymbolInfo(
+    "", Decimal(1), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
+)
+
+
+class PaperExecutor(Executor):
+    """Simulated fills. Deterministic for a given seed and sequence of calls. Positions live in memory."""
+
+    def __init__(self, config: PaperConfig | None = None) -> None:
+        self.config = config or PaperConfig()
+        self._rng = random.Random(self.config.seed)  # noqa: S311 - a simulation, not cryptography
+        self._symbols = {s.name: s for s in self.config.symbols}
+        self._mid: dict[str, Decimal] = dict(self.config.prices)
+        self._fixed = set(self.config.prices)  # instruments whose price signals do not move
+        self._positions: dict[str, HeldPosition] = {}
+        self._orders: dict[str, OrderFill] = {}
+        self._entry: dict[str, Decimal] = {}  # fill price per ticket
+        self._realised = Decimal(0)
+        self.fills: list[tuple[OrderRequest, OrderFill]] = []  # every fill, in order (tests count them)
+        self.closes: list[tuple[CloseRequest, CloseFill]] = []
+
+    async def start(self) -> None:
+        return None
+
+    def _spec(self, instrument: str) -> SymbolInfo:
+        return self._symbols.get(instrument) or replace(_GENERIC_SYMBOL, name=instrument)
+
+    def set_price(self, instrument: str, mid: Decimal) -> None:
+        """Fix the simulated market's mid price (tests and demos)."""
+        self._mid[instrument] = mid
+        self._fixed.add(instrument)
+
+    def _price(self, instrument: str, *, move: bool = True) -> Price | None:
+        mid = self._mid.get(instrument)
+        if mid is None:
+            return None
+        tick = self._spec(instrument).tick_size
+        if move and self.config.drift_ticks:
+            mid = max(mid + tick * self._rng.randint(-self.config.drift_ticks, self.config.drift_ticks), tick)
+            self._mid[instrument] = mid
+        # On the symbol's tick grid and at least one tick: a signal's entry price may be finer than the
+        # tick or next to zero, and a bid of zero (or one with more decimals than a price may carry) is no
+        # price at all; the gateway would refuse every quote and fill made from it.
+        bid = max(_step_down(mid - tick * self.config.spread_ticks / 2, tick), tick)
+        return Price(instrument, bid, bid + tick * self.config.spread_ticks, now())
+
+    async def account(self) -> AccountInfo:
+        equity = self.config.balance + self._realised
+        for position in self._positions.values():
+            price = self._price(position.instrument, move=False)
+            entry = self._entry.get(position.broker_ticket)
+            if price is not None and entry is not None:
+                equity += self._profit(position, entry, price)
+        return AccountInfo(self.config.currency, self.config.balance + self._realised, equity)
+
+    def _profit(self, position: HeldPosition, entry: Decimal, price: Price) -> Decimal:
+        spec = self._spec(position.instrument)
+        exit_price = price.bid if position.side is OrderSide.BUY else price.ask
+        move = exit_price - entry if position.side is OrderSide.BUY else entry - exit_price
+        return move * spec.contract_size * position.volume
+
+    async def symbols(self) -> list[SymbolInfo]:
+        return list(self.config.symbols)
+
+    async def quote(self, instrument: str) -> Price | None:
+        return self._price(instrument)
+
+    async def market_price(self, order: OrderRequest) -> Decimal | None:
+        if order.instrument not in self._fixed:
+            if order.entry_price is not None and self.config.follow_signals:
+                self._mid[order.instrument] = order.entry_price
+            elif order.instrument not in self._mid and order.instrument in REFERENCE_PRICES:
+                self._mid[order.instrument] = REFERENCE_PRICES[order.instrument]
+        price = self._price(order.instrument)
+        if price is None:
+            return None
+        return price.ask if order.side is OrderSide.BUY else price.bid
+
+    async def _wait(self) -> None:
+        delay = self.config.latency
+        if self.config.latency_jitter:
+            delay += self._rng.uniform(0, self.config.latency_jitter)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def place_order(self, order: OrderRequest) -> OrderFill:
+        # Draw every random number before waiting, so concurrent orders stay deterministic.
+        rejected = self._rng.random() < self.config.reject_rate
+        slip = self._rng.randint(0, self.config.slippage_ticks) if self.config.slippage_ticks else 0
+        spec = self._spec(order.instrument)
+        if order.volume <= 0 or order.volume < spec.volume_min or order.volume > spec.volume_max:
+            raise OrderRejected(f"invalid volume {order.volume} for {order.instrument}")
+        market = await self.market_price(order)
+        if market is None:
+            raise OrderRejected(f"no price for {order.instrument}")
+        await self._wait()
+        if rejected:
+            raise OrderRejected("paper broker: simulated reject")
+        if order.side is OrderSide.BUY:
+            price = market + spec.tick_size * slip
+        else:
+            price = max(market - spec.tick_size * slip, spec.tick_size)  # a price stays above zero
+        ticket = str(int.from_bytes(hashlib.sha256(order.delivery_id.encode()).digest()[:6], "big"))
+        fill = OrderFill(ticket, price, order.volume, now())
+        self._positions[ticket] = HeldPosition(ticket, order.instrument, order.side, order.volume)
+        self._entry[ticket] = price
+        self._orders[order.delivery_id] = fill
+        self.fills.append((order, fill))
+        return fill
+
+    async def find_order(self, delivery_id: str) -> OrderFill | None:
+        return self._orders.get(delivery_id)
+
+    async def close_position(self, request: CloseRequest) -> CloseFill:
+        position = self._positions.get(request.broker_ticket)
+        if position is None:
+            raise CloseFailed(f"no open position with ticket {request.broker_ticket}")
+        volume = position.volume if request.volume is None else request.volume
+        if volume <= 0 or volume > position.volume:
+            raise CloseFailed(f"cannot close {volume} of {position.volume} lots")
+        price = self._price(position.instrument)
+        if price is None:
+            raise CloseFailed(f"no price for {position.instrument}")
+        await self._wait()
+        close_price = price.bid if position.side is OrderSide.BUY else price.ask
+        entry = self._entry[position.broker_ticket]
+        self._realised += self._profit(replace(position, volume=volume), entry, price)
+        if volume == position.volume:
+            del self._positions[position.broker_ticket]
+        else:
+            self._positions[position.broker_ticket] = replace(position, volume=position.volume - volume)
+        result = CloseFill(close_price, volume)
+        self.closes.append((request, result))
+        return result
+
+    async def positions(self) -> list[HeldPosition]:
+        return list(self._positions.values())

@@ -1,0 +1,320 @@
+"""Executing instructions (gateway/bridge/orders.py) through a real BridgeClient and a paper executor:
+each delivery at most once, across repeats, restarts and kills; refusals before anything reaches the
+broker; close orders; orders whose outcome is unknown are looked up, never placed again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from gateway.bridge import OrderFill, OrderRequest, PaperConfig, PaperExecutor
+from signalhub.protocol import errors, signing
+from signalhub.v1 import common_pb2
+from signalhub.v1 import gateway_pb2 as pb
+from tests.gateway.bridge.scripted import REPO, Rig, delivery, ledger_rows, paper, spawn
+from tests.gateway.support import eventually
+
+# ------------------------------------------------------------------------------------------------ the flow
+
+
+async def test_hello_then_delivery_is_received_placed_filled(rig: Rig) -> None:
+    executor = paper(slippage_ticks=0)
+    client = rig.start(executor)
+    await client.connected.wait()
+    hello = rig.gateway.frames[0]
+    assert hello.WhichOneof("body") == "hello" and hello.frame_id
+    assert hello.hello.account_currency == "USD" and Decimal(hello.hello.balance) == Decimal(10000)
+    xau = next(s for s in hello.hello.symbols if s.name == "XAUUSD")
+    assert (Decimal(xau.tick_size), Decimal(xau.volume_min)) == (Decimal("0.01"), Decimal("0.01"))
+
+    instruction = delivery(entry_price="2000.00", max_deviation="1.00")
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)), what="a fill")
+    stages = [a.stage for a in rig.gateway.acks(delivery_id)]
+    assert stages == [pb.ACK_STAGE_RECEIVED, pb.ACK_STAGE_PLACED]
+    fill = rig.gateway.fills(delivery_id)[0]
+    assert fill.broker_ticket and Decimal(fill.volume) == Decimal("0.10")
+    assert Decimal(fill.price) == Decimal("2000.01")  # the ask: a BUY pays the spread
+    assert fill.HasField("fill_time")
+    assert len(executor.fills) == 1
+    frame_ids = [f.frame_id for f in rig.gateway.frames]
+    assert len(frame_ids) == len(set(frame_ids)), "every frame has its own id"
+    await eventually(lambda: ledger_rows(rig.ledger, "outbox") == [], what="receipts to empty the outbox")
+    assert ledger_rows(rig.ledger) == [(delivery_id, "filled", None)]
+
+
+async def test_repeated_delivery_is_reacked_never_reexecuted(rig: Rig) -> None:
+    executor = paper()
+    client = rig.start(executor)
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
+    for attempt in (2, 3):
+        instruction.delivery.attempt = attempt
+        rig.gateway.push(instruction)
+    await eventually(lambda: len(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)) == 3, what="re-acks")
+    assert len(executor.fills) == 1
+    assert client.stats.repeated == 2
+
+
+async def test_at_most_once_across_a_restart_with_the_same_ledger(rig: Rig) -> None:
+    first = paper()
+    client = rig.start(first)
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
+    await rig.stop(client)
+
+    second = paper()
+    again = rig.start(second)
+    await again.connected.wait()
+    rig.gateway.push(instruction)  # the gateway re-sends after a reconnect
+    await eventually(lambda: len(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)) == 2)
+    await asyncio.sleep(0.2)
+    assert second.fills == [] and len(first.fills) == 1
+
+
+async def test_delivery_recorded_but_not_placed_is_resumed_after_restart(rig: Rig) -> None:
+    """A crash between RECEIVED and executing: the next run places it (still at most once)."""
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    client = rig.start(paper(latency=30.0))
+    await client.connected.wait()
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)))
+    await eventually(lambda: ledger_rows(rig.ledger)[0][1] == "executing")
+    # An abrupt end while the order is in the broker's hands: the ledger says "executing".
+    for known, task in rig.clients:
+        if known is client:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    rig.clients.clear()
+    assert ledger_rows(rig.ledger)[0][1] == "executing"
+
+    executor = paper()
+    again = rig.start(executor)
+    await again.connected.wait()
+    await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)), what="REJECTED")
+    reason = rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)[0].reason
+    assert reason.startswith("interrupted")
+    rig.gateway.push(instruction)
+    await eventually(lambda: len(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)) == 2)
+    assert executor.fills == []
+
+
+async def test_a_killed_bridge_never_places_twice(rig: Rig) -> None:
+    """SIGKILL the `signalhub bridge` process while its order is with the broker; the next run finds the
+    delivery ``executing`` in the ledger and reports it, never placing it again."""
+    credentials = rig.tmp / "device.json"
+    shown = signing.format_secret(rig.secret)
+    credentials.write_text(
+        json.dumps({"device_id": rig.device_id, "device_secret": shown, "gateway": rig.gateway.address})
+    )
+    credentials.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'proto'}"}
+    command = [sys.executable, "-m", "backoffice.cli", "bridge", "--executor", "paper", "--paper-latency-ms", "60000"]
+    command += ["--credentials", str(credentials), "--ledger", str(rig.ledger)]
+    process = spawn(command, env=env, cwd=rig.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        await eventually(lambda: bool(rig.gateway.streams), what="the bridge process to connect")
+        instruction = delivery()
+        delivery_id = instruction.delivery.delivery_id
+        await eventually(lambda: bool(rig.gateway.of_kind("hello")))
+        rig.gateway.push(instruction)
+        await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)))
+        await eventually(lambda: ledger_rows(rig.ledger)[0][1] == "executing")
+        process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(process.wait, 10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate(timeout=10)
+    assert shown.encode() not in stderr and shown[4:].encode() not in stderr
+
+    executor = paper()
+    again = rig.start(executor)
+    await again.connected.wait()
+    await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)))
+    rig.gateway.push(instruction)
+    await eventually(lambda: len(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)) >= 2)
+    assert executor.fills == []
+    assert ledger_rows(rig.ledger)[0][1] == "rejected"
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+async def test_refuses_after_expire_time(rig: Rig) -> None:
+    executor = paper()
+    client = rig.start(executor)
+    await client.connected.wait()
+    instruction = delivery(expires_in=timedelta(seconds=-1))
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)))
+    stages = [a.stage for a in rig.gateway.acks(delivery_id)]
+    assert stages == [pb.ACK_STAGE_RECEIVED, pb.ACK_STAGE_REJECTED]
+    assert rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)[0].reason.startswith("expired")
+    assert executor.fills == [] and rig.gateway.fills(delivery_id) == []
+
+
+async def test_refuses_beyond_max_deviation_and_places_within_it(rig: Rig) -> None:
+    executor = paper()
+    executor.set_price("XAUUSD", Decimal("2000.00"))  # ask 2000.01, bid 1999.99
+    client = rig.start(executor)
+    await client.connected.wait()
+    far = delivery(side=common_pb2.SIDE_SELL, entry_price="2010.00", max_deviation="5.00")
+    near = delivery(side=common_pb2.SIDE_SELL, entry_price="2004.00", max_deviation="5.00")
+    rig.gateway.push(far)
+    rig.gateway.push(near)
+    far_id, near_id = far.delivery.delivery_id, near.delivery.delivery_id
+    await eventually(lambda: bool(rig.gateway.acks(far_id, pb.ACK_STAGE_REJECTED)) and bool(rig.gateway.fills(near_id)))
+    reason = rig.gateway.acks(far_id, pb.ACK_STAGE_REJECTED)[0].reason
+    assert reason.startswith("max_deviation") and "1999.99" in reason and "2010.00" in reason
+    assert [o.delivery_id for o, _ in executor.fills] == [near_id]
+
+
+# -------------------------------------------------------------------------------------------------- closes
+
+
+async def test_close_order_executes_once_and_reports(rig: Rig) -> None:
+    """A partial close is executed once and reported (again, when the gateway sends it again); a close of
+    an unknown ticket is reported as failed."""
+    executor = paper()
+    client = rig.start(executor)
+    await client.connected.wait()
+    instruction = delivery(volume="0.30")
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
+    ticket = rig.gateway.fills(delivery_id)[0].broker_ticket
+    await eventually(lambda: bool(rig.gateway.of_kind("quote")), what="a quote for the held instrument")
+    assert {f.quote.instrument for f in rig.gateway.of_kind("quote")} == {"XAUUSD"}
+
+    command_id = str(uuid.uuid4())
+    close = pb.Instruction(
+        close=pb.CloseOrder(
+            command_id=command_id,
+            position_id=str(uuid.uuid4()),
+            broker_ticket=ticket,
+            volume="0.10",
+            reason=common_pb2.CLOSE_REASON_TAKE_PROFIT,
+        )
+    )
+    rig.gateway.push(close)
+    await eventually(lambda: bool(rig.gateway.of_kind("close_result")))
+    rig.gateway.push(close)  # a re-send: reported again, never closed twice
+    await eventually(lambda: len(rig.gateway.of_kind("close_result")) == 2)
+    results = [f.close_result for f in rig.gateway.of_kind("close_result")]
+    assert all(r.command_id == command_id and r.success for r in results)
+    assert Decimal(results[0].closed_volume) == Decimal("0.10") and results[0].close_price
+    assert len(executor.closes) == 1
+    assert (await executor.positions())[0].volume == Decimal("0.20")
+
+    unknown = pb.Instruction(close=pb.CloseOrder(command_id=str(uuid.uuid4()), broker_ticket="404"))
+    rig.gateway.push(unknown)
+    await eventually(lambda: len(rig.gateway.of_kind("close_result")) == 3)
+    failed = rig.gateway.of_kind("close_result")[-1].close_result
+    assert not failed.success and "404" in failed.error
+
+
+# ---------------------------------------------------------------------------------------- unknown outcomes
+
+
+class _FlakyTerminal(PaperExecutor):
+    """A terminal that fills the order but loses the answer (place_order raises), then cannot look it up
+    until ``answer_lookups`` is set: the outcome is unknown meanwhile."""
+
+    def __init__(self, *, fill_orders: bool = True, **kw: Any) -> None:
+        super().__init__(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}, **kw))
+        self.fill_orders = fill_orders
+        self.answer_lookups = False
+        self.lookups = 0
+
+    async def place_order(self, order: OrderRequest) -> OrderFill:
+        if self.fill_orders:
+            await super().place_order(order)
+        raise ConnectionError("terminal connection lost")
+
+    async def find_order(self, delivery_id: str) -> OrderFill | None:
+        self.lookups += 1
+        if not self.answer_lookups:
+            raise ConnectionError("terminal connection lost")
+        return await super().find_order(delivery_id)
+
+
+def _reports(rig: Rig, delivery_id: str) -> list[str]:
+    """What the bridge said about a delivery after RECEIVED: acks PLACED/REJECTED, fills."""
+    said = [pb.AckStage.Name(a.stage) for a in rig.gateway.acks(delivery_id) if a.stage != pb.ACK_STAGE_RECEIVED]
+    return said + ["FILL"] * len(rig.gateway.fills(delivery_id))
+
+
+async def test_unknown_outcome_stays_executing_and_is_looked_up_until_the_terminal_answers(rig: Rig) -> None:
+    executor = _FlakyTerminal()
+    client = rig.start(executor, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: executor.lookups >= 4, what="lookups again, with backoff")
+    assert ledger_rows(rig.ledger) == [(delivery_id, "executing", None)]
+    assert _reports(rig, delivery_id) == []  # never REJECTED: the order may well be with the broker
+    executor.answer_lookups = True
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)), what="the fill the lookup found")
+    assert _reports(rig, delivery_id) == ["ACK_STAGE_PLACED", "FILL"]
+    [(_, placed)] = executor.fills
+    assert rig.gateway.fills(delivery_id)[0].broker_ticket == placed.broker_ticket
+    assert ledger_rows(rig.ledger) == [(delivery_id, "filled", None)] and client.stats.lookups_failed >= 4
+
+
+async def test_unknown_outcome_is_looked_up_again_after_a_reconnect(rig: Rig) -> None:
+    executor = _FlakyTerminal()
+    client = rig.start(executor, lookup_backoff_base=600.0, lookup_backoff_cap=600.0)  # only a reconnect helps
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: executor.lookups == 1, what="the first lookup")
+    executor.answer_lookups = True
+    rig.gateway.end_stream(errors.Unavailable("replica going away"))
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)), what="a lookup after the reconnect")
+    assert _reports(rig, delivery_id) == ["ACK_STAGE_PLACED", "FILL"] and executor.lookups == 2
+
+
+async def test_unknown_outcome_survives_a_stop_and_the_next_run_settles_it(rig: Rig) -> None:
+    first = _FlakyTerminal(fill_orders=False)
+    client = rig.start(first, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: first.lookups >= 2)
+    await rig.stop(client)
+    assert ledger_rows(rig.ledger) == [(delivery_id, "executing", None)]
+    assert _reports(rig, delivery_id) == []
+
+    second = _FlakyTerminal(fill_orders=False)  # after the restart, still unanswered at first
+    again = rig.start(second, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
+    await again.connected.wait()
+    await eventually(lambda: second.lookups >= 2, what="lookups after the restart")
+    assert ledger_rows(rig.ledger)[0][1] == "executing"
+    second.answer_lookups = True  # the terminal answers: it never got the order
+    await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)))
+    assert _reports(rig, delivery_id) == ["ACK_STAGE_REJECTED"]
+    assert rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)[0].reason.startswith("interrupted")
+    assert first.fills == [] and second.fills == []

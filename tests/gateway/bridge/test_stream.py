@@ -1,0 +1,72 @@
+"""One session (gateway/bridge/stream.py): sealed instructions that do not open are refused, heartbeats
+are sent, and a terminal's quote the gateway would refuse is not sent."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from gateway.bridge import PaperConfig, PaperExecutor, Price
+from signalhub.protocol.sealing import InstructionSealer
+from signalhub.v1 import gateway_pb2 as pb
+from tests.gateway.bridge.scripted import Rig, delivery, paper
+from tests.gateway.support import eventually
+
+
+async def test_instructions_that_do_not_open_are_refused_and_never_executed(rig: Rig) -> None:
+    executor = paper()
+    client = rig.start(executor)
+    await client.connected.wait()
+    bad = delivery()
+    bad_id = bad.delivery.delivery_id
+    plaintext = bad.SerializeToString()
+    other_key = InstructionSealer(bytes(32), rig.device_id)
+    other_device = InstructionSealer(rig.secret, str(uuid.uuid4()))
+    good_nonce, good_ciphertext = rig.gateway.sealer.seal(plaintext)
+    tampered = bytes([good_ciphertext[0] ^ 1]) + good_ciphertext[1:]
+    for nonce, ciphertext in (
+        other_key.seal(plaintext),
+        other_device.seal(plaintext),
+        (good_nonce, tampered),
+        (good_nonce[:8], good_ciphertext),
+        (b"", plaintext),  # not sealed at all
+    ):
+        rig.gateway.push(sealed=pb.SealedInstruction(nonce=nonce, ciphertext=ciphertext))
+    rig.gateway.push(delivery())  # then a good one, to know the bad ones were handled
+    await eventually(lambda: client.stats.filled == 1)
+    assert client.stats.refused == 5
+    assert rig.gateway.acks(bad_id) == [] and len(executor.fills) == 1
+    assert all(o.delivery_id != bad_id for o, _ in executor.fills)
+
+
+async def test_heartbeats_are_sent(rig: Rig) -> None:
+    rig.gateway.heartbeat_seconds = 1
+    client = rig.start(paper())
+    await client.connected.wait()
+    await eventually(lambda: len(rig.gateway.of_kind("heartbeat")) >= 2, what="heartbeats")
+    assert all(f.frame_id for f in rig.gateway.of_kind("heartbeat"))
+
+
+class _OddTerminal(PaperExecutor):
+    """A terminal quoting a price the gateway refuses (more decimals than a price may carry)."""
+
+    async def quote(self, instrument: str) -> Price | None:
+        return Price(instrument, Decimal("1999.0000000000001"), Decimal("2000.01"), datetime.now(UTC))
+
+
+async def test_a_quote_the_gateway_would_refuse_is_not_sent(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    executor = _OddTerminal(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}))
+    client = rig.start(executor, quote_refresh=0.1)
+    await client.connected.wait()
+    instruction = delivery()
+    rig.gateway.push(instruction)
+    with caplog.at_level(logging.WARNING, "signalhub.bridge"):
+        await eventually(lambda: bool(rig.gateway.fills(instruction.delivery.delivery_id)))
+        await eventually(
+            lambda: any("quote the gateway would refuse" in r.getMessage() for r in caplog.records), what="a warning"
+        )
+    assert rig.gateway.of_kind("quote") == [] and client.stats.quotes_sent == 0
