@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from prometheus_client import Counter
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,11 +24,11 @@ from backoffice.models import ActorType, Alert, AlertKind, Device, Position, Pos
 from backoffice.platform import paging
 from backoffice.platform.auth import Caller
 from backoffice.platform.db import any_id
+from backoffice.platform.metrics import ALERTS_RAISED
 from signalhub.protocol.errors import PermissionDenied
 
 log = logging.getLogger("signalhub.alerts")
 
-RAISED = Counter("signalhub_alerts_raised_total", "Alerts raised (one per incident)", ["kind"])
 # A position is still at the broker while its close is out: its device going silent matters as much.
 _HELD = (PositionStatus.OPEN, PositionStatus.CLOSING)
 
@@ -103,7 +102,7 @@ async def raise_alerts(session: AsyncSession, incidents: Sequence[Incident], now
 def announce(raised: Sequence[Raised]) -> None:
     """The metric and the log line of alerts whose transaction committed."""
     for alert in raised:
-        RAISED.labels(alert.kind.value).inc()
+        ALERTS_RAISED.labels(alert.kind.value).inc()
         log.warning(
             "alert raised",
             extra={

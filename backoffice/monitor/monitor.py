@@ -36,6 +36,7 @@ from backoffice.monitor import triggers
 from backoffice.monitor.book import Books
 from backoffice.platform import db, hints
 from backoffice.platform.config import Settings
+from backoffice.platform.metrics import MONITOR_ACTIONS, MONITOR_QUOTES, MONITOR_ROUND, MONITOR_WATCHED
 from backoffice.quotes import Feed, Seen
 
 log = logging.getLogger("signalhub.monitor")
@@ -163,6 +164,7 @@ class Monitor:
         self._positions_since = self._positions_since or started
         self.books.keep_only(row.id for row in rows)
         await self._watch(rows)
+        MONITOR_WATCHED.set(len(self.books))
 
     async def _reload(self, position_ids: Iterable[uuid.UUID]) -> None:
         async with self._sessions() as session:
@@ -213,6 +215,7 @@ class Monitor:
         for quote in sorted(seen, key=lambda q: (q.received_at, q.quote_time)):
             if quotes.is_fresh(quote.quote_time, now, self._max_age) and self._remember(quote):
                 by_feed.setdefault(quote.feed, []).append(quote)
+                MONITOR_QUOTES.inc()
         runs = []
         for feed, run in by_feed.items():
             reached = self.books.reached(feed, run)
@@ -222,13 +225,18 @@ class Monitor:
             await self._act(runs, now)
 
     async def _act(self, runs: Sequence[triggers.Run], now: datetime) -> None:
+        started = time.perf_counter()
         applied = await db.retrying(
             self._sessions, lambda session: triggers.apply(session, runs, now), log=log, what="monitor round"
         )
+        MONITOR_ROUND.observe(time.perf_counter() - started)
+        MONITOR_ACTIONS.labels("move").inc(applied.moves)
+        MONITOR_ACTIONS.labels("close").inc(len(applied.queued))
         for position_id in applied.gone:
             self.books.discard(position_id)
         for position in applied.still_open.values():
             self.books.put(position)
+        MONITOR_WATCHED.set(len(self.books))
         if applied.queued:
             log.info("close commands queued", extra={"count": len(applied.queued)})
             await hints.publish(self._redis, {q.device_id for q in applied.queued})

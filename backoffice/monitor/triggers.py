@@ -99,6 +99,7 @@ class Applied:
     still_open: dict[uuid.UUID, Watched] = field(default_factory=dict)
     gone: set[uuid.UUID] = field(default_factory=set)
     queued: list[positions.Queued] = field(default_factory=list)
+    moves: int = 0  # stop moves written (trailing, breakeven)
 
 
 async def apply(session: AsyncSession, runs: Sequence[Run], now: datetime) -> Applied:
@@ -129,7 +130,7 @@ async def apply(session: AsyncSession, runs: Sequence[Run], now: datetime) -> Ap
     await events.insert_events(session, event_rows)
     queued = await positions.queue_closes(session, closings, now, actor_type=ActorType.SYSTEM)
     closed = {q.position_id for q in queued}
-    applied = Applied(queued=queued)
+    applied = Applied(queued=queued, moves=len(event_rows))
     applied.gone = (set(wanted) - set(states)) | closed
     applied.still_open = {p: s.watched for p, s in states.items() if p not in closed}
     return applied
