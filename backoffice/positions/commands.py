@@ -161,7 +161,10 @@ async def update_protection(
         take_profit=given.get("take_profit", current.take_profit),
         trailing_distance=given.get("trailing_distance", current.trailing_distance),
         breakeven_trigger=given.get("breakeven_trigger", current.breakeven_trigger),
-        breakeven_offset=given.get("breakeven_offset", current.breakeven_offset),
+        # Removing the trigger removes its offset too, unless the request sets one (then it is refused).
+        breakeven_offset=given.get(
+            "breakeven_offset", None if given.get("breakeven_trigger", 0) is None else current.breakeven_offset
+        ),
         breakeven_done=current.breakeven_done and "breakeven_trigger" not in given,
     )
     quote = await quotes.latest_fresh(

@@ -221,10 +221,9 @@ class PaperExecutor(Executor):
             raise CloseFailed(f"no price for {position.instrument}")
         await self._wait()
         tick = self._spec(position.instrument).tick_size
-        if position.side is OrderSide.BUY:
-            close_price = max(price.bid - tick * slip, tick)  # a price stays above zero
-        else:
-            close_price = price.ask + tick * slip
+        # Worse for the trader by the slip; a price stays above zero.
+        buy = position.side is OrderSide.BUY
+        close_price = max(price.bid - tick * slip, tick) if buy else price.ask + tick * slip
         entry = self._entry[position.broker_ticket]
         self._realised += self._profit_at(replace(position, volume=volume), entry, close_price)
         if volume == position.volume:

@@ -1,6 +1,6 @@
 """Local state that signalhub's tools and SDK command lines share on one machine: the ``.signalhub``
 folder (development master key, embedded servers' data, demo credentials), written owner-only, and the
-one way both SDK command lines find who they act as."""
+one way the command lines find who they act as (a device's or producer's secret, a user's API token)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,28 @@ def load_credentials(
         raise CredentialsError(f"{path} must have {role}_id and {role}_secret")
     address = address if isinstance(address, str) and address else None
     return Credentials(found_id, _secret(role, found_secret), address, path)
+
+
+def load_token(path: Path | None, environ: Mapping[str, str], *, token_env: str, key: str) -> tuple[Secret, str | None]:
+    """An API token (``sht_...``) and the back office's address when a file gave one: from the environment
+    variable ``token_env``, else from ``key`` in a JSON file (``path``, or the demo.json that `signalhub up`
+    writes, whose ``user_token`` is the demo user's). Never from an argument, and never repeated in an
+    error."""
+    shown = environ.get(token_env, "").strip()
+    if shown:
+        return Secret(shown.encode()), None
+    if path is None:
+        if not DEFAULT_CREDENTIALS.is_file():
+            raise CredentialsError(
+                f"no API token: set {token_env}, or pass --credentials FILE "
+                f"(or run `signalhub up` here, which writes {DEFAULT_CREDENTIALS})"
+            )
+        path = DEFAULT_CREDENTIALS
+    data = _read_json(path)
+    token, address = data.get(key), data.get("backoffice")
+    if not isinstance(token, str) or not token:
+        raise CredentialsError(f"{path} must have {key}")
+    return Secret(token.encode()), address if isinstance(address, str) and address else None
 
 
 def _read_json(path: Path) -> dict[str, object]:
