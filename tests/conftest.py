@@ -116,6 +116,22 @@ def no_unplanned_server_errors(request: pytest.FixtureRequest) -> Iterator[None]
         )
 
 
+def server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `signalhub` child process on this run's database and Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
+    env.update(
+        {
+            "SIGNALHUB_DATABASE_URL": settings.database_url,
+            "SIGNALHUB_REDIS_URL": REDIS_URL,
+            "SIGNALHUB_MASTER_KEY": TEST_MASTER_KEY,
+            "SIGNALHUB_MASTER_KEY_ID": "test1",
+            "PYTHONPATH": f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}",
+            **extra,
+        }
+    )
+    return env
+
+
 def run_module(module: str, *args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     """``python -m <module> <args>`` as a child process with text pipes (the CLI, the embedded servers)."""
     return subprocess.Popen(
