@@ -42,7 +42,7 @@ from backoffice.quotes import Feed, Seen
 log = logging.getLogger("signalhub.monitor")
 
 # Writers stamp rows with their own clock a moment before they commit: each sweep looks back this far.
-SWEEP_OVERLAP = timedelta(seconds=30)
+SWEEP_OVERLAP = timedelta(seconds=10)
 FULL_RELOAD_SECONDS = 300.0
 READ_COUNT = 1000  # stream entries per read
 MAX_BACKOFF = 5.0
@@ -56,7 +56,9 @@ class Monitor:
         self._sweep_every = settings.monitor_sweep_seconds
         self.books = Books()
         self.latest: dict[Feed, Seen] = {}  # the newest fresh quote read per feed
-        self._read_up_to: dict[Feed, datetime] = {}  # quote_time of the newest quote read per feed
+        # (quote_time, received_at) of the newest quote read per feed: older ones, and the same one read
+        # again by an overlapping sweep, are skipped.
+        self._read_up_to: dict[Feed, tuple[datetime, datetime]] = {}
         self._stream_id = "0-0"
         self._positions_since: datetime | None = None
         self._quotes_since: datetime | None = None
@@ -185,9 +187,10 @@ class Monitor:
             if row.status is not PositionStatus.OPEN:
                 self.books.discard(position.id)
                 continue
-            known = self.books.watched.get(position.id)
+            if self.books.watched.get(position.id) == position:
+                continue  # read again by an overlapping sweep: nothing changed
             self.books.put(position)
-            if known == position or position.id not in self.books.watched:
+            if position.id not in self.books.watched:
                 continue
             for feed in position.feeds:
                 latest = self.latest.get(feed)
@@ -199,11 +202,11 @@ class Monitor:
             )
 
     def _remember(self, quote: Seen) -> bool:
-        """Keep the quote as its feed's newest; False when it is older than one read already."""
+        """Keep the quote as its feed's newest; False when it is older than one read already, or is it."""
         newest = self._read_up_to.get(quote.feed)
-        if newest is not None and quote.quote_time < newest:
+        if newest is not None and (quote.quote_time, quote.received_at) <= newest:
             return False
-        self._read_up_to[quote.feed] = quote.quote_time
+        self._read_up_to[quote.feed] = (quote.quote_time, quote.received_at)
         self.latest[quote.feed] = quote
         return True
 
