@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -33,6 +32,7 @@ from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as gpb
+from tests.backoffice.api.test_approvals import subscribe, subscribe_request
 from tests.backoffice.monitor.support import monitoring
 from tests.conftest import KeyCredentials, UserCredentials, make_user, rpc_failure
 from tests.gateway.support import eventually
@@ -104,55 +104,6 @@ class Trading:
         return list(listed.close_commands)
 
 
-@asynccontextmanager
-async def trading(
-    res: Resources,
-    backoffice_server: Server,
-    backoffice_channel: grpc.aio.Channel,
-    gateway_server: Server,
-    user: UserCredentials,
-    device: KeyCredentials,
-    producer: KeyCredentials,
-    ledger: Path,
-) -> AsyncIterator[Trading]:
-    symbol = "E2E" + uuid.uuid4().hex[:8].upper()
-    spec = SymbolInfo(symbol, D(100), D("0.01"), D(1), D("0.01"), D("0.01"), D(100))
-    executor = PaperExecutor(PaperConfig(seed=11, slippage_ticks=2, symbols=(*DEFAULT_SYMBOLS, spec)))
-    executor.set_price(symbol, D("2034.15"))
-    await brpc.ApprovalServiceStub(backoffice_channel).Subscribe(
-        bpb.SubscribeRequest(
-            request_id=str(uuid.uuid4()),
-            producer_id=str(producer.id),
-            mode=bpb.SUBSCRIPTION_MODE_AUTO,
-            sizing=bpb.SIZING_MODE_FIXED_VOLUME,
-            sizing_value="0.10",
-        ),
-        metadata=user.metadata,
-    )
-    async with monitoring(res), tapped(gateway_server.bound_address) as tap:
-        config = BridgeConfig(str(device.id), (tap.address,), ledger, quote_interval=0.05, quote_refresh=0.2)
-        client = BridgeClient(config, signing.parse_secret(device.secret), executor)
-        task = asyncio.create_task(client.run())
-        try:
-            await asyncio.wait_for(client.connected.wait(), 15)
-            async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
-                yield Trading(
-                    symbol,
-                    executor,
-                    client,
-                    tap,
-                    signals,
-                    brpc.PositionServiceStub(backoffice_channel),
-                    user,
-                    device,
-                )
-        finally:
-            client.stop()
-            await asyncio.wait_for(task, 15)
-    # Every frame the gateway sent in the whole test, opened and read.
-    tap.assert_redacted(device, SECRETS)
-
-
 @pytest.fixture
 async def trade(
     res: Resources,
@@ -164,10 +115,27 @@ async def trade(
     producer: KeyCredentials,
     tmp_path: Path,
 ) -> AsyncIterator[Trading]:
-    async with trading(
-        res, backoffice_server, backoffice_channel, gateway_server, user, device, producer, tmp_path / "ledger.db"
-    ) as opened:
-        yield opened
+    """The trader follows the producer (AUTO, 0.10 lots); the bridge trades a symbol of this test's own;
+    on the way out, every frame the gateway sent in the whole test is opened and read."""
+    symbol = "E2E" + uuid.uuid4().hex[:8].upper()
+    spec = SymbolInfo(symbol, D(100), D("0.01"), D(1), D("0.01"), D("0.01"), D(100))
+    executor = PaperExecutor(PaperConfig(seed=11, slippage_ticks=2, symbols=(*DEFAULT_SYMBOLS, spec)))
+    executor.set_price(symbol, D("2034.15"))
+    await subscribe(backoffice_channel, user, subscribe_request(producer, sizing_value="0.10"))
+    async with monitoring(res), tapped(gateway_server.bound_address) as tap:
+        ledger = tmp_path / "ledger.db"
+        config = BridgeConfig(str(device.id), (tap.address,), ledger, quote_interval=0.05, quote_refresh=0.2)
+        client = BridgeClient(config, signing.parse_secret(device.secret), executor)
+        task = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(client.connected.wait(), 15)
+            async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
+                positions = brpc.PositionServiceStub(backoffice_channel)
+                yield Trading(symbol, executor, client, tap, signals, positions, user, device)
+        finally:
+            client.stop()
+            await asyncio.wait_for(task, 15)
+    tap.assert_redacted(device, SECRETS)
 
 
 def _profit(side: str, entry: Decimal, close: Decimal, volume: Decimal) -> Decimal:

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="positions_command", required=True, metavar="COMMAND", help="the call")
 
     listing = commands.add_parser("list", parents=[common], help="your positions, newest first")
-    listing.add_argument("--device-id", type=_uuid, metavar="ID", help="only this device's")
+    listing.add_argument("--device-id", type=uuid.UUID, metavar="ID", help="only this device's")
     listing.add_argument("--status", choices=sorted(STATUSES), help="only positions in this state")
     listing.add_argument("--instrument", help="only this instrument (broker symbol or the signal's)")
     listing.add_argument("--page-size", type=int, default=0, help="positions per page (default 50, at most 500)")
@@ -73,15 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.set_defaults(run=run_list)
 
     close = commands.add_parser("close", parents=[common], help="close a position, or part of it")
-    close.add_argument("--id", required=True, type=_uuid, metavar="ID", help="the position")
+    close.add_argument("--id", required=True, type=uuid.UUID, metavar="ID", help="the position")
     close.add_argument("--volume", type=_decimal, metavar="LOTS", help="lots to close (default: all of it)")
-    close.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
+    close.add_argument("--request-id", type=uuid.UUID, metavar="UUID", help="idempotency key (default: a new UUID)")
     close.set_defaults(run=run_close)
 
     protect = commands.add_parser(
         "protect", parents=[common], help=f"move the hidden levels (a decimal sets one, '{REMOVE}' removes it)"
     )
-    protect.add_argument("--id", required=True, type=_uuid, metavar="ID", help="the position")
+    protect.add_argument("--id", required=True, type=uuid.UUID, metavar="ID", help="the position")
     for name, what in (
         ("stop-loss", "hidden stop-loss price"),
         ("take-profit", "hidden take-profit price"),
@@ -90,13 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("breakeven-offset", "the breakeven stop's distance from the entry (price units)"),
     ):
         protect.add_argument(f"--{name}", type=_level, metavar="PRICE|none", help=f"{what}, or '{REMOVE}'")
-    protect.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
+    protect.add_argument("--request-id", type=uuid.UUID, metavar="UUID", help="idempotency key (default: a new UUID)")
     protect.set_defaults(run=run_protect)
 
 
 def run_list(args: argparse.Namespace) -> None:
     request = pb.ListPositionsRequest(
-        device_id=args.device_id or "",
+        device_id=str(args.device_id or ""),
         status=STATUSES.get(args.status or "", pb.POSITION_STATUS_UNSPECIFIED),
         instrument=args.instrument or "",
         page_size=args.page_size,
@@ -106,7 +106,7 @@ def run_list(args: argparse.Namespace) -> None:
 
 
 def run_close(args: argparse.Namespace) -> None:
-    request = pb.ClosePositionRequest(id=args.id, volume=args.volume or "", request_id=args.request_id or _new_id())
+    request = pb.ClosePositionRequest(id=str(args.id), volume=args.volume or "", request_id=_request_id(args))
     _run(args, lambda stub, metadata, timeout: stub.ClosePosition(request, metadata=metadata, timeout=timeout))
 
 
@@ -115,8 +115,8 @@ def run_protect(args: argparse.Namespace) -> None:
     if not given:
         _fail("nothing to change: give at least one level")
     request = pb.UpdateProtectionRequest(
-        id=args.id,
-        request_id=args.request_id or _new_id(),
+        id=str(args.id),
+        request_id=_request_id(args),
         **{name: "" if value == REMOVE else value for name, value in given.items()},
     )
     _run(args, lambda stub, metadata, timeout: stub.UpdateProtection(request, metadata=metadata, timeout=timeout))
@@ -166,15 +166,8 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def _new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def _uuid(text: str) -> str:
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+def _request_id(args: argparse.Namespace) -> str:
+    return str(args.request_id or uuid.uuid4())
 
 
 def _decimal(text: str) -> str:

@@ -60,17 +60,7 @@ def watched(row: Any) -> Watched:
         instrument=row.instrument,
         signal_instrument=row.signal_instrument,
         volume=row.volume,
-        levels=levels.Levels(
-            side=row.side,
-            entry=row.entry_price,
-            stop_loss=row.stop_loss,
-            take_profit=row.take_profit,
-            trailing_distance=row.trailing_distance,
-            best_price=row.best_price,
-            breakeven_trigger=row.breakeven_trigger,
-            breakeven_offset=row.breakeven_offset,
-            breakeven_done=row.breakeven_done,
-        ),
+        levels=levels.of(row),
         levels_at=row.levels_at,
     )
 

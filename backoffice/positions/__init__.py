@@ -26,7 +26,7 @@ from backoffice.positions.closing import (
     realised_profit,
     write_closes,
 )
-from backoffice.positions.commands import ProtectionChange, close_position, levels_of, update_protection
+from backoffice.positions.commands import ProtectionChange, close_position, update_protection
 from backoffice.positions.opening import Opening, open_positions
 from backoffice.positions.queries import (
     PositionView,
@@ -50,7 +50,6 @@ __all__ = [
     "expire_closes",
     "find_position",
     "get_position",
-    "levels_of",
     "list_close_commands",
     "list_positions",
     "lock_close_targets",

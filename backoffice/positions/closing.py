@@ -390,18 +390,16 @@ async def write_closes(session: AsyncSession, targets: Iterable[CloseTarget], no
     )
     return await alerts.raise_alerts(
         session,
-        [
-            alerts.Incident(
-                AlertKind.CLOSE_FAILED,
-                t.position.id,
-                t.device_id,
-                f"closing position {t.position.id} failed on the device: {t.error}",
-                position_id=t.position.id,
-                close_command_id=t.command_id,
-            )
-            for t in failed
-        ],
+        [_close_failed(t.position.id, t.device_id, t.command_id, f"the device: {t.error}") for t in failed],
         now,
+    )
+
+
+def _close_failed(position_id: uuid.UUID, device_id: uuid.UUID, command_id: uuid.UUID, why: str) -> alerts.Incident:
+    """The alert of a close that failed: one per position (it is CLOSED_ERROR until a person acts)."""
+    message = f"closing position {position_id} failed: {why}"
+    return alerts.Incident(
+        AlertKind.CLOSE_FAILED, position_id, device_id, message, position_id=position_id, close_command_id=command_id
     )
 
 
@@ -487,17 +485,5 @@ async def expire_closes(
         ],
     )
     return await alerts.raise_alerts(
-        session,
-        [
-            alerts.Incident(
-                AlertKind.CLOSE_FAILED,
-                r.position_id,
-                r.device_id,
-                f"closing position {r.position_id}: {error}",
-                position_id=r.position_id,
-                close_command_id=r.id,
-            )
-            for r in closing
-        ],
-        now,
+        session, [_close_failed(r.position_id, r.device_id, r.id, error) for r in closing], now
     )

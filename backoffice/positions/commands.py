@@ -35,20 +35,6 @@ def _require_open(position: Position) -> None:
         )
 
 
-def levels_of(position: Position) -> levels.Levels:
-    return levels.Levels(
-        side=position.side,
-        entry=position.entry_price,
-        stop_loss=position.stop_loss,
-        take_profit=position.take_profit,
-        trailing_distance=position.trailing_distance,
-        best_price=position.best_price,
-        breakeven_trigger=position.breakeven_trigger,
-        breakeven_offset=position.breakeven_offset,
-        breakeven_done=position.breakeven_done,
-    )
-
-
 @dataclass(frozen=True)
 class Closed:
     command: CloseCommand
@@ -154,7 +140,7 @@ async def update_protection(
         raise InvalidArgument(violations)
     position = await queries.find_position(session, caller, position_id, lock=True)
     _require_open(position)
-    current = levels_of(position)
+    current = levels.of(position)
     updated = replace(
         current,
         stop_loss=given.get("stop_loss", current.stop_loss),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Any
 
 from backoffice.models import CloseReason, Side
 
@@ -50,6 +51,21 @@ class Levels:
             return None
         assert self.breakeven_trigger is not None
         return self.entry + self.breakeven_trigger if self.side is Side.BUY else self.entry - self.breakeven_trigger
+
+
+def of(position: Any) -> Levels:
+    """The levels of a position row (an ORM ``Position`` or a row of its columns)."""
+    return Levels(
+        side=position.side,
+        entry=position.entry_price,
+        stop_loss=position.stop_loss,
+        take_profit=position.take_profit,
+        trailing_distance=position.trailing_distance,
+        best_price=position.best_price,
+        breakeven_trigger=position.breakeven_trigger,
+        breakeven_offset=position.breakeven_offset,
+        breakeven_done=position.breakeven_done,
+    )
 
 
 class Move(enum.StrEnum):

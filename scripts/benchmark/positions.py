@@ -23,21 +23,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from sqlalchemy import insert
 
-from backoffice.models import (
-    Approval,
-    ApprovalStatus,
-    Delivery,
-    DeliveryState,
-    Position,
-    PositionStatus,
-    Side,
-    Signal,
-    SignalStatus,
-    SizingMode,
-    Subscription,
-    SubscriptionMode,
-    SubscriptionStatus,
-)
+from backoffice import models
 from backoffice.platform import db, hints
 from backoffice.producer import ProducerClient
 from backoffice.producer.messages import make_quote
@@ -74,14 +60,14 @@ class Positions:
     async def open(self) -> None:
         async with self.sessions.begin() as session:
             await session.execute(
-                insert(Subscription).values(
+                insert(models.Subscription).values(
                     id=self.subscription_id,
                     user_id=self.user_id,
                     producer_id=self.producer_id,
-                    mode=SubscriptionMode.MANUAL,
-                    sizing_mode=SizingMode.FIXED_VOLUME,
+                    mode=models.SubscriptionMode.MANUAL,
+                    sizing_mode=models.SizingMode.FIXED_VOLUME,
                     sizing_value=Decimal("0.01"),
-                    status=SubscriptionStatus.ACTIVE,
+                    status=models.SubscriptionStatus.ACTIVE,
                 )
             )
 
@@ -102,10 +88,10 @@ class Positions:
             positions.append(_position(position_id, signal_id, delivery_id, self.device_id, instrument, stop, target))
         async with self.sessions.begin() as session:
             for model, rows in (
-                (Signal, signals),
-                (Approval, approvals),
-                (Delivery, deliveries),
-                (Position, positions),
+                (models.Signal, signals),
+                (models.Approval, approvals),
+                (models.Delivery, deliveries),
+                (models.Position, positions),
             ):
                 for start in range(0, len(rows), 2000):
                     await session.execute(insert(model), rows[start : start + 2000])
@@ -120,10 +106,10 @@ def _signal(signal_id: uuid.UUID, producer_id: uuid.UUID, instrument: str, now: 
         "id": signal_id,
         "producer_id": producer_id,
         "instrument": instrument,
-        "side": Side.BUY,
+        "side": models.Side.BUY,
         "signal_time": now,
         "expire_time": now + timedelta(seconds=60),
-        "status": SignalStatus.OPEN,
+        "status": models.SignalStatus.OPEN,
     }
 
 
@@ -135,7 +121,7 @@ def _approval(
         "signal_id": signal_id,
         "subscription_id": subscription_id,
         "user_id": user_id,
-        "status": ApprovalStatus.APPROVED,
+        "status": models.ApprovalStatus.APPROVED,
         "decided_at": now,
     }
 
@@ -154,10 +140,10 @@ def _delivery(
         "signal_id": signal_id,
         "device_id": device_id,
         "instrument": instrument,
-        "side": Side.BUY,
+        "side": models.Side.BUY,
         "volume": Decimal("0.01"),
         "expire_time": now + timedelta(seconds=60),
-        "state": DeliveryState.FILLED,
+        "state": models.DeliveryState.FILLED,
     }
 
 
@@ -177,13 +163,13 @@ def _position(
         "delivery_id": delivery_id,
         "instrument": instrument,
         "signal_instrument": instrument,
-        "side": Side.BUY,
+        "side": models.Side.BUY,
         "volume": Decimal("0.01"),
         "entry_price": START,
         "stop_loss": stop,
         "take_profit": target,
         "broker_ticket": str(position_id.int % 10**9),
-        "status": PositionStatus.OPEN,
+        "status": models.PositionStatus.OPEN,
     }
 
 

@@ -34,11 +34,16 @@ async def book(res: Resources, user: UserCredentials) -> Book:
     return await Book.open(res, user.id)
 
 
-async def _close(channel: grpc.aio.Channel, user: UserCredentials, position_id: uuid.UUID) -> str:
-    command = await brpc.PositionServiceStub(channel).ClosePosition(
+@pytest.fixture
+async def closing(
+    backoffice_channel: grpc.aio.Channel, user: UserCredentials, device: KeyCredentials, book: Book
+) -> tuple[uuid.UUID, str]:
+    """A position of 0.30 lots its owner asked to close: its id and the close command's."""
+    position_id = await book.position(device.id, volume="0.30")
+    command = await brpc.PositionServiceStub(backoffice_channel).ClosePosition(
         bpb.ClosePositionRequest(id=str(position_id)), metadata=user.metadata
     )
-    return command.id
+    return position_id, command.id
 
 
 async def _alerts(channel: grpc.aio.Channel, admin: UserCredentials, device_id: uuid.UUID) -> list[bpb.Alert]:
@@ -51,13 +56,11 @@ async def _alerts(channel: grpc.aio.Channel, admin: UserCredentials, device_id: 
 async def test_a_close_order_is_sent_again_a_bounded_number_of_times_then_expires(
     res: Resources,
     backoffice_channel: grpc.aio.Channel,
-    user: UserCredentials,
     admin: UserCredentials,
     device: KeyCredentials,
-    book: Book,
+    closing: tuple[uuid.UUID, str],
 ) -> None:
-    position_id = await book.position(device.id, volume="0.30")
-    command_id = await _close(backoffice_channel, user, position_id)
+    position_id, command_id = closing
     fast = {"ack_timeout_seconds": 0.3, "sweep_interval_seconds": 0.1, "close_max_attempts": 3}
     async with gateway(res, **fast) as (_, channel), stream(channel, device) as device_stream:
         sent = [(await device_stream.instruction()).close for _ in range(3)]  # no answer: sent again twice
@@ -98,14 +101,12 @@ async def _status(res: Resources, command_id: str, status: CloseCommandStatus) -
 async def test_a_failed_close_raises_one_alert(
     res: Resources,
     backoffice_channel: grpc.aio.Channel,
-    user: UserCredentials,
     admin: UserCredentials,
     device: KeyCredentials,
-    book: Book,
+    closing: tuple[uuid.UUID, str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    position_id = await book.position(device.id)
-    command_id = await _close(backoffice_channel, user, position_id)
+    position_id, command_id = closing
     async with gateway(res) as (_, channel), stream(channel, device) as device_stream:
         await device_stream.instruction()
         failed = device_stream.close_result(command_id, success=False)
