@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -116,32 +117,72 @@ def no_unplanned_server_errors(request: pytest.FixtureRequest) -> Iterator[None]
         )
 
 
-def server_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a `signalhub` child process on this run's database and Redis."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
-    env.update(
-        {
-            "SIGNALHUB_DATABASE_URL": settings.database_url,
-            "SIGNALHUB_REDIS_URL": REDIS_URL,
-            "SIGNALHUB_MASTER_KEY": TEST_MASTER_KEY,
-            "SIGNALHUB_MASTER_KEY_ID": "test1",
-            "PYTHONPATH": f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}",
-            **extra,
-        }
-    )
-    return env
+def run_module(
+    module: str, *args: str, env: dict[str, str], cwd: Path, output: Path | None = None
+) -> subprocess.Popen[str]:
+    """``python -m <module> <args>`` as a child process with text pipes (the CLI, the embedded servers), or
+    with stdout and stderr appended to ``output`` (a long-lived server whose pipes nobody reads)."""
+    if output is None:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    with output.open("a") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
 
 
-def run_module(module: str, *args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    """``python -m <module> <args>`` as a child process with text pipes (the CLI, the embedded servers)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server started as a process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a ``signalhub serve`` process of a test's own: its database and Redis, the test
+    master key, a metrics port of its own, quiet logs; ``settings`` are more SIGNALHUB_<NAME> values."""
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}",
+        "SIGNALHUB_DATABASE_URL": database_url,
+        "SIGNALHUB_REDIS_URL": redis_url,
+        "SIGNALHUB_MASTER_KEY": TEST_MASTER_KEY,
+        "SIGNALHUB_MASTER_KEY_ID": "test1",
+        "SIGNALHUB_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "SIGNALHUB_SHUTDOWN_GRACE_SECONDS": "1",
+        "SIGNALHUB_LOG_LEVEL": "WARNING",
+        **{f"SIGNALHUB_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
+async def health(address: str, *, deadline: float = 1.0) -> str:
+    """The server's overall grpc health status by name (SERVING, NOT_SERVING...), or why none came."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=deadline)
+        except grpc.aio.AioRpcError as exc:
+            return f"unreachable ({exc.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+async def wait_serving(address: str, process: subprocess.Popen[Any], within: float = 30.0) -> None:
+    """Wait until the server ``process`` started reports SERVING (``within``: a safety net, no claim)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while await health(address) != "SERVING":
+        if process.poll() is not None:
+            raise AssertionError(f"the server for {address} exited with {process.returncode}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{address} is not serving")
+        await asyncio.sleep(0.1)
 
 
 def _dsn(url: str, database: str) -> str:
@@ -346,3 +387,18 @@ async def signed_call(
     metadata = signing.signed_metadata(signing.parse_secret(key.secret), method, str(key.id), body)
     call = channel.unary_unary(method, response_deserializer=response_type.FromString)
     return await call(body, metadata=metadata, timeout=deadline)
+
+
+async def subscribe(channel: grpc.aio.Channel, user: UserCredentials, producer: KeyCredentials, mode: Any) -> None:
+    """``user`` follows ``producer`` (FIXED_VOLUME 0.10) through the back office's ApprovalService."""
+    from signalhub.v1 import backoffice_pb2 as bpb
+    from signalhub.v1 import backoffice_pb2_grpc as brpc
+
+    request = bpb.SubscribeRequest(
+        request_id=str(uuid.uuid4()),
+        producer_id=str(producer.id),
+        mode=mode,
+        sizing=bpb.SIZING_MODE_FIXED_VOLUME,
+        sizing_value="0.10",
+    )
+    await brpc.ApprovalServiceStub(channel).Subscribe(request, metadata=user.metadata, timeout=10)

@@ -131,7 +131,7 @@ async def _serve(settings: Settings, process: str) -> None:
     serving.install_stop_signals(stop)
     async with bootstrap.resources(settings) as res:
         if process == "worker":
-            await worker.run(res, stop)
+            await worker.run(res, stop, settings.worker_interval_seconds)
             return
         if process == "gateway":
             from gateway.bootstrap import build_server

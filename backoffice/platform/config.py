@@ -65,6 +65,7 @@ class Settings:
     monitor_sweep_seconds: float = 2.0  # how often it re-reads changed positions and stored quotes (lost hints)
     device_silent_alert_seconds: int = 48 * 3600  # an open position's device not heard from this long: alert
     disconnected_alert_seconds: int = 600  # a device with open positions disconnected this long: alert
+    worker_interval_seconds: float = 30.0  # how often the worker runs its housekeeping round
 
     def __repr__(self) -> str:
         # URLs may carry a password; master keys mask themselves.
@@ -182,6 +183,9 @@ class Settings:
         )
         values["disconnected_alert_seconds"] = number(
             "DISCONNECTED_ALERT_SECONDS", defaults.disconnected_alert_seconds, 60, 7 * 86400
+        )
+        values["worker_interval_seconds"] = seconds(
+            "WORKER_INTERVAL_SECONDS", defaults.worker_interval_seconds, 0.1, 3600
         )
         level = text("LOG_LEVEL", defaults.log_level).upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -35,6 +35,10 @@ caller_var: ContextVar[Caller | None] = ContextVar("caller", default=None)
 REQUEST_ID_HEADER = "x-request-id"
 _TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 _DATA_EXCEPTION = "22"  # SQLSTATE class 22: a value Postgres cannot store or compute with
+# SQLSTATEs of a server that is down for now: class 08 (connection exceptions) and 57P (shutting down,
+# crashed, or not yet accepting connections while it recovers). SQLAlchemy raises some of these as a plain
+# DBAPIError; the client is told to retry, as for any other outage (found by tests/reliability).
+_SERVER_DOWN = ("08", "57P")
 # Health checks and reflection are open to anyone and never counted against the admission limit.
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -253,7 +257,10 @@ def _domain_error(exc: Exception, method: str) -> errors.DomainError:
         # input was bad, and the ERROR line says validation has a gap to close.
         log.error("the database refused a value from a request", exc_info=exc)
         return errors.InvalidArgument([("", "a value the database cannot store")], reason="VALUE_NOT_STORABLE")
-    if isinstance(exc, _TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+    if isinstance(exc, _TRANSIENT) or (
+        isinstance(exc, DBAPIError)
+        and (exc.connection_invalidated or str(getattr(exc.orig, "sqlstate", "")).startswith(_SERVER_DOWN))
+    ):
         log.warning("transient failure", exc_info=exc)
         return errors.Unavailable("a backing service is unavailable; retry with backoff")
     log.error("unexpected failure", exc_info=exc)

@@ -18,6 +18,7 @@ from gateway.bridge import frames
 from gateway.bridge.config import BridgeConfig, BridgeStats
 from gateway.bridge.executors.base import (
     CloseFailed,
+    CloseFill,
     CloseRequest,
     Executor,
     ExecutorError,
@@ -278,12 +279,7 @@ class Orders:
                 log.exception("close failed in the terminal", extra={"command_id": command_id})
                 result = pb.CloseResult(command_id=command_id, success=False, error=f"terminal error: {exc}")
             else:
-                result = pb.CloseResult(
-                    command_id=command_id,
-                    success=True,
-                    close_price=decimal_text(done.close_price),
-                    closed_volume=decimal_text(done.closed_volume),
-                )
+                result = _closed(command_id, done)
             await self._close_outcome(result)
 
     async def _close_outcome(self, result: pb.CloseResult) -> None:
@@ -299,6 +295,28 @@ class Orders:
             extra={"command_id": command_id, "success": result.success, "error": result.error or None},
         )
 
+    async def _interrupted_close(self, command_id: str) -> pb.CloseResult:
+        """What became of a close the previous run claimed but never recorded: the terminal's close when it
+        made one (a stop right after the broker closed must not report a failure for a closed position),
+        failed when it made none, and failed with "check the terminal" when it cannot tell. Never closed
+        again: a close is executed at most once."""
+        try:
+            done = await self.executor.find_close(command_id)
+        except Exception as exc:
+            log.warning(
+                "the terminal cannot say whether it closed", extra={"command_id": command_id, "error": str(exc)}
+            )
+            return pb.CloseResult(
+                command_id=command_id,
+                success=False,
+                error="interrupted: the bridge stopped while closing; check the terminal",
+            )
+        if done is None:
+            return pb.CloseResult(
+                command_id=command_id, success=False, error="interrupted: the bridge stopped before the terminal closed"
+            )
+        return _closed(command_id, done)
+
     # -- recovery after a restart
 
     async def recover(self) -> None:
@@ -313,13 +331,17 @@ class Orders:
             log.info("resuming a recorded delivery", extra={"delivery_id": delivery_id})
             self._spawn(self._execute(pb.Delivery.FromString(data)), f"delivery-{delivery_id}")
         for command_id, _ in await self.outbox.db(ledger.closes_in, State.EXECUTING):
-            log.warning("close order was interrupted", extra={"command_id": command_id})
-            await self._close_outcome(
-                pb.CloseResult(
-                    command_id=command_id,
-                    success=False,
-                    error="interrupted: the bridge stopped while closing; check the terminal",
-                )
-            )
+            log.warning("close order was interrupted; asking the terminal", extra={"command_id": command_id})
+            await self._close_outcome(await self._interrupted_close(command_id))
         for command_id, data in await self.outbox.db(ledger.closes_in, State.RECEIVED):
             self._spawn(self._execute_close(pb.CloseOrder.FromString(data)), f"close-{command_id}")
+
+
+def _closed(command_id: str, done: CloseFill) -> pb.CloseResult:
+    """The CloseResult of a close the terminal made."""
+    return pb.CloseResult(
+        command_id=command_id,
+        success=True,
+        close_price=decimal_text(done.close_price),
+        closed_volume=decimal_text(done.closed_volume),
+    )

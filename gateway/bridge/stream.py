@@ -149,10 +149,7 @@ class Stream:
 
     async def _await_welcome(self, session: Session) -> None:
         while True:
-            frame = await session.call.read()
-            if frame is grpc.aio.EOF:
-                raise SessionEnded("the gateway closed the stream before Welcome")
-            session.last_heard = asyncio.get_running_loop().time()
+            frame = await self._next(session, "the gateway closed the stream before Welcome")
             if frame.WhichOneof("body") == "welcome":
                 welcome = frame.welcome
                 session.session_id = welcome.session_id
@@ -182,11 +179,19 @@ class Stream:
 
     async def _read_loop(self, session: Session) -> None:
         while True:
-            frame = await session.call.read()
-            if frame is grpc.aio.EOF:
-                raise SessionEnded("the gateway ended the stream")
-            session.last_heard = asyncio.get_running_loop().time()
-            await self._dispatch(session, frame)
+            await self._dispatch(session, await self._next(session, "the gateway ended the stream"))
+
+    async def _next(self, session: Session, ended: str) -> pb.GatewayFrame:
+        """The next frame; the session ends (SessionEnded, saying ``ended``) at the end of the stream, and
+        also on bytes that are not a GatewayFrame (grpc hands those over as None): a connection whose bytes
+        were damaged is left for a new one, never the end of the bridge."""
+        frame = await session.call.read()
+        if frame is grpc.aio.EOF:
+            raise SessionEnded(ended)
+        if not isinstance(frame, pb.GatewayFrame):
+            raise SessionEnded("a frame from the gateway did not parse")
+        session.last_heard = asyncio.get_running_loop().time()
+        return frame
 
     async def _dispatch(self, session: Session, frame: pb.GatewayFrame) -> None:
         kind = frame.WhichOneof("body")

@@ -33,7 +33,7 @@ from backoffice.models import (
 )
 from backoffice.platform.config import Settings
 from tests.backoffice.monitor.support import commands, instrument, quote, submit
-from tests.conftest import ROOT_DIR, KeyCredentials, UserCredentials, run_module, server_env
+from tests.conftest import REDIS_URL, ROOT_DIR, KeyCredentials, UserCredentials, run_module, server_env
 from tests.gateway.support import Book, eventually, row
 
 
@@ -123,7 +123,7 @@ async def test_killing_the_worker_in_the_middle_never_doubles_a_close(
     closed_after = [
         await book.position(device.id, signal_instrument=second, entry="100", stop_loss="99") for _ in range(10)
     ]
-    env = server_env(settings, SIGNALHUB_MONITOR_SWEEP_SECONDS="0.2", SIGNALHUB_LOG_LEVEL="WARNING")
+    env = server_env(settings.database_url, REDIS_URL, monitor_sweep_seconds="0.2")
     worker_process = run_module("backoffice.cli", "serve", "worker", env=env, cwd=ROOT_DIR)
     try:
         await submit(backoffice_channel, producer, quote(first, "98"))

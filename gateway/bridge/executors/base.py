@@ -149,6 +149,12 @@ class Executor(ABC):
     @abstractmethod
     async def positions(self) -> list[HeldPosition]: ...
 
+    async def find_close(self, command_id: str) -> CloseFill | None:
+        """The close made earlier for ``command_id`` (after a crash in the middle of it), or None when the
+        terminal knows it made none; raises ExecutorError when it cannot tell (by default: an executor that
+        keeps no record of closes by command)."""
+        raise ExecutorError(f"this terminal cannot look up close {command_id}")
+
     async def stop(self) -> None:
         """Release the terminal (nothing to release by default)."""
         return None

@@ -109,6 +109,7 @@ class PaperExecutor(Executor):
         self._realised = Decimal(0)
         self.fills: list[tuple[OrderRequest, OrderFill]] = []  # every fill, in order (tests count them)
         self.closes: list[tuple[CloseRequest, CloseFill]] = []
+        self._closed: dict[str, CloseFill] = {}  # by command id
 
     async def start(self) -> None:
         return None
@@ -232,7 +233,11 @@ class PaperExecutor(Executor):
             self._positions[position.broker_ticket] = replace(position, volume=position.volume - volume)
         result = CloseFill(close_price, volume)
         self.closes.append((request, result))
+        self._closed[request.command_id] = result
         return result
+
+    async def find_close(self, command_id: str) -> CloseFill | None:
+        return self._closed.get(command_id)
 
     async def positions(self) -> list[HeldPosition]:
         return list(self._positions.values())

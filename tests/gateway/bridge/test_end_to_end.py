@@ -5,11 +5,8 @@ entry price whose fill and quotes the gateway takes."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,10 +14,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
 from backoffice.bootstrap import Resources
@@ -32,48 +27,9 @@ from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecuto
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
-from tests.conftest import KeyCredentials, UserCredentials
+from tests.conftest import KeyCredentials, UserCredentials, free_port, server_env, subscribe, wait_serving
 from tests.gateway.bridge.scripted import REPO, ledger_rows, spawn
 from tests.gateway.support import eventually
-
-
-def _gateway_env(settings: Settings, address: str) -> dict[str, str]:
-    """A gateway replica as its own process, on the test database and Redis."""
-    master = settings.require_master_key()
-    return {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'proto'}",
-        "SIGNALHUB_DATABASE_URL": settings.database_url,
-        "SIGNALHUB_REDIS_URL": settings.redis_url,
-        "SIGNALHUB_MASTER_KEY": base64.b64encode(master.key.reveal()).decode(),
-        "SIGNALHUB_MASTER_KEY_ID": master.key_id,
-        "SIGNALHUB_GATEWAY_ADDRESS": address,
-        "SIGNALHUB_METRICS_ADDRESS": f"127.0.0.1:{_free_port()}",
-        "SIGNALHUB_ACK_TIMEOUT_SECONDS": "1",
-        "SIGNALHUB_SWEEP_INTERVAL_SECONDS": "0.5",
-        "SIGNALHUB_SHUTDOWN_GRACE_SECONDS": "1",
-        "SIGNALHUB_LOG_LEVEL": "WARNING",
-    }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _serving(address: str, process: subprocess.Popen[bytes]) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        for _ in range(300):
-            if process.poll() is not None:
-                raise AssertionError(f"gateway {address} exited with {process.returncode}")
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"gateway {address} is not serving")
 
 
 @contextlib.asynccontextmanager
@@ -83,12 +39,19 @@ async def _gateway_processes(
     started: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
         for _ in range(count):
-            address = f"127.0.0.1:{_free_port()}"
+            address = f"127.0.0.1:{free_port()}"
             command = [sys.executable, "-m", "backoffice.cli", "serve", "gateway"]
-            process = spawn(command, env=_gateway_env(settings, address), cwd=REPO)
+            env = server_env(
+                settings.database_url,
+                settings.redis_url,
+                gateway_address=address,
+                ack_timeout_seconds="1",
+                sweep_interval_seconds="0.5",
+            )
+            process = spawn(command, env=env, cwd=REPO)
             started.append((address, process))
         for address, process in started:
-            await _serving(address, process)
+            await wait_serving(address, process)
         yield started
     finally:
         for _, process in started:
@@ -99,19 +62,6 @@ async def _gateway_processes(
                 await asyncio.to_thread(process.wait, 15)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-async def _subscribe(
-    channel: grpc.aio.Channel, user: UserCredentials, producer: KeyCredentials, mode: bpb.SubscriptionMode.ValueType
-) -> None:
-    request = bpb.SubscribeRequest(
-        request_id=str(uuid.uuid4()),
-        producer_id=str(producer.id),
-        mode=mode,
-        sizing=bpb.SIZING_MODE_FIXED_VOLUME,
-        sizing_value="0.10",
-    )
-    await brpc.ApprovalServiceStub(channel).Subscribe(request, metadata=user.metadata, timeout=10)
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
@@ -134,7 +84,7 @@ async def test_end_to_end_approve_receive_ack_fill(
 ) -> None:
     """A MANUAL signal approved by the trader reaches the paper bridge, fills, and GetSignalExecution shows
     the fill with every stage the bridge reported."""
-    await _subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_MANUAL)
+    await subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_MANUAL)
     executor = PaperExecutor(PaperConfig(seed=4, slippage_ticks=2))
     config = BridgeConfig(str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db")
     client = BridgeClient(config, signing.parse_secret(device.secret), executor)
@@ -191,7 +141,7 @@ async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_onc
     gateway is SIGKILLed. The bridge moves to the second one, which sends again whatever has no RECEIVED;
     every delivery is still executed exactly once."""
     per_wave = 10
-    await _subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_AUTO)
+    await subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_AUTO)
     executor = PaperExecutor(PaperConfig(seed=5, latency=0.02))
     ledger = tmp_path / "ledger.db"
 
@@ -267,7 +217,7 @@ async def test_an_absurd_entry_price_fills_and_quotes_what_the_gateway_takes(
     """A signal at 0.000000000001 (a valid price, far below gold's tick) through the paper bridge: its
     market stays on the tick grid above zero, so the SELL fill and every quote after it are accepted
     (they used to be refused: a bid of -0.00, sent again every quote_refresh)."""
-    await _subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_AUTO)
+    await subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_AUTO)
     executor = PaperExecutor(PaperConfig(seed=6, slippage_ticks=3))
     config = BridgeConfig(
         str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db", quote_interval=0.05, quote_refresh=0.1

@@ -16,7 +16,10 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from gateway.bridge import OrderFill, OrderRequest, PaperConfig, PaperExecutor
+from gateway.bridge.executors.base import CloseFill, CloseRequest
 from signalhub.protocol import errors, signing
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
@@ -231,6 +234,59 @@ async def test_close_order_executes_once_and_reports(rig: Rig) -> None:
     await eventually(lambda: len(rig.gateway.of_kind("close_result")) == 3)
     failed = rig.gateway.of_kind("close_result")[-1].close_result
     assert not failed.success and "404" in failed.error
+
+
+class _TerminalThatHangsAfterClosing(PaperExecutor):
+    """A terminal that outlives the bridge: a close is made, then its answer never comes (until ``answer``)."""
+
+    def __init__(self) -> None:
+        super().__init__(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}))
+        self.answer = asyncio.Event()
+        self.close_first = True
+
+    async def close_position(self, request: CloseRequest) -> CloseFill:
+        if not self.close_first:
+            await self.answer.wait()
+        done = await super().close_position(request)
+        await self.answer.wait()
+        return done
+
+
+@pytest.mark.parametrize("closed", [True, False])
+async def test_a_close_interrupted_by_a_stop_is_reported_as_the_terminal_made_it(rig: Rig, closed: bool) -> None:
+    """A bridge stopped abruptly while a close is in the terminal's hands (the ledger says ``executing``):
+    the next run asks the terminal and reports the close it made (a closed position is never reported as a
+    failure), or a failure when it made none; it never closes twice. Found by the fault suite's bridge
+    SIGKILL."""
+    terminal = _TerminalThatHangsAfterClosing()
+    terminal.close_first = closed
+    client = rig.start(terminal)
+    await client.connected.wait()
+    instruction = delivery()
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
+    ticket = rig.gateway.fills(delivery_id)[0].broker_ticket
+    command_id = str(uuid.uuid4())
+    rig.gateway.push(pb.Instruction(close=pb.CloseOrder(command_id=command_id, broker_ticket=ticket)))
+    await eventually(lambda: ledger_rows(rig.ledger, "close_commands")[:1] == [(command_id, "executing")])
+    await eventually(lambda: len(terminal.closes) == int(closed))
+    for _, task in rig.clients:  # an abrupt end: nothing recorded after "executing"
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    rig.clients.clear()
+
+    again = rig.start(terminal)  # the same terminal: it outlived the bridge
+    await again.connected.wait()
+    await eventually(lambda: bool(rig.gateway.of_kind("close_result")), what="the close result")
+    [result] = [f.close_result for f in rig.gateway.of_kind("close_result")]
+    assert result.command_id == command_id and result.success is closed
+    if closed:
+        assert Decimal(result.closed_volume) == Decimal("0.10") and result.close_price
+    else:
+        assert result.error.startswith("interrupted")
+    assert len(terminal.closes) == int(closed), "never closed again"
 
 
 # ---------------------------------------------------------------------------------------- unknown outcomes

@@ -3,11 +3,14 @@ are sent, and a terminal's quote the gateway would refuse is not sent."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
+import grpc
 import pytest
 
 from gateway.bridge import PaperConfig, PaperExecutor, Price
@@ -70,3 +73,27 @@ async def test_a_quote_the_gateway_would_refuse_is_not_sent(rig: Rig, caplog: py
             lambda: any("quote the gateway would refuse" in r.getMessage() for r in caplog.records), what="a warning"
         )
     assert rig.gateway.of_kind("quote") == [] and client.stats.quotes_sent == 0
+
+
+async def test_bytes_that_are_not_a_frame_end_the_session_never_the_bridge(rig: Rig) -> None:
+    """A gateway (or a damaged connection) hands the bridge bytes that are not a GatewayFrame: that
+    session ends and the bridge moves on to the next gateway; it used to die of an AttributeError. Found by
+    the fault suite's proxy (tests/reliability/test_network.py)."""
+
+    async def connect(requests: Any, context: Any) -> Any:
+        async for _ in requests:  # the Hello
+            yield b"\x0a\xff\xff"  # field 1, a length that never ends: no GatewayFrame parses from it
+            return
+
+    broken = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(connect)
+    service = grpc.method_handlers_generic_handler("signalhub.v1.DeviceGateway", {"Connect": handler})
+    broken.add_generic_rpc_handlers([service])
+    port = broken.add_insecure_port("127.0.0.1:0")
+    await broken.start()
+    try:
+        client = rig.start(paper(), gateways=(f"127.0.0.1:{port}", rig.gateway.address))
+        await asyncio.wait_for(client.connected.wait(), 15)
+        assert client.address == rig.gateway.address and client.stats.sessions == 2
+    finally:
+        await broken.stop(0)
