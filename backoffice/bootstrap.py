@@ -17,6 +17,7 @@ from backoffice.api.approvals import ApprovalServicer
 from backoffice.api.audit import AuditServicer
 from backoffice.api.devices import DeviceServicer
 from backoffice.api.executions import ExecutionServicer
+from backoffice.api.positions import PositionServicer
 from backoffice.api.signals import SignalServicer
 from backoffice.platform import db
 from backoffice.platform.auth import SignatureVerifier
@@ -50,9 +51,11 @@ class Resources:
     verifier: SignatureVerifier
 
 
-def open_redis(settings: Settings) -> Redis:
-    # Short timeouts: when Redis is down, callers fall back (nonces) or carry on (hints) quickly.
-    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+def open_redis(settings: Settings, *, block_seconds: float = 0.0) -> Redis:
+    """A Redis client with short timeouts: when Redis is down, callers fall back (nonces) or carry on
+    (hints) quickly. A client that blocks on purpose (the monitor on its stream) gets ``block_seconds``
+    more to read an answer."""
+    return Redis.from_url(settings.redis_url, socket_timeout=0.5 + block_seconds, socket_connect_timeout=0.5)
 
 
 @asynccontextmanager
@@ -96,6 +99,7 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         "ApprovalService": ApprovalServicer(res.sessions, res.vault, res.redis),
         "DeviceService": DeviceServicer(res.sessions, res.vault, res.redis, res.settings),
         "ExecutionService": ExecutionServicer(res.sessions),
+        "PositionService": PositionServicer(res.sessions, res.vault, res.redis, res.settings.quote_max_age_seconds),
         "AuditService": AuditServicer(res.sessions),
         "AffiliateService": AffiliateServicer(res.sessions, res.vault, Program.from_settings(res.settings)),
     }

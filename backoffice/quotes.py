@@ -1,19 +1,32 @@
-"""Latest quotes per instrument, from producers' price feeds and devices' brokers; the stop-loss and
-take-profit monitor reads them. One rule decodes a wire Quote, whoever sent it."""
+"""Quotes: market data from producers' price feeds (signalhub instruments) and devices' terminals (their
+broker's symbols). One rule decodes a wire Quote, whoever sent it. Only the latest quote per instrument
+and source is kept (one row per key, overwritten by newer quotes), never one row per quote frame.
+
+Each stored quote is also told to the monitor (``backoffice.monitor``) through the Redis stream of
+``backoffice.platform.hints``, after the commit; the monitor's periodic sweep re-reads the table, so a
+lost hint costs latency, never a trigger. A quote whose ``quote_time`` is older than the quote age limit
+is stale: it is kept, but triggers nothing.
+
+Whose positions a quote is read against (its ``Feed``): a producer's quote, every position whose signal
+named that instrument (on every device, whatever its symbol map calls it); a device's quote, that
+device's own positions on that broker symbol.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
-from uuid import UUID
 
+from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice.models import ActorType, Quote
+from backoffice.platform.db import any_id
 from signalhub.protocol import wire
 from signalhub.v1 import common_pb2
 
@@ -25,54 +38,195 @@ class QuoteIn:
     ask: Decimal
     quote_time: datetime
     source_type: ActorType
-    source_id: UUID
+    source_id: uuid.UUID
+    frame_id: str | None = None  # the device frame that carried it
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What a quote is read against: a producer's quote, the positions whose signal named ``instrument``;
+    a device's quote (``device_id`` set), that device's positions on the broker symbol ``instrument``."""
+
+    instrument: str
+    device_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A stored quote as the monitor reads it: its feed, prices, the source's time and the server's time
+    of receipt (which orders it against level changes)."""
+
+    feed: Feed
+    bid: Decimal
+    ask: Decimal
+    quote_time: datetime
+    received_at: datetime
+
+
+def feed_of(source_type: ActorType, source_id: uuid.UUID, instrument: str) -> Feed:
+    return Feed(instrument, source_id if source_type is ActorType.DEVICE else None)
 
 
 def parse_quote(
-    quote: common_pb2.Quote, prefix: str, *, instrument: re.Pattern[str], source_type: ActorType, source_id: UUID
+    quote: common_pb2.Quote,
+    prefix: str,
+    *,
+    instrument: re.Pattern[str],
+    source_type: ActorType,
+    source_id: uuid.UUID,
+    frame_id: str | None = None,
 ) -> QuoteIn:
     """A wire Quote (checked by ``wire.parse_quote``) as a domain quote of its source."""
     prices = wire.parse_quote(quote, prefix, instrument)
-    return QuoteIn(prices.instrument, prices.bid, prices.ask, prices.quote_time, source_type, source_id)
+    return QuoteIn(prices.instrument, prices.bid, prices.ask, prices.quote_time, source_type, source_id, frame_id)
 
 
-def latest(quotes: Iterable[QuoteIn]) -> dict[str, QuoteIn]:
-    """The newest quote of each instrument."""
-    found: dict[str, QuoteIn] = {}
+def newest(quotes: Iterable[QuoteIn]) -> dict[tuple[str, ActorType, uuid.UUID], QuoteIn]:
+    """The newest quote of each instrument and source."""
+    found: dict[tuple[str, ActorType, uuid.UUID], QuoteIn] = {}
     for quote in quotes:
-        current = found.get(quote.instrument)
+        key = (quote.instrument, quote.source_type, quote.source_id)
+        current = found.get(key)
         if current is None or current.quote_time <= quote.quote_time:
-            found[quote.instrument] = quote
+            found[key] = quote
     return found
 
 
-async def store_latest(session: AsyncSession, quotes: Iterable[QuoteIn], now: datetime) -> None:
-    """Upsert the newest quote per instrument; an older quote never overwrites a newer one. Sorted by
-    instrument, so two transactions upserting the same instruments lock them in the same order."""
-    newest = latest(quotes)
-    if not newest:
-        return
+async def store_latest(session: AsyncSession, quotes: Iterable[QuoteIn], now: datetime) -> list[Seen]:
+    """Upsert the newest quote per instrument and source; an older quote never overwrites a newer one.
+    Sorted by key, so two transactions upserting the same keys lock them in the same order. Returns the
+    quotes that were stored, for the monitor."""
+    found = newest(quotes)
+    if not found:
+        return []
     statement = insert(Quote).values(
         [
             {
                 "instrument": q.instrument,
+                "source_type": q.source_type,
+                "source_id": q.source_id,
                 "bid": q.bid,
                 "ask": q.ask,
                 "quote_time": q.quote_time,
-                "source_type": q.source_type,
-                "source_id": q.source_id,
+                "frame_id": q.frame_id,
                 "received_at": now,
             }
-            for _, q in sorted(newest.items())
+            for _, q in sorted(found.items(), key=lambda item: (item[0][0], item[0][1].value, item[0][2]))
         ]
     )
-    await session.execute(
+    result = await session.execute(
         statement.on_conflict_do_update(
-            index_elements=[Quote.instrument],
-            set_={
-                name: statement.excluded[name]
-                for name in ("bid", "ask", "quote_time", "source_type", "source_id", "received_at")
-            },
+            index_elements=[Quote.instrument, Quote.source_type, Quote.source_id],
+            set_={name: statement.excluded[name] for name in ("bid", "ask", "quote_time", "frame_id", "received_at")},
             where=Quote.quote_time <= statement.excluded.quote_time,
+        ).returning(Quote.instrument, Quote.source_type, Quote.source_id)
+    )
+    return [_seen(found[(row.instrument, row.source_type, row.source_id)], now) for row in result]
+
+
+def _seen(quote: QuoteIn, received_at: datetime) -> Seen:
+    return Seen(
+        feed_of(quote.source_type, quote.source_id, quote.instrument),
+        quote.bid,
+        quote.ask,
+        quote.quote_time,
+        received_at,
+    )
+
+
+async def recorded_frames(
+    session: AsyncSession, device_frames: Iterable[tuple[uuid.UUID, str]]
+) -> set[tuple[uuid.UUID, str]]:
+    """Which (device, frame id) pairs set a stored quote: a repeat of such a frame is a DUPLICATE."""
+    pairs = set(device_frames)
+    if not pairs:
+        return set()
+    rows = await session.execute(
+        select(Quote.source_id, Quote.frame_id).where(
+            Quote.source_type == ActorType.DEVICE,
+            any_id(Quote.source_id, {device for device, _ in pairs}),
+            Quote.frame_id.in_({frame for _, frame in pairs}),
         )
     )
+    return {(row.source_id, row.frame_id) for row in rows if (row.source_id, row.frame_id) in pairs}
+
+
+def is_fresh(quote_time: datetime, now: datetime, max_age: timedelta) -> bool:
+    """A quote older than ``max_age`` (by its source's clock) is stale and triggers nothing."""
+    return now - quote_time <= max_age
+
+
+async def latest_fresh(
+    session: AsyncSession,
+    *,
+    signal_instrument: str,
+    device_id: uuid.UUID,
+    instrument: str,
+    now: datetime,
+    max_age: timedelta,
+) -> Seen | None:
+    """The newest fresh quote a position is read against: producers' quotes of its signal's instrument
+    and its device's own quotes of its broker symbol."""
+    row = (
+        await session.execute(
+            select(Quote)
+            .where(
+                or_(
+                    and_(Quote.source_type == ActorType.PRODUCER, Quote.instrument == signal_instrument),
+                    and_(
+                        Quote.source_type == ActorType.DEVICE,
+                        Quote.source_id == device_id,
+                        Quote.instrument == instrument,
+                    ),
+                ),
+                Quote.quote_time >= now - max_age,
+            )
+            .order_by(Quote.quote_time.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return None if row is None else stored(row)
+
+
+def stored(row: Quote) -> Seen:
+    return Seen(
+        feed_of(row.source_type, row.source_id, row.instrument), row.bid, row.ask, row.quote_time, row.received_at
+    )
+
+
+async def received_since(session: AsyncSession, since: datetime, *, limit: int = 10_000) -> list[Seen]:
+    """Quotes stored since ``since`` (the monitor's sweep), oldest first."""
+    rows = await session.scalars(
+        select(Quote).where(Quote.received_at >= since).order_by(Quote.received_at, Quote.quote_time).limit(limit)
+    )
+    return [stored(row) for row in rows]
+
+
+# -- the monitor's hints: a stored quote as a Redis stream entry and back
+
+
+def hint(seen: Seen) -> dict[str, str]:
+    return {
+        "q": seen.feed.instrument,
+        "d": str(seen.feed.device_id or ""),
+        "b": wire.decimal_text(seen.bid),
+        "a": wire.decimal_text(seen.ask),
+        "t": seen.quote_time.isoformat(),
+        "r": seen.received_at.isoformat(),
+    }
+
+
+def from_hint(fields: Mapping[str, str]) -> Seen | None:
+    """A quote hint read back; None when the entry is not one (or is garbled: hints are only hints)."""
+    try:
+        device = fields.get("d") or ""
+        seen = Seen(
+            Feed(fields["q"], uuid.UUID(device) if device else None),
+            Decimal(fields["b"]),
+            Decimal(fields["a"]),
+            datetime.fromisoformat(fields["t"]),
+            datetime.fromisoformat(fields["r"]),
+        )
+    except (KeyError, ValueError, ArithmeticError):
+        return None
+    return seen if seen.bid.is_finite() and seen.ask.is_finite() and seen.quote_time.tzinfo else None

@@ -31,6 +31,7 @@ from backoffice.models import (
 from backoffice.platform import paging
 from backoffice.platform.auth import Caller
 from backoffice.platform.idempotency import add_once
+from backoffice.positions import levels
 from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from signalhub.protocol.wire import parse_optional_decimal
 
@@ -51,6 +52,9 @@ class SignalDraft:
     signal_time: datetime
     expire_time: datetime
     payload: dict[str, Any] = field(default_factory=dict)
+    trailing_distance: Decimal | None = None
+    breakeven_trigger: Decimal | None = None
+    breakeven_offset: Decimal | None = None
 
 
 def draft(
@@ -66,13 +70,17 @@ def draft(
     payload_bytes: int,
     now: datetime,
     tolerance_seconds: int,
+    trailing_distance: str = "",
+    breakeven_trigger: str = "",
+    breakeven_offset: str = "",
 ) -> SignalDraft:
-    """Every rule of docs/contract.md's "Signal rules"; all broken ones are reported together."""
+    """Every rule of docs/contract.md's "Signal rules" (and of the hidden trailing stop and breakeven);
+    all broken ones are reported together."""
     violations: list[tuple[str, str]] = []
 
-    def decimal(value: str, name: str) -> Decimal | None:
+    def decimal(value: str, name: str, *, positive: bool = True) -> Decimal | None:
         try:
-            return parse_optional_decimal(value, name)
+            return parse_optional_decimal(value, name, positive=positive)
         except InvalidArgument as exc:
             violations.extend(exc.violations)
             return None
@@ -88,10 +96,10 @@ def draft(
     )
     if side is not None and entry is not None:
         below, above = ("stop_loss", "take_profit") if side is Side.BUY else ("take_profit", "stop_loss")
-        levels = {"stop_loss": stop, "take_profit": target}
-        if levels[below] is not None and not levels[below] < entry:  # type: ignore[operator]
+        given = {"stop_loss": stop, "take_profit": target}
+        if given[below] is not None and not given[below] < entry:  # type: ignore[operator]
             violations.append((below, f"must be below entry_price for a {side.value} signal"))
-        if levels[above] is not None and not levels[above] > entry:  # type: ignore[operator]
+        if given[above] is not None and not given[above] > entry:  # type: ignore[operator]
             violations.append((above, f"must be above entry_price for a {side.value} signal"))
     elif (
         side is not None
@@ -100,6 +108,10 @@ def draft(
         and ((side is Side.BUY and not stop < target) or (side is Side.SELL and not stop > target))
     ):
         violations.append(("stop_loss", f"is on the wrong side of take_profit for a {side.value} signal"))
+    trailing = decimal(trailing_distance, "trailing_distance")
+    trigger = decimal(breakeven_trigger, "breakeven_trigger")
+    offset = decimal(breakeven_offset, "breakeven_offset", positive=False)
+    violations += levels.check_breakeven(trigger, offset)
     if signal_time is None:
         violations.append(("signal_time", "is required"))
     elif abs((signal_time - now).total_seconds()) > tolerance_seconds:
@@ -116,7 +128,7 @@ def draft(
     if violations:
         raise InvalidArgument(violations)
     assert side is not None and signal_time is not None and expires is not None
-    return SignalDraft(instrument, side, entry, stop, target, signal_time, expires, payload)
+    return SignalDraft(instrument, side, entry, stop, target, signal_time, expires, payload, trailing, trigger, offset)
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,9 @@ async def _store(
         signal_time=signal.signal_time,
         expire_time=signal.expire_time,
         payload=signal.payload,
+        trailing_distance=signal.trailing_distance,
+        breakeven_trigger=signal.breakeven_trigger,
+        breakeven_offset=signal.breakeven_offset,
         status=SignalStatus.OPEN,
     )
     await add_once(session, row)
@@ -172,6 +187,7 @@ async def _store(
 class Cancellation:
     signal: Signal
     woken_devices: tuple[uuid.UUID, ...]
+    closing_positions: tuple[uuid.UUID, ...] = ()
 
 
 async def cancel(
@@ -181,11 +197,13 @@ async def cancel(
     *,
     reason: str,
     request_id: str,
+    close_positions: bool = False,
     now: datetime | None = None,
 ) -> Cancellation:
-    """Cancel an open signal: undecided approvals expire, deliveries without a RECEIVED ack are cancelled
-    (never re-sent), and every open position from it gets a SIGNAL_CANCELLED close command (so does one a
-    late fill opens: ``backoffice.positions.open_positions``)."""
+    """Cancel an open signal: undecided approvals expire and deliveries without a RECEIVED ack are
+    cancelled (never re-sent). With ``close_positions``, every open position from it also gets a
+    SIGNAL_CANCELLED close command (so does one a late fill opens: ``backoffice.positions.opening``); asked
+    again of a signal already cancelled without it, only that happens."""
     now = now or datetime.now(UTC)
     if caller.kind is ActorType.USER and not caller.is_admin:
         raise PermissionDenied("only the signal's producer or an admin may cancel it")
@@ -195,29 +213,21 @@ async def cancel(
     if signal is None or (caller.kind is ActorType.PRODUCER and signal.producer_id != caller.id):
         raise NotFound("signal")
     status = signal.status_at(now)
-    if status is SignalStatus.CANCELLED:
+    if status is SignalStatus.CANCELLED and (signal.cancel_closes_positions or not close_positions):
         return Cancellation(signal, ())
     if status is SignalStatus.EXPIRED:
         raise FailedPrecondition("the signal has expired", reason="SIGNAL_NOT_OPEN")
-    signal.status = SignalStatus.CANCELLED
-    signal.cancelled_at = now
-    signal.cancel_reason = reason[:500] or None
-    await approvals.expire_undecided(session, [signal.id], now, "signal cancelled")
+    if status is SignalStatus.OPEN:
+        signal.status = SignalStatus.CANCELLED
+        signal.cancelled_at = now
+        signal.cancel_reason = reason[:500] or None
+        await approvals.expire_undecided(session, [signal.id], now, "signal cancelled")
+    # Also when only the positions are closed now: it locks the deliveries a late fill would need.
     await deliveries.cancel_for_signal(session, signal.id, now)
-    open_positions = (
-        await session.scalars(
-            select(Position)
-            .where(Position.signal_id == signal.id, Position.status == PositionStatus.OPEN)
-            .with_for_update()
-        )
-    ).all()
-    for position in open_positions:
-        position.status = PositionStatus.CLOSING
-    await positions.queue_closes(
-        session,
-        [positions.Closing(p.id, p.device_id, p.volume) for p in open_positions],
-        CloseReason.SIGNAL_CANCELLED,
-    )
+    queued: list[positions.Queued] = []
+    if close_positions:
+        signal.cancel_closes_positions = True
+        queued = await _close_positions(session, caller, signal.id, now)
     audit.record(
         session,
         actor_type=caller.kind,
@@ -225,11 +235,42 @@ async def cancel(
         action="CancelSignal",
         object_type="signal",
         object_id=signal.id,
-        details={"reason": signal.cancel_reason or "", "positions_closed": len(open_positions)},
+        details={"reason": signal.cancel_reason or "", "positions_closed": len(queued)},
         request_id=request_id,
     )
     await session.flush()
-    return Cancellation(signal, tuple(p.device_id for p in open_positions))
+    return Cancellation(signal, tuple(q.device_id for q in queued), tuple(q.position_id for q in queued))
+
+
+async def _close_positions(
+    session: AsyncSession, caller: Caller, signal_id: uuid.UUID, now: datetime
+) -> list[positions.Queued]:
+    """A SIGNAL_CANCELLED close command for each OPEN position of the signal, locked in id order."""
+    found = (
+        await session.scalars(
+            select(Position)
+            .where(Position.signal_id == signal_id, Position.status == PositionStatus.OPEN)
+            .order_by(Position.id)
+            .with_for_update()
+        )
+    ).all()
+    return await positions.queue_closes(
+        session,
+        [
+            positions.Closing(
+                p.id,
+                p.device_id,
+                p.volume,
+                CloseReason.SIGNAL_CANCELLED,
+                stop_loss=p.stop_loss,
+                take_profit=p.take_profit,
+            )
+            for p in found
+        ],
+        now,
+        actor_type=caller.kind,
+        actor_id=caller.id,
+    )
 
 
 def _visible_to(caller: Caller) -> Any:

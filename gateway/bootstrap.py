@@ -37,8 +37,12 @@ class GatewayServer(Server):
         )
         super().__init__(res.settings, address, [interceptor], [SERVICE.full_name])
         settings = res.settings
-        self.writer = UplinkWriter(res.sessions)
-        self.pusher = Pusher(res.sessions, ack_timeout_seconds=settings.ack_timeout_seconds)
+        self.writer = UplinkWriter(res.sessions, res.redis)
+        self.pusher = Pusher(
+            res.sessions,
+            ack_timeout_seconds=settings.ack_timeout_seconds,
+            max_close_attempts=settings.close_max_attempts,
+        )
         self.registry = SessionRegistry(res.redis, Services(settings, res.sessions, self.writer, self.pusher))
         self.listener = HintListener(res.redis, self.registry, on_reconnect=self._wake_all)
         self.sweeper = Sweeper(res.sessions, self.registry, settings)

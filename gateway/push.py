@@ -83,11 +83,13 @@ class Pusher:
         sessions: async_sessionmaker[AsyncSession],
         *,
         ack_timeout_seconds: float,
+        max_close_attempts: int = deliveries.DEFAULT_CLOSE_ATTEMPTS,
         workers: int = 2,
         max_devices: int = 500,
     ) -> None:
         self._sessions = sessions
         self._ack_timeout = timedelta(seconds=ack_timeout_seconds)
+        self._max_close_attempts = max_close_attempts
         self._workers = workers
         self._max_devices = max_devices
         # Woken streams by device; waking one twice before it is served costs nothing more.
@@ -136,7 +138,9 @@ class Pusher:
         try:
             if requests:
                 async with self._sessions.begin() as session:
-                    claim = await deliveries.claim(session, requests, datetime.now(UTC), self._ack_timeout)
+                    claim = await deliveries.claim(
+                        session, requests, datetime.now(UTC), self._ack_timeout, self._max_close_attempts
+                    )
             else:
                 claim = deliveries.Claim({}, frozenset())
         except BaseException:

@@ -1,10 +1,11 @@
 """The gateway's periodic work, so that nothing depends on a hint arriving.
 
 Every ``sweep_interval_seconds``: expire what can no longer be delivered (for every device, connected or
-not), wake the sessions of devices with something due (PENDING, or SENT and unacknowledged past the ack
-timeout), end sessions of devices revoked meanwhile and sessions a newer one replaced, and write
-``devices.last_seen_at`` in one statement for the devices heard from since it was last written (at most
-once per LAST_SEEN_EVERY per device, never once per frame).
+not) and close commands sent their bounded number of times without a CloseResult (their positions
+CLOSED_ERROR, with an alert), wake the sessions of devices with something due (PENDING, or SENT and
+unacknowledged past the ack timeout), end sessions of devices revoked meanwhile and sessions a newer one
+replaced, and write ``devices.last_seen_at`` in one statement for the devices heard from since it was last
+written (at most once per LAST_SEEN_EVERY per device, never once per frame).
 
 Every second or so, in memory only: a heartbeat to each stream that has not had one for
 ``heartbeat_seconds``, and the end of streams whose device has been silent for MISSED_HEARTBEATS periods.
@@ -20,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import deliveries
+from backoffice import alerts, deliveries, positions
 from backoffice.devices import presence
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import cancel_and_wait
@@ -56,11 +57,15 @@ class Sweeper:
         local = self._registry.sessions()
         monotonic = time.monotonic()
         stale = [s for s in local if s.last_heard > s.seen_recorded and monotonic - s.seen_recorded >= LAST_SEEN_EVERY]
+        ack_timeout = timedelta(seconds=self._settings.ack_timeout_seconds)
+        attempts = self._settings.close_max_attempts
         async with self._sessions.begin() as session:
             await deliveries.expire_due(session, now)
-            due = await deliveries.due_devices(session, now, timedelta(seconds=self._settings.ack_timeout_seconds))
+            raised = await positions.expire_closes(session, now, ack_timeout, attempts)
+            due = await deliveries.due_devices(session, now, ack_timeout, attempts)
             gone = await presence.revoked_among(session, [s.device_id for s in local])
             await presence.mark_seen(session, [s.device_id for s in stale], now)
+        alerts.announce(raised)
         for stream in stale:
             stream.seen_recorded = monotonic
         for stream in local:

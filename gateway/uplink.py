@@ -4,6 +4,8 @@ the process, and answered with Receipts.
 The writer groups the frames that are waiting (from any number of streams) into one transaction, so a
 burst of acks costs a few commits rather than one each; a Receipt is only made after its frame is
 committed. Each stream has at most one group in flight, so a device's frames apply in the order sent.
+After each commit it tells the monitor (the worker) of the quotes stored and the positions changed, on
+the Redis stream of ``backoffice.platform.hints``, and announces the alerts the batch raised.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy.exc import DBAPIError
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import deliveries, quotes
-from backoffice.deliveries import DeviceReport, Outcome, Verdict
+from backoffice import alerts, deliveries, quotes
+from backoffice.deliveries import DeviceReport, Outcome, Recorded, Verdict
 from backoffice.models import ActorType, DeliveryState
+from backoffice.platform import db, hints
 from backoffice.platform.metrics import FRAMES, UPLINK_BATCH, UPLINK_COMMIT
 from backoffice.platform.rpc_errors import build_status
 from backoffice.platform.serving import cancel_and_wait
@@ -40,8 +43,7 @@ MAX_TICKET = 64
 
 # Deadlock, serialization failure, unique violation (another stream recorded the same frame meanwhile):
 # the batch is retried, and the retry sees what the other transaction committed.
-_RETRY_SQLSTATES = {"40P01", "40001", "23505"}
-_RETRIES = 3
+_RETRY_SQLSTATES = db.RACE_SQLSTATES | {"23505"}
 
 _ACK_STAGES = {
     pb.ACK_STAGE_RECEIVED: DeliveryState.RECEIVED,
@@ -123,7 +125,12 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
     elif body == "quote":
         report = deliveries.QuoteReport(
             quotes.parse_quote(
-                frame.quote, "quote", instrument=SYMBOL_RE, source_type=ActorType.DEVICE, source_id=device_id
+                frame.quote,
+                "quote",
+                instrument=SYMBOL_RE,
+                source_type=ActorType.DEVICE,
+                source_id=device_id,
+                frame_id=frame.frame_id,
             )
         )
     elif body == "heartbeat":
@@ -155,8 +162,16 @@ class _Group:
 class UplinkWriter:
     """Applies the frames of every stream of this process, grouped into shared transactions."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, workers: int = 2, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        redis: Redis | None = None,
+        *,
+        workers: int = 2,
+        max_batch: int = 256,
+    ) -> None:
         self._sessions = sessions
+        self._redis = redis  # None: nobody to tell (the monitor's sweep still finds everything)
         self._workers = workers
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Group] = asyncio.Queue()
@@ -195,7 +210,7 @@ class UplinkWriter:
         if not live:
             return
         try:
-            outcomes = await self._transaction([r for g in live for r in g.reports])
+            recorded = await self._transaction([r for g in live for r in g.reports])
         except Exception as exc:
             if len(live) > 1:
                 # Whatever broke, it must not take the other streams' frames with it: apply them apart.
@@ -209,21 +224,28 @@ class UplinkWriter:
         for group in live:
             end = start + len(group.reports)
             if not group.future.done():
-                group.future.set_result(outcomes[start:end])
+                group.future.set_result(recorded.outcomes[start:end])
             start = end
+        await self._announce(recorded)
 
-    async def _transaction(self, reports: list[DeviceReport]) -> list[Outcome]:
-        for attempt in range(1, _RETRIES + 1):
-            try:
-                started = time.perf_counter()
-                async with self._sessions.begin() as session:
-                    outcomes = await deliveries.record_reports(session, reports, datetime.now(UTC))
-                UPLINK_COMMIT.observe(time.perf_counter() - started)
-                UPLINK_BATCH.observe(len(reports))
-                return outcomes
-            except DBAPIError as exc:
-                sqlstate = getattr(exc.orig, "sqlstate", None)
-                if attempt == _RETRIES or sqlstate not in _RETRY_SQLSTATES:
-                    raise
-                log.info("uplink batch retried", extra={"sqlstate": sqlstate, "attempt": attempt})
-        raise AssertionError("unreachable")
+    async def _announce(self, recorded: Recorded) -> None:
+        """What the committed batch changed, for the monitor; the alerts it raised, for people."""
+        alerts.announce(recorded.alerts)
+        entries = [quotes.hint(q) for q in recorded.quotes]
+        if recorded.position_ids:
+            entries.append(hints.positions_entry(recorded.position_ids))
+        if self._redis is not None:
+            await hints.publish_monitor(self._redis, entries)
+
+    async def _transaction(self, reports: list[DeviceReport]) -> Recorded:
+        started = time.perf_counter()
+        recorded = await db.retrying(
+            self._sessions,
+            lambda session: deliveries.record_reports(session, reports, datetime.now(UTC)),
+            log=log,
+            what="uplink batch",
+            sqlstates=_RETRY_SQLSTATES,
+        )
+        UPLINK_COMMIT.observe(time.perf_counter() - started)
+        UPLINK_BATCH.observe(len(reports))
+        return recorded

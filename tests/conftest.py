@@ -49,7 +49,13 @@ CONTRACT_VECTORS = json.loads(VECTORS_COPY.read_text())
 
 # Server-side loggers whose ERROR records mean a failure nobody planned for: an INTERNAL answer, or a
 # background round of the gateway or worker that broke. Client SDK loggers are left out on purpose.
-SERVER_LOGGERS = ("signalhub.rpc", "signalhub.gateway.push", "signalhub.gateway.sweeper", "signalhub.worker")
+SERVER_LOGGERS = (
+    "signalhub.rpc",
+    "signalhub.gateway.push",
+    "signalhub.gateway.sweeper",
+    "signalhub.worker",
+    "signalhub.monitor",
+)
 
 
 class _UnplannedFailures(logging.Handler):

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import quotes, signals
 from backoffice.models import ActorType, Side, SignalStatus
+from backoffice.platform import hints
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
@@ -40,6 +41,9 @@ def encode_signal(view: SignalView) -> pb.Signal:
     if view.show_levels:
         message.stop_loss = wire.decimal_text(signal.stop_loss)
         message.take_profit = wire.decimal_text(signal.take_profit)
+        message.trailing_distance = wire.decimal_text(signal.trailing_distance)
+        message.breakeven_trigger = wire.decimal_text(signal.breakeven_trigger)
+        message.breakeven_offset = wire.decimal_text(signal.breakeven_offset)
     if view.show_payload:
         message.payload.CopyFrom(wire.dict_to_struct(signal.payload))
     return message
@@ -50,6 +54,7 @@ class SignalServicer:
         self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis, tolerance_seconds: int
     ) -> None:
         self._sessions = sessions
+        self._redis = redis
         self._mutations = Mutations(sessions, vault, redis)
         self._tolerance = tolerance_seconds
 
@@ -75,6 +80,9 @@ class SignalServicer:
                 payload_bytes=request.payload.ByteSize(),
                 now=now,
                 tolerance_seconds=self._tolerance,
+                trailing_distance=request.trailing_distance,
+                breakeven_trigger=request.breakeven_trigger,
+                breakeven_offset=request.breakeven_offset,
             )
             submitted = await signals.submit(session, caller.id, request_uuid, draft, now)
             wake.add(submitted.woken_devices)
@@ -88,9 +96,15 @@ class SignalServicer:
 
         async def cancel(session: AsyncSession, wake: Wake) -> pb.Signal:
             done = await signals.cancel(
-                session, caller, signal_id, reason=request.reason, request_id=request.request_id
+                session,
+                caller,
+                signal_id,
+                reason=request.reason,
+                request_id=request.request_id,
+                close_positions=request.close_positions,
             )
             wake.add(done.woken_devices)
+            wake.add_positions(done.closing_positions)
             return encode_signal(signals.view_for_producer(done.signal))
 
         return await self._mutations.run(caller.id, request, pb.Signal, cancel)
@@ -106,7 +120,8 @@ class SignalServicer:
             for i, q in enumerate(request.quotes)
         ]
         async with self._sessions.begin() as session:
-            await quotes.store_latest(session, decoded, datetime.now(UTC))
+            stored = await quotes.store_latest(session, decoded, datetime.now(UTC))
+        await hints.publish_monitor(self._redis, [quotes.hint(q) for q in stored])
         return pb.SubmitQuotesResponse(accepted_count=len(decoded))
 
     async def GetSignal(self, request: pb.GetSignalRequest, context: Any) -> pb.Signal:

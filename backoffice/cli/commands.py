@@ -60,12 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--from", dest="source", type=Path, required=True, help="a file written by backup")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
     from backoffice.cli import affiliate as affiliate_cli
+    from backoffice.cli import positions as positions_cli
     from backoffice.producer import cli as producer_cli  # each client command defines its own arguments
     from gateway.bridge import cli as bridge_cli
 
     producer_cli.add_arguments(commands.add_parser("producer", help="act as a producer (signed calls)"))
     bridge_cli.add_arguments(commands.add_parser("bridge", help="run an EA bridge (paper or MetaTrader 5)"))
     affiliate_cli.add_arguments(commands.add_parser("affiliate", help="referrals, commissions and payouts"))
+    positions_cli.add_arguments(
+        commands.add_parser("positions", help="your positions: list, close, move the hidden levels (API token)")
+    )
     return parser
 
 
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             logs.configure("WARNING")
             asyncio.run(_up(args.state_dir))
             return
-        if args.command in ("producer", "bridge", "affiliate"):
+        if args.command in ("producer", "bridge", "affiliate", "positions"):
             logs.configure("WARNING")
             args.run(args)
             return

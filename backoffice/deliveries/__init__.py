@@ -11,12 +11,15 @@ Every function works inside the caller's transaction:
   execution event. A delivery is due while it has no RECEIVED ack: when PENDING, when it was sent on an
   earlier stream (the device reconnected), or when the ack timeout passed. Nothing is sent after its
   ``expire_time``: it becomes EXPIRED, with an EXPIRED event. A close command is due while PENDING, or
-  SENT on an earlier stream (it has no ack of its own; its CloseResult completes it).
+  SENT without a CloseResult (it has no ack of its own) on an earlier stream or past the ack timeout, at
+  most ``max_close_attempts`` sends in all (then ``backoffice.positions.expire_closes`` ends it).
 - ``expire_due`` (expiry.py) expires deliveries of devices that are not connected; ``due_devices`` names the devices
   with something due, for the gateway's periodic sweep (a lost wake-up hint costs latency, never data).
 - ``record_reports`` (reports.py): a batch of device frames. Each one is kept as an immutable execution event and
-  applied to its delivery, close command, position or quote, in the caller's one transaction; the caller
-  commits before it answers any Receipt.
+  applied to its delivery, close command or position, in the caller's one transaction; the caller
+  commits before it answers any Receipt, then announces what the batch returned (quotes and positions
+  for the monitor, alerts). A quote is market data, not a record: only the newest per symbol is kept
+  (``backoffice.quotes``), and a repeat of the frame that set it is a DUPLICATE.
 
 What a device may report about a delivery of its own (anything else answers REJECTED, and a delivery of
 another device is NOT_FOUND, exactly like an unknown one):
@@ -24,19 +27,30 @@ another device is NOT_FOUND, exactly like an unknown one):
 - RECEIVED, PLACED and FILLED move a delivery forward from PENDING, SENT or EXPIRED (the device's word
   beats the server's presumption that it never arrived: the bridge itself refuses to place late). A stage
   the delivery has already reached or passed is a DUPLICATE (e.g. RECEIVED after FILLED, an ack that
-  arrived late); nothing is recorded or changed.
+  arrived late); nothing is recorded or changed. A further fill of a FILLED delivery is a partial fill
+  and adds to its position, unless it repeats a recorded fill exactly (ticket, price, volume, time):
+  then it is a DUPLICATE.
 - REJECTED ends a delivery that is not FILLED; after REJECTED, further acks are DUPLICATEs and a fill is
   refused. REJECTED after FILLED is refused too: both are conflicts a person must look at.
 - Deliveries that were never sent (SKIPPED, CANCELLED before it was sent, FAILED) accept nothing. One
   cancelled after it was sent counts as SENT: the bridge may have placed it, and a real fill is recorded
   (its position is closed at once, see ``backoffice.positions.open_positions``).
 
-A close command accepts one result: SUCCEEDED or FAILED; the same outcome again is a DUPLICATE, the other
-one is refused. Frames that are refused are not recorded.
+A close command accepts one result: SUCCEEDED or FAILED (also after it EXPIRED without one: the device's
+word about the broker wins); the same outcome again is a DUPLICATE, the other one is refused. Frames that
+are refused are not recorded.
 """
 
 from backoffice.deliveries.cancel import cancel_for_signal
-from backoffice.deliveries.claim import Claim, ClaimRequest, CloseOrder, DeliveryOrder, Order, claim
+from backoffice.deliveries.claim import (
+    DEFAULT_CLOSE_ATTEMPTS,
+    Claim,
+    ClaimRequest,
+    CloseOrder,
+    DeliveryOrder,
+    Order,
+    claim,
+)
 from backoffice.deliveries.create import Created, create_for_approval
 from backoffice.deliveries.expiry import due_devices, expire_due
 from backoffice.deliveries.reports import (
@@ -49,6 +63,7 @@ from backoffice.deliveries.reports import (
     HeartbeatReport,
     Outcome,
     QuoteReport,
+    Recorded,
     Report,
     Verdict,
     record_reports,
@@ -57,6 +72,7 @@ from backoffice.deliveries.states import EXPIRED_REASON, MAY_FILL, UNRECEIVED
 
 __all__ = [
     "ACCEPTED",
+    "DEFAULT_CLOSE_ATTEMPTS",
     "DUPLICATE",
     "EXPIRED_REASON",
     "MAY_FILL",
@@ -74,6 +90,7 @@ __all__ = [
     "Order",
     "Outcome",
     "QuoteReport",
+    "Recorded",
     "Report",
     "Verdict",
     "cancel_for_signal",

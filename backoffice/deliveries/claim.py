@@ -1,5 +1,5 @@
-"""What is due for connected devices, marked SENT: deliveries without a RECEIVED ack and pending close
-commands, oldest first (see the package docstring for when each is due)."""
+"""What is due for connected devices, marked SENT: deliveries without a RECEIVED ack and close commands
+without a CloseResult, oldest first (see the package docstring for when each is due)."""
 
 from __future__ import annotations
 
@@ -69,8 +69,16 @@ class Claim:
     more: frozenset[uuid.UUID]  # devices that may have more due than they had room for
 
 
+# Sends of a close command without a CloseResult; after that it waits for expire_closes.
+DEFAULT_CLOSE_ATTEMPTS = 5
+
+
 async def claim(
-    session: AsyncSession, requests: Sequence[ClaimRequest], now: datetime, ack_timeout: timedelta
+    session: AsyncSession,
+    requests: Sequence[ClaimRequest],
+    now: datetime,
+    ack_timeout: timedelta,
+    max_close_attempts: int = DEFAULT_CLOSE_ATTEMPTS,
 ) -> Claim:
     """Mark what is due for these devices SENT and return it. Rows another transaction holds (another
     replica sending to the same device during a takeover, or a frame being applied) are skipped, never
@@ -130,7 +138,11 @@ async def claim(
                 any_id(CloseCommand.device_id, ids),
                 or_(
                     CloseCommand.status == CloseCommandStatus.PENDING,
-                    and_(CloseCommand.status == CloseCommandStatus.SENT, CloseCommand.sent_at < newest_connect),
+                    and_(
+                        CloseCommand.status == CloseCommandStatus.SENT,
+                        CloseCommand.attempt < max_close_attempts,
+                        CloseCommand.sent_at < max(resend_before, newest_connect),
+                    ),
                 ),
             )
             .order_by(CloseCommand.created_at, CloseCommand.id)
@@ -150,7 +162,9 @@ async def claim(
             candidates[row.device_id].append((row.created_at, row.id, False, row))
     for command in command_rows:
         request = wanted[command.device_id]
-        if command.status is CloseCommandStatus.PENDING or sent_before(command.sent_at, request.connected_at):
+        if command.status is CloseCommandStatus.PENDING or sent_before(
+            command.sent_at, max(resend_before, request.connected_at)
+        ):
             candidates[command.device_id].append((command.created_at, command.id, True, command))
     truncated = len(delivery_rows) >= fetch or len(command_rows) >= fetch
     more = set(ids) if truncated else set()

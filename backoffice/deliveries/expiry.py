@@ -7,10 +7,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import executions
+from backoffice.deliveries.claim import DEFAULT_CLOSE_ATTEMPTS
 from backoffice.deliveries.states import EXPIRED_REASON, UNRECEIVED
 from backoffice.models import (
     CloseCommand,
@@ -64,7 +65,9 @@ async def expire_due(
     return [(row.id, row.device_id) for row in expired]
 
 
-async def due_devices(session: AsyncSession, now: datetime, ack_timeout: timedelta) -> set[uuid.UUID]:
+async def due_devices(
+    session: AsyncSession, now: datetime, ack_timeout: timedelta, max_close_attempts: int = DEFAULT_CLOSE_ATTEMPTS
+) -> set[uuid.UUID]:
     """Devices with a delivery or close command to send now (without the re-sends a reconnect causes:
     a new stream claims those itself)."""
     deliveries = select(Delivery.device_id).where(
@@ -72,6 +75,15 @@ async def due_devices(session: AsyncSession, now: datetime, ack_timeout: timedel
         Delivery.expire_time > now,
         or_(Delivery.state == DeliveryState.PENDING, Delivery.sent_at <= now - ack_timeout),
     )
-    commands = select(CloseCommand.device_id).where(CloseCommand.status == CloseCommandStatus.PENDING)
+    commands = select(CloseCommand.device_id).where(
+        or_(
+            CloseCommand.status == CloseCommandStatus.PENDING,
+            and_(
+                CloseCommand.status == CloseCommandStatus.SENT,
+                CloseCommand.attempt < max_close_attempts,
+                CloseCommand.sent_at <= now - ack_timeout,
+            ),
+        )
+    )
     result = await session.execute(deliveries.union(commands))
     return set(result.scalars())

@@ -1,5 +1,7 @@
 """What devices report about their deliveries and close commands (acks, fills, close results, quotes,
-heartbeats), applied in the caller's transaction (see the package docstring for the rules)."""
+heartbeats), applied in the caller's transaction (see the package docstring for the rules). What the
+caller must announce after its commit (quotes and positions for the monitor, alerts raised) comes back
+with the outcomes."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from sqlalchemy import Text, any_, bindparam, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import executions, positions, quotes
+from backoffice import alerts, executions, positions, quotes
 from backoffice.affiliates import accrual
 from backoffice.devices.hello import Hello
 from backoffice.models import (
@@ -122,33 +124,50 @@ _PROGRESS = {
 _NEVER_SENT = (DeliveryState.SKIPPED, DeliveryState.CANCELLED, DeliveryState.FAILED)
 
 
+# A fill as the device described it: the same fill sent again under a new frame_id is a DUPLICATE,
+# another fill of the same delivery a partial fill that adds to its position.
+_FillKey = tuple[uuid.UUID, str, str, str, str]
+
+
 @dataclass
 class _Batch:
     now: datetime
     deliveries: dict[uuid.UUID, _DeliveryState]
     closes: dict[uuid.UUID, positions.CloseTarget]
     accounts: dict[uuid.UUID, Hello]
+    fills: set[_FillKey]
     events: list[dict[str, Any]] = field(default_factory=list)
     openings: list[positions.Opening] = field(default_factory=list)
     quotes: list[quotes.QuoteIn] = field(default_factory=list)
 
 
-async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> list[Outcome]:
+@dataclass(frozen=True)
+class Recorded:
+    """A batch's outcomes (one per frame) and what to announce once it is committed."""
+
+    outcomes: list[Outcome]
+    quotes: list[quotes.Seen]  # stored: the monitor reads them
+    position_ids: list[uuid.UUID]  # opened, added to or closed: the monitor re-reads them
+    alerts: list[alerts.Raised]
+
+
+async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> Recorded:
     """Apply a batch of frames in order; one Outcome per frame. A frame_id the device used before (or
     earlier in the batch) is a DUPLICATE. Locks are taken in id order, so concurrent batches never wait
     on each other in a cycle; a unique violation on (device_id, frame_id) means another transaction
     recorded the same frame meanwhile, and the caller retries the batch (this check then sees it)."""
     recorded = await _recorded_frames(session, reports)
+    deliveries = await _lock_deliveries(
+        session, {(r.report.delivery_id, r.device_id) for r in reports if isinstance(r.report, AckReport | FillReport)}
+    )
     batch = _Batch(
         now=now,
-        deliveries=await _lock_deliveries(
-            session,
-            {(r.report.delivery_id, r.device_id) for r in reports if isinstance(r.report, AckReport | FillReport)},
-        ),
+        deliveries=deliveries,
         closes=await positions.lock_close_targets(
             session, {(r.report.command_id, r.device_id) for r in reports if isinstance(r.report, CloseReport)}
         ),
         accounts={},
+        fills=await _recorded_fills(session, [d.id for d in deliveries.values() if d.state is DeliveryState.FILLED]),
     )
     if batch.closes:
         batch.accounts = await positions.accounts_of(session, {t.device_id for t in batch.closes.values()})
@@ -165,10 +184,11 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
     await accrual.enqueue_fills(session, batch.events)  # the worker accrues commissions, off this transaction
     await executions.insert_events(session, batch.events)
     await _write_deliveries(session, batch.deliveries.values(), now)
-    await positions.open_positions(session, batch.openings)
-    await positions.write_closes(session, batch.closes.values())
-    await quotes.store_latest(session, batch.quotes, batch.now)
-    return outcomes
+    opened = await positions.open_positions(session, batch.openings, now)
+    raised = await positions.write_closes(session, batch.closes.values(), now)
+    stored = await quotes.store_latest(session, batch.quotes, batch.now)
+    closed = [t.position.id for t in batch.closes.values() if t.changed]
+    return Recorded(outcomes, stored, opened + closed, raised)
 
 
 def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
@@ -179,19 +199,8 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
     if isinstance(report, CloseReport):
         return _apply_close(batch, item, report)
     if isinstance(report, QuoteReport):
-        quote = report.quote
-        body = {"instrument": quote.instrument, "bid": decimal_text(quote.bid), "ask": decimal_text(quote.ask)}
-        batch.events.append(
-            executions.event_row(
-                item.device_id,
-                EventKind.QUOTE,
-                batch.now,
-                frame_id=item.frame_id,
-                body=body,
-                event_time=quote.quote_time,
-            )
-        )
-        batch.quotes.append(quote)
+        # Market data, not a record: only the newest quote per symbol is kept (no execution event).
+        batch.quotes.append(report.quote)
         return ACCEPTED
     batch.events.append(
         executions.event_row(
@@ -209,6 +218,8 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
         return Outcome(Verdict.REJECTED, NotFound("delivery"))
     stage = report.stage if isinstance(report, AckReport) else DeliveryState.FILLED
     verdict = _transition(delivery.state, stage, sent=delivery.sent)
+    if isinstance(report, FillReport) and delivery.state is DeliveryState.FILLED:
+        verdict = Verdict.DUPLICATE if _fill_key(delivery.id, report) in batch.fills else Verdict.ACCEPTED
     if verdict is not Verdict.ACCEPTED:
         if verdict is Verdict.DUPLICATE:
             return DUPLICATE
@@ -234,6 +245,7 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
             price=decimal_text(report.price), volume=decimal_text(report.volume), broker_ticket=report.broker_ticket
         )
         kind, event_time = EventKind.FILL, report.fill_time
+        batch.fills.add(_fill_key(delivery.id, report))
         batch.openings.append(
             positions.Opening(
                 delivery_id=delivery.id,
@@ -322,16 +334,46 @@ def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outc
 
 
 async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport]) -> set[tuple[uuid.UUID, str]]:
-    pairs = {(r.device_id, r.frame_id) for r in reports}
+    """The frames of this batch recorded before: as an execution event, or as the frame that set a quote."""
+    pairs = {(r.device_id, r.frame_id) for r in reports if not isinstance(r.report, QuoteReport)}
+    found = await quotes.recorded_frames(
+        session, {(r.device_id, r.frame_id) for r in reports if isinstance(r.report, QuoteReport)}
+    )
     if not pairs:
-        return set()
+        return found
     rows = await session.execute(
         select(ExecutionEvent.device_id, ExecutionEvent.frame_id).where(
             any_id(ExecutionEvent.device_id, {device_id for device_id, _ in pairs}),
             ExecutionEvent.frame_id == any_(literal([frame_id for _, frame_id in pairs], ARRAY(Text))),
         )
     )
-    return {(row.device_id, row.frame_id) for row in rows if (row.device_id, row.frame_id) in pairs}
+    return found | {(row.device_id, row.frame_id) for row in rows if (row.device_id, row.frame_id) in pairs}
+
+
+def _fill_key(delivery_id: uuid.UUID, report: FillReport) -> _FillKey:
+    when = report.fill_time.isoformat() if report.fill_time else ""
+    return (delivery_id, report.broker_ticket, decimal_text(report.price), decimal_text(report.volume), when)
+
+
+async def _recorded_fills(session: AsyncSession, delivery_ids: Sequence[uuid.UUID]) -> set[_FillKey]:
+    """The fills recorded for these (FILLED) deliveries, as ``_fill_key`` describes them."""
+    if not delivery_ids:
+        return set()
+    rows = await session.execute(
+        select(ExecutionEvent.delivery_id, ExecutionEvent.body, ExecutionEvent.event_time).where(
+            any_id(ExecutionEvent.delivery_id, delivery_ids), ExecutionEvent.kind == EventKind.FILL
+        )
+    )
+    return {
+        (
+            row.delivery_id,
+            str(row.body.get("broker_ticket", "")),
+            str(row.body.get("price", "")),
+            str(row.body.get("volume", "")),
+            row.event_time.isoformat() if row.event_time else "",
+        )
+        for row in rows
+    }
 
 
 async def _lock_deliveries(

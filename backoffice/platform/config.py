@@ -70,6 +70,12 @@ class Settings:
     device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
     session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
     sweep_interval_seconds: float = 1.0  # how often the gateway re-reads what is pending (lost hints)
+    close_max_attempts: int = 5  # sends of a close command without a CloseResult before it EXPIRES
+    # The monitor (in the worker).
+    quote_max_age_seconds: float = 30.0  # an older quote (by its source's clock) is stale: it triggers nothing
+    monitor_sweep_seconds: float = 2.0  # how often it re-reads changed positions and stored quotes (lost hints)
+    device_silent_alert_seconds: int = 48 * 3600  # an open position's device not heard from this long: alert
+    disconnected_alert_seconds: int = 600  # a device with open positions disconnected this long: alert
     worker_interval_seconds: float = 30.0  # how often the worker runs its housekeeping round
 
     def __repr__(self) -> str:
@@ -180,6 +186,15 @@ class Settings:
         values["device_frame_burst"] = number("DEVICE_FRAME_BURST", defaults.device_frame_burst, 1, 1_000_000)
         values["session_queue_size"] = number("SESSION_QUEUE_SIZE", defaults.session_queue_size, 8, 65_536)
         values["sweep_interval_seconds"] = seconds("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds, 0.05, 300)
+        values["close_max_attempts"] = number("CLOSE_MAX_ATTEMPTS", defaults.close_max_attempts, 1, 100)
+        values["quote_max_age_seconds"] = seconds("QUOTE_MAX_AGE_SECONDS", defaults.quote_max_age_seconds, 0.1, 86400)
+        values["monitor_sweep_seconds"] = seconds("MONITOR_SWEEP_SECONDS", defaults.monitor_sweep_seconds, 0.05, 300)
+        values["device_silent_alert_seconds"] = number(
+            "DEVICE_SILENT_ALERT_SECONDS", defaults.device_silent_alert_seconds, 60, 30 * 86400
+        )
+        values["disconnected_alert_seconds"] = number(
+            "DISCONNECTED_ALERT_SECONDS", defaults.disconnected_alert_seconds, 60, 7 * 86400
+        )
         values["worker_interval_seconds"] = seconds(
             "WORKER_INTERVAL_SECONDS", defaults.worker_interval_seconds, 0.1, 3600
         )

@@ -1,14 +1,17 @@
-"""Engine and session factory: one per process, built by its composition root and passed down; and the
-one SQL idiom every module shares (id arrays as a single parameter)."""
+"""Engine and session factory: one per process, built by its composition root and passed down; the one
+SQL idiom every module shares (id arrays as a single parameter); and the one way a hot path retries a
+transaction that lost a race."""
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, any_, literal
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from backoffice.platform.config import Settings
@@ -59,3 +62,31 @@ def any_id(column: Any, ids: Iterable[uuid.UUID]) -> ColumnElement[bool]:
     """``column = ANY($1)``: one array parameter, so the statement is the same (and prepared once)
     however many ids there are; an IN list is a new statement per length and is capped in size."""
     return column == any_(literal(list(ids), UUID_ARRAY))  # type: ignore[no-any-return]
+
+
+T = TypeVar("T")
+# Deadlock and serialization failure: the transaction lost a race and may simply run again.
+RACE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+async def retrying(
+    sessions: async_sessionmaker[AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    log: logging.Logger,
+    what: str,
+    sqlstates: Collection[str] = RACE_SQLSTATES,
+    attempts: int = 3,
+) -> T:
+    """``work`` in a transaction of its own, run again (at most ``attempts`` times in all) when it fails
+    with one of ``sqlstates``; the retry sees what the winning transaction committed."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with sessions.begin() as session:
+                return await work(session)
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if attempt == attempts or sqlstate not in sqlstates:
+                raise
+            log.info(f"{what} retried", extra={"sqlstate": sqlstate, "attempt": attempt})
+    raise AssertionError("unreachable")

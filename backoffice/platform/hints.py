@@ -1,21 +1,32 @@
-"""Wake-up hints on Redis pub/sub. A hint only tells a gateway replica to re-read Postgres; losing one
-costs latency, never data (every reconnect and a periodic sweep re-read what is pending), so publishing
-never fails the caller's request."""
+"""Wake-up hints on Redis. A hint only tells someone to re-read Postgres; losing one costs latency, never
+data, so publishing never fails the caller's request.
+
+- Pub/sub per device: a gateway replica holding the device's stream reads what is pending (every
+  reconnect and a periodic sweep re-read it too).
+- The monitor stream: stored quotes and changed positions, for the worker's stop-loss / take-profit
+  monitor (``backoffice.monitor``), which also re-reads both tables periodically. A capped Redis stream
+  rather than pub/sub: two workers can both follow it, and a worker reading a moment late misses nothing.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger(__name__)
 
 DEVICE_CHANNEL_PREFIX = "sh:device:"
 WAKE = b"wake"  # something is pending for the device: read it
 REVOKED = b"revoked"  # the device was revoked: end its stream
+
+MONITOR_STREAM = "sh:monitor"
+MONITOR_STREAM_LENGTH = 100_000  # approximate cap: a worker further behind than this re-reads Postgres
+POSITIONS_FIELD = "p"  # an entry naming positions that changed (comma-separated ids)
 
 
 def device_channel(device_id: uuid.UUID | str) -> str:
@@ -33,3 +44,21 @@ async def publish(redis: Redis, device_ids: Iterable[uuid.UUID], message: bytes 
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("hint not published; the gateway sweep will catch up", extra={"error": str(exc)})
+
+
+def positions_entry(position_ids: Iterable[uuid.UUID]) -> dict[str, str]:
+    return {POSITIONS_FIELD: ",".join(sorted({str(p) for p in position_ids}))}
+
+
+async def publish_monitor(redis: Redis, entries: Sequence[Mapping[str, str]]) -> None:
+    """Append entries to the monitor stream (after the commit that made them true)."""
+    if not entries:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                fields: dict[FieldT, EncodableT] = {key: value for key, value in entry.items()}
+                pipe.xadd(MONITOR_STREAM, fields, maxlen=MONITOR_STREAM_LENGTH, approximate=True)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("monitor hint not published; its sweep will catch up", extra={"error": str(exc)})

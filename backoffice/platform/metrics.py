@@ -44,6 +44,19 @@ UPLINK_COMMIT = Histogram(
 )
 REDIS_UP = Gauge("signalhub_redis_up", "1 while the gateway's hint subscription to Redis is connected, else 0")
 
+# The monitor (in the worker) and the alerts any process raises.
+MONITOR_WATCHED = Gauge("signalhub_monitor_positions_watched", "OPEN positions whose hidden levels the monitor holds")
+MONITOR_QUOTES = Counter("signalhub_monitor_quotes_total", "Fresh quotes the monitor read against its books")
+MONITOR_ACTIONS = Counter(
+    "signalhub_monitor_actions_total", "What quotes did to positions: level moves and close commands", ["action"]
+)
+MONITOR_ROUND = Histogram(
+    "signalhub_monitor_round_seconds",
+    "One monitor transaction acting on the positions quotes reached",
+    buckets=_LATENCY,
+)
+ALERTS_RAISED = Counter("signalhub_alerts_raised_total", "Alerts raised (one per incident)", ["kind"])
+
 # The database pool of this process (read when scraped).
 DB_POOL_IN_USE = Gauge("signalhub_db_pool_in_use", "Database connections checked out of this process's pool")
 DB_POOL_SIZE = Gauge("signalhub_db_pool_size", "Database connections this process's pool holds open")

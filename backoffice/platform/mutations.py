@@ -1,6 +1,6 @@
 """The one way a servicer changes state: one transaction, run once per ``request_id`` (when the request
-carries one), and the devices to wake told through Redis only after the commit, so a gateway woken by the
-hint always reads what was committed."""
+carries one), and the devices to wake (and the positions the monitor should re-read) told through Redis
+only after the commit, so whoever the hint wakes always reads what was committed."""
 
 from __future__ import annotations
 
@@ -21,12 +21,17 @@ ResponseT = TypeVar("ResponseT", bound=Message)
 
 @dataclass
 class Wake:
-    """Devices to hint once the transaction has committed, by hint."""
+    """What to hint once the transaction has committed: devices, by hint, and positions the monitor
+    should re-read."""
 
     devices: dict[bytes, list[uuid.UUID]] = field(default_factory=dict)
+    positions: list[uuid.UUID] = field(default_factory=list)
 
     def add(self, device_ids: tuple[uuid.UUID, ...] | list[uuid.UUID], message: bytes = hints.WAKE) -> None:
         self.devices.setdefault(message, []).extend(device_ids)
+
+    def add_positions(self, position_ids: tuple[uuid.UUID, ...] | list[uuid.UUID]) -> None:
+        self.positions.extend(position_ids)
 
 
 @dataclass(frozen=True)
@@ -57,3 +62,6 @@ class Mutations:
             if device_ids:
                 assert self.redis is not None, "a mutation woke devices without Redis wired in"
                 await hints.publish(self.redis, device_ids, message)
+        if wake.positions:
+            assert self.redis is not None, "a mutation changed positions without Redis wired in"
+            await hints.publish_monitor(self.redis, [hints.positions_entry(wake.positions)])

@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     submit.add_argument("--entry", metavar="PRICE", help="entry price (decimal); omit for market")
     submit.add_argument("--stop-loss", metavar="PRICE", help="hidden stop-loss (decimal)")
     submit.add_argument("--take-profit", metavar="PRICE", help="hidden take-profit (decimal)")
+    submit.add_argument("--trailing-distance", metavar="PRICE", help="hidden trailing-stop distance (price units)")
+    submit.add_argument("--breakeven-trigger", metavar="PRICE", help="hidden breakeven: move in favour (price units)")
+    submit.add_argument("--breakeven-offset", metavar="PRICE", help="the breakeven stop's distance from the entry")
     submit.add_argument(
         "--signal-time",
         type=_aware_datetime,
@@ -98,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cancel = commands.add_parser("cancel", parents=[common], help="cancel one of your signals; prints the Signal")
     cancel.add_argument("--signal-id", required=True, type=_uuid, metavar="ID", help="the signal to cancel")
     cancel.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    cancel.add_argument(
+        "--close-positions", action="store_true", help="also close the positions opened from it (SIGNAL_CANCELLED)"
+    )
     cancel.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
     cancel.set_defaults(run=run_cancel)
 
@@ -120,6 +126,9 @@ def run_submit(args: argparse.Namespace) -> None:
             expire_time=timedelta(seconds=args.expire_seconds) if args.expire_seconds is not None else None,
             payload=args.payload,
             request_id=args.request_id,
+            trailing_distance=args.trailing_distance,
+            breakeven_trigger=args.breakeven_trigger,
+            breakeven_offset=args.breakeven_offset,
         )
 
     _run(args, call)
@@ -127,7 +136,9 @@ def run_submit(args: argparse.Namespace) -> None:
 
 def run_cancel(args: argparse.Namespace) -> None:
     async def call(client: ProducerClient) -> Message:
-        return await client.cancel_signal(args.signal_id, args.reason, request_id=args.request_id)
+        return await client.cancel_signal(
+            args.signal_id, args.reason, request_id=args.request_id, close_positions=args.close_positions
+        )
 
     _run(args, call)
 

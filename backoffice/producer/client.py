@@ -234,6 +234,9 @@ class ProducerClient:
         expire_time: datetime | timedelta | None = None,
         payload: Mapping[str, Any] | None = None,
         request_id: str | uuid.UUID | None = None,
+        trailing_distance: Decimalish | None = None,
+        breakeven_trigger: Decimalish | None = None,
+        breakeven_offset: Decimalish | None = None,
     ) -> pb.Signal:
         """Submit a signal and return it as stored. Repeating a ``request_id`` with the same request returns
         the first signal; with a different request it fails ``ALREADY_EXISTS``."""
@@ -247,14 +250,25 @@ class ProducerClient:
             expire_time=expire_time,
             payload=payload,
             request_id=request_id,
+            trailing_distance=trailing_distance,
+            breakeven_trigger=breakeven_trigger,
+            breakeven_offset=breakeven_offset,
         )
         return await self._call(SUBMIT_SIGNAL, request.SerializeToString(), pb.Signal, request.request_id)
 
     async def cancel_signal(
-        self, signal_id: str | uuid.UUID, reason: str, request_id: str | uuid.UUID | None = None
+        self,
+        signal_id: str | uuid.UUID,
+        reason: str,
+        request_id: str | uuid.UUID | None = None,
+        *,
+        close_positions: bool = False,
     ) -> pb.Signal:
-        """Cancel one of this producer's open signals and return it."""
-        request = pb.CancelSignalRequest(id=str(signal_id), request_id=request_id_text(request_id), reason=reason)
+        """Cancel one of this producer's open signals and return it; with ``close_positions``, the positions
+        opened from it are closed too (reason SIGNAL_CANCELLED)."""
+        request = pb.CancelSignalRequest(
+            id=str(signal_id), request_id=request_id_text(request_id), reason=reason, close_positions=close_positions
+        )
         return await self._call(CANCEL_SIGNAL, request.SerializeToString(), pb.Signal, request.request_id)
 
     async def submit_quotes(self, quotes: Iterable[common_pb2.Quote]) -> pb.SubmitQuotesResponse:

@@ -77,11 +77,15 @@ def submit_signal_request(
     expire_time: datetime | timedelta | None = None,
     payload: Mapping[str, Any] | None = None,
     request_id: str | uuid.UUID | None = None,
+    trailing_distance: Decimalish | None = None,
+    breakeven_trigger: Decimalish | None = None,
+    breakeven_offset: Decimalish | None = None,
 ) -> pb.SubmitSignalRequest:
     """The request ``ProducerClient.submit_signal`` sends.
 
     ``signal_time`` defaults to now; ``expire_time`` may be a ``timedelta`` after ``signal_time``; a
-    missing ``request_id`` becomes a new UUID4. The server applies the contract's rules.
+    missing ``request_id`` becomes a new UUID4. ``stop_loss``, ``take_profit``, ``trailing_distance`` and
+    the breakeven pair are hidden levels the server enforces. The server applies the contract's rules.
     """
     moment = signal_time if signal_time is not None else datetime.now(UTC)
     request = pb.SubmitSignalRequest(
@@ -90,7 +94,14 @@ def submit_signal_request(
         side=parse_side(side),
         signal_time=_timestamp(moment, "signal_time"),
     )
-    for name, value in (("entry_price", entry_price), ("stop_loss", stop_loss), ("take_profit", take_profit)):
+    for name, value in (
+        ("entry_price", entry_price),
+        ("stop_loss", stop_loss),
+        ("take_profit", take_profit),
+        ("trailing_distance", trailing_distance),
+        ("breakeven_trigger", breakeven_trigger),
+        ("breakeven_offset", breakeven_offset),
+    ):
         if value is not None:
             setattr(request, name, decimal_string(value, name))
     if expire_time is not None:

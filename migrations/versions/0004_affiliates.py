@@ -1,7 +1,7 @@
 """affiliates: referrals, the commission queue, commissions, payouts and the ledger
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-30
 
 The ledger is append-only and gapless: a trigger refuses UPDATE and DELETE, and an entry whose number
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

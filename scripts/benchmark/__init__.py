@@ -12,10 +12,11 @@ generator (a grpc.aio echo stream with no database, one Postgres commit, one Red
 the figures beside them. Results go to stdout and to ``bench/results.json``: a list of
 ``{"name", "value", "unit", "target", "met", "scenario"}``.
 
-Modules: ``cli`` (the run, phase by phase), ``options`` (the command line), ``system`` (servers and
-database), ``world`` (accounts, devices, producers; the public API), ``limits`` and ``echo`` (the bare
-limits), ``scenarios`` (one function each), ``loadgen`` and ``simdevice`` (the load processes and the
-simulated bridges they hold), ``meters`` (CPU and memory), ``report`` (figures, the table, results.json).
+Modules: ``cli`` (the run, phase by phase), ``options`` (the command line), ``system`` (servers, worker
+and database), ``world`` (accounts, devices, producers; the public API), ``limits`` and ``echo`` (the
+bare limits), ``scenarios`` (one function each; ``positions`` holds quote to CloseOrder), ``loadgen`` and
+``simdevice`` (the load processes and the simulated bridges they hold), ``meters`` (CPU and memory),
+``report`` (figures, the table, results.json).
 The load and echo processes are spawned and import only ``loadgen`` (with ``simdevice``) and ``echo``,
 and this ``__init__``, which imports nothing: a load process loads no server module.
 """

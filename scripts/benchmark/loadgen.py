@@ -43,6 +43,7 @@ async def _serve(worker: Worker, conn: Connection) -> None:
         "echo": worker.echo,
         "echo_paced": worker.echo_paced,
         "count": worker.count,
+        "closes": worker.closes,
         "drain": worker.drain,
         "collect": worker.collect,
         "close": worker.close,
@@ -100,6 +101,10 @@ class Worker:
     async def count(self, signal_ids: Sequence[str]) -> Message:
         wanted = set(signal_ids)
         return ("count", sum(1 for s, *_ in self.samples.deliveries if s in wanted), len(self.samples.receipts))
+
+    async def closes(self, position_ids: Sequence[str]) -> Message:
+        """When the CloseOrders of these positions arrived (those that did)."""
+        return ("closes", {p: self.samples.closes[p] for p in position_ids if p in self.samples.closes})
 
     async def drain(self, within: float) -> Message:
         await asyncio.gather(*(d.drain(within) for d in self.devices))
@@ -168,6 +173,13 @@ class LoadGenerator:
             merged.errors.extend(answer[4])
             merged.late += answer[5]
         return merged
+
+    async def closes(self, position_ids: Sequence[str]) -> dict[str, float]:
+        """When the CloseOrder of each of these positions reached its device, for those it did."""
+        found: dict[str, float] = {}
+        for answer in await self.ask("closes", list(position_ids)):
+            found.update(answer[1])
+        return found
 
     async def drain(self, within: float) -> int:
         """Wait (at most ``within`` seconds) for every written frame's receipt; the number still missing."""

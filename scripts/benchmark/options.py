@@ -17,6 +17,7 @@ class Options:
     """What the command line asked for, and the scenario sizes that follow from --quick."""
 
     quick: bool
+    only: tuple[str, ...]  # scenario names to run; empty runs them all
     devices: int
     users: int
     processes: int
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gateway", metavar="HOST:PORT", help="use a running gateway (with --backoffice)")
     parser.add_argument("--gateway-pid", type=int, help="the running gateway's pid, for memory per stream")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENARIO",
+        help="run only this scenario (repeat for more), e.g. 'quote to CloseOrder'; the bare limits always run",
+    )
     return parser
 
 
@@ -58,9 +66,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if bool(args.backoffice) != bool(args.gateway):
         parser.error("--backoffice and --gateway go together")
+    from .scenarios import SCENARIOS  # the names a person may give --only
+
+    unknown = sorted(set(args.only) - {name for name, _ in SCENARIOS})
+    if unknown:
+        parser.error(f"no such scenario: {', '.join(unknown)}")
     quick: bool = args.quick
     return Options(
         quick=quick,
+        only=tuple(args.only),
         devices=args.devices,
         users=args.users,
         processes=args.processes,

@@ -1,6 +1,6 @@
 """The scenarios against the real system, one function each, run in order over the same connected
-simulated bridges: approval to delivery, fan-out, acks at a steady rate, acks in a burst, and signed
-SubmitSignal. Each reports its figures beside the targets of docs/design.md."""
+simulated bridges: approval to delivery, fan-out, acks at a steady rate, acks in a burst, signed
+SubmitSignal, and quote to CloseOrder (``positions``). Each reports its figures beside the targets of docs/design.md."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .limits import Bare
 from .loadgen import LoadGenerator
 from .meters import CpuMeter, rss_kib
 from .options import Options
+from .positions import quote_to_close
 from .report import Report, ms, percentile, round_trips, throughput
 from .system import Stack
 from .world import Backoffice, World
@@ -209,6 +210,7 @@ SCENARIOS: tuple[tuple[str, Callable[[Run], Coroutine[Any, Any, None]]], ...] = 
     ("acks, steady", ack_steady),
     ("acks, burst", ack_burst),
     ("signed SubmitSignal", submit_signals),
+    ("quote to CloseOrder", quote_to_close),
 )
 
 
@@ -239,6 +241,8 @@ async def gateway_scenarios(options: Options, stack: Stack, world: World, report
         idle.report(report, f"{run.connected} streams connected, nothing to do")
         await run.load.collect()
         for name, scenario in SCENARIOS:
+            if options.only and name not in options.only:
+                continue
             began = time.monotonic()
             print(f"== {name}", flush=True)
             try:

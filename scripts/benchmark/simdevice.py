@@ -1,6 +1,7 @@
 """A simulated EA bridge, built on the protocol layer alone (``signalhub.protocol``): it signs the stream
 open, opens sealed deliveries and answers each at once with RECEIVED, PLACED and a Fill (no ledger, no
-broker), heartbeats, and times every frame it writes until its Receipt. It imports no server module, so
+broker), closes what a CloseOrder names at once (noting when it arrived), heartbeats, and times every
+frame it writes until its Receipt. It imports no server module, so
 it measures what any bridge speaking the contract would see."""
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Samples:
     receipts: list[tuple[float, float]] = field(default_factory=list)  # (written, receipted) of ack/fill frames
     rejected: int = 0  # receipts other than ACCEPTED/DUPLICATE
     errors: list[str] = field(default_factory=list)
+    closes: dict[str, float] = field(default_factory=dict)  # position id -> when its first CloseOrder arrived
 
 
 async def read_frame(call: Stream) -> pb.GatewayFrame | None:
@@ -145,6 +147,9 @@ class SimDevice:
         """Open a sealed instruction; a delivery is acked RECEIVED, and the first time also PLACED and
         filled at once (a redelivery only gets RECEIVED, as a bridge executes a delivery once)."""
         instruction = pb.Instruction.FromString(self.sealer.open(sealed.nonce, sealed.ciphertext))
+        if instruction.WhichOneof("body") == "close":
+            await self._on_close(instruction.close, received)
+            return
         if instruction.WhichOneof("body") != "delivery":
             return
         delivery = instruction.delivery
@@ -165,6 +170,14 @@ class SimDevice:
             fill_time=stamp,
         )
         await self._write(pb.DeviceFrame(fill=fill), track=True)
+
+    async def _on_close(self, close: pb.CloseOrder, received: float) -> None:
+        """Note when the order to close a position first arrived, and report it closed at once."""
+        self.samples.closes.setdefault(close.position_id, received)
+        result = pb.CloseResult(
+            command_id=close.command_id, success=True, close_price="2000.00", closed_volume=close.volume
+        )
+        await self._write(pb.DeviceFrame(close_result=result), track=False)
 
     async def _ack(self, delivery_id: str, stage: pb.AckStage.ValueType) -> None:
         await self._write(pb.DeviceFrame(ack=pb.Ack(delivery_id=delivery_id, stage=stage)), track=True)

@@ -1,5 +1,5 @@
-"""The system under test: a fresh database (dropped at the end) with the back office and one gateway
-started as ``signalhub serve`` children, their output in bench/logs/; or a stack already running."""
+"""The system under test: a fresh database (dropped at the end) with the back office, one gateway and the
+worker started as ``signalhub serve`` children, their output in bench/logs/; or a stack already running."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class Stack:
     gateway: str
     gateway_pid: int | None
     backoffice_pid: int | None = None
+    worker_pid: int | None = None  # the monitor runs there; None for a running stack named by address
 
     @property
     def pids(self) -> dict[str, int | None]:
@@ -111,8 +112,8 @@ def server_env(database_url: str, redis_url: str) -> dict[str, str]:
 
 async def start_stack(options: Options, stack: AsyncExitStack, sync_stack: ExitStack) -> Stack:
     """The running stack named on the command line, or a new one: a fresh database migrated to head, the
-    back office and the gateway started and serving. Everything started is stopped (and the database
-    dropped) when the exit stacks close."""
+    back office and the gateway started and serving, and the worker (the monitor) beside them. Everything
+    started is stopped (and the database dropped) when the exit stacks close."""
     if options.backoffice and options.gateway:
         settings = local.load_settings()
         print(f"== using the running stack: back office {options.backoffice}, gateway {options.gateway}", flush=True)
@@ -129,7 +130,7 @@ async def start_stack(options: Options, stack: AsyncExitStack, sync_stack: ExitS
     processes: dict[str, subprocess.Popen[bytes]] = {}
     logs = REPO / "bench" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for process in ("backoffice", "gateway"):
+    for process in ("backoffice", "gateway", "worker"):
         log_file = (logs / f"{process}.log").open("wb")
         sync_stack.callback(log_file.close)
         child_env = {**env, "SIGNALHUB_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"}
@@ -148,6 +149,7 @@ async def start_stack(options: Options, stack: AsyncExitStack, sync_stack: ExitS
         settings.gateway_address,
         processes["gateway"].pid,
         processes["backoffice"].pid,
+        processes["worker"].pid,
     )
 
 

@@ -1,11 +1,15 @@
-"""One housekeeping round of the worker against the real database."""
+"""The worker against the real database: one housekeeping round, and the monitor in a real worker process
+that is killed in the middle of its work."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+import grpc
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from backoffice import worker
@@ -17,6 +21,8 @@ from backoffice.models import (
     DeviceStatus,
     IdempotencyRecord,
     Nonce,
+    Position,
+    PositionStatus,
     Side,
     Signal,
     SignalStatus,
@@ -25,7 +31,10 @@ from backoffice.models import (
     SubscriptionMode,
     SubscriptionStatus,
 )
-from tests.conftest import KeyCredentials, UserCredentials
+from backoffice.platform.config import Settings
+from tests.backoffice.monitor.support import commands, instrument, quote, submit
+from tests.conftest import REDIS_URL, ROOT_DIR, KeyCredentials, UserCredentials, run_module, server_env
+from tests.gateway.support import Book, eventually, row
 
 
 async def test_run_once_expires_purges_and_marks_idle(
@@ -92,3 +101,64 @@ async def test_run_once_expires_purges_and_marks_idle(
     assert signal is not None and signal.status is SignalStatus.EXPIRED
     assert approval is not None and approval.status is ApprovalStatus.EXPIRED
     assert idle is not None and idle.status is DeviceStatus.INACTIVE
+
+
+async def test_killing_the_worker_in_the_middle_never_doubles_a_close(
+    res: Resources,
+    settings: Settings,
+    backoffice_channel: grpc.aio.Channel,
+    producer: KeyCredentials,
+    user: UserCredentials,
+    device: KeyCredentials,
+) -> None:
+    """`signalhub serve worker` as a real process. A first quote closes ten positions. A second quote
+    reaches ten more while the test holds one of their rows: the worker's transaction stops in the middle,
+    and the worker is SIGKILLed there. A new worker (a restart) closes those ten; the first ten, closing
+    already, are left alone: each position has exactly one close command."""
+    book = await Book.open(res, user.id)
+    first, second = instrument(), instrument()
+    closed_first = [
+        await book.position(device.id, signal_instrument=first, entry="100", stop_loss="99") for _ in range(10)
+    ]
+    closed_after = [
+        await book.position(device.id, signal_instrument=second, entry="100", stop_loss="99") for _ in range(10)
+    ]
+    env = server_env(settings.database_url, REDIS_URL, monitor_sweep_seconds="0.2")
+    worker_process = run_module("backoffice.cli", "serve", "worker", env=env, cwd=ROOT_DIR)
+    try:
+        await submit(backoffice_channel, producer, quote(first, "98"))
+        for position_id in closed_first:
+            await eventually(lambda p=position_id: _status(res, p, PositionStatus.CLOSING), "the first worker")
+        async with res.sessions.begin() as holder:
+            held = sorted(closed_after)[5]
+            await holder.execute(select(Position.id).where(Position.id == held).with_for_update())
+            await submit(backoffice_channel, producer, quote(second, "98"))
+            await eventually(lambda: _waiting_on_a_lock(res), "the worker to stop on the held row")
+            worker_process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(worker_process.wait, 15)
+        for position_id in closed_after:
+            assert (await row(res, Position, position_id)).status is PositionStatus.OPEN  # nothing committed
+        worker_process = run_module("backoffice.cli", "serve", "worker", env=env, cwd=ROOT_DIR)
+        for position_id in closed_after:
+            await eventually(lambda p=position_id: _status(res, p, PositionStatus.CLOSING), "the restarted worker")
+        await asyncio.sleep(1.0)  # its sweeps read both quotes again
+    finally:
+        worker_process.terminate()
+        await asyncio.to_thread(worker_process.wait, 15)
+    for position_id in closed_first + closed_after:
+        assert len(await commands(res, position_id)) == 1
+
+
+async def _status(res: Resources, position_id: uuid.UUID, status: PositionStatus) -> bool:
+    return (await row(res, Position, position_id)).status is status
+
+
+async def _waiting_on_a_lock(res: Resources) -> bool:
+    async with res.sessions() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+        )
+    return bool(waiting)

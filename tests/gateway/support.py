@@ -38,6 +38,7 @@ from backoffice.models import (
     SubscriptionMode,
     SubscriptionStatus,
 )
+from backoffice.positions.levels import Levels, start_trailing
 from gateway.bootstrap import GatewayServer
 from signalhub.protocol import signing
 from signalhub.protocol.sealing import InstructionSealer
@@ -345,9 +346,39 @@ class Book:
             )
         return delivery_id
 
-    async def position(self, device_id: uuid.UUID, *, volume: str = "0.10") -> uuid.UUID:
-        """An OPEN position, from a FILLED delivery."""
+    async def position(
+        self,
+        device_id: uuid.UUID,
+        *,
+        volume: str = "0.10",
+        side: Side = Side.BUY,
+        instrument: str = "GOLD.m",
+        signal_instrument: str = "XAUUSD",
+        entry: str = "2034.25",
+        stop_loss: str | None = "2030.55",
+        take_profit: str | None = "2040.77",
+        trailing_distance: str | None = None,
+        breakeven_trigger: str | None = None,
+        breakeven_offset: str | None = None,
+    ) -> uuid.UUID:
+        """An OPEN position, from a FILLED delivery, with the levels given (a trailing stop starts from
+        the entry, as a fill's would)."""
         delivery_id = await self.delivery(device_id, state=DeliveryState.FILLED)
+
+        def decimal(value: str | None) -> Decimal | None:
+            return None if value is None else Decimal(value)
+
+        levels = start_trailing(
+            Levels(
+                side,
+                Decimal(entry),
+                stop_loss=decimal(stop_loss),
+                take_profit=decimal(take_profit),
+                trailing_distance=decimal(trailing_distance),
+                breakeven_trigger=decimal(breakeven_trigger),
+                breakeven_offset=decimal(breakeven_offset),
+            )
+        )
         async with self.res.sessions.begin() as session:
             delivery = await session.get_one(Delivery, delivery_id)
             position = Position(
@@ -355,12 +386,17 @@ class Book:
                 device_id=device_id,
                 signal_id=delivery.signal_id,
                 delivery_id=delivery_id,
-                instrument="GOLD.m",
-                side=Side.BUY,
+                instrument=instrument,
+                signal_instrument=signal_instrument,
+                side=side,
                 volume=Decimal(volume),
-                entry_price=Decimal("2034.25"),
-                stop_loss=Decimal("2030.55"),
-                take_profit=Decimal("2040.77"),
+                entry_price=levels.entry,
+                stop_loss=levels.stop_loss,
+                take_profit=levels.take_profit,
+                trailing_distance=levels.trailing_distance,
+                best_price=levels.best_price,
+                breakeven_trigger=levels.breakeven_trigger,
+                breakeven_offset=levels.breakeven_offset,
                 broker_ticket="T-77",
                 status=PositionStatus.OPEN,
             )

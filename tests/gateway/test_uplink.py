@@ -176,11 +176,14 @@ async def test_repeats_are_duplicates_and_change_nothing(
         same_stage = device_stream.ack(delivery_id, pb.ACK_STAGE_RECEIVED)
         assert (await device_stream.receipt(same_stage)).status == DUPLICATE
         # A stage already passed (RECEIVED after FILLED) is a duplicate too.
-        await device_stream.receipt(device_stream.fill(delivery_id))
+        filled = device_stream.fill(delivery_id)
+        await device_stream.receipt(filled)
         fills = await count_events(res, device.id)
         late = device_stream.ack(delivery_id, pb.ACK_STAGE_PLACED)
         assert (await device_stream.receipt(late)).status == DUPLICATE
-        assert (await device_stream.receipt(device_stream.fill(delivery_id, price="1.00"))).status == DUPLICATE
+        # The same fill reported again under a new frame_id (not a further, partial fill): DUPLICATE.
+        again = pb.DeviceFrame(frame_id=device_stream.frame_id(), fill=filled.fill)
+        assert (await device_stream.receipt(again)).status == DUPLICATE
         assert await count_events(res, device.id) == fills == before + 1
     stored = await row(res, Delivery, delivery_id)
     assert stored.state is DeliveryState.FILLED
@@ -253,6 +256,9 @@ async def test_malformed_frames_are_refused_with_the_bad_fields(
 async def test_quotes_keep_the_latest_per_instrument(
     res: Resources, channel: grpc.aio.Channel, device: KeyCredentials
 ) -> None:
+    """Quotes are market data: the newest per symbol and device is kept, no execution event per frame;
+    an older one is taken and changes nothing, a repeat of the frame that set the stored one is a
+    DUPLICATE."""
     instrument = f"T{uuid.uuid4().hex[:8]}.m"
 
     def quote(bid: str, ask: str, seconds: int) -> pb.DeviceFrame:
@@ -263,18 +269,15 @@ async def test_quotes_keep_the_latest_per_instrument(
         return frame
 
     async with stream(channel, device) as device_stream:
-        assert (await device_stream.receipt(quote("1.10", "1.20", 10))).status == ACCEPTED
-        assert (await device_stream.receipt(quote("0.90", "1.00", 5))).status == ACCEPTED  # older: kept, not current
+        current = quote("1.10", "1.20", 10)
+        assert (await device_stream.receipt(current)).status == ACCEPTED
+        assert (await device_stream.receipt(quote("0.90", "1.00", 5))).status == ACCEPTED  # older: not current
+        assert (await device_stream.receipt(current)).status == DUPLICATE
         crossed = await device_stream.receipt(quote("2.00", "1.00", 20))
         assert crossed.status == REJECTED
-    stored = await row(res, Quote, instrument)
-    assert (stored.bid, stored.ask, stored.source_type, stored.source_id) == (
-        Decimal("1.10"),
-        Decimal("1.20"),
-        ActorType.DEVICE,
-        device.id,
-    )
-    assert len(await events(res, device.id, kind=EventKind.QUOTE)) == 2
+    stored = await row(res, Quote, (instrument, ActorType.DEVICE, device.id))
+    assert (stored.bid, stored.ask, stored.frame_id) == (Decimal("1.10"), Decimal("1.20"), current.frame_id)
+    assert await events(res, device.id, kind=EventKind.QUOTE) == []
 
 
 async def test_too_many_frames_end_the_stream(res: Resources, device: KeyCredentials) -> None:
@@ -299,7 +302,8 @@ async def test_the_same_frame_committed_meanwhile_by_another_stream_is_a_duplica
     writer.start()
     try:
         async with res.sessions.begin() as holder:
-            assert await deliveries.record_reports(holder, [report], datetime.now(UTC)) == [deliveries.ACCEPTED]
+            recorded = await deliveries.record_reports(holder, [report], datetime.now(UTC))
+            assert recorded.outcomes == [deliveries.ACCEPTED]
             racing = asyncio.create_task(writer.submit([report]))
             await asyncio.sleep(0.3)
             assert not racing.done()  # blocked on the uncommitted row with the same key

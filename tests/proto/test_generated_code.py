@@ -339,6 +339,7 @@ SERVICES: dict[str, dict[str, Rpc]] = {
     },
     "AuditService": {
         "ListAuditEvents": _unary("ListAuditEventsRequest", "ListAuditEventsResponse"),
+        "ListAlerts": _unary("ListAlertsRequest", "ListAlertsResponse"),
     },
 }
 
@@ -499,7 +500,7 @@ def test_gateway_frame_keeps_number_3_reserved() -> None:
 
 
 def test_no_hidden_levels_or_payload_in_gateway_messages() -> None:
-    forbidden = {"stop_loss", "take_profit", "payload"}
+    forbidden = {"stop_loss", "take_profit", "payload", "trailing_distance", "breakeven_trigger", "breakeven_offset"}
     for desc in FILES["gateway"].message_types_by_name.values():
         for nested in _nested_messages(desc):
             assert not forbidden & set(nested.fields_by_name), nested.full_name
@@ -585,7 +586,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "expire_time": TS,
         "payload": STRUCT,
     },
-    "CancelSignalRequest": {"id": "string", "request_id": "string", "reason": "string"},
+    "CancelSignalRequest": {"id": "string", "request_id": "string", "reason": "string", "close_positions": "bool"},
     "SubmitQuotesRequest": {"quotes": "repeated Quote"},
     "SubmitQuotesResponse": {"accepted_count": "int32"},
     "GetSignalRequest": {"id": "string"},
@@ -712,6 +713,21 @@ FIELDS: dict[str, dict[str, str]] = {
         "status": "PositionStatus",
         "close_price": "string",
         "profit": "string",
+        "signal_instrument": "string",
+        "trailing_distance": "string",
+        "breakeven_trigger": "string",
+        "breakeven_offset": "string",
+        "price_profit": "string",
+        "events": "repeated PositionEvent",
+    },
+    "PositionEvent": {
+        "id": "string",
+        "type": "PositionEventType",
+        "stop_loss": "string",
+        "take_profit": "string",
+        "price": "string",
+        "close_command_id": "string",
+        "reason": "CloseReason",
     },
     "GetPositionRequest": {"id": "string"},
     "ListPositionsResponse": {"positions": "repeated Position"},
@@ -721,6 +737,9 @@ FIELDS: dict[str, dict[str, str]] = {
         "request_id": "string",
         "stop_loss": "string",
         "take_profit": "string",
+        "trailing_distance": "string",
+        "breakeven_trigger": "string",
+        "breakeven_offset": "string",
     },
     "CloseCommand": {
         "id": "string",
@@ -786,6 +805,16 @@ FIELDS: dict[str, dict[str, str]] = {
         "request_id": "string",
     },
     "ListAuditEventsResponse": {"audit_events": "repeated AuditEvent"},
+    "Alert": {
+        "id": "string",
+        "kind": "AlertKind",
+        "status": "AlertStatus",
+        "device_id": "string",
+        "position_id": "string",
+        "message": "string",
+    },
+    "ListAlertsRequest": {"status": "AlertStatus", "kind": "AlertKind", "device_id": "string"},
+    "ListAlertsResponse": {"alerts": "repeated Alert"},
 }
 
 
@@ -831,7 +860,20 @@ ENUMS: dict[str, list[str]] = {
     ],
     "ExecutionEventType": ["SENT", "ACK", "FILL", "CLOSE_RESULT", "EXPIRED", "ERROR"],
     "PositionStatus": ["OPEN", "CLOSING", "CLOSED", "CLOSED_ERROR"],
-    "CloseCommandStatus": ["PENDING", "SENT", "SUCCEEDED", "FAILED"],
+    "CloseCommandStatus": ["PENDING", "SENT", "SUCCEEDED", "FAILED", "EXPIRED"],
+    "PositionEventType": [
+        "OPENED",
+        "FILL_ADDED",
+        "PROTECTION_UPDATED",
+        "TRAILING_STOP_MOVED",
+        "BREAKEVEN_MOVED",
+        "CLOSE_REQUESTED",
+        "PARTIALLY_CLOSED",
+        "CLOSED",
+        "CLOSE_FAILED",
+    ],
+    "AlertKind": ["DEVICE_SILENT", "DEVICE_DISCONNECTED", "CLOSE_FAILED"],
+    "AlertStatus": ["OPEN", "RESOLVED"],
     "CommissionStatus": ["PENDING", "AVAILABLE", "RESERVED", "PAID", "VOIDED"],
     "PayoutStatus": ["REQUESTED", "APPROVED", "REJECTED", "PAID"],
     "ActorType": ["USER", "PRODUCER", "DEVICE", "SYSTEM"],
@@ -882,7 +924,7 @@ def test_every_enum_starts_with_unspecified_zero() -> None:
 
 def test_every_list_rpc_pages() -> None:
     list_methods = [m for m in all_methods() if m.name.startswith("List")]
-    assert len(list_methods) == 12
+    assert len(list_methods) == 13
     for method in list_methods:
         request = method.input_type
         response = method.output_type
@@ -971,6 +1013,8 @@ def test_resources_carry_their_id_in_id() -> None:
         "Payout",
         "AuditEvent",
         "ExecutionEvent",
+        "PositionEvent",
+        "Alert",
     ]:
         desc = message(name)
         assert type_of(desc.fields_by_name["id"]) == "string", name

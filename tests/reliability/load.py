@@ -2,8 +2,8 @@
 
 A producer submits AUTO signals at a steady rate; each becomes one delivery per device, which the bridge
 acks, executes on its broker and fills, opening a position. Once every position of a signal is open the
-signal is cancelled, which queues one close command per position; the bridge closes it and reports the
-result, which closes the position. A second producer, followed by nobody, submits signals that expire
+signal is cancelled with close_positions, which queues one close command per position; the bridge closes
+it and reports the result, which closes the position. A second producer, followed by nobody, submits signals that expire
 within a second, for the worker to mark EXPIRED.
 """
 
@@ -154,7 +154,9 @@ class Load:
     async def _cancel(self, signal_id: str) -> None:
         request_id = uuid.uuid5(uuid.NAMESPACE_URL, f"cancel:{signal_id}")  # the same on every try
         try:
-            await self._client.cancel_signal(signal_id, "reliability suite", request_id=request_id)
+            await self._client.cancel_signal(
+                signal_id, "reliability suite", request_id=request_id, close_positions=True
+            )
         except ProducerCallError as exc:
             self.failures.append(f"CancelSignal: {exc}")
 

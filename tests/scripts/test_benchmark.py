@@ -53,3 +53,10 @@ def test_a_load_process_imports_no_server_module() -> None:
     loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
     assert not loaded & {"backoffice", "gateway", "sqlalchemy", "asyncpg", "redis"}
     assert "signalhub" in loaded
+
+
+def test_only_names_existing_scenarios() -> None:
+    assert options.parse_args(["--only", "quote to CloseOrder"]).only == ("quote to CloseOrder",)
+    assert options.parse_args([]).only == ()
+    with pytest.raises(SystemExit):
+        options.parse_args(["--only", "no such thing"])

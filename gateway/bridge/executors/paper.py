@@ -50,8 +50,9 @@ DEFAULT_SYMBOLS: tuple[SymbolInfo, ...] = (
 @dataclass(frozen=True)
 class PaperConfig:
     """A simulated broker. ``latency`` (seconds, plus up to ``latency_jitter``) before each fill or close;
-    ``slippage_ticks``: a fill is up to this many ticks worse than the market; ``reject_rate``: the share
-    of orders refused (0 to 1); ``seed`` makes jitter, slippage, rejects and price drift repeatable.
+    ``slippage_ticks``: a fill or a close (full or partial, at the current quote) is up to this many ticks
+    worse than the market; ``reject_rate``: the share of orders refused (0 to 1); ``seed`` makes jitter,
+    slippage, rejects and price drift repeatable.
 
     A paper market has no prices of its own. ``prices`` fixes mid prices (and ``set_price`` moves them);
     otherwise, with ``follow_signals``, an order that names an entry price first moves the market there
@@ -145,10 +146,14 @@ class PaperExecutor(Executor):
         return AccountInfo(self.config.currency, self.config.balance + self._realised, equity)
 
     def _profit(self, position: HeldPosition, entry: Decimal, price: Price) -> Decimal:
-        spec = self._spec(position.instrument)
-        exit_price = price.bid if position.side is OrderSide.BUY else price.ask
+        return self._profit_at(position, entry, price.bid if position.side is OrderSide.BUY else price.ask)
+
+    def _profit_at(self, position: HeldPosition, entry: Decimal, exit_price: Decimal) -> Decimal:
         move = exit_price - entry if position.side is OrderSide.BUY else entry - exit_price
-        return move * spec.contract_size * position.volume
+        return move * self._spec(position.instrument).contract_size * position.volume
+
+    def _slip(self) -> int:
+        return self._rng.randint(0, self.config.slippage_ticks) if self.config.slippage_ticks else 0
 
     async def symbols(self) -> list[SymbolInfo]:
         return list(self.config.symbols)
@@ -177,7 +182,7 @@ class PaperExecutor(Executor):
     async def place_order(self, order: OrderRequest) -> OrderFill:
         # Draw every random number before waiting, so concurrent orders stay deterministic.
         rejected = self._rng.random() < self.config.reject_rate
-        slip = self._rng.randint(0, self.config.slippage_ticks) if self.config.slippage_ticks else 0
+        slip = self._slip()
         spec = self._spec(order.instrument)
         if order.volume <= 0 or order.volume < spec.volume_min or order.volume > spec.volume_max:
             raise OrderRejected(f"invalid volume {order.volume} for {order.instrument}")
@@ -203,6 +208,9 @@ class PaperExecutor(Executor):
         return self._orders.get(delivery_id)
 
     async def close_position(self, request: CloseRequest) -> CloseFill:
+        """Close all of a position or part of it at the current quote (a BUY at the bid, a SELL at the ask),
+        up to ``slippage_ticks`` worse, after the configured latency."""
+        slip = self._slip()  # drawn before waiting, as for fills
         position = self._positions.get(request.broker_ticket)
         if position is None:
             raise CloseFailed(f"no open position with ticket {request.broker_ticket}")
@@ -213,9 +221,12 @@ class PaperExecutor(Executor):
         if price is None:
             raise CloseFailed(f"no price for {position.instrument}")
         await self._wait()
-        close_price = price.bid if position.side is OrderSide.BUY else price.ask
+        tick = self._spec(position.instrument).tick_size
+        # Worse for the trader by the slip; a price stays above zero.
+        buy = position.side is OrderSide.BUY
+        close_price = max(price.bid - tick * slip, tick) if buy else price.ask + tick * slip
         entry = self._entry[position.broker_ticket]
-        self._realised += self._profit(replace(position, volume=volume), entry, price)
+        self._realised += self._profit_at(replace(position, volume=volume), entry, close_price)
         if volume == position.volume:
             del self._positions[position.broker_ticket]
         else:

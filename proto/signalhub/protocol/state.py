@@ -1,6 +1,6 @@
 """Local state that signalhub's tools and SDK command lines share on one machine: the ``.signalhub``
 folder (development master key, embedded servers' data, demo credentials), written owner-only, and the
-one way both SDK command lines find who they act as."""
+one way the command lines find who they act as (a device's or producer's secret, a user's API token)."""
 
 from __future__ import annotations
 
@@ -58,19 +58,43 @@ def load_credentials(
         if path is not None:
             raise CredentialsError(f"give either --credentials or --{role}-id, not both")
         return Credentials(key_id, _secret(role, shown))
+    path, data = _file_or_demo(
+        path, f"no {role} credentials: pass --credentials FILE, or --{role}-id with {secret_env} set"
+    )
+    found_id, found_secret = _text(data, f"{role}_id"), _text(data, f"{role}_secret")
+    if found_id is None or found_secret is None:
+        raise CredentialsError(f"{path} must have {role}_id and {role}_secret")
+    return Credentials(found_id, _secret(role, found_secret), _text(data, address_key), path)
+
+
+def load_token(path: Path | None, environ: Mapping[str, str], *, token_env: str, key: str) -> tuple[Secret, str | None]:
+    """An API token (``sht_...``) and the back office's address when a file gave one: from the environment
+    variable ``token_env``, else from ``key`` in a JSON file (``path``, or the demo.json that `signalhub up`
+    writes, whose ``user_token`` is the demo user's). Never from an argument, and never repeated in an
+    error."""
+    shown = environ.get(token_env, "").strip()
+    if shown:
+        return Secret(shown.encode()), None
+    path, data = _file_or_demo(path, f"no API token: set {token_env}, or pass --credentials FILE")
+    token = _text(data, key)
+    if token is None:
+        raise CredentialsError(f"{path} must have {key}")
+    return Secret(token.encode()), _text(data, "backoffice")
+
+
+def _file_or_demo(path: Path | None, missing: str) -> tuple[Path, dict[str, object]]:
+    """The JSON object in ``path``, else in the demo.json `signalhub up` wrote here; ``missing`` says what
+    to do when there is neither."""
     if path is None:
         if not DEFAULT_CREDENTIALS.is_file():
-            raise CredentialsError(
-                f"no {role} credentials: pass --credentials FILE, or --{role}-id with {secret_env} set "
-                f"(or run `signalhub up` here, which writes {DEFAULT_CREDENTIALS})"
-            )
+            raise CredentialsError(f"{missing} (or run `signalhub up` here, which writes {DEFAULT_CREDENTIALS})")
         path = DEFAULT_CREDENTIALS
-    data = _read_json(path)
-    found_id, found_secret, address = data.get(f"{role}_id"), data.get(f"{role}_secret"), data.get(address_key)
-    if not isinstance(found_id, str) or not found_id or not isinstance(found_secret, str) or not found_secret:
-        raise CredentialsError(f"{path} must have {role}_id and {role}_secret")
-    address = address if isinstance(address, str) and address else None
-    return Credentials(found_id, _secret(role, found_secret), address, path)
+    return path, _read_json(path)
+
+
+def _text(data: dict[str, object], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
 
 
 def _read_json(path: Path) -> dict[str, object]:

@@ -371,6 +371,64 @@ POSITION_STATUS_CLOSED_ERROR: PositionStatus.ValueType  # 4
 """The device reported that closing failed."""
 Global___PositionStatus: _TypeAlias = PositionStatus  # noqa: Y015
 
+class _PositionEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PositionEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PositionEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POSITION_EVENT_TYPE_UNSPECIFIED: _PositionEventType.ValueType  # 0
+    POSITION_EVENT_TYPE_OPENED: _PositionEventType.ValueType  # 1
+    """A fill opened the position."""
+    POSITION_EVENT_TYPE_FILL_ADDED: _PositionEventType.ValueType  # 2
+    """A further (partial) fill of the same delivery added to it; entry_price is now the
+    volume-weighted average.
+    """
+    POSITION_EVENT_TYPE_PROTECTION_UPDATED: _PositionEventType.ValueType  # 3
+    """Its owner or an admin changed the hidden levels (UpdateProtection)."""
+    POSITION_EVENT_TYPE_TRAILING_STOP_MOVED: _PositionEventType.ValueType  # 4
+    """The trailing stop moved stop_loss after a better price."""
+    POSITION_EVENT_TYPE_BREAKEVEN_MOVED: _PositionEventType.ValueType  # 5
+    """The breakeven move set stop_loss to the entry plus the offset."""
+    POSITION_EVENT_TYPE_CLOSE_REQUESTED: _PositionEventType.ValueType  # 6
+    """A close command was created (reason says why; price is the triggering quote's)."""
+    POSITION_EVENT_TYPE_PARTIALLY_CLOSED: _PositionEventType.ValueType  # 7
+    """The device closed part of it; the rest stays open."""
+    POSITION_EVENT_TYPE_CLOSED: _PositionEventType.ValueType  # 8
+    """The device closed it."""
+    POSITION_EVENT_TYPE_CLOSE_FAILED: _PositionEventType.ValueType  # 9
+    """Closing failed (the device's error, or no CloseResult after the bounded re-sends); the
+    position is CLOSED_ERROR and an alert is open.
+    """
+
+class PositionEventType(_PositionEventType, metaclass=_PositionEventTypeEnumTypeWrapper):
+    """Kind of a position event."""
+
+POSITION_EVENT_TYPE_UNSPECIFIED: PositionEventType.ValueType  # 0
+POSITION_EVENT_TYPE_OPENED: PositionEventType.ValueType  # 1
+"""A fill opened the position."""
+POSITION_EVENT_TYPE_FILL_ADDED: PositionEventType.ValueType  # 2
+"""A further (partial) fill of the same delivery added to it; entry_price is now the
+volume-weighted average.
+"""
+POSITION_EVENT_TYPE_PROTECTION_UPDATED: PositionEventType.ValueType  # 3
+"""Its owner or an admin changed the hidden levels (UpdateProtection)."""
+POSITION_EVENT_TYPE_TRAILING_STOP_MOVED: PositionEventType.ValueType  # 4
+"""The trailing stop moved stop_loss after a better price."""
+POSITION_EVENT_TYPE_BREAKEVEN_MOVED: PositionEventType.ValueType  # 5
+"""The breakeven move set stop_loss to the entry plus the offset."""
+POSITION_EVENT_TYPE_CLOSE_REQUESTED: PositionEventType.ValueType  # 6
+"""A close command was created (reason says why; price is the triggering quote's)."""
+POSITION_EVENT_TYPE_PARTIALLY_CLOSED: PositionEventType.ValueType  # 7
+"""The device closed part of it; the rest stays open."""
+POSITION_EVENT_TYPE_CLOSED: PositionEventType.ValueType  # 8
+"""The device closed it."""
+POSITION_EVENT_TYPE_CLOSE_FAILED: PositionEventType.ValueType  # 9
+"""Closing failed (the device's error, or no CloseResult after the bounded re-sends); the
+position is CLOSED_ERROR and an alert is open.
+"""
+Global___PositionEventType: _TypeAlias = PositionEventType  # noqa: Y015
+
 class _CloseCommandStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -386,6 +444,10 @@ class _CloseCommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Cl
     """The device closed the position (or the requested part)."""
     CLOSE_COMMAND_STATUS_FAILED: _CloseCommandStatus.ValueType  # 4
     """The device reported that closing failed (see error)."""
+    CLOSE_COMMAND_STATUS_EXPIRED: _CloseCommandStatus.ValueType  # 5
+    """No CloseResult came after the bounded number of sends; the position is CLOSED_ERROR and
+    an alert is open. A CloseResult arriving later is still applied.
+    """
 
 class CloseCommandStatus(_CloseCommandStatus, metaclass=_CloseCommandStatusEnumTypeWrapper):
     """State of a close command."""
@@ -399,6 +461,10 @@ CLOSE_COMMAND_STATUS_SUCCEEDED: CloseCommandStatus.ValueType  # 3
 """The device closed the position (or the requested part)."""
 CLOSE_COMMAND_STATUS_FAILED: CloseCommandStatus.ValueType  # 4
 """The device reported that closing failed (see error)."""
+CLOSE_COMMAND_STATUS_EXPIRED: CloseCommandStatus.ValueType  # 5
+"""No CloseResult came after the bounded number of sends; the position is CLOSED_ERROR and
+an alert is open. A CloseResult arriving later is still applied.
+"""
 Global___CloseCommandStatus: _TypeAlias = CloseCommandStatus  # noqa: Y015
 
 class _CommissionStatus:
@@ -468,6 +534,66 @@ PAYOUT_STATUS_REJECTED: PayoutStatus.ValueType  # 3
 PAYOUT_STATUS_PAID: PayoutStatus.ValueType  # 4
 """Paid."""
 Global___PayoutStatus: _TypeAlias = PayoutStatus  # noqa: Y015
+
+class _AlertKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_KIND_UNSPECIFIED: _AlertKind.ValueType  # 0
+    ALERT_KIND_DEVICE_SILENT: _AlertKind.ValueType  # 1
+    """An open position's device has not been heard from for 48 h (a server setting); resolved
+    when the device is heard from or the position is no longer open.
+    """
+    ALERT_KIND_DEVICE_DISCONNECTED: _AlertKind.ValueType  # 2
+    """A device with open positions has been disconnected for longer than a server setting;
+    resolved when it reconnects or holds no open position.
+    """
+    ALERT_KIND_CLOSE_FAILED: _AlertKind.ValueType  # 3
+    """Closing a position failed (the device's error, or no CloseResult after the bounded
+    re-sends); resolved when a later CloseResult closes it.
+    """
+
+class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
+    """What an alert is about."""
+
+ALERT_KIND_UNSPECIFIED: AlertKind.ValueType  # 0
+ALERT_KIND_DEVICE_SILENT: AlertKind.ValueType  # 1
+"""An open position's device has not been heard from for 48 h (a server setting); resolved
+when the device is heard from or the position is no longer open.
+"""
+ALERT_KIND_DEVICE_DISCONNECTED: AlertKind.ValueType  # 2
+"""A device with open positions has been disconnected for longer than a server setting;
+resolved when it reconnects or holds no open position.
+"""
+ALERT_KIND_CLOSE_FAILED: AlertKind.ValueType  # 3
+"""Closing a position failed (the device's error, or no CloseResult after the bounded
+re-sends); resolved when a later CloseResult closes it.
+"""
+Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
+
+class _AlertStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_STATUS_UNSPECIFIED: _AlertStatus.ValueType  # 0
+    ALERT_STATUS_OPEN: _AlertStatus.ValueType  # 1
+    """The incident is going on."""
+    ALERT_STATUS_RESOLVED: _AlertStatus.ValueType  # 2
+    """The incident is over."""
+
+class AlertStatus(_AlertStatus, metaclass=_AlertStatusEnumTypeWrapper):
+    """State of an alert."""
+
+ALERT_STATUS_UNSPECIFIED: AlertStatus.ValueType  # 0
+ALERT_STATUS_OPEN: AlertStatus.ValueType  # 1
+"""The incident is going on."""
+ALERT_STATUS_RESOLVED: AlertStatus.ValueType  # 2
+"""The incident is over."""
+Global___AlertStatus: _TypeAlias = AlertStatus  # noqa: Y015
 
 class _ActorType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -947,6 +1073,9 @@ class Signal(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CANCEL_TIME_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    TRAILING_DISTANCE_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_TRIGGER_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_OFFSET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id (UUID)."""
     producer_id: _builtins.str
@@ -969,6 +1098,18 @@ class Signal(_message.Message):
     """Current state."""
     cancel_reason: _builtins.str
     """Why it was cancelled."""
+    trailing_distance: _builtins.str
+    """Hidden trailing-stop distance in price units, decimal string; empty when none. Same
+    visibility as stop_loss.
+    """
+    breakeven_trigger: _builtins.str
+    """Hidden breakeven trigger in price units, decimal string; empty when none. Same
+    visibility as stop_loss.
+    """
+    breakeven_offset: _builtins.str
+    """Hidden breakeven offset in price units, decimal string; empty when none. Same
+    visibility as stop_loss.
+    """
     @_builtins.property
     def signal_time(self) -> _timestamp_pb2.Timestamp:
         """When the producer emitted it."""
@@ -1007,10 +1148,13 @@ class Signal(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         cancel_time: _timestamp_pb2.Timestamp | None = ...,
         cancel_reason: _builtins.str = ...,
+        trailing_distance: _builtins.str = ...,
+        breakeven_trigger: _builtins.str = ...,
+        breakeven_offset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "create_time", b"create_time", "expire_time", b"expire_time", "payload", b"payload", "signal_time", b"signal_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancel_time", b"cancel_time", "create_time", b"create_time", "entry_price", b"entry_price", "expire_time", b"expire_time", "id", b"id", "instrument", b"instrument", "payload", b"payload", "producer_id", b"producer_id", "request_id", b"request_id", "side", b"side", "signal_time", b"signal_time", "status", b"status", "stop_loss", b"stop_loss", "take_profit", b"take_profit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakeven_offset", b"breakeven_offset", "breakeven_trigger", b"breakeven_trigger", "cancel_reason", b"cancel_reason", "cancel_time", b"cancel_time", "create_time", b"create_time", "entry_price", b"entry_price", "expire_time", b"expire_time", "id", b"id", "instrument", b"instrument", "payload", b"payload", "producer_id", b"producer_id", "request_id", b"request_id", "side", b"side", "signal_time", b"signal_time", "status", b"status", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "trailing_distance", b"trailing_distance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1031,6 +1175,9 @@ class SubmitSignalRequest(_message.Message):
     SIGNAL_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    TRAILING_DISTANCE_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_TRIGGER_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_OFFSET_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional idempotency key (UUID), unique per producer; without it the call is not
     idempotent.
@@ -1045,6 +1192,22 @@ class SubmitSignalRequest(_message.Message):
     """Optional positive hidden stop-loss (BUY: below the entry; SELL: above)."""
     take_profit: _builtins.str
     """Optional positive hidden take-profit (BUY: above the entry; SELL: below)."""
+    trailing_distance: _builtins.str
+    """Optional hidden trailing stop: a positive distance in price units. The stop of each
+    position opened from the signal follows the best price since the fill (BUY: the highest
+    bid; SELL: the lowest ask) at this distance and never moves back; it starts at the fill
+    price minus (SELL: plus) the distance unless stop_loss is tighter. Never sent to devices.
+    """
+    breakeven_trigger: _builtins.str
+    """Optional hidden breakeven: a positive distance in price units. Once the price has moved
+    this far in the position's favour (BUY: bid >= entry + trigger; SELL: ask <= entry -
+    trigger), its stop moves to the entry plus breakeven_offset (SELL: minus), once, unless
+    it is already tighter. Never sent to devices.
+    """
+    breakeven_offset: _builtins.str
+    """Optional offset of the breakeven stop from the entry, in price units: zero or more and
+    below breakeven_trigger; default 0. Needs breakeven_trigger. Never sent to devices.
+    """
     @_builtins.property
     def signal_time(self) -> _timestamp_pb2.Timestamp:
         """When the producer emitted it; within +-300 s of the server's clock."""
@@ -1069,10 +1232,13 @@ class SubmitSignalRequest(_message.Message):
         signal_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         payload: _struct_pb2.Struct | None = ...,
+        trailing_distance: _builtins.str = ...,
+        breakeven_trigger: _builtins.str = ...,
+        breakeven_offset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "payload", b"payload", "signal_time", b"signal_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_price", b"entry_price", "expire_time", b"expire_time", "instrument", b"instrument", "payload", b"payload", "request_id", b"request_id", "side", b"side", "signal_time", b"signal_time", "stop_loss", b"stop_loss", "take_profit", b"take_profit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakeven_offset", b"breakeven_offset", "breakeven_trigger", b"breakeven_trigger", "entry_price", b"entry_price", "expire_time", b"expire_time", "instrument", b"instrument", "payload", b"payload", "request_id", b"request_id", "side", b"side", "signal_time", b"signal_time", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "trailing_distance", b"trailing_distance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1087,22 +1253,28 @@ class CancelSignalRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CLOSE_POSITIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The signal's id."""
     request_id: _builtins.str
     """Optional idempotency key (UUID); without it the call is not idempotent."""
     reason: _builtins.str
     """Why (free text, recorded in the audit log)."""
+    close_positions: _builtins.bool
+    """Also close the signal's OPEN positions (close commands with reason SIGNAL_CANCELLED),
+    and any a late fill opens. Default false: positions stay open.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        close_positions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_positions", b"close_positions", "id", b"id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2479,6 +2651,14 @@ class Position(_message.Message):
     CLOSE_REASON_FIELD_NUMBER: _builtins.int
     OPEN_TIME_FIELD_NUMBER: _builtins.int
     CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    SIGNAL_INSTRUMENT_FIELD_NUMBER: _builtins.int
+    TRAILING_DISTANCE_FIELD_NUMBER: _builtins.int
+    BEST_PRICE_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_TRIGGER_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_OFFSET_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_DONE_FIELD_NUMBER: _builtins.int
+    PRICE_PROFIT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id (UUID)."""
     device_id: _builtins.str
@@ -2513,6 +2693,29 @@ class Position(_message.Message):
     """Volume closed so far in lots, decimal string."""
     close_reason: _common_pb2.CloseReason.ValueType
     """Why it was closed."""
+    signal_instrument: _builtins.str
+    """The signal's instrument before the device's symbol map (e.g. "XAUUSD"); producers'
+    quotes for it are watched.
+    """
+    trailing_distance: _builtins.str
+    """Hidden trailing-stop distance in price units, decimal string; empty when none. While
+    set, stop_loss follows best_price at this distance and never moves back.
+    """
+    best_price: _builtins.str
+    """The best price seen since the trailing stop was set (BUY: highest bid; SELL: lowest
+    ask), decimal string; empty without a trailing stop.
+    """
+    breakeven_trigger: _builtins.str
+    """Hidden breakeven trigger in price units, decimal string; empty when none."""
+    breakeven_offset: _builtins.str
+    """Offset of the breakeven stop from the entry in price units, decimal string."""
+    breakeven_done: _builtins.bool
+    """Whether the breakeven move has happened (it happens once per breakeven_trigger set)."""
+    price_profit: _builtins.str
+    """Realised profit in price units: the price move from the entry to the close in the
+    position's favour, averaged over the volume closed so far, decimal string; empty before
+    any close.
+    """
     @_builtins.property
     def open_time(self) -> _timestamp_pb2.Timestamp:
         """When it was opened (the fill time)."""
@@ -2520,6 +2723,10 @@ class Position(_message.Message):
     @_builtins.property
     def close_time(self) -> _timestamp_pb2.Timestamp:
         """When it was closed; unset while open."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___PositionEvent]:
+        """What happened to the position, oldest first (GetPosition only; empty in ListPositions)."""
 
     def __init__(
         self,
@@ -2543,14 +2750,92 @@ class Position(_message.Message):
         close_reason: _common_pb2.CloseReason.ValueType = ...,
         open_time: _timestamp_pb2.Timestamp | None = ...,
         close_time: _timestamp_pb2.Timestamp | None = ...,
+        signal_instrument: _builtins.str = ...,
+        trailing_distance: _builtins.str = ...,
+        best_price: _builtins.str = ...,
+        breakeven_trigger: _builtins.str = ...,
+        breakeven_offset: _builtins.str = ...,
+        breakeven_done: _builtins.bool = ...,
+        price_profit: _builtins.str = ...,
+        events: _abc.Iterable[Global___PositionEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "open_time", b"open_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_ticket", b"broker_ticket", "close_price", b"close_price", "close_reason", b"close_reason", "close_time", b"close_time", "closed_volume", b"closed_volume", "delivery_id", b"delivery_id", "device_id", b"device_id", "entry_price", b"entry_price", "id", b"id", "instrument", b"instrument", "open_time", b"open_time", "profit", b"profit", "side", b"side", "signal_id", b"signal_id", "status", b"status", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "user_id", b"user_id", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_price", b"best_price", "breakeven_done", b"breakeven_done", "breakeven_offset", b"breakeven_offset", "breakeven_trigger", b"breakeven_trigger", "broker_ticket", b"broker_ticket", "close_price", b"close_price", "close_reason", b"close_reason", "close_time", b"close_time", "closed_volume", b"closed_volume", "delivery_id", b"delivery_id", "device_id", b"device_id", "entry_price", b"entry_price", "events", b"events", "id", b"id", "instrument", b"instrument", "open_time", b"open_time", "price_profit", b"price_profit", "profit", b"profit", "side", b"side", "signal_id", b"signal_id", "signal_instrument", b"signal_instrument", "status", b"status", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "trailing_distance", b"trailing_distance", "user_id", b"user_id", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Position: _TypeAlias = Position  # noqa: Y015
+
+@_typing.final
+class PositionEvent(_message.Message):
+    """One thing that happened to a position, with its hidden levels after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STOP_LOSS_FIELD_NUMBER: _builtins.int
+    TAKE_PROFIT_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    CLOSE_COMMAND_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ACTOR_TYPE_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique id (UUID)."""
+    type: Global___PositionEventType.ValueType
+    """Kind of event."""
+    stop_loss: _builtins.str
+    """Hidden stop-loss after the event, decimal string; empty when none."""
+    take_profit: _builtins.str
+    """Hidden take-profit after the event, decimal string; empty when none."""
+    price: _builtins.str
+    """The price concerned (the quote that moved or triggered a level, a fill or close price)."""
+    volume: _builtins.str
+    """The volume concerned (filled, to close, or closed), decimal string."""
+    close_command_id: _builtins.str
+    """The close command concerned, for close events."""
+    reason: _common_pb2.CloseReason.ValueType
+    """Why the close was requested, for close events."""
+    detail: _builtins.str
+    """Further detail (e.g. the device's error)."""
+    actor_type: Global___ActorType.ValueType
+    """Who caused it: a user (UpdateProtection, ClosePosition), a producer (CancelSignal), a
+    device (fills, close results) or the server (the monitor).
+    """
+    actor_id: _builtins.str
+    """The actor's id; empty for the server."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        type: Global___PositionEventType.ValueType = ...,
+        stop_loss: _builtins.str = ...,
+        take_profit: _builtins.str = ...,
+        price: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        close_command_id: _builtins.str = ...,
+        reason: _common_pb2.CloseReason.ValueType = ...,
+        detail: _builtins.str = ...,
+        actor_type: Global___ActorType.ValueType = ...,
+        actor_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "actor_type", b"actor_type", "close_command_id", b"close_command_id", "create_time", b"create_time", "detail", b"detail", "id", b"id", "price", b"price", "reason", b"reason", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "type", b"type", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PositionEvent: _TypeAlias = PositionEvent  # noqa: Y015
 
 @_typing.final
 class ListPositionsRequest(_message.Message):
@@ -2563,6 +2848,7 @@ class ListPositionsRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    INSTRUMENT_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Page size: 0 means 50, at most 500."""
     page_token: _builtins.str
@@ -2573,6 +2859,10 @@ class ListPositionsRequest(_message.Message):
     """Optional: only this signal's positions."""
     status: Global___PositionStatus.ValueType
     """Optional: only positions in this state."""
+    instrument: _builtins.str
+    """Optional: only positions on this instrument (the broker symbol or the signal's
+    instrument).
+    """
     def __init__(
         self,
         *,
@@ -2581,10 +2871,11 @@ class ListPositionsRequest(_message.Message):
         device_id: _builtins.str = ...,
         signal_id: _builtins.str = ...,
         status: Global___PositionStatus.ValueType = ...,
+        instrument: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "page_size", b"page_size", "page_token", b"page_token", "signal_id", b"signal_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "instrument", b"instrument", "page_size", b"page_size", "page_token", b"page_token", "signal_id", b"signal_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2682,6 +2973,9 @@ class UpdateProtectionRequest(_message.Message):
     STOP_LOSS_FIELD_NUMBER: _builtins.int
     TAKE_PROFIT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TRAILING_DISTANCE_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_TRIGGER_FIELD_NUMBER: _builtins.int
+    BREAKEVEN_OFFSET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The position's id."""
     stop_loss: _builtins.str
@@ -2690,6 +2984,20 @@ class UpdateProtectionRequest(_message.Message):
     """New hidden take-profit, decimal string: unset keeps it, "" removes it."""
     request_id: _builtins.str
     """Optional idempotency key (UUID); without it the call is not idempotent."""
+    trailing_distance: _builtins.str
+    """New trailing-stop distance in price units, decimal string: unset keeps it, "" removes
+    it (the stop stays where it is). Setting it starts best_price at the better of the entry
+    and the latest fresh quote and moves stop_loss to best_price minus (SELL: plus) the
+    distance unless it is already tighter.
+    """
+    breakeven_trigger: _builtins.str
+    """New breakeven trigger in price units, decimal string: unset keeps it, "" removes it.
+    Setting it arms the breakeven move again.
+    """
+    breakeven_offset: _builtins.str
+    """New breakeven offset in price units (zero or more, below the trigger), decimal string:
+    unset keeps it, "" sets 0.
+    """
     def __init__(
         self,
         *,
@@ -2697,19 +3005,34 @@ class UpdateProtectionRequest(_message.Message):
         stop_loss: _builtins.str | None = ...,
         take_profit: _builtins.str | None = ...,
         request_id: _builtins.str = ...,
+        trailing_distance: _builtins.str | None = ...,
+        breakeven_trigger: _builtins.str | None = ...,
+        breakeven_offset: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_stop_loss", b"_stop_loss", "_take_profit", b"_take_profit", "stop_loss", b"stop_loss", "take_profit", b"take_profit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_breakeven_offset", b"_breakeven_offset", "_breakeven_trigger", b"_breakeven_trigger", "_stop_loss", b"_stop_loss", "_take_profit", b"_take_profit", "_trailing_distance", b"_trailing_distance", "breakeven_offset", b"breakeven_offset", "breakeven_trigger", b"breakeven_trigger", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "trailing_distance", b"trailing_distance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_loss", b"_stop_loss", "_take_profit", b"_take_profit", "id", b"id", "request_id", b"request_id", "stop_loss", b"stop_loss", "take_profit", b"take_profit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_breakeven_offset", b"_breakeven_offset", "_breakeven_trigger", b"_breakeven_trigger", "_stop_loss", b"_stop_loss", "_take_profit", b"_take_profit", "_trailing_distance", b"_trailing_distance", "breakeven_offset", b"breakeven_offset", "breakeven_trigger", b"breakeven_trigger", "id", b"id", "request_id", b"request_id", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "trailing_distance", b"trailing_distance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__breakeven_offset: _TypeAlias = _typing.Literal["breakeven_offset"]  # noqa: Y015
+    _WhichOneofArgType__breakeven_offset: _TypeAlias = _typing.Literal["_breakeven_offset", b"_breakeven_offset"]  # noqa: Y015
+    _WhichOneofReturnType__breakeven_trigger: _TypeAlias = _typing.Literal["breakeven_trigger"]  # noqa: Y015
+    _WhichOneofArgType__breakeven_trigger: _TypeAlias = _typing.Literal["_breakeven_trigger", b"_breakeven_trigger"]  # noqa: Y015
     _WhichOneofReturnType__stop_loss: _TypeAlias = _typing.Literal["stop_loss"]  # noqa: Y015
     _WhichOneofArgType__stop_loss: _TypeAlias = _typing.Literal["_stop_loss", b"_stop_loss"]  # noqa: Y015
     _WhichOneofReturnType__take_profit: _TypeAlias = _typing.Literal["take_profit"]  # noqa: Y015
     _WhichOneofArgType__take_profit: _TypeAlias = _typing.Literal["_take_profit", b"_take_profit"]  # noqa: Y015
+    _WhichOneofReturnType__trailing_distance: _TypeAlias = _typing.Literal["trailing_distance"]  # noqa: Y015
+    _WhichOneofArgType__trailing_distance: _TypeAlias = _typing.Literal["_trailing_distance", b"_trailing_distance"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__breakeven_offset) -> _WhichOneofReturnType__breakeven_offset | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__breakeven_trigger) -> _WhichOneofReturnType__breakeven_trigger | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_loss) -> _WhichOneofReturnType__stop_loss | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__take_profit) -> _WhichOneofReturnType__take_profit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__trailing_distance) -> _WhichOneofReturnType__trailing_distance | None: ...
 
 Global___UpdateProtectionRequest: _TypeAlias = UpdateProtectionRequest  # noqa: Y015
 
@@ -2730,6 +3053,7 @@ class CloseCommand(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id (UUID); the CloseOrder's command_id."""
     position_id: _builtins.str
@@ -2748,6 +3072,8 @@ class CloseCommand(_message.Message):
     """Volume closed, reported by the device, decimal string."""
     error: _builtins.str
     """Error reported by the device."""
+    attempt: _builtins.int
+    """How many times it was sent to the device."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -2770,10 +3096,11 @@ class CloseCommand(_message.Message):
         error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_price", b"close_price", "closed_volume", b"closed_volume", "complete_time", b"complete_time", "create_time", b"create_time", "device_id", b"device_id", "error", b"error", "id", b"id", "position_id", b"position_id", "reason", b"reason", "status", b"status", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "close_price", b"close_price", "closed_volume", b"closed_volume", "complete_time", b"complete_time", "create_time", b"create_time", "device_id", b"device_id", "error", b"error", "id", b"id", "position_id", b"position_id", "reason", b"reason", "status", b"status", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3611,6 +3938,134 @@ class ReverseFillRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReverseFillRequest: _TypeAlias = ReverseFillRequest  # noqa: Y015
+
+@_typing.final
+class Alert(_message.Message):
+    """Something a person should look at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    POSITION_ID_FIELD_NUMBER: _builtins.int
+    CLOSE_COMMAND_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique id (UUID)."""
+    kind: Global___AlertKind.ValueType
+    """What it is about."""
+    status: Global___AlertStatus.ValueType
+    """Current state."""
+    device_id: _builtins.str
+    """The device concerned."""
+    position_id: _builtins.str
+    """The position concerned; empty for device alerts."""
+    close_command_id: _builtins.str
+    """The close command concerned, for CLOSE_FAILED."""
+    user_id: _builtins.str
+    """The device's owner."""
+    message: _builtins.str
+    """What happened, for people (never secrets)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was raised."""
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was resolved; unset while open."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: Global___AlertKind.ValueType = ...,
+        status: Global___AlertStatus.ValueType = ...,
+        device_id: _builtins.str = ...,
+        position_id: _builtins.str = ...,
+        close_command_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_command_id", b"close_command_id", "create_time", b"create_time", "device_id", b"device_id", "id", b"id", "kind", b"kind", "message", b"message", "position_id", b"position_id", "resolve_time", b"resolve_time", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Alert: _TypeAlias = Alert  # noqa: Y015
+
+@_typing.final
+class ListAlertsRequest(_message.Message):
+    """Request for AuditService.ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size: 0 means 50, at most 500."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
+    status: Global___AlertStatus.ValueType
+    """Optional: only alerts in this state (ALERT_STATUS_OPEN for the open ones)."""
+    kind: Global___AlertKind.ValueType
+    """Optional: only alerts of this kind."""
+    device_id: _builtins.str
+    """Optional: only alerts about this device."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status: Global___AlertStatus.ValueType = ...,
+        kind: Global___AlertKind.ValueType = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsRequest: _TypeAlias = ListAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertsResponse(_message.Message):
+    """Response of AuditService.ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty at the end."""
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """The alerts, newest first."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
 
 @_typing.final
 class AuditEvent(_message.Message):

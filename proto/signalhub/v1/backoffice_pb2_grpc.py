@@ -424,17 +424,23 @@ class SignalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelSignal(self, request, context):
-        """Cancels an open signal; its positions get close commands with reason
-        SIGNAL_CANCELLED. Producer-signed (own signals) or admin bearer token. Idempotent on
-        request_id; cancelling an expired signal gives FAILED_PRECONDITION.
+        """Cancels an open signal: its undecided approvals expire and deliveries not yet received
+        are never sent. With close_positions, every OPEN position opened from it (and one a late
+        fill opens) also gets a close command with reason SIGNAL_CANCELLED; without it, positions
+        stay open. Producer-signed (own signals) or admin bearer token. Idempotent on request_id;
+        cancelling an expired signal gives FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitQuotes(self, request, context):
-        """Submits quotes from a producer's price feed (used to watch hidden stop-loss and
-        take-profit levels). Producer-signed.
+        """Submits quotes from a producer's price feed, used to watch hidden stop-loss,
+        take-profit, trailing and breakeven levels. Each quote names a signalhub instrument and
+        is applied to the positions on it through each device's symbol map. Only the newest
+        quote per instrument and producer is kept (an older one is accepted and changes
+        nothing); a quote older than the server's quote age limit triggers nothing.
+        Producer-signed. A bad quote gives INVALID_ARGUMENT naming quotes[i].<field>.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1401,7 +1407,16 @@ class ExecutionService:
 
 class PositionServiceStub:
     """Positions opened by fills, and the commands that close them. Bearer-token auth; users see
-    their own devices' positions, admins everyone's.
+    their own devices' positions, admins everyone's; another user's position or close command
+    is NOT_FOUND in every RPC.
+
+    The server watches each OPEN position's hidden levels against quotes (the device's own
+    Quote frames for its broker symbol, and producers' SubmitQuotes for the signal's
+    instrument); a quote older than the server's quote age limit triggers nothing. BUY: bid <=
+    stop_loss or bid >= take_profit; SELL: ask >= stop_loss or ask <= take_profit. A crossing
+    creates exactly one close command (reason STOP_LOSS or TAKE_PROFIT) and the position becomes
+    CLOSING; the command is pushed to the device as a sealed CloseOrder and re-sent until a
+    CloseResult arrives, a bounded number of times.
     """
 
     def __init__(self, channel):
@@ -1439,18 +1454,27 @@ class PositionServiceStub:
 
 class PositionServiceServicer:
     """Positions opened by fills, and the commands that close them. Bearer-token auth; users see
-    their own devices' positions, admins everyone's.
+    their own devices' positions, admins everyone's; another user's position or close command
+    is NOT_FOUND in every RPC.
+
+    The server watches each OPEN position's hidden levels against quotes (the device's own
+    Quote frames for its broker symbol, and producers' SubmitQuotes for the signal's
+    instrument); a quote older than the server's quote age limit triggers nothing. BUY: bid <=
+    stop_loss or bid >= take_profit; SELL: ask >= stop_loss or ask <= take_profit. A crossing
+    creates exactly one close command (reason STOP_LOSS or TAKE_PROFIT) and the position becomes
+    CLOSING; the command is pushed to the device as a sealed CloseOrder and re-sent until a
+    CloseResult arrives, a bounded number of times.
     """
 
     def ListPositions(self, request, context):
-        """Lists positions, newest first.
+        """Lists positions, newest first. Their events are left out (see GetPosition).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPosition(self, request, context):
-        """Returns one position.
+        """Returns one position with its events (level moves, closes), oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1458,17 +1482,23 @@ class PositionServiceServicer:
 
     def ClosePosition(self, request, context):
         """Asks the device to close a position, fully or partly (reason MANUAL, or ADMIN when an
-        admin asks for another user's position). Idempotent on request_id. A position that is
-        not OPEN gives FAILED_PRECONDITION.
+        admin asks for another user's position); the position is CLOSING until the device's
+        CloseResult. Idempotent on request_id. A position that is not OPEN gives
+        FAILED_PRECONDITION (reason POSITION_NOT_OPEN); a volume that is not a positive decimal
+        or exceeds the open volume gives INVALID_ARGUMENT naming volume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProtection(self, request, context):
-        """Moves a position's hidden stop-loss and/or take-profit. Idempotent on request_id. A
-        position that is not OPEN gives FAILED_PRECONDITION; a level on the wrong side of the
-        entry INVALID_ARGUMENT.
+        """Moves or removes a position's hidden stop-loss, take-profit, trailing stop and breakeven.
+        Idempotent on request_id. A position that is not OPEN gives FAILED_PRECONDITION (reason
+        POSITION_NOT_OPEN). INVALID_ARGUMENT names each bad field: a value that is not a positive
+        decimal; a stop-loss at or above the take-profit for a BUY (at or below for a SELL); a
+        level that would fire at once against the latest fresh quote (BUY: stop_loss >= bid or
+        take_profit <= bid; SELL: stop_loss <= ask or take_profit >= ask), including a trailing
+        stop whose first level would; a breakeven_offset not below breakeven_trigger.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1519,7 +1549,16 @@ def add_PositionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PositionService:
     """Positions opened by fills, and the commands that close them. Bearer-token auth; users see
-    their own devices' positions, admins everyone's.
+    their own devices' positions, admins everyone's; another user's position or close command
+    is NOT_FOUND in every RPC.
+
+    The server watches each OPEN position's hidden levels against quotes (the device's own
+    Quote frames for its broker symbol, and producers' SubmitQuotes for the signal's
+    instrument); a quote older than the server's quote age limit triggers nothing. BUY: bid <=
+    stop_loss or bid >= take_profit; SELL: ask >= stop_loss or ask <= take_profit. A crossing
+    creates exactly one close command (reason STOP_LOSS or TAKE_PROFIT) and the position becomes
+    CLOSING; the command is pushed to the device as a sealed CloseOrder and re-sent until a
+    CloseResult arrives, a bounded number of times.
     """
 
     @staticmethod
@@ -2221,7 +2260,8 @@ class AffiliateService:
 
 
 class AuditServiceStub:
-    """The audit log of state changes made by people and producers. Admin only.
+    """The audit log of state changes made by people and producers, and the alerts the server
+    raises. Admin only: anyone else gets PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -2235,14 +2275,28 @@ class AuditServiceStub:
                 request_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/signalhub.v1.AuditService/ListAlerts',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
-    """The audit log of state changes made by people and producers. Admin only.
+    """The audit log of state changes made by people and producers, and the alerts the server
+    raises. Admin only: anyone else gets PERMISSION_DENIED.
     """
 
     def ListAuditEvents(self, request, context):
         """Lists audit events, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Lists alerts, newest first. Each incident raises one alert (also written as an audit
+        event, counted in a metric and logged); it is resolved when the incident ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -2256,6 +2310,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListAuditEventsResponse.SerializeToString,
             ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListAlertsRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListAlertsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'signalhub.v1.AuditService', rpc_method_handlers)
@@ -2265,7 +2324,8 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """The audit log of state changes made by people and producers. Admin only.
+    """The audit log of state changes made by people and producers, and the alerts the server
+    raises. Admin only: anyone else gets PERMISSION_DENIED.
     """
 
     @staticmethod
@@ -2285,6 +2345,33 @@ class AuditService:
             '/signalhub.v1.AuditService/ListAuditEvents',
             signalhub_dot_v1_dot_backoffice__pb2.ListAuditEventsRequest.SerializeToString,
             signalhub_dot_v1_dot_backoffice__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.AuditService/ListAlerts',
+            signalhub_dot_v1_dot_backoffice__pb2.ListAlertsRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.ListAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

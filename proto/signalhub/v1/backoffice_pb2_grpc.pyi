@@ -196,13 +196,19 @@ class SignalServiceStub:
     gives INVALID_ARGUMENT naming the field.
     """
     CancelSignal: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.CancelSignalRequest, _backoffice_pb2.Signal]
-    """Cancels an open signal; its positions get close commands with reason
-    SIGNAL_CANCELLED. Producer-signed (own signals) or admin bearer token. Idempotent on
-    request_id; cancelling an expired signal gives FAILED_PRECONDITION.
+    """Cancels an open signal: its undecided approvals expire and deliveries not yet received
+    are never sent. With close_positions, every OPEN position opened from it (and one a late
+    fill opens) also gets a close command with reason SIGNAL_CANCELLED; without it, positions
+    stay open. Producer-signed (own signals) or admin bearer token. Idempotent on request_id;
+    cancelling an expired signal gives FAILED_PRECONDITION.
     """
     SubmitQuotes: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.SubmitQuotesRequest, _backoffice_pb2.SubmitQuotesResponse]
-    """Submits quotes from a producer's price feed (used to watch hidden stop-loss and
-    take-profit levels). Producer-signed.
+    """Submits quotes from a producer's price feed, used to watch hidden stop-loss,
+    take-profit, trailing and breakeven levels. Each quote names a signalhub instrument and
+    is applied to the positions on it through each device's symbol map. Only the newest
+    quote per instrument and producer is kept (an older one is accepted and changes
+    nothing); a quote older than the server's quote age limit triggers nothing.
+    Producer-signed. A bad quote gives INVALID_ARGUMENT naming quotes[i].<field>.
     """
     GetSignal: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.GetSignalRequest, _backoffice_pb2.Signal]
     """Returns a signal visible to the caller (its producer, subscribers of its producer,
@@ -223,13 +229,19 @@ class SignalServiceAsyncStub(SignalServiceStub):
     gives INVALID_ARGUMENT naming the field.
     """
     CancelSignal: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.CancelSignalRequest, _backoffice_pb2.Signal]  # type: ignore[assignment]
-    """Cancels an open signal; its positions get close commands with reason
-    SIGNAL_CANCELLED. Producer-signed (own signals) or admin bearer token. Idempotent on
-    request_id; cancelling an expired signal gives FAILED_PRECONDITION.
+    """Cancels an open signal: its undecided approvals expire and deliveries not yet received
+    are never sent. With close_positions, every OPEN position opened from it (and one a late
+    fill opens) also gets a close command with reason SIGNAL_CANCELLED; without it, positions
+    stay open. Producer-signed (own signals) or admin bearer token. Idempotent on request_id;
+    cancelling an expired signal gives FAILED_PRECONDITION.
     """
     SubmitQuotes: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.SubmitQuotesRequest, _backoffice_pb2.SubmitQuotesResponse]  # type: ignore[assignment]
-    """Submits quotes from a producer's price feed (used to watch hidden stop-loss and
-    take-profit levels). Producer-signed.
+    """Submits quotes from a producer's price feed, used to watch hidden stop-loss,
+    take-profit, trailing and breakeven levels. Each quote names a signalhub instrument and
+    is applied to the positions on it through each device's symbol map. Only the newest
+    quote per instrument and producer is kept (an older one is accepted and changes
+    nothing); a quote older than the server's quote age limit triggers nothing.
+    Producer-signed. A bad quote gives INVALID_ARGUMENT naming quotes[i].<field>.
     """
     GetSignal: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.GetSignalRequest, _backoffice_pb2.Signal]  # type: ignore[assignment]
     """Returns a signal visible to the caller (its producer, subscribers of its producer,
@@ -259,9 +271,11 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.CancelSignalRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.Signal, _abc.Awaitable[_backoffice_pb2.Signal]]:
-        """Cancels an open signal; its positions get close commands with reason
-        SIGNAL_CANCELLED. Producer-signed (own signals) or admin bearer token. Idempotent on
-        request_id; cancelling an expired signal gives FAILED_PRECONDITION.
+        """Cancels an open signal: its undecided approvals expire and deliveries not yet received
+        are never sent. With close_positions, every OPEN position opened from it (and one a late
+        fill opens) also gets a close command with reason SIGNAL_CANCELLED; without it, positions
+        stay open. Producer-signed (own signals) or admin bearer token. Idempotent on request_id;
+        cancelling an expired signal gives FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -270,8 +284,12 @@ class SignalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.SubmitQuotesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.SubmitQuotesResponse, _abc.Awaitable[_backoffice_pb2.SubmitQuotesResponse]]:
-        """Submits quotes from a producer's price feed (used to watch hidden stop-loss and
-        take-profit levels). Producer-signed.
+        """Submits quotes from a producer's price feed, used to watch hidden stop-loss,
+        take-profit, trailing and breakeven levels. Each quote names a signalhub instrument and
+        is applied to the positions on it through each device's symbol map. Only the newest
+        quote per instrument and producer is kept (an older one is accepted and changes
+        nothing); a quote older than the server's quote age limit triggers nothing.
+        Producer-signed. A bad quote gives INVALID_ARGUMENT naming quotes[i].<field>.
         """
 
     @_abc_1.abstractmethod
@@ -590,7 +608,16 @@ def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, s
 
 class PositionServiceStub:
     """Positions opened by fills, and the commands that close them. Bearer-token auth; users see
-    their own devices' positions, admins everyone's.
+    their own devices' positions, admins everyone's; another user's position or close command
+    is NOT_FOUND in every RPC.
+
+    The server watches each OPEN position's hidden levels against quotes (the device's own
+    Quote frames for its broker symbol, and producers' SubmitQuotes for the signal's
+    instrument); a quote older than the server's quote age limit triggers nothing. BUY: bid <=
+    stop_loss or bid >= take_profit; SELL: ask >= stop_loss or ask <= take_profit. A crossing
+    creates exactly one close command (reason STOP_LOSS or TAKE_PROFIT) and the position becomes
+    CLOSING; the command is pushed to the device as a sealed CloseOrder and re-sent until a
+    CloseResult arrives, a bounded number of times.
     """
 
     @_typing.overload
@@ -598,18 +625,24 @@ class PositionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PositionServiceAsyncStub: ...
     ListPositions: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListPositionsRequest, _backoffice_pb2.ListPositionsResponse]
-    """Lists positions, newest first."""
+    """Lists positions, newest first. Their events are left out (see GetPosition)."""
     GetPosition: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.GetPositionRequest, _backoffice_pb2.Position]
-    """Returns one position."""
+    """Returns one position with its events (level moves, closes), oldest first."""
     ClosePosition: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ClosePositionRequest, _backoffice_pb2.CloseCommand]
     """Asks the device to close a position, fully or partly (reason MANUAL, or ADMIN when an
-    admin asks for another user's position). Idempotent on request_id. A position that is
-    not OPEN gives FAILED_PRECONDITION.
+    admin asks for another user's position); the position is CLOSING until the device's
+    CloseResult. Idempotent on request_id. A position that is not OPEN gives
+    FAILED_PRECONDITION (reason POSITION_NOT_OPEN); a volume that is not a positive decimal
+    or exceeds the open volume gives INVALID_ARGUMENT naming volume.
     """
     UpdateProtection: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.UpdateProtectionRequest, _backoffice_pb2.Position]
-    """Moves a position's hidden stop-loss and/or take-profit. Idempotent on request_id. A
-    position that is not OPEN gives FAILED_PRECONDITION; a level on the wrong side of the
-    entry INVALID_ARGUMENT.
+    """Moves or removes a position's hidden stop-loss, take-profit, trailing stop and breakeven.
+    Idempotent on request_id. A position that is not OPEN gives FAILED_PRECONDITION (reason
+    POSITION_NOT_OPEN). INVALID_ARGUMENT names each bad field: a value that is not a positive
+    decimal; a stop-loss at or above the take-profit for a BUY (at or below for a SELL); a
+    level that would fire at once against the latest fresh quote (BUY: stop_loss >= bid or
+    take_profit <= bid; SELL: stop_loss <= ask or take_profit >= ask), including a trailing
+    stop whose first level would; a breakeven_offset not below breakeven_trigger.
     """
     ListCloseCommands: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListCloseCommandsRequest, _backoffice_pb2.ListCloseCommandsResponse]
     """Lists close commands, newest first."""
@@ -617,30 +650,54 @@ class PositionServiceStub:
 @_typing.type_check_only
 class PositionServiceAsyncStub(PositionServiceStub):
     """Positions opened by fills, and the commands that close them. Bearer-token auth; users see
-    their own devices' positions, admins everyone's.
+    their own devices' positions, admins everyone's; another user's position or close command
+    is NOT_FOUND in every RPC.
+
+    The server watches each OPEN position's hidden levels against quotes (the device's own
+    Quote frames for its broker symbol, and producers' SubmitQuotes for the signal's
+    instrument); a quote older than the server's quote age limit triggers nothing. BUY: bid <=
+    stop_loss or bid >= take_profit; SELL: ask >= stop_loss or ask <= take_profit. A crossing
+    creates exactly one close command (reason STOP_LOSS or TAKE_PROFIT) and the position becomes
+    CLOSING; the command is pushed to the device as a sealed CloseOrder and re-sent until a
+    CloseResult arrives, a bounded number of times.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListPositions: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListPositionsRequest, _backoffice_pb2.ListPositionsResponse]  # type: ignore[assignment]
-    """Lists positions, newest first."""
+    """Lists positions, newest first. Their events are left out (see GetPosition)."""
     GetPosition: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.GetPositionRequest, _backoffice_pb2.Position]  # type: ignore[assignment]
-    """Returns one position."""
+    """Returns one position with its events (level moves, closes), oldest first."""
     ClosePosition: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ClosePositionRequest, _backoffice_pb2.CloseCommand]  # type: ignore[assignment]
     """Asks the device to close a position, fully or partly (reason MANUAL, or ADMIN when an
-    admin asks for another user's position). Idempotent on request_id. A position that is
-    not OPEN gives FAILED_PRECONDITION.
+    admin asks for another user's position); the position is CLOSING until the device's
+    CloseResult. Idempotent on request_id. A position that is not OPEN gives
+    FAILED_PRECONDITION (reason POSITION_NOT_OPEN); a volume that is not a positive decimal
+    or exceeds the open volume gives INVALID_ARGUMENT naming volume.
     """
     UpdateProtection: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.UpdateProtectionRequest, _backoffice_pb2.Position]  # type: ignore[assignment]
-    """Moves a position's hidden stop-loss and/or take-profit. Idempotent on request_id. A
-    position that is not OPEN gives FAILED_PRECONDITION; a level on the wrong side of the
-    entry INVALID_ARGUMENT.
+    """Moves or removes a position's hidden stop-loss, take-profit, trailing stop and breakeven.
+    Idempotent on request_id. A position that is not OPEN gives FAILED_PRECONDITION (reason
+    POSITION_NOT_OPEN). INVALID_ARGUMENT names each bad field: a value that is not a positive
+    decimal; a stop-loss at or above the take-profit for a BUY (at or below for a SELL); a
+    level that would fire at once against the latest fresh quote (BUY: stop_loss >= bid or
+    take_profit <= bid; SELL: stop_loss <= ask or take_profit >= ask), including a trailing
+    stop whose first level would; a breakeven_offset not below breakeven_trigger.
     """
     ListCloseCommands: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListCloseCommandsRequest, _backoffice_pb2.ListCloseCommandsResponse]  # type: ignore[assignment]
     """Lists close commands, newest first."""
 
 class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Positions opened by fills, and the commands that close them. Bearer-token auth; users see
-    their own devices' positions, admins everyone's.
+    their own devices' positions, admins everyone's; another user's position or close command
+    is NOT_FOUND in every RPC.
+
+    The server watches each OPEN position's hidden levels against quotes (the device's own
+    Quote frames for its broker symbol, and producers' SubmitQuotes for the signal's
+    instrument); a quote older than the server's quote age limit triggers nothing. BUY: bid <=
+    stop_loss or bid >= take_profit; SELL: ask >= stop_loss or ask <= take_profit. A crossing
+    creates exactly one close command (reason STOP_LOSS or TAKE_PROFIT) and the position becomes
+    CLOSING; the command is pushed to the device as a sealed CloseOrder and re-sent until a
+    CloseResult arrives, a bounded number of times.
     """
 
     @_abc_1.abstractmethod
@@ -649,7 +706,7 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.ListPositionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.ListPositionsResponse, _abc.Awaitable[_backoffice_pb2.ListPositionsResponse]]:
-        """Lists positions, newest first."""
+        """Lists positions, newest first. Their events are left out (see GetPosition)."""
 
     @_abc_1.abstractmethod
     def GetPosition(
@@ -657,7 +714,7 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.GetPositionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.Position, _abc.Awaitable[_backoffice_pb2.Position]]:
-        """Returns one position."""
+        """Returns one position with its events (level moves, closes), oldest first."""
 
     @_abc_1.abstractmethod
     def ClosePosition(
@@ -666,8 +723,10 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.CloseCommand, _abc.Awaitable[_backoffice_pb2.CloseCommand]]:
         """Asks the device to close a position, fully or partly (reason MANUAL, or ADMIN when an
-        admin asks for another user's position). Idempotent on request_id. A position that is
-        not OPEN gives FAILED_PRECONDITION.
+        admin asks for another user's position); the position is CLOSING until the device's
+        CloseResult. Idempotent on request_id. A position that is not OPEN gives
+        FAILED_PRECONDITION (reason POSITION_NOT_OPEN); a volume that is not a positive decimal
+        or exceeds the open volume gives INVALID_ARGUMENT naming volume.
         """
 
     @_abc_1.abstractmethod
@@ -676,9 +735,13 @@ class PositionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _backoffice_pb2.UpdateProtectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.Position, _abc.Awaitable[_backoffice_pb2.Position]]:
-        """Moves a position's hidden stop-loss and/or take-profit. Idempotent on request_id. A
-        position that is not OPEN gives FAILED_PRECONDITION; a level on the wrong side of the
-        entry INVALID_ARGUMENT.
+        """Moves or removes a position's hidden stop-loss, take-profit, trailing stop and breakeven.
+        Idempotent on request_id. A position that is not OPEN gives FAILED_PRECONDITION (reason
+        POSITION_NOT_OPEN). INVALID_ARGUMENT names each bad field: a value that is not a positive
+        decimal; a stop-loss at or above the take-profit for a BUY (at or below for a SELL); a
+        level that would fire at once against the latest fresh quote (BUY: stop_loss >= bid or
+        take_profit <= bid; SELL: stop_loss <= ask or take_profit >= ask), including a trailing
+        stop whose first level would; a breakeven_offset not below breakeven_trigger.
         """
 
     @_abc_1.abstractmethod
@@ -945,7 +1008,9 @@ class AffiliateServiceServicer(metaclass=_abc_1.ABCMeta):
 def add_AffiliateServiceServicer_to_server(servicer: AffiliateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AuditServiceStub:
-    """The audit log of state changes made by people and producers. Admin only."""
+    """The audit log of state changes made by people and producers, and the alerts the server
+    raises. Admin only: anyone else gets PERMISSION_DENIED.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -953,17 +1018,29 @@ class AuditServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListAuditEventsRequest, _backoffice_pb2.ListAuditEventsResponse]
     """Lists audit events, newest first."""
+    ListAlerts: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListAlertsRequest, _backoffice_pb2.ListAlertsResponse]
+    """Lists alerts, newest first. Each incident raises one alert (also written as an audit
+    event, counted in a metric and logged); it is resolved when the incident ends.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
-    """The audit log of state changes made by people and producers. Admin only."""
+    """The audit log of state changes made by people and producers, and the alerts the server
+    raises. Admin only: anyone else gets PERMISSION_DENIED.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListAuditEventsRequest, _backoffice_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists audit events, newest first."""
+    ListAlerts: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListAlertsRequest, _backoffice_pb2.ListAlertsResponse]  # type: ignore[assignment]
+    """Lists alerts, newest first. Each incident raises one alert (also written as an audit
+    event, counted in a metric and logged); it is resolved when the incident ends.
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The audit log of state changes made by people and producers. Admin only."""
+    """The audit log of state changes made by people and producers, and the alerts the server
+    raises. Admin only: anyone else gets PERMISSION_DENIED.
+    """
 
     @_abc_1.abstractmethod
     def ListAuditEvents(
@@ -972,5 +1049,15 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_backoffice_pb2.ListAuditEventsResponse, _abc.Awaitable[_backoffice_pb2.ListAuditEventsResponse]]:
         """Lists audit events, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListAlerts(
+        self,
+        request: _backoffice_pb2.ListAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.ListAlertsResponse, _abc.Awaitable[_backoffice_pb2.ListAlertsResponse]]:
+        """Lists alerts, newest first. Each incident raises one alert (also written as an audit
+        event, counted in a metric and logged); it is resolved when the incident ends.
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,8 +4,8 @@ isort:skip_file
 The device edge: one bidirectional stream per EA bridge (docs/contract.md, "DeviceGateway").
 
 Field names and numbers here are binding for bridges; fields may be added, nothing may be
-renamed or renumbered. No message in this file carries a signal's stop-loss, take-profit
-or payload: those never leave the back office.
+renamed or renumbered. No message in this file carries a signal's stop-loss, take-profit,
+trailing or breakeven settings or payload: those never leave the back office.
 """
 
 from collections import abc as _abc
@@ -118,7 +118,11 @@ class DeviceFrame(_message.Message):
 
     @_builtins.property
     def quote(self) -> _common_pb2.Quote:
-        """A quote seen by the terminal, for the instruments the device holds."""
+        """A quote seen by the terminal, for the instruments the device holds, in the broker's
+        symbol; it is watched against this device's positions only. Quotes are market data:
+        only the newest per symbol is kept, so a quote older than the stored one is ACCEPTED
+        and changes nothing (a repeat of the frame that set the stored quote is DUPLICATE).
+        """
 
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat:
@@ -533,7 +537,9 @@ Global___Fill: _TypeAlias = Fill  # noqa: Y015
 @_typing.final
 class CloseOrder(_message.Message):
     """An instruction to close (part of) a position; the device's view of the back office's
-    CloseCommand resource.
+    CloseCommand resource. Sent again after a reconnect and after the ack timeout until a
+    CloseResult arrives, a bounded number of times; the bridge closes a command_id at most once
+    and answers a repeat with the result it already has.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

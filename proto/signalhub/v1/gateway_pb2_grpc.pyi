@@ -4,8 +4,8 @@ isort:skip_file
 The device edge: one bidirectional stream per EA bridge (docs/contract.md, "DeviceGateway").
 
 Field names and numbers here are binding for bridges; fields may be added, nothing may be
-renamed or renumbered. No message in this file carries a signal's stop-loss, take-profit
-or payload: those never leave the back office.
+renamed or renumbered. No message in this file carries a signal's stop-loss, take-profit,
+trailing or breakeven settings or payload: those never leave the back office.
 """
 
 from collections import abc as _abc

@@ -161,10 +161,10 @@ async def record_fills(
     ]
     for start in range(0, len(reports), batch):
         async with res.sessions.begin() as session:
-            outcomes = await deliveries.record_reports(
+            recorded = await deliveries.record_reports(
                 session, reports[start : start + batch], now or datetime.now(UTC)
             )
-        assert all(o is deliveries.ACCEPTED for o in outcomes), outcomes
+        assert all(o is deliveries.ACCEPTED for o in recorded.outcomes), recorded.outcomes
     return await fill_event_ids(res, delivery_ids)
 
 

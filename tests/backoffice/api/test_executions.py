@@ -153,6 +153,7 @@ class World:
             signal_id=signal_id,
             delivery_id=delivery_id,
             instrument="GOLD.m",
+            signal_instrument="XAUUSD",
             side=Side.BUY,
             volume=Decimal("0.10"),
             entry_price=Decimal("2000.80"),

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from backoffice import signals
 from backoffice.bootstrap import Resources
-from backoffice.models import Signal
+from backoffice.models import ActorType, Signal
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
@@ -313,7 +313,7 @@ async def test_submit_quotes(backoffice_channel: grpc.aio.Channel, producer: Key
     from backoffice.models import Quote
 
     async with res.sessions() as session:
-        stored = await session.get(Quote, "EURUSD")
+        stored = await session.get(Quote, ("EURUSD", ActorType.PRODUCER, producer.id))
     assert stored is not None and str(stored.bid) == "1.1000"  # the older quote did not overwrite
     bad = pb.SubmitQuotesRequest(quotes=[common_pb2.Quote(instrument="EURUSD", bid="2", ask="1", quote_time=ts(now))])
     with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -1,5 +1,6 @@
 """Cancelling a signal whose deliveries are on their way: nothing is sent again, and a fill that still
-comes (the bridge had placed the order) is recorded, its position closed at once with SIGNAL_CANCELLED."""
+comes (the bridge had placed the order) is recorded; when the cancel asked for positions to be closed,
+its position is closed at once with SIGNAL_CANCELLED, otherwise it stays open."""
 
 from __future__ import annotations
 
@@ -48,11 +49,18 @@ async def _sent_long_ago(res: Resources, book: Book, device: KeyCredentials, sta
     return delivery_id
 
 
-async def _cancel(res: Resources, book: Book, delivery_id: uuid.UUID) -> None:
+async def _cancel(res: Resources, book: Book, delivery_id: uuid.UUID, *, close_positions: bool = True) -> None:
     signal_id = (await row(res, Delivery, delivery_id)).signal_id
     producer = Caller(ActorType.PRODUCER, book.producer_id)
     async with res.sessions.begin() as session:
-        await signals.cancel(session, producer, signal_id, reason="changed my mind", request_id=str(uuid.uuid4()))
+        await signals.cancel(
+            session,
+            producer,
+            signal_id,
+            reason="changed my mind",
+            request_id=str(uuid.uuid4()),
+            close_positions=close_positions,
+        )
 
 
 async def _claim(res: Resources, device: KeyCredentials) -> list[deliveries.Order]:
@@ -66,9 +74,11 @@ async def _claim(res: Resources, device: KeyCredentials) -> list[deliveries.Orde
 async def _fill(res: Resources, device: KeyCredentials, delivery_id: uuid.UUID) -> Verdict:
     report = FillReport(delivery_id, "T-9", Decimal("2034.30"), Decimal("0.10"), datetime.now(UTC))
     async with res.sessions.begin() as session:
-        [outcome] = await deliveries.record_reports(
-            session, [DeviceReport(device.id, uuid.uuid4().hex, report)], datetime.now(UTC)
-        )
+        [outcome] = (
+            await deliveries.record_reports(
+                session, [DeviceReport(device.id, uuid.uuid4().hex, report)], datetime.now(UTC)
+            )
+        ).outcomes
     return outcome.verdict
 
 
@@ -114,6 +124,20 @@ async def test_a_late_fill_is_recorded_and_its_position_closed_with_signal_cance
     )
     [order] = await _claim(res, device)
     assert isinstance(order, deliveries.CloseOrder) and order.id == command.id and order.broker_ticket == "T-9"
+
+
+async def test_without_close_positions_a_late_fill_stays_open_until_asked(
+    res: Resources, device: KeyCredentials, book: Book
+) -> None:
+    """A cancel without close_positions leaves the trade alone; cancelling again with it closes it."""
+    delivery_id = await _sent_long_ago(res, book, device, DeliveryState.PLACED)
+    await _cancel(res, book, delivery_id, close_positions=False)
+    assert await _fill(res, device, delivery_id) is Verdict.ACCEPTED
+    position, commands = await _position_and_commands(res, delivery_id)
+    assert (position.status, commands) == (PositionStatus.OPEN, [])
+    await _cancel(res, book, delivery_id, close_positions=True)
+    position, [command] = await _position_and_commands(res, delivery_id)
+    assert (position.status, command.reason) == (PositionStatus.CLOSING, CloseReason.SIGNAL_CANCELLED)
 
 
 async def test_a_delivery_cancelled_before_it_was_sent_still_refuses_a_fill(

@@ -34,8 +34,8 @@ async def _claim(res: Resources, *requests: ClaimRequest, now: datetime | None =
 
 async def _record(res: Resources, *reports: DeviceReport) -> list[Verdict]:
     async with res.sessions.begin() as session:
-        outcomes = await deliveries.record_reports(session, reports, datetime.now(UTC))
-    return [o.verdict for o in outcomes]
+        recorded = await deliveries.record_reports(session, reports, datetime.now(UTC))
+    return [o.verdict for o in recorded.outcomes]
 
 
 async def _set(res: Resources, delivery_id: uuid.UUID, **values: object) -> None:
@@ -133,7 +133,8 @@ TRANSITIONS = [
     (DeliveryState.RECEIVED, DeliveryState.RECEIVED, Verdict.DUPLICATE, DeliveryState.RECEIVED),
     (DeliveryState.PLACED, DeliveryState.RECEIVED, Verdict.DUPLICATE, DeliveryState.PLACED),
     (DeliveryState.FILLED, DeliveryState.PLACED, Verdict.DUPLICATE, DeliveryState.FILLED),
-    (DeliveryState.FILLED, DeliveryState.FILLED, Verdict.DUPLICATE, DeliveryState.FILLED),
+    # A further fill of a FILLED delivery is a partial fill (a repeat of a recorded one is a DUPLICATE).
+    (DeliveryState.FILLED, DeliveryState.FILLED, Verdict.ACCEPTED, DeliveryState.FILLED),
     (DeliveryState.FILLED, DeliveryState.REJECTED, Verdict.REJECTED, DeliveryState.FILLED),
     (DeliveryState.PLACED, DeliveryState.REJECTED, Verdict.ACCEPTED, DeliveryState.REJECTED),
     (DeliveryState.REJECTED, DeliveryState.REJECTED, Verdict.DUPLICATE, DeliveryState.REJECTED),

@@ -19,7 +19,7 @@ import grpc
 from sqlalchemy import func, select
 
 from backoffice.bootstrap import Resources
-from backoffice.models import Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
+from backoffice.models import ActorType, Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import Server
 from backoffice.producer import ProducerClient
@@ -238,8 +238,8 @@ async def test_an_absurd_entry_price_fills_and_quotes_what_the_gateway_takes(
 
         async def quoted() -> bool:
             async with res.sessions() as session:
-                quote = await session.get(Quote, "XAUUSD", populate_existing=True)
-            return quote is not None and quote.source_id == device.id
+                quote = await session.get(Quote, ("XAUUSD", ActorType.DEVICE, device.id), populate_existing=True)
+            return quote is not None
 
         await _until(quoted, "the gateway to store the bridge's quote")
         await eventually(lambda: client.stats.quotes_sent >= 3, what="quotes sent again")

@@ -132,3 +132,28 @@ async def test_paper_prices_for_an_absurd_entry_are_ones_the_gateway_takes(instr
         quote.quote_time.GetCurrentTime()
         uplink.decode(device_id, pb.DeviceFrame(frame_id=f"q{n}", quote=quote))
     assert (await executor.account()).equity.is_finite()
+
+
+@pytest.mark.parametrize("side", [OrderSide.BUY, OrderSide.SELL])
+async def test_paper_closes_at_the_quote_with_its_slippage(side: OrderSide) -> None:
+    """A close (partial or full) is at the current quote, at most ``slippage_ticks`` worse for the trader,
+    and the realised balance is what those prices give."""
+    executor = PaperExecutor(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}, slippage_ticks=3, seed=5))
+    fill = await executor.place_order(order(1, side, volume="1.00"))
+    executor.set_price("XAUUSD", Decimal("2010.00"))
+    quote = await executor.quote("XAUUSD")
+    assert quote is not None
+    realised = Decimal(0)
+    for volume in ("0.40", None):
+        done = await executor.close_position(
+            CloseRequest(f"c-{volume}", fill.broker_ticket, Decimal(volume) if volume else None)
+        )
+        if side is OrderSide.BUY:
+            assert quote.bid - Decimal("0.03") <= done.close_price <= quote.bid
+            realised += (done.close_price - fill.price) * 100 * done.closed_volume
+        else:
+            assert quote.ask <= done.close_price <= quote.ask + Decimal("0.03")
+            realised += (fill.price - done.close_price) * 100 * done.closed_volume
+    assert [c.closed_volume for _, c in executor.closes] == [Decimal("0.40"), Decimal("0.60")]
+    assert any(c.close_price not in (quote.bid, quote.ask) for _, c in executor.closes)  # it does slip
+    assert (await executor.account()).balance == Decimal(10000) + realised

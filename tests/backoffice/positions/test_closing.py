@@ -79,9 +79,11 @@ async def test_a_partial_close_result_is_written(res: Resources, device: KeyCred
     command_id = await book.close_command(device.id, position_id, volume="0.10")
     report = deliveries.CloseReport(command_id, True, Decimal("2036.25"), None, "")
     async with res.sessions.begin() as session:
-        [outcome] = await deliveries.record_reports(
-            session, [deliveries.DeviceReport(device.id, "close-1", report)], datetime.now(UTC)
-        )
+        [outcome] = (
+            await deliveries.record_reports(
+                session, [deliveries.DeviceReport(device.id, "close-1", report)], datetime.now(UTC)
+            )
+        ).outcomes
     assert outcome.verdict is deliveries.Verdict.ACCEPTED
     command = await row(res, CloseCommand, command_id)
     assert (command.status, command.closed_volume, command.reason) == (

@@ -1,0 +1,489 @@
+"""Closing positions. A close command is created here whoever asks (the monitor on a crossed level, the
+owner or an admin, a cancelled signal), at most one outstanding per position (a unique index decides, so
+two monitors racing, or one restarted, never close a position twice). The gateway pushes it; the device's
+CloseResult completes it (``lock_close_targets``, ``apply_close`` and ``write_closes`` run on the uplink's
+transaction); a command that never gets one is sent a bounded number of times and then EXPIRED, the
+position CLOSED_ERROR with an alert (``expire_closes``, from the gateway's sweep). A result that arrives
+after that is still applied: the device's word about the broker wins."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, any_, bindparam, literal, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backoffice import alerts
+from backoffice.devices.hello import Hello
+from backoffice.models import (
+    ActorType,
+    AlertKind,
+    CloseCommand,
+    CloseCommandStatus,
+    CloseReason,
+    Device,
+    Position,
+    PositionEventKind,
+    PositionStatus,
+    Side,
+)
+from backoffice.platform.db import any_id
+from backoffice.positions import events
+
+_PRICE_PLACES = Decimal("1e-12")
+
+
+@dataclass(frozen=True)
+class Closing:
+    """A position to close (its ``volume`` of it), and why."""
+
+    position_id: uuid.UUID
+    device_id: uuid.UUID
+    volume: Decimal
+    reason: CloseReason
+    price: Decimal | None = None  # the quote's exit price that triggered it
+    stop_loss: Decimal | None = None  # the levels when it was asked for, for the event
+    take_profit: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Queued:
+    command_id: uuid.UUID
+    position_id: uuid.UUID
+    device_id: uuid.UUID
+
+
+async def queue_closes(
+    session: AsyncSession,
+    closings: Sequence[Closing],
+    now: datetime,
+    *,
+    actor_type: ActorType,
+    actor_id: uuid.UUID | None = None,
+    requested_by: uuid.UUID | None = None,
+) -> list[Queued]:
+    """A PENDING close command per position, the position CLOSING and a CLOSE_REQUESTED event. The caller
+    holds the positions' locks and found them OPEN; a position that has a command out already gets no
+    second one (the unique index on outstanding commands refuses it) and is left as it is."""
+    if not closings:
+        return []
+    wanted = {c.position_id: c for c in closings}
+    statement = pg_insert(CloseCommand).values(
+        [
+            {
+                "id": uuid.uuid4(),
+                "position_id": c.position_id,
+                "device_id": c.device_id,
+                "volume": c.volume,
+                "reason": c.reason,
+                "status": CloseCommandStatus.PENDING,
+                "requested_by": requested_by,
+                "created_at": now,
+            }
+            for c in wanted.values()
+        ]
+    )
+    result = await session.execute(
+        # The index's own predicate, spelled as a literal: Postgres infers the arbiter index only from that.
+        statement.on_conflict_do_nothing(
+            index_elements=[CloseCommand.position_id], index_where=text("status IN ('PENDING', 'SENT')")
+        ).returning(CloseCommand.id, CloseCommand.position_id, CloseCommand.device_id)
+    )
+    queued = [Queued(row.id, row.position_id, row.device_id) for row in result]
+    if not queued:
+        return []
+    await session.execute(
+        update(Position)
+        .where(any_id(Position.id, [q.position_id for q in queued]))
+        .values(status=PositionStatus.CLOSING)
+        .execution_options(synchronize_session=False)
+    )
+    rows = []
+    for item in queued:
+        closing = wanted[item.position_id]
+        rows.append(
+            events.event_row(
+                item.position_id,
+                PositionEventKind.CLOSE_REQUESTED,
+                now,
+                actor_type=actor_type,
+                actor_id=actor_id,
+                stop_loss=closing.stop_loss,
+                take_profit=closing.take_profit,
+                price=closing.price,
+                volume=closing.volume,
+                close_command_id=item.command_id,
+                reason=closing.reason,
+            )
+        )
+    await events.insert_events(session, rows)
+    return queued
+
+
+@dataclass
+class PositionState:
+    """A position as the current transaction locked it, changed in memory; shared by every close
+    command of the batch that names it."""
+
+    id: uuid.UUID
+    status: PositionStatus
+    volume: Decimal
+    entry_price: Decimal
+    side: Side
+    instrument: str
+    profit: Decimal | None
+    close_price: Decimal | None
+    closed_at: datetime | None
+    closed_volume: Decimal = Decimal(0)
+    price_profit: Decimal | None = None
+    close_reason: CloseReason | None = None
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    changed: bool = False
+
+
+@dataclass
+class CloseTarget:
+    """A close command locked by the current transaction, changed in memory; ``effect`` is what its result
+    did to the position (the event to record), once applied."""
+
+    command_id: uuid.UUID
+    device_id: uuid.UUID
+    status: CloseCommandStatus
+    volume: Decimal
+    position: PositionState
+    reason: CloseReason = CloseReason.MANUAL
+    close_price: Decimal | None = None
+    closed_volume: Decimal | None = None
+    error: str | None = None
+    completed_at: datetime | None = None
+    changed: bool = False
+    effect: PositionEventKind | None = None
+
+
+async def lock_close_targets(
+    session: AsyncSession, pairs: Iterable[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[uuid.UUID, CloseTarget]:
+    """The close commands named by (command id, device id) pairs, each with its position, locked in id
+    order (so two transactions never wait on each other in a cycle). A command of another device is
+    simply not found."""
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    uuids = ARRAY(UUID(as_uuid=True))  # array parameters: one prepared statement whatever the count
+    rows = await session.execute(
+        select(
+            CloseCommand.id,
+            CloseCommand.device_id,
+            CloseCommand.status,
+            CloseCommand.volume,
+            CloseCommand.reason,
+            Position.id.label("position_id"),
+            Position.status.label("position_status"),
+            Position.volume.label("position_volume"),
+            Position.entry_price,
+            Position.side,
+            Position.instrument,
+            Position.profit,
+            Position.close_price.label("position_close_price"),
+            Position.closed_at,
+            Position.closed_volume.label("position_closed_volume"),
+            Position.price_profit,
+            Position.close_reason,
+            Position.stop_loss,
+            Position.take_profit,
+        )
+        .join(Position, Position.id == CloseCommand.position_id)
+        .where(
+            CloseCommand.id == any_(literal([c for c, _ in wanted], uuids)),
+            CloseCommand.device_id == any_(literal([d for _, d in wanted], uuids)),
+        )
+        .order_by(CloseCommand.id)
+        .with_for_update()
+    )
+    positions: dict[uuid.UUID, PositionState] = {}
+    targets = {}
+    for row in rows:
+        if (row.id, row.device_id) not in wanted:
+            continue
+        position = positions.setdefault(
+            row.position_id,
+            PositionState(
+                id=row.position_id,
+                status=row.position_status,
+                volume=row.position_volume,
+                entry_price=row.entry_price,
+                side=row.side,
+                instrument=row.instrument,
+                profit=row.profit,
+                close_price=row.position_close_price,
+                closed_at=row.closed_at,
+                closed_volume=row.position_closed_volume,
+                price_profit=row.price_profit,
+                close_reason=row.close_reason,
+                stop_loss=row.stop_loss,
+                take_profit=row.take_profit,
+            ),
+        )
+        targets[row.id] = CloseTarget(row.id, row.device_id, row.status, row.volume, position, row.reason)
+    return targets
+
+
+async def accounts_of(session: AsyncSession, device_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Hello]:
+    """Each device's account as its last Hello described it (symbol specs give the value of a tick)."""
+    ids = set(device_ids)
+    if not ids:
+        return {}
+    rows = await session.execute(select(Device.id, Device.last_hello).where(Device.id.in_(ids)))
+    return {row.id: Hello.from_json(row.last_hello) for row in rows}
+
+
+def price_move(side: Side, entry_price: Decimal, close_price: Decimal) -> Decimal:
+    """The move from entry to close in the position's favour, in price units."""
+    return close_price - entry_price if side is Side.BUY else entry_price - close_price
+
+
+def realised_profit(
+    side: Side, entry_price: Decimal, close_price: Decimal, volume: Decimal, account: Hello | None, instrument: str
+) -> Decimal | None:
+    """Profit in the account currency from the symbol's tick value; None when the Hello lacks it."""
+    spec = account.spec(instrument) if account else None
+    if spec is None or not spec.tick_size or spec.tick_value is None:
+        return None
+    return price_move(side, entry_price, close_price) * volume / spec.tick_size * spec.tick_value
+
+
+def weighted_average(previous: Decimal | None, weight: Decimal, value: Decimal, value_weight: Decimal) -> Decimal:
+    """The average of ``previous`` (over ``weight``) and ``value`` (over ``value_weight``), kept to the
+    contract's 12 decimals when it does not end sooner (entry prices over partial fills, profit in price
+    units over partial closes)."""
+    average = ((previous or Decimal(0)) * weight + value * value_weight) / (weight + value_weight)
+    exponent = average.as_tuple().exponent
+    return average.quantize(_PRICE_PLACES) if isinstance(exponent, int) and exponent < -12 else average
+
+
+def apply_close(
+    target: CloseTarget,
+    *,
+    success: bool,
+    close_price: Decimal | None,
+    closed_volume: Decimal | None,
+    error: str,
+    account: Hello | None,
+    now: datetime,
+) -> None:
+    """The command SUCCEEDED or FAILED. A success closes the position, or reduces it when only part of
+    its volume was closed (the rest is OPEN again), adding to its realised profit in price units and in
+    the account currency; a failure marks it CLOSED_ERROR for a person to look at."""
+    position = target.position
+    target.changed = position.changed = True
+    target.completed_at = now
+    if not success:
+        target.status = CloseCommandStatus.FAILED
+        target.error = error or "the device could not close the position"
+        if position.status is not PositionStatus.CLOSED:
+            position.status = PositionStatus.CLOSED_ERROR
+            position.closed_at = now
+            target.effect = PositionEventKind.CLOSE_FAILED
+        return
+    assert close_price is not None
+    volume = closed_volume if closed_volume is not None else target.volume
+    target.status = CloseCommandStatus.SUCCEEDED
+    target.close_price = close_price
+    target.closed_volume = volume
+    if position.status is PositionStatus.CLOSED:
+        return  # an earlier command closed it already: nothing left to change
+    move = price_move(position.side, position.entry_price, close_price)
+    position.price_profit = weighted_average(position.price_profit, position.closed_volume, move, volume)
+    position.closed_volume += volume
+    part = realised_profit(position.side, position.entry_price, close_price, volume, account, position.instrument)
+    position.profit = None if part is None else (position.profit or Decimal(0)) + part
+    if volume >= position.volume:
+        position.status = PositionStatus.CLOSED
+        position.close_price = close_price
+        position.close_reason = target.reason
+        position.closed_at = now
+        target.effect = PositionEventKind.CLOSED
+    else:
+        position.volume -= volume
+        position.status = PositionStatus.OPEN
+        position.closed_at = None
+        target.effect = PositionEventKind.PARTIALLY_CLOSED
+
+
+async def write_closes(session: AsyncSession, targets: Iterable[CloseTarget], now: datetime) -> list[alerts.Raised]:
+    """Write the close commands a batch of CloseResults changed, the positions they close (price, profit,
+    status), each as one executemany statement (this runs on the uplink's hot transaction), and an event
+    per effect; a failure raises a CLOSE_FAILED alert, a close that ends CLOSED_ERROR resolves it. Returns
+    the alerts raised, to announce after the commit."""
+    changed = [t for t in targets if t.changed]
+    if not changed:
+        return []
+    # Core executemany: one UPDATE statement, many parameter sets.
+    connection = await session.connection()
+    await connection.execute(
+        update(CloseCommand)
+        .where(CloseCommand.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            close_price=bindparam("b_price"),
+            closed_volume=bindparam("b_volume"),
+            error=bindparam("b_error"),
+            completed_at=bindparam("b_at"),
+        ),
+        [
+            {
+                "b_id": t.command_id,
+                "b_status": t.status,
+                "b_price": t.close_price,
+                "b_volume": t.closed_volume,
+                "b_error": t.error,
+                "b_at": t.completed_at,
+            }
+            for t in changed
+        ],
+    )
+    positions = {t.position.id: t.position for t in changed}
+    await connection.execute(
+        update(Position)
+        .where(Position.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            volume=bindparam("b_volume"),
+            profit=bindparam("b_profit"),
+            close_price=bindparam("b_price"),
+            closed_at=bindparam("b_at"),
+            closed_volume=bindparam("b_closed"),
+            price_profit=bindparam("b_price_profit"),
+            close_reason=bindparam("b_reason"),
+        ),
+        [
+            {
+                "b_id": p.id,
+                "b_status": p.status,
+                "b_volume": p.volume,
+                "b_profit": p.profit,
+                "b_price": p.close_price,
+                "b_at": p.closed_at,
+                "b_closed": p.closed_volume,
+                "b_price_profit": p.price_profit,
+                "b_reason": p.close_reason,
+            }
+            for p in positions.values()
+        ],
+    )
+    effected = [t for t in changed if t.effect is not None]
+    await events.insert_events(session, [_result_event(t, now) for t in effected])
+    failed = [t for t in effected if t.effect is PositionEventKind.CLOSE_FAILED]
+    await alerts.resolve(
+        session,
+        AlertKind.CLOSE_FAILED,
+        [t.position.id for t in effected if t.effect is not PositionEventKind.CLOSE_FAILED],
+        now,
+    )
+    return await alerts.raise_alerts(
+        session,
+        [_close_failed(t.position.id, t.device_id, t.command_id, f"the device: {t.error}") for t in failed],
+        now,
+    )
+
+
+def _close_failed(position_id: uuid.UUID, device_id: uuid.UUID, command_id: uuid.UUID, why: str) -> alerts.Incident:
+    """The alert of a close that failed: one per position (it is CLOSED_ERROR until a person acts)."""
+    message = f"closing position {position_id} failed: {why}"
+    return alerts.Incident(
+        AlertKind.CLOSE_FAILED, position_id, device_id, message, position_id=position_id, close_command_id=command_id
+    )
+
+
+def _result_event(target: CloseTarget, now: datetime) -> dict[str, Any]:
+    assert target.effect is not None
+    return events.event_row(
+        target.position.id,
+        target.effect,
+        now,
+        actor_type=ActorType.DEVICE,
+        actor_id=target.device_id,
+        stop_loss=target.position.stop_loss,
+        take_profit=target.position.take_profit,
+        price=target.close_price,
+        volume=target.closed_volume if target.effect is not PositionEventKind.CLOSE_FAILED else target.volume,
+        close_command_id=target.command_id,
+        reason=target.reason,
+        detail=target.error,
+    )
+
+
+async def expire_closes(
+    session: AsyncSession, now: datetime, ack_timeout: timedelta, max_attempts: int
+) -> list[alerts.Raised]:
+    """Close commands sent ``max_attempts`` times without a CloseResult within the ack timeout become
+    EXPIRED; their positions CLOSED_ERROR, with a CLOSE_FAILED event and alert. Rows another transaction
+    holds are skipped (the next sweep sees them). Returns the alerts raised, to announce after commit."""
+    rows = (
+        await session.execute(
+            select(
+                CloseCommand.id,
+                CloseCommand.device_id,
+                CloseCommand.volume,
+                CloseCommand.reason,
+                Position.id.label("position_id"),
+                Position.status,
+                Position.stop_loss,
+                Position.take_profit,
+            )
+            .join(Position, Position.id == CloseCommand.position_id)
+            .where(
+                CloseCommand.status == CloseCommandStatus.SENT,
+                CloseCommand.attempt >= max_attempts,
+                CloseCommand.sent_at <= now - ack_timeout,
+            )
+            .order_by(CloseCommand.id)
+            .limit(1000)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    if not rows:
+        return []
+    error = f"no CloseResult after {max_attempts} sends"
+    await session.execute(
+        update(CloseCommand)
+        .where(any_id(CloseCommand.id, [r.id for r in rows]))
+        .values(status=CloseCommandStatus.EXPIRED, error=error, completed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    closing = [r for r in rows if r.status is PositionStatus.CLOSING]
+    await session.execute(
+        update(Position)
+        .where(and_(any_id(Position.id, [r.position_id for r in closing]), Position.status == PositionStatus.CLOSING))
+        .values(status=PositionStatus.CLOSED_ERROR, closed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await events.insert_events(
+        session,
+        [
+            events.event_row(
+                r.position_id,
+                PositionEventKind.CLOSE_FAILED,
+                now,
+                actor_type=ActorType.SYSTEM,
+                stop_loss=r.stop_loss,
+                take_profit=r.take_profit,
+                volume=r.volume,
+                close_command_id=r.id,
+                reason=r.reason,
+                detail=error,
+            )
+            for r in closing
+        ],
+    )
+    return await alerts.raise_alerts(
+        session, [_close_failed(r.position_id, r.device_id, r.id, error) for r in closing], now
+    )

@@ -1,0 +1,208 @@
+"""Opening positions from fills: the first fill of a delivery opens a position with its signal's hidden
+levels (stop-loss, take-profit, trailing stop, breakeven); a further (partial) fill of the same delivery
+adds to it, at the volume-weighted entry price. The gateway applies fills inside the one transaction that
+records the device's frames (``backoffice.deliveries.record_reports``), which holds the deliveries' locks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backoffice.models import (
+    ActorType,
+    CloseReason,
+    Position,
+    PositionEventKind,
+    PositionStatus,
+    Side,
+    Signal,
+    SignalStatus,
+)
+from backoffice.platform.db import any_id
+from backoffice.positions import closing, events, levels
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A fill of a delivery."""
+
+    delivery_id: uuid.UUID
+    device_id: uuid.UUID
+    signal_id: uuid.UUID
+    instrument: str  # the broker symbol the delivery named
+    side: Side
+    volume: Decimal
+    entry_price: Decimal
+    broker_ticket: str
+    opened_at: datetime
+
+
+@dataclass
+class _Held:
+    """A delivery's position as this batch sees it: ``row`` is the insert of a new one."""
+
+    id: uuid.UUID
+    status: PositionStatus
+    volume: Decimal
+    entry_price: Decimal
+    row: dict[str, Any] | None = None
+    changed: bool = False
+
+
+async def open_positions(session: AsyncSession, openings: Sequence[Opening], now: datetime) -> list[uuid.UUID]:
+    """Open or add to one position per delivery; returns the ids of the positions opened or changed. A
+    fill for a signal cancelled with ``close_positions`` (the device had its delivery before the cancel)
+    is a real trade: its position is opened and closed at once with SIGNAL_CANCELLED, as the cancel did
+    for positions already open. The caller holds the deliveries' locks, which the cancel takes too, so
+    the status read here is the one that counts."""
+    if not openings:
+        return []
+    signals = {
+        row.id: row
+        for row in await session.execute(
+            select(
+                Signal.id,
+                Signal.instrument,
+                Signal.stop_loss,
+                Signal.take_profit,
+                Signal.trailing_distance,
+                Signal.breakeven_trigger,
+                Signal.breakeven_offset,
+                Signal.status,
+                Signal.cancel_closes_positions,
+            ).where(any_id(Signal.id, {o.signal_id for o in openings}))
+        )
+    }
+    held = {
+        row.delivery_id: _Held(row.id, row.status, row.volume, row.entry_price)
+        for row in await session.execute(
+            select(Position.id, Position.delivery_id, Position.status, Position.volume, Position.entry_price)
+            .where(any_id(Position.delivery_id, {o.delivery_id for o in openings}))
+            .order_by(Position.id)
+            .with_for_update()
+        )
+    }
+    event_rows: list[dict[str, Any]] = []
+    for opening in openings:
+        position = held.get(opening.delivery_id)
+        if position is None:
+            position = held[opening.delivery_id] = _new(opening, signals.get(opening.signal_id))
+            event_rows.append(_opened_event(position, opening, now))
+            continue
+        _add(position, opening)
+        event_rows.append(
+            events.event_row(
+                position.id,
+                PositionEventKind.FILL_ADDED,
+                now,
+                actor_type=ActorType.DEVICE,
+                actor_id=opening.device_id,
+                price=opening.entry_price,
+                volume=opening.volume,
+            )
+        )
+    created = [p for p in held.values() if p.row is not None]
+    if created:
+        await session.execute(insert(Position), [p.row for p in created if p.row is not None])
+    added = [p for p in held.values() if p.changed]
+    if added:
+        connection = await session.connection()
+        await connection.execute(
+            update(Position)
+            .where(Position.id == bindparam("b_id"))
+            .values(volume=bindparam("b_volume"), entry_price=bindparam("b_entry"), status=bindparam("b_status")),
+            [{"b_id": p.id, "b_volume": p.volume, "b_entry": p.entry_price, "b_status": p.status} for p in added],
+        )
+    await events.insert_events(session, event_rows)
+    cancelled = [
+        closing.Closing(p.id, p.row["device_id"], p.volume, CloseReason.SIGNAL_CANCELLED)
+        for p in created
+        if p.row is not None and _closes_at_once(signals.get(p.row["signal_id"]))
+    ]
+    await closing.queue_closes(session, cancelled, now, actor_type=ActorType.SYSTEM)
+    return [p.id for p in created] + [p.id for p in added]
+
+
+def _closes_at_once(signal: Any) -> bool:
+    return signal is not None and signal.status is SignalStatus.CANCELLED and bool(signal.cancel_closes_positions)
+
+
+def _new(opening: Opening, signal: Any) -> _Held:
+    """A position for a delivery's first fill, with its signal's hidden levels (the trailing stop starts
+    at the fill price)."""
+    start = levels.start_trailing(
+        levels.Levels(
+            side=opening.side,
+            entry=opening.entry_price,
+            stop_loss=signal.stop_loss if signal else None,
+            take_profit=signal.take_profit if signal else None,
+            trailing_distance=signal.trailing_distance if signal else None,
+            breakeven_trigger=signal.breakeven_trigger if signal else None,
+            breakeven_offset=signal.breakeven_offset if signal else None,
+        )
+    )
+    position_id = uuid.uuid4()
+    row = {
+        "id": position_id,
+        "device_id": opening.device_id,
+        "signal_id": opening.signal_id,
+        "delivery_id": opening.delivery_id,
+        "instrument": opening.instrument,
+        "signal_instrument": signal.instrument if signal else opening.instrument,
+        "side": opening.side,
+        "volume": opening.volume,
+        "entry_price": opening.entry_price,
+        "stop_loss": start.stop_loss,
+        "take_profit": start.take_profit,
+        "trailing_distance": start.trailing_distance,
+        "best_price": start.best_price,
+        "breakeven_trigger": start.breakeven_trigger,
+        "breakeven_offset": start.breakeven_offset,
+        "broker_ticket": opening.broker_ticket,
+        "status": PositionStatus.OPEN,
+        "opened_at": opening.opened_at,
+    }
+    return _Held(position_id, PositionStatus.OPEN, opening.volume, opening.entry_price, row)
+
+
+def _add(position: _Held, opening: Opening) -> None:
+    """A further fill: the volume grows and the entry becomes the volume-weighted average. A position closed
+    meanwhile holds only the new volume, at its price, and is OPEN again; any other state is kept (a
+    CLOSED_ERROR position waits for a person; a CLOSING one for its CloseResult)."""
+    if position.status is PositionStatus.CLOSED:
+        position.status, position.volume, position.entry_price = (
+            PositionStatus.OPEN,
+            opening.volume,
+            opening.entry_price,
+        )
+    else:
+        position.entry_price = closing.weighted_average(
+            position.entry_price, position.volume, opening.entry_price, opening.volume
+        )
+        position.volume += opening.volume
+    if position.row is not None:
+        position.row.update(volume=position.volume, entry_price=position.entry_price, status=position.status)
+    else:
+        position.changed = True
+
+
+def _opened_event(position: _Held, opening: Opening, now: datetime) -> dict[str, Any]:
+    return events.event_row(
+        position.id,
+        PositionEventKind.OPENED,
+        now,
+        actor_type=ActorType.DEVICE,
+        actor_id=opening.device_id,
+        stop_loss=(position.row or {}).get("stop_loss"),
+        take_profit=(position.row or {}).get("take_profit"),
+        price=opening.entry_price,
+        volume=opening.volume,
+    )

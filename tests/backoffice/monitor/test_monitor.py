@@ -1,0 +1,216 @@
+"""The monitor against real Postgres and Redis, fed through the signed SubmitQuotes RPC (and the gateway
+for device quotes): a crossed level gives exactly one close command, also with two monitors; stale
+quotes act on nothing; a new position meets the latest quote; trailing stops and breakeven move and fire;
+a lost hint costs latency, never a trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from backoffice import quotes
+from backoffice.bootstrap import Resources
+from backoffice.models import (
+    ActorType,
+    CloseCommandStatus,
+    CloseReason,
+    Position,
+    PositionEventKind,
+    PositionStatus,
+    Side,
+)
+from signalhub.v1 import gateway_pb2 as gpb
+from tests.backoffice.monitor.support import commands, instrument, monitoring, position_events, quote, submit
+from tests.conftest import KeyCredentials, UserCredentials, make_device
+from tests.gateway.support import Book, eventually, gateway, row, stream
+
+D = Decimal
+
+
+@pytest.fixture
+async def book(res: Resources, user: UserCredentials) -> Book:
+    return await Book.open(res, user.id)
+
+
+async def _closing(res: Resources, position_id: uuid.UUID) -> bool:
+    return (await row(res, Position, position_id)).status is PositionStatus.CLOSING
+
+
+async def test_a_quote_crossing_the_hidden_stop_queues_one_close(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+) -> None:
+    symbol = instrument()
+    crossed = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99", take_profit="110")
+    spared = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="95", take_profit="110")
+    async with monitoring(res):
+        await submit(backoffice_channel, producer, quote(symbol, "99.50"))
+        await asyncio.sleep(0.3)
+        assert await commands(res, crossed) == []  # above the stop: nothing yet
+        await submit(backoffice_channel, producer, quote(symbol, "98.90"))
+        await eventually(lambda: _closing(res, crossed), "the stop to fire")
+        await submit(backoffice_channel, producer, quote(symbol, "98.80"), quote(symbol, "111"))
+        await asyncio.sleep(0.5)  # more crossings, and two sweeps: still one command
+    [command] = await commands(res, crossed)
+    assert (command.reason, command.status, command.volume) == (
+        CloseReason.STOP_LOSS,
+        CloseCommandStatus.PENDING,
+        D("0.10"),
+    )
+    [requested] = await position_events(res, crossed, PositionEventKind.CLOSE_REQUESTED)
+    assert (requested.price, requested.stop_loss, requested.actor_type) == (D("98.90"), D(99), ActorType.SYSTEM)
+    assert requested.close_command_id == command.id
+    # The other one met 111 later: its target.
+    [target] = await commands(res, spared)
+    assert target.reason is CloseReason.TAKE_PROFIT
+
+
+async def test_two_monitors_never_close_a_position_twice(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+) -> None:
+    symbol = instrument()
+    ids = [
+        await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss=f"{99 - i / 100:.2f}")
+        for i in range(40)
+    ]
+    async with monitoring(res), monitoring(res):
+        for bid in ("98.95", "98.80", "98.60", "98.40"):  # a falling market reaches them in turn
+            await submit(backoffice_channel, producer, quote(symbol, bid))
+        for position_id in ids:
+            await eventually(lambda p=position_id: _closing(res, p), "every stop to fire")
+        await asyncio.sleep(0.5)
+    for position_id in ids:
+        assert len(await commands(res, position_id)) == 1
+
+
+async def test_a_stale_quote_triggers_nothing(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+) -> None:
+    symbol = instrument()
+    position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
+    async with monitoring(res, quote_max_age_seconds=5):
+        await submit(backoffice_channel, producer, quote(symbol, "90", at=datetime.now(UTC) - timedelta(seconds=6)))
+        await asyncio.sleep(0.6)
+        assert await commands(res, position_id) == []
+        await submit(backoffice_channel, producer, quote(symbol, "90"))
+        await eventually(lambda: _closing(res, position_id), "a fresh quote to fire the stop")
+
+
+async def test_a_new_position_meets_the_latest_fresh_quote_when_it_opens(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+) -> None:
+    """The quote came first (nothing to close then); the position opens below its own stop and is closed
+    at once, by the hint its opening sends or by the sweep."""
+    symbol = instrument()
+    async with monitoring(res):
+        await submit(backoffice_channel, producer, quote(symbol, "98"))
+        await asyncio.sleep(0.3)
+        position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
+        await eventually(lambda: _closing(res, position_id), "the latest quote to fire the stop")
+    [command] = await commands(res, position_id)
+    assert command.reason is CloseReason.STOP_LOSS
+
+
+async def test_a_lost_hint_costs_latency_never_a_trigger(
+    res: Resources, device: KeyCredentials, book: Book, producer: KeyCredentials
+) -> None:
+    """A quote stored without any hint on Redis (the publish was lost) is found by the sweep."""
+    symbol = instrument()
+    position_id = await book.position(
+        device.id, signal_instrument=symbol, entry="100", stop_loss=None, take_profit="101"
+    )
+    async with monitoring(res):
+        now = datetime.now(UTC)
+        async with res.sessions.begin() as session:
+            await quotes.store_latest(
+                session, [quotes.QuoteIn(symbol, D("101.5"), D("101.6"), now, ActorType.PRODUCER, producer.id)], now
+            )
+        await eventually(lambda: _closing(res, position_id), "the sweep to find the quote")
+    [command] = await commands(res, position_id)
+    assert command.reason is CloseReason.TAKE_PROFIT
+
+
+async def test_a_trailing_stop_follows_a_rising_price_and_fires_on_the_way_down(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+) -> None:
+    symbol = instrument()
+    position_id = await book.position(
+        device.id, signal_instrument=symbol, entry="100", stop_loss="97", take_profit=None, trailing_distance="2"
+    )
+    async with monitoring(res):
+        for bid in ("101", "103", "105"):
+            await submit(backoffice_channel, producer, quote(symbol, bid))
+            await eventually(lambda b=bid: _stop_is(res, position_id, D(b) - 2), f"the stop to follow {bid}")
+        await submit(backoffice_channel, producer, quote(symbol, "104"))  # down, above the stop
+        await asyncio.sleep(0.4)
+        assert (await row(res, Position, position_id)).stop_loss == D(103)  # never moves back
+        await submit(backoffice_channel, producer, quote(symbol, "102.9"))
+        await eventually(lambda: _closing(res, position_id), "the trailing stop to fire")
+    moves = await position_events(res, position_id, PositionEventKind.TRAILING_STOP_MOVED)
+    assert [m.stop_loss for m in moves] == [D(99), D(101), D(103)]
+    assert [m.price for m in moves] == [D(101), D(103), D(105)]
+    [command] = await commands(res, position_id)
+    assert command.reason is CloseReason.STOP_LOSS
+    stored = await row(res, Position, position_id)
+    assert (stored.best_price, stored.stop_loss) == (D(105), D(103))
+
+
+async def _stop_is(res: Resources, position_id: uuid.UUID, stop: Decimal) -> bool:
+    return (await row(res, Position, position_id)).stop_loss == stop
+
+
+async def test_a_breakeven_move_fires(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+) -> None:
+    """A SELL at 100 with its stop at 103: once the ask is 2 below the entry the stop moves to 99.5; the
+    market coming back to 99.5 closes it there, in profit."""
+    symbol = instrument()
+    position_id = await book.position(
+        device.id,
+        signal_instrument=symbol,
+        side=Side.SELL,
+        entry="100",
+        stop_loss="103",
+        take_profit="90",
+        breakeven_trigger="2",
+        breakeven_offset="0.5",
+    )
+    async with monitoring(res):
+        await submit(backoffice_channel, producer, quote(symbol, "97.95", "98.00"))
+        await eventually(lambda: _stop_is(res, position_id, D("99.5")), "the breakeven move")
+        await submit(backoffice_channel, producer, quote(symbol, "99.40", "99.50"))
+        await eventually(lambda: _closing(res, position_id), "the moved stop to fire")
+    [move] = await position_events(res, position_id, PositionEventKind.BREAKEVEN_MOVED)
+    assert (move.stop_loss, move.price) == (D("99.5"), D("98.00"))
+    assert (await row(res, Position, position_id)).breakeven_done
+    [command] = await commands(res, position_id)
+    assert command.reason is CloseReason.STOP_LOSS
+
+
+async def test_a_device_quote_acts_on_that_device_only(
+    res: Resources, user: UserCredentials, device: KeyCredentials, book: Book
+) -> None:
+    """A Quote frame is in the device's broker symbol and its own broker's price: it reaches the device's
+    positions on that symbol, not another device's on the same symbol."""
+    other = await make_device(res, user)
+    symbol = "GOLD." + uuid.uuid4().hex[:6]
+    mine = await book.position(
+        device.id, instrument=symbol, signal_instrument=instrument(), entry="100", stop_loss="99"
+    )
+    theirs = await book.position(
+        other.id, instrument=symbol, signal_instrument=instrument(), entry="100", stop_loss="99"
+    )
+
+    async with monitoring(res), gateway(res) as (_, channel), stream(channel, device) as device_stream:
+        frame = gpb.DeviceFrame(frame_id=device_stream.frame_id(), quote=quote(symbol, "98.5"))
+        assert (await device_stream.receipt(frame)).status == gpb.RECEIPT_STATUS_ACCEPTED
+        await eventually(lambda: _closing(res, mine), "the device's quote to fire its stop")
+        close = (await device_stream.instruction()).close  # pushed to the device at once
+        await asyncio.sleep(0.4)
+    [command] = await commands(res, mine)
+    assert close.command_id == str(command.id) and close.reason
+    assert await commands(res, theirs) == []
