@@ -194,12 +194,19 @@ def stored(row: Quote) -> Seen:
     )
 
 
-async def received_since(session: AsyncSession, since: datetime, *, limit: int = 10_000) -> list[Seen]:
-    """Quotes stored since ``since`` (the monitor's sweep), oldest first."""
-    rows = await session.scalars(
-        select(Quote).where(Quote.received_at >= since).order_by(Quote.received_at, Quote.quote_time).limit(limit)
-    )
-    return [stored(row) for row in rows]
+async def received_since(session: AsyncSession, since: datetime, *, page: int = 5000) -> list[Seen]:
+    """Every quote stored since ``since`` (the monitor's sweep), oldest first, read ``page`` rows at a
+    time (a page may repeat the previous one's last instant: reading a quote twice is harmless)."""
+    found: list[Seen] = []
+    while True:
+        rows = await session.scalars(
+            select(Quote).where(Quote.received_at >= since).order_by(Quote.received_at, Quote.quote_time).limit(page)
+        )
+        batch = [stored(row) for row in rows]
+        found.extend(batch)
+        if len(batch) < page or batch[-1].received_at == since:
+            return found
+        since = batch[-1].received_at
 
 
 # -- the monitor's hints: a stored quote as a Redis stream entry and back

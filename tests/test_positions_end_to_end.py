@@ -147,6 +147,8 @@ def _profit(side: str, entry: Decimal, close: Decimal, volume: Decimal) -> Decim
 async def test_a_quote_crossing_the_hidden_stop_closes_the_position_once(
     trade: Trading, res: Resources, backoffice_channel: grpc.aio.Channel
 ) -> None:
+    """The bridge's own quote through the hidden stop closes the position once, at the bid less slippage,
+    with the profit those prices give; another user cannot see it."""
     signal = await trade.signal("buy", stop_loss=STOP, take_profit=TARGET)
     position = await trade.position()
     assert (position.signal_id, position.stop_loss, position.take_profit) == (signal.id, STOP, TARGET)
@@ -178,6 +180,8 @@ async def test_a_quote_crossing_the_hidden_stop_closes_the_position_once(
 
 
 async def test_a_trailing_stop_follows_a_rising_price_and_fires_on_the_way_down(trade: Trading) -> None:
+    """The stop starts at the fill less the distance, follows each new high and stays when the price falls
+    back, then fires below it, in profit."""
     await trade.signal("buy", trailing_distance=TRAILING)
     position = await trade.position()
     entry = D(position.entry_price)

@@ -74,14 +74,16 @@ class Monitor:
             try:
                 if not self.ready.is_set():
                     await self._start()
-                await self._round(stop)
+                try:
+                    await self._round(stop)
+                except RedisError as exc:  # Redis away: the sweep keeps working meanwhile
+                    log.warning("monitor stream unavailable", extra={"error": str(exc), "backoff": backoff})
+                    await self._sleep(stop, backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await self._sweep_if_due()
+                    continue
                 backoff = 0.1
-            except (RedisError, OSError) as exc:  # Redis away: the sweep keeps working meanwhile
-                log.warning("monitor stream unavailable", extra={"error": str(exc), "backoff": backoff})
-                await self._sleep(stop, backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-                await self._sweep_if_due()
-            except Exception:
+            except Exception:  # the database too: start over from it once it answers
                 log.exception("monitor round failed")
                 self.ready.clear()
                 await self._sleep(stop, backoff)

@@ -181,6 +181,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """The new tables and columns go; quotes are one per instrument again (the newest of each is kept)."""
     op.drop_index(
         "uq_alerts_open_kind_subject_id", table_name="alerts", postgresql_where=sa.text("resolved_at IS NULL")
     )

@@ -4,7 +4,7 @@ the same bad fields, each under its own prefix."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from backoffice import quotes, signals
+from backoffice.bootstrap import Resources
 from backoffice.models import ActorType
 from gateway import uplink
 from signalhub.protocol.errors import InvalidArgument
@@ -79,3 +80,20 @@ async def test_producers_and_devices_hear_of_the_same_bad_fields(
     # The same words, too: one rule, two prefixes.
     for field in fields - {"instrument"}:
         assert device_violations[f"quote.{field}"] == failure.violations[f"quotes[1].{field}"]
+
+
+async def test_the_monitors_sweep_reads_every_quote_stored_since_a_time(
+    res: Resources, producer: KeyCredentials
+) -> None:
+    """Read a page at a time, nothing stored since is left out however many there are."""
+    since = datetime.now(UTC)
+    names = [f"SWEEP{uuid.uuid4().hex[:6].upper()}{n}" for n in range(7)]
+    for n, name in enumerate(names):
+        stored_at = since + timedelta(milliseconds=10 * (n + 1))
+        async with res.sessions.begin() as session:
+            seen = quotes.QuoteIn(name, Decimal(1), Decimal(2), stored_at, ActorType.PRODUCER, producer.id)
+            await quotes.store_latest(session, [seen], stored_at)
+    async with res.sessions() as session:
+        found = await quotes.received_since(session, since, page=3)
+    read = [q.feed.instrument for q in found if q.feed.instrument in names]
+    assert list(dict.fromkeys(read)) == names  # in order; a page may repeat the previous one's last

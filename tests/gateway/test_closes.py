@@ -60,6 +60,8 @@ async def test_a_close_order_is_sent_again_a_bounded_number_of_times_then_expire
     device: KeyCredentials,
     closing: tuple[uuid.UUID, str],
 ) -> None:
+    """Unanswered, a close order is sent three times (the bound here), then EXPIRED with the position
+    CLOSED_ERROR, an event and an open alert; the device's late success still closes it and resolves it."""
     position_id, command_id = closing
     fast = {"ack_timeout_seconds": 0.3, "sweep_interval_seconds": 0.1, "close_max_attempts": 3}
     async with gateway(res, **fast) as (_, channel), stream(channel, device) as device_stream:
@@ -106,6 +108,8 @@ async def test_a_failed_close_raises_one_alert(
     closing: tuple[uuid.UUID, str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A failure from the device makes the position CLOSED_ERROR and raises one alert (with its audit
+    event and one log line), however often the same result is reported."""
     position_id, command_id = closing
     async with gateway(res) as (_, channel), stream(channel, device) as device_stream:
         await device_stream.instruction()

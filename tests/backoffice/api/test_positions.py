@@ -42,6 +42,8 @@ async def failure(call: object) -> RpcFailure:
 async def test_users_list_and_get_their_positions(
     res: Resources, backoffice_channel: grpc.aio.Channel, user: UserCredentials, device: KeyCredentials, book: Book
 ) -> None:
+    """A user lists their positions newest first (filtered by instrument, either name, device and status)
+    and gets one with its hidden levels; listing leaves the events out."""
     symbol = instrument()
     other_device = await make_device(res, user)
     first = await book.position(device.id, signal_instrument=symbol, instrument=f"{symbol}.b")
@@ -75,9 +77,11 @@ async def test_users_list_and_get_their_positions(
     )
 
 
-async def test_a_partial_close_then_the_rest(
+async def test_a_partial_close_is_idempotent_and_leaves_the_position_closing(
     res: Resources, backoffice_channel: grpc.aio.Channel, user: UserCredentials, device: KeyCredentials, book: Book
 ) -> None:
+    """A partial close is a MANUAL command for that volume, the same request_id gives it back, and a
+    position with a command out is not OPEN (FAILED_PRECONDITION); the command and its event are listed."""
     position_id = await book.position(device.id, volume="0.30")
     positions = stub(backoffice_channel)
     request = pb.ClosePositionRequest(id=str(position_id), volume="0.10", request_id=str(uuid.uuid4()))
@@ -137,6 +141,8 @@ async def test_an_admin_closes_anyones_position_as_admin(
 async def test_update_protection_moves_and_removes_levels(
     backoffice_channel: grpc.aio.Channel, user: UserCredentials, device: KeyCredentials, book: Book
 ) -> None:
+    """Levels are set, moved and removed (a trailing stop starts at the entry without a fresh quote, and
+    never loosens a tighter stop); each change is a PROTECTION_UPDATED event."""
     position_id = await book.position(device.id, signal_instrument=instrument(), entry="100", stop_loss="95")
     positions = stub(backoffice_channel)
     request = pb.UpdateProtectionRequest(
@@ -236,6 +242,8 @@ async def test_only_open_positions_take_new_levels(
 async def test_another_users_position_is_not_found_everywhere(
     res: Resources, backoffice_channel: grpc.aio.Channel, user: UserCredentials, device: KeyCredentials, book: Book
 ) -> None:
+    """Get, close and protect answer NOT_FOUND for another user's position, lists show nothing of it,
+    and nothing changes."""
     position_id = await book.position(device.id)
     await book.close_command(device.id, position_id)
     stranger = await make_user(res)

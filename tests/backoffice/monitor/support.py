@@ -29,7 +29,8 @@ SUBMIT_QUOTES = "/signalhub.v1.SignalService/SubmitQuotes"
 
 @asynccontextmanager
 async def monitoring(res: Resources, **overrides: Any) -> AsyncIterator[Monitor]:
-    """A monitor of its own, loaded and following the stream, stopped on the way out."""
+    """A monitor of its own, loaded and following the stream (``redis_url`` may name a Redis that does not
+    answer), stopped on the way out."""
     settings = dataclasses.replace(res.settings, **{"monitor_sweep_seconds": 0.2, **overrides})
     redis = open_redis(settings, block_seconds=settings.monitor_sweep_seconds)
     monitor = Monitor(res.sessions, redis, settings)

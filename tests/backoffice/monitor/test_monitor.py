@@ -44,6 +44,8 @@ async def _closing(res: Resources, position_id: uuid.UUID) -> bool:
 async def test_a_quote_crossing_the_hidden_stop_queues_one_close(
     res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
 ) -> None:
+    """A quote above the stop does nothing; one through it queues one STOP_LOSS command with its event,
+    and more quotes through it queue no other; the second position meets its target later."""
     symbol = instrument()
     crossed = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99", take_profit="110")
     spared = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="95", take_profit="110")
@@ -132,6 +134,23 @@ async def test_a_lost_hint_costs_latency_never_a_trigger(
         await eventually(lambda: _closing(res, position_id), "the sweep to find the quote")
     [command] = await commands(res, position_id)
     assert command.reason is CloseReason.TAKE_PROFIT
+
+
+async def test_without_redis_the_sweep_still_closes(
+    res: Resources, device: KeyCredentials, book: Book, producer: KeyCredentials, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis is gone (the monitor's stream and its wake-up hints): the monitor says so and keeps going on
+    its sweep of Postgres."""
+    symbol = instrument()
+    position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
+    async with monitoring(res, redis_url="redis://127.0.0.1:1/0"):
+        now = datetime.now(UTC)
+        async with res.sessions.begin() as session:
+            await quotes.store_latest(
+                session, [quotes.QuoteIn(symbol, D("98.5"), D("98.6"), now, ActorType.PRODUCER, producer.id)], now
+            )
+        await eventually(lambda: _closing(res, position_id), "the sweep to close it without Redis")
+    assert any(r.getMessage() == "monitor stream unavailable" for r in caplog.records)
 
 
 async def test_a_trailing_stop_follows_a_rising_price_and_fires_on_the_way_down(
