@@ -17,6 +17,7 @@ class Options:
     """What the command line asked for, and the scenario sizes that follow from --quick."""
 
     quick: bool
+    profile: bool  # py-spy samples the servers during each scenario (bench/profiles/)
     only: tuple[str, ...]  # scenario names to run; empty runs them all
     devices: int
     users: int
@@ -42,6 +43,9 @@ class Options:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=DESCRIPTION)
     parser.add_argument("--quick", action="store_true", help="a short run (within 2 minutes)")
+    parser.add_argument(
+        "--profile", action="store_true", help="record py-spy profiles of the servers per scenario into bench/profiles/"
+    )
     parser.add_argument("--devices", type=int, default=1000, help="simulated bridges (default 1000)")
     parser.add_argument("--users", type=int, default=50, help="accounts the devices are spread over (default 50)")
     parser.add_argument("--processes", type=int, default=4, help="load processes (default 4)")
@@ -74,6 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     quick: bool = args.quick
     return Options(
         quick=quick,
+        profile=args.profile,
         only=tuple(args.only),
         devices=args.devices,
         users=args.users,

@@ -15,6 +15,7 @@ from .loadgen import LoadGenerator
 from .meters import CpuMeter, rss_kib
 from .options import Options
 from .positions import quote_to_close
+from .profile import profiled
 from .report import Report, ms, percentile, round_trips, throughput
 from .system import Stack
 from .world import Backoffice, World
@@ -246,7 +247,8 @@ async def gateway_scenarios(options: Options, stack: Stack, world: World, report
             began = time.monotonic()
             print(f"== {name}", flush=True)
             try:
-                await scenario(run)
+                with profiled(name, {**stack.pids, "worker": stack.worker_pid}, options.profile):
+                    await scenario(run)
             except Exception as exc:
                 report.note(f"{name} did not finish: {type(exc).__name__}: {exc}")
                 await run.load.collect()
