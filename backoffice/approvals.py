@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,6 +32,7 @@ from backoffice.models import (
 )
 from backoffice.platform import paging
 from backoffice.platform.auth import Caller
+from backoffice.platform.db import any_id
 from signalhub.protocol.errors import FailedPrecondition, NotFound
 
 
@@ -46,28 +48,68 @@ def is_open(signal: Signal, now: datetime) -> bool:
     return signal.status_at(now) is SignalStatus.OPEN
 
 
-async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -> list[Decision]:
+async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -> tuple[uuid.UUID, ...]:
     """On a signal's arrival: a PENDING approval per MANUAL subscriber, an approval with deliveries per
-    AUTO subscriber (subscriptions whose instrument allow-list admits the signal)."""
-    subscriptions = (
-        await session.scalars(
-            select(Subscription).where(
-                Subscription.producer_id == signal.producer_id, Subscription.status == SubscriptionStatus.ACTIVE
+    AUTO subscriber (subscriptions whose instrument allow-list admits the signal); returns the devices
+    to wake. However many subscribers, that is one query for their devices and two bulk INSERTs (the
+    approvals, then their deliveries): a fan-out's cost must not grow a statement per device."""
+    subscriptions = [
+        s
+        for s in (
+            await session.scalars(
+                select(Subscription).where(
+                    Subscription.producer_id == signal.producer_id, Subscription.status == SubscriptionStatus.ACTIVE
+                )
             )
-        )
-    ).all()
-    decisions = []
+        ).all()
+        if not s.instruments or signal.instrument in s.instruments
+    ]
+    devices = await _active_devices(session, {s.user_id for s in subscriptions if s.mode is SubscriptionMode.AUTO})
+    planned = deliveries.Planned()
+    rows = []
     for subscription in subscriptions:
-        if subscription.instruments and signal.instrument not in subscription.instruments:
-            continue
-        approval = _pending(signal, subscription)
-        session.add(approval)
-        woken: tuple[uuid.UUID, ...] = ()
+        row: dict[str, Any] = {
+            "id": uuid.uuid4(),
+            "signal_id": signal.id,
+            "subscription_id": subscription.id,
+            "user_id": subscription.user_id,
+            "status": ApprovalStatus.PENDING,
+            "automatic": False,
+            "device_ids": [],
+            "decided_at": None,
+            "reason": None,
+        }
         if subscription.mode is SubscriptionMode.AUTO:
-            woken = await _approve(session, approval, signal, subscription, None, None, now, decided_by=None)
-        decisions.append(Decision(approval, woken))
-    await session.flush()
-    return decisions
+            chosen = devices.get(subscription.user_id, [])
+            rule = _rule(subscription, None)
+            skipped = deliveries.plan_for_approval(planned, row["id"], signal, chosen, rule, None, now)
+            row.update(
+                status=ApprovalStatus.APPROVED,
+                automatic=True,
+                decided_at=now,
+                device_ids=[d.id for d in chosen],
+                reason=_approval_reason(chosen, skipped),
+            )
+        rows.append(row)
+    if rows:
+        await session.execute(insert(Approval), rows)
+    await deliveries.insert_planned(session, planned)
+    return tuple(planned.woken)
+
+
+async def _active_devices(session: AsyncSession, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+    """The ACTIVE devices of these users, oldest first, with just what a delivery needs of them."""
+    if not user_ids:
+        return {}
+    rows = await session.execute(
+        select(Device.id, Device.user_id, Device.name, Device.symbol_map, Device.last_hello)
+        .where(any_id(Device.user_id, user_ids), Device.status == DeviceStatus.ACTIVE)
+        .order_by(Device.created_at, Device.id)
+    )
+    found: dict[uuid.UUID, list[Any]] = {}
+    for row in rows:
+        found.setdefault(row.user_id, []).append(row)
+    return found
 
 
 def _pending(signal: Signal, subscription: Subscription) -> Approval:
@@ -216,15 +258,29 @@ async def _approve(
     signal: Signal,
     subscription: Subscription,
     volume: Decimal | None,
-    devices: list[Device] | None,
+    devices: list[Device],
     now: datetime,
     *,
-    decided_by: uuid.UUID | None,
+    decided_by: uuid.UUID,
 ) -> tuple[uuid.UUID, ...]:
     """Mark the approval APPROVED and add one delivery per device; returns the devices to wake."""
-    if devices is None:
-        query = select(Device).where(Device.user_id == approval.user_id, Device.status == DeviceStatus.ACTIVE)
-        devices = list((await session.scalars(query.order_by(Device.created_at, Device.id))).all())
+    rule = _rule(subscription, volume)
+    planned = deliveries.Planned()
+    skipped = deliveries.plan_for_approval(planned, approval.id, signal, devices, rule, volume, now)
+    approval.status = ApprovalStatus.APPROVED
+    approval.automatic = False
+    approval.decided_by = decided_by
+    approval.decided_at = now
+    approval.volume = volume
+    approval.device_ids = [d.id for d in devices]
+    approval.reason = _approval_reason(devices, skipped)
+    await session.flush()
+    await deliveries.insert_planned(session, planned)
+    return tuple(planned.woken)
+
+
+def _rule(subscription: Subscription, volume: Decimal | None) -> sizing.Rule:
+    """The subscription's sizing rule; without one, the approval must name a volume."""
     if subscription.sizing_mode is None or subscription.sizing_value is None:
         if volume is None:
             raise FailedPrecondition(
@@ -232,22 +288,17 @@ async def _approve(
                 reason="VOLUME_REQUIRED",
                 metadata={"field": "volume"},
             )
-        rule = sizing.Rule(SizingMode.FIXED_VOLUME, volume, subscription.max_volume)
-    else:
-        rule = sizing.Rule(subscription.sizing_mode, subscription.sizing_value, subscription.max_volume)
-    approval.status = ApprovalStatus.APPROVED
-    approval.automatic = decided_by is None
-    approval.decided_by = decided_by
-    approval.decided_at = now
-    approval.volume = volume
-    approval.device_ids = [d.id for d in devices]
-    created = deliveries.create_for_approval(session, approval, signal, devices, rule, volume, now)
+        return sizing.Rule(SizingMode.FIXED_VOLUME, volume, subscription.max_volume)
+    return sizing.Rule(subscription.sizing_mode, subscription.sizing_value, subscription.max_volume)
+
+
+def _approval_reason(devices: Sequence[deliveries.Recipient], skipped: list[str]) -> str | None:
+    """Why an approval delivers to fewer devices than the account has: none ACTIVE, or some skipped."""
     if not devices:
-        approval.reason = "no ACTIVE device to deliver to"
-    elif created.skipped:
-        approval.reason = "; ".join(created.skipped)[:1000]
-    await session.flush()
-    return created.woken
+        return "no ACTIVE device to deliver to"
+    if skipped:
+        return "; ".join(skipped)[:1000]
+    return None
 
 
 async def list_pending(

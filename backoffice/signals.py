@@ -143,8 +143,7 @@ async def submit(
     """Store the signal and open its approvals: pending for MANUAL subscribers, approved with sized
     deliveries for AUTO ones, all in the caller's transaction."""
     row = await _store(session, producer_id, request_id, signal)
-    decisions = await approvals.open_approvals(session, row, now)
-    return Submission(row, tuple(d for decision in decisions for d in decision.woken_devices))
+    return Submission(row, await approvals.open_approvals(session, row, now))
 
 
 async def _store(

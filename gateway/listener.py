@@ -1,6 +1,8 @@
-"""The process's one Redis pub/sub connection: a pattern subscription to every device's hint channel.
+"""The process's one Redis pub/sub connection: the batched wake-up channel, and a pattern subscription to
+every device's own hint channel.
 
-A WAKE has the device's session read what is pending; REVOKED ends its stream (UNAUTHENTICATED,
+A WAKE (a batch naming many devices, or the one-device form a back office of the previous release
+still sends) has the device's session read what is pending; REVOKED ends its stream (UNAUTHENTICATED,
 KEY_REVOKED); a takeover message ends an older session of the device. Hints for devices not connected
 here are ignored. A hint may be lost (Redis restarts, the connection drops): after every reconnect all
 sessions re-read Postgres, and the sweep does so periodically, so a lost hint costs latency, never data.
@@ -52,6 +54,7 @@ class HintListener:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(hints.WAKE_CHANNEL)
                     await pubsub.psubscribe(PATTERN)
                     backoff = 0.1
                     await self._listen(pubsub, connected_before)
@@ -80,11 +83,19 @@ class HintListener:
                         self._on_reconnect()  # hints may have been lost while we were away
                 elif kind == "pmessage":
                     self._dispatch(message["channel"], message["data"])
+                elif kind == "message":  # WAKE_CHANNEL, the one plain subscription
+                    self._wake(message["data"])
             if now - pinged >= PING_EVERY:
                 await pubsub.ping()
                 pinged = now
             if now - heard > DEAD_AFTER:
                 raise ConnectionError("the pub/sub connection stopped answering pings")
+
+    def _wake(self, payload: bytes) -> None:
+        for device_id in hints.woken(payload):
+            session = self._registry.get(device_id)
+            if session is not None:
+                session.wake()
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         try:

@@ -2,8 +2,9 @@
 
 Every function works inside the caller's transaction:
 
-- ``create_for_approval`` (create.py): one delivery per chosen device when a signal is approved, sized
-  per device (PENDING), or SKIPPED with the reason when sizing gives nothing tradable.
+- ``plan_for_approval`` and ``insert_planned`` (create.py): one delivery per chosen device when a signal
+  is approved, sized per device (PENDING), or SKIPPED with the reason when sizing gives nothing
+  tradable; every approval of a signal is planned first, then written with one bulk INSERT.
 - ``cancel_for_signal`` (cancel.py): a cancelled signal's deliveries that were not received are never
   (re-)sent.
 
@@ -51,7 +52,7 @@ from backoffice.deliveries.claim import (
     Order,
     claim,
 )
-from backoffice.deliveries.create import Created, create_for_approval
+from backoffice.deliveries.create import Planned, Recipient, insert_planned, plan_for_approval
 from backoffice.deliveries.expiry import due_devices, expire_due
 from backoffice.deliveries.reports import (
     ACCEPTED,
@@ -82,21 +83,23 @@ __all__ = [
     "ClaimRequest",
     "CloseOrder",
     "CloseReport",
-    "Created",
     "DeliveryOrder",
     "DeviceReport",
     "FillReport",
     "HeartbeatReport",
     "Order",
     "Outcome",
+    "Planned",
     "QuoteReport",
+    "Recipient",
     "Recorded",
     "Report",
     "Verdict",
     "cancel_for_signal",
     "claim",
-    "create_for_approval",
     "due_devices",
     "expire_due",
+    "insert_planned",
+    "plan_for_approval",
     "record_reports",
 ]

@@ -1,41 +1,61 @@
-"""Deliveries come into being when a signal is approved for an account: one per chosen device."""
+"""Deliveries come into being when a signal is approved for an account: one per chosen device, planned
+in memory and written with one bulk INSERT however many devices there are."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any, Protocol
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import sizing
 from backoffice.devices.hello import Hello
-from backoffice.models import Approval, Delivery, DeliveryState, Device, Signal
+from backoffice.models import Delivery, DeliveryState, Signal
 
 
-@dataclass(frozen=True)
-class Created:
-    woken: tuple[uuid.UUID, ...]  # devices with a PENDING delivery to wake
-    skipped: list[str]  # "<device name>: <why>" for each SKIPPED delivery
+class Recipient(Protocol):
+    """What a delivery needs of its device (a Device row, or a row of just these columns)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def symbol_map(self) -> dict[str, str]: ...
+
+    @property
+    def last_hello(self) -> dict[str, Any] | None: ...
 
 
-def create_for_approval(
-    session: AsyncSession,
-    approval: Approval,
+@dataclass
+class Planned:
+    """Deliveries to insert, and what the approval and the wake-up need to know of them."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    woken: list[uuid.UUID] = field(default_factory=list)  # devices with a PENDING delivery to wake
+    skipped: list[str] = field(default_factory=list)  # "<device name>: <why>" for each SKIPPED delivery
+
+
+def plan_for_approval(
+    planned: Planned,
+    approval_id: uuid.UUID,
     signal: Signal,
-    devices: Sequence[Device],
+    devices: Sequence[Recipient],
     rule: sizing.Rule,
     volume: Decimal | None,
     now: datetime,
-) -> Created:
-    """One delivery per device, in the symbol the device's map gives, sized from its last Hello (or
-    ``volume`` when the approval names one): PENDING when tradable, else SKIPPED with the reason."""
+) -> list[str]:
+    """Add one delivery per device to ``planned``, in the symbol the device's map gives, sized from its
+    last Hello (or ``volume`` when the approval names one): PENDING when tradable, else SKIPPED with the
+    reason. Returns this approval's skipped devices ("<name>: <why>")."""
     skipped: list[str] = []
-    woken: list[uuid.UUID] = []
-    skipped = []
-    woken = []
     for device in devices:
         instrument = device.symbol_map.get(signal.instrument, signal.instrument)
         sized = sizing.size(
@@ -46,27 +66,33 @@ def create_for_approval(
             stop_loss=signal.stop_loss,
             override=volume,
         )
-        state = DeliveryState.PENDING if sized.volume is not None else DeliveryState.SKIPPED
-        session.add(
-            Delivery(
-                id=uuid.uuid4(),
-                approval_id=approval.id,
-                signal_id=signal.id,
-                device_id=device.id,
-                instrument=instrument,
-                side=signal.side,
-                volume=sized.volume if sized.volume is not None else Decimal(0),
-                entry_price=signal.entry_price,
-                max_deviation=None,
-                expire_time=signal.expire_time,
-                state=state,
-                state_reason=sized.reason,
-                created_at=now,
-                updated_at=now,
-            )
+        planned.rows.append(
+            {
+                "id": uuid.uuid4(),
+                "approval_id": approval_id,
+                "signal_id": signal.id,
+                "device_id": device.id,
+                "instrument": instrument,
+                "side": signal.side,
+                "volume": sized.volume if sized.volume is not None else Decimal(0),
+                "entry_price": signal.entry_price,
+                "max_deviation": None,
+                "expire_time": signal.expire_time,
+                "state": DeliveryState.PENDING if sized.volume is not None else DeliveryState.SKIPPED,
+                "state_reason": sized.reason,
+                "created_at": now,
+                "updated_at": now,
+            }
         )
         if sized.volume is None:
             skipped.append(f"{device.name}: {sized.reason}")
         else:
-            woken.append(device.id)
-    return Created(tuple(woken), skipped)
+            planned.woken.append(device.id)
+    planned.skipped.extend(skipped)
+    return skipped
+
+
+async def insert_planned(session: AsyncSession, planned: Planned) -> None:
+    """Write the planned deliveries: one multi-row INSERT (the approvals they belong to come first)."""
+    if planned.rows:
+        await session.execute(insert(Delivery), planned.rows)

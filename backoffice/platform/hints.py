@@ -1,8 +1,10 @@
 """Wake-up hints on Redis. A hint only tells someone to re-read Postgres; losing one costs latency, never
 data, so publishing never fails the caller's request.
 
-- Pub/sub per device: a gateway replica holding the device's stream reads what is pending (every
-  reconnect and a periodic sweep re-read it too).
+- Pub/sub: a gateway replica holding a woken device's stream reads what is pending (every reconnect and
+  a periodic sweep re-read it too). Wake-ups go out batched, many devices in one message on
+  ``WAKE_CHANNEL`` (16 bytes per device id), so a signal fanned out to 10,000 devices costs a few
+  messages rather than 10,000; revocations and takeovers go to the device's own channel.
 - The monitor stream: stored quotes and changed positions, for the worker's stop-loss / take-profit
   monitor (``backoffice.monitor``), which also re-reads both tables periodically. A capped Redis stream
   rather than pub/sub: two workers can both follow it, and a worker reading a moment late misses nothing.
@@ -24,6 +26,8 @@ DEVICE_CHANNEL_PREFIX = "sh:device:"
 WAKE = b"wake"  # something is pending for the device: read it
 REVOKED = b"revoked"  # the device was revoked: end its stream
 
+WAKE_CHANNEL = "sh:wake"  # payload: device ids, 16 raw bytes each
+WAKE_BATCH = 4096  # device ids per wake message (64 KiB)
 MONITOR_STREAM = "sh:monitor"
 MONITOR_STREAM_LENGTH = 100_000  # approximate cap: a worker further behind than this re-reads Postgres
 POSITIONS_FIELD = "p"  # an entry naming positions that changed (comma-separated ids)
@@ -34,16 +38,27 @@ def device_channel(device_id: uuid.UUID | str) -> str:
 
 
 async def publish(redis: Redis, device_ids: Iterable[uuid.UUID], message: bytes = WAKE) -> None:
-    targets = sorted({str(d) for d in device_ids})
+    """Tell the gateways holding these devices' streams: WAKE (batched on ``WAKE_CHANNEL``), REVOKED or
+    a takeover (on each device's channel). A failure is logged, never raised: the sweep catches up."""
+    targets = sorted(set(device_ids))
     if not targets:
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for device_id in targets:
-                pipe.publish(device_channel(device_id), message)
+            if message == WAKE:
+                for start in range(0, len(targets), WAKE_BATCH):
+                    pipe.publish(WAKE_CHANNEL, b"".join(d.bytes for d in targets[start : start + WAKE_BATCH]))
+            else:
+                for device_id in targets:
+                    pipe.publish(device_channel(device_id), message)
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("hint not published; the gateway sweep will catch up", extra={"error": str(exc)})
+
+
+def woken(payload: bytes) -> list[uuid.UUID]:
+    """The device ids of a ``WAKE_CHANNEL`` message (a malformed tail is ignored)."""
+    return [uuid.UUID(bytes=payload[i : i + 16]) for i in range(0, len(payload) - 15, 16)]
 
 
 def positions_entry(position_ids: Iterable[uuid.UUID]) -> dict[str, str]:
