@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, Outcome, Verdict
+from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, HeartbeatReport, Outcome, Verdict
 from backoffice.devices import hello, presence
 from backoffice.platform import hints
 from backoffice.platform.auth import SignedKey
@@ -251,7 +251,9 @@ class DeviceSession:
                 continue
             try:
                 check_text(frame)
-                run.append((frame, uplink.decode(self.device_id, frame)))
+                report = uplink.decode(self.device_id, frame)
+                # A heartbeat changes nothing in Postgres (last_seen_at is the sweep's): no transaction.
+                run.append((frame, ACCEPTED if isinstance(report.report, HeartbeatReport) else report))
             except InvalidArgument as exc:
                 run.append((frame, Outcome(Verdict.REJECTED, exc)))
         await self._answer_run(run)

@@ -16,8 +16,9 @@ Every function works inside the caller's transaction:
   most ``max_close_attempts`` sends in all (then ``backoffice.positions.expire_closes`` ends it).
 - ``expire_due`` (expiry.py) expires deliveries of devices that are not connected; ``due_devices`` names the devices
   with something due, for the gateway's periodic sweep (a lost wake-up hint costs latency, never data).
-- ``record_reports`` (reports.py): a batch of device frames. Each one is kept as an immutable execution event and
-  applied to its delivery, close command or position, in the caller's one transaction; the caller
+- ``record_reports`` (reports.py): a batch of device frames. Each ack, fill and close result is kept as an
+  immutable execution event and applied to its delivery, close command or position, in the caller's one
+  transaction (a heartbeat is presence, not a record: it is accepted and nothing is written); the caller
   commits before it answers any Receipt, then announces what the batch returned (quotes and positions
   for the monitor, alerts). A quote is market data, not a record: only the newest per symbol is kept
   (``backoffice.quotes``), and a repeat of the frame that set it is a DUPLICATE.

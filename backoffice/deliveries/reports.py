@@ -202,11 +202,7 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
         # Market data, not a record: only the newest quote per symbol is kept (no execution event).
         batch.quotes.append(report.quote)
         return ACCEPTED
-    batch.events.append(
-        executions.event_row(
-            item.device_id, EventKind.HEARTBEAT, batch.now, frame_id=item.frame_id, event_time=report.send_time
-        )
-    )
+    # A heartbeat is presence, not a record: the gateway keeps devices.last_seen_at (no execution event).
     return ACCEPTED
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice.models import ActorType, ApiToken, Device, DeviceStatus, Producer, ProducerStatus, Role, User
+from backoffice.platform import db
 from backoffice.platform.nonces import NonceStore
 from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
@@ -128,7 +129,7 @@ class SignatureVerifier:
             key_uuid = uuid.UUID(headers.key_id)
         except ValueError:
             raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify") from None
-        async with self._sessions() as session:
+        async with db.autocommit(self._sessions) as session:
             row = await session.get(model, key_uuid)
         if row is None:
             # Unknown keys fail exactly like bad signatures, so key ids cannot be probed.

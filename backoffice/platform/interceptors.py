@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from backoffice.platform import auth
+from backoffice.platform import auth, db
 from backoffice.platform.auth import Caller, KeyKind, SignatureVerifier
 from backoffice.platform.metrics import AUTH_FAILURES, RPC_REJECTED, RPC_SECONDS
 from backoffice.platform.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
@@ -201,7 +201,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 raise as_domain_error(exc) from None
             return key.caller()
         token = auth.bearer_token(metadata)
-        async with self._sessions.begin() as session:
+        async with db.autocommit(self._sessions) as session:
             return await auth.authenticate_token(session, token)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from backoffice import deliveries
 from backoffice.bootstrap import Resources
-from backoffice.deliveries import DeviceReport, HeartbeatReport
+from backoffice.deliveries import AckReport, DeviceReport
 from backoffice.models import (
     ActorType,
     CloseCommand,
@@ -231,7 +231,8 @@ async def test_another_devices_objects_and_unknown_ids_are_refused(
     assert (await row(res, CloseCommand, their_command)).status is CloseCommandStatus.PENDING
     assert (await row(res, Position, their_position)).status is PositionStatus.OPEN
     assert await count_events(res, other.id) == 0
-    assert [e.kind for e in await events(res, device.id)] == [EventKind.HELLO, EventKind.HEARTBEAT]
+    # A heartbeat is presence (devices.last_seen_at), not a record of what a trade did.
+    assert [e.kind for e in await events(res, device.id)] == [EventKind.HELLO]
 
 
 async def test_malformed_frames_are_refused_with_the_bad_fields(
@@ -293,11 +294,12 @@ async def test_too_many_frames_end_the_stream(res: Resources, device: KeyCredent
 
 
 async def test_the_same_frame_committed_meanwhile_by_another_stream_is_a_duplicate(
-    res: Resources, device: KeyCredentials
+    res: Resources, device: KeyCredentials, book: Book
 ) -> None:
     """Two streams of one device (a takeover in flight) apply the same frame at the same time: the
-    second transaction hits the unique (device_id, frame_id), and the writer retries it into a DUPLICATE."""
-    report = DeviceReport(device.id, "raced", HeartbeatReport(None))
+    second transaction waits for the first (the delivery is locked), then answers DUPLICATE."""
+    delivery_id = await book.delivery(device.id, state=DeliveryState.SENT)
+    report = DeviceReport(device.id, "raced", AckReport(delivery_id, DeliveryState.RECEIVED, ""))
     writer = UplinkWriter(res.sessions, workers=1)
     writer.start()
     try:
