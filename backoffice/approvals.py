@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +44,12 @@ class Decision:
     woken_devices: tuple[uuid.UUID, ...]
 
 
+# Built once: it runs on every SubmitSignal, and building a statement costs more than running it.
+_ACTIVE_SUBSCRIPTIONS = select(Subscription).where(
+    Subscription.producer_id == bindparam("producer_id"), Subscription.status == SubscriptionStatus.ACTIVE
+)
+
+
 def is_open(signal: Signal, now: datetime) -> bool:
     return signal.status_at(now) is SignalStatus.OPEN
 
@@ -55,13 +61,7 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
     approvals, then their deliveries): a fan-out's cost must not grow a statement per device."""
     subscriptions = [
         s
-        for s in (
-            await session.scalars(
-                select(Subscription).where(
-                    Subscription.producer_id == signal.producer_id, Subscription.status == SubscriptionStatus.ACTIVE
-                )
-            )
-        ).all()
+        for s in (await session.scalars(_ACTIVE_SUBSCRIPTIONS, {"producer_id": signal.producer_id})).all()
         if not s.instruments or signal.instrument in s.instruments
     ]
     devices = await _active_devices(session, {s.user_id for s in subscriptions if s.mode is SubscriptionMode.AUTO})

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +26,24 @@ from signalhub.protocol.wire import parse_id
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 _UNIQUE_VIOLATION = "23505"
+# Built once: constructing a statement per call costs more Python than executing it (on every mutation).
+_CLAIM_KEY = (
+    insert(IdempotencyRecord)
+    .values(
+        id=bindparam("id"),
+        caller_id=bindparam("caller_id"),
+        method=bindparam("method"),
+        request_id=bindparam("request_id"),
+        request_hash=bindparam("request_hash"),
+    )
+    .on_conflict_do_nothing()
+    .returning(IdempotencyRecord.id)
+)
+_STORE_RESPONSE = (
+    update(IdempotencyRecord)
+    .where(IdempotencyRecord.id == bindparam("record_id"))
+    .values(response_sealed=bindparam("sealed"))
+)
 
 
 async def run_once(
@@ -47,10 +65,8 @@ async def run_once(
     request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
     record_id = uuid.uuid4()
     inserted = await session.scalar(
-        insert(IdempotencyRecord)
-        .values(id=record_id, caller_id=caller_id, method=method, request_id=key, request_hash=request_hash)
-        .on_conflict_do_nothing()
-        .returning(IdempotencyRecord.id)
+        _CLAIM_KEY,
+        {"id": record_id, "caller_id": caller_id, "method": method, "request_id": key, "request_hash": request_hash},
     )
     if inserted is None:
         record = (
@@ -68,9 +84,7 @@ async def run_once(
         return response_type.FromString(stored)
     response = await action()
     sealed = vault.seal(response.SerializeToString(), _binding(record_id))
-    await session.execute(
-        update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(response_sealed=sealed)
-    )
+    await session.execute(_STORE_RESPONSE, {"record_id": record_id, "sealed": sealed})
     return response
 
 
