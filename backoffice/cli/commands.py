@@ -104,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             schema.upgrade(settings)
         elif args.command == "serve":
-            asyncio.run(_serve(settings, args.process))
+            from backoffice.platform import serving
+
+            with asyncio.Runner(loop_factory=serving.event_loop_factory(settings)) as runner:
+                runner.run(_serve(settings, args.process))
         elif args.command == "admin" and args.admin_command in ("backup", "restore"):
             print(json.dumps(_backup_or_restore(settings, args)))
         elif args.command == "admin":

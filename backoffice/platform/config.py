@@ -53,6 +53,7 @@ class Settings:
     heartbeat_seconds: int = 15
     shutdown_grace_seconds: int = 10
     log_level: str = "INFO"
+    event_loop: str = "asyncio"  # or "uvloop" (the server extra installs it on Linux and macOS)
     public_url: str = "https://signalhub.example"
     # Affiliates: per-lot rates by the referred users' lots this calendar month, as (from lots, rate) pairs.
     affiliate_tiers: tuple[tuple[Decimal, Decimal], ...] = (
@@ -202,6 +203,10 @@ class Settings:
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
         values["log_level"] = level
+        loop = text("EVENT_LOOP", defaults.event_loop).lower()
+        if loop not in {"asyncio", "uvloop"}:
+            problems.append(f"{ENV_PREFIX}EVENT_LOOP: asyncio or uvloop")
+        values["event_loop"] = loop
         values["public_url"] = text("PUBLIC_URL", defaults.public_url).rstrip("/")
 
         def parsed(name: str, default: object, parse: Callable[[str], object]) -> object:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from backoffice.platform.config import Settings
+from backoffice.platform.config import ENV_PREFIX, ConfigError, Settings
 
 log = logging.getLogger("signalhub.serving")
 
@@ -113,3 +113,15 @@ async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop a server runs on: asyncio's own, or uvloop's (SIGNALHUB_EVENT_LOOP=uvloop), which runs
+    grpc.aio with less CPU per frame; None means asyncio's default."""
+    if settings.event_loop != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError([f"{ENV_PREFIX}EVENT_LOOP=uvloop, but uvloop is not installed"]) from None
+    return uvloop.new_event_loop

@@ -37,6 +37,7 @@ def test_every_bad_value_is_named_once() -> None:
                 "SIGNALHUB_BACKOFFICE_ADDRESS": "nowhere",
                 "SIGNALHUB_SIGNATURE_TOLERANCE_SECONDS": "ten",
                 "SIGNALHUB_LOG_LEVEL": "LOUD",
+                "SIGNALHUB_EVENT_LOOP": "tokio",
             }
         )
     problems = info.value.problems
@@ -47,6 +48,7 @@ def test_every_bad_value_is_named_once() -> None:
         "BACKOFFICE_ADDRESS",
         "SIGNATURE_TOLERANCE_SECONDS",
         "LOG_LEVEL",
+        "EVENT_LOOP",
     ):
         assert sum(f"SIGNALHUB_{name}:" in p for p in problems) == 1, name
     assert "too-short" not in str(info.value)
