@@ -21,17 +21,10 @@ from backoffice.models import Delivery, DeliveryState, Signal
 class Recipient(Protocol):
     """What a delivery needs of its device (a Device row, or a row of just these columns)."""
 
-    @property
-    def id(self) -> uuid.UUID: ...
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def symbol_map(self) -> dict[str, str]: ...
-
-    @property
-    def last_hello(self) -> dict[str, Any] | None: ...
+    id: uuid.UUID
+    name: str
+    symbol_map: dict[str, str]
+    last_hello: dict[str, Any] | None
 
 
 @dataclass

@@ -27,18 +27,7 @@ from signalhub.protocol.wire import parse_id
 ResponseT = TypeVar("ResponseT", bound=Message)
 _UNIQUE_VIOLATION = "23505"
 # Built once: constructing a statement per call costs more Python than executing it (on every mutation).
-_CLAIM_KEY = (
-    insert(IdempotencyRecord)
-    .values(
-        id=bindparam("id"),
-        caller_id=bindparam("caller_id"),
-        method=bindparam("method"),
-        request_id=bindparam("request_id"),
-        request_hash=bindparam("request_hash"),
-    )
-    .on_conflict_do_nothing()
-    .returning(IdempotencyRecord.id)
-)
+_CLAIM_KEY = insert(IdempotencyRecord).on_conflict_do_nothing().returning(IdempotencyRecord.id)  # values: bound
 _STORE_RESPONSE = (
     update(IdempotencyRecord)
     .where(IdempotencyRecord.id == bindparam("record_id"))
