@@ -17,6 +17,8 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from backoffice import accounts, bootstrap, devices
+from backoffice import accounts, bootstrap, devices, models
 from backoffice.bootstrap import Resources
 from backoffice.models import ActorType, Role
 from backoffice.platform import schema
@@ -402,3 +404,50 @@ async def subscribe(channel: grpc.aio.Channel, user: UserCredentials, producer: 
         sizing_value="0.10",
     )
     await brpc.ApprovalServiceStub(channel).Subscribe(request, metadata=user.metadata, timeout=10)
+
+
+# Rows written directly with the ORM, for states the API cannot reach (or not quickly): the columns every
+# such test fills the same way, each overridable by keyword.
+
+
+def subscription_row(user_id: uuid.UUID, producer_id: uuid.UUID, **columns: Any) -> models.Subscription:
+    """An ACTIVE MANUAL subscription, FIXED_VOLUME 0.10."""
+    defaults: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "mode": models.SubscriptionMode.MANUAL,
+        "sizing_mode": models.SizingMode.FIXED_VOLUME,
+        "sizing_value": Decimal("0.10"),
+        "status": models.SubscriptionStatus.ACTIVE,
+    }
+    return models.Subscription(**defaults | columns, user_id=user_id, producer_id=producer_id)
+
+
+def signal_row(producer_id: uuid.UUID, signal_time: datetime, expire_time: datetime, **columns: Any) -> models.Signal:
+    """An OPEN XAUUSD BUY signal with a new request id."""
+    defaults: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "request_id": uuid.uuid4(),
+        "instrument": "XAUUSD",
+        "side": models.Side.BUY,
+        "status": models.SignalStatus.OPEN,
+    }
+    return models.Signal(
+        **defaults | columns, producer_id=producer_id, signal_time=signal_time, expire_time=expire_time
+    )
+
+
+def approval_row(
+    signal_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    user_id: uuid.UUID,
+    status: models.ApprovalStatus,
+    **columns: Any,
+) -> models.Approval:
+    """An approval of ``signal_id`` for ``user_id`` in ``status``."""
+    return models.Approval(
+        **{"id": uuid.uuid4()} | columns,
+        signal_id=signal_id,
+        subscription_id=subscription_id,
+        user_id=user_id,
+        status=status,
+    )
