@@ -16,6 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -206,6 +207,17 @@ async def drop_database(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database of its own (``prefix`` and a random suffix), dropped on the way out."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    url = asyncio.run(create_database(name))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(name))
 
 
 def settings_for(database_url: str, **overrides: str) -> Settings:

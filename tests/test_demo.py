@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -12,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +20,15 @@ from google.protobuf import json_format
 
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-from tests.conftest import REDIS_URL, create_database, drop_database, run_module
+from tests.conftest import REDIS_URL, run_module, scratch_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def demo_database() -> Iterator[str]:
-    name = f"signalhub_demo_{uuid.uuid4().hex[:10]}"
-    url = asyncio.run(create_database(name))
-    yield url
-    asyncio.run(drop_database(name))
+    with scratch_database("signalhub_demo") as url:
+        yield url
 
 
 def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
