@@ -418,6 +418,16 @@ async def subscribe(channel: grpc.aio.Channel, user: UserCredentials, producer: 
     await brpc.ApprovalServiceStub(channel).Subscribe(request, metadata=user.metadata, timeout=10)
 
 
+# The broker symbol test devices trade (GOLD.m), as its Hello carries it and the back office stores it.
+GOLD_SPEC = {
+    "contract_size": "100",
+    "tick_size": "0.01",
+    "tick_value": "1",
+    "volume_min": "0.01",
+    "volume_step": "0.01",
+    "volume_max": "50",
+}
+
 # Rows written directly with the ORM, for states the API cannot reach (or not quickly): the columns every
 # such test fills the same way, each overridable by keyword.
 

@@ -40,6 +40,7 @@ from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
 from tests.conftest import (
+    GOLD_SPEC,
     KeyCredentials,
     RpcFailure,
     approval_row,
@@ -90,17 +91,7 @@ HELLO = pb.Hello(
     account_currency="USD",
     balance="10000.00",
     equity="10050.50",
-    symbols=[
-        pb.SymbolSpec(
-            name="GOLD.m",
-            contract_size="100",
-            tick_size="0.01",
-            tick_value="1",
-            volume_min="0.01",
-            volume_step="0.01",
-            volume_max="50",
-        )
-    ],
+    symbols=[pb.SymbolSpec(name="GOLD.m", **GOLD_SPEC)],
 )
 
 
