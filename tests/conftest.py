@@ -35,6 +35,7 @@ from backoffice.platform import schema
 from backoffice.platform.auth import Caller
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import Server
+from backoffice.producer import ProducerClient
 from gateway import bootstrap as gateway_bootstrap
 from signalhub.protocol.logs import JsonFormatter
 
@@ -343,6 +344,35 @@ async def producer(res: Resources) -> KeyCredentials:
 @pytest.fixture
 async def device(res: Resources, user: UserCredentials) -> KeyCredentials:
     return await make_device(res, user)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Both servers, serving, and the three parties of a trade: a user, the user's device, a producer."""
+
+    res: Resources
+    backoffice: Server
+    backoffice_channel: grpc.aio.Channel
+    gateway: Server
+    user: UserCredentials
+    device: KeyCredentials
+    producer: KeyCredentials
+
+    def producer_client(self) -> ProducerClient:
+        return ProducerClient(self.backoffice.bound_address, self.producer.id, self.producer.secret)
+
+
+@pytest.fixture
+async def stack(
+    res: Resources,
+    backoffice_server: Server,
+    backoffice_channel: grpc.aio.Channel,
+    gateway_server: Server,
+    user: UserCredentials,
+    device: KeyCredentials,
+    producer: KeyCredentials,
+) -> Stack:
+    return Stack(res, backoffice_server, backoffice_channel, gateway_server, user, device, producer)
 
 
 @pytest.fixture
