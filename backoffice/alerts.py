@@ -193,8 +193,7 @@ async def list_alerts(
     status_open: bool | None,
     kind: AlertKind | None,
     device_id: uuid.UUID | None,
-    page_size: int,
-    page_token: str,
+    page: paging.PageRequest,
 ) -> tuple[list[Alert], str]:
     """Alerts, newest first, for admins only; ``status_open`` True lists the open ones, False the resolved."""
     if not caller.is_admin:
@@ -206,12 +205,4 @@ async def list_alerts(
         query = query.where(Alert.kind == kind)
     if device_id is not None:
         query = query.where(Alert.device_id == device_id)
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=Alert.created_at,
-        id_column=Alert.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[status_open, kind, device_id],
-    )
+    return await paging.fetch(session, query, Alert, page, filters=[status_open, kind, device_id])

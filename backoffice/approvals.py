@@ -302,7 +302,7 @@ def _approval_reason(devices: Sequence[deliveries.Recipient], skipped: list[str]
 
 
 async def list_pending(
-    session: AsyncSession, caller: Caller, *, page_size: int, page_token: str, now: datetime | None = None
+    session: AsyncSession, caller: Caller, *, page: paging.PageRequest, now: datetime | None = None
 ) -> tuple[list[Approval], str]:
     now = now or datetime.now(UTC)
     query = (
@@ -315,16 +315,7 @@ async def list_pending(
             Signal.expire_time > now,
         )
     )
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=Approval.created_at,
-        id_column=Approval.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=["pending"],
-        newest_first=False,
-    )
+    return await paging.fetch(session, query, Approval, page, filters=["pending"], newest_first=False)
 
 
 async def list_approvals(
@@ -333,8 +324,7 @@ async def list_approvals(
     *,
     signal_id: uuid.UUID | None,
     status: ApprovalStatus | None,
-    page_size: int,
-    page_token: str,
+    page: paging.PageRequest,
 ) -> tuple[list[Approval], str]:
     query = select(Approval)
     if not caller.is_admin:
@@ -343,15 +333,7 @@ async def list_approvals(
         query = query.where(Approval.signal_id == signal_id)
     if status is not None:
         query = query.where(Approval.status == status)
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=Approval.created_at,
-        id_column=Approval.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[signal_id, status],
-    )
+    return await paging.fetch(session, query, Approval, page, filters=[signal_id, status])
 
 
 async def expire_undecided(session: AsyncSession, signal_ids: Sequence[uuid.UUID], now: datetime, reason: str) -> None:

@@ -183,8 +183,7 @@ async def list_executions(
     signal_id: uuid.UUID | None,
     device_id: uuid.UUID | None,
     state: DeliveryState | None,
-    page_size: int,
-    page_token: str,
+    page: paging.PageRequest,
 ) -> tuple[list[DeviceExecution], str]:
     """Executions on the caller's devices (an admin's: every device), newest first, one page."""
     query = _visible_deliveries(caller)
@@ -194,15 +193,7 @@ async def list_executions(
         query = query.where(Delivery.device_id == device_id)
     if state is not None:
         query = query.where(Delivery.state == state)
-    deliveries, token = await paging.fetch_page(
-        session,
-        query,
-        created_at=Delivery.created_at,
-        id_column=Delivery.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[signal_id, device_id, state],
-    )
+    deliveries, token = await paging.fetch(session, query, Delivery, page, filters=[signal_id, device_id, state])
     return await _assemble(session, deliveries), token
 
 

@@ -132,8 +132,7 @@ async def list_subscriptions(
     *,
     producer_id: uuid.UUID | None,
     status: SubscriptionStatus | None,
-    page_size: int,
-    page_token: str,
+    page: paging.PageRequest,
 ) -> tuple[list[Subscription], str]:
     query = select(Subscription)
     if not caller.is_admin:
@@ -142,12 +141,4 @@ async def list_subscriptions(
         query = query.where(Subscription.producer_id == producer_id)
     if status is not None:
         query = query.where(Subscription.status == status)
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=Subscription.created_at,
-        id_column=Subscription.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[producer_id, status],
-    )
+    return await paging.fetch(session, query, Subscription, page, filters=[producer_id, status])

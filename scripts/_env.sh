@@ -64,6 +64,22 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# One server for choose_test_servers (whose embedded_for, labels and why it extends): SIGNALHUB_$1_URL as
+# it is when set, else URL $4 when something answers on port $3, else an embedded one, labelled $2.
+_choose_server() {
+    local name="$1" label="$2" port="$3" url="$4" var="SIGNALHUB_$1_URL"
+    if [[ -n "${!var:-}" ]]; then
+        return 0
+    fi
+    if port_open "$port"; then
+        export "$var=$url"
+    else
+        embedded_for+=("$name")
+        labels+=("$label")
+        why="${why:+$why; }$var is unset and nothing answers on 127.0.0.1:$port"
+    fi
+}
+
 # The servers scripts/test runs against, each on its own: its SIGNALHUB_*_URL when set, else the one on
 # 127.0.0.1 when it answers (exported), else an embedded one. Sets embedded_for (DATABASE and/or REDIS)
 # and, when it is not empty, says on stderr which and why. SIGNALHUB_TEST_EMBEDDED=1 forces embedded ones
@@ -78,24 +94,8 @@ choose_test_servers() {
         labels=(Postgres Redis)
         why="forced by SIGNALHUB_TEST_EMBEDDED=1"
     else
-        if [[ -z "${SIGNALHUB_DATABASE_URL:-}" ]]; then
-            if port_open "$pg_port"; then
-                export SIGNALHUB_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$pg_port/postgres"
-            else
-                embedded_for+=(DATABASE)
-                labels+=(Postgres)
-                why="SIGNALHUB_DATABASE_URL is unset and nothing answers on 127.0.0.1:$pg_port"
-            fi
-        fi
-        if [[ -z "${SIGNALHUB_REDIS_URL:-}" ]]; then
-            if port_open "$redis_port"; then
-                export SIGNALHUB_REDIS_URL="redis://127.0.0.1:$redis_port/0"
-            else
-                embedded_for+=(REDIS)
-                labels+=(Redis)
-                why="${why:+$why; }SIGNALHUB_REDIS_URL is unset and nothing answers on 127.0.0.1:$redis_port"
-            fi
-        fi
+        _choose_server DATABASE Postgres "$pg_port" "postgresql+asyncpg://postgres@127.0.0.1:$pg_port/postgres"
+        _choose_server REDIS Redis "$redis_port" "redis://127.0.0.1:$redis_port/0"
     fi
     if ((${#embedded_for[@]})); then
         names="$(printf '%s and ' "${labels[@]}")"

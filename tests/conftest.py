@@ -16,7 +16,10 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,14 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from backoffice import accounts, bootstrap, devices
+from backoffice import accounts, bootstrap, devices, models
 from backoffice.bootstrap import Resources
 from backoffice.models import ActorType, Role
 from backoffice.platform import schema
 from backoffice.platform.auth import Caller
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import Server
+from backoffice.producer import ProducerClient
 from gateway import bootstrap as gateway_bootstrap
 from signalhub.protocol.logs import JsonFormatter
 
@@ -206,6 +210,17 @@ async def drop_database(name: str) -> None:
         await conn.close()
 
 
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database of its own (``prefix`` and a random suffix), dropped on the way out."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    url = asyncio.run(create_database(name))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(name))
+
+
 def settings_for(database_url: str, **overrides: str) -> Settings:
     env = {
         "SIGNALHUB_DATABASE_URL": database_url,
@@ -331,6 +346,35 @@ async def device(res: Resources, user: UserCredentials) -> KeyCredentials:
     return await make_device(res, user)
 
 
+@dataclass(frozen=True)
+class Stack:
+    """Both servers, serving, and the three parties of a trade: a user, the user's device, a producer."""
+
+    res: Resources
+    backoffice: Server
+    backoffice_channel: grpc.aio.Channel
+    gateway: Server
+    user: UserCredentials
+    device: KeyCredentials
+    producer: KeyCredentials
+
+    def producer_client(self) -> ProducerClient:
+        return ProducerClient(self.backoffice.bound_address, self.producer.id, self.producer.secret)
+
+
+@pytest.fixture
+async def stack(
+    res: Resources,
+    backoffice_server: Server,
+    backoffice_channel: grpc.aio.Channel,
+    gateway_server: Server,
+    user: UserCredentials,
+    device: KeyCredentials,
+    producer: KeyCredentials,
+) -> Stack:
+    return Stack(res, backoffice_server, backoffice_channel, gateway_server, user, device, producer)
+
+
 @pytest.fixture
 def traversable_dir() -> Iterator[Path]:
     """A directory the embedded Postgres user can reach when tests run as root (pytest's tmp is 0700)."""
@@ -402,3 +446,60 @@ async def subscribe(channel: grpc.aio.Channel, user: UserCredentials, producer: 
         sizing_value="0.10",
     )
     await brpc.ApprovalServiceStub(channel).Subscribe(request, metadata=user.metadata, timeout=10)
+
+
+# The broker symbol test devices trade (GOLD.m), as its Hello carries it and the back office stores it.
+GOLD_SPEC = {
+    "contract_size": "100",
+    "tick_size": "0.01",
+    "tick_value": "1",
+    "volume_min": "0.01",
+    "volume_step": "0.01",
+    "volume_max": "50",
+}
+
+# Rows written directly with the ORM, for states the API cannot reach (or not quickly): the columns every
+# such test fills the same way, each overridable by keyword.
+
+
+def subscription_row(user_id: uuid.UUID, producer_id: uuid.UUID, **columns: Any) -> models.Subscription:
+    """An ACTIVE MANUAL subscription, FIXED_VOLUME 0.10."""
+    defaults: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "mode": models.SubscriptionMode.MANUAL,
+        "sizing_mode": models.SizingMode.FIXED_VOLUME,
+        "sizing_value": Decimal("0.10"),
+        "status": models.SubscriptionStatus.ACTIVE,
+    }
+    return models.Subscription(**defaults | columns, user_id=user_id, producer_id=producer_id)
+
+
+def signal_row(producer_id: uuid.UUID, signal_time: datetime, expire_time: datetime, **columns: Any) -> models.Signal:
+    """An OPEN XAUUSD BUY signal with a new request id."""
+    defaults: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "request_id": uuid.uuid4(),
+        "instrument": "XAUUSD",
+        "side": models.Side.BUY,
+        "status": models.SignalStatus.OPEN,
+    }
+    return models.Signal(
+        **defaults | columns, producer_id=producer_id, signal_time=signal_time, expire_time=expire_time
+    )
+
+
+def approval_row(
+    signal_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    user_id: uuid.UUID,
+    status: models.ApprovalStatus,
+    **columns: Any,
+) -> models.Approval:
+    """An approval of ``signal_id`` for ``user_id`` in ``status``."""
+    return models.Approval(
+        **{"id": uuid.uuid4()} | columns,
+        signal_id=signal_id,
+        subscription_id=subscription_id,
+        user_id=user_id,
+        status=status,
+    )

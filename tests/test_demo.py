@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +21,15 @@ from google.protobuf import json_format
 
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-from tests.conftest import REDIS_URL, create_database, drop_database, run_module
+from tests.conftest import REDIS_URL, run_module, scratch_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def demo_database() -> Iterator[str]:
-    name = f"signalhub_demo_{uuid.uuid4().hex[:10]}"
-    url = asyncio.run(create_database(name))
-    yield url
-    asyncio.run(drop_database(name))
+    with scratch_database("signalhub_demo") as url:
+        yield url
 
 
 def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -43,6 +40,15 @@ def _readme_example(containing: str) -> str:
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
     (block,) = [block for block in blocks if containing in block]
     return str(block)
+
+
+def _readme_command(containing: str) -> list[str]:
+    """The README's walk-through command on the line with ``containing``: its arguments after signalhub."""
+    lines = _readme_example(containing).replace("\\\n", " ").splitlines()
+    (line,) = [line for line in lines if containing in line]
+    program, *args = shlex.split(line, comments=True)
+    assert program == ".venv/bin/signalhub"
+    return args
 
 
 def _run_readme_grpcurl_example(env: dict[str, str], cwd: Path, demo: dict[str, str]) -> None:
@@ -97,23 +103,7 @@ def test_a_demo_signal_goes_from_producer_to_paper_fill(tmp_path: Path, demo_dat
         demo = json.loads(demo_file.read_text())
         bridge = _start(["bridge", "--executor", "paper"], env, tmp_path)
         submitted = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "backoffice.cli",
-                "producer",
-                "submit",
-                "--instrument",
-                "XAUUSD",
-                "--side",
-                "buy",
-                "--entry",
-                "2034.15",
-                "--stop-loss",
-                "2020",
-                "--take-profit",
-                "2050",
-            ],
+            [sys.executable, "-m", "backoffice.cli", *_readme_command("# terminal 3")],
             env=env,
             cwd=tmp_path,
             capture_output=True,

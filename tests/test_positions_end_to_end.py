@@ -21,7 +21,6 @@ import grpc
 import pytest
 
 from backoffice.bootstrap import Resources
-from backoffice.platform.serving import Server
 from backoffice.producer import ProducerClient
 from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecutor
 from gateway.bridge.executors.base import CloseRequest, SymbolInfo
@@ -34,7 +33,7 @@ from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as gpb
 from tests.backoffice.api.test_approvals import subscribe, subscribe_request
 from tests.backoffice.monitor.support import monitoring
-from tests.conftest import KeyCredentials, UserCredentials, make_user, rpc_failure
+from tests.conftest import KeyCredentials, Stack, UserCredentials, make_user, rpc_failure
 from tests.gateway.support import eventually
 from tests.gateway.tap import DeviceTap, assert_redacted, tapped
 
@@ -106,13 +105,7 @@ class Trading:
 
 @pytest.fixture
 async def trade(
-    res: Resources,
-    backoffice_server: Server,
-    backoffice_channel: grpc.aio.Channel,
-    gateway_server: Server,
-    user: UserCredentials,
-    device: KeyCredentials,
-    producer: KeyCredentials,
+    stack: Stack,
     tmp_path: Path,
 ) -> AsyncIterator[Trading]:
     """The trader follows the producer (AUTO, 0.10 lots); the bridge trades a symbol of this test's own;
@@ -121,21 +114,21 @@ async def trade(
     spec = SymbolInfo(symbol, D(100), D("0.01"), D(1), D("0.01"), D("0.01"), D(100))
     executor = PaperExecutor(PaperConfig(seed=11, slippage_ticks=2, symbols=(*DEFAULT_SYMBOLS, spec)))
     executor.set_price(symbol, D("2034.15"))
-    await subscribe(backoffice_channel, user, subscribe_request(producer, sizing_value="0.10"))
-    async with monitoring(res), tapped(gateway_server.bound_address) as tap:
+    await subscribe(stack.backoffice_channel, stack.user, subscribe_request(stack.producer, sizing_value="0.10"))
+    async with monitoring(stack.res), tapped(stack.gateway.bound_address) as tap:
         ledger = tmp_path / "ledger.db"
-        config = BridgeConfig(str(device.id), (tap.address,), ledger, quote_interval=0.05, quote_refresh=0.2)
-        client = BridgeClient(config, signing.parse_secret(device.secret), executor)
+        config = BridgeConfig(str(stack.device.id), (tap.address,), ledger, quote_interval=0.05, quote_refresh=0.2)
+        client = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
         task = asyncio.create_task(client.run())
         try:
             await asyncio.wait_for(client.connected.wait(), 15)
-            async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
-                positions = brpc.PositionServiceStub(backoffice_channel)
-                yield Trading(symbol, executor, client, tap, signals, positions, user, device)
+            async with stack.producer_client() as signals:
+                positions = brpc.PositionServiceStub(stack.backoffice_channel)
+                yield Trading(symbol, executor, client, tap, signals, positions, stack.user, stack.device)
         finally:
             client.stop()
             await asyncio.wait_for(task, 15)
-    tap.assert_redacted(device, SECRETS)
+    tap.assert_redacted(stack.device, SECRETS)
 
 
 def _profit(side: str, entry: Decimal, close: Decimal, volume: Decimal) -> Decimal:

@@ -64,14 +64,8 @@ async def page_of(
     session: AsyncSession, query: Select[Any], model: Any, page: Page, *filters: object
 ) -> tuple[list[Any], str]:
     """One page of ``query`` over ``model`` (its rows have ``created_at`` and ``id``), newest first."""
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=model.created_at,
-        id_column=model.id,
-        requested_size=page.size,
-        page_token=page.token,
-        filters=[page.affiliate_id, *filters],
+    return await paging.fetch(
+        session, query, model, paging.PageRequest(page.size, page.token), filters=[page.affiliate_id, *filters]
     )
 
 

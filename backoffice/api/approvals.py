@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import approvals, subscriptions
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
+from backoffice.platform import paging
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
@@ -86,8 +87,7 @@ class ApprovalServicer:
                 caller,
                 producer_id=parse_optional_id(request.producer_id, "producer_id"),
                 status=status,
-                page_size=request.page_size,
-                page_token=request.page_token,
+                page=paging.requested(request),
             )
         return pb.ListSubscriptionsResponse(subscriptions=[encode_subscription(s) for s in rows], next_page_token=token)
 
@@ -96,9 +96,7 @@ class ApprovalServicer:
     ) -> pb.ListPendingApprovalsResponse:
         caller = current_caller()
         async with self._sessions() as session:
-            rows, token = await approvals.list_pending(
-                session, caller, page_size=request.page_size, page_token=request.page_token
-            )
+            rows, token = await approvals.list_pending(session, caller, page=paging.requested(request))
             expiries = await approvals.expire_times(session, [a.signal_id for a in rows])
         return pb.ListPendingApprovalsResponse(
             approvals=[encode_approval(a, expiries.get(a.signal_id)) for a in rows], next_page_token=token
@@ -144,8 +142,7 @@ class ApprovalServicer:
                 caller,
                 signal_id=parse_optional_id(request.signal_id, "signal_id"),
                 status=status,
-                page_size=request.page_size,
-                page_token=request.page_token,
+                page=paging.requested(request),
             )
             expiries = await approvals.expire_times(session, [a.signal_id for a in rows])
         return pb.ListApprovalsResponse(

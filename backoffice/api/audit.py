@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, audit, models
+from backoffice.platform import paging
 from backoffice.platform.interceptors import current_caller
 from signalhub.protocol import wire
 from signalhub.protocol.errors import InvalidArgument
@@ -81,7 +82,6 @@ class AuditServicer:
                 status_open=_ALERT_STATUS[request.status],
                 kind=kind,
                 device_id=device_id,
-                page_size=request.page_size,
-                page_token=request.page_token,
+                page=paging.requested(request),
             )
         return pb.ListAlertsResponse(alerts=[encode_alert(a) for a in found], next_page_token=token)

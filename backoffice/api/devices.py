@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import devices, models
 from backoffice.devices.hello import Hello
-from backoffice.platform import hints
+from backoffice.platform import hints, paging
 from backoffice.platform.config import Settings
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
@@ -81,9 +81,7 @@ class DeviceServicer:
         caller = current_caller()
         status = wire.optional_enum_from_wire(pb.DeviceStatus, _STATUS, request.status, models.DeviceStatus, "status")
         async with self._sessions() as session:
-            found, token = await devices.list_devices(
-                session, caller, status=status, page_size=request.page_size, page_token=request.page_token
-            )
+            found, token = await devices.list_devices(session, caller, status=status, page=paging.requested(request))
         return pb.ListDevicesResponse(devices=[encode_device(d) for d in found], next_page_token=token)
 
     async def UpdateDevice(self, request: pb.UpdateDeviceRequest, context: Any) -> pb.Device:

@@ -9,6 +9,7 @@ from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import executions, models
+from backoffice.platform import paging
 from backoffice.platform.interceptors import current_caller
 from signalhub.protocol import wire
 from signalhub.protocol.wire import parse_id, parse_optional_id
@@ -129,7 +130,6 @@ class ExecutionServicer:
                 signal_id=signal_id,
                 device_id=device_id,
                 state=state,
-                page_size=request.page_size,
-                page_token=request.page_token,
+                page=paging.requested(request),
             )
         return pb.ListExecutionsResponse(executions=[encode_execution(e) for e in found], next_page_token=token)

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import models, positions
+from backoffice.platform import paging
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
@@ -122,8 +123,7 @@ class PositionServicer:
                 signal_id=signal_id,
                 status=status,
                 instrument=request.instrument,
-                page_size=request.page_size,
-                page_token=request.page_token,
+                page=paging.requested(request),
             )
         return pb.ListPositionsResponse(positions=[encode_position(v) for v in found], next_page_token=token)
 
@@ -194,8 +194,7 @@ class PositionServicer:
                 position_id=position_id,
                 device_id=device_id,
                 status=status,
-                page_size=request.page_size,
-                page_token=request.page_token,
+                page=paging.requested(request),
             )
         return pb.ListCloseCommandsResponse(
             close_commands=[encode_close_command(c) for c in found], next_page_token=token

@@ -29,6 +29,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
+from backoffice.producer.cli import uuid_text
 from backoffice.producer.client import DEFAULT_TARGET, ProducerCallError
 from signalhub.protocol.state import DEFAULT_CREDENTIALS
 from signalhub.v1 import backoffice_pb2 as pb
@@ -118,12 +119,7 @@ CALLS: dict[str, Call] = {
 
 
 def _uuid(text: str) -> str:
-    if not text:
-        return ""  # not given
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+    return uuid_text(text) if text else ""  # "" is not given
 
 
 def _method(path: str) -> Struct:

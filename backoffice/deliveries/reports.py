@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Text, any_, bindparam, literal, select, update
+from sqlalchemy import Text, any_, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,7 +28,7 @@ from backoffice.models import (
     ExecutionEvent,
     Side,
 )
-from backoffice.platform.db import any_id
+from backoffice.platform.db import any_id, update_by_id
 from signalhub.protocol.errors import DomainError, FailedPrecondition, NotFound
 from signalhub.protocol.wire import decimal_text
 
@@ -415,12 +415,5 @@ async def _lock_deliveries(
 
 async def _write_deliveries(session: AsyncSession, deliveries: Iterable[_DeliveryState], now: datetime) -> None:
     changed = [d for d in deliveries if d.changed]
-    if not changed:
-        return
-    connection = await session.connection()  # Core executemany: one statement, many parameter sets
-    await connection.execute(
-        update(Delivery)
-        .where(Delivery.id == bindparam("b_id"))
-        .values(state=bindparam("b_state"), state_reason=bindparam("b_reason"), updated_at=bindparam("b_at")),
-        [{"b_id": d.id, "b_state": d.state, "b_reason": d.reason, "b_at": now} for d in changed],
-    )
+    rows = [{"id": d.id, "state": d.state, "state_reason": d.reason, "updated_at": now} for d in changed]
+    await update_by_id(session, Delivery, rows)

@@ -126,22 +126,13 @@ async def list_devices(
     caller: Caller,
     *,
     status: DeviceStatus | None,
-    page_size: int,
-    page_token: str,
+    page: paging.PageRequest,
 ) -> tuple[list[Device], str]:
     """The caller's devices (an admin's: everyone's), newest first, one page."""
     query = select(Device).where(visible_to(caller))
     if status is not None:
         query = query.where(Device.status == status)
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=Device.created_at,
-        id_column=Device.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[status],
-    )
+    return await paging.fetch(session, query, Device, page, filters=[status])
 
 
 async def update_device(

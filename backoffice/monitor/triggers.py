@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import positions
 from backoffice.models import ActorType, Position, PositionEventKind, PositionStatus
 from backoffice.monitor.book import Watched
-from backoffice.platform.db import any_id
+from backoffice.platform.db import any_id, update_by_id
 from backoffice.positions import events, levels
 from backoffice.quotes import Feed, Seen
 
@@ -163,25 +163,16 @@ def _read(state: _State, quote: Seen, now: datetime, event_rows: list[dict[str, 
 
 
 async def _write_moves(session: AsyncSession, moved: Sequence[Watched]) -> None:
-    if not moved:
-        return
-    connection = await session.connection()  # Core executemany: one statement, many parameter sets
-    await connection.execute(
-        update(Position)
-        .where(Position.id == bindparam("b_id"))
-        .values(
-            stop_loss=bindparam("b_stop"),
-            best_price=bindparam("b_best"),
-            breakeven_done=bindparam("b_done"),
-            levels_at=bindparam("b_at"),
-        ),
+    await update_by_id(
+        session,
+        Position,
         [
             {
-                "b_id": w.id,
-                "b_stop": w.levels.stop_loss,
-                "b_best": w.levels.best_price,
-                "b_done": w.levels.breakeven_done,
-                "b_at": w.levels_at,
+                "id": w.id,
+                "stop_loss": w.levels.stop_loss,
+                "best_price": w.levels.best_price,
+                "breakeven_done": w.levels.breakeven_done,
+                "levels_at": w.levels_at,
             }
             for w in moved
         ],

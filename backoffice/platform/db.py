@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, any_, literal
+from sqlalchemy import ColumnElement, any_, bindparam, literal, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -75,6 +75,20 @@ def any_id(column: Any, ids: Iterable[uuid.UUID]) -> ColumnElement[bool]:
     """``column = ANY($1)``: one array parameter, so the statement is the same (and prepared once)
     however many ids there are; an IN list is a new statement per length and is capped in size."""
     return column == any_(literal(list(ids), UUID_ARRAY))  # type: ignore[no-any-return]
+
+
+async def update_by_id(session: AsyncSession, model: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``UPDATE`` each of ``rows`` (its ``id`` and the new column values, the same columns in every row) as
+    one Core executemany: one statement, many parameter sets, no ORM flush. No rows, no statement."""
+    if not rows:
+        return
+    columns = [name for name in rows[0] if name != "id"]
+    # The bind names must not be column names: SQLAlchemy keeps those for the SET clause.
+    statement = (
+        update(model).where(model.id == bindparam("b_id")).values({name: bindparam(f"b_{name}") for name in columns})
+    )
+    connection = await session.connection()
+    await connection.execute(statement, [{f"b_{name}": value for name, value in row.items()} for row in rows])
 
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +30,28 @@ def page_size(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument([("page_size", "must not be negative")])
     return DEFAULT_PAGE_SIZE if requested == 0 else min(requested, MAX_PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """Which page a list request asks for: its ``page_size`` and ``page_token``, as sent."""
+
+    size: int
+    token: str
+
+
+class ListRequest(Protocol):
+    """Every list request message: it carries a page size and a page token."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def page_token(self) -> str: ...
+
+
+def requested(request: ListRequest) -> PageRequest:
+    return PageRequest(request.page_size, request.page_token)
 
 
 @dataclass(frozen=True)
@@ -88,3 +110,26 @@ async def fetch_page(
     last = rows[size - 1]
     token = encode_token(Cursor(getattr(last, created_at.key), getattr(last, id_column.key)), filters)
     return rows[:size], token
+
+
+async def fetch(
+    session: AsyncSession,
+    query: Select[RowT],
+    model: Any,
+    page: PageRequest,
+    *,
+    filters: Sequence[Any],
+    created_at: InstrumentedAttribute[datetime] | None = None,
+    newest_first: bool = True,
+) -> tuple[list[RowT], str]:
+    """``fetch_page`` keyed on ``model``'s ``created_at`` (or the column given) and ``id``."""
+    return await fetch_page(
+        session,
+        query,
+        created_at=model.created_at if created_at is None else created_at,
+        id_column=model.id,
+        requested_size=page.size,
+        page_token=page.token,
+        filters=filters,
+        newest_first=newest_first,
+    )

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, any_, bindparam, literal, select, text, update
+from sqlalchemy import and_, any_, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,7 +34,7 @@ from backoffice.models import (
     PositionStatus,
     Side,
 )
-from backoffice.platform.db import any_id
+from backoffice.platform.db import any_id, update_by_id
 from backoffice.positions import events
 
 _PRICE_PLACES = Decimal("1e-12")
@@ -326,55 +326,36 @@ async def write_closes(session: AsyncSession, targets: Iterable[CloseTarget], no
     changed = [t for t in targets if t.changed]
     if not changed:
         return []
-    # Core executemany: one UPDATE statement, many parameter sets.
-    connection = await session.connection()
-    await connection.execute(
-        update(CloseCommand)
-        .where(CloseCommand.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            close_price=bindparam("b_price"),
-            closed_volume=bindparam("b_volume"),
-            error=bindparam("b_error"),
-            completed_at=bindparam("b_at"),
-        ),
+    await update_by_id(
+        session,
+        CloseCommand,
         [
             {
-                "b_id": t.command_id,
-                "b_status": t.status,
-                "b_price": t.close_price,
-                "b_volume": t.closed_volume,
-                "b_error": t.error,
-                "b_at": t.completed_at,
+                "id": t.command_id,
+                "status": t.status,
+                "close_price": t.close_price,
+                "closed_volume": t.closed_volume,
+                "error": t.error,
+                "completed_at": t.completed_at,
             }
             for t in changed
         ],
     )
     positions = {t.position.id: t.position for t in changed}
-    await connection.execute(
-        update(Position)
-        .where(Position.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            volume=bindparam("b_volume"),
-            profit=bindparam("b_profit"),
-            close_price=bindparam("b_price"),
-            closed_at=bindparam("b_at"),
-            closed_volume=bindparam("b_closed"),
-            price_profit=bindparam("b_price_profit"),
-            close_reason=bindparam("b_reason"),
-        ),
+    await update_by_id(
+        session,
+        Position,
         [
             {
-                "b_id": p.id,
-                "b_status": p.status,
-                "b_volume": p.volume,
-                "b_profit": p.profit,
-                "b_price": p.close_price,
-                "b_at": p.closed_at,
-                "b_closed": p.closed_volume,
-                "b_price_profit": p.price_profit,
-                "b_reason": p.close_reason,
+                "id": p.id,
+                "status": p.status,
+                "volume": p.volume,
+                "profit": p.profit,
+                "close_price": p.close_price,
+                "closed_at": p.closed_at,
+                "closed_volume": p.closed_volume,
+                "price_profit": p.price_profit,
+                "close_reason": p.close_reason,
             }
             for p in positions.values()
         ],

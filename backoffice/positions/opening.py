@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice.models import (
@@ -26,7 +26,7 @@ from backoffice.models import (
     Signal,
     SignalStatus,
 )
-from backoffice.platform.db import any_id
+from backoffice.platform.db import any_id, update_by_id
 from backoffice.positions import closing, events, levels
 
 
@@ -113,14 +113,11 @@ async def open_positions(session: AsyncSession, openings: Sequence[Opening], now
     if created:
         await session.execute(insert(Position), [p.row for p in created if p.row is not None])
     added = [p for p in held.values() if p.changed]
-    if added:
-        connection = await session.connection()
-        await connection.execute(
-            update(Position)
-            .where(Position.id == bindparam("b_id"))
-            .values(volume=bindparam("b_volume"), entry_price=bindparam("b_entry"), status=bindparam("b_status")),
-            [{"b_id": p.id, "b_volume": p.volume, "b_entry": p.entry_price, "b_status": p.status} for p in added],
-        )
+    await update_by_id(
+        session,
+        Position,
+        [{"id": p.id, "volume": p.volume, "entry_price": p.entry_price, "status": p.status} for p in added],
+    )
     await events.insert_events(session, event_rows)
     cancelled = [
         closing.Closing(p.id, p.row["device_id"], p.volume, CloseReason.SIGNAL_CANCELLED)

@@ -68,8 +68,7 @@ async def list_positions(
     signal_id: uuid.UUID | None,
     status: PositionStatus | None,
     instrument: str,
-    page_size: int,
-    page_token: str,
+    page: paging.PageRequest,
 ) -> tuple[list[PositionView], str]:
     """The positions the caller may see, newest first; ``instrument`` matches the broker symbol or the
     signal's instrument."""
@@ -82,14 +81,13 @@ async def list_positions(
         query = query.where(Position.status == status)
     if instrument:
         query = query.where(or_(Position.instrument == instrument, Position.signal_instrument == instrument))
-    rows, token = await paging.fetch_page(
+    rows, token = await paging.fetch(
         session,
         query,
-        created_at=Position.opened_at,
-        id_column=Position.id,
-        requested_size=page_size,
-        page_token=page_token,
+        Position,
+        page,
         filters=[device_id, signal_id, status, instrument],
+        created_at=Position.opened_at,
     )
     found = await owners(session, {p.device_id for p in rows})
     return [PositionView(p, found[p.device_id]) for p in rows], token
@@ -102,8 +100,7 @@ async def list_close_commands(
     position_id: uuid.UUID | None,
     device_id: uuid.UUID | None,
     status: CloseCommandStatus | None,
-    page_size: int,
-    page_token: str,
+    page: paging.PageRequest,
 ) -> tuple[list[CloseCommand], str]:
     """The close commands of the positions the caller may see, newest first."""
     query = select(CloseCommand).where(_visible(caller, CloseCommand.device_id))
@@ -113,12 +110,4 @@ async def list_close_commands(
         query = query.where(CloseCommand.device_id == device_id)
     if status is not None:
         query = query.where(CloseCommand.status == status)
-    return await paging.fetch_page(
-        session,
-        query,
-        created_at=CloseCommand.created_at,
-        id_column=CloseCommand.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[position_id, device_id, status],
-    )
+    return await paging.fetch(session, query, CloseCommand, page, filters=[position_id, device_id, status])

@@ -23,6 +23,7 @@ from backoffice.producer.client import (
 from backoffice.producer.messages import (
     Decimalish,
     SideLike,
+    SignalOptions,
     decimal_string,
     make_quote,
     parse_side,
@@ -41,6 +42,7 @@ __all__ = [
     "ProducerClient",
     "RetryPolicy",
     "SideLike",
+    "SignalOptions",
     "channel_options",
     "decimal_string",
     "make_quote",

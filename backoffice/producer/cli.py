@@ -95,16 +95,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="expire this many seconds after the signal time (server default 60)",
     )
     submit.add_argument("--payload", type=_json_object, metavar="JSON", help="strategy data, a JSON object")
-    submit.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
+    submit.add_argument("--request-id", type=uuid_text, metavar="UUID", help="idempotency key (default: a new UUID)")
     submit.set_defaults(run=run_submit)
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel one of your signals; prints the Signal")
-    cancel.add_argument("--signal-id", required=True, type=_uuid, metavar="ID", help="the signal to cancel")
+    cancel.add_argument("--signal-id", required=True, type=uuid_text, metavar="ID", help="the signal to cancel")
     cancel.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     cancel.add_argument(
         "--close-positions", action="store_true", help="also close the positions opened from it (SIGNAL_CANCELLED)"
     )
-    cancel.add_argument("--request-id", type=_uuid, metavar="UUID", help="idempotency key (default: a new UUID)")
+    cancel.add_argument("--request-id", type=uuid_text, metavar="UUID", help="idempotency key (default: a new UUID)")
     cancel.set_defaults(run=run_cancel)
 
     quote = commands.add_parser("quote", parents=[common], help="submit one bid/ask quote")
@@ -199,7 +199,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _uuid(text: str) -> str:
+def uuid_text(text: str) -> str:
+    """An argparse type: a UUID in its canonical text (the affiliate command line uses it too)."""
     try:
         return str(uuid.UUID(text))
     except ValueError:

@@ -19,14 +19,19 @@ import random as _random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 from google.protobuf.message import Message
 
-from backoffice.producer.messages import Decimalish, SideLike, request_id_text, submit_signal_request
+from backoffice.producer.messages import (
+    SideLike,
+    SignalOptions,
+    check_signal_options,
+    request_id_text,
+    submit_signal_request,
+)
 from signalhub.protocol.client import KEEPALIVE_OPTIONS, backoff_ceiling, jittered_backoff
 from signalhub.protocol.secret import Secret
 from signalhub.protocol.signing import SECRET_BYTES, parse_secret, signed_metadata
@@ -222,38 +227,12 @@ class ProducerClient:
         if channel is not None:
             await channel.close()
 
-    async def submit_signal(
-        self,
-        instrument: str,
-        side: SideLike,
-        *,
-        entry_price: Decimalish | None = None,
-        stop_loss: Decimalish | None = None,
-        take_profit: Decimalish | None = None,
-        signal_time: datetime | None = None,
-        expire_time: datetime | timedelta | None = None,
-        payload: Mapping[str, Any] | None = None,
-        request_id: str | uuid.UUID | None = None,
-        trailing_distance: Decimalish | None = None,
-        breakeven_trigger: Decimalish | None = None,
-        breakeven_offset: Decimalish | None = None,
-    ) -> pb.Signal:
-        """Submit a signal and return it as stored. Repeating a ``request_id`` with the same request returns
-        the first signal; with a different request it fails ``ALREADY_EXISTS``."""
-        request = submit_signal_request(
-            instrument,
-            side,
-            entry_price=entry_price,
-            stop_loss=stop_loss,
-            take_profit=take_profit,
-            signal_time=signal_time,
-            expire_time=expire_time,
-            payload=payload,
-            request_id=request_id,
-            trailing_distance=trailing_distance,
-            breakeven_trigger=breakeven_trigger,
-            breakeven_offset=breakeven_offset,
-        )
+    async def submit_signal(self, instrument: str, side: SideLike, **options: Unpack[SignalOptions]) -> pb.Signal:
+        """Submit a signal and return it as stored (``options``: see ``submit_signal_request``). Repeating
+        a ``request_id`` with the same request returns the first signal; with a different request it fails
+        ``ALREADY_EXISTS``."""
+        check_signal_options(options, "submit_signal")
+        request = submit_signal_request(instrument, side, **options)
         return await self._call(SUBMIT_SIGNAL, request.SerializeToString(), pb.Signal, request.request_id)
 
     async def cancel_signal(

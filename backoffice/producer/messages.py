@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypedDict, Unpack
 
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -66,41 +66,55 @@ def _timestamp(moment: datetime, name: str) -> Timestamp:
     return stamp
 
 
-def submit_signal_request(
-    instrument: str,
-    side: SideLike,
-    *,
-    entry_price: Decimalish | None = None,
-    stop_loss: Decimalish | None = None,
-    take_profit: Decimalish | None = None,
-    signal_time: datetime | None = None,
-    expire_time: datetime | timedelta | None = None,
-    payload: Mapping[str, Any] | None = None,
-    request_id: str | uuid.UUID | None = None,
-    trailing_distance: Decimalish | None = None,
-    breakeven_trigger: Decimalish | None = None,
-    breakeven_offset: Decimalish | None = None,
-) -> pb.SubmitSignalRequest:
+class SignalOptions(TypedDict, total=False):
+    """The optional keyword arguments of a signal: ``submit_signal_request`` and
+    ``ProducerClient.submit_signal`` both take them, declared once here."""
+
+    entry_price: Decimalish | None
+    stop_loss: Decimalish | None
+    take_profit: Decimalish | None
+    signal_time: datetime | None
+    expire_time: datetime | timedelta | None
+    payload: Mapping[str, Any] | None
+    request_id: str | uuid.UUID | None
+    trailing_distance: Decimalish | None
+    breakeven_trigger: Decimalish | None
+    breakeven_offset: Decimalish | None
+
+
+def check_signal_options(options: Mapping[str, object], function: str) -> None:
+    """A TypeError for a keyword that is not a ``SignalOptions`` key, as a misspelt parameter would raise
+    (``**options`` would otherwise swallow it at run time)."""
+    unknown = sorted(set(options) - set(SignalOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+
+
+def submit_signal_request(instrument: str, side: SideLike, **options: Unpack[SignalOptions]) -> pb.SubmitSignalRequest:
     """The request ``ProducerClient.submit_signal`` sends.
 
     ``signal_time`` defaults to now; ``expire_time`` may be a ``timedelta`` after ``signal_time``; a
     missing ``request_id`` becomes a new UUID4. ``stop_loss``, ``take_profit``, ``trailing_distance`` and
     the breakeven pair are hidden levels the server enforces. The server applies the contract's rules.
     """
+    check_signal_options(options, "submit_signal_request")
+    signal_time = options.get("signal_time")
+    expire_time = options.get("expire_time")
+    payload = options.get("payload")
     moment = signal_time if signal_time is not None else datetime.now(UTC)
     request = pb.SubmitSignalRequest(
-        request_id=request_id_text(request_id),
+        request_id=request_id_text(options.get("request_id")),
         instrument=instrument,
         side=parse_side(side),
         signal_time=_timestamp(moment, "signal_time"),
     )
     for name, value in (
-        ("entry_price", entry_price),
-        ("stop_loss", stop_loss),
-        ("take_profit", take_profit),
-        ("trailing_distance", trailing_distance),
-        ("breakeven_trigger", breakeven_trigger),
-        ("breakeven_offset", breakeven_offset),
+        ("entry_price", options.get("entry_price")),
+        ("stop_loss", options.get("stop_loss")),
+        ("take_profit", options.get("take_profit")),
+        ("trailing_distance", options.get("trailing_distance")),
+        ("breakeven_trigger", options.get("breakeven_trigger")),
+        ("breakeven_offset", options.get("breakeven_offset")),
     ):
         if value is not None:
             setattr(request, name, decimal_string(value, name))

@@ -11,57 +11,25 @@ instructions), ``ledger`` and ``outbox`` (durability), ``frames``, ``config``, `
 and ``cli`` (`signalhub bridge`). It imports only ``signalhub.protocol``, ``signalhub.v1`` and itself.
 """
 
+from gateway.bridge import executors
 from gateway.bridge.client import BridgeClient, RpcErrorInfo
 from gateway.bridge.config import BRIDGE_VERSION, BridgeConfig, BridgeStats, channel_options
 from gateway.bridge.errors import BridgeError, DeviceRevoked, LedgerError
-from gateway.bridge.executors import (
-    AccountInfo,
-    CloseFailed,
-    CloseFill,
-    CloseRequest,
-    Executor,
-    ExecutorError,
-    HeldPosition,
-    Mt5Config,
-    Mt5Executor,
-    OrderFill,
-    OrderRejected,
-    OrderRequest,
-    OrderSide,
-    PaperConfig,
-    PaperExecutor,
-    Price,
-    SymbolInfo,
-)
+from gateway.bridge.executors import *  # noqa: F403  (the names of executors.__all__)
 from gateway.bridge.ledger import Ledger, OutFrame
 
 __all__ = [
     "BRIDGE_VERSION",
-    "AccountInfo",
     "BridgeClient",
     "BridgeConfig",
     "BridgeError",
     "BridgeStats",
-    "CloseFailed",
-    "CloseFill",
-    "CloseRequest",
     "DeviceRevoked",
-    "Executor",
-    "ExecutorError",
-    "HeldPosition",
     "Ledger",
     "LedgerError",
-    "Mt5Config",
-    "Mt5Executor",
-    "OrderFill",
-    "OrderRejected",
-    "OrderRequest",
-    "OrderSide",
     "OutFrame",
-    "PaperConfig",
-    "PaperExecutor",
-    "Price",
     "RpcErrorInfo",
-    "SymbolInfo",
     "channel_options",
 ]
+# Every executor name too (the interface, PaperExecutor, Mt5Executor), listed once in gateway.bridge.executors.
+__all__ += executors.__all__

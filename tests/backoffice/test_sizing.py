@@ -9,20 +9,12 @@ import pytest
 from backoffice.devices.hello import Hello
 from backoffice.models import SizingMode
 from backoffice.sizing import Rule, size
+from tests.conftest import GOLD_SPEC
 
 HELLO = {
     "balance": "10000",
     "equity": "9500",
-    "symbols": {
-        "GOLD.m": {
-            "contract_size": "100",
-            "tick_size": "0.01",
-            "tick_value": "1",
-            "volume_min": "0.01",
-            "volume_step": "0.01",
-            "volume_max": "50",
-        }
-    },
+    "symbols": {"GOLD.m": GOLD_SPEC},
 }
 ACCOUNT = Hello.from_json(HELLO)
 

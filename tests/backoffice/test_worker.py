@@ -23,17 +23,22 @@ from backoffice.models import (
     Nonce,
     Position,
     PositionStatus,
-    Side,
     Signal,
     SignalStatus,
-    SizingMode,
-    Subscription,
-    SubscriptionMode,
-    SubscriptionStatus,
 )
 from backoffice.platform.config import Settings
 from tests.backoffice.monitor.support import commands, instrument, quote, submit
-from tests.conftest import REDIS_URL, ROOT_DIR, KeyCredentials, UserCredentials, run_module, server_env
+from tests.conftest import (
+    REDIS_URL,
+    ROOT_DIR,
+    KeyCredentials,
+    UserCredentials,
+    approval_row,
+    run_module,
+    server_env,
+    signal_row,
+    subscription_row,
+)
 from tests.gateway.support import Book, eventually, row
 
 
@@ -43,40 +48,12 @@ async def test_run_once_expires_purges_and_marks_idle(
     long_ago = datetime.now(UTC) - timedelta(days=8)
     signal_id, approval_id, nonce = uuid.uuid4(), uuid.uuid4(), uuid.uuid4().hex
     async with res.sessions.begin() as session:
-        subscription = Subscription(
-            id=uuid.uuid4(),
-            user_id=user.id,
-            producer_id=producer.id,
-            mode=SubscriptionMode.MANUAL,
-            sizing_mode=SizingMode.FIXED_VOLUME,
-            sizing_value=1,
-            instruments=[],
-            status=SubscriptionStatus.ACTIVE,
-        )
+        subscription = subscription_row(user.id, producer.id, sizing_value=1, instruments=[])
         session.add(subscription)
-        session.add(
-            Signal(
-                id=signal_id,
-                producer_id=producer.id,
-                request_id=uuid.uuid4(),
-                instrument="XAUUSD",
-                side=Side.BUY,
-                signal_time=long_ago,
-                expire_time=long_ago + timedelta(seconds=60),
-                payload={},
-                status=SignalStatus.OPEN,
-            )
-        )
+        session.add(signal_row(producer.id, long_ago, long_ago + timedelta(seconds=60), id=signal_id, payload={}))
         await session.flush()
         session.add(
-            Approval(
-                id=approval_id,
-                signal_id=signal_id,
-                subscription_id=subscription.id,
-                user_id=user.id,
-                status=ApprovalStatus.PENDING,
-                device_ids=[],
-            )
+            approval_row(signal_id, subscription.id, user.id, ApprovalStatus.PENDING, id=approval_id, device_ids=[])
         )
         await session.execute(insert(Nonce).values(key_id="k", nonce=nonce, expires_at=long_ago))
         await session.execute(

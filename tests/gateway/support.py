@@ -20,7 +20,6 @@ from sqlalchemy import func, select
 
 from backoffice.bootstrap import Resources
 from backoffice.models import (
-    Approval,
     ApprovalStatus,
     CloseCommand,
     CloseCommandStatus,
@@ -31,12 +30,6 @@ from backoffice.models import (
     Position,
     PositionStatus,
     Side,
-    Signal,
-    SignalStatus,
-    SizingMode,
-    Subscription,
-    SubscriptionMode,
-    SubscriptionStatus,
 )
 from backoffice.positions.levels import Levels, start_trailing
 from gateway.bootstrap import GatewayServer
@@ -46,7 +39,16 @@ from signalhub.protocol.signing import CONNECT_METHOD
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
-from tests.conftest import KeyCredentials, RpcFailure, make_producer, rpc_failure
+from tests.conftest import (
+    GOLD_SPEC,
+    KeyCredentials,
+    RpcFailure,
+    approval_row,
+    make_producer,
+    rpc_failure,
+    signal_row,
+    subscription_row,
+)
 
 # Short enough to keep the suite fast; every wait below is a safety net, never a performance claim.
 FAST = {"ack_timeout_seconds": 0.5, "sweep_interval_seconds": 0.2, "hello_timeout_seconds": 2.0}
@@ -89,17 +91,7 @@ HELLO = pb.Hello(
     account_currency="USD",
     balance="10000.00",
     equity="10050.50",
-    symbols=[
-        pb.SymbolSpec(
-            name="GOLD.m",
-            contract_size="100",
-            tick_size="0.01",
-            tick_value="1",
-            volume_min="0.01",
-            volume_step="0.01",
-            volume_max="50",
-        )
-    ],
+    symbols=[pb.SymbolSpec(name="GOLD.m", **GOLD_SPEC)],
 )
 
 
@@ -270,15 +262,7 @@ class Book:
     async def open(cls, res: Resources, user_id: uuid.UUID) -> Book:
         producer = await make_producer(res)
         async with res.sessions.begin() as session:
-            subscription = Subscription(
-                id=uuid.uuid4(),
-                user_id=user_id,
-                producer_id=producer.id,
-                mode=SubscriptionMode.MANUAL,
-                sizing_mode=SizingMode.FIXED_VOLUME,
-                sizing_value=Decimal("0.10"),
-                status=SubscriptionStatus.ACTIVE,
-            )
+            subscription = subscription_row(user_id, producer.id)
             session.add(subscription)
         return cls(res, user_id, producer.id, subscription.id)
 
@@ -299,29 +283,25 @@ class Book:
         signal_id, approval_id, delivery_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
         async with self.res.sessions.begin() as session:
             session.add(
-                Signal(
+                signal_row(
+                    self.producer_id,
+                    now,
+                    expire,
                     id=signal_id,
-                    producer_id=self.producer_id,
-                    request_id=uuid.uuid4(),
-                    instrument="XAUUSD",
-                    side=Side.BUY,
                     entry_price=Decimal("2034.15"),
                     stop_loss=Decimal(stop_loss),
                     take_profit=Decimal(take_profit),
-                    signal_time=now,
-                    expire_time=expire,
                     payload=payload or {"strategy": "secret-sauce-42"},
-                    status=SignalStatus.OPEN,
                 )
             )
             await session.flush()
             session.add(
-                Approval(
+                approval_row(
+                    signal_id,
+                    self.subscription_id,
+                    self.user_id,
+                    ApprovalStatus.APPROVED,
                     id=approval_id,
-                    signal_id=signal_id,
-                    subscription_id=self.subscription_id,
-                    user_id=self.user_id,
-                    status=ApprovalStatus.APPROVED,
                     decided_at=now,
                     device_ids=[device_id],
                 )

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from backoffice.bootstrap import Resources
 from backoffice.models import AuditEvent, Device, DeviceStatus, EventKind
 from signalhub.v1 import gateway_pb2 as pb
-from tests.conftest import KeyCredentials
+from tests.conftest import GOLD_SPEC, KeyCredentials
 from tests.gateway.support import HELLO, DeviceStream, events, gateway, row, signed, stream
 
 
@@ -76,16 +76,7 @@ async def test_hello_is_stored_and_answered_with_a_welcome(
         "account_currency": "USD",
         "balance": "10000.00",
         "equity": "10050.50",
-        "symbols": {
-            "GOLD.m": {
-                "contract_size": "100",
-                "tick_size": "0.01",
-                "tick_value": "1",
-                "volume_min": "0.01",
-                "volume_step": "0.01",
-                "volume_max": "50",
-            }
-        },
+        "symbols": {"GOLD.m": GOLD_SPEC},
     }
     assert stored.last_hello_at >= before and stored.last_seen_at >= before
     [hello] = await events(res, device.id, kind=EventKind.HELLO)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from google.protobuf.descriptor import (
     ServiceDescriptor,
 )
 
+from backoffice.models import enums as stored
 from signalhub.v1 import backoffice_pb2, common_pb2, gateway_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -833,50 +835,37 @@ def test_message_fields(message_name: str) -> None:
 # Enums: values are binding names and numbers
 # --------------------------------------------------------------------------------------
 
-ENUMS: dict[str, list[str]] = {
-    "Side": ["BUY", "SELL"],
-    "CloseReason": ["STOP_LOSS", "TAKE_PROFIT", "MANUAL", "SIGNAL_CANCELLED", "ADMIN"],
+# The servicers put a stored enum on the wire by name (wire.enum_to_wire: ``Side.BUY`` is ``SIDE_BUY``), so
+# a wire enum that carries a stored one has the model's values, in the model's order; only the enums with
+# no stored twin, or a different set, are written out here.
+STORED_ENUMS: dict[str, type[StrEnum]] = {
+    "Side": stored.Side,
+    "CloseReason": stored.CloseReason,
+    "Role": stored.Role,
+    "ProducerStatus": stored.ProducerStatus,
+    "SignalStatus": stored.SignalStatus,
+    "SubscriptionMode": stored.SubscriptionMode,
+    "SizingMode": stored.SizingMode,
+    "SubscriptionStatus": stored.SubscriptionStatus,
+    "ApprovalStatus": stored.ApprovalStatus,
+    "DeviceStatus": stored.DeviceStatus,
+    "DeliveryState": stored.DeliveryState,
+    "PositionStatus": stored.PositionStatus,
+    "CloseCommandStatus": stored.CloseCommandStatus,
+    "PositionEventType": stored.PositionEventKind,
+    "AlertKind": stored.AlertKind,
+    "PayoutStatus": stored.PayoutStatus,
+    "ActorType": stored.ActorType,
+}
+
+ENUMS: dict[str, list[str]] = {name: [member.value for member in kind] for name, kind in STORED_ENUMS.items()} | {
     "AckStage": ["RECEIVED", "PLACED", "REJECTED"],
     "ReceiptStatus": ["ACCEPTED", "DUPLICATE", "REJECTED"],
-    "Role": ["ADMIN", "USER"],
-    "ProducerStatus": ["ACTIVE", "REVOKED"],
-    "SignalStatus": ["OPEN", "EXPIRED", "CANCELLED"],
-    "SubscriptionMode": ["MANUAL", "AUTO"],
-    "SizingMode": ["FIXED_VOLUME", "BALANCE_RATIO", "RISK_PERCENT"],
-    "SubscriptionStatus": ["ACTIVE", "UNSUBSCRIBED"],
-    "ApprovalStatus": ["PENDING", "APPROVED", "REJECTED", "EXPIRED"],
-    "DeviceStatus": ["ACTIVE", "INACTIVE", "REVOKED"],
-    "DeliveryState": [
-        "PENDING",
-        "SENT",
-        "RECEIVED",
-        "PLACED",
-        "FILLED",
-        "REJECTED",
-        "EXPIRED",
-        "FAILED",
-        "SKIPPED",
-        "CANCELLED",
-    ],
+    # The stored kinds add QUOTE, HEARTBEAT and HELLO, which are never shown as execution events.
     "ExecutionEventType": ["SENT", "ACK", "FILL", "CLOSE_RESULT", "EXPIRED", "ERROR"],
-    "PositionStatus": ["OPEN", "CLOSING", "CLOSED", "CLOSED_ERROR"],
-    "CloseCommandStatus": ["PENDING", "SENT", "SUCCEEDED", "FAILED", "EXPIRED"],
-    "PositionEventType": [
-        "OPENED",
-        "FILL_ADDED",
-        "PROTECTION_UPDATED",
-        "TRAILING_STOP_MOVED",
-        "BREAKEVEN_MOVED",
-        "CLOSE_REQUESTED",
-        "PARTIALLY_CLOSED",
-        "CLOSED",
-        "CLOSE_FAILED",
-    ],
-    "AlertKind": ["DEVICE_SILENT", "DEVICE_DISCONNECTED", "CLOSE_FAILED"],
     "AlertStatus": ["OPEN", "RESOLVED"],
+    # RESERVED and PAID are wire values the stored commission does not use.
     "CommissionStatus": ["PENDING", "AVAILABLE", "RESERVED", "PAID", "VOIDED"],
-    "PayoutStatus": ["REQUESTED", "APPROVED", "REJECTED", "PAID"],
-    "ActorType": ["USER", "PRODUCER", "DEVICE", "SYSTEM"],
 }
 
 

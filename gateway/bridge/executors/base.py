@@ -13,6 +13,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+# What the package re-exports (gateway.bridge.executors, then gateway.bridge): written once, here.
+__all__ = [
+    "AccountInfo",
+    "CloseFailed",
+    "CloseFill",
+    "CloseRequest",
+    "Executor",
+    "ExecutorError",
+    "HeldPosition",
+    "OrderFill",
+    "OrderRejected",
+    "OrderRequest",
+    "OrderSide",
+    "Price",
+    "SymbolInfo",
+    "order_comment",
+]
+
 
 class OrderSide(enum.StrEnum):
     BUY = "BUY"

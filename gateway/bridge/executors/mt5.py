@@ -13,23 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from gateway.bridge.executors.base import (
-    AccountInfo,
-    CloseFailed,
-    CloseFill,
-    CloseRequest,
-    Executor,
-    ExecutorError,
-    HeldPosition,
-    OrderFill,
-    OrderRejected,
-    OrderRequest,
-    OrderSide,
-    Price,
-    SymbolInfo,
-    now,
-    order_comment,
-)
+from gateway.bridge.executors import base
 
 _T = TypeVar("_T")
 
@@ -61,7 +45,7 @@ class Mt5Config:
     history_days: int = 7
 
 
-class Mt5Executor(Executor):
+class Mt5Executor(base.Executor):
     """A MetaTrader 5 terminal through the ``MetaTrader5`` package (Windows only). The package is
     blocking and not thread-safe, so every call runs on one thread of this executor's own."""
 
@@ -76,11 +60,11 @@ class Mt5Executor(Executor):
     @staticmethod
     def _import() -> Any:
         if sys.platform != "win32":
-            raise ExecutorError(MT5_UNAVAILABLE)
+            raise base.ExecutorError(MT5_UNAVAILABLE)
         try:
             import MetaTrader5  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
-            raise ExecutorError(
+            raise base.ExecutorError(
                 "the MetaTrader5 package is not installed: pip install MetaTrader5 (or use --executor paper)"
             ) from None
         return MetaTrader5
@@ -101,7 +85,7 @@ class Mt5Executor(Executor):
             kwargs.update(login=self.config.login, password=self.config.password or "", server=self.config.server or "")
         args = (self.config.path,) if self.config.path else ()
         if not await self._call(self._mt5.initialize, *args, **kwargs):
-            raise ExecutorError(f"cannot connect to the MetaTrader 5 terminal ({self._error()})")
+            raise base.ExecutorError(f"cannot connect to the MetaTrader 5 terminal ({self._error()})")
         self._started = True
 
     async def stop(self) -> None:
@@ -110,15 +94,15 @@ class Mt5Executor(Executor):
             self._started = False
         self._thread.shutdown(wait=False)
 
-    async def account(self) -> AccountInfo:
+    async def account(self) -> base.AccountInfo:
         info = await self._call(self._mt5.account_info)
         if info is None:
-            raise ExecutorError(f"no account information ({self._error()})")
-        return AccountInfo(str(info.currency), _dec(info.balance), _dec(info.equity))
+            raise base.ExecutorError(f"no account information ({self._error()})")
+        return base.AccountInfo(str(info.currency), _dec(info.balance), _dec(info.equity))
 
     @staticmethod
-    def _symbol(info: Any) -> SymbolInfo:
-        return SymbolInfo(
+    def _symbol(info: Any) -> base.SymbolInfo:
+        return base.SymbolInfo(
             name=str(info.name),
             contract_size=_dec(info.trade_contract_size),
             tick_size=_dec(info.trade_tick_size),
@@ -128,22 +112,22 @@ class Mt5Executor(Executor):
             volume_max=_dec(info.volume_max),
         )
 
-    async def symbols(self) -> list[SymbolInfo]:
+    async def symbols(self) -> list[base.SymbolInfo]:
         found: Iterable[Any] = await self._call(self._mt5.symbols_get) or ()
         # Market Watch symbols only: a broker lists thousands, the account trades the visible ones.
         return [self._symbol(s) for s in found if getattr(s, "visible", True)]
 
-    async def quote(self, instrument: str) -> Price | None:
+    async def quote(self, instrument: str) -> base.Price | None:
         tick = await self._call(self._mt5.symbol_info_tick, instrument)
         if tick is None or not tick.bid or not tick.ask:
             return None
-        return Price(instrument, _dec(tick.bid), _dec(tick.ask), datetime.fromtimestamp(tick.time_msc / 1000, UTC))
+        return base.Price(instrument, _dec(tick.bid), _dec(tick.ask), datetime.fromtimestamp(tick.time_msc / 1000, UTC))
 
-    async def market_price(self, order: OrderRequest) -> Decimal | None:
+    async def market_price(self, order: base.OrderRequest) -> Decimal | None:
         price = await self.quote(order.instrument)
         if price is None:
             return None
-        return price.ask if order.side is OrderSide.BUY else price.bid
+        return price.ask if order.side is base.OrderSide.BUY else price.bid
 
     def _filling(self, info: Any) -> int:
         mode = int(getattr(info, "filling_mode", 0))
@@ -153,19 +137,19 @@ class Mt5Executor(Executor):
             return int(self._mt5.ORDER_FILLING_FOK)
         return int(self._mt5.ORDER_FILLING_RETURN)
 
-    def _send_order(self, order: OrderRequest) -> OrderFill:
+    def _send_order(self, order: base.OrderRequest) -> base.OrderFill:
         """Place a market order on the executor's thread and return its fill. The comment ties the order to
         its delivery, so ``find_order`` finds it after a crash; the fill is the deal's price (what the broker
         filled, not what was asked), and an order only accepted (PLACED) is looked up. OrderRejected carries
         the broker's retcode and comment."""
         mt5 = self._mt5
         if not mt5.symbol_select(order.instrument, True):
-            raise OrderRejected(f"unknown symbol {order.instrument}")
+            raise base.OrderRejected(f"unknown symbol {order.instrument}")
         info = mt5.symbol_info(order.instrument)
         tick = mt5.symbol_info_tick(order.instrument)
         if info is None or tick is None:
-            raise OrderRejected(f"no price for {order.instrument}")
-        buy = order.side is OrderSide.BUY
+            raise base.OrderRejected(f"no price for {order.instrument}")
+        buy = order.side is base.OrderSide.BUY
         request = {
             "action": mt5.TRADE_ACTION_DEAL,
             "symbol": order.instrument,
@@ -174,69 +158,69 @@ class Mt5Executor(Executor):
             "price": tick.ask if buy else tick.bid,
             "deviation": self.config.deviation_points,
             "magic": self.config.magic,
-            "comment": order_comment(order.delivery_id),
+            "comment": base.order_comment(order.delivery_id),
             "type_time": mt5.ORDER_TIME_GTC,
             "type_filling": self._filling(info),
         }
         result = mt5.order_send(request)
         if result is None:
-            raise OrderRejected(self._error())
+            raise base.OrderRejected(self._error())
         if result.retcode == _MT5_PLACED:
             found = self._find(order.delivery_id)  # accepted: filled by now, or not at all yet
             if found is None:
-                raise OrderRejected(f"broker retcode {result.retcode} (placed, no fill seen): {result.comment}")
+                raise base.OrderRejected(f"broker retcode {result.retcode} (placed, no fill seen): {result.comment}")
             return found
         if result.retcode not in _MT5_FILLED:
-            raise OrderRejected(f"broker retcode {result.retcode}: {result.comment}")
+            raise base.OrderRejected(f"broker retcode {result.retcode}: {result.comment}")
         deals = mt5.history_deals_get(ticket=result.deal) if result.deal else None
         if deals:
             deal = deals[0]
-            return OrderFill(str(deal.position_id), _dec(deal.price), _dec(deal.volume), now())
-        return OrderFill(str(result.order), _dec(result.price), _dec(result.volume), now())
+            return base.OrderFill(str(deal.position_id), _dec(deal.price), _dec(deal.volume), base.now())
+        return base.OrderFill(str(result.order), _dec(result.price), _dec(result.volume), base.now())
 
-    async def place_order(self, order: OrderRequest) -> OrderFill:
+    async def place_order(self, order: base.OrderRequest) -> base.OrderFill:
         return await self._call(self._send_order, order)
 
-    def _find(self, delivery_id: str) -> OrderFill | None:
+    def _find(self, delivery_id: str) -> base.OrderFill | None:
         mt5 = self._mt5
-        comment = order_comment(delivery_id)
+        comment = base.order_comment(delivery_id)
         for position in mt5.positions_get() or ():
             if position.comment == comment:
-                return OrderFill(
+                return base.OrderFill(
                     str(position.ticket),
                     _dec(position.price_open),
                     _dec(position.volume),
                     datetime.fromtimestamp(position.time, UTC),
                 )
-        until = now()
+        until = base.now()
         start = datetime.fromtimestamp(until.timestamp() - self.config.history_days * 86400, UTC)
         for deal in mt5.history_deals_get(start, until) or ():
             if deal.comment == comment and deal.entry == mt5.DEAL_ENTRY_IN:
-                return OrderFill(
+                return base.OrderFill(
                     str(deal.position_id), _dec(deal.price), _dec(deal.volume), datetime.fromtimestamp(deal.time, UTC)
                 )
         return None
 
-    async def find_order(self, delivery_id: str) -> OrderFill | None:
+    async def find_order(self, delivery_id: str) -> base.OrderFill | None:
         return await self._call(self._find, delivery_id)
 
-    def _close(self, request: CloseRequest) -> CloseFill:
+    def _close(self, request: base.CloseRequest) -> base.CloseFill:
         """Close ``request.volume`` (default: all) of a position with an opposite market deal, on the
         executor's thread. CloseFailed says why not: no such position, more than it holds, no price, or the
         broker's retcode."""
         mt5 = self._mt5
         found = mt5.positions_get(ticket=int(request.broker_ticket)) if request.broker_ticket.isdigit() else None
         if not found:
-            raise CloseFailed(f"no open position with ticket {request.broker_ticket}")
+            raise base.CloseFailed(f"no open position with ticket {request.broker_ticket}")
         position = found[0]
         held = _dec(position.volume)
         volume = held if request.volume is None else request.volume
         if volume <= 0 or volume > held:
-            raise CloseFailed(f"cannot close {volume} of {held} lots")
+            raise base.CloseFailed(f"cannot close {volume} of {held} lots")
         info = mt5.symbol_info(position.symbol)
         tick = mt5.symbol_info_tick(position.symbol)
         if info is None or tick is None:
-            raise CloseFailed(f"no price for {position.symbol}")
+            raise base.CloseFailed(f"no price for {position.symbol}")
         was_buy = position.type == mt5.POSITION_TYPE_BUY
         result = mt5.order_send(
             {
@@ -254,25 +238,25 @@ class Mt5Executor(Executor):
             }
         )
         if result is None:
-            raise CloseFailed(self._error())
+            raise base.CloseFailed(self._error())
         if result.retcode not in _MT5_FILLED:
-            raise CloseFailed(f"broker retcode {result.retcode}: {result.comment}")
-        return CloseFill(_dec(result.price), _dec(result.volume))
+            raise base.CloseFailed(f"broker retcode {result.retcode}: {result.comment}")
+        return base.CloseFill(_dec(result.price), _dec(result.volume))
 
-    async def close_position(self, request: CloseRequest) -> CloseFill:
+    async def close_position(self, request: base.CloseRequest) -> base.CloseFill:
         return await self._call(self._close, request)
 
-    def _positions(self) -> list[HeldPosition]:
+    def _positions(self) -> list[base.HeldPosition]:
         mt5 = self._mt5
         return [
-            HeldPosition(
+            base.HeldPosition(
                 str(p.ticket),
                 str(p.symbol),
-                OrderSide.BUY if p.type == mt5.POSITION_TYPE_BUY else OrderSide.SELL,
+                base.OrderSide.BUY if p.type == mt5.POSITION_TYPE_BUY else base.OrderSide.SELL,
                 _dec(p.volume),
             )
             for p in mt5.positions_get() or ()
         ]
 
-    async def positions(self) -> list[HeldPosition]:
+    async def positions(self) -> list[base.HeldPosition]:
         return await self._call(self._positions)

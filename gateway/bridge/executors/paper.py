@@ -10,21 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, Decimal
 
-from gateway.bridge.executors.base import (
-    AccountInfo,
-    CloseFailed,
-    CloseFill,
-    CloseRequest,
-    Executor,
-    HeldPosition,
-    OrderFill,
-    OrderRejected,
-    OrderRequest,
-    OrderSide,
-    Price,
-    SymbolInfo,
-    now,
-)
+from gateway.bridge.executors import base
 
 
 def _step_down(value: Decimal, step: Decimal) -> Decimal:
@@ -33,17 +19,25 @@ def _step_down(value: Decimal, step: Decimal) -> Decimal:
     return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
 
 
-DEFAULT_SYMBOLS: tuple[SymbolInfo, ...] = (
-    SymbolInfo("XAUUSD", Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)),
-    SymbolInfo("GOLD.m", Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)),
-    SymbolInfo(
+DEFAULT_SYMBOLS: tuple[base.SymbolInfo, ...] = (
+    base.SymbolInfo(
+        "XAUUSD", Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
+    ),
+    base.SymbolInfo(
+        "GOLD.m", Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
+    ),
+    base.SymbolInfo(
         "EURUSD", Decimal(100000), Decimal("0.00001"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
     ),
-    SymbolInfo(
+    base.SymbolInfo(
         "GBPUSD", Decimal(100000), Decimal("0.00001"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
     ),
-    SymbolInfo("USDJPY", Decimal(100000), Decimal("0.001"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)),
-    SymbolInfo("BTCUSD", Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal("0.01"), Decimal("0.01"), Decimal(10)),
+    base.SymbolInfo(
+        "USDJPY", Decimal(100000), Decimal("0.001"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
+    ),
+    base.SymbolInfo(
+        "BTCUSD", Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal("0.01"), Decimal("0.01"), Decimal(10)
+    ),
 )
 
 
@@ -69,7 +63,7 @@ class PaperConfig:
     drift_ticks: int = 0
     currency: str = "USD"
     balance: Decimal = Decimal(10000)
-    symbols: tuple[SymbolInfo, ...] = DEFAULT_SYMBOLS
+    symbols: tuple[base.SymbolInfo, ...] = DEFAULT_SYMBOLS
     prices: Mapping[str, Decimal] = field(default_factory=dict)
     follow_signals: bool = True
 
@@ -89,12 +83,12 @@ REFERENCE_PRICES: Mapping[str, Decimal] = {
     "BTCUSD": Decimal("60000.00"),
 }
 
-_GENERIC_SYMBOL = SymbolInfo(
+_GENERIC_SYMBOL = base.SymbolInfo(
     "", Decimal(1), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100)
 )
 
 
-class PaperExecutor(Executor):
+class PaperExecutor(base.Executor):
     """Simulated fills. Deterministic for a given seed and sequence of calls. Positions live in memory."""
 
     def __init__(self, config: PaperConfig | None = None) -> None:
@@ -103,18 +97,18 @@ class PaperExecutor(Executor):
         self._symbols = {s.name: s for s in self.config.symbols}
         self._mid: dict[str, Decimal] = dict(self.config.prices)
         self._fixed = set(self.config.prices)  # instruments whose price signals do not move
-        self._positions: dict[str, HeldPosition] = {}
-        self._orders: dict[str, OrderFill] = {}
+        self._positions: dict[str, base.HeldPosition] = {}
+        self._orders: dict[str, base.OrderFill] = {}
         self._entry: dict[str, Decimal] = {}  # fill price per ticket
         self._realised = Decimal(0)
-        self.fills: list[tuple[OrderRequest, OrderFill]] = []  # every fill, in order (tests count them)
-        self.closes: list[tuple[CloseRequest, CloseFill]] = []
-        self._closed: dict[str, CloseFill] = {}  # by command id
+        self.fills: list[tuple[base.OrderRequest, base.OrderFill]] = []  # every fill, in order (tests count them)
+        self.closes: list[tuple[base.CloseRequest, base.CloseFill]] = []
+        self._closed: dict[str, base.CloseFill] = {}  # by command id
 
     async def start(self) -> None:
         return None
 
-    def _spec(self, instrument: str) -> SymbolInfo:
+    def _spec(self, instrument: str) -> base.SymbolInfo:
         return self._symbols.get(instrument) or replace(_GENERIC_SYMBOL, name=instrument)
 
     def set_price(self, instrument: str, mid: Decimal) -> None:
@@ -122,7 +116,7 @@ class PaperExecutor(Executor):
         self._mid[instrument] = mid
         self._fixed.add(instrument)
 
-    def _price(self, instrument: str, *, move: bool = True) -> Price | None:
+    def _price(self, instrument: str, *, move: bool = True) -> base.Price | None:
         mid = self._mid.get(instrument)
         if mid is None:
             return None
@@ -134,34 +128,34 @@ class PaperExecutor(Executor):
         # tick or next to zero, and a bid of zero (or one with more decimals than a price may carry) is no
         # price at all; the gateway would refuse every quote and fill made from it.
         bid = max(_step_down(mid - tick * self.config.spread_ticks / 2, tick), tick)
-        return Price(instrument, bid, bid + tick * self.config.spread_ticks, now())
+        return base.Price(instrument, bid, bid + tick * self.config.spread_ticks, base.now())
 
-    async def account(self) -> AccountInfo:
+    async def account(self) -> base.AccountInfo:
         equity = self.config.balance + self._realised
         for position in self._positions.values():
             price = self._price(position.instrument, move=False)
             entry = self._entry.get(position.broker_ticket)
             if price is not None and entry is not None:
                 equity += self._profit(position, entry, price)
-        return AccountInfo(self.config.currency, self.config.balance + self._realised, equity)
+        return base.AccountInfo(self.config.currency, self.config.balance + self._realised, equity)
 
-    def _profit(self, position: HeldPosition, entry: Decimal, price: Price) -> Decimal:
-        return self._profit_at(position, entry, price.bid if position.side is OrderSide.BUY else price.ask)
+    def _profit(self, position: base.HeldPosition, entry: Decimal, price: base.Price) -> Decimal:
+        return self._profit_at(position, entry, price.bid if position.side is base.OrderSide.BUY else price.ask)
 
-    def _profit_at(self, position: HeldPosition, entry: Decimal, exit_price: Decimal) -> Decimal:
-        move = exit_price - entry if position.side is OrderSide.BUY else entry - exit_price
+    def _profit_at(self, position: base.HeldPosition, entry: Decimal, exit_price: Decimal) -> Decimal:
+        move = exit_price - entry if position.side is base.OrderSide.BUY else entry - exit_price
         return move * self._spec(position.instrument).contract_size * position.volume
 
     def _slip(self) -> int:
         return self._rng.randint(0, self.config.slippage_ticks) if self.config.slippage_ticks else 0
 
-    async def symbols(self) -> list[SymbolInfo]:
+    async def symbols(self) -> list[base.SymbolInfo]:
         return list(self.config.symbols)
 
-    async def quote(self, instrument: str) -> Price | None:
+    async def quote(self, instrument: str) -> base.Price | None:
         return self._price(instrument)
 
-    async def market_price(self, order: OrderRequest) -> Decimal | None:
+    async def market_price(self, order: base.OrderRequest) -> Decimal | None:
         if order.instrument not in self._fixed:
             if order.entry_price is not None and self.config.follow_signals:
                 self._mid[order.instrument] = order.entry_price
@@ -170,7 +164,7 @@ class PaperExecutor(Executor):
         price = self._price(order.instrument)
         if price is None:
             return None
-        return price.ask if order.side is OrderSide.BUY else price.bid
+        return price.ask if order.side is base.OrderSide.BUY else price.bid
 
     async def _wait(self) -> None:
         delay = self.config.latency
@@ -179,51 +173,51 @@ class PaperExecutor(Executor):
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def place_order(self, order: OrderRequest) -> OrderFill:
+    async def place_order(self, order: base.OrderRequest) -> base.OrderFill:
         # Draw every random number before waiting, so concurrent orders stay deterministic.
         rejected = self._rng.random() < self.config.reject_rate
         slip = self._slip()
         spec = self._spec(order.instrument)
         if order.volume <= 0 or order.volume < spec.volume_min or order.volume > spec.volume_max:
-            raise OrderRejected(f"invalid volume {order.volume} for {order.instrument}")
+            raise base.OrderRejected(f"invalid volume {order.volume} for {order.instrument}")
         market = await self.market_price(order)
         if market is None:
-            raise OrderRejected(f"no price for {order.instrument}")
+            raise base.OrderRejected(f"no price for {order.instrument}")
         await self._wait()
         if rejected:
-            raise OrderRejected("paper broker: simulated reject")
-        if order.side is OrderSide.BUY:
+            raise base.OrderRejected("paper broker: simulated reject")
+        if order.side is base.OrderSide.BUY:
             price = market + spec.tick_size * slip
         else:
             price = max(market - spec.tick_size * slip, spec.tick_size)  # a price stays above zero
         ticket = str(int.from_bytes(hashlib.sha256(order.delivery_id.encode()).digest()[:6], "big"))
-        fill = OrderFill(ticket, price, order.volume, now())
-        self._positions[ticket] = HeldPosition(ticket, order.instrument, order.side, order.volume)
+        fill = base.OrderFill(ticket, price, order.volume, base.now())
+        self._positions[ticket] = base.HeldPosition(ticket, order.instrument, order.side, order.volume)
         self._entry[ticket] = price
         self._orders[order.delivery_id] = fill
         self.fills.append((order, fill))
         return fill
 
-    async def find_order(self, delivery_id: str) -> OrderFill | None:
+    async def find_order(self, delivery_id: str) -> base.OrderFill | None:
         return self._orders.get(delivery_id)
 
-    async def close_position(self, request: CloseRequest) -> CloseFill:
+    async def close_position(self, request: base.CloseRequest) -> base.CloseFill:
         """Close all of a position or part of it at the current quote (a BUY at the bid, a SELL at the ask),
         up to ``slippage_ticks`` worse, after the configured latency."""
         slip = self._slip()  # drawn before waiting, as for fills
         position = self._positions.get(request.broker_ticket)
         if position is None:
-            raise CloseFailed(f"no open position with ticket {request.broker_ticket}")
+            raise base.CloseFailed(f"no open position with ticket {request.broker_ticket}")
         volume = position.volume if request.volume is None else request.volume
         if volume <= 0 or volume > position.volume:
-            raise CloseFailed(f"cannot close {volume} of {position.volume} lots")
+            raise base.CloseFailed(f"cannot close {volume} of {position.volume} lots")
         price = self._price(position.instrument)
         if price is None:
-            raise CloseFailed(f"no price for {position.instrument}")
+            raise base.CloseFailed(f"no price for {position.instrument}")
         await self._wait()
         tick = self._spec(position.instrument).tick_size
         # Worse for the trader by the slip; a price stays above zero.
-        buy = position.side is OrderSide.BUY
+        buy = position.side is base.OrderSide.BUY
         close_price = max(price.bid - tick * slip, tick) if buy else price.ask + tick * slip
         entry = self._entry[position.broker_ticket]
         self._realised += self._profit_at(replace(position, volume=volume), entry, close_price)
@@ -231,13 +225,13 @@ class PaperExecutor(Executor):
             del self._positions[position.broker_ticket]
         else:
             self._positions[position.broker_ticket] = replace(position, volume=position.volume - volume)
-        result = CloseFill(close_price, volume)
+        result = base.CloseFill(close_price, volume)
         self.closes.append((request, result))
         self._closed[request.command_id] = result
         return result
 
-    async def find_close(self, command_id: str) -> CloseFill | None:
+    async def find_close(self, command_id: str) -> base.CloseFill | None:
         return self._closed.get(command_id)
 
-    async def positions(self) -> list[HeldPosition]:
+    async def positions(self) -> list[base.HeldPosition]:
         return list(self._positions.values())

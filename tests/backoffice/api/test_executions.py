@@ -14,7 +14,6 @@ import pytest
 
 from backoffice.bootstrap import Resources
 from backoffice.models import (
-    Approval,
     ApprovalStatus,
     Delivery,
     DeliveryState,
@@ -23,17 +22,21 @@ from backoffice.models import (
     Position,
     PositionStatus,
     Side,
-    Signal,
-    SignalStatus,
-    SizingMode,
-    Subscription,
-    SubscriptionMode,
-    SubscriptionStatus,
 )
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
-from tests.conftest import KeyCredentials, UserCredentials, make_device, make_producer, make_user, rpc_failure
+from tests.conftest import (
+    KeyCredentials,
+    UserCredentials,
+    approval_row,
+    make_device,
+    make_producer,
+    make_user,
+    rpc_failure,
+    signal_row,
+    subscription_row,
+)
 
 MS = timedelta(milliseconds=1)
 
@@ -51,30 +54,18 @@ class World:
 
     async def subscribe(self, user: UserCredentials) -> uuid.UUID:
         if user.id not in self._subscriptions:
-            subscription = Subscription(
-                id=uuid.uuid4(),
-                user_id=user.id,
-                producer_id=self.producer_id,
-                mode=SubscriptionMode.MANUAL,
-                sizing_mode=SizingMode.FIXED_VOLUME,
-                sizing_value=Decimal("0.10"),
-                status=SubscriptionStatus.ACTIVE,
-            )
+            subscription = subscription_row(user.id, self.producer_id)
             await self._add(subscription)
             self._subscriptions[user.id] = subscription.id
         return self._subscriptions[user.id]
 
     async def signal(self, side: Side, entry: str | None) -> uuid.UUID:
-        signal = Signal(
-            id=uuid.uuid4(),
-            producer_id=self.producer_id,
-            request_id=uuid.uuid4(),
-            instrument="XAUUSD",
+        signal = signal_row(
+            self.producer_id,
+            self.at - timedelta(seconds=1),
+            self.at + timedelta(minutes=1),
             side=side,
             entry_price=Decimal(entry) if entry else None,
-            signal_time=self.at - timedelta(seconds=1),
-            expire_time=self.at + timedelta(minutes=1),
-            status=SignalStatus.OPEN,
         )
         await self._add(signal)
         return signal.id
@@ -91,12 +82,11 @@ class World:
     ) -> uuid.UUID:
         key = (user.id, signal_id)
         if key not in self._approvals:
-            approval = Approval(
-                id=uuid.uuid4(),
-                signal_id=signal_id,
-                subscription_id=await self.subscribe(user),
-                user_id=user.id,
-                status=ApprovalStatus.APPROVED,
+            approval = approval_row(
+                signal_id,
+                await self.subscribe(user),
+                user.id,
+                ApprovalStatus.APPROVED,
                 decided_by=user.id,
                 decided_at=self.at,
             )

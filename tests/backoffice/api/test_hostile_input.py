@@ -6,6 +6,7 @@ and the server keeps SERVING."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -68,9 +69,12 @@ def auths_for(method: str) -> st.SearchStrategy[str]:
     return st.sampled_from(AUTHS if signed else [a for a in AUTHS if "signed" not in a])
 
 
-@pytest.mark.parametrize("method", METHODS, ids=path)
-@HUNT
-@given(data=st.data())
+def every_method_hunted(test: Callable[..., Awaitable[None]]) -> Any:
+    """``test`` for each method of the back office, with Hypothesis drawing its input (``data``)."""
+    return pytest.mark.parametrize("method", METHODS, ids=path)(HUNT(given(data=st.data())(test)))
+
+
+@every_method_hunted
 async def test_hostile_messages_get_a_proper_status(
     method: MethodDescriptor, backoffice_channel: grpc.aio.Channel, world: dict[str, Any], data: st.DataObject
 ) -> None:
@@ -79,9 +83,7 @@ async def test_hostile_messages_get_a_proper_status(
     await call(backoffice_channel, name, body, metadata_for(data.draw(auths_for(name)), world, name, body))
 
 
-@pytest.mark.parametrize("method", METHODS, ids=path)
-@HUNT
-@given(data=st.data())
+@every_method_hunted
 async def test_bytes_that_are_not_a_message_get_a_proper_status(
     method: MethodDescriptor, backoffice_channel: grpc.aio.Channel, world: dict[str, Any], data: st.DataObject
 ) -> None:

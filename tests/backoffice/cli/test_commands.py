@@ -32,10 +32,9 @@ from tests.conftest import (
     REDIS_URL,
     SERVER_URL,
     TEST_MASTER_KEY,
-    create_database,
-    drop_database,
     free_port,
     run_module,
+    scratch_database,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -136,12 +135,8 @@ def test_rotate_master_key_reseals_and_back(settings: Settings) -> None:
 
 @pytest.fixture
 def up_database() -> Iterator[str]:
-    import asyncio
-
-    name = f"signalhub_up_{uuid.uuid4().hex[:10]}"
-    url = asyncio.run(create_database(name))
-    yield url
-    asyncio.run(drop_database(name))
+    with scratch_database("signalhub_up") as url:
+        yield url
 
 
 def _wait_for_demo(path: Path, process: subprocess.Popen[str], newer_than: float) -> dict[str, str]:

@@ -18,15 +18,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from backoffice.models import Base
 from backoffice.platform import schema
 from backoffice.platform.config import Settings
-from tests.conftest import create_database, drop_database, settings_for
+from tests.conftest import scratch_database, settings_for
 
 
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[Settings]:
-    name = f"signalhub_schema_{uuid.uuid4().hex[:10]}"
-    url = asyncio.run(create_database(name))
-    yield settings_for(url)
-    asyncio.run(drop_database(name))
+    with scratch_database("signalhub_schema") as url:
+        yield settings_for(url)
 
 
 def _diff(settings: Settings) -> list[object]:

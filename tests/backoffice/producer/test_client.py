@@ -473,6 +473,17 @@ def test_request_defaults() -> None:
         submit_signal_request("XAUUSD", "buy", request_id="not-a-uuid")
 
 
+async def test_a_misspelt_signal_option_is_a_type_error_as_a_parameter_would_be() -> None:
+    with pytest.raises(TypeError, match="'stoploss'"):
+        submit_signal_request("XAUUSD", "buy", stoploss="2020")  # type: ignore[call-arg]
+    client = ProducerClient("127.0.0.1:1", str(uuid.uuid4()), "shs_" + "A" * 43)
+    try:
+        with pytest.raises(TypeError, match=r"submit_signal\(\) .* 'stoploss'"):
+            await client.submit_signal("XAUUSD", "buy", stoploss="2020")  # type: ignore[call-arg]
+    finally:
+        await client.close()
+
+
 def test_channel_keepalive_stays_inside_what_the_server_permits(res: Resources) -> None:
     from backoffice.platform.serving import server_options
 

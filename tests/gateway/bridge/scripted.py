@@ -196,6 +196,12 @@ class Rig:
         self.clients.append((client, asyncio.create_task(client.run())))
         return client
 
+    async def connect(self, executor: PaperExecutor | None = None, **overrides: Any) -> BridgeClient:
+        """``start``, then wait until the client is connected."""
+        client = self.start(executor, **overrides)
+        await client.connected.wait()
+        return client
+
     async def stop(self, client: BridgeClient) -> None:
         for known, task in self.clients:
             if known is client:

@@ -35,8 +35,7 @@ async def test_revocation_mid_stream_stops_for_good(rig: Rig) -> None:
 
 
 async def test_session_replaced_backs_off_longer(rig: Rig) -> None:
-    client = rig.start(paper(), replaced_backoff=120.0)
-    await client.connected.wait()
+    client = await rig.connect(paper(), replaced_backoff=120.0)
     rig.gateway.end_stream(errors.Aborted("another session", reason="SESSION_REPLACED"))
     await eventually(lambda: not client.connected.is_set())
     await asyncio.sleep(1.0)  # with backoff_cap 0.5 s it would have reconnected by now
@@ -46,8 +45,7 @@ async def test_session_replaced_backs_off_longer(rig: Rig) -> None:
 
 async def test_transient_failures_reconnect(rig: Rig) -> None:
     rig.gateway.fail_next = [errors.Unavailable("busy"), errors.ResourceExhausted("too many streams")]
-    client = rig.start(paper())
-    await client.connected.wait()
+    client = await rig.connect(paper())
     assert client.stats.sessions == 3 and len(rig.gateway.streams) == 1
 
 
@@ -56,8 +54,7 @@ async def test_moves_to_the_next_gateway_when_one_dies(rig: Rig) -> None:
     await second.start()
     try:
         executor = paper()
-        client = rig.start(executor, gateways=(rig.gateway.address, second.address))
-        await client.connected.wait()
+        client = await rig.connect(executor, gateways=(rig.gateway.address, second.address))
         assert client.address == rig.gateway.address
         await rig.gateway.stop()
         await eventually(lambda: client.address == second.address and client.connected.is_set(), what="failover")
@@ -72,8 +69,7 @@ async def test_moves_to_the_next_gateway_when_one_dies(rig: Rig) -> None:
 async def test_the_secret_is_never_logged(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     shown = signing.format_secret(rig.secret)
     with caplog.at_level(logging.DEBUG):
-        client = rig.start(paper())
-        await client.connected.wait()
+        client = await rig.connect(paper())
         instruction = delivery()
         rig.gateway.push(instruction)
         rig.gateway.push(sealed=pb.SealedInstruction(nonce=bytes(12), ciphertext=b"junk"))

@@ -27,7 +27,7 @@ from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecuto
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
-from tests.conftest import KeyCredentials, UserCredentials, free_port, server_env, subscribe, wait_serving
+from tests.conftest import KeyCredentials, Stack, UserCredentials, free_port, server_env, subscribe, wait_serving
 from tests.gateway.bridge.scripted import REPO, ledger_rows, spawn
 from tests.gateway.support import eventually
 
@@ -74,42 +74,39 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float 
 
 
 async def test_end_to_end_approve_receive_ack_fill(
-    backoffice_server: Server,
-    backoffice_channel: grpc.aio.Channel,
-    gateway_server: Server,
-    user: UserCredentials,
-    device: KeyCredentials,
-    producer: KeyCredentials,
+    stack: Stack,
     tmp_path: Path,
 ) -> None:
     """A MANUAL signal approved by the trader reaches the paper bridge, fills, and GetSignalExecution shows
     the fill with every stage the bridge reported."""
-    await subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_MANUAL)
+    await subscribe(stack.backoffice_channel, stack.user, stack.producer, bpb.SUBSCRIPTION_MODE_MANUAL)
     executor = PaperExecutor(PaperConfig(seed=4, slippage_ticks=2))
-    config = BridgeConfig(str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db")
-    client = BridgeClient(config, signing.parse_secret(device.secret), executor)
+    config = BridgeConfig(str(stack.device.id), (stack.gateway.bound_address,), tmp_path / "ledger.db")
+    client = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
     task = asyncio.create_task(client.run())
     try:
         await asyncio.wait_for(client.connected.wait(), 15)
-        async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
+        async with stack.producer_client() as signals:
             signal = await signals.submit_signal("XAUUSD", "buy", entry_price="2034.15", stop_loss="2020")
         approve = bpb.ApproveSignalRequest(signal_id=signal.id, request_id=str(uuid.uuid4()))
-        await brpc.ApprovalServiceStub(backoffice_channel).ApproveSignal(approve, metadata=user.metadata, timeout=10)
+        await brpc.ApprovalServiceStub(stack.backoffice_channel).ApproveSignal(
+            approve, metadata=stack.user.metadata, timeout=10
+        )
         await eventually(lambda: len(executor.fills) == 1, what="the paper fill")
         order, fill = executor.fills[0]
         assert (order.instrument, order.side, order.volume) == ("XAUUSD", "BUY", Decimal("0.10"))
         assert order.entry_price == Decimal("2034.15")
 
-        executions = brpc.ExecutionServiceStub(backoffice_channel)
+        executions = brpc.ExecutionServiceStub(stack.backoffice_channel)
         request = bpb.GetSignalExecutionRequest(signal_id=signal.id)
 
         async def filled() -> bool:
-            found = await executions.GetSignalExecution(request, metadata=user.metadata, timeout=10)
+            found = await executions.GetSignalExecution(request, metadata=stack.user.metadata, timeout=10)
             return len(found.devices) == 1 and found.devices[0].state == bpb.DELIVERY_STATE_FILLED
 
         await _until(filled, "GetSignalExecution to show the fill")
-        [execution] = (await executions.GetSignalExecution(request, metadata=user.metadata, timeout=10)).devices
-        assert execution.device_id == str(device.id) and execution.broker_ticket == fill.broker_ticket
+        [execution] = (await executions.GetSignalExecution(request, metadata=stack.user.metadata, timeout=10)).devices
+        assert execution.device_id == str(stack.device.id) and execution.broker_ticket == fill.broker_ticket
         assert Decimal(execution.fill_price) == fill.price and Decimal(execution.filled_volume) == Decimal("0.10")
         reported = [(e.type, e.stage) for e in execution.events if e.type != bpb.EXECUTION_EVENT_TYPE_SENT]
         assert reported == [
@@ -205,40 +202,40 @@ async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_onc
 
 
 async def test_an_absurd_entry_price_fills_and_quotes_what_the_gateway_takes(
-    res: Resources,
-    backoffice_server: Server,
-    backoffice_channel: grpc.aio.Channel,
-    gateway_server: Server,
-    user: UserCredentials,
-    device: KeyCredentials,
-    producer: KeyCredentials,
+    stack: Stack,
     tmp_path: Path,
 ) -> None:
     """A signal at 0.000000000001 (a valid price, far below gold's tick) through the paper bridge: its
     market stays on the tick grid above zero, so the SELL fill and every quote after it are accepted
     (they used to be refused: a bid of -0.00, sent again every quote_refresh)."""
-    await subscribe(backoffice_channel, user, producer, bpb.SUBSCRIPTION_MODE_AUTO)
+    await subscribe(stack.backoffice_channel, stack.user, stack.producer, bpb.SUBSCRIPTION_MODE_AUTO)
     executor = PaperExecutor(PaperConfig(seed=6, slippage_ticks=3))
     config = BridgeConfig(
-        str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db", quote_interval=0.05, quote_refresh=0.1
+        str(stack.device.id),
+        (stack.gateway.bound_address,),
+        tmp_path / "ledger.db",
+        quote_interval=0.05,
+        quote_refresh=0.1,
     )
-    client = BridgeClient(config, signing.parse_secret(device.secret), executor)
+    client = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
     task = asyncio.create_task(client.run())
     try:
         await asyncio.wait_for(client.connected.wait(), 15)
-        async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
+        async with stack.producer_client() as signals:
             await signals.submit_signal("XAUUSD", "sell", entry_price="0.000000000001")
 
         async def filled() -> bool:
-            async with res.sessions() as session:
-                states = (await session.scalars(select(Delivery.state).where(Delivery.device_id == device.id))).all()
+            async with stack.res.sessions() as session:
+                states = (
+                    await session.scalars(select(Delivery.state).where(Delivery.device_id == stack.device.id))
+                ).all()
             return list(states) == [DeliveryState.FILLED]
 
         await _until(filled, "the gateway to record the fill")
 
         async def quoted() -> bool:
-            async with res.sessions() as session:
-                quote = await session.get(Quote, ("XAUUSD", ActorType.DEVICE, device.id), populate_existing=True)
+            async with stack.res.sessions() as session:
+                quote = await session.get(Quote, ("XAUUSD", ActorType.DEVICE, stack.device.id), populate_existing=True)
             return quote is not None
 
         await _until(quoted, "the gateway to store the bridge's quote")

@@ -16,8 +16,7 @@ from tests.gateway.bridge.scripted import Rig, paper
 
 
 async def test_ledger_of_another_device_is_refused(rig: Rig) -> None:
-    client = rig.start(paper())
-    await client.connected.wait()
+    client = await rig.connect(paper())
     await rig.stop(client)
     stranger = BridgeClient(rig.config(device_id=str(uuid.uuid4())), rig.secret, paper())
     with pytest.raises(LedgerError, match="belongs to device"):

@@ -31,8 +31,7 @@ from tests.gateway.support import eventually
 
 async def test_hello_then_delivery_is_received_placed_filled(rig: Rig) -> None:
     executor = paper(slippage_ticks=0)
-    client = rig.start(executor)
-    await client.connected.wait()
+    await rig.connect(executor)
     hello = rig.gateway.frames[0]
     assert hello.WhichOneof("body") == "hello" and hello.frame_id
     assert hello.hello.account_currency == "USD" and Decimal(hello.hello.balance) == Decimal(10000)
@@ -58,8 +57,7 @@ async def test_hello_then_delivery_is_received_placed_filled(rig: Rig) -> None:
 
 async def test_repeated_delivery_is_reacked_never_reexecuted(rig: Rig) -> None:
     executor = paper()
-    client = rig.start(executor)
-    await client.connected.wait()
+    client = await rig.connect(executor)
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
     rig.gateway.push(instruction)
@@ -74,8 +72,7 @@ async def test_repeated_delivery_is_reacked_never_reexecuted(rig: Rig) -> None:
 
 async def test_at_most_once_across_a_restart_with_the_same_ledger(rig: Rig) -> None:
     first = paper()
-    client = rig.start(first)
-    await client.connected.wait()
+    client = await rig.connect(first)
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
     rig.gateway.push(instruction)
@@ -83,8 +80,7 @@ async def test_at_most_once_across_a_restart_with_the_same_ledger(rig: Rig) -> N
     await rig.stop(client)
 
     second = paper()
-    again = rig.start(second)
-    await again.connected.wait()
+    await rig.connect(second)
     rig.gateway.push(instruction)  # the gateway re-sends after a reconnect
     await eventually(lambda: len(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)) == 2)
     await asyncio.sleep(0.2)
@@ -95,8 +91,7 @@ async def test_delivery_recorded_but_not_placed_is_resumed_after_restart(rig: Ri
     """A crash between RECEIVED and executing: the next run places it (still at most once)."""
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
-    client = rig.start(paper(latency=30.0))
-    await client.connected.wait()
+    client = await rig.connect(paper(latency=30.0))
     rig.gateway.push(instruction)
     await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)))
     await eventually(lambda: ledger_rows(rig.ledger)[0][1] == "executing")
@@ -110,8 +105,7 @@ async def test_delivery_recorded_but_not_placed_is_resumed_after_restart(rig: Ri
     assert ledger_rows(rig.ledger)[0][1] == "executing"
 
     executor = paper()
-    again = rig.start(executor)
-    await again.connected.wait()
+    await rig.connect(executor)
     await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)), what="REJECTED")
     reason = rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)[0].reason
     assert reason.startswith("interrupted")
@@ -150,8 +144,7 @@ async def test_a_killed_bridge_never_places_twice(rig: Rig) -> None:
     assert shown.encode() not in stderr and shown[4:].encode() not in stderr
 
     executor = paper()
-    again = rig.start(executor)
-    await again.connected.wait()
+    await rig.connect(executor)
     await eventually(lambda: bool(rig.gateway.acks(delivery_id, pb.ACK_STAGE_REJECTED)))
     rig.gateway.push(instruction)
     await eventually(lambda: len(rig.gateway.acks(delivery_id, pb.ACK_STAGE_RECEIVED)) >= 2)
@@ -164,8 +157,7 @@ async def test_a_killed_bridge_never_places_twice(rig: Rig) -> None:
 
 async def test_refuses_after_expire_time(rig: Rig) -> None:
     executor = paper()
-    client = rig.start(executor)
-    await client.connected.wait()
+    await rig.connect(executor)
     instruction = delivery(expires_in=timedelta(seconds=-1))
     delivery_id = instruction.delivery.delivery_id
     rig.gateway.push(instruction)
@@ -179,8 +171,7 @@ async def test_refuses_after_expire_time(rig: Rig) -> None:
 async def test_refuses_beyond_max_deviation_and_places_within_it(rig: Rig) -> None:
     executor = paper()
     executor.set_price("XAUUSD", Decimal("2000.00"))  # ask 2000.01, bid 1999.99
-    client = rig.start(executor)
-    await client.connected.wait()
+    await rig.connect(executor)
     far = delivery(side=common_pb2.SIDE_SELL, entry_price="2010.00", max_deviation="5.00")
     near = delivery(side=common_pb2.SIDE_SELL, entry_price="2004.00", max_deviation="5.00")
     rig.gateway.push(far)
@@ -199,8 +190,7 @@ async def test_close_order_executes_once_and_reports(rig: Rig) -> None:
     """A partial close is executed once and reported (again, when the gateway sends it again); a close of
     an unknown ticket is reported as failed."""
     executor = paper()
-    client = rig.start(executor)
-    await client.connected.wait()
+    await rig.connect(executor)
     instruction = delivery(volume="0.30")
     delivery_id = instruction.delivery.delivery_id
     rig.gateway.push(instruction)
@@ -260,8 +250,7 @@ async def test_a_close_interrupted_by_a_stop_is_reported_as_the_terminal_made_it
     SIGKILL."""
     terminal = _TerminalThatHangsAfterClosing()
     terminal.close_first = closed
-    client = rig.start(terminal)
-    await client.connected.wait()
+    await rig.connect(terminal)
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
     rig.gateway.push(instruction)
@@ -322,8 +311,7 @@ def _reports(rig: Rig, delivery_id: str) -> list[str]:
 
 async def test_unknown_outcome_stays_executing_and_is_looked_up_until_the_terminal_answers(rig: Rig) -> None:
     executor = _FlakyTerminal()
-    client = rig.start(executor, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
-    await client.connected.wait()
+    client = await rig.connect(executor, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
     rig.gateway.push(instruction)
@@ -354,8 +342,7 @@ async def test_unknown_outcome_is_looked_up_again_after_a_reconnect(rig: Rig) ->
 
 async def test_unknown_outcome_survives_a_stop_and_the_next_run_settles_it(rig: Rig) -> None:
     first = _FlakyTerminal(fill_orders=False)
-    client = rig.start(first, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
-    await client.connected.wait()
+    client = await rig.connect(first, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
     rig.gateway.push(instruction)
@@ -365,8 +352,7 @@ async def test_unknown_outcome_survives_a_stop_and_the_next_run_settles_it(rig: 
     assert _reports(rig, delivery_id) == []
 
     second = _FlakyTerminal(fill_orders=False)  # after the restart, still unanswered at first
-    again = rig.start(second, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
-    await again.connected.wait()
+    await rig.connect(second, lookup_backoff_base=0.05, lookup_backoff_cap=0.2)
     await eventually(lambda: second.lookups >= 2, what="lookups after the restart")
     assert ledger_rows(rig.ledger)[0][1] == "executing"
     second.answer_lookups = True  # the terminal answers: it never got the order

@@ -14,8 +14,7 @@ from tests.gateway.support import eventually
 
 
 async def test_unreceipted_frames_are_resent_after_reconnect(rig: Rig) -> None:
-    client = rig.start(paper())
-    await client.connected.wait()
+    client = await rig.connect(paper())
     rig.gateway.hold_receipts = True
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
@@ -36,8 +35,7 @@ async def test_unreceipted_frames_are_resent_after_reconnect(rig: Rig) -> None:
 
 async def test_outbox_survives_a_restart(rig: Rig) -> None:
     rig.gateway.hold_receipts = True
-    client = rig.start(paper())
-    await client.connected.wait()
+    client = await rig.connect(paper())
     instruction = delivery()
     rig.gateway.push(instruction)
     await eventually(lambda: bool(rig.gateway.fills(instruction.delivery.delivery_id)))
@@ -47,16 +45,14 @@ async def test_outbox_survives_a_restart(rig: Rig) -> None:
     assert len(pending) == 3
 
     rig.gateway.hold_receipts = False
-    again = rig.start(paper())
-    await again.connected.wait()
+    await rig.connect(paper())
     await eventually(lambda: ledger_rows(rig.ledger, "outbox") == [])
     resent = [f.frame_id for f in rig.gateway.streams[-1].frames if f.WhichOneof("body") in ("ack", "fill")]
     assert resent == pending
 
 
 async def test_rejected_receipts_are_dropped(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
-    client = rig.start(paper())
-    await client.connected.wait()
+    client = await rig.connect(paper())
     rig.gateway.hold_receipts = True
     instruction = delivery()
     rig.gateway.push(instruction)

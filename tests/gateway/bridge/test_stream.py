@@ -22,8 +22,7 @@ from tests.gateway.support import eventually
 
 async def test_instructions_that_do_not_open_are_refused_and_never_executed(rig: Rig) -> None:
     executor = paper()
-    client = rig.start(executor)
-    await client.connected.wait()
+    client = await rig.connect(executor)
     bad = delivery()
     bad_id = bad.delivery.delivery_id
     plaintext = bad.SerializeToString()
@@ -48,8 +47,7 @@ async def test_instructions_that_do_not_open_are_refused_and_never_executed(rig:
 
 async def test_heartbeats_are_sent(rig: Rig) -> None:
     rig.gateway.heartbeat_seconds = 1
-    client = rig.start(paper())
-    await client.connected.wait()
+    await rig.connect(paper())
     await eventually(lambda: len(rig.gateway.of_kind("heartbeat")) >= 2, what="heartbeats")
     assert all(f.frame_id for f in rig.gateway.of_kind("heartbeat"))
 
@@ -63,8 +61,7 @@ class _OddTerminal(PaperExecutor):
 
 async def test_a_quote_the_gateway_would_refuse_is_not_sent(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     executor = _OddTerminal(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}))
-    client = rig.start(executor, quote_refresh=0.1)
-    await client.connected.wait()
+    client = await rig.connect(executor, quote_refresh=0.1)
     instruction = delivery()
     rig.gateway.push(instruction)
     with caplog.at_level(logging.WARNING, "signalhub.bridge"):
