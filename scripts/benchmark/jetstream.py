@@ -70,7 +70,14 @@ async def quiet(_: Exception) -> None:
     """NATS errors are counted where they surface (a failed call), not logged per connection."""
 
 
-CONNECT_OPTIONS: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "allow_reconnect": False, "error_cb": quiet}
+# No reconnects: a refused first connection fails at once (without max_reconnect_attempts, nats-py keeps
+# trying the first connection for ever, whatever allow_reconnect says).
+CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "allow_reconnect": False,
+    "max_reconnect_attempts": 1,
+    "error_cb": quiet,
+}
 
 
 @dataclass
@@ -210,6 +217,7 @@ class Fleet:
 
 def report_none(report: Report, where: str) -> None:
     report.add("jetstream_fanout_last", None, "ms", where)
+    report.add("jetstream_fanout_p50", None, "ms", where)
     report.add("jetstream_ack_burst_throughput", None, "frames/s", where)
 
 
@@ -220,7 +228,7 @@ async def bare_jetstream(options: Options, device_ids: Sequence[str], report: Re
     found: dict[str, float | None] = {"jetstream_fanout_last": None, "jetstream_rate": None}
     where = f"NATS JetStream, file storage, {len(device_ids)} devices over {options.processes} load processes"
     try:
-        coordinator = await nats.connect(options.nats, **CONNECT_OPTIONS)
+        coordinator = await asyncio.wait_for(nats.connect(options.nats, **CONNECT_OPTIONS), 3 * CONNECT_TIMEOUT)
     except Exception as exc:
         report.note(f"JetStream: {options.nats} unreachable ({type(exc).__name__}: {exc}); its figures are n/a")
         report_none(report, where)

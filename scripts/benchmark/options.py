@@ -43,6 +43,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``scripts/bench``; ``parse_args`` derives the run's settings from them."""
     parser = argparse.ArgumentParser(prog="scripts/bench", description=DESCRIPTION)
     parser.add_argument("--quick", action="store_true", help="a short run (about 3 minutes)")
     parser.add_argument(
