@@ -45,11 +45,13 @@ async def main_async(options: Options) -> int:
                 phase(f"bare limits: echo stream, {options.devices} streams over {options.processes} load processes")
                 bare.update(await bare_echo(options, world, report))
                 device_ids = [d for d, _ in world.devices]
-                phase(f"yardstick: NATS JetStream ({options.nats}), {options.devices} devices")
-                bare.update(await yardstick(report, "JetStream", bare_jetstream(options, device_ids, report)))
-                phase(f"yardstick: {options.devices} devices polling once a second")
-                database_url = system.settings.database_url
-                bare.update(await yardstick(report, "polling", bare_polling(options, database_url, device_ids, report)))
+                if wanted(options, "fan-out", "acks, burst"):
+                    phase(f"yardstick: NATS JetStream ({options.nats}), {options.devices} devices")
+                    bare.update(await yardstick(report, "JetStream", bare_jetstream(options, device_ids, report)))
+                if wanted(options, "approval to delivery"):
+                    phase(f"yardstick: {options.devices} devices polling once a second")
+                    url = system.settings.database_url
+                    bare.update(await yardstick(report, "polling", bare_polling(options, url, device_ids, report)))
                 phase(f"the system: {options.devices} simulated bridges on one gateway")
                 await gateway_scenarios(options, system, world, report, bare)
                 phase("stopping")
@@ -60,6 +62,11 @@ async def main_async(options: Options) -> int:
     if missed:
         print("== targets not met: " + ", ".join(missed), flush=True)
     return 0
+
+
+def wanted(options: Options, *scenarios: str) -> bool:
+    """Whether a yardstick is needed: one of the scenarios that read it runs (all do without --only)."""
+    return not options.only or any(name in options.only for name in scenarios)
 
 
 async def yardstick(report: Report, name: str, measure: Awaitable[Bare]) -> Bare:

@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SCENARIO",
-        help="run only this scenario (repeat for more), e.g. 'quote to CloseOrder'; the bare limits always run",
+        help=(
+            "run only this scenario (repeat for more), e.g. 'quote to CloseOrder'; the bare limits always run,"
+            " a yardstick (JetStream, polling) when a chosen scenario reads it"
+        ),
     )
     return parser
 
