@@ -7,6 +7,11 @@ them taken, one statement); ``Report(device_id, work_id)`` records the execution
 run has poll it from the load processes (``pollers``), each once a second from a random phase; work is
 inserted (each row its own commit) at the approval rate, for a device after device. Latency runs from a
 row's insert committed to its Report committed (time.time on this machine, both ends).
+
+1,000 polls a second are a lot for one Python server process on a shared 2-core machine: when it cannot
+keep up, polls queue and the devices poll less often than once a second, and the latency grows past its
+floor (about half the interval). ``polling_poll_rpc_p50`` and ``polling_server_cpu_share`` show when
+that happened; read the ratio against polling with them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncpg
 import grpc
 from sqlalchemy.engine import make_url
 
+from .meters import cpu_seconds
 from .options import Options
 from .pollers import SERVICE, PollerSpec, pollers_main, raw
 from .report import Report, ms, percentile
@@ -161,6 +167,7 @@ async def bare_polling(
         if ready < len(device_ids):
             report.note(f"polling: {ready} of {len(device_ids)} devices polling")
         await asyncio.sleep(1.0)  # every device is on its once-a-second beat
+        began, cpu_before = time.monotonic(), cpu_seconds(server.pid)
         inserted = await insert_work(db, table, device_ids, count, options.approval_rate)
         deadline = time.monotonic() + options.wait_seconds
         while time.monotonic() < deadline:
@@ -168,6 +175,7 @@ async def bare_polling(
                 break
             await asyncio.sleep(0.1)
         reported: dict[int, float] = (await ask(pipe, "reported"))[1]
+        cpu_after, elapsed = cpu_seconds(server.pid), time.monotonic() - began
     finally:
         poll_seconds = await stop_pollers(pollers, report)
         if server is not None:
@@ -184,6 +192,8 @@ async def bare_polling(
     report.add("polling_approval_to_execution_p99", ms(percentile(latencies, 99)), "ms", where)
     report.add("polling_poll_rpc_p50", ms(percentile(poll_seconds, 50)), "ms", where)
     report.add("polling_poll_rpc_p99", ms(percentile(poll_seconds, 99)), "ms", where)
+    if cpu_before is not None and cpu_after is not None:  # near 100 %: the polls queue at the server
+        report.add("polling_server_cpu_share", 100 * (cpu_after - cpu_before) / elapsed, "% of a core", where)
     if len(latencies) < len(inserted):
         report.note(f"polling: {len(inserted) - len(latencies)} of {len(inserted)} work items not executed in time")
     return found
