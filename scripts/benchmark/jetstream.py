@@ -244,7 +244,8 @@ async def bare_jetstream(options: Options, device_ids: Sequence[str], report: Re
         answers = await fleet.ask("connect")
         connected = sum(a[1] for a in answers)
         if connected < len(device_ids):
-            report.note(f"JetStream: {connected} of {len(device_ids)} devices subscribed: {answers[0][2][:2]}")
+            errors = [e for a in answers for e in a[2]]
+            report.note(f"JetStream: {connected} of {len(device_ids)} devices subscribed, e.g. {errors[:2]}")
         if connected:
             arrivals = await jetstream_fanout(options, js, fleet, prefix, device_ids, connected)
             found["jetstream_fanout_p50"] = percentile(arrivals, 50)
