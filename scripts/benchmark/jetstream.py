@@ -43,6 +43,7 @@ from .simdevice import delivery
 Message = tuple[Any, ...]  # a pipe message, as in loadgen
 CONNECT_TIMEOUT = 5
 CONNECT_CONCURRENCY = 25
+API_TIMEOUT = 20.0  # a JetStream API call (a stream, a consumer) on a loaded machine
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class FleetWorker:
                     await msg.ack()
 
                 config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
-                await conn.jetstream().subscribe(
+                await conn.jetstream(timeout=API_TIMEOUT).subscribe(
                     f"{self.spec.prefix}.dev.{device_id}",
                     durable=f"dev-{device_id}",
                     stream=self.spec.down,
@@ -235,7 +236,7 @@ async def bare_jetstream(options: Options, device_ids: Sequence[str], report: Re
         return found
     run = uuid.uuid4().hex[:10]
     prefix, down, up = f"shbench{run}", f"SHBENCH_DOWN_{run}", f"SHBENCH_UP_{run}"
-    js = coordinator.jetstream()
+    js = coordinator.jetstream(timeout=API_TIMEOUT)
     fleet: Fleet | None = None
     try:
         await js.add_stream(name=down, subjects=[f"{prefix}.dev.*"], storage=StorageType.FILE)
