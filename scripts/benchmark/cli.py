@@ -1,5 +1,6 @@
-"""The run, phase by phase: start the stack, provision, measure the bare limits, run the scenarios on
-the gateway, stop; the figures go to ``bench/results.json`` even when a phase fails."""
+"""The run, phase by phase: start the stack, provision, measure the bare limits and the yardsticks (the
+echo, NATS JetStream, a device polling once a second), run the scenarios on the gateway, stop; the
+figures go to ``bench/results.json`` even when a phase fails."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import contextlib
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 
+from .jetstream import bare_jetstream
 from .limits import Bare, bare_echo, bare_postgres, bare_redis
 from .options import Options, parse_args
+from .polling import bare_polling
 from .report import Report, write_results
 from .scenarios import gateway_scenarios
 from .system import start_stack
@@ -41,6 +44,14 @@ async def main_async(options: Options) -> int:
                 }
                 phase(f"bare limits: echo stream, {options.devices} streams over {options.processes} load processes")
                 bare.update(await bare_echo(options, world, report))
+                device_ids = [d for d, _ in world.devices]
+                if wanted(options, "fan-out", "acks, burst"):
+                    phase(f"yardstick: NATS JetStream ({options.nats}), {options.devices} devices")
+                    bare.update(await yardstick(report, "JetStream", bare_jetstream(options, device_ids, report)))
+                if wanted(options, "approval to delivery"):
+                    phase(f"yardstick: {options.devices} devices polling once a second")
+                    url = system.settings.database_url
+                    bare.update(await yardstick(report, "polling", bare_polling(options, url, device_ids, report)))
                 phase(f"the system: {options.devices} simulated bridges on one gateway")
                 await gateway_scenarios(options, system, world, report, bare)
                 phase("stopping")
@@ -51,6 +62,20 @@ async def main_async(options: Options) -> int:
     if missed:
         print("== targets not met: " + ", ".join(missed), flush=True)
     return 0
+
+
+def wanted(options: Options, *scenarios: str) -> bool:
+    """Whether a yardstick is needed: one of the scenarios that read it runs (all do without --only)."""
+    return not options.only or any(name in options.only for name in scenarios)
+
+
+async def yardstick(report: Report, name: str, measure: Awaitable[Bare]) -> Bare:
+    """What a yardstick found; nothing (its ratios then n/a) when it failed, and the run goes on."""
+    try:
+        return await measure
+    except Exception as exc:
+        report.note(f"the {name} yardstick did not finish: {type(exc).__name__}: {exc}")
+        return {}
 
 
 def raise_file_limit() -> None:

@@ -1,5 +1,7 @@
 """The bare limits, measured on the same machine in the same run so the system's figures can be read
-beside them: one Postgres commit, one Redis publish, and the load generator against an echo stream."""
+beside them: one Postgres commit, one Redis publish, and the load generator against an echo stream (its
+round trips, its burst throughput and CPU per frame, its fan-out). The other yardsticks, NATS JetStream
+and a device polling once a second, are in ``jetstream`` and ``polling``."""
 
 from __future__ import annotations
 
@@ -8,18 +10,21 @@ import multiprocessing
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
 
 from redis.asyncio import Redis
 
 from .echo import echo_server_main
 from .loadgen import LoadGenerator
-from .meters import rss_kib
+from .meters import cpu_seconds, rss_kib
 from .options import Options
 from .report import Report, ms, percentile, round_trips, throughput
 from .system import Stack, postgres
 from .world import World
 
-# What the bare limits found, read by the scenarios: "commit", "publish", "rtt" (seconds), "echo_rate".
+# What the bare limits and yardsticks found, read by the scenarios: "commit", "publish", "rtt",
+# "echo_cpu_per_frame", "echo_fanout_last", "jetstream_fanout_last", "polling_p50" (seconds), "echo_rate",
+# "jetstream_rate" (frames/s).
 Bare = dict[str, float | None]
 
 
@@ -63,10 +68,10 @@ async def bare_redis(stack: Stack, report: Report, publishes: int) -> float | No
 
 async def bare_echo(options: Options, world: World, report: Report) -> Bare:
     """The same load generator against an echo stream: connect N, RSS per stream, a low and a steady paced
-    rate (the floors of delivery and ack latency), then a burst (the ceiling of throughput)."""
+    rate (the floors of delivery and ack latency), a burst (the ceiling of throughput), then a fan-out."""
     context = multiprocessing.get_context("spawn")
     mine, theirs = context.Pipe()
-    server = context.Process(target=echo_server_main, args=(theirs,), daemon=True)
+    server = context.Process(target=echo_server_main, args=(theirs, dict(world.devices)), daemon=True)
     server.start()
     port = await asyncio.to_thread(mine.recv)
     load = LoadGenerator(f"127.0.0.1:{port}", world.devices, options.processes)
@@ -83,18 +88,20 @@ async def bare_echo(options: Options, world: World, report: Report) -> Bare:
         if before is not None and after is not None:
             report.add("echo_rss_per_stream", (after - before) / connected, "KiB", "bare")
         await load.collect()
-        await echo_rates(options, load, report, found)
+        await echo_rates(options, load, report, found, server.pid)
+        await echo_fanout(options, load, mine, report, found)
         return found
     finally:
         await load.close()
-        mine.send("stop")
+        mine.send(("stop",))
         server.join(10)
         if server.is_alive():
             server.kill()
 
 
-async def echo_rates(options: Options, load: LoadGenerator, report: Report, found: Bare) -> None:
-    """Echo round trips at the approval rate, at the steady ack rate, then a burst's throughput."""
+async def echo_rates(options: Options, load: LoadGenerator, report: Report, found: Bare, pid: int | None) -> None:
+    """Echo round trips at the approval rate, at the steady ack rate, then a burst's throughput and the
+    echo process's CPU per frame in it (``pid`` is the echo server's)."""
     low = options.approval_rate
     await load.echo_paced(max(1, round(low * options.low_seconds / len(load.pipes))), options.low_seconds)
     rtts = round_trips((await load.collect()).receipts)
@@ -106,9 +113,38 @@ async def echo_rates(options: Options, load: LoadGenerator, report: Report, foun
     where = f"bare, {options.ack_rate:g} frames/s"
     report.add("echo_steady_rtt_p50", ms(percentile(steady, 50)), "ms", where)
     report.add("echo_steady_rtt_p99", ms(percentile(steady, 99)), "ms", where)
+    before = cpu_seconds(pid)
     await load.echo(options.burst_signals * 3)
+    after = cpu_seconds(pid)
     burst = (await load.collect()).receipts
     found["echo_rate"] = throughput(burst)
     where = f"bare, {options.burst_signals * 3} frames per stream at once"
     report.add("echo_burst_throughput", found["echo_rate"], "frames/s", where)
     report.add("echo_burst_rtt_p99", ms(percentile(round_trips(burst), 99)), "ms", where)
+    if before is not None and after is not None and burst:
+        per_frame = (after - before) / len(burst)
+        found["echo_cpu_per_frame"] = per_frame
+        report.add("echo_cpu_per_frame", 1e6 * per_frame, "us", where)
+
+
+async def echo_fanout(options: Options, load: LoadGenerator, pipe: Connection, report: Report, found: Bare) -> None:
+    """The echo pushes one sealed delivery to every connected stream at once; the time from the command
+    to the last device's receipt of it (every clock is time.time on this machine)."""
+    signal_id = f"echo-fanout-{uuid.uuid4()}"
+    began = time.time()
+    pipe.send(("fanout", signal_id))
+    _, pushed = await asyncio.to_thread(pipe.recv)
+    deadline = time.monotonic() + options.wait_seconds
+    while time.monotonic() < deadline:
+        if (await load.count([signal_id]))[0] >= pushed:
+            break
+        await asyncio.sleep(0.05)
+    await load.drain(options.wait_seconds)  # the devices' acks of it, so that they do not leak into later phases
+    arrivals = [r - began for s, _, r, _ in (await load.collect()).deliveries if s == signal_id]
+    last = max(arrivals) if arrivals and len(arrivals) >= pushed else None
+    found["echo_fanout_last"] = last
+    where = f"bare, one sealed delivery pushed to {pushed} streams at once"
+    report.add("echo_fanout_last", ms(last), "ms", where)
+    report.add("echo_fanout_p50", ms(percentile(arrivals, 50)), "ms", where)
+    if last is None:
+        report.note(f"echo fan-out: {len(arrivals)} of {pushed} devices got it within {options.wait_seconds:g} s")

@@ -113,7 +113,7 @@ class Worker:
     async def collect(self) -> Message:
         """Hand over this phase's samples and start the next phase."""
         s = self.samples
-        answer = ("samples", s.deliveries, s.receipts, s.rejected, s.errors[:5], s.late)
+        answer = ("samples", s.deliveries, s.receipts, s.rejected, s.errors[:5], s.late, s.fills)
         self.samples = Samples(phase=s.phase + 1)
         for device in self.devices:
             device.samples = self.samples
@@ -172,6 +172,7 @@ class LoadGenerator:
             merged.rejected += answer[3]
             merged.errors.extend(answer[4])
             merged.late += answer[5]
+            merged.fills.update(answer[6])
         return merged
 
     async def closes(self, position_ids: Sequence[str]) -> dict[str, float]:

@@ -1,11 +1,15 @@
-"""CPU and memory of the processes under test, read from /proc (Linux); None where it cannot be read."""
+"""CPU and memory of the processes under test, read from /proc (Linux), and the sums of their own
+Prometheus histograms (from a server's metrics endpoint); None where they cannot be read."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from backoffice.cli.status import Scrape, fetch
 
 from .report import Report
 
@@ -56,14 +60,18 @@ class CpuMeter:
         self.load_start = [cpu_seconds(pid) for pid in self.load_pids]
         self.machine_start = machine_busy_seconds()
 
-    def report(self, report: Report, scenario: str, frames: int | None = None) -> None:
+    def report(self, report: Report, scenario: str, frames: int | None = None) -> dict[str, float]:
+        """Report each process's share of a core (and CPU per frame when ``frames`` is given), the load
+        processes' and the machine's; returns the CPU seconds each server process used."""
         elapsed = time.monotonic() - self.began
+        used_by: dict[str, float] = {}
         if elapsed <= 0:
-            return
+            return used_by
         for name, pid in self.pids.items():
             before, after = self.start[name], cpu_seconds(pid)
             if before is None or after is None:
                 continue
+            used_by[name] = after - before
             report.add(f"{name}_cpu_share", 100 * (after - before) / elapsed, "% of a core", scenario)
             if frames:
                 report.add(f"{name}_cpu_per_frame", 1e6 * (after - before) / frames, "us", scenario)
@@ -75,3 +83,27 @@ class CpuMeter:
         if self.machine_start is not None and machine_end is not None:
             busy = 100 * (machine_end - self.machine_start) / elapsed
             report.add("machine_cpu_busy", busy, f"% of {os.cpu_count()} cores", scenario)
+        return used_by
+
+
+async def histogram_sums(address: str | None, *names: str) -> dict[str, tuple[float, float]] | None:
+    """(sum, count) of each named histogram at a metrics endpoint (host:port), summed over its labels;
+    None when there is no endpoint or it does not answer."""
+    if address is None:
+        return None
+    scrape = Scrape()
+    try:
+        scrape.add(await asyncio.to_thread(fetch, address))
+    except (OSError, ValueError):
+        return None
+    return {name: (scrape.total(f"{name}_sum"), scrape.total(f"{name}_count")) for name in names}
+
+
+def histogram_mean(
+    before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None, name: str
+) -> float | None:
+    """The mean of what a histogram observed between two scrapes (None without both or observations)."""
+    if before is None or after is None:
+        return None
+    total, count = (a - b for a, b in zip(after[name], before[name], strict=True))
+    return total / count if count > 0 else None

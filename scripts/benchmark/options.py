@@ -1,5 +1,5 @@
 """The command line of ``scripts/bench`` and the run's settings derived from it (``--quick`` shortens
-every phase so that a whole run takes under two minutes)."""
+every phase so that a whole run takes about three minutes)."""
 
 from __future__ import annotations
 
@@ -38,11 +38,14 @@ class Options:
     idle_seconds: float
     commits: int
     publishes: int
+    nats: str  # the NATS server (with JetStream) of the JetStream yardstick
+    polling_samples: int  # work items in the polling yardstick
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``scripts/bench``; ``parse_args`` derives the run's settings from them."""
     parser = argparse.ArgumentParser(prog="scripts/bench", description=DESCRIPTION)
-    parser.add_argument("--quick", action="store_true", help="a short run (within 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about 3 minutes)")
     parser.add_argument(
         "--profile", action="store_true", help="record py-spy profiles of the servers per scenario into bench/profiles/"
     )
@@ -54,11 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gateway-pid", type=int, help="the running gateway's pid, for memory per stream")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument(
+        "--nats",
+        metavar="URL",
+        default="nats://127.0.0.1:4222",
+        help="NATS with JetStream, the broker yardstick (default nats://127.0.0.1:4222; unreachable: skipped)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=[],
         metavar="SCENARIO",
-        help="run only this scenario (repeat for more), e.g. 'quote to CloseOrder'; the bare limits always run",
+        help=(
+            "run only this scenario (repeat for more), e.g. 'quote to CloseOrder'; the bare limits always run,"
+            " a yardstick (JetStream, polling) when a chosen scenario reads it"
+        ),
     )
     return parser
 
@@ -99,4 +111,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         idle_seconds=3.0 if quick else 10.0,
         commits=200 if quick else 1000,
         publishes=500 if quick else 2000,
+        nats=args.nats,
+        polling_samples=80 if quick else 1000,
     )

@@ -1,6 +1,8 @@
 """The scenarios against the real system, one function each, run in order over the same connected
-simulated bridges: approval to delivery, fan-out, acks at a steady rate, acks in a burst, signed
-SubmitSignal, and quote to CloseOrder (``positions``). Each reports its figures beside the targets of docs/design.md."""
+simulated bridges: approval to delivery (and to execution), fan-out, acks at a steady rate, acks in a
+burst, signed SubmitSignal, and quote to CloseOrder (``positions``). Each reports its figures beside the
+targets of docs/design.md, and beside the yardsticks measured earlier in the run (the echo, JetStream,
+a device polling once a second) as ratios: signalhub's figure over the yardstick's."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 from .limits import Bare
 from .loadgen import LoadGenerator
-from .meters import CpuMeter, rss_kib
+from .meters import CpuMeter, histogram_mean, histogram_sums, rss_kib
 from .options import Options
 from .positions import quote_to_close
 from .profile import profiled
@@ -43,6 +45,16 @@ class Run:
         return CpuMeter(self.stack.pids, self.load.pids)
 
 
+# The gateway's uplink histograms (backoffice/platform/metrics.py: UPLINK_BATCH, UPLINK_COMMIT).
+UPLINK_BATCH = "signalhub_uplink_batch_frames"
+UPLINK_COMMIT = "signalhub_uplink_commit_seconds"
+
+
+def over(value: float | None, yardstick: float | None) -> float | None:
+    """signalhub's figure over the yardstick's; None when either is missing."""
+    return None if value is None or not yardstick else value / yardstick
+
+
 async def paced(count: int, rate: float, make: Callable[[int], Coroutine[Any, Any, None]]) -> None:
     """Start ``make(i)`` at ``rate`` per second (open loop), then wait for all."""
     began = time.monotonic()
@@ -70,7 +82,8 @@ async def wait_for_deliveries(load: LoadGenerator, signal_ids: Sequence[str], ex
 
 async def approval_to_delivery(run: Run) -> None:
     """One delivery per approval (one user, one of their devices), approvals paced; the latency runs from
-    the approval's decide_time to the device's first receipt of the delivery."""
+    the approval's decide_time to the device's first receipt of the delivery, and to execution: the
+    Receipt of the device's Fill (set beside a device polling once a second for its work)."""
     options, world, report = run.options, run.world, run.report
     meter = run.meter()
     approvals: dict[tuple[str, str], float] = {}
@@ -87,6 +100,7 @@ async def approval_to_delivery(run: Run) -> None:
         await paced(len(world.accounts), options.approval_rate, approve_one)
     signal_ids = sorted({s for s, _ in approvals})
     await wait_for_deliveries(run.load, signal_ids, len(approvals), options.wait_seconds)
+    await run.load.drain(options.wait_seconds)  # the Fills' receipts
     samples = await run.load.collect()
     first: dict[tuple[str, str], float] = {}
     for signal_id, device_id, received, _ in samples.deliveries:
@@ -102,8 +116,18 @@ async def approval_to_delivery(run: Run) -> None:
     report.add("approve_signal_rpc_p99", ms(percentile(run.api.approve_latencies, 99)), "ms", where)
     floor = sum(v for v in (run.bare.get("commit"), run.bare.get("publish"), run.bare.get("rtt")) if v is not None)
     p50 = percentile(latencies, 50)
-    if p50 is not None and floor > 0:
-        report.add("approval_to_delivery_p50_over_bare", p50 / floor, "x", f"{where}; bare = commit+publish+echo rtt")
+    bare_where = f"{where}; bare = commit+publish+echo rtt"
+    report.add("approval_to_delivery_p50_over_bare", over(p50, floor), "x", bare_where, at_most=3)
+    executed = [t - approvals[k] for k, t in samples.fills.items() if k in approvals]
+    report.add("approval_to_execution_p50", ms(percentile(executed, 50)), "ms", f"{where}; to the Fill's Receipt")
+    report.add("approval_to_execution_p99", ms(percentile(executed, 99)), "ms", f"{where}; to the Fill's Receipt")
+    report.add(
+        "approval_to_execution_over_polling",
+        over(percentile(executed, 50), run.bare.get("polling_p50")),
+        "ratio",
+        f"{where}; p50 over a device polling once a second",
+        at_most=0.02,
+    )
     meter.report(report, where)
     if len(first) < len(approvals):
         report.note(f"{len(approvals) - len(first)} of {len(approvals)} approved deliveries did not arrive in time")
@@ -121,6 +145,12 @@ async def fanout(run: Run) -> None:
     last = ms(max(arrivals)) if len(arrivals) >= run.connected else None  # not all arrived: not met
     run.report.add("fanout_last_delivery", last, "ms", where, at_most=1000)
     run.report.add("fanout_p50_delivery", ms(percentile(arrivals, 50)), "ms", where)
+    echo, jetstream = run.bare.get("echo_fanout_last"), run.bare.get("jetstream_fanout_last")
+    last_s = max(arrivals) if last is not None else None
+    run.report.add(
+        "fanout_last_delivery_over_echo", over(last_s, echo), "ratio", f"{where}; over the echo's", at_most=2
+    )
+    run.report.add("fanout_over_jetstream", over(last_s, jetstream), "ratio", f"{where}; over JetStream's", at_most=1)
     meter.report(run.report, where)
     if got < run.connected:
         wait = run.options.wait_seconds
@@ -161,6 +191,8 @@ async def ack_steady(run: Run) -> None:
 async def ack_burst(run: Run) -> None:
     """Several AUTO signals at once, every device acking each (RECEIVED, PLACED, Fill)."""
     options = run.options
+    metrics = run.stack.metrics.get("gateway")
+    histograms = await histogram_sums(metrics, UPLINK_BATCH, UPLINK_COMMIT)
     meter = run.meter()
     signal_ids = [await run.api.signal(run.api.auto) for _ in range(options.burst_signals)]
     await wait_for_deliveries(run.load, signal_ids, run.connected * options.burst_signals, 2 * options.wait_seconds)
@@ -173,10 +205,19 @@ async def ack_burst(run: Run) -> None:
     run.report.add("ack_burst_frames_receipted", len(samples.receipts), "frames", where)
     run.report.add("ack_burst_throughput", rate, "frames/s", where, at_least=5000)
     run.report.add("ack_burst_receipt_p99", ms(percentile(round_trips(samples.receipts), 99)), "ms", where)
-    meter.report(run.report, where, len(samples.receipts))
-    echo_rate = run.bare.get("echo_rate")
-    if rate is not None and echo_rate:
-        run.report.add("ack_burst_over_echo_throughput", rate / echo_rate, "ratio", where, at_least=0.5)
+    used = meter.report(run.report, where, len(samples.receipts))
+    after = await histogram_sums(metrics, UPLINK_BATCH, UPLINK_COMMIT)
+    run.report.add(
+        "ack_burst_over_echo_throughput", over(rate, run.bare.get("echo_rate")), "ratio", where, at_least=0.5
+    )
+    run.report.add("ack_burst_over_jetstream", over(rate, run.bare.get("jetstream_rate")), "ratio", where, at_least=1)
+    per_frame = used["gateway"] / len(samples.receipts) if "gateway" in used and samples.receipts else None
+    echo_cpu = run.bare.get("echo_cpu_per_frame")
+    run.report.add("gateway_cpu_per_frame_over_echo", over(per_frame, echo_cpu), "ratio", where, at_most=2)
+    run.report.add("uplink_batch_mean", histogram_mean(histograms, after, UPLINK_BATCH), "frames", where)
+    run.report.add("uplink_commit_ms_mean", ms(histogram_mean(histograms, after, UPLINK_COMMIT)), "ms", where)
+    if histograms is None or after is None:
+        run.report.note(f"burst: the gateway's metrics ({metrics or 'no address'}) could not be read")
 
 
 async def submit_signals(run: Run) -> None:
@@ -195,12 +236,15 @@ async def submit_signals(run: Run) -> None:
         else:
             latencies.append(time.perf_counter() - began)
 
-    await paced(int(options.submit_rate * options.submit_seconds), options.submit_rate, submit)
+    calls = int(options.submit_rate * options.submit_seconds)
+    await paced(calls, options.submit_rate, submit)
     where = f"{options.submit_rate:g} signed SubmitSignal/s for {options.submit_seconds:g} s"
     run.report.add("submit_signal_p50", ms(percentile(latencies, 50)), "ms", where)
     run.report.add("submit_signal_p99", ms(percentile(latencies, 99)), "ms", where, at_most=15)
     run.report.add("submit_signal_failed", len(failures), "calls", where, at_most=0)
-    meter.report(run.report, where)
+    used = meter.report(run.report, where)
+    per_call = used["backoffice"] / calls if "backoffice" in used and calls else None
+    run.report.add("backoffice_cpu_per_submit", ms(per_call), "ms", where, at_most=1)
     if failures:
         run.report.note(f"{len(failures)} SubmitSignal calls failed, e.g. {failures[0]}")
 

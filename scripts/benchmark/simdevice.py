@@ -1,8 +1,8 @@
 """A simulated EA bridge, built on the protocol layer alone (``signalhub.protocol``): it signs the stream
 open, opens sealed deliveries and answers each at once with RECEIVED, PLACED and a Fill (no ledger, no
 broker), closes what a CloseOrder names at once (noting when it arrived), heartbeats, and times every
-frame it writes until its Receipt. It imports no server module, so
-it measures what any bridge speaking the contract would see."""
+frame it writes until its Receipt (noting when each delivery's Fill was receipted: its execution is on
+record). It imports no server module, so it measures what any bridge speaking the contract would see."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import grpc
@@ -20,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from signalhub.protocol.client import device_channel_options
 from signalhub.protocol.sealing import InstructionSealer
 from signalhub.protocol.signing import CONNECT_METHOD, parse_secret, signed_metadata
+from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
 
@@ -41,6 +43,7 @@ class Samples:
     rejected: int = 0  # receipts other than ACCEPTED/DUPLICATE
     errors: list[str] = field(default_factory=list)
     closes: dict[str, float] = field(default_factory=dict)  # position id -> when its first CloseOrder arrived
+    fills: dict[tuple[str, str], float] = field(default_factory=dict)  # (signal, device) -> its Fill receipted
 
 
 async def read_frame(call: Stream) -> pb.GatewayFrame | None:
@@ -63,6 +66,23 @@ def hello() -> pb.Hello:
     return pb.Hello(bridge_version="bench", account_currency="USD", balance="10000", equity="10000", symbols=[spec])
 
 
+def delivery(signal_id: str) -> pb.Instruction:
+    """A Delivery instruction of the size the gateway pushes for one approved signal (what the
+    yardsticks push in its place)."""
+    expire = Timestamp()
+    expire.FromDatetime(datetime.now(UTC) + timedelta(seconds=300))
+    body = pb.Delivery(
+        delivery_id=str(uuid.uuid4()),
+        signal_id=signal_id,
+        instrument=INSTRUMENT,
+        side=common_pb2.SIDE_BUY,
+        volume="0.01",
+        expire_time=expire,
+        attempt=1,
+    )
+    return pb.Instruction(delivery=body)
+
+
 class SimDevice:
     """A bridge reduced to the protocol: opens sealed deliveries and answers RECEIVED, PLACED and a Fill
     at once (no ledger, no broker), and heartbeats."""
@@ -74,6 +94,7 @@ class SimDevice:
         self.address = address
         self.samples = samples
         self.pending: dict[str, tuple[float, int]] = {}  # frame id -> (written at, phase) of ack/fill frames
+        self.fills: dict[str, str] = {}  # frame id -> signal id of a Fill awaiting its receipt
         self.drained = asyncio.Event()  # set while nothing tracked awaits its receipt
         self.drained.set()
         self.seen: set[str] = set()
@@ -103,8 +124,9 @@ class SimDevice:
             asyncio.create_task(self._heartbeat(heartbeat_seconds)),
         ]
 
-    async def _write(self, frame: pb.DeviceFrame, *, track: bool) -> None:
-        """Number and send a frame; a tracked one is timed until its receipt."""
+    async def _write(self, frame: pb.DeviceFrame, *, track: bool, fill_of: str | None = None) -> None:
+        """Number and send a frame; a tracked one is timed until its receipt (and for the Fill of signal
+        ``fill_of``, when it was receipted is noted: the delivery's execution is then on record)."""
         if self.call is None:
             raise ConnectionError("not connected")
         async with self.lock:
@@ -113,6 +135,8 @@ class SimDevice:
             if track:
                 self.pending[frame.frame_id] = (time.time(), self.samples.phase)
                 self.drained.clear()
+            if fill_of is not None:
+                self.fills[frame.frame_id] = fill_of
             await self.call.write(frame)
 
     async def _heartbeat(self, seconds: int) -> None:
@@ -134,6 +158,9 @@ class SimDevice:
 
     def _on_receipt(self, receipt: pb.Receipt, now: float) -> None:
         written = self.pending.pop(receipt.frame_id, None)
+        signal_id = self.fills.pop(receipt.frame_id, None)
+        if signal_id is not None:
+            self.samples.fills.setdefault((signal_id, self.device_id), now)
         if receipt.status not in (pb.RECEIPT_STATUS_ACCEPTED, pb.RECEIPT_STATUS_DUPLICATE):
             self.samples.rejected += 1
         if written is not None and written[1] != self.samples.phase:
@@ -169,7 +196,7 @@ class SimDevice:
             volume=delivery.volume,
             fill_time=stamp,
         )
-        await self._write(pb.DeviceFrame(fill=fill), track=True)
+        await self._write(pb.DeviceFrame(fill=fill), track=True, fill_of=delivery.signal_id)
 
     async def _on_close(self, close: pb.CloseOrder, received: float) -> None:
         """Note when the order to close a position first arrived, and report it closed at once."""

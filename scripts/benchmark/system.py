@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import asyncpg
@@ -41,6 +41,7 @@ class Stack:
     gateway_pid: int | None
     backoffice_pid: int | None = None
     worker_pid: int | None = None  # the monitor runs there; None for a running stack named by address
+    metrics: dict[str, str] = field(default_factory=dict)  # process -> its Prometheus host:port (if started here)
 
     @property
     def pids(self) -> dict[str, int | None]:
@@ -128,12 +129,14 @@ async def start_stack(options: Options, stack: AsyncExitStack, sync_stack: ExitS
     stack.push_async_callback(drop_database, settings.database_url)
     await asyncio.to_thread(schema.upgrade, settings)
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    metrics: dict[str, str] = {}
     logs = REPO / "bench" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for process in ("backoffice", "gateway", "worker"):
         log_file = (logs / f"{process}.log").open("wb")
         sync_stack.callback(log_file.close)
-        child_env = {**env, "SIGNALHUB_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"}
+        metrics[process] = f"127.0.0.1:{free_port()}"
+        child_env = {**env, "SIGNALHUB_METRICS_ADDRESS": metrics[process]}
         child = spawn_server(process, child_env, log_file)
         processes[process] = child
         stack.push_async_callback(stop_process, child)
@@ -150,6 +153,7 @@ async def start_stack(options: Options, stack: AsyncExitStack, sync_stack: ExitS
         processes["gateway"].pid,
         processes["backoffice"].pid,
         processes["worker"].pid,
+        metrics,
     )
 
 
