@@ -10,7 +10,7 @@ the newest. Opening one sets ``sh:session:<device_id>`` to its id and publishes 
 hint channel; a replica holding an older session ends it (ABORTED, SESSION_REPLACED) when that key no
 longer names it. Each new session checks the key once more after it is registered, so two opens racing on
 two replicas still leave exactly the last writer of the key; the sweep compares the keys again, so even a
-lost takeover message ends an old session within one sweep interval.
+lost takeover message ends an old session within ten sweep intervals (the sweep checks a tenth each round).
 """
 
 from __future__ import annotations

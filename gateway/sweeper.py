@@ -4,8 +4,9 @@ Every ``sweep_interval_seconds``: expire what can no longer be delivered (for ev
 not) and close commands sent their bounded number of times without a CloseResult (their positions
 CLOSED_ERROR, with an alert), wake the sessions of devices with something due (PENDING, or SENT and
 unacknowledged past the ack timeout), end sessions of devices revoked meanwhile and sessions a newer one
-replaced, and write ``devices.last_seen_at`` in one statement for the devices heard from since it was last
-written (at most once per LAST_SEEN_EVERY per device, never once per frame).
+replaced (a tenth of the sessions each round: these back up the hints), and write ``devices.last_seen_at``
+in one statement for the devices heard from since it was last written (at most once per LAST_SEEN_EVERY
+per device, never once per frame).
 
 Every second or so, in memory only: a heartbeat to each stream that has not had one for
 ``heartbeat_seconds``, and the end of streams whose device has been silent for MISSED_HEARTBEATS periods.
@@ -25,12 +26,13 @@ from backoffice import alerts, deliveries, positions
 from backoffice.devices import presence
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import cancel_and_wait
-from gateway.sessions import MISSED_HEARTBEATS, SessionRegistry, heartbeat, revoked
+from gateway.sessions import MISSED_HEARTBEATS, DeviceSession, SessionRegistry, heartbeat, revoked
 from signalhub.protocol.errors import Unavailable
 
 log = logging.getLogger("signalhub.gateway.sweeper")
 
 LAST_SEEN_EVERY = 30.0  # seconds
+SESSION_CHECK_ROUNDS = 10  # sweeps to check every session once for revocation and replacement
 
 
 class Sweeper:
@@ -41,6 +43,7 @@ class Sweeper:
         self._registry = registry
         self._settings = settings
         self._tasks: list[asyncio.Task[None]] = []
+        self._cursor = 0  # where the next slice of sessions to check starts
 
     def start(self) -> None:
         beat = min(1.0, self._settings.heartbeat_seconds / 3)
@@ -53,8 +56,13 @@ class Sweeper:
         await cancel_and_wait(self._tasks)
 
     async def sweep(self) -> None:
+        """One round: expiry, wake-ups of what is due, last_seen_at, and the checks of a slice of the
+        sessions (revoked? replaced?), every session once per SESSION_CHECK_ROUNDS rounds: those checks
+        only back up the revocation and takeover hints, and asking Postgres and Redis about 10,000 idle
+        streams every second was most of an idle gateway's CPU."""
         now = datetime.now(UTC)
         local = self._registry.sessions()
+        checked = self._slice(local)
         monotonic = time.monotonic()
         stale = [s for s in local if s.last_heard > s.seen_recorded and monotonic - s.seen_recorded >= LAST_SEEN_EVERY]
         ack_timeout = timedelta(seconds=self._settings.ack_timeout_seconds)
@@ -63,17 +71,27 @@ class Sweeper:
             await deliveries.expire_due(session, now)
             raised = await positions.expire_closes(session, now, ack_timeout, attempts)
             due = await deliveries.due_devices(session, now, ack_timeout, attempts)
-            gone = await presence.revoked_among(session, [s.device_id for s in local])
+            gone = await presence.revoked_among(session, [s.device_id for s in checked])
             await presence.mark_seen(session, [s.device_id for s in stale], now)
         alerts.announce(raised)
         for stream in stale:
             stream.seen_recorded = monotonic
-        for stream in local:
+        for stream in checked:
             if stream.device_id in gone:
                 stream.end(revoked())
-            elif stream.device_id in due:
+        for stream in local:
+            if stream.device_id in due:
                 stream.wake()
-        await self._registry.check_current(local)
+        await self._registry.check_current(checked)
+
+    def _slice(self, local: list[DeviceSession]) -> list[DeviceSession]:
+        """The next SESSION_CHECK_ROUNDS-th of the sessions, round robin (all of them when there are few)."""
+        size = -(-len(local) // SESSION_CHECK_ROUNDS)
+        if size == 0:
+            return []
+        start = self._cursor % len(local)
+        self._cursor = start + size
+        return (local[start:] + local[:start])[:size]
 
     async def _tick(self) -> None:
         period = self._settings.heartbeat_seconds
