@@ -70,6 +70,7 @@ def test_the_command_line_defaults_and_checks() -> None:
     parsed = options.parse_args([])
     assert (parsed.bridges, parsed.sample_seconds, parsed.minutes) == (1000, 10.0, 10.0)
     assert parsed.output == ROOT / "bench" / "soak.json" and parsed.bounds.fd_growth == 50
+    assert (parsed.signal_seconds, parsed.cancel_after_seconds) == (25, 50)  # light enough to show growth
     assert options.parse_args(["--minutes", "0.5", "--sample-every", "2"]).warmup_seconds == 6
     with pytest.raises(SystemExit):
         options.parse_args(["--minutes", "0.1", "--warmup", "30"])
