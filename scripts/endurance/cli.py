@@ -123,6 +123,8 @@ async def main_async(options: Options) -> int:
     """Start, connect, run traffic and churn while sampling, stop; write the JSON whatever happened."""
     samples: list[Sample] = []
     totals: Counter[str] = Counter()
+    logs = options.output.parent / "soak-logs"
+    ran_until: dict[Path, int] = {}  # how much of each server log the run itself wrote
     failures: list[str] = []
     verdict: Verdict | None = None
     began = time.monotonic()
@@ -157,6 +159,7 @@ async def main_async(options: Options) -> int:
                 try:
                     await sample_loop(options, servers, fleet, samples, totals)
                 finally:
+                    ran_until.update(log_sizes(logs))
                     running.cancel()
                     await traffic.stop()
                 totals.update(traffic.counts)
@@ -166,9 +169,11 @@ async def main_async(options: Options) -> int:
         verdict = judge(samples, options.warmup_seconds, options.bounds)
         if failures:
             verdict.breaches.append(f"{len(failures)} API calls failed, first: {failures[0]}")
-        errors = error_lines(options.output.parent / "soak-logs")
+        errors, at_stop = error_lines(logs, ran_until)
         if errors:
             verdict.breaches.append(f"the servers logged {len(errors)} ERROR lines, first: {errors[0][:500]}")
+        for line in at_stop:  # shutdown is not what the soak judges; shown, not counted
+            print(f"!! while stopping: {line[:500]}", flush=True)
         write(options, samples, totals, verdict)
     print(f"== totals: {dict(sorted(totals.items()))}", flush=True)
     print(
@@ -187,14 +192,21 @@ async def main_async(options: Options) -> int:
     return 0 if verdict.passed else 1
 
 
-def error_lines(logs: Path) -> list[str]:
-    """The ERROR lines the servers wrote (JSON lines): a soak that made a server fail did not pass."""
-    return [
-        line
-        for path in sorted(logs.glob("*.log"))
-        for line in path.read_text(errors="replace").splitlines()
-        if '"level": "ERROR"' in line
-    ]
+def log_sizes(logs: Path) -> dict[Path, int]:
+    return {path: path.stat().st_size for path in logs.glob("*.log")}
+
+
+def error_lines(logs: Path, ran_until: dict[Path, int]) -> tuple[list[str], list[str]]:
+    """The ERROR lines the servers wrote (JSON lines) while the soak ran (a soak that made a server fail
+    did not pass), and those written after, while everything stopped."""
+    during: list[str] = []
+    after: list[str] = []
+    for path in sorted(logs.glob("*.log")):
+        data = path.read_bytes()
+        cut = ran_until.get(path, len(data))
+        for part, found in ((data[:cut], during), (data[cut:], after)):
+            found.extend(line for line in part.decode(errors="replace").splitlines() if '"level": "ERROR"' in line)
+    return during, after
 
 
 def _fmt(value: float | None, unit: str) -> str:
