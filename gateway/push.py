@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backoffice import deliveries
 from backoffice.platform.metrics import APPROVAL_TO_DELIVERY, PUSHED
 from backoffice.platform.serving import cancel_and_wait
+from gateway import tracing
 from gateway.outbox import Outbox
 from signalhub.protocol.sealing import InstructionSealer
 from signalhub.protocol.wire import decimal_text, enum_to_wire, timestamp
@@ -149,11 +150,14 @@ class Pusher:
             # Try these streams again soon: a new stream's re-sends are not something the sweep finds.
             asyncio.get_running_loop().call_later(RETRY_SECONDS, self._retry, batch)
             raise
+        traced = tracing.log.isEnabledFor(logging.DEBUG)  # per-frame lines only when asked for
         for device_id, (recipient, room) in rooms.items():
             orders = claim.orders.get(device_id, [])
             pushed_at = datetime.now(UTC)
             for order in orders:
                 recipient.outbox.fill(sealed(recipient.sealer, order))
+                if traced:
+                    tracing.sent(device_id, order)
                 if isinstance(order, deliveries.DeliveryOrder):
                     PUSHED.labels("delivery").inc()
                     if order.attempt == 1:

@@ -10,6 +10,7 @@ from typing import Any
 from backoffice.platform.auth import KeyKind, SignatureVerifier
 from backoffice.platform.rpc_errors import as_domain_error
 from gateway.sessions import SessionRegistry
+from signalhub.protocol.logs import device_id_var
 from signalhub.protocol.signing import CONNECT_METHOD, SignatureError
 from signalhub.v1 import gateway_pb2 as pb
 
@@ -27,6 +28,7 @@ class DeviceGatewayServicer:
                 key = await self._verifier.verify(KeyKind.DEVICE, CONNECT_METHOD, metadata, b"")
             except SignatureError as exc:
                 raise as_domain_error(exc) from None
+            device_id_var.set(str(key.id))  # on every line of this stream, its frames and its close
             session = self._registry.open(key)
             await self._registry.attach(session)
             try:

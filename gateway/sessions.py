@@ -35,7 +35,7 @@ from backoffice.platform import hints
 from backoffice.platform.auth import SignedKey
 from backoffice.platform.config import Settings
 from backoffice.platform.metrics import FRAME_TO_RECEIPT, SESSIONS
-from gateway import uplink
+from gateway import tracing, uplink
 from gateway.outbox import Outbox, StreamFinished
 from gateway.push import Pusher
 from gateway.uplink import UplinkWriter
@@ -264,6 +264,8 @@ class DeviceSession:
         outcomes = iter(await self._services.writer.submit(reports))
         for frame, item in run:
             outcome = next(outcomes) if isinstance(item, DeviceReport) else item
+            if outcome.trace is not None and isinstance(item, DeviceReport):  # accepted and committed
+                tracing.applied(item, outcome)
             await self.outbox.put(uplink.receipt(frame, outcome))
 
 

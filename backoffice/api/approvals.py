@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +17,11 @@ from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.errors import InvalidArgument
+from signalhub.protocol.logs import trace_var
 from signalhub.protocol.wire import parse_id, parse_optional_decimal, parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb
+
+log = logging.getLogger("signalhub.approvals")
 
 
 def encode_subscription(subscription: Subscription) -> pb.Subscription:
@@ -108,15 +112,22 @@ class ApprovalServicer:
         volume = parse_optional_decimal(request.volume, "volume")
         device_ids = [parse_id(d, f"device_ids[{i}]") for i, d in enumerate(request.device_ids)]
 
+        woken: list[int] = []  # deliveries made; empty when a repeated request_id got the first answer
+
         async def approve(session: AsyncSession, wake: Wake) -> pb.Approval:
             decision = await approvals.approve_signal(
                 session, caller, signal_id, volume=volume, device_ids=device_ids, request_id=request.request_id
             )
             wake.add(decision.woken_devices)
+            woken.append(len(decision.woken_devices))
             expiries = await approvals.expire_times(session, [signal_id])
             return encode_approval(decision.approval, expiries.get(signal_id))
 
-        return await self._mutations.run(caller.id, request, pb.Approval, approve)
+        approval = await self._mutations.run(caller.id, request, pb.Approval, approve)
+        trace_var.set(str(signal_id))  # this call's lines, the rpc line included, carry the signal's trace
+        if woken:
+            log.info("deliveries created", extra={"deliveries": woken[0], "approval": "manual"})
+        return approval
 
     async def RejectSignal(self, request: pb.RejectSignalRequest, context: Any) -> pb.Approval:
         caller = current_caller()

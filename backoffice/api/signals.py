@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,9 +18,12 @@ from backoffice.platform.vault import Vault
 from backoffice.signals import SignalView
 from signalhub.protocol import wire
 from signalhub.protocol.errors import InvalidArgument
+from signalhub.protocol.logs import trace_var
 from signalhub.protocol.wire import parse_id, parse_optional_id
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
+
+log = logging.getLogger("signalhub.signals")
 
 
 def encode_signal(view: SignalView) -> pb.Signal:
@@ -63,6 +67,7 @@ class SignalServicer:
         of AUTO subscribers after the commit."""
         caller = current_caller()
         request_uuid = parse_optional_id(request.request_id, "request_id")
+        woken: list[int] = []  # deliveries made; empty when a repeated request_id got the first answer
 
         async def submit(session: AsyncSession, wake: Wake) -> pb.Signal:
             # Validated only when new: a retry of a stored request returns the first answer even after
@@ -86,9 +91,18 @@ class SignalServicer:
             )
             submitted = await signals.submit(session, caller.id, request_uuid, draft, now)
             wake.add(submitted.woken_devices)
+            woken.append(len(submitted.woken_devices))
             return encode_signal(signals.view_for_producer(submitted.signal, now))
 
-        return await self._mutations.run(caller.id, request, pb.Signal, submit)
+        signal = await self._mutations.run(caller.id, request, pb.Signal, submit)
+        trace_var.set(signal.id)  # this call's lines, the rpc line included, carry the signal's trace
+        log.info(
+            "signal accepted",
+            extra={"instrument": signal.instrument, "side": common_pb2.Side.Name(signal.side), "repeated": not woken},
+        )
+        if woken and woken[0]:
+            log.info("deliveries created", extra={"deliveries": woken[0], "approval": "rule"})
+        return signal
 
     async def CancelSignal(self, request: pb.CancelSignalRequest, context: Any) -> pb.Signal:
         caller = current_caller()
@@ -107,7 +121,10 @@ class SignalServicer:
             wake.add_positions(done.closing_positions)
             return encode_signal(signals.view_for_producer(done.signal))
 
-        return await self._mutations.run(caller.id, request, pb.Signal, cancel)
+        signal = await self._mutations.run(caller.id, request, pb.Signal, cancel)
+        trace_var.set(signal.id)
+        log.info("signal cancelled", extra={"close_positions": request.close_positions})
+        return signal
 
     async def SubmitQuotes(self, request: pb.SubmitQuotesRequest, context: Any) -> pb.SubmitQuotesResponse:
         caller = current_caller()

@@ -145,8 +145,10 @@ async def _serve(settings: Settings, process: str) -> None:
         server = build_server(res)
         await server.start()
         serving.start_metrics(settings)
+        lag = serving.watch_loop_lag()
         await stop.wait()
         await server.stop()
+        await serving.cancel_and_wait([lag])
 
 
 def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> dict[str, object]:

@@ -179,6 +179,7 @@ async def serve_demo(settings: Settings, state_dir: Path) -> None:
         await backoffice.start()
         await gateway.start()
         serving.start_metrics(settings)
+        lag = serving.watch_loop_lag()
         addresses: dict[str, Any] = {"backoffice": backoffice.bound_address, "gateway": gateway.bound_address}
         state.write_private(state_dir / state.DEMO_FILE, json.dumps({**demo, **addresses}, indent=2) + "\n")
         print(
@@ -193,3 +194,4 @@ async def serve_demo(settings: Settings, state_dir: Path) -> None:
         await stop.wait()
         print("stopping...", flush=True)
         await asyncio.gather(gateway.stop(), backoffice.stop(), housekeeping)
+        await serving.cancel_and_wait([lag])

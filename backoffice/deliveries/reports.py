@@ -43,6 +43,8 @@ class Verdict(enum.StrEnum):
 class Outcome:
     verdict: Verdict
     error: DomainError | None = None  # why, for REJECTED
+    # The signal an accepted ack, fill or close result belongs to, for its log line (gateway.tracing).
+    trace: uuid.UUID | None = field(default=None, compare=False)
 
 
 ACCEPTED = Outcome(Verdict.ACCEPTED)
@@ -267,7 +269,7 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
             event_time=event_time,
         )
     )
-    return ACCEPTED
+    return Outcome(Verdict.ACCEPTED, trace=delivery.signal_id)
 
 
 def _transition(state: DeliveryState, stage: DeliveryState, *, sent: bool) -> Verdict:
@@ -326,7 +328,7 @@ def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outc
             body=body,
         )
     )
-    return ACCEPTED
+    return Outcome(Verdict.ACCEPTED, trace=target.position.signal_id)
 
 
 async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport]) -> set[tuple[uuid.UUID, str]]:

@@ -57,6 +57,12 @@ MONITOR_ROUND = Histogram(
 )
 ALERTS_RAISED = Counter("signalhub_alerts_raised_total", "Alerts raised (one per incident)", ["kind"])
 
+# Every server process: how late its event loop runs what is ready (a blocked loop delays every stream).
+EVENT_LOOP_LAG = Gauge(
+    "signalhub_event_loop_lag_seconds",
+    "The worst event-loop lag of this process over the last 10 s (a timer's lateness, sampled every 0.25 s)",
+)
+
 # The database pool of this process (read when scraped).
 DB_POOL_IN_USE = Gauge("signalhub_db_pool_in_use", "Database connections checked out of this process's pool")
 DB_POOL_SIZE = Gauge("signalhub_db_pool_size", "Database connections this process's pool holds open")

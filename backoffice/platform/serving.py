@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from backoffice.platform.config import ENV_PREFIX, ConfigError, Settings
+from backoffice.platform.metrics import EVENT_LOOP_LAG
 
 log = logging.getLogger("signalhub.serving")
 
@@ -104,6 +106,27 @@ def start_metrics(settings: Settings) -> None:
     except OSError as exc:
         # A second process on one machine: metrics are useful, never a reason not to serve.
         log.warning("metrics endpoint not started", extra={"address": settings.metrics_address, "error": str(exc)})
+
+
+LAG_PERIOD_SECONDS = 0.25
+LAG_WINDOW_SECONDS = 10.0
+
+
+def watch_loop_lag(period: float = LAG_PERIOD_SECONDS, window: float = LAG_WINDOW_SECONDS) -> asyncio.Task[None]:
+    """Start measuring this process's event-loop lag into ``signalhub_event_loop_lag_seconds``: the task
+    sleeps ``period`` and records how much later than asked it woke; the gauge holds the worst of the last
+    ``window`` seconds, so a scrape every 10 s misses no stall. Cancel the task when the server stops."""
+
+    async def watch() -> None:
+        loop = asyncio.get_running_loop()
+        recent: deque[float] = deque(maxlen=max(1, round(window / period)))
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(period)
+            recent.append(max(0.0, loop.time() - asked - period))
+            EVENT_LOOP_LAG.set(max(recent))
+
+    return asyncio.create_task(watch(), name="event-loop-lag")
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -8,6 +8,7 @@ after that is still applied: the device's word about the broker wins."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,16 @@ from backoffice.models import (
 )
 from backoffice.platform.db import any_id, update_by_id
 from backoffice.positions import events
+from signalhub.protocol.wire import decimal_text
+
+log = logging.getLogger("signalhub.positions")
+
+# The line a close result writes, by the status it left its position in.
+_RESULT_LINES = {
+    PositionStatus.CLOSED: "position closed",
+    PositionStatus.OPEN: "position partly closed",
+    PositionStatus.CLOSED_ERROR: "position close failed",
+}
 
 _PRICE_PLACES = Decimal("1e-12")
 
@@ -99,12 +110,14 @@ async def queue_closes(
     queued = [Queued(row.id, row.position_id, row.device_id) for row in result]
     if not queued:
         return []
-    await session.execute(
+    signals = await session.execute(
         update(Position)
         .where(any_id(Position.id, [q.position_id for q in queued]))
         .values(status=PositionStatus.CLOSING)
+        .returning(Position.id, Position.signal_id)
         .execution_options(synchronize_session=False)
     )
+    traces = {row.id: str(row.signal_id) for row in signals}
     rows = []
     for item in queued:
         closing = wanted[item.position_id]
@@ -124,6 +137,17 @@ async def queue_closes(
             )
         )
     await events.insert_events(session, rows)
+    for item in queued:  # written inside the transaction: its commit is the caller's
+        log.info(
+            "close command queued",
+            extra={
+                "trace": traces.get(item.position_id),
+                "device_id": str(item.device_id),
+                "position_id": str(item.position_id),
+                "command_id": str(item.command_id),
+                "reason": wanted[item.position_id].reason.value,
+            },
+        )
     return queued
 
 
@@ -147,6 +171,7 @@ class PositionState:
     stop_loss: Decimal | None = None
     take_profit: Decimal | None = None
     changed: bool = False
+    signal_id: uuid.UUID | None = None  # the trace of its log lines
 
 
 @dataclass
@@ -199,6 +224,7 @@ async def lock_close_targets(
             Position.close_reason,
             Position.stop_loss,
             Position.take_profit,
+            Position.signal_id,
         )
         .join(Position, Position.id == CloseCommand.position_id)
         .where(
@@ -230,6 +256,7 @@ async def lock_close_targets(
                 close_reason=row.close_reason,
                 stop_loss=row.stop_loss,
                 take_profit=row.take_profit,
+                signal_id=row.signal_id,
             ),
         )
         targets[row.id] = CloseTarget(row.id, row.device_id, row.status, row.volume, position, row.reason)
@@ -362,6 +389,17 @@ async def write_closes(session: AsyncSession, targets: Iterable[CloseTarget], no
     )
     effected = [t for t in changed if t.effect is not None]
     await events.insert_events(session, [_result_event(t, now) for t in effected])
+    for t in effected:
+        log.info(
+            _RESULT_LINES.get(t.position.status, "close result applied"),
+            extra={
+                "trace": str(t.position.signal_id) if t.position.signal_id else None,
+                "device_id": str(t.device_id),
+                "position_id": str(t.position.id),
+                "command_id": str(t.command_id),
+                "profit": decimal_text(t.position.profit),
+            },
+        )
     failed = [t for t in effected if t.effect is PositionEventKind.CLOSE_FAILED]
     await alerts.resolve(
         session,

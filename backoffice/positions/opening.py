@@ -6,6 +6,7 @@ records the device's frames (``backoffice.deliveries.record_reports``), which ho
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from backoffice.models import (
 )
 from backoffice.platform.db import any_id, update_by_id
 from backoffice.positions import closing, events, levels
+
+log = logging.getLogger("signalhub.positions")
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,16 @@ async def open_positions(session: AsyncSession, openings: Sequence[Opening], now
         )
     }
     event_rows: list[dict[str, Any]] = []
+    lines: list[tuple[str, Opening, uuid.UUID]] = []
     for opening in openings:
         position = held.get(opening.delivery_id)
         if position is None:
             position = held[opening.delivery_id] = _new(opening, signals.get(opening.signal_id))
             event_rows.append(_opened_event(position, opening, now))
+            lines.append(("position opened", opening, position.id))
             continue
         _add(position, opening)
+        lines.append(("fill added to position", opening, position.id))
         event_rows.append(
             events.event_row(
                 position.id,
@@ -119,6 +125,16 @@ async def open_positions(session: AsyncSession, openings: Sequence[Opening], now
         [{"id": p.id, "volume": p.volume, "entry_price": p.entry_price, "status": p.status} for p in added],
     )
     await events.insert_events(session, event_rows)
+    for message, opening, position_id in lines:  # written inside the transaction: its commit is the caller's
+        log.info(
+            message,
+            extra={
+                "trace": str(opening.signal_id),
+                "device_id": str(opening.device_id),
+                "position_id": str(position_id),
+                "delivery_id": str(opening.delivery_id),
+            },
+        )
     cancelled = [
         closing.Closing(p.id, p.row["device_id"], p.volume, CloseReason.SIGNAL_CANCELLED)
         for p in created

@@ -164,7 +164,7 @@ async def record_fills(
             recorded = await deliveries.record_reports(
                 session, reports[start : start + batch], now or datetime.now(UTC)
             )
-        assert all(o is deliveries.ACCEPTED for o in recorded.outcomes), recorded.outcomes
+        assert all(o == deliveries.ACCEPTED for o in recorded.outcomes), recorded.outcomes
     return await fill_event_ids(res, delivery_ids)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -106,3 +107,23 @@ def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for() -> None:
     with asyncio.Runner(loop_factory=factory) as runner:
         assert type(runner.get_loop()).__module__.startswith("uvloop")
         assert runner.run(health_check()) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_event_loop_lag_gauge_shows_a_blocked_loop_then_forgets_it() -> None:
+    """A loop blocked for 0.3 s shows as at least that much lag; once the window has passed, it is gone."""
+    from backoffice.platform.metrics import EVENT_LOOP_LAG
+    from backoffice.platform.serving import cancel_and_wait, watch_loop_lag
+
+    def lag() -> float:
+        return float(EVENT_LOOP_LAG._value.get())
+
+    watcher = watch_loop_lag(period=0.02, window=0.4)
+    try:
+        await asyncio.sleep(0.1)
+        time.sleep(0.3)  # noqa: ASYNC251 - blocking the loop is the point
+        await asyncio.sleep(0.05)
+        assert lag() >= 0.25
+        await asyncio.sleep(0.6)
+        assert lag() < 0.1
+    finally:
+        await cancel_and_wait([watcher])
