@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import quotes, signals
 from backoffice.models import ActorType, Side, SignalStatus
-from backoffice.platform import hints
+from backoffice.platform import hints, idempotency
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
@@ -59,42 +59,49 @@ class SignalServicer:
     ) -> None:
         self._sessions = sessions
         self._redis = redis
+        self._vault = vault
         self._mutations = Mutations(sessions, vault, redis)
         self._tolerance = tolerance_seconds
 
     async def SubmitSignal(self, request: pb.SubmitSignalRequest, context: Any) -> pb.Signal:
         """Validate and store a producer's signal once per request_id, open its approvals, and wake the devices
-        of AUTO subscribers after the commit."""
+        of AUTO subscribers after the commit. Without AUTO subscribers, one statement does it all; with
+        them (deliveries sized per device), or for a request_id seen before, the mutation's path does."""
         caller = current_caller()
         request_uuid = parse_optional_id(request.request_id, "request_id")
         woken: list[int] = []  # deliveries made; empty when a repeated request_id got the first answer
+        signal: pb.Signal | None = None
+        now = datetime.now(UTC)
+        try:
+            first = self._draft(request, now)
+        except InvalidArgument:
+            if request_uuid is None:
+                raise
+            first = None  # perhaps a retry of a stored request: answered below, before validation
+        if first is not None:
+            signal = await signals.submit_in_one_statement(
+                self._sessions,
+                self._vault,
+                caller.id,
+                idempotency.key_of(request),
+                first,
+                now,
+                lambda row: encode_signal(signals.view_for_producer(row, now)),
+            )
+            if signal is not None:
+                woken.append(0)
 
         async def submit(session: AsyncSession, wake: Wake) -> pb.Signal:
             # Validated only when new: a retry of a stored request returns the first answer even after
             # its signal_time has left the tolerance window.
             now = datetime.now(UTC)
-            draft = signals.draft(
-                instrument=request.instrument,
-                side=wire.optional_enum_from_wire(common_pb2.Side, "SIDE", request.side, Side, "side"),
-                entry_price=request.entry_price,
-                stop_loss=request.stop_loss,
-                take_profit=request.take_profit,
-                signal_time=wire.parse_timestamp(request.signal_time, request.HasField("signal_time"), "signal_time"),
-                expire_time=wire.parse_timestamp(request.expire_time, request.HasField("expire_time"), "expire_time"),
-                payload=wire.struct_to_dict(request.payload),
-                payload_bytes=request.payload.ByteSize(),
-                now=now,
-                tolerance_seconds=self._tolerance,
-                trailing_distance=request.trailing_distance,
-                breakeven_trigger=request.breakeven_trigger,
-                breakeven_offset=request.breakeven_offset,
-            )
-            submitted = await signals.submit(session, caller.id, request_uuid, draft, now)
+            submitted = await signals.submit(session, caller.id, request_uuid, self._draft(request, now), now)
             wake.add(submitted.woken_devices)
             woken.append(len(submitted.woken_devices))
             return encode_signal(signals.view_for_producer(submitted.signal, now))
 
-        signal = await self._mutations.run(caller.id, request, pb.Signal, submit)
+        if signal is None:
+            signal = await self._mutations.run(caller.id, request, pb.Signal, submit)
         trace_var.set(signal.id)  # this call's lines, the rpc line included, carry the signal's trace
         log.info(
             "signal accepted",
@@ -103,6 +110,24 @@ class SignalServicer:
         if woken and woken[0]:
             log.info("deliveries created", extra={"deliveries": woken[0], "approval": "rule"})
         return signal
+
+    def _draft(self, request: pb.SubmitSignalRequest, now: datetime) -> signals.SignalDraft:
+        return signals.draft(
+            instrument=request.instrument,
+            side=wire.optional_enum_from_wire(common_pb2.Side, "SIDE", request.side, Side, "side"),
+            entry_price=request.entry_price,
+            stop_loss=request.stop_loss,
+            take_profit=request.take_profit,
+            signal_time=wire.parse_timestamp(request.signal_time, request.HasField("signal_time"), "signal_time"),
+            expire_time=wire.parse_timestamp(request.expire_time, request.HasField("expire_time"), "expire_time"),
+            payload=wire.struct_to_dict(request.payload),
+            payload_bytes=request.payload.ByteSize(),
+            now=now,
+            tolerance_seconds=self._tolerance,
+            trailing_distance=request.trailing_distance,
+            breakeven_trigger=request.breakeven_trigger,
+            breakeven_offset=request.breakeven_offset,
+        )
 
     async def CancelSignal(self, request: pb.CancelSignalRequest, context: Any) -> pb.Signal:
         caller = current_caller()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -35,6 +36,31 @@ _STORE_RESPONSE = (
 )
 
 
+@dataclass(frozen=True)
+class Key:
+    """What makes a request the same request: the caller's method, its request_id, and its bytes' hash."""
+
+    method: str
+    request_id: uuid.UUID
+    request_hash: bytes
+
+
+def key_of(request: Message) -> Key | None:
+    """The request's key; None without a request_id (the call is then simply not idempotent)."""
+    if not getattr(request, "request_id"):  # noqa: B009 - Message does not type the field
+        return None
+    return Key(
+        request.DESCRIPTOR.name.removesuffix("Request"),  # ApproveSignalRequest -> ApproveSignal
+        parse_id(getattr(request, "request_id"), "request_id"),  # noqa: B009 - Message does not type the field
+        hashlib.sha256(request.SerializeToString(deterministic=True)).digest(),
+    )
+
+
+def seal_response(vault: Vault, record_id: uuid.UUID, response: Message) -> str:
+    """A response as its idempotency record keeps it (sealed: some responses carry a secret shown once)."""
+    return vault.seal(response.SerializeToString(), _binding(record_id))
+
+
 async def run_once(
     session: AsyncSession,
     vault: Vault,
@@ -47,11 +73,10 @@ async def run_once(
     return its response; a repeat gets the first response back. The method is named by the request type
     (``ApproveSignalRequest`` -> ``ApproveSignal``). Without a request_id the call is simply not
     idempotent (AIP-155): ``action`` runs and nothing is recorded."""
-    if not getattr(request, "request_id"):  # noqa: B009 - Message does not type the field
+    found = key_of(request)
+    if found is None:
         return await action()
-    method = request.DESCRIPTOR.name.removesuffix("Request")
-    key = parse_id(getattr(request, "request_id"), "request_id")  # noqa: B009 - Message does not type the field
-    request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    method, key, request_hash = found.method, found.request_id, found.request_hash
     record_id = uuid.uuid4()
     inserted = await session.scalar(
         _CLAIM_KEY,
@@ -72,7 +97,7 @@ async def run_once(
         stored = vault.open(record.response_sealed, _binding(record.id))
         return response_type.FromString(stored)
     response = await action()
-    sealed = vault.seal(response.SerializeToString(), _binding(record_id))
+    sealed = seal_response(vault, record_id, response)
     await session.execute(_STORE_RESPONSE, {"record_id": record_id, "sealed": sealed})
     return response
 
@@ -87,9 +112,12 @@ async def add_once(session: AsyncSession, row: Base) -> None:
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
             raise
-        raise AlreadyExists(
-            "the request_id was used before and its record has expired", reason="REQUEST_ID_REUSED"
-        ) from None
+        raise request_id_reused() from None
+
+
+def request_id_reused() -> AlreadyExists:
+    """A late retry whose idempotency record the worker purged: the object exists, the answer does not."""
+    return AlreadyExists("the request_id was used before and its record has expired", reason="REQUEST_ID_REUSED")
 
 
 def _binding(record_id: uuid.UUID) -> Binding:

@@ -16,11 +16,11 @@ from sqlalchemy import func, select
 
 from backoffice import signals
 from backoffice.bootstrap import Resources
-from backoffice.models import ActorType, Signal
+from backoffice.models import ActorType, Approval, ApprovalStatus, AuditEvent, Signal
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
-from tests.conftest import KeyCredentials, UserCredentials, make_producer, rpc_failure, signed_call
+from tests.conftest import KeyCredentials, UserCredentials, make_producer, rpc_failure, signed_call, subscribe
 
 SERVICE = "/signalhub.v1.SignalService/"
 
@@ -329,3 +329,35 @@ async def test_out_of_range_time_and_non_finite_payload_are_invalid_argument(
     payload = Struct()
     payload.update({"score": float("nan")})
     assert "payload" in (await submit_error(backoffice_channel, producer, signal_request(payload=payload))).violations
+
+
+@pytest.mark.parametrize("mode", [pb.SUBSCRIPTION_MODE_MANUAL, pb.SUBSCRIPTION_MODE_AUTO])
+async def test_both_ways_a_signal_is_stored_keep_the_same_records(
+    backoffice_channel: grpc.aio.Channel, res: Resources, user: UserCredentials, mode: Any
+) -> None:
+    """A signal only MANUAL subscribers follow is stored by one statement, one an AUTO subscriber takes by
+    the ORM (its deliveries are sized per device): either way the same rows, and a retry gets the first
+    answer back while a different request under the same request_id is refused."""
+    producer = await make_producer(res)
+    await subscribe(backoffice_channel, user, producer, mode)
+    request = signal_request()
+    first = await submit(backoffice_channel, producer, request)
+    assert await submit(backoffice_channel, producer, request) == first
+    other = signal_request(request_id=request.request_id, instrument="EURUSD")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await signed_call(backoffice_channel, producer, SERVICE + "SubmitSignal", other, pb.Signal)
+    assert rpc_failure(refused.value).code == grpc.StatusCode.ALREADY_EXISTS
+    async with res.sessions() as session:
+        stored = (await session.scalars(select(Signal).where(Signal.producer_id == producer.id))).one()
+        approval = (await session.scalars(select(Approval).where(Approval.signal_id == stored.id))).one()
+        audited = (await session.scalars(select(AuditEvent).where(AuditEvent.object_id == stored.id))).one()
+    assert (str(stored.id), str(stored.request_id), stored.created_at) == (
+        first.id,
+        request.request_id,
+        first.create_time.ToDatetime(tzinfo=UTC),
+    )
+    assert (stored.cancel_closes_positions, stored.payload) == (False, {})
+    expected = ApprovalStatus.APPROVED if mode == pb.SUBSCRIPTION_MODE_AUTO else ApprovalStatus.PENDING
+    assert (approval.user_id, approval.status) == (user.id, expected)
+    assert (audited.actor_type, audited.actor_id, audited.action) == (ActorType.PRODUCER, producer.id, "SubmitSignal")
+    assert (audited.request_id, audited.details) == (request.request_id, {"instrument": "XAUUSD", "side": "BUY"})
