@@ -60,11 +60,10 @@ async def create_user(
     actor_type, actor_id = _system_or(created_by)
     audit.record(
         session,
-        actor_type=actor_type,
-        actor_id=actor_id,
-        action="CreateUser",
-        object_type="user",
-        object_id=user.id,
+        (actor_type, actor_id),
+        "CreateUser",
+        "user",
+        user.id,
         details={"role": role.value, "referrer_affiliate_id": str(referrer.id) if referrer else ""},
     )
     return user, shown
@@ -79,11 +78,10 @@ async def create_api_token(
     actor_type, actor_id = _system_or(created_by)
     audit.record(
         session,
-        actor_type=actor_type,
-        actor_id=actor_id,
-        action="CreateApiToken",
-        object_type="api_token",
-        object_id=token.id,
+        (actor_type, actor_id),
+        "CreateApiToken",
+        "api_token",
+        token.id,
     )
     await session.flush()
     return token, shown
@@ -106,11 +104,10 @@ async def create_producer(
     actor_type, actor_id = _system_or(created_by)
     audit.record(
         session,
-        actor_type=actor_type,
-        actor_id=actor_id,
-        action="CreateProducer",
-        object_type="producer",
-        object_id=producer_id,
+        (actor_type, actor_id),
+        "CreateProducer",
+        "producer",
+        producer_id,
     )
     await session.flush()
     return producer, shown
@@ -123,14 +120,7 @@ async def revoke_api_token(session: AsyncSession, caller: Caller, token_id: uuid
         raise NotFound("api_token")
     if token.revoked_at is None:
         token.revoked_at = datetime.now(UTC)
-        audit.record(
-            session,
-            actor_type=caller.kind,
-            actor_id=caller.id,
-            action="RevokeApiToken",
-            object_type="api_token",
-            object_id=token.id,
-        )
+        audit.record(session, caller, "RevokeApiToken", "api_token", token.id)
     return token
 
 
@@ -150,15 +140,7 @@ async def rotate_producer_secret(
     if producer.status is ProducerStatus.REVOKED:
         raise FailedPrecondition("the producer is revoked", reason="PRODUCER_REVOKED")
     shown = rotate_secret(producer, vault, grace)
-    audit.record(
-        session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="RotateProducerSecret",
-        object_type="producer",
-        object_id=producer.id,
-        request_id=request_id,
-    )
+    audit.record(session, caller, "RotateProducerSecret", "producer", producer.id, request_id=request_id)
     return producer, shown
 
 
@@ -182,12 +164,5 @@ async def revoke_producer(session: AsyncSession, caller: Caller, producer_id: uu
     if producer.status is not ProducerStatus.REVOKED:
         producer.status = ProducerStatus.REVOKED
         producer.revoked_at = datetime.now(UTC)
-        audit.record(
-            session,
-            actor_type=caller.kind,
-            actor_id=caller.id,
-            action="RevokeProducer",
-            object_type="producer",
-            object_id=producer.id,
-        )
+        audit.record(session, caller, "RevokeProducer", "producer", producer.id)
     return producer

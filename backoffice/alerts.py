@@ -89,11 +89,10 @@ async def raise_alerts(session: AsyncSession, incidents: Sequence[Incident], now
     for alert in raised:
         audit.record(
             session,
-            actor_type=ActorType.SYSTEM,
-            actor_id=None,
-            action="alert.raise",
-            object_type="alert",
-            object_id=alert.id,
+            (ActorType.SYSTEM, None),
+            "alert.raise",
+            "alert",
+            alert.id,
             details={"kind": alert.kind.value, "subject_id": str(alert.subject_id), "device_id": str(alert.device_id)},
         )
     return raised

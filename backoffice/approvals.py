@@ -182,11 +182,10 @@ async def approve_signal(
     woken = await _approve(session, approval, signal, subscription, volume, devices, now, decided_by=caller.id)
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="ApproveSignal",
-        object_type="signal",
-        object_id=signal.id,
+        caller,
+        "ApproveSignal",
+        "signal",
+        signal.id,
         details={"approval_id": str(approval.id), "deliveries": len(approval.device_ids)},
         request_id=request_id,
     )
@@ -218,11 +217,10 @@ async def reject_signal(
     approval.reason = reason[:500] or None
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="RejectSignal",
-        object_type="signal",
-        object_id=signal.id,
+        caller,
+        "RejectSignal",
+        "signal",
+        signal.id,
         details={"approval_id": str(approval.id)},
         request_id=request_id,
     )

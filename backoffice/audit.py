@@ -16,15 +16,16 @@ from signalhub.protocol.errors import PermissionDenied
 
 def record(
     session: AsyncSession,
-    *,
-    actor_type: ActorType,
-    actor_id: uuid.UUID | None,
+    actor: Caller | tuple[ActorType, uuid.UUID | None],
     action: str,
     object_type: str,
     object_id: uuid.UUID | None,
+    *,
     details: dict[str, Any] | None = None,
     request_id: str | None = None,
 ) -> AuditEvent:
+    """An audit row: who (a request's caller, or an actor type and id such as SYSTEM), did what, to what."""
+    actor_type, actor_id = (actor.kind, actor.id) if isinstance(actor, Caller) else actor
     event = AuditEvent(
         id=uuid.uuid4(),
         actor_type=actor_type,

@@ -270,11 +270,10 @@ async def _store(
     await add_once(session, row)
     audit.record(
         session,
-        actor_type=ActorType.PRODUCER,
-        actor_id=producer_id,
-        action="SubmitSignal",
-        object_type="signal",
-        object_id=row.id,
+        (ActorType.PRODUCER, producer_id),
+        "SubmitSignal",
+        "signal",
+        row.id,
         details={"instrument": signal.instrument, "side": signal.side.value},
         request_id=str(request_id) if request_id else None,
     )
@@ -328,11 +327,10 @@ async def cancel(
         queued = await _close_positions(session, caller, signal.id, now)
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="CancelSignal",
-        object_type="signal",
-        object_id=signal.id,
+        caller,
+        "CancelSignal",
+        "signal",
+        signal.id,
         details={"reason": signal.cancel_reason or "", "positions_closed": len(queued)},
         request_id=request_id,
     )

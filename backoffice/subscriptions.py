@@ -88,11 +88,10 @@ async def subscribe(session: AsyncSession, caller: Caller, terms: SubscriptionTe
         ) from None
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="Subscribe",
-        object_type="subscription",
-        object_id=subscription.id,
+        caller,
+        "Subscribe",
+        "subscription",
+        subscription.id,
         details={
             "producer_id": str(terms.producer_id),
             "mode": terms.mode.value,
@@ -115,14 +114,7 @@ async def unsubscribe(session: AsyncSession, caller: Caller, subscription_id: uu
     if subscription.status is SubscriptionStatus.ACTIVE:
         subscription.status = SubscriptionStatus.UNSUBSCRIBED
         subscription.unsubscribed_at = datetime.now(UTC)
-        audit.record(
-            session,
-            actor_type=caller.kind,
-            actor_id=caller.id,
-            action="Unsubscribe",
-            object_type="subscription",
-            object_id=subscription.id,
-        )
+        audit.record(session, caller, "Unsubscribe", "subscription", subscription.id)
     return subscription
 
 

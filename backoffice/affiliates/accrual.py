@@ -225,10 +225,9 @@ def _audit(
 ) -> None:
     audit.record(
         session,
-        actor_type=ActorType.SYSTEM,
-        actor_id=None,
-        action=action,
-        object_type="commission",
-        object_id=commission_id,
+        (ActorType.SYSTEM, None),
+        action,
+        "commission",
+        commission_id,
         details={"amount": str(amount), "ledger_entry": entry_no, **details},
     )

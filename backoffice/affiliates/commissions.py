@@ -62,11 +62,10 @@ async def reverse_fill(
     await ledger.write(session, [book])
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="ReverseFill",
-        object_type="commission",
-        object_id=commission.id,
+        caller,
+        "ReverseFill",
+        "commission",
+        commission.id,
         details={
             "amount": str(commission.amount),
             "ledger_entry": entry_no,

@@ -165,11 +165,10 @@ def _audit(
         details["ledger_entry"] = entry_no
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action=action,
-        object_type="payout",
-        object_id=payout.id,
+        caller,
+        action,
+        "payout",
+        payout.id,
         details=details,
         request_id=request_id,
     )

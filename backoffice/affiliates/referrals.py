@@ -39,15 +39,7 @@ async def register(session: AsyncSession, caller: Caller, *, request_id: str = "
         .returning(Affiliate.id)
     )
     if affiliate_id is not None:
-        audit.record(
-            session,
-            actor_type=caller.kind,
-            actor_id=caller.id,
-            action="RegisterAffiliate",
-            object_type="affiliate",
-            object_id=affiliate_id,
-            request_id=request_id,
-        )
+        audit.record(session, caller, "RegisterAffiliate", "affiliate", affiliate_id, request_id=request_id)
     return (await session.scalars(select(Affiliate).where(Affiliate.user_id == caller.id))).one()
 
 

@@ -49,11 +49,10 @@ async def store_hello(session: AsyncSession, device_id: uuid.UUID, frame_id: str
     if status is DeviceStatus.INACTIVE:
         audit.record(
             session,
-            actor_type=ActorType.DEVICE,
-            actor_id=device_id,
-            action="device.reactivate",
-            object_type="device",
-            object_id=device_id,
+            (ActorType.DEVICE, device_id),
+            "device.reactivate",
+            "device",
+            device_id,
         )
     return inserted is not None
 

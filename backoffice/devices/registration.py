@@ -98,11 +98,10 @@ async def register_device(
     await add_once(session, device)
     audit.record(
         session,
-        actor_type=owner.kind,
-        actor_id=owner.id,
-        action="RegisterDevice",
-        object_type="device",
-        object_id=device_id,
+        (owner.kind, owner.id),
+        "RegisterDevice",
+        "device",
+        device_id,
         details={"name": clean_name},
         request_id=str(request_id) if request_id else None,
     )
@@ -160,15 +159,7 @@ async def update_device(
     device = await get_device(session, caller, device_id, lock=True)
     for column, value in changes.items():
         setattr(device, column, value)
-    audit.record(
-        session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="UpdateDevice",
-        object_type="device",
-        object_id=device.id,
-        details={"fields": sorted(chosen)},
-    )
+    audit.record(session, caller, "UpdateDevice", "device", device.id, details={"fields": sorted(chosen)})
     await session.flush()
     return device
 
@@ -189,11 +180,10 @@ async def rotate_device_secret(
     shown = rotate_secret(device, vault, grace)
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="RotateDeviceSecret",
-        object_type="device",
-        object_id=device.id,
+        caller,
+        "RotateDeviceSecret",
+        "device",
+        device.id,
         details={"grace_seconds": int(grace.total_seconds())},
         request_id=request_id,
     )
@@ -212,14 +202,6 @@ async def revoke_device(
     previous = device.status
     device.status = DeviceStatus.REVOKED
     device.revoked_at = now or datetime.now(UTC)
-    audit.record(
-        session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="RevokeDevice",
-        object_type="device",
-        object_id=device.id,
-        details={"previous_status": previous.value},
-    )
+    audit.record(session, caller, "RevokeDevice", "device", device.id, details={"previous_status": previous.value})
     await session.flush()
     return device

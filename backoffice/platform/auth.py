@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -100,6 +101,12 @@ class KeyKind(Enum):
     DEVICE = (ActorType.DEVICE, Device, DeviceStatus.REVOKED)
 
 
+# A producer's or device's key (the table is one of KeyKind's, never input).
+_KEY_LOOKUP = (
+    "SELECT status, secret_sealed, previous_secret_sealed, previous_secret_expires_at FROM {table} WHERE id = $1"
+)
+
+
 class SignatureVerifier:
     """docs/contract.md's verification order: well-formed headers, timestamp within tolerance, signature over
     the raw bytes in constant time against the current and (inside its grace period) previous secret,
@@ -129,28 +136,29 @@ class SignatureVerifier:
             key_uuid = uuid.UUID(headers.key_id)
         except ValueError:
             raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify") from None
-        async with db.autocommit(self._sessions) as session:
-            row = await session.get(model, key_uuid)
+        table = model.__tablename__
+        async with db.driver(self._sessions) as connection:  # one round trip, no ORM: on every signed call
+            row = await connection.fetchrow(_KEY_LOOKUP.format(table=table), key_uuid)
         if row is None:
             # Unknown keys fail exactly like bad signatures, so key ids cannot be probed.
             raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
-        candidates = self._candidate_secrets(row)
+        candidates = self._candidate_secrets(table, key_uuid, row)
         matched = signing.match_secret(headers, method, body, candidates)
         if matched is None:
             raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
-        if row.status == revoked_status:
+        if row["status"] == revoked_status.value:
             raise SignatureError(AuthFailure.KEY_REVOKED, f"this {actor.value.lower()} key is revoked")
         if not await self._nonces.remember(headers.key_id, headers.nonce):
             raise SignatureError(AuthFailure.NONCE_REPLAYED, "nonce was already used")
         return SignedKey(actor, key_uuid, candidates[matched])
 
-    def _candidate_secrets(self, row: Producer | Device) -> Sequence[bytes]:
-        table = row.__tablename__
-        found = [self._vault.open(row.secret_sealed, Binding(table, str(row.id), "secret_sealed"))]
-        expires = row.previous_secret_expires_at
-        if row.previous_secret_sealed and expires is not None and expires.timestamp() > self._clock():
-            binding = Binding(table, str(row.id), "previous_secret_sealed")
-            found.append(self._vault.open(row.previous_secret_sealed, binding))
+    def _candidate_secrets(self, table: str, key_id: uuid.UUID, row: Any) -> Sequence[bytes]:
+        """The key's current secret, and its previous one while the rotation's grace period lasts."""
+        found = [self._vault.open(row["secret_sealed"], Binding(table, str(key_id), "secret_sealed"))]
+        expires = row["previous_secret_expires_at"]
+        if row["previous_secret_sealed"] and expires is not None and expires.timestamp() > self._clock():
+            binding = Binding(table, str(key_id), "previous_secret_sealed")
+            found.append(self._vault.open(row["previous_secret_sealed"], binding))
         return found
 
 

@@ -80,11 +80,10 @@ async def close_position(
         raise FailedPrecondition("a close command is already out", reason="POSITION_NOT_OPEN")
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="ClosePosition",
-        object_type="position",
-        object_id=position.id,
+        caller,
+        "ClosePosition",
+        "position",
+        position.id,
         details={"volume": decimal_text(amount or position.volume), "reason": reason.value},
         request_id=request_id,
     )
@@ -194,11 +193,10 @@ async def update_protection(
     )
     audit.record(
         session,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-        action="UpdateProtection",
-        object_type="position",
-        object_id=position.id,
+        caller,
+        "UpdateProtection",
+        "position",
+        position.id,
         details={"fields": sorted(given)},
         request_id=request_id,
     )
