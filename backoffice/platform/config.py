@@ -53,7 +53,7 @@ class Settings:
     heartbeat_seconds: int = 15
     shutdown_grace_seconds: int = 10
     log_level: str = "INFO"
-    event_loop: str = "asyncio"  # or "uvloop" (the server extra installs it on Linux and macOS)
+    event_loop: str = "auto"  # uvloop where installed (the server extra does, on Linux and macOS), else asyncio
     public_url: str = "https://signalhub.example"
     # Affiliates: per-lot rates by the referred users' lots this calendar month, as (from lots, rate) pairs.
     affiliate_tiers: tuple[tuple[Decimal, Decimal], ...] = (
@@ -204,8 +204,8 @@ class Settings:
             problems.append(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
         values["log_level"] = level
         loop = text("EVENT_LOOP", defaults.event_loop).lower()
-        if loop not in {"asyncio", "uvloop"}:
-            problems.append(f"{ENV_PREFIX}EVENT_LOOP: asyncio or uvloop")
+        if loop not in {"auto", "asyncio", "uvloop"}:
+            problems.append(f"{ENV_PREFIX}EVENT_LOOP: auto, asyncio or uvloop")
         values["event_loop"] = loop
         values["public_url"] = text("PUBLIC_URL", defaults.public_url).rstrip("/")
 
