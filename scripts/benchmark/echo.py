@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 import grpc
 
 from backoffice.platform.config import Settings
-from backoffice.platform.serving import server_options
+from backoffice.platform.serving import event_loop_factory, server_options
 from signalhub.protocol.sealing import InstructionSealer
 from signalhub.protocol.signing import HEADER_KEY_ID, parse_secret
 from signalhub.v1 import gateway_pb2 as pb
@@ -72,7 +72,9 @@ class Echo(rpc.DeviceGatewayServicer):
 def echo_server_main(conn: Connection, secrets: Mapping[str, str]) -> None:
     """The echo server's process: sends its port on ``conn``, then answers ``("fanout", signal_id)`` with
     ``("pushed", streams)``; any other message stops it."""
-    asyncio.run(_echo_server(conn, secrets))
+    # On the loop the servers run on, so that the ratios to the echo compare like with like.
+    with asyncio.Runner(loop_factory=event_loop_factory(Settings())) as runner:
+        runner.run(_echo_server(conn, secrets))
 
 
 async def _echo_server(conn: Connection, secrets: Mapping[str, str]) -> None:
