@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import nats
@@ -37,10 +35,10 @@ from nats.js.client import JetStreamContext
 from signalhub.v1 import gateway_pb2 as pb
 
 from .options import Options
+from .processes import Handlers, Message, ProcessPool, serve, shares
 from .report import Report, ms, percentile
 from .simdevice import delivery
 
-Message = tuple[Any, ...]  # a pipe message, as in loadgen
 CONNECT_TIMEOUT = 5
 CONNECT_CONCURRENCY = 25
 API_TIMEOUT = 20.0  # a JetStream API call (a stream, a consumer) on a loaded machine
@@ -166,54 +164,24 @@ class FleetWorker:
 
 def fleet_main(spec: FleetSpec, conn: Connection) -> None:
     """A JetStream load process: holds its devices and answers the coordinator's commands."""
-    asyncio.run(_serve(FleetWorker(spec), conn))
+    asyncio.run(serve(_handlers(FleetWorker(spec)), conn))
 
 
-async def _serve(worker: FleetWorker, conn: Connection) -> None:
-    handlers: dict[str, Callable[..., Awaitable[Message]]] = {
+def _handlers(worker: FleetWorker) -> Handlers:
+    return {
         "connect": worker.connect,
         "count": worker.count,
         "arrivals": worker.arrivals,
         "burst": worker.burst,
         "close": worker.close,
     }
-    while True:
-        command, *args = await asyncio.to_thread(conn.recv)
-        conn.send(await handlers[command](*args))
-        if command == "close":
-            return
 
 
-class Fleet:
+class Fleet(ProcessPool):
     """The coordinator's side of the JetStream load processes."""
 
     def __init__(self, url: str, prefix: str, down: str, devices: Sequence[str], processes: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.processes: list[SpawnProcess] = []
-        for index in range(processes):
-            chunk = tuple(devices[index::processes])
-            if not chunk:
-                continue
-            mine, theirs = context.Pipe()
-            spec = FleetSpec(url, prefix, down, chunk)
-            process = context.Process(target=fleet_main, args=(spec, theirs), daemon=True)
-            process.start()
-            self.pipes.append(mine)
-            self.processes.append(process)
-
-    async def ask(self, *command: object) -> list[Message]:
-        for pipe in self.pipes:
-            pipe.send(command)
-        return list(await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes)))
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ask("close"), 30)
-        for process in self.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
+        super().__init__(fleet_main, [FleetSpec(url, prefix, down, share) for share in shares(devices, processes)])
 
 
 def report_none(report: Report, where: str) -> None:

@@ -7,21 +7,15 @@ This module is what a load process imports: keep it free of the servers' depende
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
-from typing import Any
 
 import grpc
 
+from .processes import Handlers, Message, ProcessPool, serve, shares
 from .simdevice import Samples, SimDevice
-
-# A pipe message: the command (or answer) name, then its arguments. Pickled across processes, so untyped.
-Message = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -34,11 +28,11 @@ class WorkerSpec:
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """A load process: holds its share of the devices and answers the coordinator's commands."""
-    asyncio.run(_serve(Worker(spec), conn))
+    asyncio.run(serve(_handlers(Worker(spec)), conn))
 
 
-async def _serve(worker: Worker, conn: Connection) -> None:
-    handlers: dict[str, Callable[..., Awaitable[Message]]] = {
+def _handlers(worker: Worker) -> Handlers:
+    return {
         "connect": worker.connect,
         "echo": worker.echo,
         "echo_paced": worker.echo_paced,
@@ -48,11 +42,6 @@ async def _serve(worker: Worker, conn: Connection) -> None:
         "collect": worker.collect,
         "close": worker.close,
     }
-    while True:
-        command, *args = await asyncio.to_thread(conn.recv)
-        conn.send(await handlers[command](*args))
-        if command == "close":
-            return
 
 
 class Worker:
@@ -124,32 +113,12 @@ class Worker:
         return ("closed",)
 
 
-class LoadGenerator:
+class LoadGenerator(ProcessPool):
     """The coordinator's side of the load processes."""
 
     def __init__(self, address: str, devices: Sequence[tuple[str, str]], processes: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.processes: list[SpawnProcess] = []
-        share = [tuple(devices[i::processes]) for i in range(processes)]
-        for index, chunk in enumerate(share):
-            if not chunk:
-                continue
-            mine, theirs = context.Pipe()
-            process = context.Process(target=worker_main, args=(WorkerSpec(index, address, chunk), theirs), daemon=True)
-            process.start()
-            self.pipes.append(mine)
-            self.processes.append(process)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
-
-    async def ask(self, *command: object) -> list[Message]:
-        """Send a command to every load process; their answers, in process order."""
-        for pipe in self.pipes:
-            pipe.send(command)
-        return list(await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes)))
+        specs = [WorkerSpec(index, address, share) for index, share in enumerate(shares(devices, processes))]
+        super().__init__(worker_main, specs)
 
     async def connect(self) -> tuple[int, list[str]]:
         answers = await self.ask("connect")
@@ -189,11 +158,3 @@ class LoadGenerator:
     async def count(self, signal_ids: Sequence[str]) -> tuple[int, int]:
         answers = await self.ask("count", list(signal_ids))
         return sum(a[1] for a in answers), sum(a[2] for a in answers)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ask("close"), 30)
-        for process in self.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()

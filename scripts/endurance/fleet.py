@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
-from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from scripts.benchmark.processes import Handlers, Message, ProcessPool, serve, shares
 from scripts.benchmark.simdevice import INSTRUMENT, Samples, SimDevice
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
-
-Message = tuple[Any, ...]  # a pipe message: pickled across processes, so untyped
 
 
 @dataclass(frozen=True)
@@ -182,20 +178,11 @@ class Fleet:
 
 def fleet_main(spec: FleetSpec, conn: Connection) -> None:
     """A load process: holds its share of the bridges and answers the coordinator's commands."""
-    asyncio.run(_serve(Fleet(spec), conn))
+    asyncio.run(serve(_handlers(Fleet(spec)), conn))
 
 
-async def _serve(fleet: Fleet, conn: Connection) -> None:
-    handlers: dict[str, Callable[[], Awaitable[Message]]] = {
-        "connect": fleet.connect,
-        "stats": fleet.stats,
-        "close": fleet.close,
-    }
-    while True:
-        (command,) = await asyncio.to_thread(conn.recv)
-        conn.send(await handlers[command]())
-        if command == "close":
-            return
+def _handlers(fleet: Fleet) -> Handlers:
+    return {"connect": fleet.connect, "stats": fleet.stats, "close": fleet.close}
 
 
 @dataclass
@@ -207,35 +194,22 @@ class Totals:
     errors: Counter[str]
 
 
-class FleetHost:
+class FleetHost(ProcessPool):
     """The coordinator's side: spawns the load processes and asks them."""
 
     def __init__(self, address: str, devices: Sequence[tuple[str, str]], processes: int, **behaviour: float) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.processes: list[SpawnProcess] = []
-        for index in range(processes):
-            chunk = tuple(devices[index::processes])
-            if not chunk:
-                continue
-            mine, theirs = context.Pipe()
-            spec = FleetSpec(
+        specs = [
+            FleetSpec(
                 address,
-                chunk,
+                share,
                 churn_fraction=behaviour["churn_fraction"],
                 churn_seconds=behaviour["churn_seconds"],
                 quote_seconds=behaviour["quote_seconds"],
                 seed=index,
             )
-            process = context.Process(target=fleet_main, args=(spec, theirs), daemon=True)
-            process.start()
-            self.pipes.append(mine)
-            self.processes.append(process)
-
-    async def ask(self, command: str) -> list[Message]:
-        for pipe in self.pipes:
-            pipe.send((command,))
-        return list(await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes)))
+            for index, share in enumerate(shares(devices, processes))
+        ]
+        super().__init__(fleet_main, specs)
 
     async def connect(self) -> Totals:
         answers = await self.ask("connect")
@@ -249,11 +223,3 @@ class FleetHost:
             counts.update(answer[2])
             errors.update(answer[3])
         return Totals(sum(a[1] for a in answers), counts, errors)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ask("close"), 30)
-        for process in self.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()

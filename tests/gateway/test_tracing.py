@@ -6,19 +6,17 @@ a call carry that call's request id, and the lines about a device carry its id."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from backoffice.bootstrap import Resources
-from backoffice.platform.serving import Server
 from backoffice.producer import ProducerClient
 from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecutor
 from gateway.bridge.executors.base import SymbolInfo
@@ -26,7 +24,7 @@ from gateway.bridge.executors.paper import DEFAULT_SYMBOLS
 from signalhub.protocol import signing
 from signalhub.protocol.logs import JsonFormatter
 from tests.backoffice.api.test_approvals import subscribe, subscribe_request
-from tests.conftest import KeyCredentials, UserCredentials
+from tests.conftest import Stack
 from tests.gateway.support import eventually
 
 
@@ -63,42 +61,42 @@ def one(entries: list[dict[str, Any]], message: str) -> dict[str, Any]:
     return found[0]
 
 
-async def test_one_trace_follows_a_signal_from_submit_to_fill_and_close(
-    res: Resources,
-    backoffice_server: Server,
-    backoffice_channel: grpc.aio.Channel,
-    gateway_server: Server,
-    user: UserCredentials,
-    device: KeyCredentials,
-    producer: KeyCredentials,
-    tmp_path: Path,
-    lines: Lines,
-) -> None:
-    """Submit (with a request id), the AUTO approval's deliveries, the delivery sent, its acks, the fill,
-    the position opened, then the cancel's close command, the close order's result and the position
-    closed: all under the signal's id, with request_id and device_id where there is one."""
-    symbol = "TRC" + uuid.uuid4().hex[:8].upper()
+@contextlib.asynccontextmanager
+async def bridged(stack: Stack, tmp_path: Path, prefix: str, seed: int) -> AsyncIterator[tuple[str, ProducerClient]]:
+    """A paper bridge on the stack's device, connected, trading a symbol of its own that the user follows
+    by rule, and the producer's client to send it signals."""
+    symbol = prefix + uuid.uuid4().hex[:8].upper()
     spec = SymbolInfo(symbol, Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100))
-    executor = PaperExecutor(PaperConfig(seed=3, symbols=(*DEFAULT_SYMBOLS, spec)))
+    executor = PaperExecutor(PaperConfig(seed=seed, symbols=(*DEFAULT_SYMBOLS, spec)))
     executor.set_price(symbol, Decimal("2034.15"))
-    await subscribe(backoffice_channel, user, subscribe_request(producer, sizing_value="0.10"))
-    config = BridgeConfig(str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db")
-    bridge = BridgeClient(config, signing.parse_secret(device.secret), executor)
+    await subscribe(stack.backoffice_channel, stack.user, subscribe_request(stack.producer, sizing_value="0.10"))
+    config = BridgeConfig(str(stack.device.id), (stack.gateway.bound_address,), tmp_path / "ledger.db")
+    bridge = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
     running = asyncio.create_task(bridge.run())
-    request_id = str(uuid.uuid4())
     try:
         await asyncio.wait_for(bridge.connected.wait(), 15)
-        async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
-            signal = await signals.submit_signal(symbol, "buy", entry_price="2034.15", request_id=request_id)
-            await eventually(lambda: "position opened" in {e["message"] for e in lines.about(signal.id)}, "a fill")
-            await signals.cancel_signal(signal.id, "traced", close_positions=True)
-            await eventually(lambda: "position closed" in {e["message"] for e in lines.about(signal.id)}, "a close")
+        async with stack.producer_client() as signals:
+            yield symbol, signals
     finally:
         bridge.stop()
         await asyncio.wait_for(running, 15)
 
+
+async def test_one_trace_follows_a_signal_from_submit_to_fill_and_close(
+    stack: Stack, tmp_path: Path, lines: Lines
+) -> None:
+    """Submit (with a request id), the AUTO approval's deliveries, the delivery sent, its acks, the fill,
+    the position opened, then the cancel's close command, the close order's result and the position
+    closed: all under the signal's id, with request_id and device_id where there is one."""
+    request_id = str(uuid.uuid4())
+    async with bridged(stack, tmp_path, "TRC", seed=3) as (symbol, signals):
+        signal = await signals.submit_signal(symbol, "buy", entry_price="2034.15", request_id=request_id)
+        await eventually(lambda: "position opened" in {e["message"] for e in lines.about(signal.id)}, "a fill")
+        await signals.cancel_signal(signal.id, "traced", close_positions=True)
+        await eventually(lambda: "position closed" in {e["message"] for e in lines.about(signal.id)}, "a close")
+
     traced = lines.about(signal.id)
-    device_id = str(device.id)
+    device_id = str(stack.device.id)
     submit = one(traced, "signal accepted")
     assert submit["request_id"] == request_id and "device_id" not in submit
     created = one(traced, "deliveries created")
@@ -131,37 +129,17 @@ async def test_one_trace_follows_a_signal_from_submit_to_fill_and_close(
     assert order.index("fill recorded") < order.index("close command queued") < order.index("position closed")
 
 
-async def test_per_frame_lines_are_not_made_at_info(
-    res: Resources,
-    backoffice_server: Server,
-    gateway_server: Server,
-    backoffice_channel: grpc.aio.Channel,
-    user: UserCredentials,
-    device: KeyCredentials,
-    producer: KeyCredentials,
-    tmp_path: Path,
-) -> None:
+async def test_per_frame_lines_are_not_made_at_info(stack: Stack, tmp_path: Path) -> None:
     """At INFO (production's default), the lifecycle lines are written and the per-frame ones are not
     even formatted: the gateway checks the level before building them."""
     handler = Lines()
     handler.setLevel(logging.DEBUG)  # the handler would take them: the loggers must not make them
     logging.getLogger().addHandler(handler)
-    symbol = "TRI" + uuid.uuid4().hex[:8].upper()
-    spec = SymbolInfo(symbol, Decimal(100), Decimal("0.01"), Decimal(1), Decimal("0.01"), Decimal("0.01"), Decimal(100))
-    executor = PaperExecutor(PaperConfig(seed=5, symbols=(*DEFAULT_SYMBOLS, spec)))
-    executor.set_price(symbol, Decimal("2034.15"))
-    await subscribe(backoffice_channel, user, subscribe_request(producer, sizing_value="0.10"))
-    config = BridgeConfig(str(device.id), (gateway_server.bound_address,), tmp_path / "ledger.db")
-    bridge = BridgeClient(config, signing.parse_secret(device.secret), executor)
-    running = asyncio.create_task(bridge.run())
     try:
-        await asyncio.wait_for(bridge.connected.wait(), 15)
-        async with ProducerClient(backoffice_server.bound_address, producer.id, producer.secret) as signals:
+        async with bridged(stack, tmp_path, "TRI", seed=5) as (symbol, signals):
             signal = await signals.submit_signal(symbol, "buy", entry_price="2034.15")
             await eventually(lambda: "position opened" in {e["message"] for e in handler.about(signal.id)}, "a fill")
     finally:
-        bridge.stop()
-        await asyncio.wait_for(running, 15)
         logging.getLogger().removeHandler(handler)
     messages = {e["message"] for e in handler.about(signal.id)}
     assert {"signal accepted", "deliveries created", "fill recorded", "position opened"} <= messages
