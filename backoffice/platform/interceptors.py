@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
+import asyncpg
 import grpc
 from google.protobuf.message import DecodeError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -252,19 +253,29 @@ def _domain_error(exc: Exception, method: str) -> errors.DomainError:
         return exc
     if isinstance(exc, NotImplementedError):
         return errors.NotImplementedYet(f"{method} is not implemented yet")
-    if isinstance(exc, DBAPIError) and str(getattr(exc.orig, "sqlstate", "")).startswith(_DATA_EXCEPTION):
+    if _sqlstate(exc).startswith(_DATA_EXCEPTION):
         # A value the edge's validation let through but Postgres refuses: the client still hears that its
         # input was bad, and the ERROR line says validation has a gap to close.
         log.error("the database refused a value from a request", exc_info=exc)
         return errors.InvalidArgument([("", "a value the database cannot store")], reason="VALUE_NOT_STORABLE")
-    if isinstance(exc, _TRANSIENT) or (
-        isinstance(exc, DBAPIError)
-        and (exc.connection_invalidated or str(getattr(exc.orig, "sqlstate", "")).startswith(_SERVER_DOWN))
+    if (
+        isinstance(exc, _TRANSIENT)
+        or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+        or _sqlstate(exc).startswith(_SERVER_DOWN)
     ):
         log.warning("transient failure", exc_info=exc)
         return errors.Unavailable("a backing service is unavailable; retry with backoff")
     log.error("unexpected failure", exc_info=exc)
     return errors.DomainError("internal error; quote the request id when reporting it", reason="INTERNAL")
+
+
+def _sqlstate(exc: Exception) -> str:
+    """The SQLSTATE of a database error, raised through SQLAlchemy or by asyncpg on a hot path."""
+    if isinstance(exc, DBAPIError):
+        return str(getattr(exc.orig, "sqlstate", "") or "")
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "")
+    return ""
 
 
 async def _abort(context: Context, error: errors.DomainError) -> None:

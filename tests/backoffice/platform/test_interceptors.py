@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from backoffice.bootstrap import Resources
+from backoffice.platform import db
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
@@ -191,6 +193,12 @@ async def test_a_value_postgres_refuses_is_invalid_argument_never_internal(res: 
         async with res.sessions() as session:
             await session.execute(text("SELECT 1 / 0"))  # SQLSTATE 22012, a real data exception
     error = _domain_error(refused.value, "/signalhub.v1.Test/Method")
+    assert isinstance(error, errors.InvalidArgument) and error.reason == "VALUE_NOT_STORABLE"
+    # The same refusal raised by asyncpg itself, on a path that skips SQLAlchemy (a signed submit).
+    with pytest.raises(asyncpg.PostgresError) as raw:
+        async with db.driver(res.sessions) as connection:
+            await connection.fetchval("SELECT 1 / 0")
+    error = _domain_error(raw.value, "/signalhub.v1.Test/Method")
     assert isinstance(error, errors.InvalidArgument) and error.reason == "VALUE_NOT_STORABLE"
 
 
