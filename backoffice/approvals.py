@@ -68,17 +68,7 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
     planned = deliveries.Planned()
     rows = []
     for subscription in subscriptions:
-        row: dict[str, Any] = {
-            "id": uuid.uuid4(),
-            "signal_id": signal.id,
-            "subscription_id": subscription.id,
-            "user_id": subscription.user_id,
-            "status": ApprovalStatus.PENDING,
-            "automatic": False,
-            "device_ids": [],
-            "decided_at": None,
-            "reason": None,
-        }
+        row = _pending_row(signal, subscription)
         if subscription.mode is SubscriptionMode.AUTO:
             chosen = devices.get(subscription.user_id, [])
             rule = _rule(subscription, None)
@@ -112,15 +102,19 @@ async def _active_devices(session: AsyncSession, user_ids: set[uuid.UUID]) -> di
     return found
 
 
-def _pending(signal: Signal, subscription: Subscription) -> Approval:
-    return Approval(
-        id=uuid.uuid4(),
-        signal_id=signal.id,
-        subscription_id=subscription.id,
-        user_id=subscription.user_id,
-        status=ApprovalStatus.PENDING,
-        device_ids=[],
-    )
+def _pending_row(signal: Signal, subscription: Subscription) -> dict[str, Any]:
+    """A PENDING approval's columns (every one a decision sets too, so rows can be inserted together)."""
+    return {
+        "id": uuid.uuid4(),
+        "signal_id": signal.id,
+        "subscription_id": subscription.id,
+        "user_id": subscription.user_id,
+        "status": ApprovalStatus.PENDING,
+        "automatic": False,
+        "device_ids": [],
+        "decided_at": None,
+        "reason": None,
+    }
 
 
 async def _approval_for(
@@ -147,7 +141,7 @@ async def _approval_for(
     )
     if subscription is None or (subscription.instruments and signal.instrument not in subscription.instruments):
         raise NotFound("signal")  # not subscribed: the signal is not the caller's to see
-    approval = _pending(signal, subscription)
+    approval = Approval(**_pending_row(signal, subscription))
     try:
         async with session.begin_nested():
             session.add(approval)

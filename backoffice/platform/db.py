@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backoffice.platform.config import Settings
 from backoffice.platform.metrics import DB_POOL_IN_USE, DB_POOL_SIZE
-from signalhub.protocol.errors import Unavailable
 
 
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
@@ -49,8 +48,8 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 async def driver(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Any]:
     """The pooled asyncpg connection itself, each statement its own transaction: for a hot path that one
     SQL statement does whole, where SQLAlchemy's Python per statement costs more than Postgres does.
-    A lost connection is discarded and answered UNAVAILABLE (retry), as SQLAlchemy would. Typed Any:
-    asyncpg ships no type stubs."""
+    A connection that failed (lost, or its server going down) is discarded as SQLAlchemy would; what the
+    client hears is the interceptor's to say. Typed Any: asyncpg ships no type stubs."""
     async with autocommit(sessions) as session:
         connection = await session.connection()
         raw = await connection.get_raw_connection()
@@ -58,11 +57,10 @@ async def driver(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[An
             yield raw.driver_connection
         except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, ConnectionError, OSError) as exc:
             await connection.invalidate(exc)
-            raise Unavailable("a backing service is unavailable; retry with backoff") from exc
+            raise
         except asyncpg.PostgresError as exc:
-            if str(getattr(exc, "sqlstate", "")).startswith(("08", "57P")):  # the server is down or going
+            if str(getattr(exc, "sqlstate", "")).startswith("57P"):  # the server is shutting down
                 await connection.invalidate(exc)
-                raise Unavailable("a backing service is unavailable; retry with backoff") from exc
             raise
 
 

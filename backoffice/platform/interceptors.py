@@ -34,7 +34,15 @@ caller_var: ContextVar[Caller | None] = ContextVar("caller", default=None)
 
 
 REQUEST_ID_HEADER = "x-request-id"
-_TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_TRANSIENT = (
+    OperationalError,
+    InterfaceError,
+    asyncpg.InterfaceError,  # a lost connection on a path that uses asyncpg directly
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
 _DATA_EXCEPTION = "22"  # SQLSTATE class 22: a value Postgres cannot store or compute with
 # SQLSTATEs of a server that is down for now: class 08 (connection exceptions) and 57P (shutting down,
 # crashed, or not yet accepting connections while it recovers). SQLAlchemy raises some of these as a plain

@@ -219,3 +219,16 @@ async def test_a_database_that_is_not_yet_accepting_connections_is_unavailable_n
     assert not isinstance(refused.orig, OSError) and not refused.connection_invalidated
     error = _domain_error(refused, "/signalhub.v1.Test/Method")
     assert isinstance(error, errors.Unavailable)
+
+
+def test_a_lost_connection_raised_by_asyncpg_itself_is_unavailable_never_internal() -> None:
+    """The hot paths that use asyncpg directly (a signed submit, a key lookup) see its own errors: a server
+    going down and a connection gone are UNAVAILABLE, as through SQLAlchemy."""
+    from backoffice.platform.interceptors import _domain_error
+    from signalhub.protocol import errors
+
+    for raised in (
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    ):
+        assert isinstance(_domain_error(raised, "/signalhub.v1.Test/Method"), errors.Unavailable), raised
