@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import approvals, subscriptions
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
-from backoffice.platform import paging
+from backoffice.platform import idempotency, paging
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
@@ -113,6 +113,22 @@ class ApprovalServicer:
         device_ids = [parse_id(d, f"device_ids[{i}]") for i, d in enumerate(request.device_ids)]
 
         woken: list[int] = []  # deliveries made; empty when a repeated request_id got the first answer
+        direct = await approvals.approve_in_two_statements(
+            self._sessions,
+            self._mutations.vault,
+            caller,
+            idempotency.key_of(request),
+            signal_id,
+            volume=volume,
+            device_ids=device_ids,
+            respond=encode_approval,
+        )
+        if direct is not None:
+            approval, devices = direct
+            wake = Wake()
+            wake.add(devices)
+            await self._mutations.publish(wake)
+            woken.append(len(devices))
 
         async def approve(session: AsyncSession, wake: Wake) -> pb.Approval:
             decision = await approvals.approve_signal(
@@ -123,7 +139,8 @@ class ApprovalServicer:
             expiries = await approvals.expire_times(session, [signal_id])
             return encode_approval(decision.approval, expiries.get(signal_id))
 
-        approval = await self._mutations.run(caller.id, request, pb.Approval, approve)
+        if direct is None:
+            approval = await self._mutations.run(caller.id, request, pb.Approval, approve)
         trace_var.set(str(signal_id))  # this call's lines, the rpc line included, carry the signal's trace
         if woken:
             log.info("deliveries created", extra={"deliveries": woken[0], "approval": "manual"})

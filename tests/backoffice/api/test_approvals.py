@@ -13,9 +13,21 @@ import grpc
 import pytest
 from sqlalchemy import select, update
 
+from backoffice import approvals
+from backoffice.api.approvals import encode_approval
 from backoffice.bootstrap import Resources
-from backoffice.models import Delivery, DeliveryState, Device, DeviceStatus, Producer, ProducerStatus
-from backoffice.platform import hints
+from backoffice.models import (
+    ActorType,
+    Approval,
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    Device,
+    DeviceStatus,
+    Producer,
+    ProducerStatus,
+)
+from backoffice.platform import hints, idempotency
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.backoffice.api.test_signals import signal_request, submit, ts
@@ -361,3 +373,81 @@ async def test_subscribing_after_arrival_can_still_approve(
     await subscribe(backoffice_channel, user, subscribe_request(producer, mode=pb.SUBSCRIPTION_MODE_MANUAL))
     approval = await approve(backoffice_channel, user, signal.id)
     assert approval.status == pb.APPROVAL_STATUS_APPROVED and len(await deliveries(res, signal.id)) == 1
+
+
+async def test_both_ways_an_approval_is_decided_keep_the_same_records(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, res: Resources
+) -> None:
+    """ApproveSignal decides in one statement on asyncpg when it can, and through the ORM otherwise (an
+    approval not yet created, a concurrent decision): either way the approval, its deliveries (sized,
+    mapped, one skipped with its reason) and its audit row are the same, and the idempotency record
+    answers a retry while a different request under the same request_id is refused."""
+    small = {**GOLD_HELLO, "balance": "1", "equity": "1"}
+    users = [await make_user(res), await make_user(res)]
+    for owner in users:
+        await device_with(res, owner, symbol_map={"XAUUSD": "GOLD.m"}, hello=GOLD_HELLO)
+        await device_with(res, owner, hello=small)
+        await subscribe(
+            backoffice_channel,
+            owner,
+            subscribe_request(
+                producer, mode=pb.SUBSCRIPTION_MODE_MANUAL, sizing=pb.SIZING_MODE_RISK_PERCENT, sizing_value="1"
+            ),
+        )
+    signal = await submit(backoffice_channel, producer, signal_request())
+    signal_id = uuid.UUID(signal.id)
+    request = pb.ApproveSignalRequest(signal_id=signal.id, request_id=str(uuid.uuid4()))
+    direct = await approvals.approve_in_two_statements(
+        res.sessions,
+        res.vault,
+        users[0].caller,
+        idempotency.key_of(request),
+        signal_id,
+        volume=None,
+        device_ids=[],
+        respond=encode_approval,
+    )
+    assert direct is not None and len(direct[1]) == 1  # one device woken, the small one skipped
+    async with res.sessions.begin() as session:
+        decision = await approvals.approve_signal(
+            session, users[1].caller, signal_id, volume=None, device_ids=[], request_id=request.request_id
+        )
+    stub = rpc.ApprovalServiceStub(backoffice_channel)
+    assert await stub.ApproveSignal(request, metadata=users[0].metadata, timeout=5) == direct[0]
+    other = pb.ApproveSignalRequest(signal_id=signal.id, request_id=request.request_id, volume="1")
+    refused = await expect_failure(stub.ApproveSignal(other, metadata=users[0].metadata, timeout=5))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+
+    async with res.sessions() as session:
+        decided = {
+            a.user_id: a for a in (await session.scalars(select(Approval).where(Approval.signal_id == signal_id))).all()
+        }
+        audited = {
+            e.actor_id: e
+            for e in (await session.scalars(select(AuditEvent).where(AuditEvent.action == "ApproveSignal"))).all()
+            if e.object_id == signal_id
+        }
+    made = await deliveries(res, signal.id)
+
+    def approval_facts(owner: UserCredentials) -> tuple[Any, ...]:
+        row = decided[owner.id]
+        return (row.status, row.automatic, row.volume, row.decided_by == owner.id, row.reason, len(row.device_ids))
+
+    def delivery_facts(owner: UserCredentials) -> list[tuple[Any, ...]]:
+        row = decided[owner.id]
+        return sorted(
+            (d.instrument, d.side, d.volume, d.entry_price, d.expire_time, d.state, d.state_reason, d.attempt)
+            for d in made.values()
+            if d.approval_id == row.id and d.created_at == row.decided_at
+        )
+
+    assert approval_facts(users[0]) == approval_facts(users[1])
+    assert decided[users[0].id].reason and decided[users[0].id].reason.startswith("test device: ")
+    assert delivery_facts(users[0]) == delivery_facts(users[1]) and len(delivery_facts(users[0])) == 2
+    assert {d.state for d in made.values()} == {DeliveryState.PENDING, DeliveryState.SKIPPED}
+    assert direct[0].decide_time.ToDatetime(tzinfo=UTC) == decided[users[0].id].decided_at
+    assert decision.woken_devices and len(decision.woken_devices) == len(direct[1])
+    for owner in users:
+        event = audited[owner.id]
+        assert (event.actor_type, event.object_type, event.request_id) == (ActorType.USER, "signal", request.request_id)
+        assert event.details == {"approval_id": str(decided[owner.id].id), "deliveries": 2}
