@@ -138,10 +138,9 @@ class Pusher:
         ]
         try:
             if requests:
-                async with self._sessions.begin() as session:
-                    claim = await deliveries.claim(
-                        session, requests, datetime.now(UTC), self._ack_timeout, self._max_close_attempts
-                    )
+                claim = await deliveries.claim(
+                    self._sessions, requests, datetime.now(UTC), self._ack_timeout, self._max_close_attempts
+                )
             else:
                 claim = deliveries.Claim({}, frozenset())
         except BaseException:

@@ -1,6 +1,6 @@
 """A delivery's whole lifecycle, in one package: one instruction of one approved signal to one device.
 
-Every function works inside the caller's transaction:
+Every function works inside the caller's transaction, but ``claim``, which is one statement of its own:
 
 - ``plan_for_approval`` and ``insert_planned`` (create.py): one delivery per chosen device when a signal
   is approved, sized per device (PENDING), or SKIPPED with the reason when sizing gives nothing

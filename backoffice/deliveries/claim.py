@@ -10,22 +10,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import executions
-from backoffice.deliveries.states import UNRECEIVED
-from backoffice.models import (
-    CloseCommand,
-    CloseCommandStatus,
-    CloseReason,
-    Delivery,
-    DeliveryState,
-    EventKind,
-    Position,
-    Side,
-)
-from backoffice.platform.db import any_id
+from backoffice.models import CloseReason, Side
+from backoffice.platform import db
 
 
 @dataclass(frozen=True)
@@ -73,181 +61,124 @@ class Claim:
 DEFAULT_CLOSE_ATTEMPTS = 5
 
 
+# What is due for each device, as much as its room takes, marked SENT with a SENT execution event, in one
+# statement (its own transaction). Rows another transaction holds are skipped (SKIP LOCKED). $1-$3 are the
+# devices, their room and their resend cutoff (sent before it: send again), $4 now, $5 the close attempts.
+# The rows sent come back, then one row per device that had more due than room (is_more).
+_CLAIM_IN_ONE = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS w(device_id, room, cutoff)
+), due_deliveries AS (
+    SELECT d.id, d.device_id, d.created_at, false AS is_command
+    FROM wanted w, LATERAL (
+        SELECT id, device_id, created_at FROM deliveries
+        WHERE device_id = w.device_id AND state IN ('PENDING', 'SENT') AND expire_time > $4
+          AND (state = 'PENDING' OR sent_at < w.cutoff)
+        ORDER BY created_at, id LIMIT w.room + 1
+        FOR UPDATE SKIP LOCKED
+    ) d
+), due_commands AS (
+    SELECT k.id, k.device_id, k.created_at, true AS is_command
+    FROM wanted w, LATERAL (
+        SELECT id, device_id, created_at FROM close_commands
+        WHERE device_id = w.device_id
+          AND (status = 'PENDING' OR (status = 'SENT' AND attempt < $5 AND sent_at < w.cutoff))
+        ORDER BY created_at, id LIMIT w.room + 1
+        FOR UPDATE SKIP LOCKED
+    ) k
+), ranked AS (
+    SELECT c.*, w.room,
+           row_number() OVER (PARTITION BY c.device_id ORDER BY c.created_at, c.id) AS n,
+           count(*) OVER (PARTITION BY c.device_id) AS due
+    FROM (SELECT * FROM due_deliveries UNION ALL SELECT * FROM due_commands) c JOIN wanted w USING (device_id)
+), sent_deliveries AS (
+    UPDATE deliveries d SET state = 'SENT', sent_at = $4, attempt = d.attempt + 1, updated_at = $4
+    FROM ranked r WHERE d.id = r.id AND NOT r.is_command AND r.n <= r.room
+    RETURNING d.id, d.device_id, d.signal_id, d.instrument, d.side, d.volume, d.entry_price, d.max_deviation,
+              d.expire_time, d.attempt, d.created_at
+), sent_commands AS (
+    UPDATE close_commands k SET status = 'SENT', sent_at = $4, attempt = k.attempt + 1
+    FROM ranked r WHERE k.id = r.id AND r.is_command AND r.n <= r.room
+    RETURNING k.id, k.device_id, k.position_id, k.volume, k.reason, k.attempt, k.created_at
+), events AS (
+    INSERT INTO execution_events (id, device_id, kind, delivery_id, close_command_id, stage, body, received_at)
+    SELECT gen_random_uuid(), device_id, 'SENT', id, NULL, 'SENT', jsonb_build_object('attempt', attempt), $4
+    FROM sent_deliveries
+    UNION ALL
+    SELECT gen_random_uuid(), device_id, 'SENT', NULL, id, 'SENT', jsonb_build_object('attempt', attempt), $4
+    FROM sent_commands
+)
+SELECT false AS is_more, false AS is_command, id, device_id, signal_id, instrument, side, volume, entry_price,
+       max_deviation, expire_time, attempt, created_at, NULL::uuid AS position_id, NULL AS broker_ticket,
+       NULL AS reason
+FROM sent_deliveries
+UNION ALL
+SELECT false, true, k.id, k.device_id, NULL, NULL, NULL, k.volume, NULL, NULL, NULL, k.attempt, k.created_at,
+       k.position_id, p.broker_ticket, k.reason
+FROM sent_commands k JOIN positions p ON p.id = k.position_id
+UNION ALL
+SELECT true, false, NULL, device_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM (SELECT DISTINCT device_id FROM ranked WHERE due > room) m
+"""
+
+
 async def claim(
-    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
     requests: Sequence[ClaimRequest],
     now: datetime,
     ack_timeout: timedelta,
     max_close_attempts: int = DEFAULT_CLOSE_ATTEMPTS,
 ) -> Claim:
-    """Mark what is due for these devices SENT and return it. Rows another transaction holds (another
-    replica sending to the same device during a takeover, or a frame being applied) are skipped, never
-    waited for: they are due again at the next sweep."""
-    wanted = {r.device_id: r for r in requests if r.room > 0}
+    """Mark what is due for these devices SENT and return it, in one statement on asyncpg: it runs on every
+    push, and the ORM's five statements with their Python were most of a push's time. Rows another
+    transaction holds (another replica sending to the same device during a takeover, or a frame being
+    applied) are skipped, never waited for: they are due again at the next sweep."""
+    wanted = [r for r in requests if r.room > 0]
     if not wanted:
         return Claim({}, frozenset())
-    ids = list(wanted)
     resend_before = now - ack_timeout
-    newest_connect = max(r.connected_at for r in wanted.values())
-    # Enough rows for every device's room; the exact per-device choice is made below.
-    fetch = sum(r.room for r in wanted.values()) + len(wanted)
-    delivery_rows = (
-        await session.execute(
-            select(
-                Delivery.id,
-                Delivery.device_id,
-                Delivery.state,
-                Delivery.sent_at,
-                Delivery.signal_id,
-                Delivery.instrument,
-                Delivery.side,
-                Delivery.volume,
-                Delivery.entry_price,
-                Delivery.max_deviation,
-                Delivery.expire_time,
-                Delivery.attempt,
-                Delivery.created_at,
-            )
-            .where(
-                any_id(Delivery.device_id, ids),
-                Delivery.state.in_(UNRECEIVED),
-                Delivery.expire_time > now,
-                or_(Delivery.state == DeliveryState.PENDING, Delivery.sent_at < max(resend_before, newest_connect)),
-            )
-            .order_by(Delivery.created_at, Delivery.id)
-            .limit(fetch)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
-    command_rows = (
-        await session.execute(
-            select(
-                CloseCommand.id,
-                CloseCommand.device_id,
-                CloseCommand.status,
-                CloseCommand.sent_at,
-                CloseCommand.position_id,
-                CloseCommand.volume,
-                CloseCommand.reason,
-                CloseCommand.attempt,
-                CloseCommand.created_at,
-                Position.broker_ticket,
-            )
-            .join(Position, Position.id == CloseCommand.position_id)
-            .where(
-                any_id(CloseCommand.device_id, ids),
-                or_(
-                    CloseCommand.status == CloseCommandStatus.PENDING,
-                    and_(
-                        CloseCommand.status == CloseCommandStatus.SENT,
-                        CloseCommand.attempt < max_close_attempts,
-                        CloseCommand.sent_at < max(resend_before, newest_connect),
-                    ),
-                ),
-            )
-            .order_by(CloseCommand.created_at, CloseCommand.id)
-            .limit(fetch)
-            .with_for_update(of=CloseCommand, skip_locked=True)
-        )
-    ).all()
-
-    def sent_before(sent_at: datetime | None, limit: datetime) -> bool:
-        return sent_at is None or sent_at < limit
-
-    # Per device, oldest first: (created_at, id, is a close command, row).
-    candidates: dict[uuid.UUID, list[tuple[datetime, uuid.UUID, bool, Any]]] = {d: [] for d in ids}
-    for row in delivery_rows:
-        request = wanted[row.device_id]
-        if row.state is DeliveryState.PENDING or sent_before(row.sent_at, max(resend_before, request.connected_at)):
-            candidates[row.device_id].append((row.created_at, row.id, False, row))
-    for command in command_rows:
-        request = wanted[command.device_id]
-        if command.status is CloseCommandStatus.PENDING or sent_before(
-            command.sent_at, max(resend_before, request.connected_at)
-        ):
-            candidates[command.device_id].append((command.created_at, command.id, True, command))
-    truncated = len(delivery_rows) >= fetch or len(command_rows) >= fetch
-    more = set(ids) if truncated else set()
-    chosen_deliveries: dict[uuid.UUID, Any] = {}
-    chosen_commands: dict[uuid.UUID, Any] = {}
-    for device_id, items in candidates.items():
-        items.sort(key=lambda item: (item[0], item[1]))
-        if len(items) > wanted[device_id].room:
-            more.add(device_id)
-        del items[wanted[device_id].room :]
-        for _, item_id, is_command, row in items:
-            (chosen_commands if is_command else chosen_deliveries)[item_id] = row
-
-    attempts = await _mark_sent(session, Delivery, chosen_deliveries, DeliveryState.SENT, now)
-    attempts.update(await _mark_sent(session, CloseCommand, chosen_commands, CloseCommandStatus.SENT, now))
-    events = [
-        executions.event_row(
-            row.device_id,
-            EventKind.SENT,
+    async with db.driver(sessions) as connection:
+        rows = await connection.fetch(
+            _CLAIM_IN_ONE,
+            [r.device_id for r in wanted],
+            [r.room for r in wanted],
+            [max(resend_before, r.connected_at) for r in wanted],
             now,
-            delivery_id=item_id if item_id in chosen_deliveries else None,
-            close_command_id=item_id if item_id in chosen_commands else None,
-            stage=DeliveryState.SENT.value,
-            body={"attempt": attempts[item_id]},
+            max_close_attempts,
         )
-        for item_id, row in (chosen_deliveries | chosen_commands).items()
-    ]
-    await executions.insert_events(session, events)
-
     orders: dict[uuid.UUID, list[Order]] = {}
-    for device_id, items in candidates.items():
-        for _, item_id, is_command, row in items:
-            order = _close_order(row, attempts[item_id]) if is_command else _delivery_order(row, attempts[item_id])
-            orders.setdefault(device_id, []).append(order)
+    more: set[uuid.UUID] = set()
+    for row in sorted(rows, key=lambda r: (r["created_at"] or now, r["id"] or r["device_id"])):
+        if row["is_more"]:
+            more.add(row["device_id"])
+        else:
+            order = _close_order(row) if row["is_command"] else _delivery_order(row)
+            orders.setdefault(row["device_id"], []).append(order)
     return Claim(orders, frozenset(more))
 
 
-async def _mark_sent(
-    session: AsyncSession,
-    model: type[Delivery] | type[CloseCommand],
-    rows: dict[uuid.UUID, Any],
-    status: DeliveryState | CloseCommandStatus,
-    now: datetime,
-) -> dict[uuid.UUID, int]:
-    if not rows:
-        return {}
-    values: dict[str, Any] = {"sent_at": now, "attempt": model.attempt + 1}
-    if model is Delivery:
-        values.update(state=status, updated_at=now)
-    else:
-        values.update(status=status)
-    result = await session.execute(
-        update(model)
-        .where(any_id(model.id, rows))
-        .values(**values)
-        .returning(model.id, model.attempt)
-        .execution_options(synchronize_session=False)
-    )
-    return {row.id: row.attempt for row in result}
-
-
-def _delivery_order(row: Any, attempt: int) -> DeliveryOrder:
+def _delivery_order(row: Any) -> DeliveryOrder:
     return DeliveryOrder(
-        id=row.id,
-        signal_id=row.signal_id,
-        instrument=row.instrument,
-        side=row.side,
-        volume=row.volume,
-        entry_price=row.entry_price,
-        max_deviation=row.max_deviation,
-        expire_time=row.expire_time,
-        attempt=attempt,
-        created_at=row.created_at,
+        id=row["id"],
+        signal_id=row["signal_id"],
+        instrument=row["instrument"],
+        side=Side(row["side"]),
+        volume=row["volume"],
+        entry_price=row["entry_price"],
+        max_deviation=row["max_deviation"],
+        expire_time=row["expire_time"],
+        attempt=row["attempt"],
+        created_at=row["created_at"],
     )
 
 
-def _close_order(row: Any, attempt: int) -> CloseOrder:
+def _close_order(row: Any) -> CloseOrder:
     return CloseOrder(
-        id=row.id,
-        position_id=row.position_id,
-        broker_ticket=row.broker_ticket,
-        volume=row.volume,
-        reason=row.reason,
-        attempt=attempt,
-        created_at=row.created_at,
+        id=row["id"],
+        position_id=row["position_id"],
+        broker_ticket=row["broker_ticket"],
+        volume=row["volume"],
+        reason=CloseReason(row["reason"]),
+        attempt=row["attempt"],
+        created_at=row["created_at"],
     )

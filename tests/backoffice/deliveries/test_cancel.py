@@ -64,10 +64,9 @@ async def _cancel(res: Resources, book: Book, delivery_id: uuid.UUID, *, close_p
 
 
 async def _claim(res: Resources, device: KeyCredentials) -> list[deliveries.Order]:
-    async with res.sessions.begin() as session:
-        claimed = await deliveries.claim(
-            session, [ClaimRequest(device.id, 10, LONG_AGO)], datetime.now(UTC), ACK_TIMEOUT
-        )
+    claimed = await deliveries.claim(
+        res.sessions, [ClaimRequest(device.id, 10, LONG_AGO)], datetime.now(UTC), ACK_TIMEOUT
+    )
     return claimed.orders.get(device.id, [])
 
 

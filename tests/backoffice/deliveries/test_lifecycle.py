@@ -28,8 +28,7 @@ async def book(res: Resources, user: UserCredentials) -> Book:
 
 
 async def _claim(res: Resources, *requests: ClaimRequest, now: datetime | None = None) -> deliveries.Claim:
-    async with res.sessions.begin() as session:
-        return await deliveries.claim(session, requests, now or datetime.now(UTC), ACK_TIMEOUT)
+    return await deliveries.claim(res.sessions, requests, now or datetime.now(UTC), ACK_TIMEOUT)
 
 
 async def _record(res: Resources, *reports: DeviceReport) -> list[Verdict]:
@@ -63,6 +62,33 @@ async def test_claim_takes_the_oldest_first_within_the_room(res: Resources, devi
     assert [o.id for o in rest.orders[device.id]] == ids[2:]
     assert rest.more == frozenset()
     assert await _claim(res, ClaimRequest(device.id, 2, LONG_AGO)) == deliveries.Claim({}, frozenset())
+
+
+async def test_one_claim_serves_many_devices_each_within_its_own_room(
+    res: Resources, user: UserCredentials, device: KeyCredentials, book: Book
+) -> None:
+    """Deliveries and close commands of one device interleave oldest first; another device's room is its
+    own; what was sent carries its attempt and a SENT event, and the close order its position's ticket."""
+    other = await make_device(res, user)
+    base = datetime.now(UTC) - timedelta(minutes=1)
+    position_id = await book.position(device.id)
+    first = await book.delivery(device.id, created_at=base)
+    command = await book.close_command(device.id, position_id, created_at=base + timedelta(seconds=1))
+    third = await book.delivery(device.id, created_at=base + timedelta(seconds=2))
+    theirs = await book.delivery(other.id, created_at=base + timedelta(seconds=3))
+    claimed = await _claim(res, ClaimRequest(device.id, 2, LONG_AGO), ClaimRequest(other.id, 5, LONG_AGO))
+    mine = claimed.orders[device.id]
+    assert [o.id for o in mine] == [first, command] and [o.id for o in claimed.orders[other.id]] == [theirs]
+    close = mine[1]
+    assert isinstance(close, deliveries.CloseOrder)
+    assert (close.position_id, close.broker_ticket, close.attempt) == (position_id, "T-77", 1)
+    assert claimed.more == frozenset({device.id})
+    sent = await events(res, device.id, kind=EventKind.SENT)
+    assert {(e.delivery_id, e.close_command_id, e.body["attempt"]) for e in sent} == {
+        (first, None, 1),
+        (None, command, 1),
+    }
+    assert [o.id for o in (await _claim(res, ClaimRequest(device.id, 2, LONG_AGO))).orders[device.id]] == [third]
 
 
 async def test_sent_deliveries_go_again_to_a_new_stream_or_after_the_ack_timeout(
