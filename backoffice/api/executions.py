@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from google.protobuf import duration
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,11 +35,7 @@ def _state(value: models.DeliveryState | None) -> pb.DeliveryState.ValueType:
 
 
 def _duration(value: timedelta | None) -> Duration | None:
-    if value is None:
-        return None
-    result = Duration()
-    result.FromTimedelta(value)
-    return result
+    return None if value is None else duration.from_timedelta(value)
 
 
 def _text(body: dict[str, Any], key: str) -> str:

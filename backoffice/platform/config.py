@@ -10,10 +10,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
+from typing import TypeVar
 
 from signalhub.protocol.secret import Secret
 
 ENV_PREFIX = "SIGNALHUB_"
+
+_NumberT = TypeVar("_NumberT", int, float)
 
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -106,31 +109,26 @@ class Settings:
         def text(name: str, default: str) -> str:
             return env.get(ENV_PREFIX + name, default).strip() or default
 
-        def number(name: str, default: int, low: int, high: int) -> int:
+        def bounded(
+            name: str, default: _NumberT, low: _NumberT, high: _NumberT, parse: Callable[[str], _NumberT], expected: str
+        ) -> _NumberT:
             raw = env.get(ENV_PREFIX + name)
             if raw is None or raw.strip() == "":
                 return default
             try:
-                value = int(raw)
+                value = parse(raw)
             except ValueError:
-                problems.append(f"{ENV_PREFIX}{name}: expected an integer, got {raw!r}")
-                return default
-            if not low <= value <= high:
-                problems.append(f"{ENV_PREFIX}{name}: must be between {low} and {high}, got {value}")
-            return value
-
-        def seconds(name: str, default: float, low: float, high: float) -> float:
-            raw = env.get(ENV_PREFIX + name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                problems.append(f"{ENV_PREFIX}{name}: expected a number of seconds, got {raw!r}")
+                problems.append(f"{ENV_PREFIX}{name}: expected {expected}, got {raw!r}")
                 return default
             if not low <= value <= high:  # also refuses NaN
-                problems.append(f"{ENV_PREFIX}{name}: must be between {low:g} and {high:g}, got {raw.strip()}")
+                problems.append(f"{ENV_PREFIX}{name}: must be between {low} and {high}, got {raw.strip()}")
             return value
+
+        def number(name: str, default: int, low: int, high: int) -> int:
+            return bounded(name, default, low, high, int, "an integer")
+
+        def seconds(name: str, default: float, low: float, high: float) -> float:
+            return bounded(name, default, low, high, float, "a number of seconds")
 
         def address(name: str, default: str) -> str:
             value = text(name, default)

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from gateway.bridge.errors import LedgerError
 from gateway.bridge.executors.base import OrderFill, now
@@ -54,6 +55,11 @@ class Recorded:
     new: bool
     state: str
 
+
+# The two tables of instructions, each with its id column: deliveries and close commands are recorded,
+# claimed and listed alike.
+_Table = Literal["deliveries", "close_commands"]
+_ID_COLUMN: dict[_Table, str] = {"deliveries": "delivery_id", "close_commands": "command_id"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -163,31 +169,51 @@ class Ledger:
         with self._transaction() as db:
             self._store(db, frames)
 
+    # deliveries and close commands alike: recorded, claimed, listed by state
+
+    def _record(self, table: _Table, key: str, instruction: bytes, frames: Sequence[OutFrame]) -> Recorded:
+        """Record a new instruction as received, with the frames that answer it, or say what is known about a
+        repeated one."""
+        column, stamp = _ID_COLUMN[table], now().isoformat()
+        with self._transaction() as db:
+            row = db.execute(f"SELECT state FROM {table} WHERE {column} = ?", (key,)).fetchone()  # noqa: S608 - constants
+            if row is not None:
+                return Recorded(new=False, state=str(row[0]))
+            db.execute(
+                f"INSERT INTO {table} ({column}, instruction, state, received_at, updated_at)"  # noqa: S608 - constants
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, instruction, State.RECEIVED, stamp, stamp),
+            )
+            self._store(db, frames)
+        return Recorded(new=True, state=State.RECEIVED)
+
+    def _claim(self, table: _Table, key: str) -> bool:
+        """received -> executing, committed before the order goes out; False if it was not ``received``."""
+        column = _ID_COLUMN[table]
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE {table} SET state = ?, updated_at = ? WHERE {column} = ? AND state = ?",  # noqa: S608 - constants
+                (State.EXECUTING, now().isoformat(), key, State.RECEIVED),
+            )
+            return cursor.rowcount == 1
+
+    def _in(self, table: _Table, state: str) -> list[tuple[str, bytes]]:
+        """(key, instruction) of every instruction in ``state``, oldest first."""
+        rows = self.db.execute(
+            f"SELECT {_ID_COLUMN[table]}, instruction FROM {table} WHERE state = ? ORDER BY received_at",  # noqa: S608 - constants
+            (state,),
+        ).fetchall()
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
     # deliveries
 
     def record_delivery(self, delivery_id: str, instruction: bytes, ack: OutFrame) -> Recorded:
         """Record a new delivery with its RECEIVED ack, or say what is known about a repeated one."""
-        stamp = now().isoformat()
-        with self._transaction() as db:
-            row = db.execute("SELECT state FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()
-            if row is not None:
-                return Recorded(new=False, state=str(row[0]))
-            db.execute(
-                "INSERT INTO deliveries (delivery_id, instruction, state, received_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (delivery_id, instruction, State.RECEIVED, stamp, stamp),
-            )
-            self._store(db, [ack])
-        return Recorded(new=True, state=State.RECEIVED)
+        return self._record("deliveries", delivery_id, instruction, [ack])
 
     def claim_delivery(self, delivery_id: str) -> bool:
         """received -> executing, committed before the order goes out; False if it was not ``received``."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE deliveries SET state = ?, updated_at = ? WHERE delivery_id = ? AND state = ?",
-                (State.EXECUTING, now().isoformat(), delivery_id, State.RECEIVED),
-            )
-            return cursor.rowcount == 1
+        return self._claim("deliveries", delivery_id)
 
     def finish_delivery(
         self, delivery_id: str, *, fill: OrderFill | None, reason: str | None, frames: Sequence[OutFrame]
@@ -216,33 +242,15 @@ class Ledger:
         return None if row is None else str(row[0])
 
     def deliveries_in(self, state: str) -> list[tuple[str, bytes]]:
-        rows = self.db.execute(
-            "SELECT delivery_id, instruction FROM deliveries WHERE state = ? ORDER BY received_at", (state,)
-        ).fetchall()
-        return [(str(r[0]), bytes(r[1])) for r in rows]
+        return self._in("deliveries", state)
 
     # close commands
 
     def record_close(self, command_id: str, instruction: bytes) -> Recorded:
-        stamp = now().isoformat()
-        with self._transaction() as db:
-            row = db.execute("SELECT state FROM close_commands WHERE command_id = ?", (command_id,)).fetchone()
-            if row is not None:
-                return Recorded(new=False, state=str(row[0]))
-            db.execute(
-                "INSERT INTO close_commands (command_id, instruction, state, received_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (command_id, instruction, State.RECEIVED, stamp, stamp),
-            )
-        return Recorded(new=True, state=State.RECEIVED)
+        return self._record("close_commands", command_id, instruction, ())
 
     def claim_close(self, command_id: str) -> bool:
-        with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE close_commands SET state = ?, updated_at = ? WHERE command_id = ? AND state = ?",
-                (State.EXECUTING, now().isoformat(), command_id, State.RECEIVED),
-            )
-            return cursor.rowcount == 1
+        return self._claim("close_commands", command_id)
 
     def finish_close(self, command_id: str, result: pb.CloseResult, frame: OutFrame) -> None:
         state = State.SUCCEEDED if result.success else State.FAILED
@@ -260,10 +268,7 @@ class Ledger:
         return pb.CloseResult.FromString(bytes(row[0]))
 
     def closes_in(self, state: str) -> list[tuple[str, bytes]]:
-        rows = self.db.execute(
-            "SELECT command_id, instruction FROM close_commands WHERE state = ? ORDER BY received_at", (state,)
-        ).fetchall()
-        return [(str(r[0]), bytes(r[1])) for r in rows]
+        return self._in("close_commands", state)
 
     # outbox
 

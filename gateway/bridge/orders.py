@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from gateway.bridge import frames
@@ -26,7 +27,7 @@ from gateway.bridge.executors.base import (
     OrderRejected,
     OrderRequest,
 )
-from gateway.bridge.ledger import FINAL_CLOSE, State, close_subject, delivery_subject
+from gateway.bridge.ledger import FINAL_CLOSE, Recorded, State, close_subject, delivery_subject
 from gateway.bridge.outbox import Outbox
 from gateway.bridge.pacing import pause
 from signalhub.protocol.client import backoff_ceiling
@@ -89,20 +90,28 @@ class Orders:
         self._welcomed.set()
         self._welcomed = asyncio.Event()
 
+    async def _admit(self, kind: str, instruction_id: str, record: Callable[[], Recorded]) -> Recorded | None:
+        """Record an instruction in the ledger (``record``), counting a repeated one; None, the instruction
+        refused and never executed, when it carries no id."""
+        if not instruction_id:
+            log.warning("refused a %s without an id", kind)
+            self.stats.refused += 1
+            return None
+        recorded = await self.outbox.db(record)
+        if not recorded.new:
+            self.stats.repeated += 1
+        return recorded
+
     # -- deliveries
 
     async def _on_delivery(self, delivery: pb.Delivery) -> None:
         delivery_id = delivery.delivery_id
-        if not delivery_id:
-            log.warning("refused a delivery without an id")
-            self.stats.refused += 1
-            return
         ack = frames.ack(delivery_id, pb.ACK_STAGE_RECEIVED)
-        recorded = await self.outbox.db(
-            self.outbox.ledger.record_delivery, delivery_id, delivery.SerializeToString(), ack
-        )
+        record = partial(self.outbox.ledger.record_delivery, delivery_id, delivery.SerializeToString(), ack)
+        recorded = await self._admit("delivery", delivery_id, record)
+        if recorded is None:
+            return
         if not recorded.new:
-            self.stats.repeated += 1
             log.info("repeated delivery re-acked", extra={"delivery_id": delivery_id, "state": recorded.state})
             await self._reack(delivery_id)
             return
@@ -235,13 +244,11 @@ class Orders:
 
     async def _on_close(self, close: pb.CloseOrder) -> None:
         command_id = close.command_id
-        if not command_id:
-            log.warning("refused a close order without an id")
-            self.stats.refused += 1
+        record = partial(self.outbox.ledger.record_close, command_id, close.SerializeToString())
+        recorded = await self._admit("close order", command_id, record)
+        if recorded is None:
             return
-        recorded = await self.outbox.db(self.outbox.ledger.record_close, command_id, close.SerializeToString())
         if not recorded.new:
-            self.stats.repeated += 1
             await self._rereport_close(command_id, recorded.state)
             return
         log.info("close order received", extra={"command_id": command_id, "broker_ticket": close.broker_ticket})

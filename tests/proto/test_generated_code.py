@@ -114,8 +114,9 @@ def test_every_proto_has_its_generated_modules() -> None:
 
 def test_no_python_is_generated_for_vendored_google_protos() -> None:
     # google.rpc's Python comes from googleapis-common-protos; a copy under proto/ would
-    # shadow it.
-    vendored = PROTO_DIR / "google"
+    # shadow it. The vendored .proto files sit under third_party/, apart from our contract.
+    assert not (PROTO_DIR / "google").exists()
+    vendored = PROTO_DIR / "third_party" / "google"
     assert (vendored / "rpc" / "status.proto").is_file()
     assert (vendored / "rpc" / "error_details.proto").is_file()
     strays = [p for p in vendored.rglob("*") if p.suffix in {".py", ".pyi"}]

@@ -26,6 +26,17 @@ _MT5_FILLED = (_MT5_DONE, _MT5_DONE_PARTIAL)
 _FILLING_FOK, _FILLING_IOC = 1, 2  # SYMBOL_FILLING_* bits of symbol_info.filling_mode
 
 
+# SymbolInfo's amounts, each by the name MetaTrader 5's symbol_info gives it.
+_SYMBOL_AMOUNTS = {
+    "contract_size": "trade_contract_size",
+    "tick_size": "trade_tick_size",
+    "tick_value": "trade_tick_value",
+    "volume_min": "volume_min",
+    "volume_step": "volume_step",
+    "volume_max": "volume_max",
+}
+
+
 def _dec(value: float | int | str) -> Decimal:
     """A MetaTrader float as the decimal it was printed as (never the binary expansion)."""
     return Decimal(str(value))
@@ -102,15 +113,8 @@ class Mt5Executor(base.Executor):
 
     @staticmethod
     def _symbol(info: Any) -> base.SymbolInfo:
-        return base.SymbolInfo(
-            name=str(info.name),
-            contract_size=_dec(info.trade_contract_size),
-            tick_size=_dec(info.trade_tick_size),
-            tick_value=_dec(info.trade_tick_value),
-            volume_min=_dec(info.volume_min),
-            volume_step=_dec(info.volume_step),
-            volume_max=_dec(info.volume_max),
-        )
+        amounts = {ours: _dec(getattr(info, theirs)) for ours, theirs in _SYMBOL_AMOUNTS.items()}
+        return base.SymbolInfo(name=str(info.name), **amounts)
 
     async def symbols(self) -> list[base.SymbolInfo]:
         found: Iterable[Any] = await self._call(self._mt5.symbols_get) or ()
