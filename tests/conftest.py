@@ -148,6 +148,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# What a client-side process (a bridge, a load process) must not load: the servers and their dependencies.
+SERVER_PACKAGES = frozenset({"backoffice", "gateway", "sqlalchemy", "asyncpg", "redis"})
+
+
+def packages_imported_by(module: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded once it imported ``module`` of this repository."""
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT_DIR, capture_output=True, text=True, check=True
+    )
+    return {name.split(".")[0] for name in json.loads(done.stdout)}
+
+
 def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
     """The environment of a ``signalhub serve`` process of a test's own: its database and Redis, the test
     master key, a metrics port of its own, quiet logs; ``settings`` are more SIGNALHUB_<NAME> values."""
