@@ -16,7 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -207,21 +207,22 @@ def _dsn(url: str, database: str) -> str:
     return make_url(url).set(drivername="postgresql", database=database).render_as_string(hide_password=False)
 
 
-async def create_database(name: str) -> str:
+async def _on_server(statement: str) -> None:
+    """Run ``statement`` on the test server's ``postgres`` database (CREATE and DROP DATABASE)."""
     conn = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def create_database(name: str) -> str:
+    await _on_server(f'CREATE DATABASE "{name}"')
     return make_url(SERVER_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
 
 
 async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _on_server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -270,20 +271,26 @@ async def res(settings: Settings) -> AsyncIterator[Resources]:
         yield resources
 
 
+@asynccontextmanager
+async def serving(server: Server) -> AsyncIterator[Server]:
+    """``server`` started, and stopped on the way out."""
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest.fixture(scope="session")
 async def backoffice_server(res: Resources) -> AsyncIterator[Server]:
-    server = bootstrap.build_server(res)
-    await server.start()
-    yield server
-    await server.stop()
+    async with serving(bootstrap.build_server(res)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 async def gateway_server(res: Resources) -> AsyncIterator[Server]:
-    server = gateway_bootstrap.build_server(res)
-    await server.start()
-    yield server
-    await server.stop()
+    async with serving(gateway_bootstrap.build_server(res)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
