@@ -25,8 +25,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 
 from backoffice.platform import schema
-from tests.reliability.conftest import open_world
-from tests.reliability.services import OwnedPostgres, PostgresTemplate
+from tests.reliability.conftest import WorldOpener
+from tests.reliability.services import OwnedPostgres
 
 LOCK_TIMEOUT = "1s"
 ATTEMPTS = 6  # of a step whose lock timed out
@@ -146,13 +146,11 @@ async def long_reader(postgres: OwnedPostgres, holding: asyncio.Event) -> None:
         await conn.close()
 
 
-async def test_expand_then_contract_while_the_gateways_serve(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
+async def test_expand_then_contract_while_the_gateways_serve(new_world: WorldOpener, tmp_path: Path) -> None:
     """Expand under load, let traffic run on the expanded schema, contract under load; then the fault
     suite's checks (nothing lost or doubled, no client error, every server SERVING, none restarted), no
     ERROR line from any server, and both tables kept their storage."""
-    async with open_world(template, traversable_dir, tmp_path) as (world, postgres, _):
+    async with new_world() as (world, postgres, _):
         config = migrations_with_test_steps(tmp_path / "migrations", postgres.url)
         before = await catalog(postgres)
         assert not before["columns"] and before["index_valid"] is None
