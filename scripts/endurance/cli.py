@@ -129,38 +129,35 @@ async def main_async(options: Options) -> int:
     verdict: Verdict | None = None
     clock = RunClock()
     try:
-        async with AsyncExitStack() as stack:
-            with ExitStack() as sync_stack:
-                servers = await start_servers(options, stack, sync_stack)
-                clock.phase(f"provisioning {options.users} accounts and {options.bridges} devices")
-                made = await world.provision(servers.stack, options.users, options.bridges)
-                clock.phase(f"connecting {options.bridges} bridges over {options.processes} load processes")
-                fleet = FleetHost(
-                    servers.stack.gateway,
-                    made.devices,
-                    options.processes,
-                    churn_fraction=options.churn_fraction,
-                    churn_seconds=options.churn_seconds,
-                    quote_seconds=options.quote_seconds,
-                )
-                stack.push_async_callback(fleet.close)
-                connected = await fleet.connect()
-                clock.phase(f"{connected.connected} connected; traffic and churn for {options.minutes:g} min")
-                api = world.Backoffice(servers.stack, made)
-                stack.push_async_callback(api.close)
-                traffic = Traffic(
-                    api, made, options.signal_seconds, options.manual_accounts, options.cancel_after_seconds
-                )
-                running = asyncio.create_task(traffic.run())
-                try:
-                    await sample_loop(options, servers, fleet, samples, totals)
-                finally:
-                    ran_until.update(log_sizes(logs))
-                    running.cancel()
-                    await traffic.stop()
-                totals.update(traffic.counts)
-                failures = traffic.failures
-                clock.phase("stopping")
+        async with system.exit_stacks() as (stack, sync_stack):
+            servers = await start_servers(options, stack, sync_stack)
+            clock.phase(f"provisioning {options.users} accounts and {options.bridges} devices")
+            made = await world.provision(servers.stack, options.users, options.bridges)
+            clock.phase(f"connecting {options.bridges} bridges over {options.processes} load processes")
+            fleet = FleetHost(
+                servers.stack.gateway,
+                made.devices,
+                options.processes,
+                churn_fraction=options.churn_fraction,
+                churn_seconds=options.churn_seconds,
+                quote_seconds=options.quote_seconds,
+            )
+            stack.push_async_callback(fleet.close)
+            connected = await fleet.connect()
+            clock.phase(f"{connected.connected} connected; traffic and churn for {options.minutes:g} min")
+            api = world.Backoffice(servers.stack, made)
+            stack.push_async_callback(api.close)
+            traffic = Traffic(api, made, options.signal_seconds, options.manual_accounts, options.cancel_after_seconds)
+            running = asyncio.create_task(traffic.run())
+            try:
+                await sample_loop(options, servers, fleet, samples, totals)
+            finally:
+                ran_until.update(log_sizes(logs))
+                running.cancel()
+                await traffic.stop()
+            totals.update(traffic.counts)
+            failures = traffic.failures
+            clock.phase("stopping")
     finally:
         verdict = judge(samples, options.warmup_seconds, options.bounds)
         if failures:
