@@ -16,7 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -148,6 +148,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# What a client-side process (a bridge, a load process) must not load: the servers and their dependencies.
+SERVER_PACKAGES = frozenset({"backoffice", "gateway", "sqlalchemy", "asyncpg", "redis"})
+
+
+def packages_imported_by(module: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded once it imported ``module`` of this repository."""
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT_DIR, capture_output=True, text=True, check=True
+    )
+    return {name.split(".")[0] for name in json.loads(done.stdout)}
+
+
 def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
     """The environment of a ``signalhub serve`` process of a test's own: its database and Redis, the test
     master key, a metrics port of its own, quiet logs; ``settings`` are more SIGNALHUB_<NAME> values."""
@@ -193,21 +207,22 @@ def _dsn(url: str, database: str) -> str:
     return make_url(url).set(drivername="postgresql", database=database).render_as_string(hide_password=False)
 
 
-async def create_database(name: str) -> str:
+async def _on_server(statement: str) -> None:
+    """Run ``statement`` on the test server's ``postgres`` database (CREATE and DROP DATABASE)."""
     conn = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def create_database(name: str) -> str:
+    await _on_server(f'CREATE DATABASE "{name}"')
     return make_url(SERVER_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
 
 
 async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _on_server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -256,20 +271,26 @@ async def res(settings: Settings) -> AsyncIterator[Resources]:
         yield resources
 
 
+@asynccontextmanager
+async def serving(server: Server) -> AsyncIterator[Server]:
+    """``server`` started, and stopped on the way out."""
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest.fixture(scope="session")
 async def backoffice_server(res: Resources) -> AsyncIterator[Server]:
-    server = bootstrap.build_server(res)
-    await server.start()
-    yield server
-    await server.stop()
+    async with serving(bootstrap.build_server(res)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 async def gateway_server(res: Resources) -> AsyncIterator[Server]:
-    server = gateway_bootstrap.build_server(res)
-    await server.start()
-    yield server
-    await server.stop()
+    async with serving(gateway_bootstrap.build_server(res)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

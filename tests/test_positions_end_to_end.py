@@ -34,7 +34,7 @@ from signalhub.v1 import gateway_pb2 as gpb
 from tests.backoffice.api.test_approvals import subscribe, subscribe_request
 from tests.backoffice.monitor.support import monitoring
 from tests.conftest import KeyCredentials, Stack, UserCredentials, make_user, rpc_failure
-from tests.gateway.support import eventually
+from tests.gateway.support import eventually, running_bridge
 from tests.gateway.tap import DeviceTap, assert_redacted, tapped
 
 D = Decimal
@@ -118,16 +118,9 @@ async def trade(
     async with monitoring(stack.res), tapped(stack.gateway.bound_address) as tap:
         ledger = tmp_path / "ledger.db"
         config = BridgeConfig(str(stack.device.id), (tap.address,), ledger, quote_interval=0.05, quote_refresh=0.2)
-        client = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
-        task = asyncio.create_task(client.run())
-        try:
-            await asyncio.wait_for(client.connected.wait(), 15)
-            async with stack.producer_client() as signals:
-                positions = brpc.PositionServiceStub(stack.backoffice_channel)
-                yield Trading(symbol, executor, client, tap, signals, positions, stack.user, stack.device)
-        finally:
-            client.stop()
-            await asyncio.wait_for(task, 15)
+        async with running_bridge(config, stack.device, executor) as client, stack.producer_client() as signals:
+            positions = brpc.PositionServiceStub(stack.backoffice_channel)
+            yield Trading(symbol, executor, client, tap, signals, positions, stack.user, stack.device)
     tap.assert_redacted(stack.device, SECRETS)
 
 

@@ -10,7 +10,6 @@ import resource
 import sys
 import time
 from collections.abc import Awaitable, Sequence
-from contextlib import AsyncExitStack, ExitStack
 
 from .jetstream import bare_jetstream
 from .limits import Bare, bare_echo, bare_postgres, bare_redis
@@ -18,47 +17,55 @@ from .options import Options, parse_args
 from .polling import bare_polling
 from .report import Report, write_results
 from .scenarios import gateway_scenarios
-from .system import start_stack
+from .system import exit_stacks, start_stack
 from .world import provision
+
+
+class RunClock:
+    """The time since a run began, for announcing each of its phases (the soak's too)."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.began
+
+    def phase(self, name: str) -> None:
+        print(f"== {name} (at {self.seconds():.0f} s)", flush=True)
 
 
 async def main_async(options: Options) -> int:
     """Every phase in order, each announced with the time since the start; the servers and the database
     are stopped and dropped on the way out, whatever happened, and the figures so far are written."""
     report = Report()
-    began = time.monotonic()
-
-    def phase(name: str) -> None:
-        print(f"== {name} (at {time.monotonic() - began:.0f} s)", flush=True)
-
+    clock = RunClock()
     try:
-        async with AsyncExitStack() as stack:
-            with ExitStack() as sync_stack:
-                system = await start_stack(options, stack, sync_stack)
-                phase(f"provisioning {options.users} users, {options.devices} devices, 3 producers")
-                world = await provision(system, options.users, options.devices)
-                phase("bare limits: Postgres commit, Redis publish")
-                bare: Bare = {
-                    "commit": await bare_postgres(system, report, options.commits),
-                    "publish": await bare_redis(system, report, options.publishes),
-                }
-                phase(f"bare limits: echo stream, {options.devices} streams over {options.processes} load processes")
-                bare.update(await bare_echo(options, world, report))
-                device_ids = [d for d, _ in world.devices]
-                if wanted(options, "fan-out", "acks, burst"):
-                    phase(f"yardstick: NATS JetStream ({options.nats}), {options.devices} devices")
-                    bare.update(await yardstick(report, "JetStream", bare_jetstream(options, device_ids, report)))
-                if wanted(options, "approval to delivery"):
-                    phase(f"yardstick: {options.devices} devices polling once a second")
-                    url = system.settings.database_url
-                    bare.update(await yardstick(report, "polling", bare_polling(options, url, device_ids, report)))
-                phase(f"the system: {options.devices} simulated bridges on one gateway")
-                await gateway_scenarios(options, system, world, report, bare)
-                phase("stopping")
+        async with exit_stacks() as (stack, sync_stack):
+            system = await start_stack(options, stack, sync_stack)
+            clock.phase(f"provisioning {options.users} users, {options.devices} devices, 3 producers")
+            world = await provision(system, options.users, options.devices)
+            clock.phase("bare limits: Postgres commit, Redis publish")
+            bare: Bare = {
+                "commit": await bare_postgres(system, report, options.commits),
+                "publish": await bare_redis(system, report, options.publishes),
+            }
+            clock.phase(f"bare limits: echo stream, {options.devices} streams over {options.processes} load processes")
+            bare.update(await bare_echo(options, world, report))
+            device_ids = [d for d, _ in world.devices]
+            if wanted(options, "fan-out", "acks, burst"):
+                clock.phase(f"yardstick: NATS JetStream ({options.nats}), {options.devices} devices")
+                bare.update(await yardstick(report, "JetStream", bare_jetstream(options, device_ids, report)))
+            if wanted(options, "approval to delivery"):
+                clock.phase(f"yardstick: {options.devices} devices polling once a second")
+                url = system.settings.database_url
+                bare.update(await yardstick(report, "polling", bare_polling(options, url, device_ids, report)))
+            clock.phase(f"the system: {options.devices} simulated bridges on one gateway")
+            await gateway_scenarios(options, system, world, report, bare)
+            clock.phase("stopping")
     finally:
         write_results(options.output, report)
     missed = report.missed()
-    print(f"== {len(report.figures)} figures in {time.monotonic() - began:.0f} s -> {options.output}", flush=True)
+    print(f"== {len(report.figures)} figures in {clock.seconds():.0f} s -> {options.output}", flush=True)
     if missed:
         print("== targets not met: " + ", ".join(missed), flush=True)
     return 0

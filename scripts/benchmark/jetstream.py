@@ -35,7 +35,7 @@ from nats.js.client import JetStreamContext
 from signalhub.v1 import gateway_pb2 as pb
 
 from .options import Options
-from .processes import Handlers, Message, ProcessPool, serve, shares
+from .processes import Message, ProcessPool, run_commands, shares
 from .report import Report, ms, percentile
 from .simdevice import delivery
 
@@ -164,17 +164,7 @@ class FleetWorker:
 
 def fleet_main(spec: FleetSpec, conn: Connection) -> None:
     """A JetStream load process: holds its devices and answers the coordinator's commands."""
-    asyncio.run(serve(_handlers(FleetWorker(spec)), conn))
-
-
-def _handlers(worker: FleetWorker) -> Handlers:
-    return {
-        "connect": worker.connect,
-        "count": worker.count,
-        "arrivals": worker.arrivals,
-        "burst": worker.burst,
-        "close": worker.close,
-    }
+    run_commands(FleetWorker(spec), ("connect", "count", "arrivals", "burst", "close"), conn)
 
 
 class Fleet(ProcessPool):

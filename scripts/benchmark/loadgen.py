@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 
 import grpc
 
-from .processes import Handlers, Message, ProcessPool, serve, shares
+from .processes import Message, ProcessPool, run_commands, shares
 from .simdevice import Samples, SimDevice
 
 
@@ -28,20 +28,7 @@ class WorkerSpec:
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """A load process: holds its share of the devices and answers the coordinator's commands."""
-    asyncio.run(serve(_handlers(Worker(spec)), conn))
-
-
-def _handlers(worker: Worker) -> Handlers:
-    return {
-        "connect": worker.connect,
-        "echo": worker.echo,
-        "echo_paced": worker.echo_paced,
-        "count": worker.count,
-        "closes": worker.closes,
-        "drain": worker.drain,
-        "collect": worker.collect,
-        "close": worker.close,
-    }
+    run_commands(Worker(spec), ("connect", "echo", "echo_paced", "count", "closes", "drain", "collect", "close"), conn)
 
 
 class Worker:

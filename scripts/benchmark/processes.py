@@ -29,6 +29,14 @@ async def serve(handlers: Handlers, conn: Connection) -> None:
             return
 
 
+def run_commands(worker: object, commands: Sequence[str], conn: Connection) -> None:
+    """A load process's body: ``serve`` the coordinator's ``commands``, each answered by the worker's method
+    of that name, until "close" (which must be one of them)."""
+    if "close" not in commands:
+        raise ValueError("a load process must answer close")
+    asyncio.run(serve({name: getattr(worker, name) for name in commands}, conn))
+
+
 class ProcessPool:
     """The coordinator's side: one spawned process per spec, each asked over its own pipe."""
 

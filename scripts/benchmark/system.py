@@ -82,6 +82,15 @@ async def wait_serving(address: str, within: float = 60) -> None:
             await asyncio.sleep(0.2)
 
 
+@asynccontextmanager
+async def exit_stacks() -> AsyncIterator[tuple[AsyncExitStack, ExitStack]]:
+    """The exit stacks a run's servers are started on: an async one (processes, the database) and a sync one
+    (embedded servers, log files), which is closed first."""
+    async with AsyncExitStack() as stack:
+        with ExitStack() as sync_stack:
+            yield stack, sync_stack
+
+
 def server_urls(sync_stack: ExitStack) -> tuple[str, str]:
     """Postgres and Redis: SIGNALHUB_DATABASE_URL / SIGNALHUB_REDIS_URL, else the ones on 127.0.0.1, else
     embedded ones (stopped when ``sync_stack`` closes)."""

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from backoffice.platform import db, schema
 from backoffice.platform.config import Settings
 from scripts.benchmark import system, world
-from scripts.benchmark.cli import raise_file_limit
+from scripts.benchmark.cli import RunClock, raise_file_limit
 from scripts.endurance import probe
 from scripts.endurance.fleet import FleetHost
 from scripts.endurance.judge import Sample, Verdict, judge, table
@@ -127,44 +127,37 @@ async def main_async(options: Options) -> int:
     ran_until: dict[Path, int] = {}  # how much of each server log the run itself wrote
     failures: list[str] = []
     verdict: Verdict | None = None
-    began = time.monotonic()
-
-    def phase(text: str) -> None:
-        print(f"== {text} (at {time.monotonic() - began:.0f} s)", flush=True)
-
+    clock = RunClock()
     try:
-        async with AsyncExitStack() as stack:
-            with ExitStack() as sync_stack:
-                servers = await start_servers(options, stack, sync_stack)
-                phase(f"provisioning {options.users} accounts and {options.bridges} devices")
-                made = await world.provision(servers.stack, options.users, options.bridges)
-                phase(f"connecting {options.bridges} bridges over {options.processes} load processes")
-                fleet = FleetHost(
-                    servers.stack.gateway,
-                    made.devices,
-                    options.processes,
-                    churn_fraction=options.churn_fraction,
-                    churn_seconds=options.churn_seconds,
-                    quote_seconds=options.quote_seconds,
-                )
-                stack.push_async_callback(fleet.close)
-                connected = await fleet.connect()
-                phase(f"{connected.connected} connected; traffic and churn for {options.minutes:g} min")
-                api = world.Backoffice(servers.stack, made)
-                stack.push_async_callback(api.close)
-                traffic = Traffic(
-                    api, made, options.signal_seconds, options.manual_accounts, options.cancel_after_seconds
-                )
-                running = asyncio.create_task(traffic.run())
-                try:
-                    await sample_loop(options, servers, fleet, samples, totals)
-                finally:
-                    ran_until.update(log_sizes(logs))
-                    running.cancel()
-                    await traffic.stop()
-                totals.update(traffic.counts)
-                failures = traffic.failures
-                phase("stopping")
+        async with system.exit_stacks() as (stack, sync_stack):
+            servers = await start_servers(options, stack, sync_stack)
+            clock.phase(f"provisioning {options.users} accounts and {options.bridges} devices")
+            made = await world.provision(servers.stack, options.users, options.bridges)
+            clock.phase(f"connecting {options.bridges} bridges over {options.processes} load processes")
+            fleet = FleetHost(
+                servers.stack.gateway,
+                made.devices,
+                options.processes,
+                churn_fraction=options.churn_fraction,
+                churn_seconds=options.churn_seconds,
+                quote_seconds=options.quote_seconds,
+            )
+            stack.push_async_callback(fleet.close)
+            connected = await fleet.connect()
+            clock.phase(f"{connected.connected} connected; traffic and churn for {options.minutes:g} min")
+            api = world.Backoffice(servers.stack, made)
+            stack.push_async_callback(api.close)
+            traffic = Traffic(api, made, options.signal_seconds, options.manual_accounts, options.cancel_after_seconds)
+            running = asyncio.create_task(traffic.run())
+            try:
+                await sample_loop(options, servers, fleet, samples, totals)
+            finally:
+                ran_until.update(log_sizes(logs))
+                running.cancel()
+                await traffic.stop()
+            totals.update(traffic.counts)
+            failures = traffic.failures
+            clock.phase("stopping")
     finally:
         verdict = judge(samples, options.warmup_seconds, options.bounds)
         if failures:
@@ -186,7 +179,7 @@ async def main_async(options: Options) -> int:
     for breach in verdict.breaches:
         print(f"!! {breach}", flush=True)
     print(
-        f"== {'PASSED' if verdict.passed else 'FAILED'} in {time.monotonic() - began:.0f} s -> {options.output}",
+        f"== {'PASSED' if verdict.passed else 'FAILED'} in {clock.seconds():.0f} s -> {options.output}",
         flush=True,
     )
     return 0 if verdict.passed else 1

@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from scripts.benchmark.processes import Handlers, Message, ProcessPool, serve, shares
+from scripts.benchmark.processes import Message, ProcessPool, run_commands, shares
 from scripts.benchmark.simdevice import INSTRUMENT, Samples, SimDevice
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
@@ -178,11 +178,7 @@ class Fleet:
 
 def fleet_main(spec: FleetSpec, conn: Connection) -> None:
     """A load process: holds its share of the bridges and answers the coordinator's commands."""
-    asyncio.run(serve(_handlers(Fleet(spec)), conn))
-
-
-def _handlers(fleet: Fleet) -> Handlers:
-    return {"connect": fleet.connect, "stats": fleet.stats, "close": fleet.close}
+    run_commands(Fleet(spec), ("connect", "stats", "close"), conn)
 
 
 @dataclass

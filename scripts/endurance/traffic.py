@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from backoffice.producer import ProducerClient
 from scripts.benchmark.world import Backoffice, World
 
 MAX_IN_FLIGHT = 50  # calls: a stalled back office holds at most this many, never an ever-growing pile
@@ -52,24 +53,28 @@ class Traffic:
                 self._call(self._cancel(producer, signal_id))
             await asyncio.sleep(max(0.0, began + self.signal_seconds - time.monotonic()))
 
-    async def _auto(self) -> None:
+    def _producer(self, name: str) -> ProducerClient:
+        return self.api.auto if name == "auto" else self.api.manual
+
+    async def _submit(self, producer: str) -> str | None:
+        """A signal from the "auto" or "manual" producer, to be cancelled in its turn; None when it failed."""
         try:
-            signal_id = await self.api.signal(self.api.auto)
+            signal_id = await self.api.signal(self._producer(producer))
         except Exception as exc:
-            self.failures.append(f"SubmitSignal (AUTO): {exc}")
-            return
-        self.counts["auto signals"] += 1
-        self._open.append((time.monotonic(), "auto", signal_id))
+            self.failures.append(f"SubmitSignal ({producer.upper()}): {exc}")
+            return None
+        self.counts[f"{producer} signals"] += 1
+        self._open.append((time.monotonic(), producer, signal_id))
+        return signal_id
+
+    async def _auto(self) -> None:
+        await self._submit("auto")
 
     async def _manual(self) -> None:
         """A MANUAL signal, approved by the next few accounts in turn (all their devices)."""
-        try:
-            signal_id = await self.api.signal(self.api.manual)
-        except Exception as exc:
-            self.failures.append(f"SubmitSignal (MANUAL): {exc}")
+        signal_id = await self._submit("manual")
+        if signal_id is None:
             return
-        self.counts["manual signals"] += 1
-        self._open.append((time.monotonic(), "manual", signal_id))
         accounts = self.world.accounts
         for _ in range(min(self.manual_accounts, len(accounts))):
             account = accounts[self._turn % len(accounts)]
@@ -82,9 +87,8 @@ class Traffic:
             self.counts["approvals"] += 1
 
     async def _cancel(self, producer: str, signal_id: str) -> None:
-        client = self.api.auto if producer == "auto" else self.api.manual
         try:
-            await client.cancel_signal(signal_id, "soak", close_positions=True)
+            await self._producer(producer).cancel_signal(signal_id, "soak", close_positions=True)
         except Exception as exc:
             self.failures.append(f"CancelSignal: {exc}")
             return

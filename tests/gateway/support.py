@@ -33,6 +33,7 @@ from backoffice.models import (
 )
 from backoffice.positions.levels import Levels, start_trailing
 from gateway.bootstrap import GatewayServer
+from gateway.bridge import BridgeClient, BridgeConfig, Executor
 from signalhub.protocol import signing
 from signalhub.protocol.sealing import InstructionSealer
 from signalhub.protocol.signing import CONNECT_METHOD
@@ -66,6 +67,21 @@ async def gateway(res: Resources, **overrides: Any) -> AsyncIterator[tuple[Gatew
             yield server, channel
     finally:
         await server.stop()
+
+
+@asynccontextmanager
+async def running_bridge(
+    config: BridgeConfig, device: KeyCredentials, executor: Executor
+) -> AsyncIterator[BridgeClient]:
+    """A BridgeClient for ``device``, running and connected for the block, then stopped."""
+    client = BridgeClient(config, signing.parse_secret(device.secret), executor)
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.wait_for(client.connected.wait(), WAIT)
+        yield client
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, WAIT)
 
 
 async def eventually(predicate: Callable[[], Any], what: str = "condition", within: float = WAIT) -> None:

@@ -5,7 +5,6 @@ a call carry that call's request id, and the lines about a device carry its id."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -18,14 +17,13 @@ from typing import Any
 import pytest
 
 from backoffice.producer import ProducerClient
-from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecutor
+from gateway.bridge import BridgeConfig, PaperConfig, PaperExecutor
 from gateway.bridge.executors.base import SymbolInfo
 from gateway.bridge.executors.paper import DEFAULT_SYMBOLS
-from signalhub.protocol import signing
 from signalhub.protocol.logs import JsonFormatter
 from tests.backoffice.api.test_approvals import subscribe, subscribe_request
 from tests.conftest import Stack
-from tests.gateway.support import eventually
+from tests.gateway.support import eventually, running_bridge
 
 
 class Lines(logging.Handler):
@@ -71,15 +69,8 @@ async def bridged(stack: Stack, tmp_path: Path, prefix: str, seed: int) -> Async
     executor.set_price(symbol, Decimal("2034.15"))
     await subscribe(stack.backoffice_channel, stack.user, subscribe_request(stack.producer, sizing_value="0.10"))
     config = BridgeConfig(str(stack.device.id), (stack.gateway.bound_address,), tmp_path / "ledger.db")
-    bridge = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
-    running = asyncio.create_task(bridge.run())
-    try:
-        await asyncio.wait_for(bridge.connected.wait(), 15)
-        async with stack.producer_client() as signals:
-            yield symbol, signals
-    finally:
-        bridge.stop()
-        await asyncio.wait_for(running, 15)
+    async with running_bridge(config, stack.device, executor), stack.producer_client() as signals:
+        yield symbol, signals
 
 
 async def test_one_trace_follows_a_signal_from_submit_to_fill_and_close(

@@ -5,10 +5,12 @@ impossible transitions are refused while the stream stays up; too many frames en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -50,6 +52,18 @@ async def channel(res: Resources) -> AsyncIterator[grpc.aio.Channel]:
         yield gateway_channel
 
 
+@contextlib.asynccontextmanager
+async def delivered(
+    channel: grpc.aio.Channel, device: KeyCredentials, book: Book, **delivery: Any
+) -> AsyncIterator[tuple[uuid.UUID, DeviceStream]]:
+    """A delivery booked for ``device`` (``delivery``: Book.delivery's options), and the device's stream
+    on which it has arrived."""
+    delivery_id = await book.delivery(device.id, **delivery)
+    async with stream(channel, device) as device_stream:
+        await device_stream.delivery()
+        yield delivery_id, device_stream
+
+
 def reason_of(receipt: pb.Receipt) -> str:
     for detail in receipt.error.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -62,9 +76,8 @@ def reason_of(receipt: pb.Receipt) -> str:
 async def test_acks_and_a_fill_are_persisted_before_their_receipts(
     res: Resources, channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
-    delivery_id = await book.delivery(device.id, stop_loss="2030.55", take_profit="2040.77")
-    async with stream(channel, device) as device_stream:
-        await device_stream.delivery()
+    levels = {"stop_loss": "2030.55", "take_profit": "2040.77"}  # hidden: the Position keeps them
+    async with delivered(channel, device, book, **levels) as (delivery_id, device_stream):
         received = device_stream.ack(delivery_id, pb.ACK_STAGE_RECEIVED)
         assert (await device_stream.receipt(received)).status == ACCEPTED
         # The receipt came after the commit: the state is already visible to anyone.
@@ -97,9 +110,7 @@ async def test_acks_and_a_fill_are_persisted_before_their_receipts(
 async def test_a_rejection_is_recorded_with_its_reason(
     res: Resources, channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
-    delivery_id = await book.delivery(device.id)
-    async with stream(channel, device) as device_stream:
-        await device_stream.delivery()
+    async with delivered(channel, device, book) as (delivery_id, device_stream):
         frame = device_stream.ack(delivery_id, pb.ACK_STAGE_REJECTED, reason="max_deviation")
         assert (await device_stream.receipt(frame)).status == ACCEPTED
         # A fill after a rejection is a conflict: refused, and the stream stays up.
@@ -163,9 +174,7 @@ async def test_a_failed_close_marks_the_position_closed_error(
 async def test_repeats_are_duplicates_and_change_nothing(
     res: Resources, channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
-    delivery_id = await book.delivery(device.id)
-    async with stream(channel, device) as device_stream:
-        await device_stream.delivery()
+    async with delivered(channel, device, book) as (delivery_id, device_stream):
         first = device_stream.ack(delivery_id, pb.ACK_STAGE_RECEIVED, frame_id="ack-1")
         assert (await device_stream.receipt(first)).status == ACCEPTED
         before = await count_events(res, device.id)

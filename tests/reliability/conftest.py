@@ -4,6 +4,7 @@ bridges in a process of their own, and steady load. A test breaks what it owns a
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from tests.reliability.services import (
 
 DEVICES = 4
 Route = Callable[[list[str]], Awaitable[list[str]]]
+WorldOpener = Callable[..., contextlib.AbstractAsyncContextManager[tuple[World, OwnedPostgres, OwnedRedis]]]
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +46,13 @@ async def template() -> AsyncIterator[PostgresTemplate]:
         yield await make_template(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def new_world(template: PostgresTemplate, traversable_dir: Path, tmp_path: Path) -> WorldOpener:
+    """``open_world`` for this test: its Postgres a copy of the template under ``traversable_dir``, its files
+    in ``tmp_path``; called with open_world's keyword options."""
+    return functools.partial(open_world, template, traversable_dir, tmp_path)
 
 
 @contextlib.asynccontextmanager

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 
-from tests.reliability.conftest import open_world
-from tests.reliability.services import PostgresTemplate
+from tests.reliability.conftest import WorldOpener
 
 STALL_SECONDS = 5.0
 REDIS_OUTAGE_SECONDS = 10.0
 
 
-async def test_postgres_restarted_then_stalled(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
-    async with open_world(template, traversable_dir, tmp_path) as (world, postgres, _):
+async def test_postgres_restarted_then_stalled(new_world: WorldOpener) -> None:
+    async with new_world() as (world, postgres, _):
         await asyncio.sleep(1.0)
         started = datetime.now(UTC)
         await postgres.restart()
@@ -31,10 +27,8 @@ async def test_postgres_restarted_then_stalled(
         await world.settle_and_check()
 
 
-async def test_redis_unreachable_for_ten_seconds(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
-    async with open_world(template, traversable_dir, tmp_path) as (world, _, redis):
+async def test_redis_unreachable_for_ten_seconds(new_world: WorldOpener) -> None:
+    async with new_world() as (world, _, redis):
         await asyncio.sleep(1.0)
         before = len(world.load.submitted)
         await redis.kill()

@@ -25,63 +25,57 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 
 from backoffice.platform import schema
-from tests.reliability.conftest import open_world
-from tests.reliability.services import OwnedPostgres, PostgresTemplate
+from tests.reliability.conftest import WorldOpener
+from tests.reliability.services import OwnedPostgres
 
 LOCK_TIMEOUT = "1s"
 ATTEMPTS = 6  # of a step whose lock timed out
 READER_SECONDS = 2.5  # a long report holding ACCESS SHARE on deliveries while the expand step wants its lock
 
-EXPAND = '''"""expand (test only): columns the next release would use, and an index built without blocking writes
+# A test-only revision on top of ``down_revision``; ``body`` is its upgrade's work, under the lock timeout.
+REVISION = '''"""{message}
 
-Revision ID: t_expand
-Revises: {head}
+Revision ID: {revision}
+Revises: {down_revision}
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "t_expand"
-down_revision = "{head}"
+revision = "{revision}"
+down_revision = "{down_revision}"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     op.execute("SET lock_timeout = '{lock_timeout}'")
-    # Nullable, and a constant default: catalog changes only, neither table is rewritten.
+{body}'''
+
+# The expand step's upgrade: columns the next release would use, and an index built without blocking writes.
+EXPAND = """    # Nullable, and a constant default: catalog changes only, neither table is rewritten.
     op.add_column("deliveries", sa.Column("route_hint", sa.Text(), nullable=True))
     op.add_column("execution_events", sa.Column("source", sa.Text(), server_default="device", nullable=False))
     with op.get_context().autocommit_block():
         op.create_index(
             "ix_deliveries_route_hint", "deliveries", ["route_hint"], postgresql_concurrently=True, if_not_exists=True
         )
-'''
-
-CONTRACT = '''"""contract (test only): drop what only the previous release used
-
-Revision ID: t_contract
-Revises: t_expand
 """
 
-import sqlalchemy as sa
-from alembic import op
-
-revision = "t_contract"
-down_revision = "t_expand"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("SET lock_timeout = '{lock_timeout}'")
-    with op.get_context().autocommit_block():
+# The contract step's upgrade: drop all of it again.
+CONTRACT = """    with op.get_context().autocommit_block():
         op.drop_index(
             "ix_deliveries_route_hint", table_name="deliveries", postgresql_concurrently=True, if_exists=True
         )
     op.drop_column("deliveries", "route_hint")
     op.drop_column("execution_events", "source")
-'''
+"""
+
+
+def revision_file(revision: str, down_revision: str, message: str, body: str) -> str:
+    return REVISION.format(
+        revision=revision, down_revision=down_revision, message=message, lock_timeout=LOCK_TIMEOUT, body=body
+    )
 
 
 def migrations_with_test_steps(into: Path, database_url: str) -> Config:
@@ -90,8 +84,10 @@ def migrations_with_test_steps(into: Path, database_url: str) -> Config:
     config = schema.alembic_config(database_url)
     head = ScriptDirectory.from_config(config).get_current_head()
     versions = into / "versions"
-    (versions / "t1_expand.py").write_text(EXPAND.format(head=head, lock_timeout=LOCK_TIMEOUT))
-    (versions / "t2_contract.py").write_text(CONTRACT.format(lock_timeout=LOCK_TIMEOUT))
+    expand = "expand (test only): columns the next release would use, and an index built without blocking writes"
+    (versions / "t1_expand.py").write_text(revision_file("t_expand", head, expand, EXPAND))
+    contract = "contract (test only): drop what only the previous release used"
+    (versions / "t2_contract.py").write_text(revision_file("t_contract", "t_expand", contract, CONTRACT))
     config.set_main_option("script_location", str(into))
     return config
 
@@ -150,13 +146,11 @@ async def long_reader(postgres: OwnedPostgres, holding: asyncio.Event) -> None:
         await conn.close()
 
 
-async def test_expand_then_contract_while_the_gateways_serve(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
+async def test_expand_then_contract_while_the_gateways_serve(new_world: WorldOpener, tmp_path: Path) -> None:
     """Expand under load, let traffic run on the expanded schema, contract under load; then the fault
     suite's checks (nothing lost or doubled, no client error, every server SERVING, none restarted), no
     ERROR line from any server, and both tables kept their storage."""
-    async with open_world(template, traversable_dir, tmp_path) as (world, postgres, _):
+    async with new_world() as (world, postgres, _):
         config = migrations_with_test_steps(tmp_path / "migrations", postgres.url)
         before = await catalog(postgres)
         assert not before["columns"] and before["index_valid"] is None

@@ -7,21 +7,17 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
-from tests.reliability.conftest import open_world
+from tests.reliability.conftest import WorldOpener
 from tests.reliability.load import STRANDED_CLOSE, wait_for
 from tests.reliability.proxy import Chaos, ChaosProxy
-from tests.reliability.services import PostgresTemplate
 
 CHAOS = Chaos(drop=0.01, delay=0.2, duplicate=0.01, reorder=0.01, cut=0.005)
 CHAOS_SECONDS = 6.0
 
 
 @STRANDED_CLOSE
-async def test_bytes_dropped_delayed_duplicated_reordered_and_cut(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
+async def test_bytes_dropped_delayed_duplicated_reordered_and_cut(new_world: WorldOpener) -> None:
     proxies: list[ChaosProxy] = []
 
     async def through_proxies(gateways: list[str]) -> list[str]:
@@ -31,7 +27,7 @@ async def test_bytes_dropped_delayed_duplicated_reordered_and_cut(
         return [p.address for p in proxies]
 
     try:
-        async with open_world(template, traversable_dir, tmp_path, route=through_proxies) as (world, _, _):
+        async with new_world(route=through_proxies) as (world, _, _):
             await asyncio.sleep(1.0)
             for proxy in proxies:
                 proxy.chaos = CHAOS

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 
-from tests.reliability.conftest import open_world
+from tests.reliability.conftest import WorldOpener
 from tests.reliability.load import STRANDED_CLOSE, wait_for
-from tests.reliability.services import PostgresTemplate
 
 
-async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
-    async with open_world(template, traversable_dir, tmp_path) as (world, _, _):
+async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(new_world: WorldOpener) -> None:
+    async with new_world() as (world, _, _):
         first, second = world.cluster.gateway_addresses
         assert world.bridges.connected({first}), "every bridge starts on the first replica"
         await asyncio.sleep(1.0)
@@ -32,10 +28,8 @@ async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(
         await world.settle_and_check(restarted=frozenset({"gateway1"}))
 
 
-async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
-    async with open_world(template, traversable_dir, tmp_path) as (world, _, _):
+async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(new_world: WorldOpener) -> None:
+    async with new_world() as (world, _, _):
         await asyncio.sleep(1.0)
         killed = datetime.now(UTC)
         world.cluster["worker"].kill()
@@ -56,10 +50,8 @@ async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(
 
 
 @STRANDED_CLOSE
-async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(
-    template: PostgresTemplate, traversable_dir: Path, tmp_path: Path
-) -> None:
-    async with open_world(template, traversable_dir, tmp_path) as (world, _, _):
+async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(new_world: WorldOpener) -> None:
+    async with new_world() as (world, _, _):
         for round_ in range(3):  # at different moments: mid-order, mid-report, between the two
             await asyncio.sleep(0.6 + 0.3 * round_)
             killed = datetime.now(UTC)

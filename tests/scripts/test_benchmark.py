@@ -4,17 +4,14 @@ Nothing is started and nothing is timed: a real run is `scripts/bench --quick`."
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import pkgutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import scripts.benchmark
 from scripts.benchmark import options
+from tests.conftest import SERVER_PACKAGES, packages_imported_by
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(m.name for m in pkgutil.iter_modules(scripts.benchmark.__path__) if m.name != "__main__")
@@ -47,11 +44,8 @@ def test_a_running_stack_is_named_by_both_addresses() -> None:
 
 def test_a_load_process_imports_no_server_module() -> None:
     """The simulated bridges are built on signalhub.protocol alone, like any bridge."""
-    code = "import json, sys, scripts.benchmark.loadgen; print(json.dumps(sorted(sys.modules)))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "proto")])}
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
-    assert not loaded & {"backoffice", "gateway", "sqlalchemy", "asyncpg", "redis"}
+    loaded = packages_imported_by("scripts.benchmark.loadgen")
+    assert not loaded & SERVER_PACKAGES
     assert "signalhub" in loaded
 
 

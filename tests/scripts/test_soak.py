@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scripts.endurance import judge, options
-from tests.conftest import REDIS_URL, SERVER_URL
+from tests.conftest import REDIS_URL, SERVER_PACKAGES, SERVER_URL, packages_imported_by
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUNDS = judge.Bounds(rss_growth_mib=64, fd_growth=50, lag_p99_s=0.5)
@@ -80,11 +80,7 @@ def test_the_command_line_defaults_and_checks() -> None:
 
 
 def test_a_load_process_imports_no_server_module() -> None:
-    code = "import json, sys, scripts.endurance.fleet; print(json.dumps(sorted(sys.modules)))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "proto")])}
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
-    assert not loaded & {"backoffice", "gateway", "sqlalchemy", "asyncpg", "redis"}
+    assert not packages_imported_by("scripts.endurance.fleet") & SERVER_PACKAGES
 
 
 def test_a_short_soak_does_not_grow(tmp_path: Path) -> None:

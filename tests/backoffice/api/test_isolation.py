@@ -4,7 +4,7 @@ ids, answers NOT_FOUND and changes nothing."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,87 +49,69 @@ async def victim(backoffice_channel: grpc.aio.Channel, res: Resources) -> Victim
     return Victim(user, str(device), subscription.id, pending.id, approved.id, token.token.id)
 
 
-Call = Callable[[grpc.aio.Channel, Victim, tuple[tuple[str, str], ...]], Awaitable[Any]]
+Metadata = tuple[tuple[str, str], ...]
+Stub = Callable[[grpc.aio.Channel], Any]
 
 
 def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-CASES: dict[str, Call] = {
-    "GetSignal": lambda ch, v, md: rpc.SignalServiceStub(ch).GetSignal(
-        pb.GetSignalRequest(id=v.pending_signal_id), metadata=md
+# RPC -> (its service's stub, the request naming one of the victim's objects)
+CASES: dict[str, tuple[Stub, Callable[[Victim], Any]]] = {
+    "GetSignal": (rpc.SignalServiceStub, lambda v: pb.GetSignalRequest(id=v.pending_signal_id)),
+    "ApproveSignal": (
+        rpc.ApprovalServiceStub,
+        lambda v: pb.ApproveSignalRequest(signal_id=v.pending_signal_id, request_id=_new_id()),
     ),
-    "ApproveSignal": lambda ch, v, md: rpc.ApprovalServiceStub(ch).ApproveSignal(
-        pb.ApproveSignalRequest(signal_id=v.pending_signal_id, request_id=_new_id()), metadata=md
+    "RejectSignal": (
+        rpc.ApprovalServiceStub,
+        lambda v: pb.RejectSignalRequest(signal_id=v.pending_signal_id, request_id=_new_id()),
     ),
-    "RejectSignal": lambda ch, v, md: rpc.ApprovalServiceStub(ch).RejectSignal(
-        pb.RejectSignalRequest(signal_id=v.pending_signal_id, request_id=_new_id()), metadata=md
+    "Unsubscribe": (rpc.ApprovalServiceStub, lambda v: pb.UnsubscribeRequest(id=v.subscription_id)),
+    "RevokeApiToken": (rpc.AccountServiceStub, lambda v: pb.RevokeApiTokenRequest(id=v.token_id)),
+    "GetDevice": (rpc.DeviceServiceStub, lambda v: pb.GetDeviceRequest(id=v.device_id)),
+    "UpdateDevice": (rpc.DeviceServiceStub, lambda v: pb.UpdateDeviceRequest(id=v.device_id, name="stolen")),
+    "RotateDeviceSecret": (
+        rpc.DeviceServiceStub,
+        lambda v: pb.RotateDeviceSecretRequest(id=v.device_id, request_id=_new_id()),
     ),
-    "Unsubscribe": lambda ch, v, md: rpc.ApprovalServiceStub(ch).Unsubscribe(
-        pb.UnsubscribeRequest(id=v.subscription_id), metadata=md
-    ),
-    "RevokeApiToken": lambda ch, v, md: rpc.AccountServiceStub(ch).RevokeApiToken(
-        pb.RevokeApiTokenRequest(id=v.token_id), metadata=md
-    ),
-    "GetDevice": lambda ch, v, md: rpc.DeviceServiceStub(ch).GetDevice(
-        pb.GetDeviceRequest(id=v.device_id), metadata=md
-    ),
-    "UpdateDevice": lambda ch, v, md: rpc.DeviceServiceStub(ch).UpdateDevice(
-        pb.UpdateDeviceRequest(id=v.device_id, name="stolen"), metadata=md
-    ),
-    "RotateDeviceSecret": lambda ch, v, md: rpc.DeviceServiceStub(ch).RotateDeviceSecret(
-        pb.RotateDeviceSecretRequest(id=v.device_id, request_id=_new_id()), metadata=md
-    ),
-    "RevokeDevice": lambda ch, v, md: rpc.DeviceServiceStub(ch).RevokeDevice(
-        pb.RevokeDeviceRequest(id=v.device_id), metadata=md
-    ),
-    "GetSignalExecution": lambda ch, v, md: rpc.ExecutionServiceStub(ch).GetSignalExecution(
-        pb.GetSignalExecutionRequest(signal_id=v.approved_signal_id), metadata=md
+    "RevokeDevice": (rpc.DeviceServiceStub, lambda v: pb.RevokeDeviceRequest(id=v.device_id)),
+    "GetSignalExecution": (
+        rpc.ExecutionServiceStub,
+        lambda v: pb.GetSignalExecutionRequest(signal_id=v.approved_signal_id),
     ),
 }
 
-# List RPCs filtered by another user's object show nothing of it.
-LIST_CASES: dict[str, Callable[[grpc.aio.Channel, Victim, tuple[tuple[str, str], ...]], Awaitable[int]]] = {}
+# List RPCs filtered by another user's object show nothing of it: RPC -> (stub, request, the response's list).
+LIST_CASES: dict[str, tuple[Stub, Callable[[Victim], Any], str]] = {
+    "ListExecutions": (
+        rpc.ExecutionServiceStub,
+        lambda v: pb.ListExecutionsRequest(device_id=v.device_id),
+        "executions",
+    ),
+    "ListApprovals": (
+        rpc.ApprovalServiceStub,
+        lambda v: pb.ListApprovalsRequest(signal_id=v.approved_signal_id),
+        "approvals",
+    ),
+    "ListSignals": (rpc.SignalServiceStub, lambda v: pb.ListSignalsRequest(), "signals"),
+    "ListDevices": (rpc.DeviceServiceStub, lambda v: pb.ListDevicesRequest(), "devices"),
+    "ListSubscriptions": (rpc.ApprovalServiceStub, lambda v: pb.ListSubscriptionsRequest(), "subscriptions"),
+}
 
 
-async def _count_executions(ch: grpc.aio.Channel, v: Victim, md: tuple[tuple[str, str], ...]) -> int:
-    response = await rpc.ExecutionServiceStub(ch).ListExecutions(
-        pb.ListExecutionsRequest(device_id=v.device_id), metadata=md
-    )
-    return len(response.executions)
+async def _call(channel: grpc.aio.Channel, rpc_name: str, victim: Victim, metadata: Metadata) -> Any:
+    """``rpc_name`` of CASES on the victim's object, as the caller of ``metadata``."""
+    stub, request = CASES[rpc_name]
+    return await getattr(stub(channel), rpc_name)(request(victim), metadata=metadata)
 
 
-async def _count_approvals(ch: grpc.aio.Channel, v: Victim, md: tuple[tuple[str, str], ...]) -> int:
-    response = await rpc.ApprovalServiceStub(ch).ListApprovals(
-        pb.ListApprovalsRequest(signal_id=v.approved_signal_id), metadata=md
-    )
-    return len(response.approvals)
-
-
-async def _count_signals(ch: grpc.aio.Channel, v: Victim, md: tuple[tuple[str, str], ...]) -> int:
-    return len((await rpc.SignalServiceStub(ch).ListSignals(pb.ListSignalsRequest(), metadata=md)).signals)
-
-
-async def _count_devices(ch: grpc.aio.Channel, v: Victim, md: tuple[tuple[str, str], ...]) -> int:
-    return len((await rpc.DeviceServiceStub(ch).ListDevices(pb.ListDevicesRequest(), metadata=md)).devices)
-
-
-async def _count_subscriptions(ch: grpc.aio.Channel, v: Victim, md: tuple[tuple[str, str], ...]) -> int:
-    return len(
-        (await rpc.ApprovalServiceStub(ch).ListSubscriptions(pb.ListSubscriptionsRequest(), metadata=md)).subscriptions
-    )
-
-
-LIST_CASES.update(
-    {
-        "ListExecutions": _count_executions,
-        "ListApprovals": _count_approvals,
-        "ListSignals": _count_signals,
-        "ListDevices": _count_devices,
-        "ListSubscriptions": _count_subscriptions,
-    }
-)
+async def _count(channel: grpc.aio.Channel, rpc_name: str, victim: Victim, metadata: Metadata) -> int:
+    """How many items ``rpc_name`` of LIST_CASES lists, filtered by the victim's object, to the caller."""
+    stub, request, items = LIST_CASES[rpc_name]
+    response = await getattr(stub(channel), rpc_name)(request(victim), metadata=metadata)
+    return len(getattr(response, items))
 
 
 async def _snapshot(res: Resources, victim: Victim) -> list[str]:
@@ -162,12 +144,12 @@ async def test_other_users_object_is_not_found_and_unchanged(
     intruder = await make_user(res)
     before = await _snapshot(res, victim)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await CASES[rpc_name](backoffice_channel, victim, intruder.metadata)
+        await _call(backoffice_channel, rpc_name, victim, intruder.metadata)
     failure = rpc_failure(info.value)
     assert failure.code == grpc.StatusCode.NOT_FOUND, failure
     assert await _snapshot(res, victim) == before
     # The same call by the owner works (the case is real, not NOT_FOUND for every caller).
-    await CASES[rpc_name](backoffice_channel, victim, victim.user.metadata)
+    await _call(backoffice_channel, rpc_name, victim, victim.user.metadata)
 
 
 @pytest.mark.parametrize("rpc_name", sorted(LIST_CASES))
@@ -175,5 +157,5 @@ async def test_lists_show_nothing_of_another_user(
     backoffice_channel: grpc.aio.Channel, res: Resources, victim: Victim, rpc_name: str
 ) -> None:
     intruder = await make_user(res)
-    assert await LIST_CASES[rpc_name](backoffice_channel, victim, intruder.metadata) == 0
-    assert await LIST_CASES[rpc_name](backoffice_channel, victim, victim.user.metadata) > 0
+    assert await _count(backoffice_channel, rpc_name, victim, intruder.metadata) == 0
+    assert await _count(backoffice_channel, rpc_name, victim, victim.user.metadata) > 0

@@ -16,7 +16,7 @@ from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
-from tests.conftest import KeyCredentials, UserCredentials, make_user, rpc_failure
+from tests.conftest import KeyCredentials, RpcFailure, UserCredentials, make_user, rpc_failure, serving
 
 SUBMIT = "/signalhub.v1.SignalService/SubmitSignal"
 
@@ -41,14 +41,25 @@ async def _call_raw(
     return result
 
 
+def _signed(producer: KeyCredentials, body: bytes, *, timestamp: int | None = None) -> tuple[tuple[str, str], ...]:
+    """SubmitSignal metadata for ``body``, signed with the producer's own secret."""
+    secret = signing.parse_secret(producer.secret)
+    return signing.signed_metadata(secret, SUBMIT, str(producer.id), body, timestamp=timestamp)
+
+
+async def _refused(channel: grpc.aio.Channel, body: bytes, metadata: tuple[tuple[str, str], ...]) -> RpcFailure:
+    """How the back office refuses this raw SubmitSignal (the call must fail)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _call_raw(channel, SUBMIT, body, metadata)
+    return rpc_failure(info.value)
+
+
 async def test_bad_signature_is_unauthenticated_signature_invalid(
     backoffice_channel: grpc.aio.Channel, producer: KeyCredentials
 ) -> None:
     body = _submit_request().SerializeToString()
     md = signing.signed_metadata(bytes(32), SUBMIT, str(producer.id), body)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _call_raw(backoffice_channel, SUBMIT, body, md)
-    failure = rpc_failure(info.value)
+    failure = await _refused(backoffice_channel, body, md)
     assert (failure.code, failure.reason, failure.domain) == (
         grpc.StatusCode.UNAUTHENTICATED,
         "SIGNATURE_INVALID",
@@ -67,46 +78,34 @@ async def test_signature_covers_the_raw_bytes_sent(
     backoffice_channel: grpc.aio.Channel, producer: KeyCredentials
 ) -> None:
     """Bytes that parse to the same message but differ on the wire (an unknown field appended) must fail."""
-    secret = signing.parse_secret(producer.secret)
     body = _submit_request().SerializeToString()
-    md = signing.signed_metadata(secret, SUBMIT, str(producer.id), body)
+    md = _signed(producer, body)
     padded = body + b"\xf8\x3f\x01"  # field 1023, varint 1: ignored by the parser
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _call_raw(backoffice_channel, SUBMIT, padded, md)
-    assert rpc_failure(info.value).reason == "SIGNATURE_INVALID"
+    assert (await _refused(backoffice_channel, padded, md)).reason == "SIGNATURE_INVALID"
 
 
 async def test_valid_signature_reaches_the_method(
     backoffice_channel: grpc.aio.Channel, producer: KeyCredentials
 ) -> None:
     body = _submit_request().SerializeToString()
-    md = signing.signed_metadata(signing.parse_secret(producer.secret), SUBMIT, str(producer.id), body)
+    md = _signed(producer, body)
     signal = pb.Signal.FromString(await _call_raw(backoffice_channel, SUBMIT, body, md))
     assert signal.producer_id == str(producer.id)
     # The same signed request again is a replay, refused before the method runs.
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _call_raw(backoffice_channel, SUBMIT, body, md)
-    assert rpc_failure(info.value).reason == "NONCE_REPLAYED"
+    assert (await _refused(backoffice_channel, body, md)).reason == "NONCE_REPLAYED"
 
 
 async def test_skewed_signature(backoffice_channel: grpc.aio.Channel, producer: KeyCredentials) -> None:
     body = _submit_request().SerializeToString()
-    md = signing.signed_metadata(
-        signing.parse_secret(producer.secret), SUBMIT, str(producer.id), body, timestamp=int(time.time()) - 301
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _call_raw(backoffice_channel, SUBMIT, body, md)
-    assert rpc_failure(info.value).reason == "TIMESTAMP_SKEW"
+    md = _signed(producer, body, timestamp=int(time.time()) - 301)
+    assert (await _refused(backoffice_channel, body, md)).reason == "TIMESTAMP_SKEW"
 
 
 async def test_signed_garbage_is_invalid_argument(
     backoffice_channel: grpc.aio.Channel, producer: KeyCredentials
 ) -> None:
     body = b"\xff\xff\xff"
-    md = signing.signed_metadata(signing.parse_secret(producer.secret), SUBMIT, str(producer.id), body)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _call_raw(backoffice_channel, SUBMIT, body, md)
-    assert rpc_failure(info.value).code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await _refused(backoffice_channel, body, _signed(producer, body))).code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_bearer_token_required(backoffice_channel: grpc.aio.Channel, user: UserCredentials) -> None:
@@ -143,14 +142,10 @@ async def test_unimplemented_rpcs_say_so_with_details(res: Resources, user: User
     )
     server = Server(res.settings, "127.0.0.1:0", [interceptor], [service.full_name])
     server.grpc.add_generic_rpc_handlers([service_handler(service, object())])
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.bound_address) as channel:
-            stub = rpc.PositionServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.ListPositions(pb.ListPositionsRequest(), metadata=user.metadata, timeout=5)
-    finally:
-        await server.stop()
+    async with serving(server), grpc.aio.insecure_channel(server.bound_address) as channel:
+        stub = rpc.PositionServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListPositions(pb.ListPositionsRequest(), metadata=user.metadata, timeout=5)
     failure = rpc_failure(info.value)
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
 
@@ -161,24 +156,20 @@ async def test_admission_control_answers_resource_exhausted(res: Resources) -> N
 
     tight = Settings(**{**res.settings.__dict__, "max_concurrent_rpcs": 1})
     server = bootstrap.build_server(Resources(**{**res.__dict__, "settings": tight}))
-    await server.start()
     someone = await make_user(res)
-    try:
-        async with grpc.aio.insecure_channel(server.bound_address) as channel:
-            stub = rpc.AccountServiceStub(channel)
-            calls = [
-                stub.GetCurrentUser(pb.GetCurrentUserRequest(), metadata=someone.metadata, timeout=5) for _ in range(20)
-            ]
-            outcomes = []
-            for call in calls:
-                try:
-                    await call
-                    outcomes.append("ok")
-                except grpc.aio.AioRpcError as error:
-                    outcomes.append(rpc_failure(error).code.name)
-        assert "ok" in outcomes and "RESOURCE_EXHAUSTED" in outcomes
-    finally:
-        await server.stop()
+    async with serving(server), grpc.aio.insecure_channel(server.bound_address) as channel:
+        stub = rpc.AccountServiceStub(channel)
+        calls = [
+            stub.GetCurrentUser(pb.GetCurrentUserRequest(), metadata=someone.metadata, timeout=5) for _ in range(20)
+        ]
+        outcomes = []
+        for call in calls:
+            try:
+                await call
+                outcomes.append("ok")
+            except grpc.aio.AioRpcError as error:
+                outcomes.append(rpc_failure(error).code.name)
+    assert "ok" in outcomes and "RESOURCE_EXHAUSTED" in outcomes
 
 
 @pytest.mark.server_error_expected  # the mapping logs the gap at ERROR on purpose

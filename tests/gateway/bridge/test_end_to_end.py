@@ -29,7 +29,7 @@ from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
 from tests.conftest import KeyCredentials, Stack, UserCredentials, free_port, server_env, subscribe, wait_serving
 from tests.gateway.bridge.scripted import REPO, ledger_rows, spawn
-from tests.gateway.support import eventually
+from tests.gateway.support import eventually, running_bridge
 
 
 @contextlib.asynccontextmanager
@@ -82,10 +82,7 @@ async def test_end_to_end_approve_receive_ack_fill(
     await subscribe(stack.backoffice_channel, stack.user, stack.producer, bpb.SUBSCRIPTION_MODE_MANUAL)
     executor = PaperExecutor(PaperConfig(seed=4, slippage_ticks=2))
     config = BridgeConfig(str(stack.device.id), (stack.gateway.bound_address,), tmp_path / "ledger.db")
-    client = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
-    task = asyncio.create_task(client.run())
-    try:
-        await asyncio.wait_for(client.connected.wait(), 15)
+    async with running_bridge(config, stack.device, executor):
         async with stack.producer_client() as signals:
             signal = await signals.submit_signal("XAUUSD", "buy", entry_price="2034.15", stop_loss="2020")
         approve = bpb.ApproveSignalRequest(signal_id=signal.id, request_id=str(uuid.uuid4()))
@@ -117,9 +114,6 @@ async def test_end_to_end_approve_receive_ack_fill(
         stages = [latency.stage for latency in execution.latencies]
         assert {bpb.DELIVERY_STATE_RECEIVED, bpb.DELIVERY_STATE_PLACED, bpb.DELIVERY_STATE_FILLED} <= set(stages)
         await eventually(lambda: ledger_rows(tmp_path / "ledger.db", "outbox") == [], what="every frame receipted")
-    finally:
-        client.stop()
-        await asyncio.wait_for(task, 15)
 
 
 async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_once(
@@ -217,10 +211,7 @@ async def test_an_absurd_entry_price_fills_and_quotes_what_the_gateway_takes(
         quote_interval=0.05,
         quote_refresh=0.1,
     )
-    client = BridgeClient(config, signing.parse_secret(stack.device.secret), executor)
-    task = asyncio.create_task(client.run())
-    try:
-        await asyncio.wait_for(client.connected.wait(), 15)
+    async with running_bridge(config, stack.device, executor) as client:
         async with stack.producer_client() as signals:
             await signals.submit_signal("XAUUSD", "sell", entry_price="0.000000000001")
 
@@ -244,6 +235,3 @@ async def test_an_absurd_entry_price_fills_and_quotes_what_the_gateway_takes(
         [(_, fill)] = executor.fills
         assert fill.price == Decimal("0.01")  # the bid, one tick: a price never reaches zero
         assert client.stats.receipts_rejected == 0
-    finally:
-        client.stop()
-        await asyncio.wait_for(task, 15)

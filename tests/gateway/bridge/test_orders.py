@@ -26,6 +26,15 @@ from signalhub.v1 import gateway_pb2 as pb
 from tests.gateway.bridge.scripted import REPO, Rig, delivery, ledger_rows, paper, spawn
 from tests.gateway.support import eventually
 
+
+async def _filled(rig: Rig, instruction: pb.Instruction) -> pb.Fill:
+    """Push the delivery ``instruction`` and wait for the bridge's Fill of it (the first, if there are more)."""
+    delivery_id = instruction.delivery.delivery_id
+    rig.gateway.push(instruction)
+    await eventually(lambda: bool(rig.gateway.fills(delivery_id)), what="a fill")
+    return rig.gateway.fills(delivery_id)[0]
+
+
 # ------------------------------------------------------------------------------------------------ the flow
 
 
@@ -40,11 +49,9 @@ async def test_hello_then_delivery_is_received_placed_filled(rig: Rig) -> None:
 
     instruction = delivery(entry_price="2000.00", max_deviation="1.00")
     delivery_id = instruction.delivery.delivery_id
-    rig.gateway.push(instruction)
-    await eventually(lambda: bool(rig.gateway.fills(delivery_id)), what="a fill")
+    fill = await _filled(rig, instruction)
     stages = [a.stage for a in rig.gateway.acks(delivery_id)]
     assert stages == [pb.ACK_STAGE_RECEIVED, pb.ACK_STAGE_PLACED]
-    fill = rig.gateway.fills(delivery_id)[0]
     assert fill.broker_ticket and Decimal(fill.volume) == Decimal("0.10")
     assert Decimal(fill.price) == Decimal("2000.01")  # the ask: a BUY pays the spread
     assert fill.HasField("fill_time")
@@ -60,8 +67,7 @@ async def test_repeated_delivery_is_reacked_never_reexecuted(rig: Rig) -> None:
     client = await rig.connect(executor)
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
-    rig.gateway.push(instruction)
-    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
+    await _filled(rig, instruction)
     for attempt in (2, 3):
         instruction.delivery.attempt = attempt
         rig.gateway.push(instruction)
@@ -75,8 +81,7 @@ async def test_at_most_once_across_a_restart_with_the_same_ledger(rig: Rig) -> N
     client = await rig.connect(first)
     instruction = delivery()
     delivery_id = instruction.delivery.delivery_id
-    rig.gateway.push(instruction)
-    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
+    await _filled(rig, instruction)
     await rig.stop(client)
 
     second = paper()
@@ -192,10 +197,7 @@ async def test_close_order_executes_once_and_reports(rig: Rig) -> None:
     executor = paper()
     await rig.connect(executor)
     instruction = delivery(volume="0.30")
-    delivery_id = instruction.delivery.delivery_id
-    rig.gateway.push(instruction)
-    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
-    ticket = rig.gateway.fills(delivery_id)[0].broker_ticket
+    ticket = (await _filled(rig, instruction)).broker_ticket
     await eventually(lambda: bool(rig.gateway.of_kind("quote")), what="a quote for the held instrument")
     assert {f.quote.instrument for f in rig.gateway.of_kind("quote")} == {"XAUUSD"}
 
@@ -252,10 +254,7 @@ async def test_a_close_interrupted_by_a_stop_is_reported_as_the_terminal_made_it
     terminal.close_first = closed
     await rig.connect(terminal)
     instruction = delivery()
-    delivery_id = instruction.delivery.delivery_id
-    rig.gateway.push(instruction)
-    await eventually(lambda: bool(rig.gateway.fills(delivery_id)))
-    ticket = rig.gateway.fills(delivery_id)[0].broker_ticket
+    ticket = (await _filled(rig, instruction)).broker_ticket
     command_id = str(uuid.uuid4())
     rig.gateway.push(pb.Instruction(close=pb.CloseOrder(command_id=command_id, broker_ticket=ticket)))
     await eventually(lambda: ledger_rows(rig.ledger, "close_commands")[:1] == [(command_id, "executing")])
