@@ -85,9 +85,10 @@ async def wait_serving(address: str, within: float = 60) -> None:
 @asynccontextmanager
 async def exit_stacks() -> AsyncIterator[tuple[AsyncExitStack, ExitStack]]:
     """The exit stacks a run's servers are started on: an async one (processes, the database) and a sync one
-    (embedded servers, log files), which is closed first."""
-    async with AsyncExitStack() as stack:
-        with ExitStack() as sync_stack:
+    (embedded servers, log files), closed last: the processes stop and the run's database is dropped while
+    the servers they use still run and their log files are still open."""
+    with ExitStack() as sync_stack:
+        async with AsyncExitStack() as stack:
             yield stack, sync_stack
 
 
