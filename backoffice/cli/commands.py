@@ -136,6 +136,7 @@ async def _serve(settings: Settings, process: str) -> None:
     serving.install_stop_signals(stop)
     async with bootstrap.resources(settings) as res:
         if process == "worker":
+            serving.settle_heap()
             await worker.run(res, stop, settings.worker_interval_seconds)
             return
         if process == "gateway":
@@ -144,6 +145,7 @@ async def _serve(settings: Settings, process: str) -> None:
             build_server = bootstrap.build_server
         server = build_server(res)
         await server.start()
+        serving.settle_heap()
         serving.start_metrics(settings)
         lag = serving.watch_loop_lag()
         await stop.wait()

@@ -63,6 +63,13 @@ EVENT_LOOP_LAG = Gauge(
     "The worst event-loop lag of this process over the last 10 s (a timer's lateness, sampled every 0.25 s)",
 )
 
+GC_PAUSE = Histogram(
+    "signalhub_gc_pause_seconds",
+    "How long each cyclic garbage collection held this process (every other task waits for it)",
+    ["generation"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+)
+
 # The database pool of this process (read when scraped).
 DB_POOL_IN_USE = Gauge("signalhub_db_pool_in_use", "Database connections checked out of this process's pool")
 DB_POOL_SIZE = Gauge("signalhub_db_pool_size", "Database connections this process's pool holds open")
