@@ -11,6 +11,8 @@ import sys
 import time
 from collections.abc import Awaitable, Sequence
 
+from .fleet import NAME as FLEET_PHASE
+from .fleet import ten_thousand
 from .jetstream import bare_jetstream
 from .limits import Bare, bare_echo, bare_postgres, bare_redis
 from .options import Options, parse_args
@@ -61,6 +63,9 @@ async def main_async(options: Options) -> int:
                 bare.update(await yardstick(report, "polling", bare_polling(options, url, device_ids, report)))
             clock.phase(f"the system: {options.devices} simulated bridges on one gateway")
             await gateway_scenarios(options, system, world, report, bare)
+            if FLEET_PHASE in options.only or not (options.quick or options.only):
+                clock.phase(f"{FLEET_PHASE}: memory per stream and one fan-out")
+                await ten_thousand(options, system, report)
             clock.phase("stopping")
     finally:
         write_results(options.output, report)

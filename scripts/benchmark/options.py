@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SCENARIO",
         help=(
-            "run only this scenario (repeat for more), e.g. 'quote to CloseOrder'; the bare limits always run,"
-            " a yardstick (JetStream, polling) when a chosen scenario reads it"
+            "run only this scenario (repeat for more), e.g. 'quote to CloseOrder', or '10,000 devices' (the full"
+            " run's last phase); the bare limits always run, a yardstick (JetStream, polling) when a chosen"
+            " scenario reads it"
         ),
     )
     return parser
@@ -82,9 +83,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if bool(args.backoffice) != bool(args.gateway):
         parser.error("--backoffice and --gateway go together")
-    from .scenarios import SCENARIOS  # the names a person may give --only
+    from .fleet import NAME as FLEET_PHASE  # the names a person may give --only
+    from .scenarios import SCENARIOS
 
-    unknown = sorted(set(args.only) - {name for name, _ in SCENARIOS})
+    unknown = sorted(set(args.only) - {name for name, _ in SCENARIOS} - {FLEET_PHASE})
     if unknown:
         parser.error(f"no such scenario: {', '.join(unknown)}")
     quick: bool = args.quick
