@@ -342,6 +342,72 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """An approval decided in memory from the decision's read: the row to write, and its deliveries."""
+
+    approval: Approval
+    signal: Signal
+    planned: deliveries.Planned
+
+
+def _decide(
+    rows: Sequence[Any],
+    caller: Caller,
+    signal_id: uuid.UUID,
+    volume: Decimal | None,
+    device_ids: Sequence[uuid.UUID],
+    now: datetime,
+) -> _Decided | None:
+    """What ``approve_signal`` would decide, from the read's rows; None where it must decide itself (no
+    PENDING approval, a closed signal, a named device that is not the caller's ACTIVE one)."""
+    if not rows or rows[0]["approval_status"] != ApprovalStatus.PENDING.value:
+        return None
+    first = rows[0]
+    signal = Signal(
+        id=signal_id,
+        instrument=first["instrument"],
+        side=Side(first["side"]),
+        entry_price=first["entry_price"],
+        stop_loss=first["stop_loss"],
+        expire_time=first["expire_time"],
+        status=SignalStatus(first["signal_status"]),
+    )
+    found = {
+        r["device_id"]: r for r in rows if r["device_id"] is not None and r["device_status"] == DeviceStatus.ACTIVE
+    }
+    order = list(dict.fromkeys(device_ids)) if device_ids else list(found)
+    if not is_open(signal, now) or any(d not in found for d in order):
+        return None
+    devices = [
+        _ChosenDevice(d, found[d]["device_name"], _json(found[d]["symbol_map"]), _json(found[d]["last_hello"]))
+        for d in order
+    ]
+    subscription = Subscription(
+        sizing_mode=SizingMode(first["sizing_mode"]) if first["sizing_mode"] else None,
+        sizing_value=first["sizing_value"],
+        max_volume=first["max_volume"],
+    )
+    planned = deliveries.Planned()
+    rule = _rule(subscription, volume)
+    skipped = deliveries.plan_for_approval(planned, first["approval_id"], signal, devices, rule, volume, now)
+    approval = Approval(
+        id=first["approval_id"],
+        signal_id=signal_id,
+        subscription_id=first["subscription_id"],
+        user_id=caller.id,
+        status=ApprovalStatus.APPROVED,
+        automatic=False,
+        volume=volume,
+        device_ids=[d.id for d in devices],
+        decided_by=caller.id,
+        reason=_approval_reason(devices, skipped),
+        created_at=first["approval_created_at"],
+        decided_at=now,
+    )
+    return _Decided(approval, signal, planned)
+
+
 async def approve_in_two_statements(
     sessions: async_sessionmaker[AsyncSession],
     vault: Vault,
@@ -361,59 +427,17 @@ async def approve_in_two_statements(
     path costs a dozen round trips between the decision and its commit; this one costs one."""
     async with db.driver(sessions) as connection:
         rows = await connection.fetch(_READ_FOR_APPROVAL, signal_id, caller.id, list(device_ids))
-        if not rows or rows[0]["approval_status"] != ApprovalStatus.PENDING.value:
-            return None
-        first = rows[0]
         now = datetime.now(UTC)
-        signal = Signal(
-            id=signal_id,
-            instrument=first["instrument"],
-            side=Side(first["side"]),
-            entry_price=first["entry_price"],
-            stop_loss=first["stop_loss"],
-            expire_time=first["expire_time"],
-            status=SignalStatus(first["signal_status"]),
-        )
-        found = {
-            r["device_id"]: r for r in rows if r["device_id"] is not None and r["device_status"] == DeviceStatus.ACTIVE
-        }
-        order = list(dict.fromkeys(device_ids)) if device_ids else list(found)
-        if not is_open(signal, now) or any(d not in found for d in order):
+        decided = _decide(rows, caller, signal_id, volume, device_ids, now)
+        if decided is None:
             return None
-        devices = [
-            _ChosenDevice(d, found[d]["device_name"], _json(found[d]["symbol_map"]), _json(found[d]["last_hello"]))
-            for d in order
-        ]
-        subscription = Subscription(
-            sizing_mode=SizingMode(first["sizing_mode"]) if first["sizing_mode"] else None,
-            sizing_value=first["sizing_value"],
-            max_volume=first["max_volume"],
-        )
-        planned = deliveries.Planned()
-        approval_id = first["approval_id"]
-        rule = _rule(subscription, volume)
-        skipped = deliveries.plan_for_approval(planned, approval_id, signal, devices, rule, volume, now)
-        approval = Approval(
-            id=approval_id,
-            signal_id=signal_id,
-            subscription_id=first["subscription_id"],
-            user_id=caller.id,
-            status=ApprovalStatus.APPROVED,
-            automatic=False,
-            volume=volume,
-            device_ids=[d.id for d in devices],
-            decided_by=caller.id,
-            reason=_approval_reason(devices, skipped),
-            created_at=first["approval_created_at"],
-            decided_at=now,
-        )
+        approval, signal, planned = decided.approval, decided.signal, decided.planned
         response = respond(approval, signal.expire_time)
         record_id = uuid.uuid4()
-        rows_planned = planned.rows
         try:
-            decided = await connection.fetchval(
+            written = await connection.fetchval(
                 _DECIDE_IN_ONE,
-                approval_id,
+                approval.id,
                 caller.id,
                 now,
                 volume,
@@ -426,21 +450,21 @@ async def approve_in_two_statements(
                 idempotency.seal_response(vault, record_id, response) if key else None,
                 uuid.uuid4(),
                 caller.kind.value,
-                json.dumps({"approval_id": str(approval_id), "deliveries": len(devices)}),
+                json.dumps({"approval_id": str(approval.id), "deliveries": len(approval.device_ids)}),
                 str(key.request_id) if key else None,
                 signal.side.value,
                 signal.entry_price,
                 signal.expire_time,
-                [r["id"] for r in rows_planned],
-                [r["device_id"] for r in rows_planned],
-                [r["instrument"] for r in rows_planned],
-                [r["volume"] for r in rows_planned],
-                [r["state"].value for r in rows_planned],
-                [r["state_reason"] for r in rows_planned],
+                [r["id"] for r in planned.rows],
+                [r["device_id"] for r in planned.rows],
+                [r["instrument"] for r in planned.rows],
+                [r["volume"] for r in planned.rows],
+                [r["state"].value for r in planned.rows],
+                [r["state_reason"] for r in planned.rows],
             )
         except asyncpg.UniqueViolationError:
             return None  # a concurrent approval wrote these deliveries first: approve_signal answers
-    return (response, tuple(planned.woken)) if decided else None
+    return (response, tuple(planned.woken)) if written else None
 
 
 def _rule(subscription: Subscription, volume: Decimal | None) -> sizing.Rule:
