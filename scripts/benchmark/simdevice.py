@@ -223,9 +223,17 @@ class SimDevice:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drained.wait(), within)
 
-    async def close(self) -> None:
+    async def _stop_tasks(self) -> None:
+        # Awaited before the channel closes: a channel closed while a cancelled read is still unwinding
+        # keeps its TCP connection open on grpcio 1.85.
         for task in self.tasks:
             task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+
+    async def close(self) -> None:
+        """Drop the whole connection (the stream is cancelled with it), the reader and heartbeat stopped first."""
+        await self._stop_tasks()
         if self.call is not None:
             self.call.cancel()
         if self.channel is not None:

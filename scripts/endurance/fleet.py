@@ -57,28 +57,12 @@ class SoakBridge(SimDevice):
         quote = common_pb2.Quote(instrument=INSTRUMENT, bid=f"{mid:.2f}", ask=f"{mid + 0.3:.2f}", quote_time=stamp)
         await self._write(pb.DeviceFrame(quote=quote), track=False)
 
-    async def _stop_tasks(self) -> None:
-        # Awaited before the channel closes: a channel closed while a cancelled read is still unwinding
-        # keeps its TCP connection open on grpcio 1.85 (scripts.benchmark.simdevice.SimDevice.close does).
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks = []
-
     async def cancel_stream(self) -> None:
         """End the stream with a cancel (RST_STREAM) on the live connection, then close the channel."""
         await self._stop_tasks()
         if self.call is not None:
             self.call.cancel()
         await asyncio.sleep(0.05)
-        if self.channel is not None:
-            await self.channel.close()
-
-    async def close(self) -> None:
-        """Drop the whole connection (the stream is cancelled with it)."""
-        await self._stop_tasks()
-        if self.call is not None:
-            self.call.cancel()
         if self.channel is not None:
             await self.channel.close()
 
