@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -49,6 +49,7 @@ class CloseOrder:
 
 
 Order = DeliveryOrder | CloseOrder
+OrderT = TypeVar("OrderT", DeliveryOrder, CloseOrder)
 
 
 @dataclass(frozen=True)
@@ -152,33 +153,16 @@ async def claim(
         if row["is_more"]:
             more.add(row["device_id"])
         else:
-            order = _close_order(row) if row["is_command"] else _delivery_order(row)
-            orders.setdefault(row["device_id"], []).append(order)
+            orders.setdefault(row["device_id"], []).append(_order(row))
     return Claim(orders, frozenset(more))
 
 
-def _delivery_order(row: Any) -> DeliveryOrder:
-    return DeliveryOrder(
-        id=row["id"],
-        signal_id=row["signal_id"],
-        instrument=row["instrument"],
-        side=Side(row["side"]),
-        volume=row["volume"],
-        entry_price=row["entry_price"],
-        max_deviation=row["max_deviation"],
-        expire_time=row["expire_time"],
-        attempt=row["attempt"],
-        created_at=row["created_at"],
-    )
+def _order(row: Any) -> Order:
+    """A claimed row as its order: the columns the statement returns are named as the order's fields."""
+    if row["is_command"]:
+        return _from_row(CloseOrder, row, reason=CloseReason(row["reason"]))
+    return _from_row(DeliveryOrder, row, side=Side(row["side"]))
 
 
-def _close_order(row: Any) -> CloseOrder:
-    return CloseOrder(
-        id=row["id"],
-        position_id=row["position_id"],
-        broker_ticket=row["broker_ticket"],
-        volume=row["volume"],
-        reason=CloseReason(row["reason"]),
-        attempt=row["attempt"],
-        created_at=row["created_at"],
-    )
+def _from_row(cls: type[OrderT], row: Any, **converted: Any) -> OrderT:
+    return cls(**{f.name: row[f.name] for f in fields(cls) if f.name not in converted}, **converted)
