@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import devices, signals
@@ -25,7 +25,7 @@ from backoffice.models import (
     Side,
     Signal,
 )
-from backoffice.platform import paging
+from backoffice.platform import db, paging
 from backoffice.platform.auth import Caller
 
 K = TypeVar("K")
@@ -226,7 +226,5 @@ def event_row(
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        # Core, not the ORM's bulk insert: nothing is read back, and this is the hottest write there is.
-        connection = await session.connection()
-        await connection.execute(insert(ExecutionEvent), list(rows))
+    # Arrays through unnest, not the ORM's bulk insert: nothing is read back, and this is the hottest write.
+    await db.insert_rows(session, ExecutionEvent, rows)

@@ -4,6 +4,9 @@ transaction that lost a race."""
 
 from __future__ import annotations
 
+import enum
+import functools
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -11,8 +14,10 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import ColumnElement, any_, bindparam, literal, update
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy import ColumnElement, Enum, any_, literal
+from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -101,17 +106,70 @@ def any_id(column: Any, ids: Iterable[uuid.UUID]) -> ColumnElement[bool]:
 
 
 async def update_by_id(session: AsyncSession, model: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """``UPDATE`` each of ``rows`` (its ``id`` and the new column values, the same columns in every row) as
-    one Core executemany: one statement, many parameter sets, no ORM flush. No rows, no statement."""
-    if not rows:
-        return
-    columns = [name for name in rows[0] if name != "id"]
-    # The bind names must not be column names: SQLAlchemy keeps those for the SET clause.
-    statement = (
-        update(model).where(model.id == bindparam("b_id")).values({name: bindparam(f"b_{name}") for name in columns})
-    )
+    """``UPDATE`` each of ``rows`` (its ``id`` and the new column values, the same columns in every row) in
+    one statement of the session's transaction: every column one array parameter, joined by ``unnest``.
+    No rows, no statement."""
+    if rows:
+        names = ("id", *(name for name in rows[0] if name != "id"))
+        await _with_arrays(session, _array_statement("update", model.__table__, names), model.__table__, names, rows)
+
+
+async def insert_rows(session: AsyncSession, model: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``INSERT`` ``rows`` (the same columns in every row) in one statement of the session's transaction,
+    every column one array parameter: Postgres spreads them with ``unnest``, so the Python per row is a
+    list append, not SQLAlchemy's bind processing of every value. No rows, no statement."""
+    if rows:
+        names = tuple(rows[0])
+        await _with_arrays(session, _array_statement("insert", model.__table__, names), model.__table__, names, rows)
+
+
+_DIALECT: Any = postgresql.dialect()  # type: ignore[no-untyped-call]  # for column type names only
+
+
+@functools.cache
+def _array_statement(kind: str, table: Any, names: tuple[str, ...]) -> str:
+    """The statement for these columns of ``table``, built once. Every identifier comes from the table
+    itself (``table.c[name]`` refuses any other name) and is quoted by the dialect."""
+    quote = _DIALECT.identifier_preparer.quote
+    columns = [table.c[name] for name in names]
+    arrays = ", ".join(f"${i}::{_array_type(column)}" for i, column in enumerate(columns, start=1))
+    spread = f"unnest({arrays}) AS v({', '.join(quote(c.name) for c in columns)})"
+    target = quote(table.name)
+    if kind == "insert":
+        return f"INSERT INTO {target} ({', '.join(quote(c.name) for c in columns)}) SELECT * FROM {spread}"  # noqa: S608
+    sets = ", ".join(f"{quote(c.name)} = v.{quote(c.name)}" for c in columns[1:])
+    return f"UPDATE {target} SET {sets} FROM {spread} WHERE {target}.id = v.id"  # noqa: S608
+
+
+def _array_type(column: Any) -> str:
+    # An array column would be flattened by unnest: such tables keep an ORM or Core statement.
+    if isinstance(column.type, sqltypes.ARRAY):  # the generic ARRAY, which PostgreSQL's subclasses
+        raise TypeError(f"{column} is an array: unnest cannot carry it")
+    return f"{column.type.compile(dialect=_DIALECT)}[]"
+
+
+async def _with_arrays(
+    session: AsyncSession, statement: str, table: Any, names: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    # Through SQLAlchemy's connection (so the statement runs in the session's transaction, begun if it was
+    # not), but as the driver's own SQL: nothing compiled or processed per value.
+    converters = [_to_driver(table.c[name]) for name in names]
+    arrays = [[convert(row[name]) for row in rows] for name, convert in zip(names, converters, strict=True)]
     connection = await session.connection()
-    await connection.execute(statement, [{f"b_{name}": value for name, value in row.items()} for row in rows])
+    await connection.exec_driver_sql(statement, tuple(arrays))
+
+
+def _to_driver(column: Any) -> Callable[[Any], Any]:
+    """What asyncpg takes for a column's value: an enum's value, JSON as text, anything else as it is."""
+    if isinstance(column.type, JSONB):
+        return lambda value: None if value is None else json.dumps(value)
+    if isinstance(column.type, Enum):
+        return lambda value: value.value if isinstance(value, enum.Enum) else value
+    return _same
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 T = TypeVar("T")

@@ -10,10 +10,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice.models import ActorType, CloseReason, PositionEvent, PositionEventKind
+from backoffice.platform import db
 
 
 def event_row(
@@ -50,8 +51,7 @@ def event_row(
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(PositionEvent), list(rows))
+    await db.insert_rows(session, PositionEvent, rows)
 
 
 async def events_of(session: AsyncSession, position_id: uuid.UUID) -> list[PositionEvent]:
