@@ -6,6 +6,7 @@ symbol map) are written in one transaction; the caller publishes wake-up hints a
 
 from __future__ import annotations
 
+import enum
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -294,15 +295,19 @@ WHERE s.id = $1
 ORDER BY d.created_at, d.id
 """
 
-# The decision, in one statement (its own transaction): the approval, still PENDING on a signal still OPEN
-# (locked as ``approve_signal`` locks them), becomes APPROVED with its deliveries, its audit row and its
-# idempotency record holding the answer. Nothing is written when the approval was decided meanwhile, the
-# signal closed, or the request_id was seen before: then no row comes back and ``approve_signal`` answers.
+# The decision, in one statement (its own transaction): the approval, still PENDING on a signal still OPEN,
+# becomes APPROVED with its deliveries, its audit row and its idempotency record holding the answer. The
+# signal is locked first (FOR SHARE), then the approval (FOR UPDATE), in the order ``approve_signal``,
+# CancelSignal and expiry take them, so none of them can deadlock with this. Nothing is written when the
+# approval was decided meanwhile, the signal closed, or the request_id was seen before: then no row comes
+# back and ``approve_signal`` answers.
 _DECIDE_IN_ONE = """
-WITH pending AS (
-    SELECT a.id, a.signal_id FROM approvals a JOIN signals s ON s.id = a.signal_id
-    WHERE a.id = $1 AND a.status = 'PENDING' AND s.status = 'OPEN' AND s.expire_time > $3
-    FOR UPDATE OF a FOR SHARE OF s
+WITH open_signal AS MATERIALIZED (
+    SELECT id FROM signals WHERE id = $15 AND status = 'OPEN' AND expire_time > $3 FOR SHARE
+), pending AS (
+    SELECT a.id, a.signal_id FROM approvals a JOIN open_signal s ON s.id = a.signal_id
+    WHERE a.id = $1 AND a.status = 'PENDING'
+    FOR UPDATE OF a
 ), record AS (
     INSERT INTO idempotency_records (id, caller_id, method, request_id, request_hash, response_sealed)
     SELECT $7, $2, $8, $9, $10, $11 FROM pending WHERE $9::uuid IS NOT NULL
@@ -312,20 +317,40 @@ WITH pending AS (
     UPDATE approvals SET status = 'APPROVED', automatic = false, decided_by = $2, decided_at = $3, volume = $4,
                          device_ids = $5, reason = $6
     FROM pending WHERE approvals.id = pending.id AND ($9::uuid IS NULL OR EXISTS (SELECT 1 FROM record))
-    RETURNING approvals.id, approvals.signal_id
+    RETURNING approvals.id
 ), delivered AS (
     INSERT INTO deliveries (id, approval_id, signal_id, device_id, instrument, side, volume, entry_price,
                             max_deviation, expire_time, state, state_reason, created_at, updated_at)
-    SELECT d.id, approved.id, approved.signal_id, d.device_id, d.instrument, $16, d.volume, $17, NULL, $18,
-           d.state, d.state_reason, $3, $3
-    FROM approved, unnest($19::uuid[], $20::uuid[], $21::text[], $22::numeric[], $23::text[], $24::text[])
-        AS d(id, device_id, instrument, volume, state, state_reason)
+    SELECT d.* FROM approved, unnest($16::uuid[], $17::uuid[], $18::uuid[], $19::uuid[], $20::text[], $21::text[],
+                                     $22::numeric[], $23::numeric[], $24::numeric[], $25::timestamptz[],
+                                     $26::text[], $27::text[], $28::timestamptz[], $29::timestamptz[])
+        AS d(id, approval_id, signal_id, device_id, instrument, side, volume, entry_price, max_deviation,
+             expire_time, state, state_reason, created_at, updated_at)
 ), audited AS (
     INSERT INTO audit_events (id, actor_type, actor_id, action, object_type, object_id, details, request_id)
-    SELECT $12, $13, $2, 'ApproveSignal', 'signal', approved.signal_id, $14::jsonb, $15 FROM approved
+    SELECT $12, $13, $2, 'ApproveSignal', 'signal', $15, $14::jsonb, NULLIF($30, '') FROM approved
 )
 SELECT count(*) FROM approved
 """
+# The columns of a planned delivery, in the order of the statement's arrays ($16 on).
+_DELIVERY_COLUMNS = (
+    "id",
+    "approval_id",
+    "signal_id",
+    "device_id",
+    "instrument",
+    "side",
+    "volume",
+    "entry_price",
+    "max_deviation",
+    "expire_time",
+    "state",
+    "state_reason",
+    "created_at",
+    "updated_at",
+)
+# A lost race (deadlock, serialization failure): nothing was written, and the ORM path decides instead.
+_LOST_RACE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
 
 
 @dataclass
@@ -336,10 +361,6 @@ class _ChosenDevice:
     name: str
     symbol_map: dict[str, str]
     last_hello: dict[str, Any] | None
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -380,7 +401,8 @@ def _decide(
     if not is_open(signal, now) or any(d not in found for d in order):
         return None
     devices = [
-        _ChosenDevice(d, found[d]["device_name"], _json(found[d]["symbol_map"]), _json(found[d]["last_hello"]))
+        # JSONB comes back decoded: the engine's connections carry SQLAlchemy's JSON codecs.
+        _ChosenDevice(d, found[d]["device_name"], found[d]["symbol_map"], found[d]["last_hello"])
         for d in order
     ]
     subscription = Subscription(
@@ -417,22 +439,25 @@ async def approve_in_two_statements(
     *,
     volume: Decimal | None,
     device_ids: Sequence[uuid.UUID],
+    request_id: str,
     respond: Callable[[Approval, datetime], ResponseT],
 ) -> tuple[ResponseT, tuple[uuid.UUID, ...]] | None:
     """The common approval on asyncpg: one read, then one statement writing the decision, its deliveries,
     its audit row and its idempotency record with the answer ``respond`` gives (the approval and the
     signal's expire_time). Returns that answer and the devices to wake, or None when ``approve_signal``
     must decide instead: no PENDING approval yet, one decided or a signal closed (it gives the answer or
-    the error), a device named that is not the caller's ACTIVE one, or a request_id seen before. The ORM
-    path costs a dozen round trips between the decision and its commit; this one costs one."""
+    the error), a device named that is not the caller's ACTIVE one, a request_id seen before, or a race
+    lost to a concurrent transaction. The ORM path costs a dozen round trips between the decision and
+    its commit; this one costs one."""
     async with db.driver(sessions) as connection:
         rows = await connection.fetch(_READ_FOR_APPROVAL, signal_id, caller.id, list(device_ids))
         now = datetime.now(UTC)
         decided = _decide(rows, caller, signal_id, volume, device_ids, now)
         if decided is None:
             return None
-        approval, signal, planned = decided.approval, decided.signal, decided.planned
-        response = respond(approval, signal.expire_time)
+        approval, planned = decided.approval, decided.planned
+        assert all(tuple(row) == _DELIVERY_COLUMNS for row in planned.rows), "a planned delivery's columns changed"
+        response = respond(approval, decided.signal.expire_time)
         record_id = uuid.uuid4()
         try:
             written = await connection.fetchval(
@@ -451,20 +476,17 @@ async def approve_in_two_statements(
                 uuid.uuid4(),
                 caller.kind.value,
                 json.dumps({"approval_id": str(approval.id), "deliveries": len(approval.device_ids)}),
-                str(key.request_id) if key else None,
-                signal.side.value,
-                signal.entry_price,
-                signal.expire_time,
-                [r["id"] for r in planned.rows],
-                [r["device_id"] for r in planned.rows],
-                [r["instrument"] for r in planned.rows],
-                [r["volume"] for r in planned.rows],
-                [r["state"].value for r in planned.rows],
-                [r["state_reason"] for r in planned.rows],
+                signal_id,
+                *([_driver_value(row[column]) for row in planned.rows] for column in _DELIVERY_COLUMNS),
+                request_id,
             )
-        except asyncpg.UniqueViolationError:
-            return None  # a concurrent approval wrote these deliveries first: approve_signal answers
+        except _LOST_RACE:
+            return None
     return (response, tuple(planned.woken)) if written else None
+
+
+def _driver_value(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 def _rule(subscription: Subscription, volume: Decimal | None) -> sizing.Rule:

@@ -121,6 +121,7 @@ class ApprovalServicer:
             signal_id,
             volume=volume,
             device_ids=device_ids,
+            request_id=request.request_id,
             respond=encode_approval,
         )
         if direct is not None:

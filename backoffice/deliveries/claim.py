@@ -134,7 +134,7 @@ async def claim(
     push, and the ORM's five statements with their Python were most of a push's time. Rows another
     transaction holds (another replica sending to the same device during a takeover, or a frame being
     applied) are skipped, never waited for: they are due again at the next sweep."""
-    wanted = [r for r in requests if r.room > 0]
+    wanted = list({r.device_id: r for r in requests if r.room > 0}.values())  # one request per device
     if not wanted:
         return Claim({}, frozenset())
     resend_before = now - ack_timeout

@@ -13,8 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Text, any_, literal, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import alerts, executions, positions, quotes
@@ -28,7 +27,7 @@ from backoffice.models import (
     ExecutionEvent,
     Side,
 )
-from backoffice.platform.db import any_id, update_by_id
+from backoffice.platform.db import any_id, driver_rows, update_by_id
 from signalhub.protocol.errors import DomainError, FailedPrecondition, NotFound
 from signalhub.protocol.wire import decimal_text
 
@@ -339,13 +338,25 @@ async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport
     )
     if not pairs:
         return found
-    rows = await session.execute(
-        select(ExecutionEvent.device_id, ExecutionEvent.frame_id).where(
-            any_id(ExecutionEvent.device_id, {device_id for device_id, _ in pairs}),
-            ExecutionEvent.frame_id == any_(literal([frame_id for _, frame_id in pairs], ARRAY(Text))),
-        )
+    rows = await driver_rows(
+        session,
+        _RECORDED_FRAMES,
+        list({device_id for device_id, _ in pairs}),
+        list({frame_id for _, frame_id in pairs}),
     )
     return found | {(row.device_id, row.frame_id) for row in rows if (row.device_id, row.frame_id) in pairs}
+
+
+# The two reads every uplink batch makes, as the driver's own SQL (see ``driver_rows``).
+_RECORDED_FRAMES = (
+    "SELECT device_id, frame_id FROM execution_events WHERE device_id = ANY($1::uuid[]) AND frame_id = ANY($2::text[])"
+)
+_LOCK_DELIVERIES = """
+SELECT id, device_id, signal_id, instrument, side, attempt, state, state_reason, sent_at FROM deliveries
+WHERE id = ANY($1::uuid[]) AND device_id = ANY($2::uuid[])
+ORDER BY id
+FOR UPDATE
+"""
 
 
 def _fill_key(delivery_id: uuid.UUID, report: FillReport) -> _FillKey:
@@ -382,31 +393,16 @@ async def _lock_deliveries(
     wanted = set(pairs)
     if not wanted:
         return {}
-    rows = await session.execute(
-        select(
-            Delivery.id,
-            Delivery.device_id,
-            Delivery.signal_id,
-            Delivery.instrument,
-            Delivery.side,
-            Delivery.attempt,
-            Delivery.state,
-            Delivery.state_reason,
-            Delivery.sent_at,
-        )
-        .where(any_id(Delivery.id, {d for d, _ in wanted}), any_id(Delivery.device_id, {d for _, d in wanted}))
-        .order_by(Delivery.id)
-        .with_for_update()
-    )
+    rows = await driver_rows(session, _LOCK_DELIVERIES, list({d for d, _ in wanted}), list({d for _, d in wanted}))
     return {
         row.id: _DeliveryState(
             row.id,
             row.device_id,
             row.signal_id,
             row.instrument,
-            row.side,
+            Side(row.side),
             row.attempt,
-            row.state,
+            DeliveryState(row.state),
             row.state_reason,
             sent=row.sent_at is not None,
         )

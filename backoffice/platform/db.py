@@ -123,6 +123,14 @@ async def insert_rows(session: AsyncSession, model: Any, rows: Sequence[Mapping[
         await _with_arrays(session, _array_statement("insert", model.__table__, names), model.__table__, names, rows)
 
 
+async def driver_rows(session: AsyncSession, statement: str, *params: Any) -> Sequence[Any]:
+    """The rows of the driver's own SQL (``$1``-style parameters, values as asyncpg gives them) in the
+    session's transaction, begun if it was not: for a hot path's read, where building and compiling a Core
+    statement costs more Python than Postgres takes to run it."""
+    connection = await session.connection()
+    return (await connection.exec_driver_sql(statement, params)).all()
+
+
 _DIALECT: Any = postgresql.dialect()  # type: ignore[no-untyped-call]  # for column type names only
 
 
@@ -133,10 +141,13 @@ def _array_statement(kind: str, table: Any, names: tuple[str, ...]) -> str:
     quote = _DIALECT.identifier_preparer.quote
     columns = [table.c[name] for name in names]
     arrays = ", ".join(f"${i}::{_array_type(column)}" for i, column in enumerate(columns, start=1))
-    spread = f"unnest({arrays}) AS v({', '.join(quote(c.name) for c in columns)})"
+    names_sql = ", ".join(quote(c.name) for c in columns)
     target = quote(table.name)
     if kind == "insert":
-        return f"INSERT INTO {target} ({', '.join(quote(c.name) for c in columns)}) SELECT * FROM {spread}"  # noqa: S608
+        # In the rows' order (WITH ORDINALITY): an identity column such as execution_events.seq follows it.
+        spread = f"unnest({arrays}) WITH ORDINALITY AS v({names_sql}, row_number)"
+        return f"INSERT INTO {target} ({names_sql}) SELECT {names_sql} FROM {spread} ORDER BY row_number"  # noqa: S608
+    spread = f"unnest({arrays}) AS v({names_sql})"
     sets = ", ".join(f"{quote(c.name)} = v.{quote(c.name)}" for c in columns[1:])
     return f"UPDATE {target} SET {sets} FROM {spread} WHERE {target}.id = v.id"  # noqa: S608
 
@@ -153,6 +164,8 @@ async def _with_arrays(
 ) -> None:
     # Through SQLAlchemy's connection (so the statement runs in the session's transaction, begun if it was
     # not), but as the driver's own SQL: nothing compiled or processed per value.
+    if any(len(row) != len(names) for row in rows):
+        raise ValueError(f"every row written to {table.name} must name the same columns: {', '.join(names)}")
     converters = [_to_driver(table.c[name]) for name in names]
     arrays = [[convert(row[name]) for row in rows] for name, convert in zip(names, converters, strict=True)]
     connection = await session.connection()
@@ -160,9 +173,12 @@ async def _with_arrays(
 
 
 def _to_driver(column: Any) -> Callable[[Any], Any]:
-    """What asyncpg takes for a column's value: an enum's value, JSON as text, anything else as it is."""
+    """What asyncpg takes for a column's value: an enum's value, JSON as text (None as JSON null unless
+    the type says SQL NULL, as SQLAlchemy's JSON type does), anything else as it is."""
     if isinstance(column.type, JSONB):
-        return lambda value: None if value is None else json.dumps(value)
+        if column.type.none_as_null:
+            return lambda value: None if value is None else json.dumps(value)
+        return json.dumps
     if isinstance(column.type, Enum):
         return lambda value: value.value if isinstance(value, enum.Enum) else value
     return _same

@@ -48,6 +48,8 @@ _DATA_EXCEPTION = "22"  # SQLSTATE class 22: a value Postgres cannot store or co
 # crashed, or not yet accepting connections while it recovers). SQLAlchemy raises some of these as a plain
 # DBAPIError; the client is told to retry, as for any other outage (found by tests/reliability).
 _SERVER_DOWN = ("08", "57P")
+# SQLSTATE class 40: a deadlock or serialization failure. Nothing was written; the same request may succeed.
+_LOST_RACE = "40"
 # Health checks and reflection are open to anyone and never counted against the admission limit.
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -266,6 +268,10 @@ def _domain_error(exc: Exception, method: str) -> errors.DomainError:
         # input was bad, and the ERROR line says validation has a gap to close.
         log.error("the database refused a value from a request", exc_info=exc)
         return errors.InvalidArgument([("", "a value the database cannot store")], reason="VALUE_NOT_STORABLE")
+    if _sqlstate(exc).startswith(_LOST_RACE):
+        log.warning("a transaction lost a race", exc_info=exc)
+        # Transient, so UNAVAILABLE as the contract has it (it names no ABORTED for calls): retry.
+        return errors.Unavailable("the request conflicted with a concurrent one; retry it", reason="CONCURRENT_CHANGE")
     if (
         isinstance(exc, _TRANSIENT)
         or (isinstance(exc, DBAPIError) and exc.connection_invalidated)

@@ -117,7 +117,8 @@ LAG_WINDOW_SECONDS = 10.0
 def watch_loop_lag(period: float = LAG_PERIOD_SECONDS, window: float = LAG_WINDOW_SECONDS) -> asyncio.Task[None]:
     """Start measuring this process's event-loop lag into ``signalhub_event_loop_lag_seconds``: the task
     sleeps ``period`` and records how much later than asked it woke; the gauge holds the worst of the last
-    ``window`` seconds, so a scrape every 10 s misses no stall. Cancel the task when the server stops."""
+    ``window`` seconds, so a scrape every 10 s misses no stall. Each round also records the collector's
+    pauses (``record_gc_pauses``). Cancel the task when the server stops."""
 
     async def watch() -> None:
         loop = asyncio.get_running_loop()
@@ -127,6 +128,7 @@ def watch_loop_lag(period: float = LAG_PERIOD_SECONDS, window: float = LAG_WINDO
             await asyncio.sleep(period)
             recent.append(max(0.0, loop.time() - asked - period))
             EVENT_LOOP_LAG.set(max(recent))
+            record_gc_pauses()
 
     return asyncio.create_task(watch(), name="event-loop-lag")
 
@@ -143,25 +145,37 @@ GC_THRESHOLDS = (2_000, 10, 100)
 def settle_heap() -> None:
     """Once a server has started: what start-up built (modules, the ORM's mappers, protobuf descriptors,
     pools) is frozen out of the garbage collector's reach, full collections are made rarer (GC_THRESHOLDS),
-    and each collection's pause is measured into ``signalhub_gc_pause_seconds``. A full collection used
-    to walk that whole heap and held the gateway for 100-150 ms, which a delivery pushed at that moment
-    waited out (the worst approval-to-delivery latencies in scripts/bench)."""
+    and each collection's pause is noted for ``signalhub_gc_pause_seconds``. A full collection used to walk
+    that whole heap and held the gateway for 100-150 ms, which a delivery pushed at that moment waited out
+    (the worst approval-to-delivery latencies in scripts/bench)."""
     gc.collect()
     gc.freeze()
+    gc.collect()  # counts the old generation afresh: without the frozen heap, which it never walks again
     gc.set_threshold(*GC_THRESHOLDS)
-    if _time_collection not in gc.callbacks:
-        gc.callbacks.append(_time_collection)
+    if _note_collection not in gc.callbacks:
+        gc.callbacks.append(_note_collection)
 
 
+# Pauses noted by the collector's callback, moved into GC_PAUSE by ``record_gc_pauses``. The callback
+# runs on whichever thread allocated: it must take no lock (a metric's lock is not reentrant, and the
+# metrics thread holds it while it allocates), so it only appends here.
+_pauses: deque[tuple[int, float]] = deque(maxlen=4096)
 _collection_began = 0.0
 
 
-def _time_collection(phase: str, info: dict[str, int]) -> None:
+def _note_collection(phase: str, info: dict[str, int]) -> None:
     global _collection_began
     if phase == "start":
         _collection_began = time.perf_counter()
     else:
-        GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - _collection_began)
+        _pauses.append((info["generation"], time.perf_counter() - _collection_began))
+
+
+def record_gc_pauses() -> None:
+    """Move the pauses noted since the last call into ``signalhub_gc_pause_seconds`` (on the event loop)."""
+    while _pauses:
+        generation, seconds = _pauses.popleft()
+        GC_PAUSE.labels(str(generation)).observe(seconds)
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> None:

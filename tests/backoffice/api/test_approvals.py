@@ -405,6 +405,7 @@ async def test_both_ways_an_approval_is_decided_keep_the_same_records(
         signal_id,
         volume=None,
         device_ids=[],
+        request_id=request.request_id,
         respond=encode_approval,
     )
     assert direct is not None and len(direct[1]) == 1  # one device woken, the small one skipped

@@ -51,3 +51,11 @@ async def test_an_array_column_is_refused_before_anything_is_sent(res: Resources
     async with res.sessions() as session:
         with pytest.raises(TypeError, match="device_ids"):
             await db.update_by_id(session, Approval, [row])
+
+
+async def test_rows_that_name_different_columns_are_refused(res: Resources) -> None:
+    """A row with a column the first does not name would lose it silently: refused, nothing sent."""
+    rows = [{"id": uuid.uuid4(), "action": "a"}, {"id": uuid.uuid4(), "action": "b", "request_id": "r"}]
+    async with res.sessions() as session:
+        with pytest.raises(ValueError, match="same columns"):
+            await db.update_by_id(session, AuditEvent, rows)

@@ -223,3 +223,17 @@ def test_a_lost_connection_raised_by_asyncpg_itself_is_unavailable_never_interna
         asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
     ):
         assert isinstance(_domain_error(raised, "/signalhub.v1.Test/Method"), errors.Unavailable), raised
+
+
+def test_a_lost_race_is_unavailable_to_retry_never_internal() -> None:
+    """A deadlock or serialization failure (SQLSTATE class 40), through SQLAlchemy or from asyncpg itself,
+    wrote nothing: the client is told to retry, with a reason apart from an outage's."""
+    from sqlalchemy.exc import DBAPIError
+
+    from backoffice.platform.interceptors import _domain_error
+    from signalhub.protocol import errors
+
+    deadlock = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    for raised in (deadlock, DBAPIError("UPDATE", None, deadlock), asyncpg.exceptions.SerializationError("")):
+        error = _domain_error(raised, "/signalhub.v1.Test/Method")
+        assert isinstance(error, errors.Unavailable) and error.reason == "CONCURRENT_CHANGE", raised

@@ -141,6 +141,7 @@ cycle = []
 cycle.append(cycle)  # garbage only a collection frees
 del cycle
 gc.collect(0)
+serving.record_gc_pauses()
 pauses = REGISTRY.get_sample_value("signalhub_gc_pause_seconds_count", {"generation": "0"})
 print(frozen, *thresholds, int(pauses or 0))
 """
