@@ -137,7 +137,7 @@ def watch_loop_lag(period: float = LAG_PERIOD_SECONDS, window: float = LAG_WINDO
 # well under a millisecond; a full one only after 100 middle ones (and CPython's own rule that a quarter
 # of the old objects be new since the last), about ten times rarer: each walks every object made since
 # start (1,000 streams' worth: 45-85 ms in the gateway). scripts/bench, approval to delivery: p99 121-133
-# ms in three runs with the defaults, 9-15 ms in four with these; the soak bounds the memory that garbage
+# ms in three runs with the defaults, 9-23 ms in ten with these; the soak bounds the memory that garbage
 # waiting longer for a full collection may hold.
 GC_THRESHOLDS = (2_000, 10, 100)
 
