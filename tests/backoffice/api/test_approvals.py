@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from backoffice import approvals
 from backoffice.api.approvals import encode_approval
@@ -452,3 +452,44 @@ async def test_both_ways_an_approval_is_decided_keep_the_same_records(
         event = audited[owner.id]
         assert (event.actor_type, event.object_type, event.request_id) == (ActorType.USER, "signal", request.request_id)
         assert event.details == {"approval_id": str(decided[owner.id].id), "deliveries": 2}
+
+
+async def test_approvals_racing_cancels_neither_deadlock_nor_leave_a_delivery_to_send(
+    backoffice_channel: grpc.aio.Channel,
+    producer: KeyCredentials,
+    user: UserCredentials,
+    admin: UserCredentials,
+    res: Resources,
+) -> None:
+    """ApproveSignal's one statement locks the signal before the approval, as CancelSignal does: raced
+    against each other, each call either succeeds or is refused as the contract says (never INTERNAL), and
+    a cancelled signal is left with no delivery still to be sent."""
+    await device_with(res, user, hello=GOLD_HELLO)
+    await subscribe(backoffice_channel, user, subscribe_request(producer, mode=pb.SUBSCRIPTION_MODE_MANUAL))
+    signals = [await submit(backoffice_channel, producer, signal_request()) for _ in range(12)]
+    stub = rpc.SignalServiceStub(backoffice_channel)
+    deadlocks_before = await deadlocks(res)
+
+    async def cancel(signal_id: str) -> Any:
+        request = pb.CancelSignalRequest(id=signal_id, request_id=str(uuid.uuid4()))
+        return await stub.CancelSignal(request, metadata=admin.metadata, timeout=10)
+
+    outcomes = await asyncio.gather(
+        *(call for s in signals for call in (approve(backoffice_channel, user, s.id), cancel(s.id))),
+        return_exceptions=True,
+    )
+    refused = [rpc_failure(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert not [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, grpc.aio.AioRpcError)]
+    assert {(f.code, f.reason) for f in refused} <= {(grpc.StatusCode.FAILED_PRECONDITION, "SIGNAL_NOT_OPEN")}
+    for signal in signals:
+        assert all(d.state is not DeliveryState.PENDING for d in (await deliveries(res, signal.id)).values())
+    await asyncio.sleep(1.5)  # backends report their counts to pg_stat_database within a second of idling
+    assert await deadlocks(res) == deadlocks_before
+
+
+async def deadlocks(res: Resources) -> int:
+    """The deadlocks Postgres has detected in this test's database so far."""
+    async with res.sessions() as session:
+        await session.execute(text("SELECT pg_stat_clear_snapshot()"))
+        found = await session.scalar(text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
+    return int(found or 0)
