@@ -37,6 +37,7 @@ from backoffice.models import (
     Position,
     Referral,
 )
+from backoffice.platform import db
 from backoffice.platform.db import any_id
 
 BATCH = 500
@@ -56,9 +57,7 @@ async def enqueue_fills(session: AsyncSession, events: Sequence[dict[str, Any]])
         for event in events
         if event["kind"] is EventKind.FILL
     ]
-    if rows:
-        connection = await session.connection()
-        await connection.execute(insert(CommissionQueueItem), rows)
+    await db.insert_rows(session, CommissionQueueItem, rows)
 
 
 async def drain(sessions: async_sessionmaker[AsyncSession], program: Program) -> int:

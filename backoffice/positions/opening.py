@@ -14,7 +14,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice.models import (
@@ -24,10 +23,10 @@ from backoffice.models import (
     PositionEventKind,
     PositionStatus,
     Side,
-    Signal,
     SignalStatus,
 )
-from backoffice.platform.db import any_id, update_by_id
+from backoffice.platform import db
+from backoffice.platform.db import driver_rows, update_by_id
 from backoffice.positions import closing, events, levels
 
 log = logging.getLogger("signalhub.positions")
@@ -60,6 +59,20 @@ class _Held:
     changed: bool = False
 
 
+# The two reads of a batch of fills, as the driver's own SQL (``db.driver_rows``): the signals' levels, and
+# the positions the deliveries already have, locked in id order.
+_SIGNALS = """
+SELECT id, instrument, stop_loss, take_profit, trailing_distance, breakeven_trigger, breakeven_offset, status,
+       cancel_closes_positions
+FROM signals WHERE id = ANY($1::uuid[])
+"""
+_HELD = """
+SELECT id, delivery_id, status, volume, entry_price FROM positions WHERE delivery_id = ANY($1::uuid[])
+ORDER BY id
+FOR UPDATE
+"""
+
+
 async def open_positions(session: AsyncSession, openings: Sequence[Opening], now: datetime) -> list[uuid.UUID]:
     """Open or add to one position per delivery; returns the ids of the positions opened or changed. A
     fill for a signal cancelled with ``close_positions`` (the device had its delivery before the cancel)
@@ -68,30 +81,10 @@ async def open_positions(session: AsyncSession, openings: Sequence[Opening], now
     the status read here is the one that counts."""
     if not openings:
         return []
-    signals = {
-        row.id: row
-        for row in await session.execute(
-            select(
-                Signal.id,
-                Signal.instrument,
-                Signal.stop_loss,
-                Signal.take_profit,
-                Signal.trailing_distance,
-                Signal.breakeven_trigger,
-                Signal.breakeven_offset,
-                Signal.status,
-                Signal.cancel_closes_positions,
-            ).where(any_id(Signal.id, {o.signal_id for o in openings}))
-        )
-    }
+    signals = {row.id: row for row in await driver_rows(session, _SIGNALS, list({o.signal_id for o in openings}))}
     held = {
-        row.delivery_id: _Held(row.id, row.status, row.volume, row.entry_price)
-        for row in await session.execute(
-            select(Position.id, Position.delivery_id, Position.status, Position.volume, Position.entry_price)
-            .where(any_id(Position.delivery_id, {o.delivery_id for o in openings}))
-            .order_by(Position.id)
-            .with_for_update()
-        )
+        row.delivery_id: _Held(row.id, PositionStatus(row.status), row.volume, row.entry_price)
+        for row in await driver_rows(session, _HELD, list({o.delivery_id for o in openings}))
     }
     event_rows: list[dict[str, Any]] = []
     lines: list[tuple[str, Opening, uuid.UUID]] = []
@@ -116,8 +109,7 @@ async def open_positions(session: AsyncSession, openings: Sequence[Opening], now
             )
         )
     created = [p for p in held.values() if p.row is not None]
-    if created:
-        await session.execute(insert(Position), [p.row for p in created if p.row is not None])
+    await db.insert_rows(session, Position, [p.row for p in created if p.row is not None])
     added = [p for p in held.values() if p.changed]
     await update_by_id(
         session,
@@ -145,7 +137,7 @@ async def open_positions(session: AsyncSession, openings: Sequence[Opening], now
 
 
 def _closes_at_once(signal: Any) -> bool:
-    return signal is not None and signal.status is SignalStatus.CANCELLED and bool(signal.cancel_closes_positions)
+    return signal is not None and signal.status == SignalStatus.CANCELLED and bool(signal.cancel_closes_positions)
 
 
 def _new(opening: Opening, signal: Any) -> _Held:
