@@ -264,8 +264,26 @@ async def _approve(
     decided_by: uuid.UUID,
 ) -> tuple[uuid.UUID, ...]:
     """Mark the approval APPROVED and add one delivery per device; returns the devices to wake."""
-    rule = _rule(subscription, volume)
+    planned = _mark_approved(approval, signal, subscription, volume, devices, now, decided_by=decided_by)
+    await session.flush()
+    await deliveries.insert_planned(session, planned)
+    return tuple(planned.woken)
+
+
+def _mark_approved(
+    approval: Approval,
+    signal: Signal,
+    subscription: Subscription,
+    volume: Decimal | None,
+    devices: Sequence[deliveries.Recipient],
+    now: datetime,
+    *,
+    decided_by: uuid.UUID,
+) -> deliveries.Planned:
+    """The decision in memory, for both ways of writing it: the approval APPROVED by a person, and one
+    delivery planned per device (sized by the subscription's rule, or ``volume``)."""
     planned = deliveries.Planned()
+    rule = _rule(subscription, volume)
     skipped = deliveries.plan_for_approval(planned, approval.id, signal, devices, rule, volume, now)
     approval.status = ApprovalStatus.APPROVED
     approval.automatic = False
@@ -274,9 +292,7 @@ async def _approve(
     approval.volume = volume
     approval.device_ids = [d.id for d in devices]
     approval.reason = _approval_reason(devices, skipped)
-    await session.flush()
-    await deliveries.insert_planned(session, planned)
-    return tuple(planned.woken)
+    return planned
 
 
 # What ApproveSignal needs to decide, read in one statement without locks: the signal, the caller's
@@ -410,23 +426,14 @@ def _decide(
         sizing_value=first["sizing_value"],
         max_volume=first["max_volume"],
     )
-    planned = deliveries.Planned()
-    rule = _rule(subscription, volume)
-    skipped = deliveries.plan_for_approval(planned, first["approval_id"], signal, devices, rule, volume, now)
     approval = Approval(
         id=first["approval_id"],
         signal_id=signal_id,
         subscription_id=first["subscription_id"],
         user_id=caller.id,
-        status=ApprovalStatus.APPROVED,
-        automatic=False,
-        volume=volume,
-        device_ids=[d.id for d in devices],
-        decided_by=caller.id,
-        reason=_approval_reason(devices, skipped),
         created_at=first["approval_created_at"],
-        decided_at=now,
     )
+    planned = _mark_approved(approval, signal, subscription, volume, devices, now, decided_by=caller.id)
     return _Decided(approval, signal, planned)
 
 

@@ -65,7 +65,7 @@ DEFAULT_CLOSE_ATTEMPTS = 5
 # What is due for each device, as much as its room takes, marked SENT with a SENT execution event, in one
 # statement (its own transaction). Rows another transaction holds are skipped (SKIP LOCKED). $1-$3 are the
 # devices, their room and their resend cutoff (sent before it: send again), $4 now, $5 the close attempts.
-# The rows sent come back, then one row per device that had more due than room (is_more).
+# The rows sent come back oldest first, then one row per device that had more due than room (is_more).
 _CLAIM_IN_ONE = """
 WITH wanted AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS w(device_id, room, cutoff)
@@ -120,6 +120,7 @@ FROM sent_commands k JOIN positions p ON p.id = k.position_id
 UNION ALL
 SELECT true, false, NULL, device_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM (SELECT DISTINCT device_id FROM ranked WHERE due > room) m
+ORDER BY created_at, id
 """
 
 
@@ -149,7 +150,7 @@ async def claim(
         )
     orders: dict[uuid.UUID, list[Order]] = {}
     more: set[uuid.UUID] = set()
-    for row in sorted(rows, key=lambda r: (r["created_at"] or now, r["id"] or r["device_id"])):
+    for row in rows:  # oldest first (the devices with more due last)
         if row["is_more"]:
             more.add(row["device_id"])
         else:
