@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,12 +65,15 @@ def write_results(path: Path, report: Report) -> None:
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
+    """The nearest-rank ``p``-th percentile (0 < p <= 100): the smallest value with at least p % of the
+    values at or below it, i.e. the ceil(p/100 * n)-th smallest. None for no values. The one definition the
+    benchmark and the soak share (at n = 100 the 99th percentile is the 99th value, not the largest)."""
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+    # Rounded before ceil: 0.95 * 60 is 57.00000000000001 in binary floating point, and must give 57.
+    rank = math.ceil(round(p * len(ordered) / 100, 9))
+    return ordered[max(1, min(len(ordered), rank)) - 1]
 
 
 def ms(seconds: float | None) -> float | None:

@@ -5,10 +5,11 @@ warm-up. Pure functions over the samples, so the rules are tested without a run.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+from scripts.benchmark.report import percentile
 
 
 @dataclass(frozen=True)
@@ -63,22 +64,14 @@ def thirds_growth(values: Sequence[float]) -> float | None:
     return statistics.median(values[-third:]) - statistics.median(values[:third])
 
 
-def p99(values: Sequence[float]) -> float | None:
-    """The nearest-rank 99th percentile (the largest value below 100 samples)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-
-
 def judge(samples: Sequence[Sample], warmup_s: float, bounds: Bounds) -> Verdict:
     """Judge the samples taken at or after ``warmup_s`` against ``bounds``; too few of them is a breach
     too (a soak that cannot say whether it grew has not shown that it did not)."""
     steady = [s for s in samples if s.at_s >= warmup_s]
     rss = thirds_growth([s.gateway_rss_mib for s in steady if s.gateway_rss_mib is not None])
     fds = thirds_growth([float(s.gateway_fds) for s in steady if s.gateway_fds is not None])
-    lag = p99([s.gateway_lag_s for s in steady if s.gateway_lag_s is not None])
-    backoffice_lag = p99([s.backoffice_lag_s for s in steady if s.backoffice_lag_s is not None])
+    lag = percentile([s.gateway_lag_s for s in steady if s.gateway_lag_s is not None], 99)
+    backoffice_lag = percentile([s.backoffice_lag_s for s in steady if s.backoffice_lag_s is not None], 99)
     breaches = []
     if len(steady) < 3:
         breaches.append(f"only {len(steady)} samples after the warm-up: run longer or sample more often")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import scripts.benchmark
-from scripts.benchmark import options
+from scripts.benchmark import options, report
+from scripts.endurance import judge
 from tests.conftest import SERVER_PACKAGES, packages_imported_by
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,3 +56,24 @@ def test_only_names_existing_scenarios() -> None:
     assert options.parse_args([]).only == ()
     with pytest.raises(SystemExit):
         options.parse_args(["--only", "no such thing"])
+
+
+@pytest.mark.parametrize(
+    ("n", "p", "rank"),
+    [(100, 99, 99), (100, 50, 50), (100, 100, 100), (1000, 99, 990), (60, 95, 57), (10, 99, 10), (1, 50, 1), (3, 1, 1)],
+)
+def test_percentile_is_the_nearest_rank(n: int, p: float, rank: int) -> None:
+    """The ceil(p/100 * n)-th smallest, shared by the benchmark and the soak's judge."""
+    values = [float(v) for v in range(n, 0, -1)]  # n .. 1, unsorted on purpose
+    assert report.percentile(values, p) == rank
+    assert judge.judge(
+        [_sample(at_s=i, lag_s=v) for i, v in enumerate(values)], 0, judge.Bounds(1e9, 1e9, 1e9)
+    ).gateway_lag_p99_s == report.percentile(values, 99)
+
+
+def test_percentile_of_nothing_is_none() -> None:
+    assert report.percentile([], 99) is None
+
+
+def _sample(at_s: float, lag_s: float) -> judge.Sample:
+    return judge.Sample(at_s, None, None, lag_s, None, None, 0, 0, 0, 0, 0, 0)
