@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,12 +25,7 @@ from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.conftest import REDIS_URL, run_module, scratch_database
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def demo_database() -> Iterator[str]:
-    with scratch_database("signalhub_demo") as url:
-        yield url
+GRPCURL_EXAMPLE = "ExecutionService/GetSignalExecution"
 
 
 def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -51,24 +47,6 @@ def _readme_command(containing: str) -> list[str]:
     return args
 
 
-def _run_readme_grpcurl_example(env: dict[str, str], cwd: Path, demo: dict[str, str]) -> None:
-    """The README's GetSignalExecution example reads only keys demo.json has and, where grpcurl and jq
-    are installed (they are optional), runs as written and finds the demo device."""
-    example = _readme_example("ExecutionService/GetSignalExecution")
-    keys = set(re.findall(r"jq -r \.(\w+) \.signalhub/demo\.json", example))
-    assert keys and keys <= set(demo)
-    if not (shutil.which("grpcurl", path=env.get("PATH")) and shutil.which("jq", path=env.get("PATH"))):
-        return
-    script = example.replace(".venv/bin/signalhub", f"{sys.executable} -m backoffice.cli")
-    ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
-    )
-    assert ran.returncode == 0, ran.stderr
-    # Parsed with protobuf's JSON mapping, which takes field names as written or in lowerCamelCase.
-    (device,) = json_format.Parse(ran.stdout, pb.SignalExecution()).devices
-    assert device.device_id == demo["device_id"] and device.instrument == "GOLD.m"
-
-
 def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -79,61 +57,111 @@ def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
         return process.communicate()
 
 
-def test_a_demo_signal_goes_from_producer_to_paper_fill(tmp_path: Path, demo_database: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
-    env.update(
-        {
-            "SIGNALHUB_DATABASE_URL": demo_database,
-            "SIGNALHUB_REDIS_URL": REDIS_URL,
-            "SIGNALHUB_BACKOFFICE_ADDRESS": "127.0.0.1:0",
-            "SIGNALHUB_GATEWAY_ADDRESS": "127.0.0.1:0",
-            "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0",
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}",
-        }
-    )
-    demo_file = tmp_path / ".signalhub" / "demo.json"
-    up = _start(["up"], env, tmp_path)
-    bridge = None
-    try:
-        deadline = time.monotonic() + 60
-        while not demo_file.exists():
-            assert up.poll() is None, _stop(up)
-            assert time.monotonic() < deadline, "signalhub up did not write demo.json"
-            time.sleep(0.2)
-        demo = json.loads(demo_file.read_text())
-        bridge = _start(["bridge", "--executor", "paper"], env, tmp_path)
-        submitted = subprocess.run(
-            [sys.executable, "-m", "backoffice.cli", *_readme_command("# terminal 3")],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
+@dataclass(frozen=True)
+class Demo:
+    """The README's walk-through, run once for the module: `signalhub up` and a paper bridge serving, and
+    the demo signal the README's producer command submitted, filled."""
+
+    env: dict[str, str]
+    cwd: Path
+    credentials: dict[str, str]
+    execution: pb.SignalExecution
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """Runs the walk-through; on the way out, stops both processes and checks that neither printed a
+    secret of the demo file."""
+    cwd = tmp_path_factory.mktemp("demo")
+    with scratch_database("signalhub_demo") as database_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
+        env.update(
+            {
+                "SIGNALHUB_DATABASE_URL": database_url,
+                "SIGNALHUB_REDIS_URL": REDIS_URL,
+                "SIGNALHUB_BACKOFFICE_ADDRESS": "127.0.0.1:0",
+                "SIGNALHUB_GATEWAY_ADDRESS": "127.0.0.1:0",
+                "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0",
+                "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}",
+            }
         )
-        assert submitted.returncode == 0, submitted.stderr
-        signal_id = json.loads(submitted.stdout)["id"]
-        user = (("authorization", f"Bearer {demo['user_token']}"),)
-        with grpc.insecure_channel(demo["backoffice"]) as channel:
-            stub = rpc.ExecutionServiceStub(channel)
+        demo_file = cwd / ".signalhub" / "demo.json"
+        up = _start(["up"], env, cwd)
+        bridge = None
+        credentials: dict[str, str] = {}
+        try:
             deadline = time.monotonic() + 60
-            while True:
-                execution = stub.GetSignalExecution(pb.GetSignalExecutionRequest(signal_id=signal_id), metadata=user)
-                states = [d.state for d in execution.devices]
-                if states == [pb.DELIVERY_STATE_FILLED]:
-                    break
-                assert bridge.poll() is None, _stop(bridge)
-                assert time.monotonic() < deadline, f"not filled: {execution}"
-                time.sleep(0.3)
-        (device,) = execution.devices
-        assert device.device_id == demo["device_id"] and device.instrument == "GOLD.m"
-        assert device.fill_price and device.broker_ticket and device.position_id
-        assert {pb.DELIVERY_STATE_RECEIVED, pb.DELIVERY_STATE_PLACED, pb.DELIVERY_STATE_FILLED} <= {
-            latency.stage for latency in device.latencies
-        }
-        _run_readme_grpcurl_example(env, tmp_path, demo)
-    finally:
-        outputs = [_stop(bridge)] if bridge is not None else []
-        outputs.append(_stop(up))
-    for out, err in outputs:
-        for secret in (demo["device_secret"], demo["producer_secret"], demo["user_token"]):
-            assert secret not in out and secret not in err
+            while not demo_file.exists():
+                assert up.poll() is None, _stop(up)
+                assert time.monotonic() < deadline, "signalhub up did not write demo.json"
+                time.sleep(0.2)
+            credentials = json.loads(demo_file.read_text())
+            bridge = _start(["bridge", "--executor", "paper"], env, cwd)
+            execution = _submit_and_wait_for_the_fill(env, cwd, credentials, bridge)
+            yield Demo(env, cwd, credentials, execution)
+        finally:
+            outputs = [_stop(bridge)] if bridge is not None else []
+            outputs.append(_stop(up))
+        for out, err in outputs:
+            for key in ("device_secret", "producer_secret", "user_token"):
+                assert credentials[key] not in out and credentials[key] not in err, f"{key} was printed"
+
+
+def _submit_and_wait_for_the_fill(
+    env: dict[str, str], cwd: Path, credentials: dict[str, str], bridge: subprocess.Popen[str]
+) -> pb.SignalExecution:
+    submitted = subprocess.run(
+        [sys.executable, "-m", "backoffice.cli", *_readme_command("# terminal 3")],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    signal_id = json.loads(submitted.stdout)["id"]
+    user = (("authorization", f"Bearer {credentials['user_token']}"),)
+    with grpc.insecure_channel(credentials["backoffice"]) as channel:
+        stub = rpc.ExecutionServiceStub(channel)
+        deadline = time.monotonic() + 60
+        while True:
+            execution = stub.GetSignalExecution(pb.GetSignalExecutionRequest(signal_id=signal_id), metadata=user)
+            if [d.state for d in execution.devices] == [pb.DELIVERY_STATE_FILLED]:
+                return execution
+            assert bridge.poll() is None, _stop(bridge)
+            assert time.monotonic() < deadline, f"not filled: {execution}"
+            time.sleep(0.3)
+
+
+def test_a_demo_signal_goes_from_producer_to_paper_fill(demo: Demo) -> None:
+    (device,) = demo.execution.devices
+    assert device.device_id == demo.credentials["device_id"] and device.instrument == "GOLD.m"
+    assert device.fill_price and device.broker_ticket and device.position_id
+    assert {pb.DELIVERY_STATE_RECEIVED, pb.DELIVERY_STATE_PLACED, pb.DELIVERY_STATE_FILLED} <= {
+        latency.stage for latency in device.latencies
+    }
+
+
+def test_the_readme_grpcurl_example_reads_only_keys_the_demo_file_has(demo: Demo) -> None:
+    keys = set(re.findall(r"jq -r \.(\w+) \.signalhub/demo\.json", _readme_example(GRPCURL_EXAMPLE)))
+    assert keys and keys <= set(demo.credentials)
+
+
+def test_the_readme_grpcurl_example_runs_as_written(demo: Demo) -> None:
+    """grpcurl and jq are optional tools for looking at the servers by hand (the README says so)."""
+    missing = [tool for tool in ("grpcurl", "jq") if not shutil.which(tool, path=demo.env.get("PATH"))]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed: the README's optional grpcurl example is not run")
+    script = _readme_example(GRPCURL_EXAMPLE).replace(".venv/bin/signalhub", f"{sys.executable} -m backoffice.cli")
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=demo.env,
+        cwd=demo.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    # Parsed with protobuf's JSON mapping, which takes field names as written or in lowerCamelCase.
+    (device,) = json_format.Parse(ran.stdout, pb.SignalExecution()).devices
+    assert device.device_id == demo.credentials["device_id"] and device.instrument == "GOLD.m"
