@@ -91,7 +91,15 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         [interceptor],
         [s.full_name for s in SERVICES],
     )
-    servicers: dict[str, object] = {
+    handlers = servicers(res)
+    for service in SERVICES:
+        server.grpc.add_generic_rpc_handlers([service_handler(service, handlers.get(service.name, object()))])
+    return server
+
+
+def servicers(res: Resources) -> dict[str, object]:
+    """The servicer of each service of the contract, by the service's name."""
+    return {
         "AccountService": AccountServicer(
             res.sessions, res.vault, timedelta(seconds=res.settings.secret_grace_seconds)
         ),
@@ -103,6 +111,3 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         "AuditService": AuditServicer(res.sessions),
         "AffiliateService": AffiliateServicer(res.sessions, res.vault, Program.from_settings(res.settings)),
     }
-    for service in SERVICES:
-        server.grpc.add_generic_rpc_handlers([service_handler(service, servicers.get(service.name, object()))])
-    return server
