@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +28,7 @@ from backoffice.devices import presence
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import cancel_and_wait
 from gateway.sessions import MISSED_HEARTBEATS, DeviceSession, SessionRegistry, heartbeat, revoked
+from signalhub.protocol.client import silence_noticed_within
 from signalhub.protocol.errors import Unavailable
 
 log = logging.getLogger("signalhub.gateway.sweeper")
@@ -44,6 +46,8 @@ class Sweeper:
         self._settings = settings
         self._tasks: list[asyncio.Task[None]] = []
         self._cursor = 0  # where the next slice of sessions to check starts
+        # A stream still heard from this long after a send received it (expire_closes).
+        self._proof = timedelta(seconds=silence_noticed_within(settings.heartbeat_seconds))
 
     def start(self) -> None:
         beat = min(1.0, self._settings.heartbeat_seconds / 3)
@@ -69,7 +73,9 @@ class Sweeper:
         attempts = self._settings.close_max_attempts
         async with self._sessions.begin() as session:
             await deliveries.expire_due(session, now)
-            raised = await positions.expire_closes(session, now, ack_timeout, attempts)
+            raised = await positions.expire_closes(
+                session, now, ack_timeout, attempts, _streams(local, now, monotonic), self._proof
+            )
             due = await deliveries.due_devices(session, now, ack_timeout, attempts)
             gone = await presence.revoked_among(session, [s.device_id for s in checked])
             await presence.mark_seen(session, [s.device_id for s in stale], now)
@@ -117,3 +123,8 @@ async def _every(interval: float, work: Callable[[], Awaitable[None]]) -> None:
             raise
         except Exception:  # a failed round is retried next round; the loop keeps going
             log.exception("gateway periodic work failed", extra={"work": getattr(work, "__name__", "")})
+
+
+def _streams(local: list[DeviceSession], now: datetime, monotonic: float) -> dict[uuid.UUID, tuple[datetime, datetime]]:
+    """For each device held here: when its stream connected, and when the device last sent a frame on it."""
+    return {s.device_id: (s.connected_at, now - timedelta(seconds=monotonic - s.last_heard)) for s in local}

@@ -12,8 +12,10 @@ Every function works inside the caller's transaction, but ``claim``, which is on
   execution event. A delivery is due while it has no RECEIVED ack: when PENDING, when it was sent on an
   earlier stream (the device reconnected), or when the ack timeout passed. Nothing is sent after its
   ``expire_time``: it becomes EXPIRED, with an EXPIRED event. A close command is due while PENDING, or
-  SENT without a CloseResult (it has no ack of its own) on an earlier stream or past the ack timeout, at
-  most ``max_close_attempts`` sends in all (then ``backoffice.positions.expire_closes`` ends it).
+  SENT without a CloseResult (it has no ack of its own) on an earlier stream, or past the ack timeout at
+  most ``max_close_attempts`` sends on one stream (then ``backoffice.positions.expire_closes`` ends it): a
+  device that is offline keeps its close commands until it reconnects, and sends into a dying
+  connection do not use up the budget.
 - ``expire_due`` (expiry.py) expires deliveries of devices that are not connected; ``due_devices`` names the devices
   with something due, for the gateway's periodic sweep (a lost wake-up hint costs latency, never data).
 - ``record_reports`` (reports.py): a batch of device frames. Each ack, fill and close result is kept as an

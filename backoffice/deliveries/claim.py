@@ -64,17 +64,21 @@ DEFAULT_CLOSE_ATTEMPTS = 5
 
 # What is due for each device, as much as its room takes, marked SENT with a SENT execution event, in one
 # statement (its own transaction). Rows another transaction holds are skipped (SKIP LOCKED). $1-$3 are the
-# devices, their room and their resend cutoff (sent before it: send again), $4 now, $5 the close attempts.
-# The rows sent come back oldest first, then one row per device that had more due than room (is_more).
+# devices, their room and when their stream connected (sent before it: send again), $4 now, $5 the close
+# attempts, $6 the ack-timeout cutoff (sent before it: send again). A close command's attempt counts its
+# sends on the current stream: a new stream starts it again at 1, so sends into a connection that was
+# dying never use up the budget that expire_closes judges (the bridge executes a command at most once,
+# so sending it again is always safe). The rows sent come back oldest first, then one row per device that
+# had more due than room (is_more).
 _CLAIM_IN_ONE = """
 WITH wanted AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS w(device_id, room, cutoff)
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS w(device_id, room, connected)
 ), due_deliveries AS (
     SELECT d.id, d.device_id, d.created_at, false AS is_command
     FROM wanted w, LATERAL (
         SELECT id, device_id, created_at FROM deliveries
         WHERE device_id = w.device_id AND state IN ('PENDING', 'SENT') AND expire_time > $4
-          AND (state = 'PENDING' OR sent_at < w.cutoff)
+          AND (state = 'PENDING' OR sent_at < w.connected OR sent_at < $6)
         ORDER BY created_at, id LIMIT w.room + 1
         FOR UPDATE SKIP LOCKED
     ) d
@@ -83,12 +87,12 @@ WITH wanted AS (
     FROM wanted w, LATERAL (
         SELECT id, device_id, created_at FROM close_commands
         WHERE device_id = w.device_id
-          AND (status = 'PENDING' OR (status = 'SENT' AND attempt < $5 AND sent_at < w.cutoff))
+          AND (status = 'PENDING' OR (status = 'SENT' AND (sent_at < w.connected OR (attempt < $5 AND sent_at < $6))))
         ORDER BY created_at, id LIMIT w.room + 1
         FOR UPDATE SKIP LOCKED
     ) k
 ), ranked AS (
-    SELECT c.*, w.room,
+    SELECT c.*, w.room, w.connected,
            row_number() OVER (PARTITION BY c.device_id ORDER BY c.created_at, c.id) AS n,
            count(*) OVER (PARTITION BY c.device_id) AS due
     FROM (SELECT * FROM due_deliveries UNION ALL SELECT * FROM due_commands) c JOIN wanted w USING (device_id)
@@ -98,7 +102,8 @@ WITH wanted AS (
     RETURNING d.id, d.device_id, d.signal_id, d.instrument, d.side, d.volume, d.entry_price, d.max_deviation,
               d.expire_time, d.attempt, d.created_at
 ), sent_commands AS (
-    UPDATE close_commands k SET status = 'SENT', sent_at = $4, attempt = k.attempt + 1
+    UPDATE close_commands k SET status = 'SENT', sent_at = $4,
+        attempt = CASE WHEN k.status = 'SENT' AND k.sent_at < r.connected THEN 1 ELSE k.attempt + 1 END
     FROM ranked r WHERE k.id = r.id AND r.is_command AND r.n <= r.room
     RETURNING k.id, k.device_id, k.position_id, k.volume, k.reason, k.attempt, k.created_at
 ), events AS (
@@ -138,15 +143,15 @@ async def claim(
     wanted = list({r.device_id: r for r in requests if r.room > 0}.values())  # one request per device
     if not wanted:
         return Claim({}, frozenset())
-    resend_before = now - ack_timeout
     async with db.driver(sessions) as connection:
         rows = await connection.fetch(
             _CLAIM_IN_ONE,
             [r.device_id for r in wanted],
             [r.room for r in wanted],
-            [max(resend_before, r.connected_at) for r in wanted],
+            [r.connected_at for r in wanted],
             now,
             max_close_attempts,
+            now - ack_timeout,
         )
     orders: dict[uuid.UUID, list[Order]] = {}
     more: set[uuid.UUID] = set()

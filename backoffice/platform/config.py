@@ -74,7 +74,7 @@ class Settings:
     device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
     session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
     sweep_interval_seconds: float = 1.0  # how often the gateway re-reads what is pending (lost hints)
-    close_max_attempts: int = 5  # sends of a close command without a CloseResult before it EXPIRES
+    close_max_attempts: int = 5  # sends of a close command on one stream without a CloseResult before it EXPIRES
     # The monitor (in the worker).
     quote_max_age_seconds: float = 30.0  # an older quote (by its source's clock) is stale: it triggers nothing
     monitor_sweep_seconds: float = 2.0  # how often it re-reads changed positions and stored quotes (lost hints)

@@ -2,15 +2,17 @@
 owner or an admin, a cancelled signal), at most one outstanding per position (a unique index decides, so
 two monitors racing, or one restarted, never close a position twice). The gateway pushes it; the device's
 CloseResult completes it (``lock_close_targets``, ``apply_close`` and ``write_closes`` run on the uplink's
-transaction); a command that never gets one is sent a bounded number of times and then EXPIRED, the
-position CLOSED_ERROR with an alert (``expire_closes``, from the gateway's sweep). A result that arrives
+transaction); a command that never gets one is sent a bounded number of times on one stream and, once the
+device has gone on talking past the ack timeout without answering it, EXPIRED, the position CLOSED_ERROR
+with an alert (``expire_closes``, from the gateway's sweep); a device that went quiet is sent it again on
+its next stream. A result that arrives
 after that is still applied: the device's word about the broker wins."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -441,18 +443,31 @@ def _result_event(target: CloseTarget, now: datetime) -> dict[str, Any]:
 
 
 async def expire_closes(
-    session: AsyncSession, now: datetime, ack_timeout: timedelta, max_attempts: int
+    session: AsyncSession,
+    now: datetime,
+    ack_timeout: timedelta,
+    max_attempts: int,
+    streams: Mapping[uuid.UUID, tuple[datetime, datetime]],
+    proof: timedelta,
 ) -> list[alerts.Raised]:
-    """Close commands sent ``max_attempts`` times without a CloseResult within the ack timeout become
-    EXPIRED; their positions CLOSED_ERROR, with a CLOSE_FAILED event and alert. Rows another transaction
-    holds are skipped (the next sweep sees them). Returns the alerts raised, to announce after commit."""
-    rows = (
+    """Close commands sent ``max_attempts`` times on one stream that demonstrably carried them, without a
+    CloseResult, become EXPIRED; their positions CLOSED_ERROR, with a CLOSE_FAILED event and alert.
+    ``streams``: for each device whose stream this caller holds, when that stream connected and when the
+    device last sent a frame on it. A stream carried a send when it began before it and the device was
+    still on it ``proof`` later (the time within which a bridge ends a session whose gateway went silent:
+    one stream is in order, so it received the send). A connection dying unnoticed proves nothing: its
+    commands wait, and the next stream sends them again with a fresh count. Rows another transaction holds
+    are skipped (the next sweep sees them). Returns the alerts raised, to announce after commit."""
+    if not streams:
+        return []
+    candidates = (
         await session.execute(
             select(
                 CloseCommand.id,
                 CloseCommand.device_id,
                 CloseCommand.volume,
                 CloseCommand.reason,
+                CloseCommand.sent_at,
                 Position.id.label("position_id"),
                 Position.status,
                 Position.stop_loss,
@@ -463,12 +478,18 @@ async def expire_closes(
                 CloseCommand.status == CloseCommandStatus.SENT,
                 CloseCommand.attempt >= max_attempts,
                 CloseCommand.sent_at <= now - ack_timeout,
+                any_id(CloseCommand.device_id, list(streams)),
             )
             .order_by(CloseCommand.id)
             .limit(1000)
             .with_for_update(skip_locked=True)
         )
     ).all()
+    rows = [
+        r
+        for r in candidates
+        if streams[r.device_id][0] <= r.sent_at and streams[r.device_id][1] >= r.sent_at + max(ack_timeout, proof)
+    ]
     if not rows:
         return []
     error = f"no CloseResult after {max_attempts} sends"

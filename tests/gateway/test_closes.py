@@ -4,6 +4,7 @@ alert is resolved). A failure the device reports raises one alert too."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 
@@ -60,16 +61,25 @@ async def test_a_close_order_is_sent_again_a_bounded_number_of_times_then_expire
     device: KeyCredentials,
     closing: tuple[uuid.UUID, str],
 ) -> None:
-    """Unanswered, a close order is sent three times (the bound here), then EXPIRED with the position
-    CLOSED_ERROR, an event and an open alert; the device's late success still closes it and resolves it."""
+    """Unanswered, a close order is sent three times (the bound here); a device still on that stream after
+    the time a bridge takes to leave a silent gateway (4 heartbeats and 5 s) received them, and answered
+    nothing: the command is EXPIRED with the position CLOSED_ERROR, an event and an open alert (a device
+    gone quiet has proved nothing, and waits). The device's late success still closes it and resolves the
+    alert."""
     position_id, command_id = closing
-    fast = {"ack_timeout_seconds": 0.3, "sweep_interval_seconds": 0.1, "close_max_attempts": 3}
+    fast = {"ack_timeout_seconds": 0.3, "sweep_interval_seconds": 0.1, "close_max_attempts": 3, "heartbeat_seconds": 1}
     async with gateway(res, **fast) as (_, channel), stream(channel, device) as device_stream:
         sent = [(await device_stream.instruction()).close for _ in range(3)]  # no answer: sent again twice
         assert {c.command_id for c in sent} == {command_id}
-        await eventually(
-            lambda: _status(res, command_id, CloseCommandStatus.EXPIRED), "the command to expire after 3 sends"
-        )
+        await asyncio.sleep(1.0)  # quiet for over three ack timeouts: the stream may be dead, so it waits
+        assert await _status(res, command_id, CloseCommandStatus.SENT)
+
+        async def alive_and_expired() -> bool:
+            beat = device_stream.heartbeat()
+            assert (await device_stream.receipt(beat)).status == pb.RECEIPT_STATUS_ACCEPTED
+            return await _status(res, command_id, CloseCommandStatus.EXPIRED)
+
+        await eventually(alive_and_expired, "the command to expire after 3 sends to a device heard from", 30)
         await device_stream.nothing(0.8)  # never a fourth send
         position = await row(res, Position, position_id)
         assert position.status is PositionStatus.CLOSED_ERROR
@@ -94,6 +104,28 @@ async def test_a_close_order_is_sent_again_a_bounded_number_of_times_then_expire
     assert position.price_profit == Decimal("6.00")
     [alert] = await _alerts(backoffice_channel, admin, device.id)
     assert alert.status == bpb.ALERT_STATUS_RESOLVED and alert.HasField("resolve_time")
+
+
+async def test_sends_into_streams_that_die_never_use_up_a_close_orders_budget(
+    res: Resources, device: KeyCredentials, closing: tuple[uuid.UUID, str]
+) -> None:
+    """The bound counts sends on one stream: a close order sent on streams that die before answering is
+    sent again on the next one, never EXPIRED while the device is away, and closes when it is answered."""
+    position_id, command_id = closing
+    fast = {"ack_timeout_seconds": 0.3, "sweep_interval_seconds": 0.1, "close_max_attempts": 2}
+    async with gateway(res, **fast) as (_, channel):
+        for _ in range(4):  # twice the bound, each on a stream that dies unanswered
+            async with stream(channel, device) as dying:
+                assert (await dying.instruction()).close.command_id == command_id
+            command = await row(res, CloseCommand, uuid.UUID(command_id))
+            assert (command.status, command.attempt) == (CloseCommandStatus.SENT, 1)
+        await asyncio.sleep(1.0)  # offline for over three ack timeouts: nothing to expire it
+        assert await _status(res, command_id, CloseCommandStatus.SENT)
+        async with stream(channel, device) as device_stream:
+            assert (await device_stream.instruction()).close.command_id == command_id
+            done = device_stream.close_result(command_id, success=True, price="2040.25")
+            assert (await device_stream.receipt(done)).status == pb.RECEIPT_STATUS_ACCEPTED
+    assert (await row(res, Position, position_id)).status is PositionStatus.CLOSED
 
 
 async def _status(res: Resources, command_id: str, status: CloseCommandStatus) -> bool:

@@ -48,3 +48,16 @@ def jittered_backoff(retry: int, unit_random: float, initial: float, cap: float,
     if not 0.0 <= unit_random <= 1.0:
         raise ValueError("unit_random must lie in [0, 1]")
     return backoff_ceiling(retry, initial, cap, multiplier) * unit_random
+
+
+def gateway_silence_limit(heartbeat_seconds: float) -> float:
+    """How long a bridge hears nothing from the gateway before it ends the session: three heartbeat
+    periods, and five seconds of slack for a busy gateway."""
+    return 3 * heartbeat_seconds + 5
+
+
+def silence_noticed_within(heartbeat_seconds: float) -> float:
+    """How long after the gateway's last frame that arrived a bridge has surely ended a silent session (it
+    looks once per heartbeat period). A device still on the same stream later than this received everything
+    sent before (one stream is in order)."""
+    return gateway_silence_limit(heartbeat_seconds) + heartbeat_seconds
