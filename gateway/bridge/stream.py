@@ -21,6 +21,7 @@ from gateway.bridge.config import BridgeConfig, BridgeStats, channel_options
 from gateway.bridge.executors.base import Executor, ExecutorError
 from gateway.bridge.orders import Orders
 from gateway.bridge.outbox import Outbox, Uplink
+from signalhub.protocol.client import gateway_silence_limit
 from signalhub.protocol.errors import InvalidArgument
 from signalhub.protocol.sealing import InstructionSealer, SealError
 from signalhub.protocol.secret import Secret
@@ -48,6 +49,7 @@ class Session:
     heartbeat_seconds: int = 15
     last_heard: float = 0.0
     welcomed_at: float | None = None
+    awaiting: dict[str, float] = field(default_factory=dict)  # frame id -> when sent, until its receipt
 
 
 class Stream:
@@ -174,7 +176,9 @@ class Stream:
     async def _send_loop(self, session: Session) -> None:
         while True:
             data = await session.uplink.queue.get()
-            await session.call.write(pb.DeviceFrame.FromString(data))
+            frame = pb.DeviceFrame.FromString(data)
+            await session.call.write(frame)
+            session.awaiting.setdefault(frame.frame_id, asyncio.get_running_loop().time())
             self.stats.frames_sent += 1
 
     async def _read_loop(self, session: Session) -> None:
@@ -208,6 +212,7 @@ class Stream:
         """A receipt ends a durable frame's life in the outbox (ACCEPTED, DUPLICATE, and REJECTED too:
         the gateway will never take that frame, so it is logged and dropped rather than resent forever)."""
         self.stats.receipts += 1
+        session.awaiting.pop(receipt.frame_id, None)
         if receipt.status == pb.RECEIPT_STATUS_REJECTED:
             self.stats.receipts_rejected += 1
             log.warning(
@@ -243,8 +248,13 @@ class Stream:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(session.heartbeat_seconds)
-            if loop.time() - session.last_heard > 3 * session.heartbeat_seconds + 5:
+            limit = gateway_silence_limit(session.heartbeat_seconds)
+            if loop.time() - session.last_heard > limit:
                 raise SessionEnded("the gateway went silent")
+            # A stream that swallowed a frame (its receipt never came) is broken even though it still carries
+            # others: a new one sends the outbox again, and the gateway answers what it has as DUPLICATE.
+            if session.awaiting and loop.time() - min(session.awaiting.values()) > limit:
+                raise SessionEnded("a frame was never receipted")
             session.uplink.put_ephemeral(frames.heartbeat())
 
     async def _quote_loop(self, session: Session) -> None:

@@ -63,6 +63,7 @@ class ScriptedGateway:
         self.sealer = InstructionSealer(secret, device_id)
         self.streams: list[_Stream] = []
         self.hold_receipts = False
+        self.swallow: set[str] = set()  # frame kinds whose first frame is lost: recorded, never receipted
         self.reject_frames: set[str] = set()  # frame ids to answer REJECTED
         self.fail_next: list[errors.DomainError] = []  # end the next opens with these
         self.heartbeat_seconds = 15
@@ -148,6 +149,9 @@ class ScriptedGateway:
                     )
                     stream.out.put_nowait(pb.GatewayFrame(welcome=welcome))
                 if self.hold_receipts and frame.WhichOneof("body") != "hello":
+                    continue
+                if frame.WhichOneof("body") in self.swallow:
+                    self.swallow.discard(frame.WhichOneof("body"))
                     continue
                 status = pb.RECEIPT_STATUS_ACCEPTED
                 if frame.frame_id in self.reject_frames:

@@ -52,6 +52,20 @@ async def test_heartbeats_are_sent(rig: Rig) -> None:
     assert all(f.frame_id for f in rig.gateway.of_kind("heartbeat"))
 
 
+async def test_a_stream_that_swallows_a_frame_is_left_and_the_frame_sent_again(rig: Rig) -> None:
+    """The gateway's receipts for other frames keep coming, but one frame's never does: after the silence
+    limit (three heartbeats and 5 s) the bridge leaves the stream, and the next one sends the frame again."""
+    rig.gateway.heartbeat_seconds = 1
+    rig.gateway.swallow = {"fill"}
+    client = await rig.connect(paper())
+    instruction = delivery()
+    rig.gateway.push(instruction)
+    await eventually(lambda: len(rig.gateway.fills(instruction.delivery.delivery_id)) == 2, within=20)
+    first, again = [f for f in rig.gateway.frames if f.WhichOneof("body") == "fill"]
+    assert first.frame_id == again.frame_id and len(rig.gateway.streams) == 2
+    await eventually(lambda: client.stats.sessions == 2 and client.stats.frames_resent >= 1)
+
+
 class _OddTerminal(PaperExecutor):
     """A terminal quoting a price the gateway refuses (more decimals than a price may carry)."""
 
