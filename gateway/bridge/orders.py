@@ -36,6 +36,11 @@ from signalhub.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("signalhub.bridge")
 
+# The reports of an instruction a previous run claimed and the terminal then knew nothing of: at most once,
+# so never executed again (an order still in flight at the broker would be doubled), and reported as such.
+INTERRUPTED_PLACING = "interrupted: the bridge stopped while placing the order; not retried"
+INTERRUPTED_CLOSING = "interrupted: the bridge stopped before the terminal closed"
+
 
 class Orders:
     """Executes instructions through ``executor``, each in a task of its own, at most
@@ -319,9 +324,7 @@ class Orders:
                 error="interrupted: the bridge stopped while closing; check the terminal",
             )
         if done is None:
-            return pb.CloseResult(
-                command_id=command_id, success=False, error="interrupted: the bridge stopped before the terminal closed"
-            )
+            return pb.CloseResult(command_id=command_id, success=False, error=INTERRUPTED_CLOSING)
         return _closed(command_id, done)
 
     # -- recovery after a restart
@@ -332,8 +335,7 @@ class Orders:
         ledger = self.outbox.ledger
         for delivery_id, _ in await self.outbox.db(ledger.deliveries_in, State.EXECUTING):
             log.warning("delivery was interrupted; asking the terminal", extra={"delivery_id": delivery_id})
-            reason = "interrupted: the bridge stopped while placing the order; not retried"
-            self._spawn(self._settle(delivery_id, reason), f"delivery-{delivery_id}")
+            self._spawn(self._settle(delivery_id, INTERRUPTED_PLACING), f"delivery-{delivery_id}")
         for delivery_id, data in await self.outbox.db(ledger.deliveries_in, State.RECEIVED):
             log.info("resuming a recorded delivery", extra={"delivery_id": delivery_id})
             self._spawn(self._execute(pb.Delivery.FromString(data)), f"delivery-{delivery_id}")

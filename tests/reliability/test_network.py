@@ -9,14 +9,13 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from tests.reliability.conftest import WorldOpener
-from tests.reliability.load import STRANDED_CLOSE, wait_for
+from tests.reliability.load import wait_for
 from tests.reliability.proxy import Chaos, ChaosProxy
 
 CHAOS = Chaos(drop=0.01, delay=0.2, duplicate=0.01, reorder=0.01, cut=0.005)
 CHAOS_SECONDS = 6.0
 
 
-@STRANDED_CLOSE
 async def test_bytes_dropped_delayed_duplicated_reordered_and_cut(new_world: WorldOpener) -> None:
     proxies: list[ChaosProxy] = []
 

@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from tests.reliability.conftest import WorldOpener
-from tests.reliability.load import STRANDED_CLOSE, wait_for
+from tests.reliability.load import wait_for
 
 
 async def test_sigkill_a_gateway_replica_bridges_move_to_the_other(new_world: WorldOpener) -> None:
@@ -49,7 +49,6 @@ async def test_sigkill_the_worker_a_new_one_resumes_its_rounds(new_world: WorldO
         await world.settle_and_check(restarted=frozenset({"worker"}))
 
 
-@STRANDED_CLOSE
 async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(new_world: WorldOpener) -> None:
     async with new_world() as (world, _, _):
         for round_ in range(3):  # at different moments: mid-order, mid-report, between the two
@@ -64,5 +63,5 @@ async def test_sigkill_a_bridge_its_ledger_and_outbox_carry_it(new_world: WorldO
 
             took = await wait_for(back, "the bridges to reconnect")
             await world.recovered_after(f"bridge SIGKILL #{round_ + 1}", killed, within=30.0, reconnected_s=took)
-        await world.settle_and_check(within=30.0)
+        await world.settle_and_check(within=30.0, bridges_killed=True)
         assert world.bridges.starts == 4
