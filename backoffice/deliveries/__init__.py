@@ -33,7 +33,10 @@ another device is NOT_FOUND, exactly like an unknown one):
   the delivery has already reached or passed is a DUPLICATE (e.g. RECEIVED after FILLED, an ack that
   arrived late); nothing is recorded or changed. A further fill of a FILLED delivery is a partial fill
   and adds to its position, unless it repeats a recorded fill exactly (ticket, price, volume, time):
-  then it is a DUPLICATE.
+  then it is a DUPLICATE. A delivery's fills together never exceed its volume, and each is a multiple
+  of the symbol's volume step and at most its maximum (from the device's Hello): a fill beyond that is
+  REJECTED (INVALID_ARGUMENT on ``fill.volume``, reason FILL_VOLUME_REFUSED) and changes nothing, so
+  neither positions nor commissions can be minted by reporting more.
 - REJECTED ends a delivery that is not FILLED; after REJECTED, further acks are DUPLICATEs and a fill is
   refused. REJECTED after FILLED is refused too: both are conflicts a person must look at.
 - Deliveries that were never sent (SKIPPED, CANCELLED before it was sent, FAILED) accept nothing. One

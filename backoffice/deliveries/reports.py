@@ -28,7 +28,7 @@ from backoffice.models import (
     Side,
 )
 from backoffice.platform.db import any_id, driver_rows, update_by_id
-from signalhub.protocol.errors import DomainError, FailedPrecondition, NotFound
+from signalhub.protocol.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from signalhub.protocol.wire import decimal_text
 
 
@@ -110,6 +110,10 @@ class _DeliveryState:
     state: DeliveryState
     reason: str | None
     sent: bool
+    volume: Decimal  # what the device was asked to trade: its fills together never exceed it
+    volume_step: Decimal | None  # the broker symbol's, from the device's Hello, when it said
+    volume_max: Decimal | None
+    filled: Decimal = Decimal(0)  # the volume of the fills accepted so far
     changed: bool = False
 
 
@@ -170,6 +174,8 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
         accounts={},
         fills=await _recorded_fills(session, [d.id for d in deliveries.values() if d.state is DeliveryState.FILLED]),
     )
+    for delivery_id, *_, volume, _ in batch.fills:
+        deliveries[delivery_id].filled += Decimal(volume)
     if batch.closes:
         batch.accounts = await positions.accounts_of(session, {t.device_id for t in batch.closes.values()})
     outcomes = []
@@ -217,6 +223,10 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
     verdict = _transition(delivery.state, stage, sent=delivery.sent)
     if isinstance(report, FillReport) and delivery.state is DeliveryState.FILLED:
         verdict = Verdict.DUPLICATE if _fill_key(delivery.id, report) in batch.fills else Verdict.ACCEPTED
+    if isinstance(report, FillReport) and verdict is Verdict.ACCEPTED:
+        refused = _fill_volume_refused(delivery, report.volume)
+        if refused is not None:
+            return Outcome(Verdict.REJECTED, refused)
     if verdict is not Verdict.ACCEPTED:
         if verdict is Verdict.DUPLICATE:
             return DUPLICATE
@@ -243,6 +253,7 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
         )
         kind, event_time = EventKind.FILL, report.fill_time
         batch.fills.add(_fill_key(delivery.id, report))
+        delivery.filled += report.volume
         batch.openings.append(
             positions.Opening(
                 delivery_id=delivery.id,
@@ -269,6 +280,24 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
         )
     )
     return Outcome(Verdict.ACCEPTED, trace=delivery.signal_id)
+
+
+def _fill_volume_refused(delivery: _DeliveryState, volume: Decimal) -> InvalidArgument | None:
+    """Why a fill of ``volume`` cannot be true of this delivery, or None: its fills together never exceed
+    the volume it asked for (a device cannot mint positions, or commissions, by reporting more), and each is
+    a positive multiple of the symbol's volume step, at most its maximum (when the device's Hello said)."""
+    remaining = delivery.volume - delivery.filled
+    if volume <= 0:
+        why = "must be greater than zero"
+    elif volume > remaining:
+        why = f"{decimal_text(volume)} is more than the {decimal_text(remaining)} lots left of this delivery"
+    elif delivery.volume_step and volume % delivery.volume_step:
+        why = f"must be a multiple of the symbol's volume step {decimal_text(delivery.volume_step)}"
+    elif delivery.volume_max and volume > delivery.volume_max:
+        why = f"must be at most the symbol's maximum {decimal_text(delivery.volume_max)}"
+    else:
+        return None
+    return InvalidArgument([("fill.volume", why)], reason="FILL_VOLUME_REFUSED")
 
 
 def _transition(state: DeliveryState, stage: DeliveryState, *, sent: bool) -> Verdict:
@@ -352,10 +381,13 @@ _RECORDED_FRAMES = (
     "SELECT device_id, frame_id FROM execution_events WHERE device_id = ANY($1::uuid[]) AND frame_id = ANY($2::text[])"
 )
 _LOCK_DELIVERIES = """
-SELECT id, device_id, signal_id, instrument, side, attempt, state, state_reason, sent_at FROM deliveries
-WHERE id = ANY($1::uuid[]) AND device_id = ANY($2::uuid[])
-ORDER BY id
-FOR UPDATE
+SELECT d.id, d.device_id, d.signal_id, d.instrument, d.side, d.attempt, d.state, d.state_reason, d.sent_at, d.volume,
+       NULLIF(v.last_hello -> 'symbols' -> d.instrument ->> 'volume_step', '') AS volume_step,
+       NULLIF(v.last_hello -> 'symbols' -> d.instrument ->> 'volume_max', '') AS volume_max
+FROM deliveries d JOIN devices v ON v.id = d.device_id
+WHERE d.id = ANY($1::uuid[]) AND d.device_id = ANY($2::uuid[])
+ORDER BY d.id
+FOR UPDATE OF d
 """
 
 
@@ -405,10 +437,22 @@ async def _lock_deliveries(
             DeliveryState(row.state),
             row.state_reason,
             sent=row.sent_at is not None,
+            volume=row.volume,
+            volume_step=_stored_decimal(row.volume_step),
+            volume_max=_stored_decimal(row.volume_max),
         )
         for row in rows
         if (row.id, row.device_id) in wanted
     }
+
+
+def _stored_decimal(text: str | None) -> Decimal | None:
+    """A spec stored by the device's Hello (already checked when it came), or None when absent or unusable."""
+    try:
+        number = Decimal(text) if text else None
+    except ArithmeticError:
+        return None
+    return number if number is not None and number.is_finite() and number > 0 else None
 
 
 async def _write_deliveries(session: AsyncSession, deliveries: Iterable[_DeliveryState], now: datetime) -> None:

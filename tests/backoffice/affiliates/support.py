@@ -90,8 +90,10 @@ async def make_trader(
     return Trader(user, await make_device(res, user))
 
 
-async def new_deliveries(res: Resources, trader: Trader, count: int) -> list[uuid.UUID]:
-    """``count`` SENT deliveries to the trader's device, written in bulk (one signal and approval each)."""
+async def new_deliveries(res: Resources, trader: Trader, volumes: Sequence[Decimal]) -> list[uuid.UUID]:
+    """One SENT delivery of each of ``volumes`` to the trader's device, written in bulk (one signal and
+    approval each)."""
+    count = len(volumes)
     book = await Book.open(res, trader.user.id)
     now = datetime.now(UTC)
     signal_ids, approval_ids, delivery_ids = ([uuid.uuid4() for _ in range(count)] for _ in range(3))
@@ -133,13 +135,15 @@ async def new_deliveries(res: Resources, trader: Trader, count: int) -> list[uui
                     "approval_id": approval_id,
                     "signal_id": signal_id,
                     "device_id": trader.device_id,
-                    "volume": Decimal("0.01"),
+                    "volume": volume,
                     "expire_time": expire,
                     "state": models.DeliveryState.SENT,
                     "sent_at": now,
                     **{**common, "instrument": "GOLD.m"},
                 }
-                for delivery_id, approval_id, signal_id in zip(delivery_ids, approval_ids, signal_ids, strict=True)
+                for delivery_id, approval_id, signal_id, volume in zip(
+                    delivery_ids, approval_ids, signal_ids, volumes, strict=True
+                )
             ],
         )
     return delivery_ids
@@ -150,7 +154,7 @@ async def record_fills(
 ) -> list[uuid.UUID]:
     """One fill of each of ``lots`` on a fresh delivery of the trader's device, recorded by the gateway's
     ``record_reports`` (which queues each fill for accrual) with the server clock at ``now``."""
-    delivery_ids = await new_deliveries(res, trader, len(lots))
+    delivery_ids = await new_deliveries(res, trader, [Decimal(volume) for volume in lots])
     reports = [
         deliveries.DeviceReport(
             trader.device_id,

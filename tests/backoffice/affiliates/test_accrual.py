@@ -56,7 +56,7 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
     async with stream(gateway_channel, trader.device) as device:
         assert (await device.delivery()).delivery_id == str(delivery_id)
         await device.receipt(device.ack(delivery_id, gw.ACK_STAGE_RECEIVED))
-        fill = device.fill(delivery_id, volume="0.60")
+        fill = device.fill(delivery_id, volume="0.10")
         assert (await device.receipt(fill)).status == gw.RECEIPT_STATUS_ACCEPTED
         # The same frame again: nothing new is recorded.
         assert (await device.receipt(fill)).status == gw.RECEIPT_STATUS_DUPLICATE
@@ -70,15 +70,15 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
     async with res.sessions() as session:
         position = (await session.scalars(select(Position).where(Position.delivery_id == delivery_id))).one()
     # The server's default program: 5.00 a lot below 100 lots this month.
-    assert (commission.amount, commission.lots, commission.currency) == ("3.00", "0.60", "USD")
+    assert (commission.amount, commission.lots, commission.currency) == ("0.50", "0.10", "USD")
     assert commission.status == pb.COMMISSION_STATUS_PENDING and commission.position_id == str(position.id)
     assert commission.referred_user_id == str(trader.user.id) and commission.affiliate_id == affiliate.id
     assert commission.available_time.ToDatetime(UTC) - commission.create_time.ToDatetime(UTC) < timedelta(days=30)
     assert commission.available_time.ToDatetime(UTC) > datetime.now(UTC) + timedelta(days=29)
     assert await support.money(backoffice_channel, affiliate.user, "pending", "available", "lots") == (
-        "3.00",
+        "0.50",
         "0.00",
-        "0.60",
+        "0.10",
     )
     figures = await support.stats(backoffice_channel, affiliate.user)
     assert (figures.referral_count, figures.active_referral_count) == (1, 1)

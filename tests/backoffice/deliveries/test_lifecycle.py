@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from backoffice import deliveries
 from backoffice.bootstrap import Resources
 from backoffice.deliveries import AckReport, ClaimRequest, DeviceReport, FillReport, Verdict
-from backoffice.models import Delivery, DeliveryState, EventKind
-from tests.conftest import KeyCredentials, UserCredentials, make_device
+from backoffice.devices.hello import Hello, SymbolSpec
+from backoffice.models import CommissionQueueItem, Delivery, DeliveryState, Device, EventKind, Position
+from tests.conftest import GOLD_SPEC, KeyCredentials, UserCredentials, make_device
 from tests.gateway.support import Book, count_events, events, row
 
 ACK_TIMEOUT = timedelta(seconds=10)
@@ -46,9 +47,27 @@ def _ack(device: KeyCredentials, delivery_id: uuid.UUID, stage: DeliveryState, f
     return DeviceReport(device.id, frame_id or uuid.uuid4().hex, AckReport(delivery_id, stage, ""))
 
 
-def _fill(device: KeyCredentials, delivery_id: uuid.UUID) -> DeviceReport:
-    report = FillReport(delivery_id, "T-1", Decimal("2034.2"), Decimal("0.10"), datetime.now(UTC))
+def _fill(device: KeyCredentials, delivery_id: uuid.UUID, volume: str = "0.10", ticket: str = "T-1") -> DeviceReport:
+    report = FillReport(delivery_id, ticket, Decimal("2034.2"), Decimal(volume), datetime.now(UTC))
     return DeviceReport(device.id, uuid.uuid4().hex, report)
+
+
+async def _said_hello(res: Resources, device: KeyCredentials) -> None:
+    """The device's Hello gave GOLD.m's specs: volume step 0.01, at most 50 lots."""
+    spec = SymbolSpec(**{name: Decimal(value) for name, value in GOLD_SPEC.items()})
+    async with res.sessions.begin() as session:
+        await session.execute(
+            update(Device).where(Device.id == device.id).values(last_hello=Hello(symbols={"GOLD.m": spec}).to_json())
+        )
+
+
+async def _accrual_queue(res: Resources, delivery_id: uuid.UUID) -> list[Decimal]:
+    async with res.sessions() as session:
+        return list(
+            await session.scalars(
+                select(CommissionQueueItem.lots).where(CommissionQueueItem.delivery_id == delivery_id)
+            )
+        )
 
 
 async def test_claim_takes_the_oldest_first_within_the_room(res: Resources, device: KeyCredentials, book: Book) -> None:
@@ -193,6 +212,51 @@ async def test_transitions(
     assert (await row(res, Delivery, delivery_id)).state is after
     # Only what is accepted leaves a trace.
     assert await count_events(res, device.id) == events_before + (verdict is Verdict.ACCEPTED)
+
+
+A, R = Verdict.ACCEPTED, Verdict.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("volumes", "verdicts"),
+    [
+        (["0.10", "0.10"], [A, R]),  # a second whole fill
+        (["0.05", "0.05", "0.01"], [A, A, R]),  # a third fill after two partial ones made it whole
+        (["0.04", "0.06"], [A, A]),
+        (["0.015"], [R]),  # not a multiple of the volume step
+        (["99999999999999999999"], [R]),
+        (["0"], [R]),
+    ],
+)
+async def test_fills_together_never_exceed_their_delivery(
+    res: Resources, device: KeyCredentials, book: Book, volumes: list[str], verdicts: list[Verdict]
+) -> None:
+    """A fill beyond the 0.10 lots asked for, or off the symbol's step, is REJECTED and changes nothing:
+    no position volume, no commission queued."""
+    await _said_hello(res, device)
+    delivery_id = await book.delivery(device.id, state=DeliveryState.SENT)
+    got = [(await _record(res, _fill(device, delivery_id, v, f"T-{n}")))[0] for n, v in enumerate(volumes)]
+    assert got == verdicts
+    accepted = [Decimal(v) for v, verdict in zip(volumes, verdicts, strict=True) if verdict is A]
+    assert sorted(await _accrual_queue(res, delivery_id)) == sorted(accepted)
+    async with res.sessions() as session:
+        held = await session.scalar(select(Position.volume).where(Position.delivery_id == delivery_id))
+    assert held == (sum(accepted) if accepted else None)
+
+
+async def test_a_thousand_extra_fills_mint_nothing(res: Resources, device: KeyCredentials, book: Book) -> None:
+    """The attack: a referred user's own bridge reports fill after fill with new tickets on a filled
+    delivery, hoping each is a partial fill earning commission. One batch of a thousand: all refused."""
+    await _said_hello(res, device)
+    delivery_id = await book.delivery(device.id, state=DeliveryState.SENT)
+    assert await _record(res, _fill(device, delivery_id)) == [A]
+    extra = [_fill(device, delivery_id, "0.01", f"T-extra-{n}") for n in range(1000)]
+    assert set(await _record(res, *extra)) == {R}
+    assert await _accrual_queue(res, delivery_id) == [Decimal("0.10")]
+    async with res.sessions() as session:
+        assert await session.scalar(select(Position.volume).where(Position.delivery_id == delivery_id)) == Decimal(
+            "0.10"
+        )
 
 
 async def test_one_batch_applies_in_order_and_sees_its_own_frames(
