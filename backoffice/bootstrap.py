@@ -90,6 +90,7 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         address or res.settings.backoffice_address,
         [interceptor],
         [s.full_name for s in SERVICES],
+        tls=res.settings.backoffice_tls,
     )
     handlers = servicers(res)
     for service in SERVICES:

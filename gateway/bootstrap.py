@@ -35,7 +35,7 @@ class GatewayServer(Server):
             max_in_flight=res.settings.max_streams,
             max_message_bytes=res.settings.max_message_bytes,
         )
-        super().__init__(res.settings, address, [interceptor], [SERVICE.full_name])
+        super().__init__(res.settings, address, [interceptor], [SERVICE.full_name], tls=res.settings.gateway_tls)
         settings = res.settings
         self.writer = UplinkWriter(res.sessions, res.redis)
         self.pusher = Pusher(

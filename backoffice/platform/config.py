@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
+from pathlib import Path
 from typing import TypeVar
 
 from signalhub.protocol.secret import Secret
@@ -37,6 +38,27 @@ class MasterKey:
     key: Secret
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """How one server serves TLS, from ``SIGNALHUB_<SERVER>_TLS_CERT`` / ``_TLS_KEY`` / ``_REQUIRE_TLS``: the
+    paths of a PEM certificate chain and of its private key, read only when the server starts (their
+    contents are never held here), and whether it refuses to start without them rather than serve
+    plaintext."""
+
+    server: str  # BACKOFFICE or GATEWAY: names the variables in errors
+    certificate_chain: Path | None = None
+    private_key: Path | None = None
+    required: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.certificate_chain is not None and self.private_key is not None
+
+    def variable(self, suffix: str) -> str:
+        """The environment variable behind one of these settings, e.g. ``SIGNALHUB_GATEWAY_TLS_KEY``."""
+        return f"{ENV_PREFIX}{self.server}_{suffix}"
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/signalhub"
@@ -46,6 +68,9 @@ class Settings:
     previous_master_keys: tuple[MasterKey, ...] = ()
     backoffice_address: str = "127.0.0.1:50051"
     gateway_address: str = "127.0.0.1:50052"
+    # Plaintext without a certificate and key: right on loopback, or behind a proxy that terminates TLS.
+    backoffice_tls: ServerTls = ServerTls("BACKOFFICE")
+    gateway_tls: ServerTls = ServerTls("GATEWAY")
     metrics_address: str = "127.0.0.1:9108"
     signature_tolerance_seconds: int = 300
     nonce_ttl_seconds: int = 600
@@ -169,6 +194,25 @@ class Settings:
         values["backoffice_address"] = address("BACKOFFICE_ADDRESS", defaults.backoffice_address)
         values["gateway_address"] = address("GATEWAY_ADDRESS", defaults.gateway_address)
         values["metrics_address"] = address("METRICS_ADDRESS", defaults.metrics_address)
+
+        def flag(name: str) -> bool:
+            raw = env.get(ENV_PREFIX + name, "").strip().lower()
+            if raw not in {"", "0", "false", "no", "off", "1", "true", "yes", "on"}:
+                problems.append(f"{ENV_PREFIX}{name}: expected true or false, got {raw!r}")
+            return raw in {"1", "true", "yes", "on"}
+
+        def server_tls(server: str) -> ServerTls:
+            required = flag(f"{server}_REQUIRE_TLS")
+            certificate_chain = text(f"{server}_TLS_CERT", "")
+            private_key = text(f"{server}_TLS_KEY", "")
+            if bool(certificate_chain) != bool(private_key):
+                problems.append(f"{ENV_PREFIX}{server}_TLS_CERT and {ENV_PREFIX}{server}_TLS_KEY: give both or neither")
+            if not (certificate_chain and private_key):
+                return ServerTls(server, required=required)
+            return ServerTls(server, Path(certificate_chain), Path(private_key), required)
+
+        values["backoffice_tls"] = server_tls("BACKOFFICE")
+        values["gateway_tls"] = server_tls("GATEWAY")
         values["signature_tolerance_seconds"] = number(
             "SIGNATURE_TOLERANCE_SECONDS", defaults.signature_tolerance_seconds, 1, 3600
         )

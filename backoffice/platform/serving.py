@@ -6,20 +6,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from backoffice.platform.config import ENV_PREFIX, ConfigError, Settings
+from backoffice.platform.config import ENV_PREFIX, ConfigError, ServerTls, Settings
 from backoffice.platform.metrics import EVENT_LOOP_LAG, GC_PAUSE
 
 log = logging.getLogger("signalhub.serving")
@@ -45,8 +51,76 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
+class TlsUnavailable(ConfigError):
+    """A server cannot serve TLS as configured: one line naming the setting and the file, never a file's
+    contents."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__([problem])
+        self.args = (problem,)
+
+
+def server_credentials(tls: ServerTls) -> grpc.ServerCredentials | None:
+    """The server's TLS credentials from its PEM certificate chain and private key, or None to serve
+    plaintext (refused when TLS is required). Both files are checked here, so that a wrong one is one clear
+    line at start rather than a failed handshake for every client."""
+    if tls.certificate_chain is None or tls.private_key is None:
+        if tls.required:
+            raise TlsUnavailable(
+                f"{tls.variable('REQUIRE_TLS')} is set, but {tls.variable('TLS_CERT')} and "
+                f"{tls.variable('TLS_KEY')} are not: refusing to serve plaintext"
+            )
+        return None
+    chain = _read_pem(tls.certificate_chain, tls.variable("TLS_CERT"))
+    key = _read_pem(tls.private_key, tls.variable("TLS_KEY"))
+    # Errors name the file, never echo it: the key's contents must not reach a log or a terminal.
+    try:
+        leaf = x509.load_pem_x509_certificates(chain)[0]
+    except ValueError:
+        raise TlsUnavailable(f"{tls.variable('TLS_CERT')}: {tls.certificate_chain} holds no PEM certificate") from None
+    try:
+        private_key = serialization.load_pem_private_key(key, password=None)
+    except TypeError:
+        raise TlsUnavailable(
+            f"{tls.variable('TLS_KEY')}: {tls.private_key} is encrypted; gRPC needs it unencrypted "
+            "(readable by the server's account alone)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TlsUnavailable(f"{tls.variable('TLS_KEY')}: {tls.private_key} holds no PEM private key") from None
+    if _public_key_bytes(leaf.public_key()) != _public_key_bytes(private_key.public_key()):
+        raise TlsUnavailable(
+            f"{tls.variable('TLS_KEY')}: {tls.private_key} is not the key of the first certificate in "
+            f"{tls.certificate_chain}"
+        )
+    return grpc.ssl_server_credentials([(key, chain)])
+
+
+def _read_pem(path: Path, variable: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TlsUnavailable(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _public_key_bytes(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def on_loopback(address: str) -> bool:
+    """Whether a ``host:port`` names this machine only (127.0.0.0/8, ::1, localhost); ``0.0.0.0`` and ``[::]``
+    listen on every interface, so they do not."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Server:
-    """A grpc.aio server with health and reflection, serving until ``stop`` is called or SIGTERM/SIGINT."""
+    """A grpc.aio server with health and reflection, serving until ``stop`` is called or SIGTERM/SIGINT;
+    with TLS when ``tls`` names a certificate and key."""
 
     def __init__(
         self,
@@ -54,7 +128,10 @@ class Server:
         address: str,
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         service_names: Sequence[str],
+        tls: ServerTls | None = None,
     ) -> None:
+        # Before anything is built: a server that cannot serve TLS as configured never starts.
+        self._credentials = server_credentials(tls) if tls is not None else None
         self.settings = settings
         self.address = address
         self.grpc = grpc.aio.server(interceptors=list(interceptors), options=server_options(settings))
@@ -67,14 +144,30 @@ class Server:
         self.port = 0
         self._stopped = asyncio.Event()
 
+    @property
+    def tls(self) -> bool:
+        return self._credentials is not None
+
     async def start(self) -> int:
-        self.port = self.grpc.add_insecure_port(self.address)
+        if self._credentials is not None:
+            self.port = self.grpc.add_secure_port(self.address, self._credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(self.address)
+            if not on_loopback(self.address):
+                log.warning(
+                    "serving plaintext beyond loopback: unless a proxy in front terminates TLS, anyone on the "
+                    "path can read and alter the traffic",
+                    extra={"address": self.address},
+                )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         await self.grpc.start()
         for name in ("", *self._service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"address": self.bound_address, "services": list(self._service_names)})
+        log.info(
+            "serving",
+            extra={"address": self.bound_address, "services": list(self._service_names), "tls": self.tls},
+        )
         return self.port
 
     @property

@@ -2,7 +2,7 @@
 dependencies). ``BridgeClient`` holds the signed gateway stream and executes sealed instructions at most
 once through an ``Executor`` (``PaperExecutor``, ``Mt5Executor``), with a durable SQLite ledger and outbox.
 
-    client = BridgeClient(BridgeConfig(device_id, ("gw.example:50052",), Path("bridge.db")), secret,
+    client = BridgeClient(BridgeConfig(device_id, ("gw.example:50052",), Path("bridge.db"), tls=True), secret,
                           PaperExecutor())
     await client.run()  # until client.stop()
 

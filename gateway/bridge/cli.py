@@ -3,6 +3,10 @@
 The device secret comes from the credentials JSON (``device_secret``, as `signalhub up` writes it) or from
 the environment variable ``SIGNALHUB_DEVICE_SECRET`` with ``--device-id``; never from the command line,
 where other users of the machine could read it. Logs are JSON lines on stderr and never carry the secret.
+
+The channel to a gateway is TLS (``--tls``, or ``--ca-file`` for a private CA); plaintext only to a loopback
+address, or with ``--insecure``, which warns: on the open internet anyone on the path could read the
+stream and inject frames into it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gateway.bridge.client import BridgeClient
-from gateway.bridge.config import BridgeConfig
+from gateway.bridge.config import BridgeConfig, PlaintextRefused
 from gateway.bridge.errors import BridgeError
 from gateway.bridge.executors import Executor, ExecutorError, Mt5Config, Mt5Executor, PaperConfig, PaperExecutor
 from signalhub.protocol import logs, state
@@ -39,6 +43,10 @@ class Credentials:
     device_id: str
     secret: bytes = field(repr=False)
     gateways: tuple[str, ...]
+
+
+class ChannelOptionsError(ValueError):
+    """``--tls``, ``--ca-file`` and ``--insecure`` given in a way that cannot be used."""
 
 
 class _NoSecretsHere(argparse.Action):
@@ -72,8 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a gateway address; repeat for failover (default: the credentials file's, else " + DEFAULT_GATEWAY + ")",
     )
     parser.add_argument("--ledger", type=Path, help="the SQLite ledger (default .signalhub/bridge-<device id>.db)")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--ca-file", type=Path, help="PEM roots for --tls (default: the system's)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (needed beyond loopback)")
+    parser.add_argument("--ca-file", type=Path, help="PEM roots for --tls, which it implies (default: the system's)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext to a gateway beyond loopback: anyone on the path can read and alter the traffic",
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s"
     )
@@ -151,6 +164,32 @@ def build_executor(args: argparse.Namespace, environ: Mapping[str, str]) -> Exec
     return PaperExecutor(config)
 
 
+def build_config(args: argparse.Namespace, credentials: Credentials) -> BridgeConfig:
+    """The bridge's configuration from its options, before any connection: raises ChannelOptionsError for
+    options that contradict each other or a CA file it cannot read, and PlaintextRefused for plaintext beyond
+    loopback without ``--insecure``."""
+    if args.insecure and (args.tls or args.ca_file):
+        raise ChannelOptionsError("--insecure cannot be combined with --tls or --ca-file")
+    try:
+        root_certificates = args.ca_file.read_bytes() if args.ca_file else None
+    except OSError as exc:
+        raise ChannelOptionsError(f"cannot read --ca-file {args.ca_file}: {exc.strerror or exc}") from None
+    config = BridgeConfig(
+        device_id=credentials.device_id,
+        gateways=credentials.gateways,
+        ledger_path=args.ledger or STATE_DIR / f"bridge-{credentials.device_id}.db",
+        tls=args.tls or root_certificates is not None,
+        root_certificates=root_certificates,
+        insecure=args.insecure,
+    )
+    if config.insecure:
+        log.warning(
+            "--insecure: the gateway channel is plaintext, anyone on the path can read and alter its traffic",
+            extra={"gateways": list(config.gateways)},
+        )
+    return config
+
+
 def _install_stop(client: BridgeClient) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -167,6 +206,7 @@ async def serve(client: BridgeClient) -> None:
         extra={
             "device_id": client.config.device_id,
             "gateways": list(client.config.gateways),
+            "tls": client.config.tls,
             "executor": type(client.executor).__name__,
             "ledger": str(client.config.ledger_path),
         },
@@ -182,17 +222,16 @@ def run(args: argparse.Namespace) -> None:
     environ = os.environ
     try:
         credentials = load_credentials(args.credentials, args.device_id, args.gateway, environ)
+        config = build_config(args, credentials)
         executor = build_executor(args, environ)
-    except (CredentialsError, ExecutorError) as exc:
+    except (CredentialsError, ChannelOptionsError, ExecutorError) as exc:
         sys.exit(f"signalhub bridge: {exc}")
-    root_certificates = args.ca_file.read_bytes() if args.ca_file else None
-    config = BridgeConfig(
-        device_id=credentials.device_id,
-        gateways=credentials.gateways,
-        ledger_path=args.ledger or STATE_DIR / f"bridge-{credentials.device_id}.db",
-        tls=args.tls or root_certificates is not None,
-        root_certificates=root_certificates,
-    )
+    except PlaintextRefused as exc:
+        sys.exit(
+            f"signalhub bridge: refusing plaintext to {', '.join(exc.addresses)} (not a loopback address): "
+            "connect with --tls (--ca-file PEM for a private CA), or accept that anyone on the path can read "
+            "and alter the traffic with --insecure"
+        )
     client = BridgeClient(config, credentials.secret, executor)
     try:
         asyncio.run(serve(client))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,29 @@ channel_options = device_channel_options
 BRIDGE_VERSION = "signalhub-bridge/0.1.0"
 
 
+def is_loopback(address: str) -> bool:
+    """Whether a gateway's ``host:port`` stays on this machine (127.0.0.0/8, ``[::1]``, localhost): the only
+    place a plaintext channel cannot be read or altered by someone on the path."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PlaintextRefused(ValueError):
+    """A plaintext channel to a gateway beyond loopback, not explicitly accepted (``insecure``)."""
+
+    def __init__(self, addresses: tuple[str, ...]) -> None:
+        self.addresses = addresses
+        super().__init__(
+            f"a plaintext channel to {', '.join(addresses)} is refused: anyone on the path could read and alter "
+            "it; connect with tls=True, or set insecure=True to accept that"
+        )
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     """How a bridge reaches its gateways and paces itself. ``gateways`` are tried in turn: after a session
@@ -23,8 +47,9 @@ class BridgeConfig:
     gateways: tuple[str, ...]
     ledger_path: Path
     bridge_version: str = BRIDGE_VERSION
-    tls: bool = False
+    tls: bool = False  # without it, only loopback gateways unless ``insecure``
     root_certificates: bytes | None = field(default=None, repr=False)
+    insecure: bool = False  # plaintext to gateways beyond loopback: traffic can be read and altered on the way
     connect_timeout: float = 5.0
     welcome_timeout: float = 10.0
     backoff_base: float = 0.5
@@ -47,6 +72,9 @@ class BridgeConfig:
             raise ValueError("at least one gateway address is needed")
         if self.max_concurrent_orders < 1:
             raise ValueError("max_concurrent_orders must be at least 1")
+        exposed = tuple(address for address in self.gateways if not is_loopback(address))
+        if exposed and not self.tls and not self.insecure:
+            raise PlaintextRefused(exposed)
 
 
 @dataclass

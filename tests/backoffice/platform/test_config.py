@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
-from backoffice.platform.config import ConfigError, Settings
+from backoffice.platform.config import ConfigError, ServerTls, Settings
 
 KEY = base64.b64encode(b"k" * 32).decode()
 
@@ -86,3 +87,48 @@ def test_url_passwords_are_masked_in_repr() -> None:
     assert "hunter2" not in text and "sesame" not in text
     assert "postgresql+asyncpg://app:***@db/sh" in text and "redis://:***@r:6379/0" in text
     assert settings.database_url.endswith("app:hunter2@db/sh")  # the value itself is intact
+
+
+def test_servers_are_plaintext_unless_given_a_certificate_and_key() -> None:
+    settings = Settings.from_env({})
+    assert settings.gateway_tls == ServerTls("GATEWAY") and not settings.gateway_tls.enabled
+    assert settings.backoffice_tls == ServerTls("BACKOFFICE") and not settings.backoffice_tls.enabled
+
+
+def test_tls_settings_name_files_and_whether_tls_is_required(tmp_path: Path) -> None:
+    key = tmp_path / "gateway.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n")
+    settings = Settings.from_env(
+        {
+            "SIGNALHUB_GATEWAY_TLS_CERT": " /etc/signalhub/gateway.pem ",
+            "SIGNALHUB_GATEWAY_TLS_KEY": str(key),
+            "SIGNALHUB_GATEWAY_REQUIRE_TLS": "true",
+            "SIGNALHUB_BACKOFFICE_TLS_CERT": "/etc/signalhub/backoffice.pem",
+            "SIGNALHUB_BACKOFFICE_TLS_KEY": "/etc/signalhub/backoffice.key",
+        }
+    )
+    assert settings.gateway_tls == ServerTls("GATEWAY", Path("/etc/signalhub/gateway.pem"), key, required=True)
+    assert settings.gateway_tls.enabled
+    assert settings.backoffice_tls == ServerTls(
+        "BACKOFFICE", Path("/etc/signalhub/backoffice.pem"), Path("/etc/signalhub/backoffice.key"), required=False
+    )
+    # Only the paths: a key's contents are read when the server starts, never kept or shown here.
+    assert str(key) in repr(settings) and "MIGHAgEAMBMGByqGSM49" not in repr(settings)
+    for required, expected in (("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False), ("", False)):
+        assert Settings.from_env({"SIGNALHUB_GATEWAY_REQUIRE_TLS": required}).gateway_tls.required is expected
+
+
+def test_bad_tls_settings_are_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(
+            {
+                "SIGNALHUB_GATEWAY_TLS_CERT": "/etc/signalhub/gateway.pem",
+                "SIGNALHUB_BACKOFFICE_TLS_KEY": "/etc/signalhub/backoffice.key",
+                "SIGNALHUB_GATEWAY_REQUIRE_TLS": "sure",
+            }
+        )
+    assert info.value.problems == [
+        "SIGNALHUB_BACKOFFICE_TLS_CERT and SIGNALHUB_BACKOFFICE_TLS_KEY: give both or neither",
+        "SIGNALHUB_GATEWAY_REQUIRE_TLS: expected true or false, got 'sure'",
+        "SIGNALHUB_GATEWAY_TLS_CERT and SIGNALHUB_GATEWAY_TLS_KEY: give both or neither",
+    ]
