@@ -62,6 +62,10 @@ SESSION_KEY_TTL_SECONDS = 7 * 24 * 3600  # far beyond any stream's life (max_con
 INBOX_SIZE = 64  # frames read ahead of the one being applied
 MAX_GROUP = 64  # frames of one stream applied in one go
 MISSED_HEARTBEATS = 3  # a device silent for this many heartbeat periods is gone
+SECOND_HELLO = Outcome(
+    Verdict.REJECTED,
+    FailedPrecondition("a stream takes one Hello, its first frame", reason="HELLO_ALREADY_SENT"),
+)
 
 
 def session_key(device_id: uuid.UUID) -> str:
@@ -119,6 +123,7 @@ class DeviceSession:
         self.sealer = InstructionSealer(key.secret, str(key.id))
         self.outbox = Outbox(settings.session_queue_size, on_room=self.wake)
         self.welcomed = False
+        self.hello_frame_id = ""  # the stream's one Hello
         self.last_heard = time.monotonic()  # any frame from the device
         self.last_beat = time.monotonic()  # our last heartbeat
         self.seen_recorded = time.monotonic()  # devices.last_seen_at written
@@ -209,6 +214,7 @@ class DeviceSession:
         if first is None or first.WhichOneof("body") != "hello":
             raise FailedPrecondition("the first frame of a stream must be a Hello", reason="HELLO_REQUIRED")
         uplink.check_frame_id(first)
+        self.hello_frame_id = first.frame_id
         outcome = await self._hello(first)
         settings = self._services.settings
         await self.outbox.put(
@@ -226,28 +232,27 @@ class DeviceSession:
         self.wake()  # everything pending, oldest first
 
     async def _hello(self, frame: pb.DeviceFrame) -> Outcome:
-        """Store a Hello; a malformed one raises InvalidArgument."""
+        """Store a Hello; a malformed one raises InvalidArgument. The symbol count is told first, so a
+        huge list costs nothing to refuse."""
+        max_symbols = self._services.settings.max_hello_symbols
+        hello.check_symbol_count(frame.hello, max_symbols)
         check_text(frame)
-        record = hello.decode_hello(frame.hello)
+        record = hello.decode_hello(frame.hello, max_symbols)
         async with self._services.sessions.begin() as session:
             fresh = await presence.store_hello(session, self.device_id, frame.frame_id, record, datetime.now(UTC))
         self.seen_recorded = time.monotonic()
         return ACCEPTED if fresh else DUPLICATE
 
     async def _answer_group(self, frames: list[pb.DeviceFrame]) -> None:
-        """Receipts for the frames, in order; Hellos (a bridge may refresh its account) apart."""
+        """Receipts for the frames, in order."""
         taken = time.monotonic()
         run: list[tuple[pb.DeviceFrame, DeviceReport | Outcome]] = []
         for frame in frames:
             if frame.WhichOneof("body") == "hello":
-                await self._answer_run(run)
-                run = []
-                try:
-                    uplink.check_frame_id(frame)
-                    outcome = await self._hello(frame)
-                except InvalidArgument as exc:
-                    outcome = Outcome(Verdict.REJECTED, exc)
-                await self.outbox.put(uplink.receipt(frame, outcome))
+                # One Hello per stream, the first frame: a repeat of that frame is a DUPLICATE, any other
+                # Hello is refused unread (each would rewrite the device's record and cost a decode).
+                outcome = DUPLICATE if frame.frame_id == self.hello_frame_id else SECOND_HELLO
+                run.append((frame, outcome))
                 continue
             try:
                 check_text(frame)

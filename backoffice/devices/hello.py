@@ -74,7 +74,13 @@ class Hello:
         )
 
 
-def decode_hello(hello: pb.Hello) -> Hello:
+def check_symbol_count(hello: pb.Hello, max_symbols: int = MAX_SYMBOLS) -> None:
+    """A Hello's symbol list within ``max_symbols``: told before anything reads the list."""
+    if len(hello.symbols) > max_symbols:
+        raise InvalidArgument([("hello.symbols", f"at most {max_symbols} symbols")], reason="TOO_MANY_SYMBOLS")
+
+
+def decode_hello(hello: pb.Hello, max_symbols: int = MAX_SYMBOLS) -> Hello:
     """A Hello frame as the record the server keeps; InvalidArgument names every bad field."""
     violations: list[tuple[str, str]] = []
 
@@ -91,10 +97,10 @@ def decode_hello(hello: pb.Hello) -> Hello:
         violations.append(("hello.bridge_version", f"at most {_VERSION_MAX} printable characters"))
     if hello.account_currency and not _CURRENCY_RE.match(hello.account_currency):
         violations.append(("hello.account_currency", "an ISO 4217 code such as 'USD'"))
-    if len(hello.symbols) > MAX_SYMBOLS:
-        violations.append(("hello.symbols", f"at most {MAX_SYMBOLS} symbols"))
+    if len(hello.symbols) > max_symbols:
+        violations.append(("hello.symbols", f"at most {max_symbols} symbols"))
     symbols: dict[str, SymbolSpec] = {}
-    for index, spec in enumerate(hello.symbols[:MAX_SYMBOLS]):
+    for index, spec in enumerate(hello.symbols[:max_symbols]):
         path = f"hello.symbols[{index}]"
         if not SYMBOL_RE.match(spec.name):
             violations.append((f"{path}.name", "the broker's symbol: 1 to 32 of [A-Za-z0-9._#-]"))

@@ -95,6 +95,7 @@ class Settings:
     # The device gateway.
     ack_timeout_seconds: float = 10.0  # a delivery with no RECEIVED ack is re-sent after this
     hello_timeout_seconds: float = 10.0  # a stream whose first frame is not a Hello by then is ended
+    max_hello_symbols: int = 2000  # broker symbols one Hello may describe; more is refused unread
     device_frame_rate: int = 200  # frames/s a device may send (token bucket) ...
     device_frame_burst: int = 400  # ... with this burst; beyond it the stream ends RESOURCE_EXHAUSTED
     session_queue_size: int = 256  # outgoing frames buffered per stream; when full, Postgres is re-read later
@@ -225,6 +226,7 @@ class Settings:
         values["shutdown_grace_seconds"] = number("SHUTDOWN_GRACE_SECONDS", 10, 0, 600)
         values["ack_timeout_seconds"] = seconds("ACK_TIMEOUT_SECONDS", defaults.ack_timeout_seconds, 0.1, 3600)
         values["hello_timeout_seconds"] = seconds("HELLO_TIMEOUT_SECONDS", defaults.hello_timeout_seconds, 0.1, 600)
+        values["max_hello_symbols"] = number("MAX_HELLO_SYMBOLS", defaults.max_hello_symbols, 1, 100_000)
         values["device_frame_rate"] = number("DEVICE_FRAME_RATE", defaults.device_frame_rate, 1, 100_000)
         values["device_frame_burst"] = number("DEVICE_FRAME_BURST", defaults.device_frame_burst, 1, 1_000_000)
         values["session_queue_size"] = number("SESSION_QUEUE_SIZE", defaults.session_queue_size, 8, 65_536)

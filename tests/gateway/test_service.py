@@ -121,3 +121,37 @@ async def test_a_malformed_hello_names_its_bad_fields(
         failure.violations
     )
     assert (await row(res, Device, device.id)).last_hello is None
+
+
+async def test_a_stream_takes_one_hello(
+    gateway_channel: grpc.aio.Channel, res: Resources, device: KeyCredentials
+) -> None:
+    """A second Hello mid-stream is refused and changes nothing (each would rewrite the device's record);
+    the first Hello's frame again is a DUPLICATE."""
+    opened = DeviceStream(gateway_channel, device)
+    try:
+        first_id = "the-hello"
+        await opened.hello(frame_id=first_id)
+        richer = pb.Hello(bridge_version="x", account_currency="USD", balance="99999999", equity="99999999")
+        second = await opened.receipt(pb.DeviceFrame(frame_id=opened.frame_id(), hello=richer))
+        assert second.status == pb.RECEIPT_STATUS_REJECTED and "HELLO_ALREADY_SENT" in str(second.error)
+        again = await opened.receipt(pb.DeviceFrame(frame_id=first_id, hello=HELLO))
+        assert again.status == pb.RECEIPT_STATUS_DUPLICATE
+    finally:
+        await opened.close()
+    stored = await row(res, Device, device.id)
+    assert stored.last_hello is not None and stored.last_hello["balance"] == "10000.00"
+    assert len(await events(res, device.id, kind=EventKind.HELLO)) == 1
+
+
+async def test_a_hello_of_half_a_million_empty_symbols_is_refused_unread(
+    gateway_channel: grpc.aio.Channel, res: Resources, device: KeyCredentials
+) -> None:
+    """About 1 MB of empty SymbolSpecs: refused by its count before any spec is read."""
+    huge = pb.Hello(bridge_version="x", symbols=[pb.SymbolSpec()] * 500_000)
+    opened = DeviceStream(gateway_channel, device)
+    await opened.send(pb.DeviceFrame(frame_id="h1", hello=huge))
+    failure = await opened.failure()
+    assert (failure.code, failure.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "TOO_MANY_SYMBOLS")
+    assert "hello.symbols" in failure.violations
+    assert (await row(res, Device, device.id)).last_hello is None

@@ -33,41 +33,59 @@ _DECIMAL_RE = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,12})?$")
 SYMBOL_RE = re.compile(r"^[A-Za-z0-9._#-]{1,32}$")
 
 
-def check_text(message: Message) -> None:
+# Repeated items and map entries the NUL rule reads in one message at the most: no request or frame of the
+# contract needs more, and a message of half a million empty items must not hold the event loop.
+MAX_ITEMS = 10_000
+
+
+def check_text(message: Message, max_items: int = MAX_ITEMS) -> None:
     """One rule for all text at the edge: Postgres stores no NUL character (in text or JSONB), so a
     request or frame with one in any string (map keys and Struct contents included) is INVALID_ARGUMENT
-    naming each such field, before any domain code sees it."""
-    violations = [(path, "must not contain a NUL character") for path in _nul_fields(message, "")]
+    naming each such field, before any domain code sees it. Its cost is bounded: a message with more than
+    ``max_items`` repeated items and map entries in all is INVALID_ARGUMENT (reason TOO_MANY_ITEMS), told
+    before the items are read."""
+    violations = [(path, "must not contain a NUL character") for path in _nul_fields(message, "", [max_items])]
     if violations:
         raise InvalidArgument(violations, reason="NUL_CHARACTER")
 
 
-def _nul_fields(message: Message, prefix: str) -> list[str]:
+def _spend(budget: list[int], count: int, path: str) -> None:
+    """Take ``count`` items from what the walk may still read (a one-item list, shared by the recursion)."""
+    budget[0] -= count
+    if budget[0] < 0:
+        raise InvalidArgument([(path, "too many items in one message")], reason="TOO_MANY_ITEMS")
+
+
+def _nul_fields(message: Message, prefix: str, budget: list[int]) -> list[str]:
     found: list[str] = []
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            _spend(budget, len(value), path)
             value_field = field.message_type.fields_by_name["value"]
             for key, item in value.items():
                 entry = f"{path}[{key!r}]"
                 if "\x00" in key:
                     found.append(entry)
                 if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                    found.extend(_nul_fields(item, entry + "."))
+                    found.extend(_nul_fields(item, entry + ".", budget))
                 elif isinstance(item, str) and "\x00" in item:
                     found.append(entry)
         elif field.is_repeated:
+            _spend(budget, len(value), path)
+            if field.type == FieldDescriptor.TYPE_STRING and "\x00" not in "".join(value):
+                continue  # one scan of the text, not a Python step per item
             for index, item in enumerate(value):
-                found.extend(_nul_in(field, item, f"{path}[{index}]"))
+                found.extend(_nul_in(field, item, f"{path}[{index}]", budget))
         else:
-            found.extend(_nul_in(field, value, path))
+            found.extend(_nul_in(field, value, path, budget))
     return found
 
 
-def _nul_in(field: FieldDescriptor, value: object, path: str) -> list[str]:
+def _nul_in(field: FieldDescriptor, value: object, path: str, budget: list[int]) -> list[str]:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         assert isinstance(value, Message)
-        return _nul_fields(value, path + ".")
+        return _nul_fields(value, path + ".", budget)
     return [path] if isinstance(value, str) and "\x00" in value else []
 
 
