@@ -171,15 +171,17 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, obje
     from backoffice.platform import vault
 
     await check_postgres(settings.database_url)
-    async with bootstrap.resources(settings) as res, res.sessions.begin() as session:
-        if args.admin_command == "create-user":
-            role = Role.ADMIN if args.role == "admin" else Role.USER
-            user, token = await accounts.create_user(session, email=args.email, role=role)
-            return {"user_id": str(user.id), "api_token": token}
-        if args.admin_command == "create-producer":
-            producer, secret = await accounts.create_producer(session, res.vault, name=args.name)
-            return {"producer_id": str(producer.id), "secret": secret}
+    async with bootstrap.resources(settings) as res:
         if args.admin_command == "rotate-master-key":
-            changed = await vault.reseal_all(session, res.vault)
+            # Transactions of its own, a batch of locked rows each, while the servers keep writing.
+            changed = await vault.reseal_all(res.sessions, res.vault)
             return {"resealed": changed, "master_key_id": res.vault.current_key_id}
+        async with res.sessions.begin() as session:
+            if args.admin_command == "create-user":
+                role = Role.ADMIN if args.role == "admin" else Role.USER
+                user, token = await accounts.create_user(session, email=args.email, role=role)
+                return {"user_id": str(user.id), "api_token": token}
+            if args.admin_command == "create-producer":
+                producer, secret = await accounts.create_producer(session, res.vault, name=args.name)
+                return {"producer_id": str(producer.id), "secret": secret}
     raise AssertionError(args.admin_command)

@@ -5,13 +5,12 @@ filters by what the caller may see), bound to the request's filters."""
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, and_, or_
@@ -22,6 +21,12 @@ from signalhub.protocol.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_TOKEN_CHARS = 512
+# Rows are stamped as they are written: a cursor outside these years was not issued by this server, and the
+# bounds keep well clear of the edges of Python's calendar, where converting to UTC overflows.
+EARLIEST_CURSOR_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_CURSOR_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+_TOKEN_KEYS = frozenset({"t", "i", "f"})
 
 RowT = TypeVar("RowT")
 
@@ -70,17 +75,47 @@ def encode_token(cursor: Cursor, filters: Sequence[object]) -> str:
 
 
 def decode_token(token: str, filters: Sequence[object]) -> Cursor | None:
+    """The cursor ``token`` carries (None for the first page); INVALID_ARGUMENT naming ``page_token`` for
+    anything ``encode_token`` did not write for these filters."""
     if not token:
         return None
+    # The tokens issued are about 130 characters. The cap bounds the work a forged one costs, and with it
+    # how deep JSON inside one can nest (the parser recurses once per level).
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _not_a_token()
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        cursor = Cursor(datetime.fromisoformat(data["t"]), uuid.UUID(data["i"]))
-        fingerprint = data["f"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidArgument([("page_token", "not a page token from this list")]) from None
-    if fingerprint != _fingerprint(filters):
+    except (ValueError, RecursionError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise _not_a_token() from None
+    if not isinstance(data, dict) or set(data) != _TOKEN_KEYS or not all(isinstance(v, str) for v in data.values()):
+        raise _not_a_token()
+    try:
+        cursor = Cursor(_cursor_time(data["t"]), uuid.UUID(data["i"]))
+    except ValueError:
+        raise _not_a_token() from None
+    if data["f"] != _fingerprint(filters):
         raise InvalidArgument([("page_token", "the filters changed since this token was issued")])
     return cursor
+
+
+def _cursor_time(text: str) -> datetime:
+    """A token's time, in UTC; ValueError unless it names its offset and lies in the rows' range. Checked
+    here because the database driver converts it to UTC, which overflows at the edges of Python's calendar
+    (0001-01-01T00:00:00+05:00), and would fail the query as if the database were down."""
+    moment = datetime.fromisoformat(text)
+    if moment.utcoffset() is None:
+        raise ValueError("a page token's time must name its offset")
+    try:
+        in_utc = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a page token's time is out of range") from None
+    if not EARLIEST_CURSOR_TIME <= in_utc <= LATEST_CURSOR_TIME:
+        raise ValueError("a page token's time is out of range")
+    return in_utc
+
+
+def _not_a_token() -> InvalidArgument:
+    return InvalidArgument([("page_token", "not a page token from this list")])
 
 
 async def fetch_page(

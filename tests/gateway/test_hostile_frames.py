@@ -1,7 +1,7 @@
 """The device stream, hunted by hypothesis: hostile frames after a good Hello, hostile Hellos, raw bytes
 that are not a frame, and stream opens with and without a valid signature. A frame the gateway can read
 gets a Receipt (REJECTED for bad input) and the stream stays up; bytes that are not a frame end the stream
-INVALID_ARGUMENT; nothing is ever UNKNOWN or INTERNAL, and the gateway keeps SERVING."""
+INVALID_ARGUMENT; nothing is ever UNKNOWN, INTERNAL or UNAVAILABLE, and the gateway keeps SERVING."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from signalhub.protocol import signing
 from signalhub.v1 import gateway_pb2 as pb
 from tests.conftest import KeyCredentials, rpc_failure
 from tests.gateway.support import HELLO, WAIT, signed
-from tests.hostile import HUNT, assert_proper_status, messages, raw_bytes
+from tests.hostile import HUNT, assert_proper_status, messages, raw_bytes, timestamp_headers
 
 CONNECT = "/signalhub.v1.DeviceGateway/Connect"
 GOOD_HELLO = pb.DeviceFrame(frame_id="hello-1", hello=HELLO).SerializeToString()
@@ -92,14 +92,21 @@ async def test_hostile_hellos_and_raw_bytes_get_a_proper_status(
 
 
 @HUNT
-@given(auth=st.sampled_from(["none", "foreign", "garbage"]), frame=hostile_frame([]))
+@given(
+    auth=st.sampled_from(["none", "foreign", "garbage", "odd-timestamp"]),
+    frame=hostile_frame([]),
+    timestamp=timestamp_headers(sendable=True),
+)
 async def test_a_stream_without_a_valid_signature_is_unauthenticated(
-    gateway_channel: grpc.aio.Channel, device: KeyCredentials, auth: str, frame: bytes
+    gateway_channel: grpc.aio.Channel, device: KeyCredentials, auth: str, frame: bytes, timestamp: str
 ) -> None:
     metadata = {
         "none": (),
         "foreign": signed(device, secret=signing.parse_secret("shs_" + "B" * 42 + "A")),
         "garbage": (("x-sh-key-id", "x"), ("x-sh-signature", "v1=?"), ("x-sh-timestamp", "-"), ("x-sh-nonce", "!")),
+        "odd-timestamp": tuple(
+            (key, timestamp if key == signing.HEADER_TIMESTAMP else value) for key, value in signed(device)
+        ),
     }[auth]
     result = await exchange(gateway_channel, metadata, [GOOD_HELLO, frame])
     assert result.error is not None and result.error.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -30,7 +30,10 @@ SIGNED_HEADERS = (HEADER_KEY_ID, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATUR
 # The device stream open: its signature covers zero bytes.
 CONNECT_METHOD = "/signalhub.v1.DeviceGateway/Connect"
 
-_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# Unix seconds as ASCII digits and nothing else: str.isdigit() and int() would also take signs, spaces,
+# underscores and other scripts' digits. Twelve digits reach far past any clock a signature comes from.
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 _KEY_ID_MAX = 128
 
 
@@ -122,24 +125,26 @@ class SignedHeaders:
 
 
 def parse_headers(metadata: Iterable[tuple[str, str | bytes]]) -> SignedHeaders:
-    """Pick the signature headers out of call metadata; malformed values fail as SIGNATURE_INVALID."""
+    """Pick the signature headers out of call metadata: an absent one fails as SIGNATURE_MISSING, a
+    malformed one (empty included) as SIGNATURE_INVALID; nothing else is ever raised."""
     found: dict[str, str] = {}
     for key, value in metadata:
         if key in SIGNED_HEADERS:
             if key in found or isinstance(value, bytes):
                 raise SignatureError(AuthFailure.SIGNATURE_INVALID, f"{key} must be given once, as text")
             found[key] = value
-    missing = [h for h in SIGNED_HEADERS if not found.get(h)]
+    missing = [h for h in SIGNED_HEADERS if h not in found]
     if missing:
         raise SignatureError(AuthFailure.SIGNATURE_MISSING, "missing metadata: " + ", ".join(missing))
+    empty = [h for h in SIGNED_HEADERS if not found[h]]
+    if empty:
+        raise SignatureError(AuthFailure.SIGNATURE_INVALID, "empty metadata: " + ", ".join(empty))
     key_id = found[HEADER_KEY_ID]
     if len(key_id) > _KEY_ID_MAX:
         raise SignatureError(AuthFailure.SIGNATURE_INVALID, f"{HEADER_KEY_ID} is too long")
-    raw_ts = found[HEADER_TIMESTAMP]
-    if not raw_ts.isascii() or not raw_ts.lstrip("-").isdigit() or len(raw_ts) > 12:
-        raise SignatureError(AuthFailure.SIGNATURE_INVALID, f"{HEADER_TIMESTAMP} must be integer Unix seconds")
+    timestamp = parse_timestamp(found[HEADER_TIMESTAMP])
     nonce = found[HEADER_NONCE]
-    if not _NONCE_RE.match(nonce):
+    if not _NONCE_RE.fullmatch(nonce):
         raise SignatureError(AuthFailure.SIGNATURE_INVALID, f"{HEADER_NONCE} must be 16-64 of [A-Za-z0-9_-]")
     raw_sig = found[HEADER_SIGNATURE]
     if not raw_sig.startswith(SIGNATURE_PREFIX):
@@ -150,7 +155,14 @@ def parse_headers(metadata: Iterable[tuple[str, str | bytes]]) -> SignedHeaders:
         raise SignatureError(AuthFailure.SIGNATURE_INVALID, f"{HEADER_SIGNATURE} is not base64") from None
     if len(mac) != hashlib.sha256().digest_size:
         raise SignatureError(AuthFailure.SIGNATURE_INVALID, f"{HEADER_SIGNATURE} has the wrong length")
-    return SignedHeaders(key_id=key_id, timestamp=int(raw_ts), nonce=nonce, signature=mac)
+    return SignedHeaders(key_id=key_id, timestamp=timestamp, nonce=nonce, signature=mac)
+
+
+def parse_timestamp(raw: str) -> int:
+    """The ``x-sh-timestamp`` value as Unix seconds; SIGNATURE_INVALID unless it is 1-12 ASCII digits."""
+    if not _TIMESTAMP_RE.fullmatch(raw):
+        raise SignatureError(AuthFailure.SIGNATURE_INVALID, f"{HEADER_TIMESTAMP} must be Unix seconds in ASCII digits")
+    return int(raw)
 
 
 def check_timestamp(headers: SignedHeaders, now: float, tolerance_seconds: int) -> None:

@@ -1,10 +1,11 @@
 """Every back-office RPC, hunted by hypothesis: random and hostile messages and raw bytes, with no
 credentials, bad ones and good ones (bearer tokens of a user and an admin; producer signatures over the
-exact bytes sent). Whatever comes back is a proper status with an ErrorInfo, never UNKNOWN or INTERNAL,
-and the server keeps SERVING."""
+exact bytes sent, and with a hostile x-sh-timestamp). Whatever comes back is a proper status with an
+ErrorInfo, never UNKNOWN, INTERNAL or UNAVAILABLE, and the server keeps SERVING."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,19 +13,31 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
 from backoffice.bootstrap import METHOD_AUTH, SERVICES, Resources
+from backoffice.platform import paging
 from backoffice.platform.interceptors import Auth
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
-from tests.conftest import KeyCredentials, UserCredentials, make_device
-from tests.hostile import HUNT, assert_proper_status, messages, raw_bytes
+from tests.conftest import KeyCredentials, UserCredentials, make_device, rpc_failure
+from tests.hostile import (
+    HUNT,
+    NESTED_JSON,
+    assert_proper_status,
+    encode_page_token,
+    messages,
+    raw_bytes,
+    timestamp_headers,
+    unset_filters,
+)
 
 METHODS = [method for service in SERVICES for method in service.methods]
-AUTHS = ["none", "garbage", "user", "admin", "signed", "badly-signed"]
+LIST_METHODS = [method for method in METHODS if "page_token" in method.input_type.fields_by_name]
+AUTHS = ["none", "garbage", "user", "admin", "signed", "badly-signed", "signed-odd-timestamp"]
 FOREIGN_SECRET = signing.parse_secret("shs_" + "A" * 43)
 
 
@@ -44,7 +57,11 @@ async def world(res: Resources, user: UserCredentials, admin: UserCredentials, p
     }
 
 
-def metadata_for(auth: str, world: dict[str, Any], method: str, body: bytes) -> tuple[tuple[str, str], ...]:
+def metadata_for(
+    auth: str, world: dict[str, Any], method: str, body: bytes, timestamp: str = ""
+) -> tuple[tuple[str, str], ...]:
+    """The metadata of one ``auth`` kind; ``timestamp`` replaces the signed x-sh-timestamp of a
+    signed-odd-timestamp call."""
     producer: KeyCredentials = world["producer"]
     if auth == "garbage":
         return (("authorization", "Bearer sht_not-a-token"), ("x-sh-signature", "v1=???"), ("x-sh-key-id", "x"))
@@ -54,6 +71,9 @@ def metadata_for(auth: str, world: dict[str, Any], method: str, body: bytes) -> 
         return signing.signed_metadata(signing.parse_secret(producer.secret), method, str(producer.id), body)
     if auth == "badly-signed":
         return signing.signed_metadata(FOREIGN_SECRET, method, str(producer.id), body)
+    if auth == "signed-odd-timestamp":
+        signed = signing.signed_metadata(signing.parse_secret(producer.secret), method, str(producer.id), body)
+        return tuple((key, timestamp if key == signing.HEADER_TIMESTAMP else value) for key, value in signed)
     return ()
 
 
@@ -80,7 +100,9 @@ async def test_hostile_messages_get_a_proper_status(
 ) -> None:
     name = path(method)
     body = data.draw(messages(method.input_type, world["known"])).SerializeToString()
-    await call(backoffice_channel, name, body, metadata_for(data.draw(auths_for(name)), world, name, body))
+    auth = data.draw(auths_for(name))
+    timestamp = data.draw(timestamp_headers(sendable=True)) if auth == "signed-odd-timestamp" else ""
+    await call(backoffice_channel, name, body, metadata_for(auth, world, name, body, timestamp))
 
 
 @every_method_hunted
@@ -91,6 +113,66 @@ async def test_bytes_that_are_not_a_message_get_a_proper_status(
     good = "signed" if METHOD_AUTH.get(name, Auth.BEARER) is not Auth.BEARER else "admin"
     body = data.draw(raw_bytes(method.input_type))
     await call(backoffice_channel, name, body, metadata_for(good, world, name, body))
+
+
+# Cursor times that overflow when converted to UTC, or lie outside any row's range.
+BAD_CURSOR_TIMES = [
+    "0001-01-01T00:00:00+05:00",
+    "0001-01-01T00:00:00+00:00:01",
+    "9999-12-31T23:59:59-05:00",
+    "9999-12-31T23:59:59.999999-00:00:01",
+    "0001-01-01T00:00:00",
+    "1969-12-31T23:59:59+00:00",
+]
+
+
+def forged_page_tokens(method: MethodDescriptor) -> list[str]:
+    """Tokens of every hostile shape, those with a cursor carrying the fingerprint of the method's unset
+    filters, so that they reach the query when nothing else stops them."""
+    fingerprint = paging._fingerprint(unset_filters(method.input_type))
+    good_time, good_id = "2026-01-01T00:00:00+00:00", str(uuid.uuid4())
+    cursors: list[object] = [{"t": moment, "i": good_id, "f": fingerprint} for moment in BAD_CURSOR_TIMES]
+    cursors += [
+        {"t": good_time, "i": 5, "f": fingerprint},
+        {"t": good_time, "i": [], "f": fingerprint},
+        {"t": 1.5, "i": good_id, "f": fingerprint},
+        {"t": good_time, "i": good_id, "f": fingerprint, "x": None},
+        [good_time, good_id, fingerprint],
+        None,
+    ]
+    return [encode_page_token(body) for body in [*NESTED_JSON, *cursors]]
+
+
+def paging_body(token: str) -> str:
+    """A token's JSON, cut short, for a failure message."""
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))[:80].decode()
+
+
+@pytest.mark.parametrize("method", LIST_METHODS, ids=path)
+async def test_forged_page_tokens_are_invalid_argument_naming_page_token(
+    method: MethodDescriptor, backoffice_channel: grpc.aio.Channel, world: dict[str, Any]
+) -> None:
+    request: Any = GetMessageClass(method.input_type)
+    rpc: Any = backoffice_channel.unary_unary(path(method))
+    tokenless: grpc.StatusCode | None = None
+    try:
+        await rpc(request().SerializeToString(), metadata=world["admin"].metadata, timeout=10)
+    except grpc.aio.AioRpcError as error:
+        # Refused before paging (an admin who is no affiliate): no token can get further.
+        tokenless = rpc_failure(error).code
+    wrong: dict[str, object] = {}  # each token answered otherwise, decoded, with its answer
+    for token in forged_page_tokens(method):
+        try:
+            await rpc(request(page_token=token).SerializeToString(), metadata=world["admin"].metadata, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            failure = rpc_failure(error)
+            named = failure.code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in failure.violations
+            if named if tokenless is None else failure.code == tokenless:
+                continue
+            wrong[paging_body(token)] = failure.code
+        else:
+            wrong[paging_body(token)] = "OK"
+    assert not wrong
 
 
 async def test_garbage_bytes_are_invalid_argument_only_after_authentication(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -12,26 +13,34 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import select, text
 
 from backoffice.bootstrap import Resources
 from backoffice.cli import commands as cli
-from backoffice.models import Role
+from backoffice.devices import registration
+from backoffice.models import Device, Role
 from backoffice.platform.auth import authenticate_token
-from backoffice.platform.config import Settings
+from backoffice.platform.config import MasterKey, Settings
+from backoffice.platform.vault import Binding, Vault
 from backoffice.producer import cli as producer_cli
 from gateway.bridge import cli as bridge_cli
 from signalhub.protocol import signing
+from signalhub.protocol.secret import Secret
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
+from tests.backoffice.platform.test_vault import wait_until_blocked_behind
 from tests.conftest import (
     REDIS_URL,
     SERVER_URL,
     TEST_MASTER_KEY,
+    KeyCredentials,
+    UserCredentials,
     free_port,
     run_module,
     scratch_database,
@@ -131,6 +140,50 @@ def test_rotate_master_key_reseals_and_back(settings: Settings) -> None:
     assert json.loads(signalhub("admin", "rotate-master-key", env=forward).stdout)["resealed"] == 0
     back = _env(settings, SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test2:{new_key}")
     assert json.loads(signalhub("admin", "rotate-master-key", env=back).stdout)["resealed"] >= 1
+
+
+async def test_rotate_master_key_reseals_the_secret_a_concurrent_rotation_wrote(
+    settings: Settings, res: Resources, user: UserCredentials, device: KeyCredentials
+) -> None:
+    """The command reaches a device while a RotateDeviceSecret holds its row: it waits for the rotation to
+    commit and re-seals the new secret (not the old one it would have read without the row lock)."""
+    new_key = base64.b64encode(os.urandom(32)).decode()
+    forward = _env(
+        settings,
+        SIGNALHUB_MASTER_KEY=new_key,
+        SIGNALHUB_MASTER_KEY_ID="test3",
+        SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test1:{TEST_MASTER_KEY}",
+    )
+    command: asyncio.subprocess.Process | None = None
+    try:
+        async with res.sessions.begin() as session:
+            holder = await session.scalar(text("SELECT pg_backend_pid()"))
+            _, shown = await registration.rotate_device_secret(
+                session, res.vault, user.caller, device.id, grace=timedelta(hours=1)
+            )
+            command = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "backoffice.cli", "admin", "rotate-master-key"),
+                env=forward,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            await wait_until_blocked_behind(res, holder, asyncio.ensure_future(command.wait()))
+        out, err = await asyncio.wait_for(command.communicate(), 60)
+        assert command.returncode == 0, err.decode()
+        assert json.loads(out)["master_key_id"] == "test3"
+        async with res.sessions() as session:
+            sealed = await session.scalar(select(Device.secret_sealed).where(Device.id == device.id))
+        assert sealed is not None and sealed.startswith("sv1:test3:")
+        rotated = Vault(MasterKey("test3", Secret(base64.b64decode(new_key))))
+        assert rotated.open(sealed, Binding("devices", str(device.id), "secret_sealed")) == signing.parse_secret(shown)
+    finally:
+        if command is not None and command.returncode is None:
+            command.kill()
+            await command.wait()
+        back = _env(settings, SIGNALHUB_PREVIOUS_MASTER_KEYS=f"test3:{new_key}")
+        restored = await asyncio.to_thread(signalhub, "admin", "rotate-master-key", env=back)
+        assert restored.returncode == 0, restored.stderr
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import update
@@ -18,7 +19,7 @@ from backoffice.platform.vault import Binding
 from signalhub.protocol import signing
 from signalhub.protocol.errors import Unauthenticated, Unavailable
 from signalhub.protocol.signing import AuthFailure, SignatureError
-from tests.conftest import KeyCredentials, UserCredentials
+from tests.conftest import KeyCredentials, UserCredentials, rpc_failure
 
 METHOD = "/signalhub.v1.SignalService/SubmitSignal"
 BODY = b"\x0a\x04ABCD"
@@ -67,6 +68,46 @@ async def test_tampered_body_is_invalid(res: Resources, producer: KeyCredentials
 async def test_skewed_timestamp(res: Resources, producer: KeyCredentials, offset: int) -> None:
     md = signed(producer, timestamp=int(time.time()) + offset)
     await expect(AuthFailure.TIMESTAMP_SKEW, res.verifier, KeyKind.PRODUCER, md)
+
+
+# Text int() or str.isdigit() accepts but the contract does not: signs, spaces, other scripts' digits, a
+# length no clock reaches, nothing at all.
+ODD_TIMESTAMPS = ["--5", "+5", "-5", " 5", "\u0663", "\uff15", "5" * 5_000, ""]
+
+
+def with_timestamp(metadata: tuple[tuple[str, str], ...], timestamp: str) -> tuple[tuple[str, str], ...]:
+    return tuple((key, timestamp if key == signing.HEADER_TIMESTAMP else value) for key, value in metadata)
+
+
+@pytest.mark.parametrize("timestamp", ODD_TIMESTAMPS)
+async def test_a_timestamp_not_in_ascii_digits_is_signature_invalid(
+    res: Resources, producer: KeyCredentials, device: KeyCredentials, timestamp: str
+) -> None:
+    for kind, key in ((KeyKind.PRODUCER, producer), (KeyKind.DEVICE, device)):
+        await expect(AuthFailure.SIGNATURE_INVALID, res.verifier, kind, with_timestamp(signed(key), timestamp))
+
+
+@pytest.mark.parametrize("timestamp", [t for t in ODD_TIMESTAMPS if t.isascii()])
+async def test_a_signed_call_with_such_a_timestamp_is_unauthenticated(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, timestamp: str
+) -> None:
+    """Through the server as sent (grpc's client sends only ASCII header text): UNAUTHENTICATED, never
+    INTERNAL."""
+    method = "/signalhub.v1.SignalService/SubmitSignal"
+    metadata = with_timestamp(signed(producer, method=method), timestamp)
+    submit: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = backoffice_channel.unary_unary(method)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await submit(BODY, metadata=metadata, timeout=10)
+    failure = rpc_failure(info.value)
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "SIGNATURE_INVALID")
+
+
+@pytest.mark.parametrize("timestamp", ["0", "1", "9" * 12])
+async def test_a_well_formed_timestamp_out_of_the_window_is_skew(
+    res: Resources, producer: KeyCredentials, timestamp: str
+) -> None:
+    skewed = with_timestamp(signed(producer), timestamp)
+    await expect(AuthFailure.TIMESTAMP_SKEW, res.verifier, KeyKind.PRODUCER, skewed)
 
 
 async def test_unknown_key_is_invalid(res: Resources) -> None:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
 
 from backoffice.bootstrap import Resources
-from backoffice.models import Device, Producer
+from backoffice.devices import registration
+from backoffice.models import SEALED_COLUMNS, Device, Producer
 from backoffice.platform import vault
 from backoffice.platform.config import MasterKey
 from backoffice.platform.vault import Binding, Vault, VaultError
 from signalhub.protocol import signing
 from signalhub.protocol.secret import Secret
-from tests.conftest import KeyCredentials, UserCredentials
+from tests.conftest import KeyCredentials, UserCredentials, make_device
 
 OLD = MasterKey("old", Secret(b"o" * 32))
 NEW = MasterKey("new", Secret(b"n" * 32))
@@ -70,8 +74,7 @@ async def test_rotate_master_key_reseals_every_row(
     current = res.settings.require_master_key()
     next_key = MasterKey("rotated", Secret(uuid.uuid4().bytes * 2))
     rotated = Vault(next_key, (current,))
-    async with res.sessions.begin() as session:
-        changed = await vault.reseal_all(session, rotated)
+    changed = await vault.reseal_all(res.sessions, rotated)
     assert changed >= 2
     async with res.sessions() as session:
         producer_row = await session.get(Producer, producer.id)
@@ -87,9 +90,83 @@ async def test_rotate_master_key_reseals_every_row(
         )
         sealed_rows = (await session.scalars(select(Producer.secret_sealed))).all()
     # Put the session's key back for the other tests.
-    async with res.sessions.begin() as session:
-        assert await vault.reseal_all(session, Vault(current, (next_key,))) == changed
+    assert await vault.reseal_all(res.sessions, Vault(current, (next_key,))) == changed
     assert all(s.startswith("sv1:rotated:") for s in sealed_rows)
+
+
+async def test_batches_reseal_every_row_and_a_second_run_finds_none(
+    res: Resources, user: UserCredentials, producer: KeyCredentials
+) -> None:
+    """One row per batch: the walk by id visits every row and ends; nothing is left for another run."""
+    await make_device(res, user)
+    await make_device(res, user)
+    current = res.settings.require_master_key()
+    next_key = MasterKey("batched", Secret(uuid.uuid4().bytes * 2))
+    try:
+        changed = await vault.reseal_all(res.sessions, Vault(next_key, (current,)), batch_rows=1)
+        assert changed >= 3
+        assert await vault.reseal_all(res.sessions, Vault(next_key, (current,)), batch_rows=1) == 0
+        assert not await _sealed_under(res, current.key_id)
+    finally:
+        await vault.reseal_all(res.sessions, Vault(current, (next_key,)))
+    assert not await _sealed_under(res, next_key.key_id)
+
+
+async def test_reseal_waits_for_a_concurrent_rotation_and_reseals_its_new_secret(
+    res: Resources, user: UserCredentials, device: KeyCredentials
+) -> None:
+    """A RotateDeviceSecret holds its device's row when the re-seal reaches it: the re-seal waits, then
+    re-seals the rotation's new secret rather than writing the old one back over it."""
+    current = res.settings.require_master_key()
+    next_key = MasterKey("interleaved", Secret(uuid.uuid4().bytes * 2))
+    resealing: asyncio.Task[int] | None = None
+    try:
+        async with res.sessions.begin() as session:
+            holder = await session.scalar(text("SELECT pg_backend_pid()"))
+            _, shown = await registration.rotate_device_secret(
+                session, res.vault, user.caller, device.id, grace=timedelta(hours=1)
+            )
+            resealing = asyncio.create_task(vault.reseal_all(res.sessions, Vault(next_key, (current,)), batch_rows=1))
+            await wait_until_blocked_behind(res, holder, resealing)
+        await asyncio.wait_for(resealing, 30)
+        async with res.sessions() as session:
+            row = await session.get(Device, device.id)
+        assert row is not None and row.previous_secret_sealed is not None
+        opened = Vault(next_key).open(row.secret_sealed, Binding("devices", str(device.id), "secret_sealed"))
+        assert opened == signing.parse_secret(shown)
+        previous = Binding("devices", str(device.id), "previous_secret_sealed")
+        assert Vault(next_key).open(row.previous_secret_sealed, previous) == signing.parse_secret(device.secret)
+    finally:
+        if resealing is not None:
+            await asyncio.wait([resealing], timeout=30)  # done before the keys are put back
+        await vault.reseal_all(res.sessions, Vault(current, (next_key,)))
+
+
+async def wait_until_blocked_behind(res: Resources, holder: int, waiter: asyncio.Future[Any]) -> None:
+    """Until some connection waits for a lock that the backend ``holder`` holds (``waiter`` must not end
+    first: it would have run without waiting)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        assert not waiter.done(), "finished without waiting for the held row"
+        async with res.sessions() as session:  # a transaction per look: pg_stat_activity is a snapshot
+            blocked = await session.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE CAST(:holder AS int) = ANY(pg_blocking_pids(pid))"),
+                {"holder": holder},
+            )
+        if blocked:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"nothing waited for backend {holder} within 30 s")
+
+
+async def _sealed_under(res: Resources, key_id: str) -> list[str]:
+    """Every sealed value (of every sealed column) under master key ``key_id``."""
+    found: list[str] = []
+    async with res.sessions() as session:
+        for model, column in SEALED_COLUMNS:
+            values = await session.scalars(select(getattr(model, column)))
+            found += [v for v in values if v is not None and v.startswith(f"sv1:{key_id}:")]
+    return found
 
 
 async def test_database_dump_holds_no_plaintext_secret(

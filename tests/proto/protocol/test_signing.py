@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
 
 from signalhub.protocol import signing
 from signalhub.protocol.signing import AuthFailure, SignatureError
 from tests.conftest import CONTRACT_VECTORS as VECTORS
+from tests.hostile import HUNT, TIMESTAMP_HEADERS, timestamp_headers
 
 SIG = VECTORS["signature"]
 SECRET = bytes.fromhex(VECTORS["secret_bytes_hex"])
@@ -107,6 +109,11 @@ def test_missing_header_is_signature_missing(missing: str) -> None:
     [
         ("x-sh-timestamp", "12.5"),
         ("x-sh-timestamp", "soon"),
+        ("x-sh-timestamp", ""),
+        ("x-sh-key-id", ""),
+        ("x-sh-nonce", ""),
+        ("x-sh-signature", ""),
+        ("x-sh-nonce", "a-nonce-with-a-newline\n"),
         ("x-sh-nonce", "short"),
         ("x-sh-nonce", "has spaces in the nonce!!"),
         ("x-sh-nonce", "n" * 65),
@@ -118,6 +125,35 @@ def test_missing_header_is_signature_missing(missing: str) -> None:
 def test_malformed_header_is_signature_invalid(field: str, value: str) -> None:
     with pytest.raises(SignatureError) as info:
         signing.parse_headers(_vector_metadata(**{field: value}))
+    assert info.value.reason is AuthFailure.SIGNATURE_INVALID
+
+
+@pytest.mark.parametrize("value", TIMESTAMP_HEADERS)
+def test_timestamp_that_is_not_ascii_digits_is_signature_invalid(value: str) -> None:
+    with pytest.raises(SignatureError) as info:
+        signing.parse_headers(_vector_metadata(**{"x-sh-timestamp": value}))
+    assert info.value.reason is AuthFailure.SIGNATURE_INVALID
+
+
+@pytest.mark.parametrize("value", ["0", "0000000005", "9" * 12])
+def test_well_formed_timestamp_outside_the_window_is_skew(value: str) -> None:
+    headers = signing.parse_headers(_vector_metadata(**{"x-sh-timestamp": value}))
+    assert headers.timestamp == int(value)
+    with pytest.raises(SignatureError) as info:
+        signing.check_timestamp(headers, SIG["timestamp"], 300)
+    assert info.value.reason is AuthFailure.TIMESTAMP_SKEW
+
+
+# A pure function: the hunt can afford many more examples here than against a server.
+@settings(HUNT, max_examples=HUNT.max_examples * 20)
+@given(value=timestamp_headers())
+def test_any_timestamp_text_is_ascii_digits_or_signature_invalid(value: str) -> None:
+    metadata = _vector_metadata(**{"x-sh-timestamp": value})
+    if value.isascii() and value.isdigit() and len(value) <= 12:
+        assert signing.parse_headers(metadata).timestamp == int(value)
+        return
+    with pytest.raises(SignatureError) as info:
+        signing.parse_headers(metadata)
     assert info.value.reason is AuthFailure.SIGNATURE_INVALID
 
 
