@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete
 
-from backoffice import alerts, signals
+from backoffice import alerts, quotes, signals
 from backoffice.affiliates import accrual
 from backoffice.affiliates.program import Program
 from backoffice.bootstrap import Resources, open_redis
@@ -37,6 +37,9 @@ async def run_once(res: Resources) -> dict[str, int]:
         records = int(result.rowcount)  # type: ignore[attr-defined]
         inactive = await presence.mark_idle_devices_inactive(session, datetime.now(UTC))
         expired = await signals.expire_due(session, datetime.now(UTC))
+        quotes_purged = await quotes.purge_stale(
+            session, datetime.now(UTC) - timedelta(seconds=settings.quote_retention_seconds)
+        )
         raised = await alerts.watch_devices(
             session,
             datetime.now(UTC),
@@ -52,6 +55,7 @@ async def run_once(res: Resources) -> dict[str, int]:
         "idempotency_records_purged": records,
         "devices_marked_inactive": inactive,
         "signals_expired": expired,
+        "quotes_purged": quotes_purged,
         "fills_accrued": fills,
         "commissions_released": released,
         "alerts_raised": len(raised),

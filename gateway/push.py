@@ -44,6 +44,9 @@ class Recipient(Protocol):
     @property
     def sealer(self) -> InstructionSealer: ...
 
+    @property
+    def quotable(self) -> set[str]: ...
+
 
 def instruction(order: deliveries.Order) -> pb.Instruction:
     """The plaintext of a sealed instruction. A signal's stop-loss, take-profit and payload are not in
@@ -158,6 +161,7 @@ class Pusher:
                 if traced:
                     tracing.sent(device_id, order)
                 if isinstance(order, deliveries.DeliveryOrder):
+                    recipient.quotable.add(order.instrument)  # a fill would put a position on it
                     PUSHED.labels("delivery").inc()
                     if order.attempt == 1:
                         APPROVAL_TO_DELIVERY.observe((pushed_at - order.created_at).total_seconds())

@@ -22,14 +22,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, HeartbeatReport, Outcome, Verdict
+from backoffice import positions
+from backoffice.deliveries import ACCEPTED, DUPLICATE, DeviceReport, HeartbeatReport, Outcome, QuoteReport, Verdict
 from backoffice.devices import hello, presence
 from backoffice.platform import hints
 from backoffice.platform.auth import SignedKey
@@ -124,6 +125,10 @@ class DeviceSession:
         self.outbox = Outbox(settings.session_queue_size, on_room=self.wake)
         self.welcomed = False
         self.hello_frame_id = ""  # the stream's one Hello
+        # The broker symbols this device's quotes are taken for: its Hello's, its open positions', and those
+        # of every delivery pushed to it since. Any other quote is refused: it would be stored and watched for
+        # a symbol no position of this device can be on.
+        self.quotable: set[str] = set()
         self.last_heard = time.monotonic()  # any frame from the device
         self.last_beat = time.monotonic()  # our last heartbeat
         self.seen_recorded = time.monotonic()  # devices.last_seen_at written
@@ -240,12 +245,16 @@ class DeviceSession:
         record = hello.decode_hello(frame.hello, max_symbols)
         async with self._services.sessions.begin() as session:
             fresh = await presence.store_hello(session, self.device_id, frame.frame_id, record, datetime.now(UTC))
+            self.quotable.update(await positions.held_symbols(session, self.device_id))
+        self.quotable.update(record.symbols or {})
         self.seen_recorded = time.monotonic()
         return ACCEPTED if fresh else DUPLICATE
 
     async def _answer_group(self, frames: list[pb.DeviceFrame]) -> None:
         """Receipts for the frames, in order."""
         taken = time.monotonic()
+        tolerance = timedelta(seconds=self._services.settings.signature_tolerance_seconds)
+        quote_not_after = datetime.now(UTC) + tolerance
         run: list[tuple[pb.DeviceFrame, DeviceReport | Outcome]] = []
         for frame in frames:
             if frame.WhichOneof("body") == "hello":
@@ -256,7 +265,12 @@ class DeviceSession:
                 continue
             try:
                 check_text(frame)
-                report = uplink.decode(self.device_id, frame)
+                report = uplink.decode(self.device_id, frame, quote_not_after)
+                if isinstance(report.report, QuoteReport) and report.report.quote.instrument not in self.quotable:
+                    raise InvalidArgument(
+                        [("quote.instrument", "not a symbol of this device's Hello or of its positions")],
+                        reason="SYMBOL_NOT_HELD",
+                    )
                 # A heartbeat changes nothing in Postgres (last_seen_at is the sweep's): no transaction.
                 run.append((frame, ACCEPTED if isinstance(report.report, HeartbeatReport) else report))
             except InvalidArgument as exc:

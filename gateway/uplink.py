@@ -88,8 +88,9 @@ def check_frame_id(frame: pb.DeviceFrame) -> None:
         raise InvalidArgument([("frame_id", f"1 to {MAX_FRAME_ID} characters, unique per device")])
 
 
-def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
-    """A frame (other than Hello) as a domain report; InvalidArgument names every bad field."""
+def decode(device_id: uuid.UUID, frame: pb.DeviceFrame, quote_not_after: datetime | None = None) -> DeviceReport:
+    """A frame (other than Hello) as a domain report; InvalidArgument names every bad field. A quote dated
+    after ``quote_not_after`` (the server's clock plus the signature tolerance) is one."""
     check_frame_id(frame)
     bad = _Violations()
     report: deliveries.Report | None = None
@@ -134,6 +135,7 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame) -> DeviceReport:
                 source_type=ActorType.DEVICE,
                 source_id=device_id,
                 frame_id=frame.frame_id,
+                not_after=quote_not_after,
             )
         )
     elif body == "heartbeat":

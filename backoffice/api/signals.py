@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -155,13 +156,21 @@ class SignalServicer:
         caller = current_caller()
         if len(request.quotes) > signals.MAX_QUOTES:
             raise InvalidArgument([("quotes", f"at most {signals.MAX_QUOTES} quotes per call")])
+        not_after = datetime.now(UTC) + timedelta(seconds=self._tolerance)
         decoded = [
             quotes.parse_quote(
-                q, f"quotes[{i}]", instrument=signals.INSTRUMENT_RE, source_type=ActorType.PRODUCER, source_id=caller.id
+                q,
+                f"quotes[{i}]",
+                instrument=signals.INSTRUMENT_RE,
+                source_type=ActorType.PRODUCER,
+                source_id=caller.id,
+                not_after=not_after,
             )
             for i, q in enumerate(request.quotes)
         ]
         async with self._sessions.begin() as session:
+            if await quotes.is_price_feed(session, caller.id):
+                decoded = [dataclasses.replace(q, price_feed=True) for q in decoded]
             stored = await quotes.store_latest(session, decoded, datetime.now(UTC))
         await hints.publish_monitor(self._redis, [quotes.hint(q) for q in stored])
         return pb.SubmitQuotesResponse(accepted_count=len(decoded))

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     create_user.add_argument("--role", choices=["admin", "user"], default="user", help="default %(default)s")
     create_producer = admin.add_parser("create-producer", help='prints {"producer_id", "secret"}')
     create_producer.add_argument("--name", required=True, help="a name for the strategy engine")
+    create_producer.add_argument(
+        "--price-feed", action="store_true", help="its quotes act on every position of the instrument, not only its own"
+    )
+    price_feed = admin.add_parser(
+        "set-price-feed", help="mark a producer a price feed (its quotes act on every position of the instrument)"
+    )
+    price_feed.add_argument("producer_id", type=uuid.UUID, help="the producer's id")
+    price_feed.add_argument("--off", action="store_true", help="unmark it: its quotes act on its own signals only")
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
     backup = admin.add_parser("backup", help="a consistent dump of the database (pg_dump); prints its size")
     backup.add_argument("--to", type=Path, required=True, help="the file to write (owner-only)")
@@ -166,7 +175,7 @@ def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> dict[str
 
 
 async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
-    from backoffice import accounts, bootstrap
+    from backoffice import accounts, bootstrap, quotes
     from backoffice.models import Role
     from backoffice.platform import vault
 
@@ -183,5 +192,11 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, obje
                 return {"user_id": str(user.id), "api_token": token}
             if args.admin_command == "create-producer":
                 producer, secret = await accounts.create_producer(session, res.vault, name=args.name)
+                if args.price_feed:
+                    await quotes.set_price_feed(session, producer.id, True)
                 return {"producer_id": str(producer.id), "secret": secret}
+            if args.admin_command == "set-price-feed":
+                if not await quotes.set_price_feed(session, args.producer_id, not args.off):
+                    raise SystemExit(f"signalhub: no producer {args.producer_id}")
+                return {"producer_id": str(args.producer_id), "price_feed": not args.off}
     raise AssertionError(args.admin_command)

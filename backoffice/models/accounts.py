@@ -6,9 +6,11 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     LargeBinary,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -51,3 +53,6 @@ class Producer(Base):
     secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by an admin: this producer's quotes are read against every position on the instrument (a price
+    # feed); otherwise only against positions its own signals opened.
+    price_feed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))

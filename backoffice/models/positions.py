@@ -139,6 +139,11 @@ class Quote(Base):
     which the monitor reads. Market data, not a record: one row per key, overwritten by newer quotes."""
 
     __tablename__ = "quotes"
+    __table_args__ = (
+        # The uplink's repeat check (which device frames set a stored quote) and the monitor's sweep.
+        Index("ix_quotes_source_id_frame_id", "source_id", "frame_id"),
+        Index("ix_quotes_received_at", "received_at"),
+    )
     instrument: Mapped[str] = mapped_column(Text, primary_key=True)
     source_type: Mapped[ActorType] = mapped_column(_enum(ActorType, "actor_type"), primary_key=True)
     source_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -147,6 +152,9 @@ class Quote(Base):
     quote_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     frame_id: Mapped[str | None] = mapped_column(Text)  # the device frame that set it: a repeat is DUPLICATE
     received_at: Mapped[datetime] = _created()
+    # From a producer an admin marked a price feed: read against every position on the instrument, not only
+    # those its own signals opened.
+    price_feed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class Alert(Base):

@@ -2,8 +2,9 @@
 positions it may act on by bisection. Its cost grows with the positions actually reached, not with all the
 positions open on the instrument.
 
-A position sits in the book of each feed it is read against (its signal's instrument, for producers'
-quotes; its device and broker symbol, for the device's own quotes) and, in each, on one ladder per rule:
+A position sits in the book of each feed it is read against (its signal's instrument, for price feeds'
+quotes; that and its signal's producer, for that producer's quotes; its device and broker symbol, for the
+device's own quotes) and, in each, on one ladder per rule:
 its stop, its target, its armed breakeven price and (with a trailing stop) the best price so far.
 """
 
@@ -74,13 +75,19 @@ class Watched:
     device_id: uuid.UUID
     instrument: str  # the broker symbol
     signal_instrument: str
+    producer_id: uuid.UUID  # its signal's: that producer's quotes act on it, another's never
     volume: Decimal
     levels: Levels
     levels_at: datetime | None
 
     @property
-    def feeds(self) -> tuple[Feed, Feed]:
-        return Feed(self.signal_instrument), Feed(self.instrument, self.device_id)
+    def feeds(self) -> tuple[Feed, Feed, Feed]:
+        """The price feeds' quotes of its signal's instrument, its producer's, and its device's own."""
+        return (
+            Feed(self.signal_instrument),
+            Feed(self.signal_instrument, producer_id=self.producer_id),
+            Feed(self.instrument, device_id=self.device_id),
+        )
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ changed lately and the quotes stored lately from Postgres, and every few minutes
 lost hint costs latency, never a trigger.
 
 Quotes: one older than ``quote_max_age_seconds`` (by its source's clock) is stale and acts on nothing; one
-older than the newest already read for its feed is skipped (an old price must never fire a level a newer
-one moved). A position that opens, or whose levels change, is read against the newest fresh quote of its
-feeds at once.
+received before the newest already read for its feed is skipped (an old price must never fire a level a
+newer one moved; ordered by the server's receive time, so no source's clock can hold a feed). A position
+that opens, or whose levels change, is read against the newest fresh quote of its feeds at once.
 """
 
 from __future__ import annotations
@@ -36,7 +36,13 @@ from backoffice.monitor import triggers
 from backoffice.monitor.book import Books
 from backoffice.platform import db, hints
 from backoffice.platform.config import Settings
-from backoffice.platform.metrics import MONITOR_ACTIONS, MONITOR_QUOTES, MONITOR_ROUND, MONITOR_WATCHED
+from backoffice.platform.metrics import (
+    MONITOR_ACTIONS,
+    MONITOR_QUOTE_JUMPS,
+    MONITOR_QUOTES,
+    MONITOR_ROUND,
+    MONITOR_WATCHED,
+)
 from backoffice.quotes import Feed, Seen
 
 log = logging.getLogger("signalhub.monitor")
@@ -56,9 +62,14 @@ class Monitor:
         self._sweep_every = settings.monitor_sweep_seconds
         self.books = Books()
         self.latest: dict[Feed, Seen] = {}  # the newest fresh quote read per feed
-        # (quote_time, received_at) of the newest quote read per feed: older ones, and the same one read
-        # again by an overlapping sweep, are skipped.
+        # (received_at, quote_time) of the newest quote read per feed: older ones, and the same one read
+        # again by an overlapping sweep, are skipped. The server's receive time comes first: a source's clock
+        # cannot hold a feed (a quote dated ahead would otherwise make every later real one look old).
         self._read_up_to: dict[Feed, tuple[datetime, datetime]] = {}
+        # A quote whose mid jumped beyond this share from its feed's last fresh one waits here, acting on
+        # nothing, until a later quote near it confirms the new level (one absurd price never fires a level).
+        self._jump_share = settings.quote_jump_share
+        self.unconfirmed: dict[Feed, Seen] = {}
         self._stream_id = "0-0"
         self._positions_since: datetime | None = None
         self._quotes_since: datetime | None = None
@@ -148,6 +159,7 @@ class Monitor:
             since = self._quotes_since or started - self._max_age
             stored = await quotes.received_since(session, since - SWEEP_OVERLAP)
         self._positions_since = self._quotes_since = started
+        self.prune(started)
         if rows:
             await self._watch(rows)
         if stored:
@@ -203,12 +215,48 @@ class Monitor:
                 [triggers.Run(feed, [self.latest[feed]], frozenset(ids)) for feed, ids in runs.items()], now
             )
 
+    def _confirmed(self, quote: Seen, now: datetime) -> bool:
+        """False while ``quote`` is a jump: its mid moved more than the allowed share from its feed's last
+        fresh quote, and no later quote near it has confirmed the new level yet (counted, logged)."""
+        last = self.latest.get(quote.feed)
+        if last is None or not quotes.is_fresh(last.quote_time, now, self._max_age) or not self._jumps(last, quote):
+            self.unconfirmed.pop(quote.feed, None)
+            return True
+        pending = self.unconfirmed.get(quote.feed)
+        if pending is not None and pending.received_at < quote.received_at and not self._jumps(pending, quote):
+            del self.unconfirmed[quote.feed]  # a second quote at the new level: the market really moved
+            return True
+        if pending != quote:  # the same quote read again by an overlapping sweep is not a second jump
+            self.unconfirmed[quote.feed] = quote
+            MONITOR_QUOTE_JUMPS.inc()
+            log.warning(
+                "quote held until confirmed: it jumped from the feed's last",
+                extra={"instrument": quote.feed.instrument, "bid": str(quote.bid), "last_bid": str(last.bid)},
+            )
+        return False
+
+    def _jumps(self, before: Seen, after: Seen) -> bool:
+        old, new = (before.bid + before.ask) / 2, (after.bid + after.ask) / 2
+        return abs(new - old) > self._jump_share * old
+
+    def prune(self, now: datetime) -> None:
+        """Forget the feeds whose newest quote is stale: their memory would otherwise grow with every symbol
+        anyone ever quoted."""
+        cutoff = now - self._max_age - SWEEP_OVERLAP
+        for feed in [f for f, q in self.latest.items() if q.received_at < cutoff]:
+            self.latest.pop(feed, None)
+            self._read_up_to.pop(feed, None)
+        for feed in [f for f, q in self.unconfirmed.items() if q.received_at < cutoff]:
+            del self.unconfirmed[feed]
+        for feed in [f for f, (received_at, _) in self._read_up_to.items() if received_at < cutoff]:
+            del self._read_up_to[feed]
+
     def _remember(self, quote: Seen) -> bool:
         """Keep the quote as its feed's newest; False when it is older than one read already, or is it."""
         newest = self._read_up_to.get(quote.feed)
-        if newest is not None and (quote.quote_time, quote.received_at) <= newest:
+        if newest is not None and (quote.received_at, quote.quote_time) <= newest:
             return False
-        self._read_up_to[quote.feed] = (quote.quote_time, quote.received_at)
+        self._read_up_to[quote.feed] = (quote.received_at, quote.quote_time)
         self.latest[quote.feed] = quote
         return True
 
@@ -218,7 +266,8 @@ class Monitor:
         now = datetime.now(UTC)
         by_feed: dict[Feed, list[Seen]] = {}
         for quote in sorted(seen, key=lambda q: (q.received_at, q.quote_time)):
-            if quotes.is_fresh(quote.quote_time, now, self._max_age) and self._remember(quote):
+            fresh = quotes.is_fresh(quote.quote_time, now, self._max_age)
+            if fresh and self._confirmed(quote, now) and self._remember(quote):
                 by_feed.setdefault(quote.feed, []).append(quote)
                 MONITOR_QUOTES.inc()
         runs = []

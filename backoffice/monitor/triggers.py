@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import positions
-from backoffice.models import ActorType, Position, PositionEventKind, PositionStatus
+from backoffice.models import ActorType, Position, PositionEventKind, PositionStatus, Signal
 from backoffice.monitor.book import Watched
 from backoffice.platform.db import any_id, update_by_id
 from backoffice.positions import events, levels
@@ -49,6 +49,8 @@ WATCHED_COLUMNS = (
     Position.breakeven_done,
     Position.levels_at,
     Position.status,
+    # Whose quotes act on it: its signal's producer's (and the price feeds').
+    select(Signal.producer_id).where(Signal.id == Position.signal_id).scalar_subquery().label("producer_id"),
 )
 
 
@@ -59,6 +61,7 @@ def watched(row: Any) -> Watched:
         device_id=row.device_id,
         instrument=row.instrument,
         signal_instrument=row.signal_instrument,
+        producer_id=row.producer_id,
         volume=row.volume,
         levels=levels.of(row),
         levels_at=row.levels_at,

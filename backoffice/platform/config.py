@@ -17,7 +17,7 @@ from signalhub.protocol.secret import Secret
 
 ENV_PREFIX = "SIGNALHUB_"
 
-_NumberT = TypeVar("_NumberT", int, float)
+_NumberT = TypeVar("_NumberT", int, float, Decimal)
 
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -104,6 +104,10 @@ class Settings:
     # The monitor (in the worker).
     quote_max_age_seconds: float = 30.0  # an older quote (by its source's clock) is stale: it triggers nothing
     monitor_sweep_seconds: float = 2.0  # how often it re-reads changed positions and stored quotes (lost hints)
+    # A quote whose mid moves more than this share from its feed's last fresh quote triggers nothing until a
+    # second quote confirms the new level.
+    quote_jump_share: Decimal = Decimal("0.05")
+    quote_retention_seconds: int = 24 * 3600  # stored quotes not renewed for this long are purged by the worker
     device_silent_alert_seconds: int = 48 * 3600  # an open position's device not heard from this long: alert
     disconnected_alert_seconds: int = 600  # a device with open positions disconnected this long: alert
     worker_interval_seconds: float = 30.0  # how often the worker runs its housekeeping round
@@ -155,6 +159,9 @@ class Settings:
 
         def seconds(name: str, default: float, low: float, high: float) -> float:
             return bounded(name, default, low, high, float, "a number of seconds")
+
+        def share(name: str, default: Decimal) -> Decimal:
+            return bounded(name, default, Decimal("0.0001"), Decimal(1), _decimal, "a share such as 0.05")
 
         def address(name: str, default: str) -> str:
             value = text(name, default)
@@ -234,6 +241,10 @@ class Settings:
         values["close_max_attempts"] = number("CLOSE_MAX_ATTEMPTS", defaults.close_max_attempts, 1, 100)
         values["quote_max_age_seconds"] = seconds("QUOTE_MAX_AGE_SECONDS", defaults.quote_max_age_seconds, 0.1, 86400)
         values["monitor_sweep_seconds"] = seconds("MONITOR_SWEEP_SECONDS", defaults.monitor_sweep_seconds, 0.05, 300)
+        values["quote_jump_share"] = share("QUOTE_JUMP_SHARE", defaults.quote_jump_share)
+        values["quote_retention_seconds"] = number(
+            "QUOTE_RETENTION_SECONDS", defaults.quote_retention_seconds, 60, 365 * 86400
+        )
         values["device_silent_alert_seconds"] = number(
             "DEVICE_SILENT_ALERT_SECONDS", defaults.device_silent_alert_seconds, 60, 30 * 86400
         )
@@ -327,3 +338,14 @@ def parse_tiers(raw: str) -> tuple[tuple[Decimal, Decimal], ...]:
     if any(later[0] <= earlier[0] for earlier, later in itertools.pairwise(tiers)):
         raise ValueError("each tier must start at more lots than the one before")
     return tuple(tiers)
+
+
+def _decimal(raw: str) -> Decimal:
+    """A decimal setting; ValueError (as ``int`` and ``float`` raise) for anything else, NaN included."""
+    try:
+        value = Decimal(raw.strip())
+    except ArithmeticError:
+        raise ValueError(raw) from None
+    if not value.is_finite():
+        raise ValueError(raw)
+    return value

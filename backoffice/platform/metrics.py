@@ -47,6 +47,10 @@ REDIS_UP = Gauge("signalhub_redis_up", "1 while the gateway's hint subscription 
 # The monitor (in the worker) and the alerts any process raises.
 MONITOR_WATCHED = Gauge("signalhub_monitor_positions_watched", "OPEN positions whose hidden levels the monitor holds")
 MONITOR_QUOTES = Counter("signalhub_monitor_quotes_total", "Fresh quotes the monitor read against its books")
+MONITOR_QUOTE_JUMPS = Counter(
+    "signalhub_monitor_quote_jumps_total",
+    "Quotes held back because their mid jumped beyond the allowed share from their feed's last, until confirmed",
+)
 MONITOR_ACTIONS = Counter(
     "signalhub_monitor_actions_total", "What quotes did to positions: level moves and close commands", ["action"]
 )

@@ -32,6 +32,7 @@ from backoffice.positions.queries import (
     PositionView,
     find_position,
     get_position,
+    held_symbols,
     list_close_commands,
     list_positions,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "expire_closes",
     "find_position",
     "get_position",
+    "held_symbols",
     "list_close_commands",
     "list_positions",
     "lock_close_targets",

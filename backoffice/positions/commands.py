@@ -155,6 +155,7 @@ async def update_protection(
     quote = await quotes.latest_fresh(
         session,
         signal_instrument=position.signal_instrument,
+        signal_id=position.signal_id,
         device_id=position.device_id,
         instrument=position.instrument,
         now=now,

@@ -111,3 +111,13 @@ async def list_close_commands(
     if status is not None:
         query = query.where(CloseCommand.status == status)
     return await paging.fetch(session, query, CloseCommand, page, filters=[position_id, device_id, status])
+
+
+async def held_symbols(session: AsyncSession, device_id: uuid.UUID) -> set[str]:
+    """The broker symbols of the device's positions not yet closed (its quotes for them are read)."""
+    rows = await session.scalars(
+        select(Position.instrument)
+        .where(Position.device_id == device_id, Position.status != PositionStatus.CLOSED)
+        .distinct()
+    )
+    return set(rows)

@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import select
 
-from backoffice import quotes, signals
+from backoffice import quotes, signals, worker
 from backoffice.bootstrap import Resources
-from backoffice.models import ActorType
+from backoffice.models import ActorType, Quote
+from backoffice.monitor import Monitor
 from gateway import uplink
 from signalhub.protocol.errors import InvalidArgument
 from signalhub.protocol.wire import SYMBOL_RE
@@ -97,3 +99,31 @@ async def test_the_monitors_sweep_reads_every_quote_stored_since_a_time(
         found = await quotes.received_since(session, since, page=3)
     read = [q.feed.instrument for q in found if q.feed.instrument in names]
     assert list(dict.fromkeys(read)) == names  # in order; a page may repeat the previous one's last
+
+
+async def test_stale_quotes_are_purged_by_the_worker_and_forgotten_by_the_monitor(
+    res: Resources, producer: KeyCredentials
+) -> None:
+    """A source that stops quoting a symbol leaves no row for ever (the worker purges rows not renewed for
+    quote_retention_seconds), and no entry in the monitor's memory (pruned once stale)."""
+    now = datetime.now(UTC)
+    old, kept = f"OLD{uuid.uuid4().hex[:6].upper()}", f"NEW{uuid.uuid4().hex[:6].upper()}"
+    long_ago = now - timedelta(seconds=res.settings.quote_retention_seconds + 60)
+    async with res.sessions.begin() as session:
+        for name, at in ((old, long_ago), (kept, now)):
+            await quotes.store_latest(
+                session, [quotes.QuoteIn(name, Decimal(1), Decimal(2), at, ActorType.PRODUCER, producer.id)], at
+            )
+    done = await worker.run_once(res)
+    assert done["quotes_purged"] >= 1
+    async with res.sessions() as session:
+        left = set(await session.scalars(select(Quote.instrument).where(Quote.instrument.in_([old, kept]))))
+    assert left == {kept}
+
+    monitor = Monitor(res.sessions, res.redis, res.settings)
+    stale = quotes.Seen(quotes.Feed(old, producer_id=producer.id), Decimal(1), Decimal(2), long_ago, long_ago)
+    fresh = quotes.Seen(quotes.Feed(kept, producer_id=producer.id), Decimal(1), Decimal(2), now, now)
+    await monitor.read_quotes([stale, fresh])
+    monitor.latest[stale.feed] = stale  # as if read while it was fresh
+    monitor.prune(now)
+    assert set(monitor.latest) == {fresh.feed}

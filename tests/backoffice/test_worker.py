@@ -84,7 +84,6 @@ async def test_killing_the_worker_in_the_middle_never_doubles_a_close(
     res: Resources,
     settings: Settings,
     backoffice_channel: grpc.aio.Channel,
-    producer: KeyCredentials,
     user: UserCredentials,
     device: KeyCredentials,
 ) -> None:
@@ -103,13 +102,13 @@ async def test_killing_the_worker_in_the_middle_never_doubles_a_close(
     env = server_env(settings.database_url, REDIS_URL, monitor_sweep_seconds="0.2")
     worker_process = run_module("backoffice.cli", "serve", "worker", env=env, cwd=ROOT_DIR)
     try:
-        await submit(backoffice_channel, producer, quote(first, "98"))
+        await submit(backoffice_channel, book.producer, quote(first, "98"))
         for position_id in closed_first:
             await eventually(lambda p=position_id: _status(res, p, PositionStatus.CLOSING), "the first worker")
         async with res.sessions.begin() as holder:
             held = sorted(closed_after)[5]
             await holder.execute(select(Position.id).where(Position.id == held).with_for_update())
-            await submit(backoffice_channel, producer, quote(second, "98"))
+            await submit(backoffice_channel, book.producer, quote(second, "98"))
             await eventually(lambda: _waiting_on_a_lock(res), "the worker to stop on the held row")
             worker_process.send_signal(signal.SIGKILL)
             await asyncio.to_thread(worker_process.wait, 15)

@@ -271,8 +271,12 @@ class Book:
 
     res: Resources
     user_id: uuid.UUID
-    producer_id: uuid.UUID
+    producer: KeyCredentials  # whose signals the book's deliveries and positions come from
     subscription_id: uuid.UUID
+
+    @property
+    def producer_id(self) -> uuid.UUID:
+        return self.producer.id
 
     @classmethod
     async def open(cls, res: Resources, user_id: uuid.UUID) -> Book:
@@ -280,7 +284,7 @@ class Book:
         async with res.sessions.begin() as session:
             subscription = subscription_row(user_id, producer.id)
             session.add(subscription)
-        return cls(res, user_id, producer.id, subscription.id)
+        return cls(res, user_id, producer, subscription.id)
 
     async def delivery(
         self,

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -34,8 +34,8 @@ from backoffice.models import (
 from gateway.uplink import UplinkWriter
 from signalhub.v1 import common_pb2
 from signalhub.v1 import gateway_pb2 as pb
-from tests.conftest import KeyCredentials, UserCredentials, make_device
-from tests.gateway.support import Book, DeviceStream, count_events, events, gateway, row, stream
+from tests.conftest import GOLD_SPEC, KeyCredentials, UserCredentials, make_device
+from tests.gateway.support import HELLO, Book, DeviceStream, count_events, events, gateway, row, stream
 
 ACCEPTED, DUPLICATE, REJECTED = pb.RECEIPT_STATUS_ACCEPTED, pb.RECEIPT_STATUS_DUPLICATE, pb.RECEIPT_STATUS_REJECTED
 QUIET = {"sweep_interval_seconds": 60.0, "ack_timeout_seconds": 60.0}
@@ -271,14 +271,17 @@ async def test_quotes_keep_the_latest_per_instrument(
     DUPLICATE."""
     instrument = f"T{uuid.uuid4().hex[:8]}.m"
 
+    start = int(datetime.now(UTC).timestamp()) - 60
+
     def quote(bid: str, ask: str, seconds: int) -> pb.DeviceFrame:
         frame = pb.DeviceFrame(
             frame_id=str(uuid.uuid4()), quote=common_pb2.Quote(instrument=instrument, bid=bid, ask=ask)
         )
-        frame.quote.quote_time.FromSeconds(1_900_000_000 + seconds)
+        frame.quote.quote_time.FromSeconds(start + seconds)
         return frame
 
-    async with stream(channel, device) as device_stream:
+    async with stream(channel, device, hello=False) as device_stream:
+        await device_stream.hello(hello_with(instrument))
         current = quote("1.10", "1.20", 10)
         assert (await device_stream.receipt(current)).status == ACCEPTED
         assert (await device_stream.receipt(quote("0.90", "1.00", 5))).status == ACCEPTED  # older: not current
@@ -288,6 +291,56 @@ async def test_quotes_keep_the_latest_per_instrument(
     stored = await row(res, Quote, (instrument, ActorType.DEVICE, device.id))
     assert (stored.bid, stored.ask, stored.frame_id) == (Decimal("1.10"), Decimal("1.20"), current.frame_id)
     assert await events(res, device.id, kind=EventKind.QUOTE) == []
+
+
+def hello_with(*symbols: str) -> pb.Hello:
+    """The test Hello, its symbols also ``symbols`` (a device's quotes are taken only for its symbols)."""
+    hello = pb.Hello()
+    hello.CopyFrom(HELLO)
+    hello.symbols.extend(pb.SymbolSpec(name=name, **GOLD_SPEC) for name in symbols)
+    return hello
+
+
+async def test_quotes_of_symbols_the_device_neither_declared_nor_holds_store_nothing(
+    res: Resources, channel: grpc.aio.Channel, device: KeyCredentials, book: Book
+) -> None:
+    """A device's quote is taken for a symbol of its Hello, of a position it holds or of a delivery pushed
+    to it; one for any other symbol is REJECTED (SYMBOL_NOT_HELD) and stores nothing."""
+    held = f"H{uuid.uuid4().hex[:8]}.m"
+    await book.position(device.id, instrument=held)
+    now = datetime.now(UTC)
+
+    def quote(instrument: str) -> pb.DeviceFrame:
+        frame = pb.DeviceFrame(
+            frame_id=str(uuid.uuid4()), quote=common_pb2.Quote(instrument=instrument, bid="1", ask="2")
+        )
+        frame.quote.quote_time.FromDatetime(now)
+        return frame
+
+    unknown = f"U{uuid.uuid4().hex[:8]}.m"
+    async with delivered(channel, device, book) as (_, device_stream):
+        for instrument in ("GOLD.m", held):
+            assert (await device_stream.receipt(quote(instrument))).status == ACCEPTED
+        refused = await device_stream.receipt(quote(unknown))
+        assert refused.status == REJECTED and reason_of(refused) == "SYMBOL_NOT_HELD"
+    async with res.sessions() as session:
+        stored = set(await session.scalars(select(Quote.instrument).where(Quote.source_id == device.id)))
+    assert stored == {"GOLD.m", held}
+
+
+async def test_a_quote_dated_ahead_of_the_clock_tolerance_is_refused(
+    res: Resources, channel: grpc.aio.Channel, device: KeyCredentials
+) -> None:
+    """Dated beyond the signature tolerance (300 s) it would count as fresh for ever: REJECTED, nothing stored."""
+    ahead = pb.DeviceFrame(frame_id="ahead", quote=common_pb2.Quote(instrument="GOLD.m", bid="1", ask="2"))
+    ahead.quote.quote_time.FromDatetime(
+        datetime.now(UTC) + timedelta(seconds=res.settings.signature_tolerance_seconds + 60)
+    )
+    async with stream(channel, device) as device_stream:
+        refused = await device_stream.receipt(ahead)
+    assert refused.status == REJECTED and "quote.quote_time" in str(refused.error)
+    async with res.sessions() as session:
+        assert await session.scalar(select(Quote.instrument).where(Quote.source_id == device.id)) is None
 
 
 async def test_too_many_frames_end_the_stream(res: Resources, device: KeyCredentials) -> None:

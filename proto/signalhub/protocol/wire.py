@@ -139,10 +139,14 @@ class QuotePrices:
     quote_time: datetime
 
 
-def parse_quote(quote: common_pb2.Quote, prefix: str, instrument: re.Pattern[str]) -> QuotePrices:
+def parse_quote(
+    quote: common_pb2.Quote, prefix: str, instrument: re.Pattern[str], not_after: datetime | None = None
+) -> QuotePrices:
     """The one rule for a wire Quote, whoever sends it (a producer's feed, a device, or the bridge
     checking what it is about to send). InvalidArgument names every bad field as ``<prefix>.<field>``;
-    ``instrument`` is the sender's naming rule: producers name instruments, devices their broker's symbols."""
+    ``instrument`` is the sender's naming rule: producers name instruments, devices their broker's symbols.
+    A server passes ``not_after`` (its clock plus the signature tolerance): a quote dated later would count
+    as fresh for ever."""
     violations: list[tuple[str, str]] = []
     if not instrument.match(quote.instrument):
         violations.append((f"{prefix}.instrument", f"must match {instrument.pattern}"))
@@ -162,6 +166,8 @@ def parse_quote(quote: common_pb2.Quote, prefix: str, instrument: re.Pattern[str
             quote_time = parse_timestamp(quote.quote_time, True, f"{prefix}.quote_time")
         except InvalidArgument as exc:
             violations.extend(exc.violations)
+        if quote_time is not None and not_after is not None and quote_time > not_after:
+            violations.append((f"{prefix}.quote_time", "must not be in the future (beyond the clock tolerance)"))
     if violations:
         raise InvalidArgument(violations)
     assert quote_time is not None

@@ -181,7 +181,6 @@ async def test_update_protection_moves_and_removes_levels(
 async def test_levels_that_would_fire_at_once_are_invalid_argument(
     backoffice_channel: grpc.aio.Channel,
     user: UserCredentials,
-    producer: KeyCredentials,
     device: KeyCredentials,
     book: Book,
 ) -> None:
@@ -197,7 +196,7 @@ async def test_levels_that_would_fire_at_once_are_invalid_argument(
         request = pb.UpdateProtectionRequest(id=str(position_id), **fields)
         return await failure(positions.UpdateProtection(request, metadata=user.metadata))
 
-    await submit_quotes(backoffice_channel, producer, quote(symbol, "101", "101.02"))
+    await submit_quotes(backoffice_channel, book.producer, quote(symbol, "101", "101.02"))
     assert set((await refused(stop_loss="101")).violations) == {"stop_loss"}
     assert set((await refused(stop_loss="102", take_profit="101")).violations) == {"stop_loss", "take_profit"}
     assert set((await refused(trailing_distance="3")).violations) == {"trailing_distance"}  # 105 - 3 >= 101
@@ -209,7 +208,7 @@ async def test_levels_that_would_fire_at_once_are_invalid_argument(
     )
     assert (fine.stop_loss, fine.take_profit, fine.best_price) == ("100.5", "101.5", "105")
     stale = datetime.now(UTC) - timedelta(seconds=600)
-    await submit_quotes(backoffice_channel, producer, quote(symbol, "50", at=stale))  # older: not even stored
+    await submit_quotes(backoffice_channel, book.producer, quote(symbol, "50", at=stale))  # older: not even stored
     other = await book.position(device.id, signal_instrument=instrument(), entry="105", stop_loss=None)
     moved = await positions.UpdateProtection(
         pb.UpdateProtectionRequest(id=str(other), stop_loss="104"), metadata=user.metadata

@@ -21,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import select, text
 
+from backoffice import quotes
 from backoffice.bootstrap import Resources
 from backoffice.cli import commands as cli
 from backoffice.devices import registration
@@ -114,6 +115,26 @@ def test_admin_create_producer_prints_secret(settings: Settings) -> None:
     assert set(printed) == {"producer_id", "secret"}
     assert len(signing.parse_secret(printed["secret"])) == 32
     assert printed["secret"] not in done.stderr
+
+
+async def test_an_admin_marks_a_producer_a_price_feed(settings: Settings, res: Resources) -> None:
+    """create-producer --price-feed, and set-price-feed ID [--off]; an unknown producer is one line."""
+    env = _env(settings)
+    made = json.loads(signalhub("admin", "create-producer", "--name", "feed", "--price-feed", env=env).stdout)
+    assert set(made) == {"producer_id", "secret"}
+    producer_id = uuid.UUID(made["producer_id"])
+
+    async def price_feed() -> bool:
+        async with res.sessions() as session:
+            return await quotes.is_price_feed(session, producer_id)
+
+    assert await price_feed()
+    assert signalhub("admin", "set-price-feed", str(producer_id), "--off", env=env).returncode == 0
+    assert not await price_feed()
+    assert signalhub("admin", "set-price-feed", str(producer_id), env=env).returncode == 0
+    assert await price_feed()
+    unknown = signalhub("admin", "set-price-feed", str(uuid.uuid4()), env=env)
+    assert unknown.returncode != 0 and "no producer" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_bad_configuration_names_each_problem(settings: Settings) -> None:

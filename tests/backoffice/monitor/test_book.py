@@ -23,7 +23,7 @@ def _quote(bid: Decimal, ask: Decimal | None = None) -> Seen:
 
 
 def _watched(position: Levels) -> Watched:
-    return Watched(uuid.uuid4(), uuid.uuid4(), "GOLD.m", "XAUUSD", Decimal(1), position, None)
+    return Watched(uuid.uuid4(), uuid.uuid4(), "GOLD.m", "XAUUSD", uuid.uuid4(), Decimal(1), position, None)
 
 
 def _random_levels(rng: random.Random) -> Levels:

@@ -42,20 +42,24 @@ async def _closing(res: Resources, position_id: uuid.UUID) -> bool:
 
 
 async def test_a_quote_crossing_the_hidden_stop_queues_one_close(
-    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
     """A quote above the stop does nothing; one through it queues one STOP_LOSS command with its event,
     and more quotes through it queue no other; the second position meets its target later."""
     symbol = instrument()
     crossed = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99", take_profit="110")
     spared = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="95", take_profit="110")
-    async with monitoring(res):
-        await submit(backoffice_channel, producer, quote(symbol, "99.50"))
+    async with monitoring(res) as monitor:
+        await submit(backoffice_channel, book.producer, quote(symbol, "99.50"))
         await asyncio.sleep(0.3)
         assert await commands(res, crossed) == []  # above the stop: nothing yet
-        await submit(backoffice_channel, producer, quote(symbol, "98.90"))
+        await submit(backoffice_channel, book.producer, quote(symbol, "98.90"))
         await eventually(lambda: _closing(res, crossed), "the stop to fire")
-        await submit(backoffice_channel, producer, quote(symbol, "98.80"), quote(symbol, "111"))
+        await submit(backoffice_channel, book.producer, quote(symbol, "98.80"))
+        # 111 is a jump of over 5 %: it acts once a second quote confirms the level.
+        await submit(backoffice_channel, book.producer, quote(symbol, "111"))
+        await eventually(lambda: monitor.unconfirmed, "the jump to be held")
+        await submit(backoffice_channel, book.producer, quote(symbol, "111.05"))
         await asyncio.sleep(0.5)  # more crossings, and two sweeps: still one command
     [command] = await commands(res, crossed)
     assert (command.reason, command.status, command.volume) == (
@@ -72,7 +76,7 @@ async def test_a_quote_crossing_the_hidden_stop_queues_one_close(
 
 
 async def test_two_monitors_never_close_a_position_twice(
-    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
     symbol = instrument()
     ids = [
@@ -81,7 +85,7 @@ async def test_two_monitors_never_close_a_position_twice(
     ]
     async with monitoring(res), monitoring(res):
         for bid in ("98.95", "98.80", "98.60", "98.40"):  # a falling market reaches them in turn
-            await submit(backoffice_channel, producer, quote(symbol, bid))
+            await submit(backoffice_channel, book.producer, quote(symbol, bid))
         for position_id in ids:
             await eventually(lambda p=position_id: _closing(res, p), "every stop to fire")
         await asyncio.sleep(0.5)
@@ -90,26 +94,28 @@ async def test_two_monitors_never_close_a_position_twice(
 
 
 async def test_a_stale_quote_triggers_nothing(
-    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
     symbol = instrument()
     position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
     async with monitoring(res, quote_max_age_seconds=5):
-        await submit(backoffice_channel, producer, quote(symbol, "90", at=datetime.now(UTC) - timedelta(seconds=6)))
+        await submit(
+            backoffice_channel, book.producer, quote(symbol, "90", at=datetime.now(UTC) - timedelta(seconds=6))
+        )
         await asyncio.sleep(0.6)
         assert await commands(res, position_id) == []
-        await submit(backoffice_channel, producer, quote(symbol, "90"))
+        await submit(backoffice_channel, book.producer, quote(symbol, "90"))
         await eventually(lambda: _closing(res, position_id), "a fresh quote to fire the stop")
 
 
 async def test_a_new_position_meets_the_latest_fresh_quote_when_it_opens(
-    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
     """The quote came first (nothing to close then); the position opens below its own stop and is closed
     at once, by the hint its opening sends or by the sweep."""
     symbol = instrument()
     async with monitoring(res):
-        await submit(backoffice_channel, producer, quote(symbol, "98"))
+        await submit(backoffice_channel, book.producer, quote(symbol, "98"))
         await asyncio.sleep(0.3)
         position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
         await eventually(lambda: _closing(res, position_id), "the latest quote to fire the stop")
@@ -117,9 +123,7 @@ async def test_a_new_position_meets_the_latest_fresh_quote_when_it_opens(
     assert command.reason is CloseReason.STOP_LOSS
 
 
-async def test_a_lost_hint_costs_latency_never_a_trigger(
-    res: Resources, device: KeyCredentials, book: Book, producer: KeyCredentials
-) -> None:
+async def test_a_lost_hint_costs_latency_never_a_trigger(res: Resources, device: KeyCredentials, book: Book) -> None:
     """A quote stored without any hint on Redis (the publish was lost) is found by the sweep."""
     symbol = instrument()
     position_id = await book.position(
@@ -129,7 +133,9 @@ async def test_a_lost_hint_costs_latency_never_a_trigger(
         now = datetime.now(UTC)
         async with res.sessions.begin() as session:
             await quotes.store_latest(
-                session, [quotes.QuoteIn(symbol, D("101.5"), D("101.6"), now, ActorType.PRODUCER, producer.id)], now
+                session,
+                [quotes.QuoteIn(symbol, D("101.5"), D("101.6"), now, ActorType.PRODUCER, book.producer.id)],
+                now,
             )
         await eventually(lambda: _closing(res, position_id), "the sweep to find the quote")
     [command] = await commands(res, position_id)
@@ -137,7 +143,7 @@ async def test_a_lost_hint_costs_latency_never_a_trigger(
 
 
 async def test_without_redis_the_sweep_still_closes(
-    res: Resources, device: KeyCredentials, book: Book, producer: KeyCredentials, caplog: pytest.LogCaptureFixture
+    res: Resources, device: KeyCredentials, book: Book, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis is gone (the monitor's stream and its wake-up hints): the monitor says so and keeps going on
     its sweep of Postgres."""
@@ -147,14 +153,14 @@ async def test_without_redis_the_sweep_still_closes(
         now = datetime.now(UTC)
         async with res.sessions.begin() as session:
             await quotes.store_latest(
-                session, [quotes.QuoteIn(symbol, D("98.5"), D("98.6"), now, ActorType.PRODUCER, producer.id)], now
+                session, [quotes.QuoteIn(symbol, D("98.5"), D("98.6"), now, ActorType.PRODUCER, book.producer.id)], now
             )
         await eventually(lambda: _closing(res, position_id), "the sweep to close it without Redis")
     assert any(r.getMessage() == "monitor stream unavailable" for r in caplog.records)
 
 
 async def test_a_trailing_stop_follows_a_rising_price_and_fires_on_the_way_down(
-    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
     symbol = instrument()
     position_id = await book.position(
@@ -162,12 +168,12 @@ async def test_a_trailing_stop_follows_a_rising_price_and_fires_on_the_way_down(
     )
     async with monitoring(res):
         for bid in ("101", "103", "105"):
-            await submit(backoffice_channel, producer, quote(symbol, bid))
+            await submit(backoffice_channel, book.producer, quote(symbol, bid))
             await eventually(lambda b=bid: _stop_is(res, position_id, D(b) - 2), f"the stop to follow {bid}")
-        await submit(backoffice_channel, producer, quote(symbol, "104"))  # down, above the stop
+        await submit(backoffice_channel, book.producer, quote(symbol, "104"))  # down, above the stop
         await asyncio.sleep(0.4)
         assert (await row(res, Position, position_id)).stop_loss == D(103)  # never moves back
-        await submit(backoffice_channel, producer, quote(symbol, "102.9"))
+        await submit(backoffice_channel, book.producer, quote(symbol, "102.9"))
         await eventually(lambda: _closing(res, position_id), "the trailing stop to fire")
     moves = await position_events(res, position_id, PositionEventKind.TRAILING_STOP_MOVED)
     assert [m.stop_loss for m in moves] == [D(99), D(101), D(103)]
@@ -183,7 +189,7 @@ async def _stop_is(res: Resources, position_id: uuid.UUID, stop: Decimal) -> boo
 
 
 async def test_a_breakeven_move_fires(
-    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, device: KeyCredentials, book: Book
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
 ) -> None:
     """A SELL at 100 with its stop at 103: once the ask is 2 below the entry the stop moves to 99.5; the
     market coming back to 99.5 closes it there, in profit."""
@@ -199,9 +205,9 @@ async def test_a_breakeven_move_fires(
         breakeven_offset="0.5",
     )
     async with monitoring(res):
-        await submit(backoffice_channel, producer, quote(symbol, "97.95", "98.00"))
+        await submit(backoffice_channel, book.producer, quote(symbol, "97.95", "98.00"))
         await eventually(lambda: _stop_is(res, position_id, D("99.5")), "the breakeven move")
-        await submit(backoffice_channel, producer, quote(symbol, "99.40", "99.50"))
+        await submit(backoffice_channel, book.producer, quote(symbol, "99.40", "99.50"))
         await eventually(lambda: _closing(res, position_id), "the moved stop to fire")
     [move] = await position_events(res, position_id, PositionEventKind.BREAKEVEN_MOVED)
     assert (move.stop_loss, move.price) == (D("99.5"), D("98.00"))
@@ -233,3 +239,83 @@ async def test_a_device_quote_acts_on_that_device_only(
     [command] = await commands(res, mine)
     assert close.command_id == str(command.id) and close.reason
     assert await commands(res, theirs) == []
+
+
+async def test_another_producers_absurd_quote_closes_nothing(
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, user: UserCredentials, book: Book
+) -> None:
+    """A producer's quotes act only on positions its own signals opened: another producer's bid of
+    0.000000000001 (and its high bid first, to drag a trailing stop) moves and closes nothing of this
+    book's; this producer's own quote still closes at once."""
+    symbol = instrument()
+    position_id = await book.position(
+        device.id, signal_instrument=symbol, entry="100", stop_loss="99", trailing_distance="2"
+    )
+    other = await Book.open(res, user.id)
+    async with monitoring(res):
+        await submit(backoffice_channel, other.producer, quote(symbol, "1000"))
+        await submit(backoffice_channel, other.producer, quote(symbol, "0.000000000001"))
+        await asyncio.sleep(0.6)  # two sweeps
+        assert await commands(res, position_id) == []
+        assert (await row(res, Position, position_id)).best_price == D(100)  # the trailing stop never moved
+        await submit(backoffice_channel, book.producer, quote(symbol, "98.50"))
+        await eventually(lambda: _closing(res, position_id), "its own producer's quote to fire the stop")
+
+
+async def test_a_price_feed_producer_acts_on_every_position_of_the_instrument(
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, user: UserCredentials, book: Book
+) -> None:
+    symbol = instrument()
+    position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
+    feed = await Book.open(res, user.id)
+    async with res.sessions.begin() as session:
+        assert await quotes.set_price_feed(session, feed.producer.id, True)
+        assert not await quotes.set_price_feed(session, uuid.uuid4(), True)
+    async with monitoring(res):
+        await submit(backoffice_channel, feed.producer, quote(symbol, "98.50"))
+        await eventually(lambda: _closing(res, position_id), "the price feed's quote to fire the stop")
+
+
+async def test_a_jump_acts_only_once_a_second_quote_confirms_it(
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
+) -> None:
+    """A mid more than 5 % from the feed's last fresh quote triggers nothing alone; a later quote near it
+    confirms the new level, and acts. One back near the old level clears it."""
+    symbol = instrument()
+    position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
+    async with monitoring(res) as monitor:
+        await submit(backoffice_channel, book.producer, quote(symbol, "100.10"))
+        # The feed's last fresh quote is what a jump is measured from (a feed's first quote has none).
+        await eventually(lambda: any(f.instrument == symbol for f in monitor.latest), "the monitor to read it")
+        await submit(backoffice_channel, book.producer, quote(symbol, "50"))  # a spike
+        await eventually(lambda: monitor.unconfirmed, "the spike to be held")
+        await asyncio.sleep(0.6)
+        assert await commands(res, position_id) == []
+        await submit(backoffice_channel, book.producer, quote(symbol, "100.20"))  # back: the spike was noise
+        await eventually(lambda: not monitor.unconfirmed, "the level to be back")
+        await submit(backoffice_channel, book.producer, quote(symbol, "60"))
+        await eventually(lambda: monitor.unconfirmed, "the second jump to be held")
+        await asyncio.sleep(0.6)
+        assert await commands(res, position_id) == []
+        await submit(backoffice_channel, book.producer, quote(symbol, "60.10"))  # confirmed
+        await eventually(lambda: _closing(res, position_id), "the confirmed level to fire the stop")
+    [command] = await commands(res, position_id)
+    assert command.reason is CloseReason.STOP_LOSS
+
+
+async def test_a_quote_dated_ahead_never_blinds_the_feed(
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
+) -> None:
+    """Beyond the clock tolerance a quote is refused; within it, a quote dated ahead neither keeps later real
+    quotes from being stored nor from being read: a real quote crossing the stop closes the position."""
+    symbol = instrument()
+    position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
+    tolerance = timedelta(seconds=res.settings.signature_tolerance_seconds)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit(backoffice_channel, book.producer, quote(symbol, "100", at=datetime.now(UTC) + tolerance * 2))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    async with monitoring(res):
+        ahead = quote(symbol, "100.50", at=datetime.now(UTC) + tolerance - timedelta(seconds=10))
+        await submit(backoffice_channel, book.producer, ahead)
+        await submit(backoffice_channel, book.producer, quote(symbol, "98.90"))
+        await eventually(lambda: _closing(res, position_id), "the real quote to fire the stop")

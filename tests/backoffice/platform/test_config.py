@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,12 @@ def test_bad_tls_settings_are_named() -> None:
         "SIGNALHUB_GATEWAY_REQUIRE_TLS: expected true or false, got 'sure'",
         "SIGNALHUB_GATEWAY_TLS_CERT and SIGNALHUB_GATEWAY_TLS_KEY: give both or neither",
     ]
+
+
+def test_the_quote_jump_share_is_a_decimal_share() -> None:
+    assert Settings.from_env({"SIGNALHUB_QUOTE_JUMP_SHARE": "0.1"}).quote_jump_share == Decimal("0.1")
+    assert Settings.from_env({}).quote_jump_share == Decimal("0.05")
+    for bad in ("NaN", "x", "2", "0"):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"SIGNALHUB_QUOTE_JUMP_SHARE": bad})
+        assert any("SIGNALHUB_QUOTE_JUMP_SHARE:" in p for p in info.value.problems), bad
