@@ -179,11 +179,19 @@ def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, 
     }
 
 
-async def health(address: str, *, deadline: float = 1.0) -> str:
-    """The server's overall grpc health status by name (SERVING, NOT_SERVING...), or why none came."""
+async def health(
+    address: str, *, deadline: float = 1.0, tls: bool = False, root_certificates: bytes | None = None
+) -> str:
+    """The server's overall grpc health status by name (SERVING, NOT_SERVING...), or why none came; with
+    ``tls``, through a TLS channel that trusts ``root_certificates`` (None: gRPC's default roots)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (
+        grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates))
+        if tls
+        else grpc.aio.insecure_channel(address)
+    )
+    async with channel:
         stub: Any = health_pb2_grpc.HealthStub(channel)
         try:
             answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=deadline)

@@ -7,14 +7,11 @@ import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from backoffice.platform.config import ServerTls
 
@@ -98,16 +95,3 @@ def make_server_identity(directory: Path, label: str = "test") -> ServerIdentity
         )
     )
     return identity
-
-
-async def health_over_tls(address: str, root_certificates: bytes | None, *, deadline: float = 2.0) -> str:
-    """The server's overall health by name (SERVING...) through a TLS channel that trusts
-    ``root_certificates`` (None: gRPC's default roots), or why none came."""
-    credentials = grpc.ssl_channel_credentials(root_certificates)
-    async with grpc.aio.secure_channel(address, credentials) as channel:
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        try:
-            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=deadline)
-        except grpc.aio.AioRpcError as exc:
-            return f"unreachable ({exc.code().name})"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import signal
 import time
@@ -27,6 +26,7 @@ from prometheus_client import start_http_server
 
 from backoffice.platform.config import ENV_PREFIX, ConfigError, ServerTls, Settings
 from backoffice.platform.metrics import EVENT_LOOP_LAG, GC_PAUSE
+from signalhub.protocol.wire import is_loopback
 
 log = logging.getLogger("signalhub.serving")
 
@@ -106,18 +106,6 @@ def _public_key_bytes(key: PublicKeyTypes) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def on_loopback(address: str) -> bool:
-    """Whether a ``host:port`` names this machine only (127.0.0.0/8, ::1, localhost); ``0.0.0.0`` and ``[::]``
-    listen on every interface, so they do not."""
-    host = address.rpartition(":")[0].strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Server:
     """A grpc.aio server with health and reflection, serving until ``stop`` is called or SIGTERM/SIGINT;
     with TLS when ``tls`` names a certificate and key."""
@@ -153,7 +141,7 @@ class Server:
             self.port = self.grpc.add_secure_port(self.address, self._credentials)
         else:
             self.port = self.grpc.add_insecure_port(self.address)
-            if not on_loopback(self.address):
+            if not is_loopback(self.address):
                 log.warning(
                     "serving plaintext beyond loopback: unless a proxy in front terminates TLS, anyone on the "
                     "path can read and alter the traffic",

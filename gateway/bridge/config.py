@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from signalhub.protocol.client import device_channel_options
+from signalhub.protocol.wire import is_loopback
 
 # The bridge's channels, part of its public API.
 channel_options = device_channel_options
 
 BRIDGE_VERSION = "signalhub-bridge/0.1.0"
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a gateway's ``host:port`` stays on this machine (127.0.0.0/8, ``[::1]``, localhost): the only
-    place a plaintext channel cannot be read or altered by someone on the path."""
-    host = address.rpartition(":")[0].strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class PlaintextRefused(ValueError):

@@ -5,6 +5,7 @@ enums, structs), the one text rule (no NUL), the one quote rule, and the error d
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 import uuid
 from dataclasses import dataclass
@@ -248,3 +249,15 @@ def status_details(error: grpc.aio.AioRpcError) -> StatusDetails:
             detail.Unpack(bad)
             details.violations.update({str(v.field): str(v.description) for v in bad.field_violations})
     return details
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ``host:port`` names this machine only (127.0.0.0/8, ``[::1]``, localhost): the only place
+    plaintext cannot be read or altered on the path. ``0.0.0.0`` and ``[::]`` (every interface) do not."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

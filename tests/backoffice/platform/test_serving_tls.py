@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from backoffice import bootstrap
 from backoffice.bootstrap import Resources
 from backoffice.platform.config import ServerTls
-from backoffice.platform.serving import TlsUnavailable, on_loopback, server_credentials
+from backoffice.platform.serving import TlsUnavailable, server_credentials
+from signalhub.protocol.wire import is_loopback
 from tests.conftest import health, serving
-from tests.tls import ServerIdentity, health_over_tls, make_server_identity
+from tests.tls import ServerIdentity, make_server_identity
 
 
 @pytest.fixture
@@ -29,12 +30,12 @@ async def test_the_back_office_serves_tls_to_clients_that_trust_its_ca(
     async with serving(bootstrap.build_server(dataclasses.replace(res, settings=settings), "127.0.0.1:0")) as server:
         assert server.tls
         ca = identity.ca_certificate.read_bytes()
-        assert await health_over_tls(server.bound_address, ca) == "SERVING"
+        assert await health(server.bound_address, tls=True, root_certificates=ca) == "SERVING"
         # Plaintext, gRPC's default roots and another CA all fail: the channel above really was TLS.
         assert (await health(server.bound_address, deadline=2.0)).startswith("unreachable")
-        assert (await health_over_tls(server.bound_address, None)).startswith("unreachable")
+        assert (await health(server.bound_address, tls=True, root_certificates=None)).startswith("unreachable")
         stranger = make_server_identity(tmp_path / "other", "other").ca_certificate.read_bytes()
-        assert (await health_over_tls(server.bound_address, stranger)).startswith("unreachable")
+        assert (await health(server.bound_address, tls=True, root_certificates=stranger)).startswith("unreachable")
 
 
 async def test_without_a_certificate_the_back_office_stays_plaintext(res: Resources) -> None:
@@ -110,4 +111,4 @@ def test_a_server_that_requires_tls_refuses_plaintext(identity: ServerIdentity) 
     ],
 )
 def test_which_listen_addresses_stay_on_this_machine(address: str, loopback: bool) -> None:
-    assert on_loopback(address) is loopback
+    assert is_loopback(address) is loopback

@@ -31,13 +31,14 @@ from gateway.bootstrap import GatewayServer
 from gateway.bridge import BridgeConfig
 from gateway.bridge import cli as bridge_cli
 from gateway.bridge.cli import SECRET_ENV, Credentials, add_arguments, build_config
-from gateway.bridge.config import PlaintextRefused, is_loopback
+from gateway.bridge.config import PlaintextRefused
 from signalhub.protocol import signing
+from signalhub.protocol.wire import is_loopback
 from signalhub.v1 import backoffice_pb2 as bpb
 from tests.conftest import Stack, free_port, health, server_env, subscribe
 from tests.gateway.bridge.scripted import REPO, ScriptedGateway, spawn
 from tests.gateway.support import eventually, gateway
-from tests.tls import health_over_tls, make_server_identity
+from tests.tls import make_server_identity
 
 SECRET = bytes(range(100, 132))
 SHOWN = signing.format_secret(SECRET)
@@ -109,9 +110,12 @@ async def test_a_gateway_serving_tls_refuses_plaintext_and_unknown_authorities(r
     """What the bridge test above relies on: only a client trusting the gateway's CA gets through."""
     identity = make_server_identity(tmp_path / "tls")
     async with gateway(res, gateway_tls=identity.settings("GATEWAY")) as (server, _):
-        assert await health_over_tls(server.bound_address, identity.ca_certificate.read_bytes()) == "SERVING"
+        assert (
+            await health(server.bound_address, tls=True, root_certificates=identity.ca_certificate.read_bytes())
+            == "SERVING"
+        )
         assert (await health(server.bound_address, deadline=2.0)).startswith("unreachable")
-        assert (await health_over_tls(server.bound_address, None)).startswith("unreachable")
+        assert (await health(server.bound_address, tls=True, root_certificates=None)).startswith("unreachable")
 
 
 async def test_a_gateway_that_requires_tls_serves_only_with_its_certificate(res: Resources, tmp_path: Path) -> None:
@@ -122,7 +126,10 @@ async def test_a_gateway_that_requires_tls_serves_only_with_its_certificate(res:
 
     identity = make_server_identity(tmp_path / "tls")
     async with gateway(res, gateway_tls=identity.settings("GATEWAY", required=True)) as (server, _):
-        assert await health_over_tls(server.bound_address, identity.ca_certificate.read_bytes()) == "SERVING"
+        assert (
+            await health(server.bound_address, tls=True, root_certificates=identity.ca_certificate.read_bytes())
+            == "SERVING"
+        )
 
 
 async def test_signalhub_serve_gateway_requiring_tls_without_cert_and_key_exits_with_one_line(
