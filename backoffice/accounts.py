@@ -6,6 +6,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +16,7 @@ from backoffice.models import ActorType, ApiToken, Device, Producer, ProducerSta
 from backoffice.platform.auth import Caller, new_api_token, require_admin
 from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
-from signalhub.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from signalhub.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
 _NAME_MAX = 200
@@ -23,6 +24,35 @@ _NAME_MAX = 200
 
 def _system_or(caller: Caller | None) -> tuple[ActorType, uuid.UUID | None]:
     return (caller.kind, caller.id) if caller else (ActorType.SYSTEM, None)
+
+
+async def enforce_user_cap(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    cap: int | None,
+    held: Select[int],
+    *,
+    what: str,
+    quota: str,
+    reason: str,
+) -> None:
+    """Refuse one more of ``what`` once ``user_id`` holds ``cap`` of them (``held`` counts them):
+    RESOURCE_EXHAUSTED with ``reason`` and metadata naming the ``quota`` and its limit. Call it before the
+    insert, in the same transaction: the user's row stays locked until that transaction ends, so concurrent
+    creations for one user count one after another and never pass the cap together. ``cap`` None: no cap
+    (the operator's own tools on the server; every RPC passes its setting)."""
+    if cap is None:
+        return
+    # FOR NO KEY UPDATE: it queues behind itself, yet still lets other transactions insert rows that
+    # reference the user (their foreign-key checks take FOR KEY SHARE, which it does not block).
+    await session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+    count = await session.scalar(held)
+    if count is not None and count >= cap:
+        raise ResourceExhausted(
+            f"a user may hold at most {cap} {what}",
+            reason=reason,
+            metadata={"quota": quota, "limit": str(cap)},
+        )
 
 
 def validate_name(value: str, field: str) -> str:
@@ -70,8 +100,22 @@ async def create_user(
 
 
 async def create_api_token(
-    session: AsyncSession, *, user_id: uuid.UUID, name: str, created_by: Caller | None = None
+    session: AsyncSession, *, user_id: uuid.UUID, name: str, created_by: Caller | None = None, cap: int | None = None
 ) -> tuple[ApiToken, str]:
+    """A new API token of ``user_id`` (shown once), refused once the user holds ``cap`` tokens that are
+    not revoked (None: no cap)."""
+    unrevoked = (
+        select(func.count()).select_from(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+    )
+    await enforce_user_cap(
+        session,
+        user_id,
+        cap,
+        unrevoked,
+        what="API tokens that are not revoked; revoke one first",
+        quota="api_tokens_per_user",
+        reason="API_TOKEN_LIMIT",
+    )
     shown, token_hash = new_api_token()
     token = ApiToken(id=uuid.uuid4(), user_id=user_id, name=name, token_hash=token_hash)
     session.add(token)

@@ -83,6 +83,7 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         sessions=res.sessions,
         verifier=res.verifier,
         max_in_flight=res.settings.max_concurrent_rpcs,
+        max_in_flight_per_caller=res.settings.max_concurrent_rpcs_per_caller,
         max_message_bytes=res.settings.max_message_bytes,
     )
     server = Server(
@@ -102,10 +103,15 @@ def servicers(res: Resources) -> dict[str, object]:
     """The servicer of each service of the contract, by the service's name."""
     return {
         "AccountService": AccountServicer(
-            res.sessions, res.vault, timedelta(seconds=res.settings.secret_grace_seconds)
+            res.sessions,
+            res.vault,
+            timedelta(seconds=res.settings.secret_grace_seconds),
+            max_api_tokens_per_user=res.settings.max_api_tokens_per_user,
         ),
         "SignalService": SignalServicer(res.sessions, res.vault, res.redis, res.settings.signature_tolerance_seconds),
-        "ApprovalService": ApprovalServicer(res.sessions, res.vault, res.redis),
+        "ApprovalService": ApprovalServicer(
+            res.sessions, res.vault, res.redis, max_subscriptions_per_user=res.settings.max_subscriptions_per_user
+        ),
         "DeviceService": DeviceServicer(res.sessions, res.vault, res.redis, res.settings),
         "ExecutionService": ExecutionServicer(res.sessions),
         "PositionService": PositionServicer(res.sessions, res.vault, res.redis, res.settings.quote_max_age_seconds),

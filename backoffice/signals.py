@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from google.protobuf.message import Message
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import ColumnElement, exists, or_, select, true, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import approvals, audit, deliveries, positions
@@ -423,6 +423,22 @@ def view_for_producer(signal: Signal, now: datetime | None = None) -> SignalView
     return SignalView(signal, signal.status_at(now or datetime.now(UTC)), show_payload=True, show_levels=True)
 
 
+def _levels_shown(caller: Caller) -> ColumnElement[bool]:
+    """What ``_view`` decides signal by signal, as a column of the list's one query: the producer that owns
+    a signal and admins see its hidden levels; a user, those of a signal that opened a position on one of
+    its devices."""
+    if caller.is_admin:
+        return true()
+    # IN: Postgres hashes the signal ids of the caller's positions once for the whole page. A correlated
+    # EXISTS here gets hashed too, yet ran twenty times slower (EXPLAIN ANALYZE on 10,000 signals).
+    holds_position = Signal.id.in_(
+        select(Position.signal_id).join(Device, Device.id == Position.device_id).where(Device.user_id == caller.id)
+    )
+    if caller.kind is ActorType.PRODUCER:
+        return or_(Signal.producer_id == caller.id, holds_position)
+    return holds_position
+
+
 async def list_signals(
     session: AsyncSession,
     caller: Caller,
@@ -434,9 +450,13 @@ async def list_signals(
     now: datetime | None = None,
 ) -> tuple[list[SignalView], str]:
     """The signals the caller may see (admins: all; producers: their own; users: those of producers they
-    subscribe to), newest first, with their status as of ``now``."""
+    subscribe to), newest first, with their status as of ``now``. One statement for the whole page, which
+    walks the index on (created_at, id) from the page token's place and stops once the page is full."""
     now = now or datetime.now(UTC)
-    query = select(Signal)
+    size = paging.page_size(page_size)
+    filters = [producer_id, status]
+    cursor = paging.decode_token(page_token, filters)
+    query = select(Signal, _levels_shown(caller))
     if not caller.is_admin:
         query = query.where(_visible_to(caller))
     if producer_id is not None:
@@ -452,16 +472,25 @@ async def list_signals(
         )
     elif status is not None:
         query = query.where(Signal.status == status)
-    rows, token = await paging.fetch_page(
-        session,
-        query,
-        created_at=Signal.created_at,
-        id_column=Signal.id,
-        requested_size=page_size,
-        page_token=page_token,
-        filters=[producer_id, status],
-    )
-    return [await _view(session, caller, row, now) for row in rows], token
+    if cursor is not None:
+        # One row comparison, which the index seeks to (an OR of two comparisons it could only filter by).
+        query = query.where(tuple_(Signal.created_at, Signal.id) < tuple_(cursor.created_at, cursor.id))
+    query = query.order_by(Signal.created_at.desc(), Signal.id.desc()).limit(size + 1)
+    rows = (await session.execute(query)).all()
+    token = ""
+    if len(rows) > size:
+        last = rows[size - 1][0]
+        token = paging.encode_token(paging.Cursor(last.created_at, last.id), filters)
+        rows = rows[:size]
+    return [
+        SignalView(
+            signal,
+            signal.status_at(now),
+            show_payload=caller.is_admin or (caller.kind is ActorType.PRODUCER and caller.id == signal.producer_id),
+            show_levels=bool(levels_shown),
+        )
+        for signal, levels_shown in rows
+    ], token
 
 
 async def expire_due(session: AsyncSession, now: datetime) -> int:

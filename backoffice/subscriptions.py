@@ -8,11 +8,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit
+from backoffice import accounts, audit
 from backoffice.models import Producer, ProducerStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
 from backoffice.platform import paging
 from backoffice.platform.auth import Caller
@@ -57,15 +57,32 @@ def validate_instruments(instruments: Sequence[str], field: str = "instruments")
     return tuple(dict.fromkeys(instruments))
 
 
-async def subscribe(session: AsyncSession, caller: Caller, terms: SubscriptionTerms, request_id: str) -> Subscription:
+async def subscribe(
+    session: AsyncSession, caller: Caller, terms: SubscriptionTerms, request_id: str, *, cap: int | None = None
+) -> Subscription:
     """Subscribe the caller to an active producer on ``terms`` (AUTO without sizing gets the default rule).
     One active subscription per producer: a second is ALREADY_EXISTS, caught on the partial unique index
-    inside a savepoint so the caller's transaction survives."""
+    inside a savepoint so the caller's transaction survives. Once the caller holds ``cap`` ACTIVE
+    subscriptions, one more is RESOURCE_EXHAUSTED (None: no cap)."""
     producer = await session.get(Producer, terms.producer_id)
     if producer is None:
         raise NotFound("producer")
     if producer.status is ProducerStatus.REVOKED:
         raise FailedPrecondition("the producer is revoked", reason="PRODUCER_REVOKED")
+    active = (
+        select(func.count())
+        .select_from(Subscription)
+        .where(Subscription.user_id == caller.id, Subscription.status == SubscriptionStatus.ACTIVE)
+    )
+    await accounts.enforce_user_cap(
+        session,
+        caller.id,
+        cap,
+        active,
+        what="active subscriptions; unsubscribe from one first",
+        quota="subscriptions_per_user",
+        reason="SUBSCRIPTION_LIMIT",
+    )
     terms = terms.with_default_sizing()
     subscription = Subscription(
         id=uuid.uuid4(),

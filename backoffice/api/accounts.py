@@ -54,10 +54,18 @@ def encode_producer(producer: models.Producer) -> pb.Producer:
 
 
 class AccountServicer:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], vault: Vault, secret_grace: timedelta) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        vault: Vault,
+        secret_grace: timedelta,
+        *,
+        max_api_tokens_per_user: int,
+    ) -> None:
         self._sessions = sessions
         self._vault = vault
         self._grace = secret_grace
+        self._max_api_tokens = max_api_tokens_per_user
         self._mutations = Mutations(sessions, vault)
 
     async def CreateUser(self, request: pb.CreateUserRequest, context: Any) -> pb.CreateUserResponse:
@@ -88,7 +96,9 @@ class AccountServicer:
         name = accounts.validate_name(request.name or "api token", "name")
 
         async def create(session: AsyncSession, wake: Wake) -> pb.CreateApiTokenResponse:
-            token, shown = await accounts.create_api_token(session, user_id=caller.id, name=name, created_by=caller)
+            token, shown = await accounts.create_api_token(
+                session, user_id=caller.id, name=name, created_by=caller, cap=self._max_api_tokens
+            )
             return pb.CreateApiTokenResponse(token=encode_api_token(token), api_token=shown)
 
         return await self._mutations.run(caller.id, request, pb.CreateApiTokenResponse, create)

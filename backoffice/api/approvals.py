@@ -59,16 +59,22 @@ def encode_approval(approval: Approval, expire_time: Any = None) -> pb.Approval:
 
 
 class ApprovalServicer:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], vault: Vault, redis: Redis, *, max_subscriptions_per_user: int
+    ) -> None:
         self._sessions = sessions
         self._mutations = Mutations(sessions, vault, redis)
+        self._max_subscriptions = max_subscriptions_per_user
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> pb.Subscription:
         caller = current_caller()
         terms = _decode_terms(request)
 
         async def subscribe(session: AsyncSession, wake: Wake) -> pb.Subscription:
-            return encode_subscription(await subscriptions.subscribe(session, caller, terms, request.request_id))
+            subscription = await subscriptions.subscribe(
+                session, caller, terms, request.request_id, cap=self._max_subscriptions
+            )
+            return encode_subscription(subscription)
 
         return await self._mutations.run(caller.id, request, pb.Subscription, subscribe)
 

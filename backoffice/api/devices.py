@@ -51,6 +51,7 @@ class DeviceServicer:
         self._vault = vault
         self._mutations = Mutations(sessions, vault, redis)
         self._grace = timedelta(seconds=settings.secret_grace_seconds)
+        self._max_devices = settings.max_devices_per_user
 
     async def RegisterDevice(self, request: pb.RegisterDeviceRequest, context: Any) -> pb.RegisterDeviceResponse:
         caller = current_caller()
@@ -65,6 +66,7 @@ class DeviceServicer:
                 mac_address=request.mac_address,
                 symbol_map=dict(request.symbol_map),
                 request_id=request_id,
+                cap=self._max_devices,
             )
             return pb.RegisterDeviceResponse(device=encode_device(device), secret=secret)
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, select, true
+from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit
+from backoffice import accounts, audit
 from backoffice.accounts import rotate_secret, validate_name
 from backoffice.models import Device, DeviceStatus
 from backoffice.platform import paging
@@ -74,8 +74,10 @@ async def register_device(
     mac_address: str = "",
     symbol_map: dict[str, str] | None = None,
     request_id: uuid.UUID | None = None,
+    cap: int | None = None,
 ) -> tuple[Device, str]:
-    """A new ACTIVE device of ``owner`` and its HMAC secret (shown once, sealed at rest)."""
+    """A new ACTIVE device of ``owner`` and its HMAC secret (shown once, sealed at rest); refused once the
+    owner holds ``cap`` devices that are not REVOKED (None: no cap)."""
     violations: list[tuple[str, str]] = []
     clean_name = _check(violations, lambda: validate_name(name, "name"))
     clean_mac = _check(violations, lambda: validate_mac_address(mac_address))
@@ -83,6 +85,20 @@ async def register_device(
     if violations:
         raise InvalidArgument(violations)
     assert clean_name is not None and clean_map is not None
+    unrevoked = (
+        select(func.count())
+        .select_from(Device)
+        .where(Device.user_id == owner.id, Device.status != DeviceStatus.REVOKED)
+    )
+    await accounts.enforce_user_cap(
+        session,
+        owner.id,
+        cap,
+        unrevoked,
+        what="devices that are not revoked; revoke one first",
+        quota="devices_per_user",
+        reason="DEVICE_LIMIT",
+    )
     device_id = uuid.uuid4()
     shown, raw = signing.generate_secret()
     device = Device(

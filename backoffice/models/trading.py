@@ -44,6 +44,8 @@ class Signal(Base):
         UniqueConstraint("producer_id", "request_id"),
         Index("ix_signals_producer_id_signal_time", "producer_id", "signal_time"),
         Index("ix_signals_open_expire_time", "expire_time", postgresql_where=text("status = 'OPEN'")),
+        # ListSignals's order, newest first: a page reads its own rows, never sorts the table.
+        Index("ix_signals_created_at_id", "created_at", "id"),
     )
     id: Mapped[uuid.UUID] = _id()
     producer_id: Mapped[uuid.UUID] = _fk("producers.id")

@@ -77,6 +77,13 @@ class Settings:
     secret_grace_seconds: int = 24 * 3600
     max_message_bytes: int = 1024 * 1024
     max_concurrent_rpcs: int = 1000
+    # One caller's share of those (a user, whichever of its tokens it calls with, or a producer): beyond it,
+    # RESOURCE_EXHAUSTED, so one busy caller cannot hold every slot.
+    max_concurrent_rpcs_per_caller: int = 50
+    # What one user may hold at once; one more is RESOURCE_EXHAUSTED (revoke or unsubscribe to make room).
+    max_devices_per_user: int = 20  # devices not REVOKED
+    max_api_tokens_per_user: int = 20  # tokens not revoked
+    max_subscriptions_per_user: int = 50  # ACTIVE subscriptions
     max_streams: int = 20000
     heartbeat_seconds: int = 15
     shutdown_grace_seconds: int = 10
@@ -228,6 +235,16 @@ class Settings:
         values["secret_grace_seconds"] = number("SECRET_GRACE_SECONDS", defaults.secret_grace_seconds, 0, 30 * 86400)
         values["max_message_bytes"] = number("MAX_MESSAGE_BYTES", defaults.max_message_bytes, 4096, 64 * 1024 * 1024)
         values["max_concurrent_rpcs"] = number("MAX_CONCURRENT_RPCS", defaults.max_concurrent_rpcs, 1, 1_000_000)
+        values["max_concurrent_rpcs_per_caller"] = number(
+            "MAX_CONCURRENT_RPCS_PER_CALLER", defaults.max_concurrent_rpcs_per_caller, 1, 1_000_000
+        )
+        values["max_devices_per_user"] = number("MAX_DEVICES_PER_USER", defaults.max_devices_per_user, 1, 100_000)
+        values["max_api_tokens_per_user"] = number(
+            "MAX_API_TOKENS_PER_USER", defaults.max_api_tokens_per_user, 1, 100_000
+        )
+        values["max_subscriptions_per_user"] = number(
+            "MAX_SUBSCRIPTIONS_PER_USER", defaults.max_subscriptions_per_user, 1, 100_000
+        )
         values["max_streams"] = number("MAX_STREAMS", defaults.max_streams, 1, 1_000_000)
         values["heartbeat_seconds"] = number("HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1, 300)
         values["shutdown_grace_seconds"] = number("SHUTDOWN_GRACE_SECONDS", 10, 0, 600)

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from backoffice.models import ActorType
 from backoffice.platform import auth, db
 from backoffice.platform.auth import Caller, KeyKind, SignatureVerifier
 from backoffice.platform.metrics import AUTH_FAILURES, RPC_REJECTED, RPC_SECONDS
@@ -81,6 +82,10 @@ def current_caller() -> Caller:
     return caller
 
 
+# Whom a per-caller share is counted for: a user (whichever of its tokens it calls with) or a producer.
+_CallerKey = tuple[ActorType, uuid.UUID]
+
+
 @dataclass(frozen=True)
 class _CallInfo:
     method: str
@@ -97,14 +102,19 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         verifier: SignatureVerifier | None,
         max_in_flight: int,
         max_message_bytes: int,
+        max_in_flight_per_caller: int | None = None,
     ) -> None:
+        """``max_in_flight`` unary calls at once in all; ``max_in_flight_per_caller`` (None: no share) of them
+        for one authenticated caller."""
         self._policies = policies
         self._default = default_policy
         self._sessions = sessions
         self._verifier = verifier
         self._max_in_flight = max_in_flight
+        self._max_in_flight_per_caller = max_in_flight_per_caller
         self._max_message_bytes = max_message_bytes
         self._in_flight = 0
+        self._in_flight_by_caller: dict[_CallerKey, int] = {}
 
     async def intercept_service(
         self,
@@ -136,10 +146,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             metadata = _metadata(context)
             request_id_var.set(_request_id(metadata))
+            counted_for: _CallerKey | None = None
             try:
                 if not self._admit(method):
-                    raise errors.ResourceExhausted("server is at capacity; retry with backoff")
-                caller_var.set(await self._authenticate(policy, method, metadata, raw))
+                    raise errors.ResourceExhausted(
+                        "server is at capacity; retry with backoff", reason="SERVER_AT_CAPACITY"
+                    )
+                caller = await self._authenticate(policy, method, metadata, raw)
+                caller_var.set(caller)
+                if caller is not None:
+                    counted_for = self._admit_caller(method, caller)
                 return await inner(decode(raw), context)
             except Exception as exc:
                 error = _domain_error(exc, method)
@@ -147,6 +163,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 await _abort(context, error)
             finally:
                 self._in_flight -= 1
+                if counted_for is not None:
+                    self._release_caller(counted_for)
                 RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
                 log.info(
                     "rpc",
@@ -196,6 +214,32 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             RPC_REJECTED.labels(method).inc()
             return False
         return True
+
+    def _admit_caller(self, method: str, caller: Caller) -> _CallerKey | None:
+        """Count the call against its caller's share and return what to release when it ends (None: no
+        share is kept); RESOURCE_EXHAUSTED, counting nothing, when the share is spent. The event loop runs
+        one handler at a time between awaits, so the count needs no lock."""
+        share = self._max_in_flight_per_caller
+        if share is None:
+            return None
+        key = (caller.kind, caller.id)
+        held = self._in_flight_by_caller.get(key, 0)
+        if held >= share:
+            RPC_REJECTED.labels(method).inc()
+            raise errors.ResourceExhausted(
+                f"at most {share} calls of one caller are served at once; wait for some to finish",
+                reason="CALLER_CONCURRENCY",
+                metadata={"quota": "concurrent_rpcs_per_caller", "limit": str(share)},
+            )
+        self._in_flight_by_caller[key] = held + 1
+        return key
+
+    def _release_caller(self, key: _CallerKey) -> None:
+        left = self._in_flight_by_caller[key] - 1
+        if left:
+            self._in_flight_by_caller[key] = left
+        else:  # callers come and go: keep only those with calls in flight
+            del self._in_flight_by_caller[key]
 
     async def _authenticate(
         self, policy: Auth, method: str, metadata: tuple[tuple[str, str | bytes], ...], raw: bytes
