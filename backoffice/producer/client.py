@@ -69,6 +69,16 @@ class RetryPolicy:
     retryable_codes: frozenset[grpc.StatusCode] = field(
         default=frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
     )
+    # RESOURCE_EXHAUSTED with one of these reasons is load, not a quota used up: it passes with time.
+    retryable_reasons: frozenset[str] = frozenset({"SERVER_AT_CAPACITY", "CALLER_CONCURRENCY"})
+
+    def retries(self, error: grpc.aio.AioRpcError) -> bool:
+        """Whether a failed attempt is worth another (the attempt count aside)."""
+        if error.code() in self.retryable_codes:
+            return True
+        return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and status_details(error).reason in (
+            self.retryable_reasons
+        )
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -273,7 +283,7 @@ class ProducerClient:
                 response = await call(body, metadata=metadata, timeout=self.deadline_seconds)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
-                if code not in self.retry.retryable_codes or attempt >= self.retry.max_attempts:
+                if not self.retry.retries(error) or attempt >= self.retry.max_attempts:
                     raise ProducerCallError.from_rpc_error(error, method=method, attempts=attempt) from error
                 delay = self.retry.delay(attempt, self._random())
                 log.info(

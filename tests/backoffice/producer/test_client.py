@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from backoffice import models
 from backoffice.bootstrap import Resources
+from backoffice.platform.rpc_errors import build_status, trailing_metadata
 from backoffice.platform.serving import Server
 from backoffice.producer import (
     CANCEL_SIGNAL,
@@ -35,7 +36,7 @@ from backoffice.producer import (
     make_quote,
     submit_signal_request,
 )
-from signalhub.protocol import signing
+from signalhub.protocol import errors, signing
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
 from tests.conftest import KeyCredentials
@@ -55,6 +56,10 @@ class Seen:
     @property
     def nonce(self) -> str:
         return self.metadata[signing.HEADER_NONCE]
+
+
+# RESOURCE_EXHAUSTED faults by their reason: load (retried) or a quota used up (not).
+BUSY = {"busy": "CALLER_CONCURRENCY", "at_capacity": "SERVER_AT_CAPACITY", "quota": "SUBSCRIPTION_LIMIT"}
 
 
 class FlakyProxy(grpc.GenericRpcHandler):
@@ -86,6 +91,9 @@ class FlakyProxy(grpc.GenericRpcHandler):
         fault = self.faults.pop(0) if self.faults else self.always
         if fault == "unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: injected outage")
+        if fault in BUSY:
+            code, status = build_status(errors.ResourceExhausted("proxy: busy", reason=BUSY[fault]))
+            await context.abort(code, "proxy: busy", trailing_metadata(status))
         if fault == "stall":
             await asyncio.sleep(3600)
         response = await self._forward(method, body, metadata, context)
@@ -337,6 +345,27 @@ async def test_unavailable_is_retried_under_one_request_id_and_makes_one_signal(
         assert_signed_over_the_bytes_sent(seen, producer)
     stored = await signals_of(res, producer)
     assert [str(s.id) for s in stored] == [signal.id]
+
+
+async def test_load_is_retried_but_a_used_up_quota_is_not(
+    proxy: tuple[FlakyProxy, str], producer: KeyCredentials, res: Resources
+) -> None:
+    """RESOURCE_EXHAUSTED for the caller's or the server's calls in flight passes with time: retried. One
+    for a quota (any other reason) is raised at once."""
+    handler, target = proxy
+    handler.faults = ["busy", "at_capacity"]
+    async with client_for(target, producer, sleep=RecordingSleep()) as client:
+        signal = await client.submit_signal("XAUUSD", "buy", **XAU)
+    assert len(handler.seen) == 3 and [str(s.id) for s in await signals_of(res, producer)] == [signal.id]
+    handler.faults = ["quota"]
+    async with client_for(target, producer, sleep=RecordingSleep()) as client:
+        with pytest.raises(ProducerCallError) as failed:
+            await client.submit_signal("XAUUSD", "buy", **XAU)
+    assert (failed.value.code, failed.value.reason, failed.value.attempts) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SUBSCRIPTION_LIMIT",
+        1,
+    )
 
 
 async def test_deadline_exceeded_is_retried_and_makes_one_signal(
