@@ -65,7 +65,7 @@ async def resources(settings: Settings) -> AsyncIterator[Resources]:
     sessions = db.session_factory(engine)
     redis = open_redis(settings)
     vault = Vault(master, settings.previous_master_keys)
-    nonces = NonceStore(redis, sessions, settings.nonce_ttl_seconds)
+    nonces = NonceStore(settings.nonce_ttl_seconds)
     verifier = SignatureVerifier(sessions, vault, nonces, settings.signature_tolerance_seconds)
     try:
         yield Resources(settings, engine, sessions, redis, vault, nonces, verifier)

@@ -25,9 +25,11 @@ from backoffice.models.enums import (
 
 
 class Nonce(Base):
-    """Seen signature nonces, used only while Redis is unreachable (so an outage never lets a replay in)."""
+    """Seen signature nonces, every one (``backoffice.platform.nonces``). UNLOGGED: a commit into it waits
+    for no disk flush, and a crash of Postgres empties it."""
 
     __tablename__ = "nonces"
+    __table_args__ = ({"prefixes": ["UNLOGGED"]},)
     key_id: Mapped[str] = mapped_column(Text, primary_key=True)
     nonce: Mapped[str] = mapped_column(Text, primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

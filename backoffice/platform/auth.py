@@ -137,19 +137,20 @@ class SignatureVerifier:
         except ValueError:
             raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify") from None
         table = model.__tablename__
-        async with db.driver(self._sessions) as connection:  # one round trip, no ORM: on every signed call
+        # One checkout, no ORM, on every signed call: the key's lookup, then (verified) the nonce's record.
+        async with db.driver(self._sessions) as connection:
             row = await connection.fetchrow(_KEY_LOOKUP.format(table=table), key_uuid)
-        if row is None:
-            # Unknown keys fail exactly like bad signatures, so key ids cannot be probed.
-            raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
-        candidates = self._candidate_secrets(table, key_uuid, row)
-        matched = signing.match_secret(headers, method, body, candidates)
-        if matched is None:
-            raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
-        if row["status"] == revoked_status.value:
-            raise SignatureError(AuthFailure.KEY_REVOKED, f"this {actor.value.lower()} key is revoked")
-        if not await self._nonces.remember(headers.key_id, headers.nonce):
-            raise SignatureError(AuthFailure.NONCE_REPLAYED, "nonce was already used")
+            if row is None:
+                # Unknown keys fail exactly like bad signatures, so key ids cannot be probed.
+                raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
+            candidates = self._candidate_secrets(table, key_uuid, row)
+            matched = signing.match_secret(headers, method, body, candidates)
+            if matched is None:
+                raise SignatureError(AuthFailure.SIGNATURE_INVALID, "signature does not verify")
+            if row["status"] == revoked_status.value:
+                raise SignatureError(AuthFailure.KEY_REVOKED, f"this {actor.value.lower()} key is revoked")
+            if not await self._nonces.remember(connection, headers.key_id, headers.nonce):
+                raise SignatureError(AuthFailure.NONCE_REPLAYED, "nonce was already used")
         return SignedKey(actor, key_uuid, candidates[matched])
 
     def _candidate_secrets(self, table: str, key_id: uuid.UUID, row: Any) -> Sequence[bytes]:

@@ -1,6 +1,6 @@
 """The servers' dependencies fail under steady load: Postgres restarted (an immediate shutdown: crash
 recovery on start) and stalled (every Postgres process SIGSTOPped for 5 s), Redis unreachable for 10 s
-(nonces fall back to Postgres, the gateways' sweep stands in for the lost hints) and brought back empty.
+(nonces are in Postgres anyway, the gateways' sweep stands in for the lost hints) and brought back empty.
 Nothing is restarted but what the test breaks."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ async def test_redis_unreachable_for_ten_seconds(new_world: WorldOpener) -> None
         await redis.kill()
         await asyncio.sleep(REDIS_OUTAGE_SECONDS)
         during = len(world.load.submitted) - before
-        # Signals were signed, so every one of them had its nonce recorded in Postgres meanwhile.
+        # Signals were signed: their nonces are in Postgres, which Redis being gone does not touch.
         assert during > 0, "producers were served while Redis was gone"
         await world.recovered_after("redis outage (before it came back)", datetime.now(UTC), signals_during=during)
         await redis.start()
