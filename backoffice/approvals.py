@@ -73,6 +73,7 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
         if not s.instruments or signal.instrument in s.instruments
     ]
     devices = await _active_devices(session, {s.user_id for s in subscriptions if s.mode is SubscriptionMode.AUTO})
+    guards = await deliveries.load_guards(session, [d.id for chosen in devices.values() for d in chosen], now)
     planned = deliveries.Planned()
     rows = []
     for subscription in subscriptions:
@@ -80,7 +81,7 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
         if subscription.mode is SubscriptionMode.AUTO:
             chosen = devices.get(subscription.user_id, [])
             rule = _rule(subscription, None)
-            skipped = deliveries.plan_for_approval(planned, row["id"], signal, chosen, rule, None, now)
+            skipped = deliveries.plan_for_approval(planned, row["id"], signal, chosen, rule, None, now, guards)
             row.update(
                 status=ApprovalStatus.APPROVED,
                 automatic=True,
@@ -264,7 +265,8 @@ async def _approve(
     decided_by: uuid.UUID,
 ) -> tuple[uuid.UUID, ...]:
     """Mark the approval APPROVED and add one delivery per device; returns the devices to wake."""
-    planned = _mark_approved(approval, signal, subscription, volume, devices, now, decided_by=decided_by)
+    guards = await deliveries.load_guards(session, [d.id for d in devices], now)
+    planned = _mark_approved(approval, signal, subscription, volume, devices, now, decided_by=decided_by, guards=guards)
     await session.flush()
     await deliveries.insert_planned(session, planned)
     return tuple(planned.woken)
@@ -279,12 +281,13 @@ def _mark_approved(
     now: datetime,
     *,
     decided_by: uuid.UUID,
+    guards: deliveries.Guards | None = None,
 ) -> deliveries.Planned:
     """The decision in memory, for both ways of writing it: the approval APPROVED by a person, and one
-    delivery planned per device (sized by the subscription's rule, or ``volume``)."""
+    delivery planned per device (sized by the subscription's rule, or ``volume``, within ``guards``)."""
     planned = deliveries.Planned()
     rule = _rule(subscription, volume)
-    skipped = deliveries.plan_for_approval(planned, approval.id, signal, devices, rule, volume, now)
+    skipped = deliveries.plan_for_approval(planned, approval.id, signal, devices, rule, volume, now, guards)
     approval.status = ApprovalStatus.APPROVED
     approval.automatic = False
     approval.decided_by = decided_by
@@ -301,7 +304,9 @@ _READ_FOR_APPROVAL = """
 SELECT s.instrument, s.side, s.entry_price, s.stop_loss, s.expire_time, s.status AS signal_status,
        a.id AS approval_id, a.status AS approval_status, a.subscription_id, a.created_at AS approval_created_at,
        sub.sizing_mode, sub.sizing_value, sub.max_volume,
-       d.id AS device_id, d.name AS device_name, d.symbol_map, d.last_hello, d.status AS device_status
+       d.id AS device_id, d.name AS device_name, d.symbol_map, d.last_hello, d.status AS device_status,
+       EXISTS (SELECT 1 FROM risk_policies p WHERE p.device_id = d.id)
+           OR EXISTS (SELECT 1 FROM stopouts o WHERE o.device_id = d.id AND o.reset_time IS NULL) AS guarded
 FROM signals s
 JOIN approvals a ON a.signal_id = s.id AND a.user_id = $2
 JOIN subscriptions sub ON sub.id = a.subscription_id
@@ -397,8 +402,9 @@ def _decide(
     now: datetime,
 ) -> _Decided | None:
     """What ``approve_signal`` would decide, from the read's rows; None where it must decide itself (no
-    PENDING approval, a closed signal, a named device that is not the caller's ACTIVE one)."""
-    if not rows or rows[0]["approval_status"] != ApprovalStatus.PENDING.value:
+    PENDING approval, a closed signal, a named device that is not the caller's ACTIVE one, or one with risk
+    guards: counting what it holds takes a lock this path does not hold)."""
+    if not rows or rows[0]["approval_status"] != ApprovalStatus.PENDING.value or any(r["guarded"] for r in rows):
         return None
     first = rows[0]
     signal = Signal(

@@ -18,6 +18,7 @@ from backoffice.api.audit import AuditServicer
 from backoffice.api.devices import DeviceServicer
 from backoffice.api.executions import ExecutionServicer
 from backoffice.api.positions import PositionServicer
+from backoffice.api.risk import RiskServicer
 from backoffice.api.signals import SignalServicer
 from backoffice.platform import db
 from backoffice.platform.auth import SignatureVerifier
@@ -117,4 +118,5 @@ def servicers(res: Resources) -> dict[str, object]:
         "PositionService": PositionServicer(res.sessions, res.vault, res.redis, res.settings.quote_max_age_seconds),
         "AuditService": AuditServicer(res.sessions),
         "AffiliateService": AffiliateServicer(res.sessions, res.vault, Program.from_settings(res.settings)),
+        "RiskService": RiskServicer(res.sessions, res.vault),
     }

@@ -24,7 +24,6 @@ from backoffice.models import (
     CloseReason,
     Device,
     Position,
-    PositionStatus,
     Side,
     Signal,
     SignalStatus,
@@ -324,7 +323,14 @@ async def cancel(
     queued: list[positions.Queued] = []
     if close_positions:
         signal.cancel_closes_positions = True
-        queued = await _close_positions(session, caller, signal.id, now)
+        queued = await positions.close_open(
+            session,
+            Position.signal_id == signal.id,
+            CloseReason.SIGNAL_CANCELLED,
+            now,
+            actor_type=caller.kind,
+            actor_id=caller.id,
+        )
     audit.record(
         session,
         caller,
@@ -336,37 +342,6 @@ async def cancel(
     )
     await session.flush()
     return Cancellation(signal, tuple(q.device_id for q in queued), tuple(q.position_id for q in queued))
-
-
-async def _close_positions(
-    session: AsyncSession, caller: Caller, signal_id: uuid.UUID, now: datetime
-) -> list[positions.Queued]:
-    """A SIGNAL_CANCELLED close command for each OPEN position of the signal, locked in id order."""
-    found = (
-        await session.scalars(
-            select(Position)
-            .where(Position.signal_id == signal_id, Position.status == PositionStatus.OPEN)
-            .order_by(Position.id)
-            .with_for_update()
-        )
-    ).all()
-    return await positions.queue_closes(
-        session,
-        [
-            positions.Closing(
-                p.id,
-                p.device_id,
-                p.volume,
-                CloseReason.SIGNAL_CANCELLED,
-                stop_loss=p.stop_loss,
-                take_profit=p.take_profit,
-            )
-            for p in found
-        ],
-        now,
-        actor_type=caller.kind,
-        actor_id=caller.id,
-    )
 
 
 def _visible_to(caller: Caller) -> Any:

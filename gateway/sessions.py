@@ -254,7 +254,7 @@ class DeviceSession:
         """Receipts for the frames, in order."""
         taken = time.monotonic()
         tolerance = timedelta(seconds=self._services.settings.signature_tolerance_seconds)
-        quote_not_after = datetime.now(UTC) + tolerance
+        not_after = datetime.now(UTC) + tolerance  # quotes and account states dated later are refused
         run: list[tuple[pb.DeviceFrame, DeviceReport | Outcome]] = []
         for frame in frames:
             if frame.WhichOneof("body") == "hello":
@@ -265,7 +265,7 @@ class DeviceSession:
                 continue
             try:
                 check_text(frame)
-                report = uplink.decode(self.device_id, frame, quote_not_after)
+                report = uplink.decode(self.device_id, frame, not_after)
                 if isinstance(report.report, QuoteReport) and report.report.quote.instrument not in self.quotable:
                     raise InvalidArgument(
                         [("quote.instrument", "not a symbol of this device's Hello or of its positions")],

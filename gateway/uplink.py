@@ -27,9 +27,10 @@ from backoffice import alerts, deliveries, quotes
 from backoffice.deliveries import DeviceReport, Outcome, Recorded, Verdict
 from backoffice.models import ActorType, DeliveryState
 from backoffice.platform import db, hints
-from backoffice.platform.metrics import FRAMES, UPLINK_BATCH, UPLINK_COMMIT
+from backoffice.platform.metrics import ACCOUNT_STATES, FRAMES, UPLINK_BATCH, UPLINK_COMMIT
 from backoffice.platform.rpc_errors import build_status
 from backoffice.platform.serving import cancel_and_wait
+from signalhub.protocol.account_state import parse_account_state
 from signalhub.protocol.errors import InvalidArgument, Unavailable
 from signalhub.protocol.logs import request_id_var
 from signalhub.protocol.wire import SYMBOL_RE, parse_decimal, parse_id, parse_timestamp
@@ -58,6 +59,7 @@ _RECEIPT_STATUS = {
 }
 
 _FRAME_COUNTERS: dict[tuple[str, Verdict], Counter] = {}
+_ACCOUNT_STATE_COUNTERS: dict[Verdict, Counter] = {}
 
 T = TypeVar("T")
 
@@ -88,9 +90,9 @@ def check_frame_id(frame: pb.DeviceFrame) -> None:
         raise InvalidArgument([("frame_id", f"1 to {MAX_FRAME_ID} characters, unique per device")])
 
 
-def decode(device_id: uuid.UUID, frame: pb.DeviceFrame, quote_not_after: datetime | None = None) -> DeviceReport:
-    """A frame (other than Hello) as a domain report; InvalidArgument names every bad field. A quote dated
-    after ``quote_not_after`` (the server's clock plus the signature tolerance) is one."""
+def decode(device_id: uuid.UUID, frame: pb.DeviceFrame, not_after: datetime | None = None) -> DeviceReport:
+    """A frame (other than Hello) as a domain report; InvalidArgument names every bad field. A quote or an
+    account state dated after ``not_after`` (the server's clock plus the signature tolerance) is one."""
     check_frame_id(frame)
     bad = _Violations()
     report: deliveries.Report | None = None
@@ -135,8 +137,13 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame, quote_not_after: datetim
                 source_type=ActorType.DEVICE,
                 source_id=device_id,
                 frame_id=frame.frame_id,
-                not_after=quote_not_after,
+                not_after=not_after,
             )
+        )
+    elif body == "account_state":
+        figures = parse_account_state(frame.account_state, "account_state", not_after)
+        report = deliveries.AccountStateReport(
+            figures.balance, figures.equity, figures.margin, figures.free_margin, figures.state_time
         )
     elif body == "heartbeat":
         beat = frame.heartbeat
@@ -146,7 +153,9 @@ def decode(device_id: uuid.UUID, frame: pb.DeviceFrame, quote_not_after: datetim
         bad.raise_any()
         report = deliveries.HeartbeatReport(send_time)
     else:
-        raise InvalidArgument([("body", "one of hello, ack, fill, close_result, quote, heartbeat is required")])
+        raise InvalidArgument(
+            [("body", "one of hello, ack, fill, close_result, quote, heartbeat, account_state is required")]
+        )
     return DeviceReport(device_id, frame.frame_id, report)
 
 
@@ -158,12 +167,21 @@ def receipt(frame: pb.DeviceFrame, outcome: Outcome) -> pb.GatewayFrame:
     if counter is None:
         counter = _FRAME_COUNTERS[(kind, outcome.verdict)] = FRAMES.labels(kind, outcome.verdict.value)
     counter.inc()
+    if kind == "account_state":
+        _account_state_counter(outcome.verdict).inc()
     answer = pb.GatewayFrame()
     answer.receipt.frame_id = frame.frame_id
     answer.receipt.status = _RECEIPT_STATUS[outcome.verdict]
     if outcome.error is not None:
         answer.receipt.error.CopyFrom(build_status(outcome.error, request_id_var.get())[1])
     return answer
+
+
+def _account_state_counter(verdict: Verdict) -> Counter:
+    counter = _ACCOUNT_STATE_COUNTERS.get(verdict)
+    if counter is None:
+        counter = _ACCOUNT_STATE_COUNTERS[verdict] = ACCOUNT_STATES.labels(verdict.value)
+    return counter
 
 
 @dataclass
@@ -249,6 +267,8 @@ class UplinkWriter:
             entries.append(hints.positions_entry(recorded.position_ids))
         if self._redis is not None:
             await hints.publish_monitor(self._redis, entries)
+            if recorded.woken:  # close commands a risk limit queued: pushed now, not at the next sweep
+                await hints.publish(self._redis, recorded.woken)
 
     async def _transaction(self, reports: list[DeviceReport]) -> Recorded:
         started = time.perf_counter()

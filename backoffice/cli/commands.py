@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
     from backoffice.cli import affiliate as affiliate_cli
     from backoffice.cli import positions as positions_cli
+    from backoffice.cli import risk as risk_cli
     from backoffice.producer import cli as producer_cli  # each client command defines its own arguments
     from gateway.bridge import cli as bridge_cli
 
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     affiliate_cli.add_arguments(commands.add_parser("affiliate", help="referrals, commissions and payouts"))
     positions_cli.add_arguments(
         commands.add_parser("positions", help="your positions: list, close, move the hidden levels (API token)")
+    )
+    risk_cli.add_arguments(
+        commands.add_parser("risk", help="a device's risk policy and stopouts: get, set, list, reset (API token)")
     )
     return parser
 
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             logs.configure("WARNING")
             asyncio.run(_up(args.state_dir))
             return
-        if args.command in ("producer", "bridge", "affiliate", "positions"):
+        if args.command in ("producer", "bridge", "affiliate", "positions", "risk"):
             logs.configure("WARNING")
             args.run(args)
             return

@@ -13,28 +13,13 @@ of the servers' dependencies.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
-from typing import NoReturn
 
-import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from signalhub.protocol import state
-from signalhub.protocol.state import DEFAULT_CREDENTIALS
-from signalhub.protocol.wire import status_details
+from backoffice.cli import calls
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 
-TOKEN_ENV = "SIGNALHUB_API_TOKEN"  # noqa: S105 - the variable's name, not a token
-DEFAULT_TARGET = "127.0.0.1:50051"
 STATUSES = {
     "open": pb.POSITION_STATUS_OPEN,
     "closing": pb.POSITION_STATUS_CLOSING,
@@ -47,21 +32,7 @@ LEVELS = ("stop_loss", "take_profit", "trailing_distance", "breakeven_trigger", 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``list``, ``close`` and ``protect`` under ``parser``; each sets ``run``."""
-    common = argparse.ArgumentParser(add_help=False)
-    who = common.add_argument_group("credentials")
-    who.add_argument(
-        "--credentials",
-        type=Path,
-        metavar="FILE",
-        help=f"JSON with user_token and optionally backoffice (default {DEFAULT_CREDENTIALS} when present); "
-        f"${TOKEN_ENV} takes precedence",
-    )
-    who.add_argument(
-        "--target",
-        metavar="HOST:PORT",
-        help=f"back office address (default: the file's backoffice, else {DEFAULT_TARGET})",
-    )
-    who.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline (default %(default)s)")
+    common = calls.caller_arguments()
     commands = parser.add_subparsers(dest="positions_command", required=True, metavar="COMMAND", help="the call")
 
     listing = commands.add_parser("list", parents=[common], help="your positions, newest first")
@@ -102,68 +73,36 @@ def run_list(args: argparse.Namespace) -> None:
         page_size=args.page_size,
         page_token=args.page_token,
     )
-    _run(args, lambda stub, metadata, timeout: stub.ListPositions(request, metadata=metadata, timeout=timeout))
+    calls.run(
+        args,
+        rpc.PositionServiceStub,
+        lambda stub, metadata, timeout: stub.ListPositions(request, metadata=metadata, timeout=timeout),
+    )
 
 
 def run_close(args: argparse.Namespace) -> None:
     request = pb.ClosePositionRequest(id=str(args.id), volume=args.volume or "", request_id=_request_id(args))
-    _run(args, lambda stub, metadata, timeout: stub.ClosePosition(request, metadata=metadata, timeout=timeout))
+    calls.run(
+        args,
+        rpc.PositionServiceStub,
+        lambda stub, metadata, timeout: stub.ClosePosition(request, metadata=metadata, timeout=timeout),
+    )
 
 
 def run_protect(args: argparse.Namespace) -> None:
     given = {name: getattr(args, name) for name in LEVELS if getattr(args, name) is not None}
     if not given:
-        _fail("nothing to change: give at least one level")
+        calls.fail("nothing to change: give at least one level")
     request = pb.UpdateProtectionRequest(
         id=str(args.id),
         request_id=_request_id(args),
         **{name: "" if value == REMOVE else value for name, value in given.items()},
     )
-    _run(args, lambda stub, metadata, timeout: stub.UpdateProtection(request, metadata=metadata, timeout=timeout))
-
-
-# The async stub exists only in the .pyi: a string, so nothing looks it up at run time.
-Call = Callable[["rpc.PositionServiceAsyncStub", tuple[tuple[str, str], ...], float], Awaitable[Message]]
-
-
-def _run(args: argparse.Namespace, call: Call) -> None:
-    try:
-        token, address = state.load_token(args.credentials, os.environ, token_env=TOKEN_ENV, key="user_token")
-    except state.CredentialsError as exc:
-        _fail(str(exc))
-    target = args.target or address or DEFAULT_TARGET
-    metadata = (("authorization", f"Bearer {token.reveal().decode()}"),)
-    try:
-        result = asyncio.run(_call(target, call, metadata, args.timeout))
-    except grpc.aio.AioRpcError as error:
-        _fail(_describe(error))
-    print(
-        json.dumps(
-            json_format.MessageToDict(
-                result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )
-        )
+    calls.run(
+        args,
+        rpc.PositionServiceStub,
+        lambda stub, metadata, timeout: stub.UpdateProtection(request, metadata=metadata, timeout=timeout),
     )
-
-
-async def _call(target: str, call: Call, metadata: tuple[tuple[str, str], ...], deadline: float) -> Message:
-    async with grpc.aio.insecure_channel(target) as channel:
-        return await call(rpc.PositionServiceStub(channel), metadata, deadline)
-
-
-def _describe(error: grpc.aio.AioRpcError) -> str:
-    """The code, the server's reason and message, and each bad field, on one line."""
-    details = status_details(error)
-    head = f"{error.code().name} {details.reason}" if details.reason else error.code().name
-    text = f"{head}: {error.details()}" if error.details() else head
-    if details.violations:
-        text += " (" + "; ".join(f"{field}: {problem}" for field, problem in details.violations.items()) + ")"
-    return text
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"signalhub: {message}", file=sys.stderr)
-    raise SystemExit(1)
 
 
 def _request_id(args: argparse.Namespace) -> str:

@@ -23,7 +23,9 @@ Every function works inside the caller's transaction, but ``claim``, which is on
   transaction (a heartbeat is presence, not a record: it is accepted and nothing is written); the caller
   commits before it answers any Receipt, then announces what the batch returned (quotes and positions
   for the monitor, alerts). A quote is market data, not a record: only the newest per symbol is kept
-  (``backoffice.quotes``), and a repeat of the frame that set it is a DUPLICATE.
+  (``backoffice.quotes``), and a repeat of the frame that set it is a DUPLICATE. An account state likewise:
+  only the newest per device is kept (``backoffice.devices.account_states``), an older one is accepted and
+  changes nothing, and the states stored come back for what acts on them after the commit.
 
 What a device may report about a delivery of its own (anything else answers REJECTED, and a delivery of
 another device is NOT_FOUND, exactly like an unknown one):
@@ -60,9 +62,12 @@ from backoffice.deliveries.claim import (
 )
 from backoffice.deliveries.create import Planned, Recipient, insert_planned, plan_for_approval
 from backoffice.deliveries.expiry import due_devices, expire_due
+from backoffice.deliveries.guards import Guards
+from backoffice.deliveries.guards import load as load_guards
 from backoffice.deliveries.reports import (
     ACCEPTED,
     DUPLICATE,
+    AccountStateReport,
     AckReport,
     CloseReport,
     DeviceReport,
@@ -84,6 +89,7 @@ __all__ = [
     "EXPIRED_REASON",
     "MAY_FILL",
     "UNRECEIVED",
+    "AccountStateReport",
     "AckReport",
     "Claim",
     "ClaimRequest",
@@ -92,6 +98,7 @@ __all__ = [
     "DeliveryOrder",
     "DeviceReport",
     "FillReport",
+    "Guards",
     "HeartbeatReport",
     "Order",
     "Outcome",
@@ -106,6 +113,7 @@ __all__ = [
     "due_devices",
     "expire_due",
     "insert_planned",
+    "load_guards",
     "plan_for_approval",
     "record_reports",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -14,8 +14,10 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import sizing
+from backoffice.deliveries.guards import Guards
 from backoffice.devices.hello import Hello
 from backoffice.models import Delivery, DeliveryState, Signal
+from backoffice.platform.metrics import RISK_GUARD_SKIPS
 
 
 class Recipient(Protocol):
@@ -44,21 +46,42 @@ def plan_for_approval(
     rule: sizing.Rule,
     volume: Decimal | None,
     now: datetime,
+    guards: Guards | None = None,
 ) -> list[str]:
     """Add one delivery per device to ``planned``, in the symbol the device's map gives, sized from its
     last Hello (or ``volume`` when the approval names one): PENDING when tradable, else SKIPPED with the
-    reason. Returns this approval's skipped devices ("<name>: <why>")."""
+    reason. ``guards`` (``guards.load``) are the owners' risk guards: a guarded device's delivery may be
+    SKIPPED for them, its volume capped, its expiry brought forward and its price deviation bounded.
+    Returns this approval's skipped devices ("<name>: <why>")."""
     skipped: list[str] = []
     for device in devices:
         instrument = device.symbol_map.get(signal.instrument, signal.instrument)
-        sized = sizing.size(
-            rule,
-            Hello.from_json(device.last_hello),
-            instrument,
-            entry_price=signal.entry_price,
-            stop_loss=signal.stop_loss,
-            override=volume,
+        guard = guards.get(device.id) if guards else None
+        refused = guard.refusal(signal.side, instrument) if guard is not None else None
+        if refused is not None:
+            RISK_GUARD_SKIPS.labels(refused).inc()
+        device_rule = rule
+        if guard is not None and guard.max_volume is not None:
+            cap = guard.max_volume if rule.max_volume is None else min(rule.max_volume, guard.max_volume)
+            device_rule = replace(rule, max_volume=cap)
+        sized = (
+            sizing.Sized(None, refused)
+            if refused is not None
+            else sizing.size(
+                device_rule,
+                Hello.from_json(device.last_hello),
+                instrument,
+                entry_price=signal.entry_price,
+                stop_loss=signal.stop_loss,
+                override=volume,
+            )
         )
+        expire_time, max_deviation = signal.expire_time, None
+        if guard is not None and sized.volume is not None:
+            guard.take(instrument)
+            max_deviation = guard.max_deviation
+            if guard.max_delay_seconds:
+                expire_time = min(expire_time, signal.signal_time + timedelta(seconds=guard.max_delay_seconds))
         planned.rows.append(
             {
                 "id": uuid.uuid4(),
@@ -69,8 +92,8 @@ def plan_for_approval(
                 "side": signal.side,
                 "volume": sized.volume if sized.volume is not None else Decimal(0),
                 "entry_price": signal.entry_price,
-                "max_deviation": None,
-                "expire_time": signal.expire_time,
+                "max_deviation": max_deviation,
+                "expire_time": expire_time,
                 "state": DeliveryState.PENDING if sized.volume is not None else DeliveryState.SKIPPED,
                 "state_reason": sized.reason,
                 "created_at": now,

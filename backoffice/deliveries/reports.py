@@ -1,7 +1,7 @@
 """What devices report about their deliveries and close commands (acks, fills, close results, quotes,
-heartbeats), applied in the caller's transaction (see the package docstring for the rules). What the
-caller must announce after its commit (quotes and positions for the monitor, alerts raised) comes back
-with the outcomes."""
+heartbeats) and about their trading account (account states), applied in the caller's transaction (see
+the package docstring for the rules). What the caller must announce after its commit (quotes and
+positions for the monitor, alerts raised, account states stored) comes back with the outcomes."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import alerts, executions, positions, quotes
+from backoffice import alerts, executions, positions, quotes, risk
 from backoffice.affiliates import accrual
+from backoffice.devices.account_states import AccountStateIn, StoredAccountState, store_latest
+from backoffice.devices.account_states import recorded_frames as recorded_state_frames
 from backoffice.devices.hello import Hello
 from backoffice.models import (
     CloseCommandStatus,
@@ -85,7 +87,18 @@ class HeartbeatReport:
     send_time: datetime | None
 
 
-Report = AckReport | FillReport | CloseReport | QuoteReport | HeartbeatReport
+@dataclass(frozen=True)
+class AccountStateReport:
+    """The trading account as the terminal read it at ``state_time`` (the device's clock)."""
+
+    balance: Decimal
+    equity: Decimal
+    margin: Decimal | None
+    free_margin: Decimal | None
+    state_time: datetime
+
+
+Report = AckReport | FillReport | CloseReport | QuoteReport | HeartbeatReport | AccountStateReport
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,7 @@ class _Batch:
     events: list[dict[str, Any]] = field(default_factory=list)
     openings: list[positions.Opening] = field(default_factory=list)
     quotes: list[quotes.QuoteIn] = field(default_factory=list)
+    account_states: list[AccountStateIn] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,10 @@ class Recorded:
     quotes: list[quotes.Seen]  # stored: the monitor reads them
     position_ids: list[uuid.UUID]  # opened, added to or closed: the monitor re-reads them
     alerts: list[alerts.Raised]
+    # The newest state of each device that was stored (an older one changes nothing).
+    account_states: list[StoredAccountState] = field(default_factory=list)
+    # Devices with close commands the batch queued (a risk limit's CLOSE_ALL): woken once it commits.
+    woken: list[uuid.UUID] = field(default_factory=list)
 
 
 async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> Recorded:
@@ -194,8 +212,18 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
     opened = await positions.open_positions(session, batch.openings, now)
     raised = await positions.write_closes(session, batch.closes.values(), now)
     stored = await quotes.store_latest(session, batch.quotes, batch.now)
+    states = await store_latest(session, batch.account_states, batch.now)
+    # Risk limits are measured on the states stored; a batch without one costs nothing more.
+    stopped = await risk.evaluate(session, [risk.State(s.device_id, s.balance, s.equity) for s in states], now)
     closed = [t.position.id for t in batch.closes.values() if t.changed]
-    return Recorded(outcomes, stored, opened + closed, raised)
+    return Recorded(
+        outcomes,
+        stored,
+        opened + closed + [q.position_id for q in stopped.closes],
+        raised + stopped.alerts,
+        states,
+        sorted({q.device_id for q in stopped.closes}),
+    )
 
 
 def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
@@ -208,6 +236,21 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
     if isinstance(report, QuoteReport):
         # Market data, not a record: only the newest quote per symbol is kept (no execution event).
         batch.quotes.append(report.quote)
+        return ACCEPTED
+    if isinstance(report, AccountStateReport):
+        # Like a quote: only the newest state per device is kept (no execution event); an older one changes
+        # nothing.
+        batch.account_states.append(
+            AccountStateIn(
+                item.device_id,
+                report.balance,
+                report.equity,
+                report.margin,
+                report.free_margin,
+                report.state_time,
+                item.frame_id,
+            )
+        )
         return ACCEPTED
     # A heartbeat is presence, not a record: the gateway keeps devices.last_seen_at (no execution event).
     return ACCEPTED
@@ -360,10 +403,14 @@ def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outc
 
 
 async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport]) -> set[tuple[uuid.UUID, str]]:
-    """The frames of this batch recorded before: as an execution event, or as the frame that set a quote."""
-    pairs = {(r.device_id, r.frame_id) for r in reports if not isinstance(r.report, QuoteReport)}
+    """The frames of this batch recorded before: as an execution event, or as the frame that set a quote or
+    an account state (each read only when the batch carries such frames)."""
+    pairs = {(r.device_id, r.frame_id) for r in reports if not isinstance(r.report, QuoteReport | AccountStateReport)}
     found = await quotes.recorded_frames(
         session, {(r.device_id, r.frame_id) for r in reports if isinstance(r.report, QuoteReport)}
+    )
+    found |= await recorded_state_frames(
+        session, {(r.device_id, r.frame_id) for r in reports if isinstance(r.report, AccountStateReport)}
     )
     if not pairs:
         return found

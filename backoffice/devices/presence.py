@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, executions
+from backoffice.devices import account_states
 from backoffice.devices.hello import Hello
 from backoffice.models import ActorType, Device, DeviceStatus, EventKind, ExecutionEvent
 from backoffice.platform.db import any_id
@@ -26,8 +27,9 @@ IDLE_AFTER = timedelta(days=7)
 
 async def store_hello(session: AsyncSession, device_id: uuid.UUID, frame_id: str, hello: Hello, now: datetime) -> bool:
     """Record the Hello (a HELLO event, and ``last_hello`` for sizing), mark the device seen and make an
-    INACTIVE device ACTIVE again. False when the frame_id was recorded before: the Hello then changes
-    nothing. A device revoked since its stream opened is refused."""
+    INACTIVE device ACTIVE again. A Hello that says both balance and equity (neither negative) is also the
+    device's account state, dated ``now``. False when the frame_id was recorded before: the Hello then
+    changes nothing. A device revoked since its stream opened is refused."""
     status = await session.scalar(select(Device.status).where(Device.id == device_id).with_for_update())
     if status is None or status is DeviceStatus.REVOKED:
         raise Unauthenticated("this device key is revoked", reason=AuthFailure.KEY_REVOKED.value)
@@ -43,6 +45,7 @@ async def store_hello(session: AsyncSession, device_id: uuid.UUID, frame_id: str
     values: dict[str, Any] = {"last_seen_at": now, "status": DeviceStatus.ACTIVE}
     if inserted is not None:
         values.update(last_hello=stored, last_hello_at=now)
+        await _store_account_state(session, device_id, hello, now)
     await session.execute(
         update(Device).where(Device.id == device_id).values(**values).execution_options(synchronize_session=False)
     )
@@ -55,6 +58,14 @@ async def store_hello(session: AsyncSession, device_id: uuid.UUID, frame_id: str
             device_id,
         )
     return inserted is not None
+
+
+async def _store_account_state(session: AsyncSession, device_id: uuid.UUID, hello: Hello, now: datetime) -> None:
+    if hello.balance is None or hello.equity is None or hello.balance < 0 or hello.equity < 0:
+        return  # not an account state an AccountState frame could carry: the stored one stays
+    # No frame id: the server dated it, so the device's own AccountState frames after it replace it.
+    state = account_states.AccountStateIn(device_id, hello.balance, hello.equity, None, None, now, None)
+    await account_states.store_latest(session, [state], now)
 
 
 async def mark_seen(session: AsyncSession, device_ids: Sequence[uuid.UUID], now: datetime) -> None:

@@ -31,6 +31,9 @@ from backoffice.models.enums import (
     PositionEventKind,
     PositionStatus,
     ProducerStatus,
+    RiskAction,
+    RiskMetric,
+    RiskPeriod,
     Role,
     Side,
     SignalStatus,
@@ -49,6 +52,12 @@ from backoffice.models.records import (
     AuditEvent,
     IdempotencyRecord,
     Nonce,
+)
+from backoffice.models.risk import (
+    AccountState,
+    RiskMark,
+    RiskPolicy,
+    Stopout,
 )
 from backoffice.models.trading import (
     Approval,
@@ -72,6 +81,7 @@ SEALED_COLUMNS: tuple[tuple[type[Base], str], ...] = (
 __all__ = [
     "NAMING_CONVENTION",
     "SEALED_COLUMNS",
+    "AccountState",
     "ActorType",
     "Affiliate",
     "AffiliateLedgerEntry",
@@ -107,11 +117,17 @@ __all__ = [
     "ProducerStatus",
     "Quote",
     "Referral",
+    "RiskAction",
+    "RiskMark",
+    "RiskMetric",
+    "RiskPeriod",
+    "RiskPolicy",
     "Role",
     "Side",
     "Signal",
     "SignalStatus",
     "SizingMode",
+    "Stopout",
     "Subscription",
     "SubscriptionMode",
     "SubscriptionStatus",

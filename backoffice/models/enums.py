@@ -93,6 +93,7 @@ class CloseReason(enum.StrEnum):
     MANUAL = "MANUAL"
     SIGNAL_CANCELLED = "SIGNAL_CANCELLED"
     ADMIN = "ADMIN"
+    RISK_LIMIT = "RISK_LIMIT"  # a CLOSE_ALL risk limit of the device's policy was reached
 
 
 class CloseCommandStatus(enum.StrEnum):
@@ -119,6 +120,7 @@ class AlertKind(enum.StrEnum):
     DEVICE_SILENT = "DEVICE_SILENT"  # an open position's device not heard from for long
     DEVICE_DISCONNECTED = "DEVICE_DISCONNECTED"  # a device with open positions disconnected for a while
     CLOSE_FAILED = "CLOSE_FAILED"
+    RISK_STOPOUT = "RISK_STOPOUT"  # a risk limit was reached; resolved when its stopout ends
 
 
 class ActorType(enum.StrEnum):
@@ -149,3 +151,20 @@ class LedgerEntryKind(enum.StrEnum):  # what each moves: backoffice/affiliates/l
     PAYOUT_REQUESTED = "PAYOUT_REQUESTED"
     PAYOUT_REJECTED = "PAYOUT_REJECTED"
     PAYOUT_PAID = "PAYOUT_PAID"
+
+
+class RiskPeriod(enum.StrEnum):
+    DAY = "DAY"
+    WEEK = "WEEK"
+    MONTH = "MONTH"
+    LIFETIME = "LIFETIME"
+
+
+class RiskMetric(enum.StrEnum):
+    LOSS = "LOSS"  # the period's reference balance minus the current equity
+    DRAWDOWN = "DRAWDOWN"  # the period's highest equity minus the current equity
+
+
+class RiskAction(enum.StrEnum):
+    STOP_OPENING = "STOP_OPENING"
+    CLOSE_ALL = "CLOSE_ALL"

@@ -24,6 +24,11 @@ FRAMES = Counter(
     "signalhub_gateway_frames_total", "Device frames answered, by frame kind and receipt status", ["kind", "status"]
 )
 PUSHED = Counter("signalhub_gateway_instructions_total", "Sealed instructions pushed", ["kind"])
+ACCOUNT_STATES = Counter(
+    "signalhub_gateway_account_states_total",
+    "Devices' AccountState frames answered, by outcome (receipt status)",
+    ["outcome"],
+)
 APPROVAL_TO_DELIVERY = Histogram(
     "signalhub_approval_to_delivery_seconds",
     "From a delivery's creation (its approval) to its first push to the device",
@@ -60,6 +65,13 @@ MONITOR_ROUND = Histogram(
     buckets=_LATENCY,
 )
 ALERTS_RAISED = Counter("signalhub_alerts_raised_total", "Alerts raised (one per incident)", ["kind"])
+# Risk protection: limits reached, and deliveries the owners' guards skipped.
+RISK_STOPOUTS = Counter(
+    "signalhub_risk_stopouts_total", "Stopouts recorded (a risk limit reached)", ["period", "metric", "action"]
+)
+RISK_GUARD_SKIPS = Counter(
+    "signalhub_risk_guard_skips_total", "Deliveries skipped by the owner's risk guards", ["reason"]
+)
 
 # Every server process: how late its event loop runs what is ready (a blocked loop delays every stream).
 EVENT_LOOP_LAG = Gauge(

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, any_, literal, select, text, update
+from sqlalchemy import ColumnElement, and_, any_, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -193,6 +193,31 @@ class CloseTarget:
     completed_at: datetime | None = None
     changed: bool = False
     effect: PositionEventKind | None = None
+
+
+async def close_open(
+    session: AsyncSession,
+    which: ColumnElement[bool],
+    reason: CloseReason,
+    now: datetime,
+    *,
+    actor_type: ActorType,
+    actor_id: uuid.UUID | None = None,
+) -> list[Queued]:
+    """A close command (``reason``) for each OPEN position ``which`` selects (a signal's, a device's),
+    locked in id order, through ``queue_closes``."""
+    found = (
+        await session.scalars(
+            select(Position)
+            .where(which, Position.status == PositionStatus.OPEN)
+            .order_by(Position.id)
+            .with_for_update()
+        )
+    ).all()
+    closings = [
+        Closing(p.id, p.device_id, p.volume, reason, stop_loss=p.stop_loss, take_profit=p.take_profit) for p in found
+    ]
+    return await queue_closes(session, closings, now, actor_type=actor_type, actor_id=actor_id)
 
 
 async def lock_close_targets(

@@ -7,8 +7,9 @@ once through an ``Executor`` (``PaperExecutor``, ``Mt5Executor``), with a durabl
     await client.run()  # until client.stop()
 
 Modules: ``client`` (reconnect and failover), ``stream`` (one session), ``orders`` (executing
-instructions), ``ledger`` and ``outbox`` (durability), ``frames``, ``config``, ``errors``, ``executors``,
-and ``cli`` (`signalhub bridge`). It imports only ``signalhub.protocol``, ``signalhub.v1`` and itself.
+instructions), ``account`` (the account's state for the gateway's risk limits), ``ledger`` and ``outbox``
+(durability), ``frames``, ``config``, ``errors``, ``executors``, and ``cli`` (`signalhub bridge`). It
+imports only ``signalhub.protocol``, ``signalhub.v1`` and itself.
 """
 
 from gateway.bridge import executors

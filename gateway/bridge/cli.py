@@ -56,6 +56,16 @@ class _NoSecretsHere(argparse.Action):
         parser.exit(2, f"{parser.prog}: a secret is never given on the command line: set {SECRET_ENV}\n")
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return seconds
+
+
 def _decimal(text: str) -> Decimal:
     try:
         return Decimal(text)
@@ -86,6 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--insecure",
         action="store_true",
         help="allow plaintext to a gateway beyond loopback: anyone on the path can read and alter the traffic",
+    )
+    parser.add_argument(
+        "--account-state-interval",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="while positions are open, send the account's state when equity moved, at most this often "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s"
@@ -181,6 +199,7 @@ def build_config(args: argparse.Namespace, credentials: Credentials) -> BridgeCo
         tls=args.tls or root_certificates is not None,
         root_certificates=root_certificates,
         insecure=args.insecure,
+        account_state_interval=args.account_state_interval,
     )
     if config.insecure:
         log.warning(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from gateway.bridge.account import AccountReporter
 from gateway.bridge.config import BridgeConfig, BridgeStats
 from gateway.bridge.errors import DeviceRevoked
 from gateway.bridge.executors.base import Executor, ExecutorError
@@ -55,8 +56,11 @@ class BridgeClient:
         self._rng = random.Random(seed)  # noqa: S311 - backoff jitter, not cryptography
         self._stopping = asyncio.Event()
         self._outbox = Outbox(self.ledger)
-        self._orders = Orders(config, executor, self._outbox, self.stats, self._stopping)
-        self._stream = Stream(config, Secret(secret), executor, self._outbox, self._orders, self.stats, self._stopping)
+        account = AccountReporter(config, executor, self.stats)
+        self._orders = Orders(config, executor, self._outbox, self.stats, self._stopping, account.traded)
+        self._stream = Stream(
+            config, Secret(secret), executor, self._outbox, self._orders, self.stats, self._stopping, account
+        )
 
     def __repr__(self) -> str:
         return f"BridgeClient(device_id={self.config.device_id!r}, gateways={self.config.gateways!r})"

@@ -46,6 +46,9 @@ class BridgeConfig:
     healthy_after: float = 5.0  # a session this long (after Welcome) resets the backoff
     quote_interval: float = 1.0
     quote_refresh: float = 10.0  # an unchanged quote is sent again this often
+    # While positions are open, the account's state is sent when its equity moved, at most this often
+    # (and after every fill and close result, and at every Welcome, whatever this says).
+    account_state_interval: float = 2.0
     # An order whose outcome is unknown is looked up again after this, doubling up to the cap (and at
     # once after every reconnect), until the terminal answers.
     lookup_backoff_base: float = 1.0
@@ -60,6 +63,8 @@ class BridgeConfig:
             raise ValueError("at least one gateway address is needed")
         if self.max_concurrent_orders < 1:
             raise ValueError("max_concurrent_orders must be at least 1")
+        if not self.account_state_interval > 0:
+            raise ValueError("account_state_interval must be more than 0 seconds")
         exposed = tuple(address for address in self.gateways if not is_loopback(address))
         if exposed and not self.tls and not self.insecure:
             raise PlaintextRefused(exposed)
@@ -83,4 +88,5 @@ class BridgeStats:
     receipts: int = 0
     receipts_rejected: int = 0
     quotes_sent: int = 0
+    account_states_sent: int = 0
     lookups_failed: int = 0  # order lookups the terminal could not answer (the outcome stayed unknown)

@@ -75,6 +75,19 @@ def hello(version: str, account: AccountInfo, symbols: Sequence[SymbolInfo]) -> 
     )
 
 
+def account_state(account: AccountInfo, state_time: datetime) -> pb.DeviceFrame:
+    """The account as the terminal reported it at ``state_time`` (an ephemeral frame: no frame_id yet)."""
+    return pb.DeviceFrame(
+        account_state=pb.AccountState(
+            balance=decimal_text(account.balance),
+            equity=decimal_text(account.equity),
+            margin=decimal_text(account.margin),
+            free_margin=decimal_text(account.free_margin),
+            state_time=timestamp(state_time),
+        )
+    )
+
+
 def heartbeat() -> pb.DeviceFrame:
     return pb.DeviceFrame(heartbeat=pb.Heartbeat(send_time=timestamp(datetime.now(UTC))))
 

@@ -38,6 +38,8 @@ log = logging.getLogger("signalhub.bridge")
 
 # The reports of an instruction a previous run claimed and the terminal then knew nothing of: at most once,
 # so never executed again (an order still in flight at the broker would be doubled), and reported as such.
+# The Ack reason for an order refused because the market moved beyond the delivery's max_deviation.
+PRICE_DEVIATION = "PRICE_DEVIATION"
 INTERRUPTED_PLACING = "interrupted: the bridge stopped while placing the order; not retried"
 INTERRUPTED_CLOSING = "interrupted: the bridge stopped before the terminal closed"
 
@@ -47,13 +49,20 @@ class Orders:
     ``max_concurrent_orders`` at the broker at once."""
 
     def __init__(
-        self, config: BridgeConfig, executor: Executor, outbox: Outbox, stats: BridgeStats, stopping: asyncio.Event
+        self,
+        config: BridgeConfig,
+        executor: Executor,
+        outbox: Outbox,
+        stats: BridgeStats,
+        stopping: asyncio.Event,
+        on_trade: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.executor = executor
         self.outbox = outbox
         self.stats = stats
         self._stopping = stopping
+        self._on_trade = on_trade  # told after each fill and close result reported: the account changed
         self._slots = asyncio.Semaphore(config.max_concurrent_orders)
         self.tasks: set[asyncio.Task[None]] = set()
         self._welcomed = asyncio.Event()  # set, and replaced, at every Welcome: wakes pending lookups
@@ -169,11 +178,16 @@ class Orders:
                     await self._refuse(delivery_id, f"no_quote: no price for {order.instrument} to check max_deviation")
                     return
                 if abs(market - entry) > max_deviation:
-                    await self._refuse(
-                        delivery_id,
-                        f"max_deviation: market {decimal_text(market)} is {decimal_text(abs(market - entry))} from "
-                        f"entry {decimal_text(entry)} (max {decimal_text(max_deviation)})",
+                    log.info(
+                        "the market moved beyond max_deviation",
+                        extra={
+                            "delivery_id": delivery_id,
+                            "market": decimal_text(market),
+                            "entry": decimal_text(entry),
+                            "max_deviation": decimal_text(max_deviation),
+                        },
                     )
+                    await self._refuse(delivery_id, PRICE_DEVIATION)  # the contract's reason, as it is
                     return
             if self._expired(delivery):  # the price check may have taken a while
                 await self._refuse(delivery_id, f"expired: expire_time {frames.expiry(delivery)} has passed")
@@ -235,6 +249,7 @@ class Orders:
         if fill is None:
             log.info("delivery rejected", extra={"delivery_id": delivery_id, "reason": reason})
         else:
+            self._on_trade()
             log.info(
                 "delivery filled",
                 extra={
@@ -298,6 +313,7 @@ class Orders:
         command_id = result.command_id
         frame = frames.close_result(result)
         await self.outbox.report([frame], lambda: self.outbox.ledger.finish_close(command_id, result, frame))
+        self._on_trade()
         if result.success:
             self.stats.closed += 1
         else:

@@ -23,11 +23,11 @@ _T = TypeVar("_T")
 @dataclass
 class Uplink:
     """What one session sends, in order: durable frames (each queued once, unless sent ``again``) and
-    ephemeral ones (Hello, Heartbeat, Quote), whose receipts are only counted."""
+    ephemeral ones (Hello, Heartbeat, Quote, AccountState), whose receipts are only counted."""
 
     queue: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     queued: set[str] = field(default_factory=set)  # durable frame ids already queued on this stream
-    ephemeral: set[str] = field(default_factory=set)  # hello/heartbeat/quote frame ids awaiting receipts
+    ephemeral: set[str] = field(default_factory=set)  # ephemeral frame ids awaiting receipts
 
     def put(self, frame: OutFrame, *, again: bool = False) -> None:
         if frame.frame_id in self.queued and not again:

@@ -1,5 +1,6 @@
 """One session on a gateway's ``DeviceGateway.Connect`` stream: open it signed, say Hello, wait for Welcome,
-then send (outbox, heartbeats, quotes) and read (receipts, sealed instructions) until it ends.
+then send (outbox, heartbeats, quotes, account states) and read (receipts, sealed instructions) until it
+ends.
 
 Instructions arrive sealed with a key derived from this device's secret; one that does not open is
 refused and never executed. A gateway silent for three heartbeats ends the session.
@@ -17,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gateway.bridge import frames
+from gateway.bridge.account import AccountReporter
 from gateway.bridge.config import BridgeConfig, BridgeStats, channel_options
 from gateway.bridge.executors.base import Executor, ExecutorError
 from gateway.bridge.orders import Orders
@@ -65,6 +67,7 @@ class Stream:
         orders: Orders,
         stats: BridgeStats,
         stopping: asyncio.Event,
+        account: AccountReporter,
     ) -> None:
         self.config = config
         self._secret = secret
@@ -74,6 +77,7 @@ class Stream:
         self.orders = orders
         self.stats = stats
         self._stopping = stopping
+        self._account = account
         self._last_quotes: dict[str, tuple[str, str, float]] = {}
         self.connected = asyncio.Event()
         self.address: str | None = None
@@ -101,12 +105,16 @@ class Stream:
             call = stub.Connect(metadata=metadata)
             session = Session(address=address, call=call, last_heard=asyncio.get_running_loop().time())
             self.stats.sessions += 1
-            hello = frames.hello(
-                self.config.bridge_version, await self.executor.account(), await self.executor.symbols()
-            )
+            account = await self.executor.account()
+            hello = frames.hello(self.config.bridge_version, account, await self.executor.symbols())
             session.uplink.mark_ephemeral(hello)
             await call.write(hello)
             await asyncio.wait_for(self._await_welcome(session), self.config.welcome_timeout)
+            # The session's first account state, once welcomed: written before the Welcome, it could race a
+            # gateway refusing the open, and gRPC then reports INTERNAL instead of why it refused.
+            opening = self._account.opening_state(account)
+            if opening is not None:
+                session.uplink.put_ephemeral(opening)
             backlog = await self.outbox.attach(session.uplink)
             self.stats.frames_resent += backlog
             self.address = address
@@ -118,6 +126,7 @@ class Stream:
                 asyncio.create_task(self._read_loop(session), name="bridge-read"),
                 asyncio.create_task(self._heartbeat_loop(session), name="bridge-heartbeat"),
                 asyncio.create_task(self._quote_loop(session), name="bridge-quotes"),
+                asyncio.create_task(self._account.run(session.uplink), name="bridge-account"),
                 asyncio.create_task(self._wait_stop(), name="bridge-stop"),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

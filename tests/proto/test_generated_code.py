@@ -292,6 +292,12 @@ SERVICES: dict[str, dict[str, Rpc]] = {
         "RotateProducerSecret": _unary("RotateProducerSecretRequest", "RotateProducerSecretResponse"),
         "RevokeProducer": _unary("RevokeProducerRequest", "Producer"),
     },
+    "RiskService": {
+        "GetRiskPolicy": _unary("GetRiskPolicyRequest", "RiskPolicy"),
+        "UpdateRiskPolicy": _unary("UpdateRiskPolicyRequest", "RiskPolicy"),
+        "ListStopouts": _unary("ListStopoutsRequest", "ListStopoutsResponse"),
+        "ResetStopout": _unary("ResetStopoutRequest", "Stopout"),
+    },
     "SignalService": {
         "SubmitSignal": _unary("SubmitSignalRequest", "Signal"),
         "CancelSignal": _unary("CancelSignalRequest", "Signal"),
@@ -857,6 +863,9 @@ STORED_ENUMS: dict[str, type[StrEnum]] = {
     "AlertKind": stored.AlertKind,
     "PayoutStatus": stored.PayoutStatus,
     "ActorType": stored.ActorType,
+    "RiskPeriod": stored.RiskPeriod,
+    "RiskMetric": stored.RiskMetric,
+    "RiskAction": stored.RiskAction,
 }
 
 ENUMS: dict[str, list[str]] = {name: [member.value for member in kind] for name, kind in STORED_ENUMS.items()} | {
@@ -914,7 +923,7 @@ def test_every_enum_starts_with_unspecified_zero() -> None:
 
 def test_every_list_rpc_pages() -> None:
     list_methods = [m for m in all_methods() if m.name.startswith("List")]
-    assert len(list_methods) == 13
+    assert len(list_methods) == 14
     for method in list_methods:
         request = method.input_type
         response = method.output_type

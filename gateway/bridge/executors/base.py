@@ -39,11 +39,14 @@ class OrderSide(enum.StrEnum):
 
 @dataclass(frozen=True)
 class AccountInfo:
-    """The trading account, as sent in Hello."""
+    """The trading account, as sent in Hello (currency, balance, equity) and AccountState (all but the
+    currency; margin and free margin only when the terminal knows them)."""
 
     currency: str
     balance: Decimal
     equity: Decimal
+    margin: Decimal | None = None
+    free_margin: Decimal | None = None
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,9 @@ class Mt5Executor(base.Executor):
         info = await self._call(self._mt5.account_info)
         if info is None:
             raise base.ExecutorError(f"no account information ({self._error()})")
-        return base.AccountInfo(str(info.currency), _dec(info.balance), _dec(info.equity))
+        return base.AccountInfo(
+            str(info.currency), _dec(info.balance), _dec(info.equity), _dec(info.margin), _dec(info.margin_free)
+        )
 
     @staticmethod
     def _symbol(info: Any) -> base.SymbolInfo:

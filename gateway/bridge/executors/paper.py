@@ -131,13 +131,17 @@ class PaperExecutor(base.Executor):
         return base.Price(instrument, bid, bid + tick * self.config.spread_ticks, base.now())
 
     async def account(self) -> base.AccountInfo:
-        equity = self.config.balance + self._realised
+        """From the paper book: the balance is the starting balance plus the profit of every close, the
+        equity the balance plus the open positions' floating profit at the current quote (a BUY's at the
+        bid, a SELL's at the ask), without moving the market."""
+        balance = self.config.balance + self._realised
+        equity = balance
         for position in self._positions.values():
             price = self._price(position.instrument, move=False)
             entry = self._entry.get(position.broker_ticket)
             if price is not None and entry is not None:
                 equity += self._profit(position, entry, price)
-        return base.AccountInfo(self.config.currency, self.config.balance + self._realised, equity)
+        return base.AccountInfo(self.config.currency, balance, equity)
 
     def _profit(self, position: base.HeldPosition, entry: Decimal, price: base.Price) -> Decimal:
         return self._profit_at(position, entry, price.bid if position.side is base.OrderSide.BUY else price.ask)

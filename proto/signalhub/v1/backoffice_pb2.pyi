@@ -554,6 +554,10 @@ class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.V
     """Closing a position failed (the device's error, or no CloseResult after the bounded
     re-sends); resolved when a later CloseResult closes it.
     """
+    ALERT_KIND_RISK_STOPOUT: _AlertKind.ValueType  # 4
+    """A risk limit of a device's policy was reached (a Stopout was recorded); resolved when the
+    stopout ends (its period's end, or ResetStopout).
+    """
 
 class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
     """What an alert is about."""
@@ -570,6 +574,10 @@ resolved when it reconnects or holds no open position.
 ALERT_KIND_CLOSE_FAILED: AlertKind.ValueType  # 3
 """Closing a position failed (the device's error, or no CloseResult after the bounded
 re-sends); resolved when a later CloseResult closes it.
+"""
+ALERT_KIND_RISK_STOPOUT: AlertKind.ValueType  # 4
+"""A risk limit of a device's policy was reached (a Stopout was recorded); resolved when the
+stopout ends (its period's end, or ResetStopout).
 """
 Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
 
@@ -624,6 +632,80 @@ ACTOR_TYPE_DEVICE: ActorType.ValueType  # 3
 ACTOR_TYPE_SYSTEM: ActorType.ValueType  # 4
 """The server itself (workers, expiry, the CLI)."""
 Global___ActorType: _TypeAlias = ActorType  # noqa: Y015
+
+class _RiskPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RiskPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RiskPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RISK_PERIOD_UNSPECIFIED: _RiskPeriod.ValueType  # 0
+    RISK_PERIOD_DAY: _RiskPeriod.ValueType  # 1
+    """The UTC day."""
+    RISK_PERIOD_WEEK: _RiskPeriod.ValueType  # 2
+    """The UTC week, from Monday."""
+    RISK_PERIOD_MONTH: _RiskPeriod.ValueType  # 3
+    """The UTC calendar month."""
+    RISK_PERIOD_LIFETIME: _RiskPeriod.ValueType  # 4
+    """Since the limit was set or its stopout reset."""
+
+class RiskPeriod(_RiskPeriod, metaclass=_RiskPeriodEnumTypeWrapper):
+    """The calendar period a limit measures, in UTC (weeks start on Monday)."""
+
+RISK_PERIOD_UNSPECIFIED: RiskPeriod.ValueType  # 0
+RISK_PERIOD_DAY: RiskPeriod.ValueType  # 1
+"""The UTC day."""
+RISK_PERIOD_WEEK: RiskPeriod.ValueType  # 2
+"""The UTC week, from Monday."""
+RISK_PERIOD_MONTH: RiskPeriod.ValueType  # 3
+"""The UTC calendar month."""
+RISK_PERIOD_LIFETIME: RiskPeriod.ValueType  # 4
+"""Since the limit was set or its stopout reset."""
+Global___RiskPeriod: _TypeAlias = RiskPeriod  # noqa: Y015
+
+class _RiskMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RiskMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RiskMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RISK_METRIC_UNSPECIFIED: _RiskMetric.ValueType  # 0
+    RISK_METRIC_LOSS: _RiskMetric.ValueType  # 1
+    """The period's reference balance minus the current equity."""
+    RISK_METRIC_DRAWDOWN: _RiskMetric.ValueType  # 2
+    """The highest equity reported in the period minus the current equity."""
+
+class RiskMetric(_RiskMetric, metaclass=_RiskMetricEnumTypeWrapper):
+    """What a limit measures."""
+
+RISK_METRIC_UNSPECIFIED: RiskMetric.ValueType  # 0
+RISK_METRIC_LOSS: RiskMetric.ValueType  # 1
+"""The period's reference balance minus the current equity."""
+RISK_METRIC_DRAWDOWN: RiskMetric.ValueType  # 2
+"""The highest equity reported in the period minus the current equity."""
+Global___RiskMetric: _TypeAlias = RiskMetric  # noqa: Y015
+
+class _RiskAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RiskActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RiskAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RISK_ACTION_UNSPECIFIED: _RiskAction.ValueType  # 0
+    RISK_ACTION_STOP_OPENING: _RiskAction.ValueType  # 1
+    """No new delivery for the device while the stopout is active."""
+    RISK_ACTION_CLOSE_ALL: _RiskAction.ValueType  # 2
+    """That, and every open position of the device is closed (one close command each)."""
+
+class RiskAction(_RiskAction, metaclass=_RiskActionEnumTypeWrapper):
+    """What reaching a limit does."""
+
+RISK_ACTION_UNSPECIFIED: RiskAction.ValueType  # 0
+RISK_ACTION_STOP_OPENING: RiskAction.ValueType  # 1
+"""No new delivery for the device while the stopout is active."""
+RISK_ACTION_CLOSE_ALL: RiskAction.ValueType  # 2
+"""That, and every open position of the device is closed (one close command each)."""
+Global___RiskAction: _TypeAlias = RiskAction  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
@@ -4194,3 +4276,305 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class RiskLimit(_message.Message):
+    """One limit: reached when the metric is at least max_amount, or at least max_percent of its
+    reference (the balance, or the highest equity); at least one of the two is set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    MAX_AMOUNT_FIELD_NUMBER: _builtins.int
+    MAX_PERCENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    period: Global___RiskPeriod.ValueType
+    """The period it measures; required."""
+    metric: Global___RiskMetric.ValueType
+    """What it measures; required."""
+    max_amount: _builtins.str
+    """In the account's currency (positive decimal string; "" = none)."""
+    max_percent: _builtins.str
+    """Percent of the reference (positive decimal string, at most 100; "" = none)."""
+    action: Global___RiskAction.ValueType
+    """What reaching it does; required."""
+    def __init__(
+        self,
+        *,
+        period: Global___RiskPeriod.ValueType = ...,
+        metric: Global___RiskMetric.ValueType = ...,
+        max_amount: _builtins.str = ...,
+        max_percent: _builtins.str = ...,
+        action: Global___RiskAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "max_amount", b"max_amount", "max_percent", b"max_percent", "metric", b"metric", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RiskLimit: _TypeAlias = RiskLimit  # noqa: Y015
+
+@_typing.final
+class RiskPolicy(_message.Message):
+    """A device's risk policy. Every number 0 (or "") means no limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    MAX_OPEN_POSITIONS_FIELD_NUMBER: _builtins.int
+    MAX_OPEN_POSITIONS_PER_INSTRUMENT_FIELD_NUMBER: _builtins.int
+    MAX_VOLUME_FIELD_NUMBER: _builtins.int
+    MAX_DEVIATION_FIELD_NUMBER: _builtins.int
+    MAX_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    ALLOWED_SIDES_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """The device it protects."""
+    max_open_positions: _builtins.int
+    """Open and closing positions plus deliveries still in flight; beyond it a signal is SKIPPED
+    (reason MAX_OPEN_POSITIONS).
+    """
+    max_open_positions_per_instrument: _builtins.int
+    """The same, per instrument."""
+    max_volume: _builtins.str
+    """Caps each delivery's volume (beside the subscription's cap; positive decimal string)."""
+    max_deviation: _builtins.str
+    """Sent as Delivery.max_deviation (price units): the bridge refuses to place an order whose
+    market price is farther than that from entry_price (Ack REJECTED, reason PRICE_DEVIATION).
+    """
+    max_delay_seconds: _builtins.int
+    """A delivery's expire_time is at most signal_time plus this many seconds."""
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RiskLimit]:
+        """At most 10 limits."""
+
+    @_builtins.property
+    def allowed_sides(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Side.ValueType]:
+        """When not empty, a signal of another side is SKIPPED (reason SIDE_NOT_ALLOWED)."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        limits: _abc.Iterable[Global___RiskLimit] | None = ...,
+        max_open_positions: _builtins.int = ...,
+        max_open_positions_per_instrument: _builtins.int = ...,
+        max_volume: _builtins.str = ...,
+        max_deviation: _builtins.str = ...,
+        max_delay_seconds: _builtins.int = ...,
+        allowed_sides: _abc.Iterable[_common_pb2.Side.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_sides", b"allowed_sides", "device_id", b"device_id", "limits", b"limits", "max_delay_seconds", b"max_delay_seconds", "max_deviation", b"max_deviation", "max_open_positions", b"max_open_positions", "max_open_positions_per_instrument", b"max_open_positions_per_instrument", "max_volume", b"max_volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RiskPolicy: _TypeAlias = RiskPolicy  # noqa: Y015
+
+@_typing.final
+class Stopout(_message.Message):
+    """A limit reached: while active, no new delivery for the device (SKIPPED, reason RISK_STOPOUT)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EQUITY_FIELD_NUMBER: _builtins.int
+    TRIGGER_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Its id."""
+    device_id: _builtins.str
+    """The device."""
+    reference: _builtins.str
+    """The reference it was measured from (the period's balance, or its highest equity)."""
+    value: _builtins.str
+    """The metric's value when reached (the loss or the drawdown)."""
+    equity: _builtins.str
+    """The equity that reached it."""
+    active: _builtins.bool
+    """Whether it is still in force."""
+    @_builtins.property
+    def limit(self) -> Global___RiskLimit:
+        """The limit reached."""
+
+    @_builtins.property
+    def trigger_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was reached."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it lifts by itself (its period's end; unset for LIFETIME)."""
+
+    @_builtins.property
+    def reset_time(self) -> _timestamp_pb2.Timestamp:
+        """When ResetStopout lifted it (unset otherwise)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        limit: Global___RiskLimit | None = ...,
+        reference: _builtins.str = ...,
+        value: _builtins.str = ...,
+        equity: _builtins.str = ...,
+        trigger_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        reset_time: _timestamp_pb2.Timestamp | None = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "limit", b"limit", "reset_time", b"reset_time", "trigger_time", b"trigger_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "device_id", b"device_id", "end_time", b"end_time", "equity", b"equity", "id", b"id", "limit", b"limit", "reference", b"reference", "reset_time", b"reset_time", "trigger_time", b"trigger_time", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Stopout: _TypeAlias = Stopout  # noqa: Y015
+
+@_typing.final
+class GetRiskPolicyRequest(_message.Message):
+    """The device whose policy to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """The device."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRiskPolicyRequest: _TypeAlias = GetRiskPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRiskPolicyRequest(_message.Message):
+    """A whole new policy for policy.device_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID); optional."""
+    @_builtins.property
+    def policy(self) -> Global___RiskPolicy:
+        """The policy; replaces the device's whole policy."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        policy: Global___RiskPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRiskPolicyRequest: _TypeAlias = UpdateRiskPolicyRequest  # noqa: Y015
+
+@_typing.final
+class ListStopoutsRequest(_message.Message):
+    """A device's stopouts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """The device."""
+    active_only: _builtins.bool
+    """Only the ones still in force."""
+    page_size: _builtins.int
+    """Page size (0 = 50, max 500, larger values coerced)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        active_only: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "device_id", b"device_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStopoutsRequest: _TypeAlias = ListStopoutsRequest  # noqa: Y015
+
+@_typing.final
+class ListStopoutsResponse(_message.Message):
+    """A page of stopouts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOPOUTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty at the end."""
+    @_builtins.property
+    def stopouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stopout]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        stopouts: _abc.Iterable[Global___Stopout] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "stopouts", b"stopouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStopoutsResponse: _TypeAlias = ListStopoutsResponse  # noqa: Y015
+
+@_typing.final
+class ResetStopoutRequest(_message.Message):
+    """The stopout to lift."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID); optional."""
+    id: _builtins.str
+    """The stopout."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetStopoutRequest: _TypeAlias = ResetStopoutRequest  # noqa: Y015

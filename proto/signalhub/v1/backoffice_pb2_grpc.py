@@ -2381,3 +2381,215 @@ class AuditService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RiskServiceStub:
+    """Risk protection per trading account: one device is one broker account, and its owner (or an
+    admin) caps what copying may cost it. Anyone else is answered NOT_FOUND.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetRiskPolicy = channel.unary_unary(
+                '/signalhub.v1.RiskService/GetRiskPolicy',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.GetRiskPolicyRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.RiskPolicy.FromString,
+                _registered_method=True)
+        self.UpdateRiskPolicy = channel.unary_unary(
+                '/signalhub.v1.RiskService/UpdateRiskPolicy',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.UpdateRiskPolicyRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.RiskPolicy.FromString,
+                _registered_method=True)
+        self.ListStopouts = channel.unary_unary(
+                '/signalhub.v1.RiskService/ListStopouts',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListStopoutsRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListStopoutsResponse.FromString,
+                _registered_method=True)
+        self.ResetStopout = channel.unary_unary(
+                '/signalhub.v1.RiskService/ResetStopout',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.ResetStopoutRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.Stopout.FromString,
+                _registered_method=True)
+
+
+class RiskServiceServicer:
+    """Risk protection per trading account: one device is one broker account, and its owner (or an
+    admin) caps what copying may cost it. Anyone else is answered NOT_FOUND.
+    """
+
+    def GetRiskPolicy(self, request, context):
+        """The device's policy (the empty one when none was set: no limits, every number 0 = no limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRiskPolicy(self, request, context):
+        """Replaces the device's whole policy. Bad values are INVALID_ARGUMENT with one field violation
+        each, by path (policy.limits[0].max_percent); a failed update changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStopouts(self, request, context):
+        """The device's stopouts, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetStopout(self, request, context):
+        """Lifts a stopout now; its limit then measures afresh from the next account state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RiskServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetRiskPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRiskPolicy,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.GetRiskPolicyRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.RiskPolicy.SerializeToString,
+            ),
+            'UpdateRiskPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRiskPolicy,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.UpdateRiskPolicyRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.RiskPolicy.SerializeToString,
+            ),
+            'ListStopouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStopouts,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListStopoutsRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListStopoutsResponse.SerializeToString,
+            ),
+            'ResetStopout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetStopout,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ResetStopoutRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.Stopout.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'signalhub.v1.RiskService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('signalhub.v1.RiskService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RiskService:
+    """Risk protection per trading account: one device is one broker account, and its owner (or an
+    admin) caps what copying may cost it. Anyone else is answered NOT_FOUND.
+    """
+
+    @staticmethod
+    def GetRiskPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.RiskService/GetRiskPolicy',
+            signalhub_dot_v1_dot_backoffice__pb2.GetRiskPolicyRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.RiskPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRiskPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.RiskService/UpdateRiskPolicy',
+            signalhub_dot_v1_dot_backoffice__pb2.UpdateRiskPolicyRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.RiskPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStopouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.RiskService/ListStopouts',
+            signalhub_dot_v1_dot_backoffice__pb2.ListStopoutsRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.ListStopoutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetStopout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.RiskService/ResetStopout',
+            signalhub_dot_v1_dot_backoffice__pb2.ResetStopoutRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.Stopout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1061,3 +1061,82 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RiskServiceStub:
+    """Risk protection per trading account: one device is one broker account, and its owner (or an
+    admin) caps what copying may cost it. Anyone else is answered NOT_FOUND.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RiskServiceAsyncStub: ...
+    GetRiskPolicy: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.GetRiskPolicyRequest, _backoffice_pb2.RiskPolicy]
+    """The device's policy (the empty one when none was set: no limits, every number 0 = no limit)."""
+    UpdateRiskPolicy: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.UpdateRiskPolicyRequest, _backoffice_pb2.RiskPolicy]
+    """Replaces the device's whole policy. Bad values are INVALID_ARGUMENT with one field violation
+    each, by path (policy.limits[0].max_percent); a failed update changes nothing.
+    """
+    ListStopouts: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListStopoutsRequest, _backoffice_pb2.ListStopoutsResponse]
+    """The device's stopouts, newest first."""
+    ResetStopout: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ResetStopoutRequest, _backoffice_pb2.Stopout]
+    """Lifts a stopout now; its limit then measures afresh from the next account state."""
+
+@_typing.type_check_only
+class RiskServiceAsyncStub(RiskServiceStub):
+    """Risk protection per trading account: one device is one broker account, and its owner (or an
+    admin) caps what copying may cost it. Anyone else is answered NOT_FOUND.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetRiskPolicy: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.GetRiskPolicyRequest, _backoffice_pb2.RiskPolicy]  # type: ignore[assignment]
+    """The device's policy (the empty one when none was set: no limits, every number 0 = no limit)."""
+    UpdateRiskPolicy: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.UpdateRiskPolicyRequest, _backoffice_pb2.RiskPolicy]  # type: ignore[assignment]
+    """Replaces the device's whole policy. Bad values are INVALID_ARGUMENT with one field violation
+    each, by path (policy.limits[0].max_percent); a failed update changes nothing.
+    """
+    ListStopouts: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListStopoutsRequest, _backoffice_pb2.ListStopoutsResponse]  # type: ignore[assignment]
+    """The device's stopouts, newest first."""
+    ResetStopout: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ResetStopoutRequest, _backoffice_pb2.Stopout]  # type: ignore[assignment]
+    """Lifts a stopout now; its limit then measures afresh from the next account state."""
+
+class RiskServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Risk protection per trading account: one device is one broker account, and its owner (or an
+    admin) caps what copying may cost it. Anyone else is answered NOT_FOUND.
+    """
+
+    @_abc_1.abstractmethod
+    def GetRiskPolicy(
+        self,
+        request: _backoffice_pb2.GetRiskPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.RiskPolicy, _abc.Awaitable[_backoffice_pb2.RiskPolicy]]:
+        """The device's policy (the empty one when none was set: no limits, every number 0 = no limit)."""
+
+    @_abc_1.abstractmethod
+    def UpdateRiskPolicy(
+        self,
+        request: _backoffice_pb2.UpdateRiskPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.RiskPolicy, _abc.Awaitable[_backoffice_pb2.RiskPolicy]]:
+        """Replaces the device's whole policy. Bad values are INVALID_ARGUMENT with one field violation
+        each, by path (policy.limits[0].max_percent); a failed update changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListStopouts(
+        self,
+        request: _backoffice_pb2.ListStopoutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.ListStopoutsResponse, _abc.Awaitable[_backoffice_pb2.ListStopoutsResponse]]:
+        """The device's stopouts, newest first."""
+
+    @_abc_1.abstractmethod
+    def ResetStopout(
+        self,
+        request: _backoffice_pb2.ResetStopoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.Stopout, _abc.Awaitable[_backoffice_pb2.Stopout]]:
+        """Lifts a stopout now; its limit then measures afresh from the next account state."""
+
+def add_RiskServiceServicer_to_server(servicer: RiskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

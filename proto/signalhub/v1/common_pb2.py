@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19signalhub/v1/common.proto\x12\x0csignalhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x05Quote\x12\x12\n\ninstrument\x18\x01 \x01(\t\x12\x0b\n\x03\x62id\x18\x02 \x01(\t\x12\x0b\n\x03\x61sk\x18\x03 \x01(\t\x12.\n\nquote_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*\xb9\x01\n\x0b\x43loseReason\x12\x1c\n\x18\x43LOSE_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43LOSE_REASON_STOP_LOSS\x10\x01\x12\x1c\n\x18\x43LOSE_REASON_TAKE_PROFIT\x10\x02\x12\x17\n\x13\x43LOSE_REASON_MANUAL\x10\x03\x12!\n\x1d\x43LOSE_REASON_SIGNAL_CANCELLED\x10\x04\x12\x16\n\x12\x43LOSE_REASON_ADMIN\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19signalhub/v1/common.proto\x12\x0csignalhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x05Quote\x12\x12\n\ninstrument\x18\x01 \x01(\t\x12\x0b\n\x03\x62id\x18\x02 \x01(\t\x12\x0b\n\x03\x61sk\x18\x03 \x01(\t\x12.\n\nquote_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*\xd6\x01\n\x0b\x43loseReason\x12\x1c\n\x18\x43LOSE_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43LOSE_REASON_STOP_LOSS\x10\x01\x12\x1c\n\x18\x43LOSE_REASON_TAKE_PROFIT\x10\x02\x12\x17\n\x13\x43LOSE_REASON_MANUAL\x10\x03\x12!\n\x1d\x43LOSE_REASON_SIGNAL_CANCELLED\x10\x04\x12\x16\n\x12\x43LOSE_REASON_ADMIN\x10\x05\x12\x1b\n\x17\x43LOSE_REASON_RISK_LIMIT\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIDE']._serialized_start=179
   _globals['_SIDE']._serialized_end=236
   _globals['_CLOSEREASON']._serialized_start=239
-  _globals['_CLOSEREASON']._serialized_end=424
+  _globals['_CLOSEREASON']._serialized_end=453
   _globals['_QUOTE']._serialized_start=76
   _globals['_QUOTE']._serialized_end=177
 # @@protoc_insertion_point(module_scope)

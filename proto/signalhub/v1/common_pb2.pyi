@@ -61,6 +61,8 @@ class _CloseReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CloseReas
     """The producer or an admin cancelled the signal that opened it."""
     CLOSE_REASON_ADMIN: _CloseReason.ValueType  # 5
     """An admin closed it."""
+    CLOSE_REASON_RISK_LIMIT: _CloseReason.ValueType  # 6
+    """A risk limit of the device's policy with the CLOSE_ALL action was reached."""
 
 class CloseReason(_CloseReason, metaclass=_CloseReasonEnumTypeWrapper):
     """Why a position is being closed."""
@@ -76,6 +78,8 @@ CLOSE_REASON_SIGNAL_CANCELLED: CloseReason.ValueType  # 4
 """The producer or an admin cancelled the signal that opened it."""
 CLOSE_REASON_ADMIN: CloseReason.ValueType  # 5
 """An admin closed it."""
+CLOSE_REASON_RISK_LIMIT: CloseReason.ValueType  # 6
+"""A risk limit of the device's policy with the CLOSE_ALL action was reached."""
 Global___CloseReason: _TypeAlias = CloseReason  # noqa: Y015
 
 @_typing.final

@@ -27,45 +27,47 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from signalhub.v1 import common_pb2 as signalhub_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asignalhub/v1/gateway.proto\x12\x0csignalhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19signalhub/v1/common.proto\"\x9a\x02\n\x0b\x44\x65viceFrame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12$\n\x05hello\x18\x02 \x01(\x0b\x32\x13.signalhub.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x11.signalhub.v1.AckH\x00\x12\"\n\x04\x66ill\x18\x04 \x01(\x0b\x32\x12.signalhub.v1.FillH\x00\x12\x31\n\x0c\x63lose_result\x18\x05 \x01(\x0b\x32\x19.signalhub.v1.CloseResultH\x00\x12$\n\x05quote\x18\x06 \x01(\x0b\x32\x13.signalhub.v1.QuoteH\x00\x12,\n\theartbeat\x18\x07 \x01(\x0b\x32\x17.signalhub.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"\xd6\x01\n\x0cGatewayFrame\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.signalhub.v1.WelcomeH\x00\x12\x36\n\x0binstruction\x18\x02 \x01(\x0b\x32\x1f.signalhub.v1.SealedInstructionH\x00\x12(\n\x07receipt\x18\x04 \x01(\x0b\x32\x15.signalhub.v1.ReceiptH\x00\x12,\n\theartbeat\x18\x05 \x01(\x0b\x32\x17.signalhub.v1.HeartbeatH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x03\x10\x04\"6\n\x11SealedInstruction\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"l\n\x0bInstruction\x12*\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x16.signalhub.v1.DeliveryH\x00\x12)\n\x05\x63lose\x18\x02 \x01(\x0b\x32\x18.signalhub.v1.CloseOrderH\x00\x42\x06\n\x04\x62ody\"\x85\x01\n\x05Hello\x12\x16\n\x0e\x62ridge_version\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63\x63ount_currency\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\t\x12\x0e\n\x06\x65quity\x18\x04 \x01(\t\x12)\n\x07symbols\x18\x05 \x03(\x0b\x32\x18.signalhub.v1.SymbolSpec\"\x95\x01\n\nSymbolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rcontract_size\x18\x02 \x01(\t\x12\x11\n\ttick_size\x18\x03 \x01(\t\x12\x12\n\ntick_value\x18\x04 \x01(\t\x12\x12\n\nvolume_min\x18\x05 \x01(\t\x12\x13\n\x0bvolume_step\x18\x06 \x01(\t\x12\x12\n\nvolume_max\x18\x07 \x01(\t\"|\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\x05\":\n\tHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe6\x01\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x11\n\tsignal_id\x18\x02 \x01(\t\x12\x12\n\ninstrument\x18\x03 \x01(\t\x12 \n\x04side\x18\x04 \x01(\x0e\x32\x12.signalhub.v1.Side\x12\x0e\n\x06volume\x18\x05 \x01(\t\x12\x13\n\x0b\x65ntry_price\x18\x06 \x01(\t\x12\x15\n\rmax_deviation\x18\x07 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\"Q\n\x03\x41\x63k\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12%\n\x05stage\x18\x02 \x01(\x0e\x32\x16.signalhub.v1.AckStage\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x80\x01\n\x04\x46ill\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x15\n\rbroker_ticket\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12-\n\tfill_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\nCloseOrder\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x13\n\x0bposition_id\x18\x02 \x01(\t\x12\x15\n\rbroker_ticket\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12)\n\x06reason\x18\x05 \x01(\x0e\x32\x19.signalhub.v1.CloseReason\"m\n\x0b\x43loseResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x13\n\x0b\x63lose_price\x18\x03 \x01(\t\x12\x15\n\rclosed_volume\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"k\n\x07Receipt\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.signalhub.v1.ReceiptStatus\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status*k\n\x08\x41\x63kStage\x12\x19\n\x15\x41\x43K_STAGE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43K_STAGE_RECEIVED\x10\x01\x12\x14\n\x10\x41\x43K_STAGE_PLACED\x10\x02\x12\x16\n\x12\x41\x43K_STAGE_REJECTED\x10\x03*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03\x32U\n\rDeviceGateway\x12\x44\n\x07\x43onnect\x12\x19.signalhub.v1.DeviceFrame\x1a\x1a.signalhub.v1.GatewayFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asignalhub/v1/gateway.proto\x12\x0csignalhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19signalhub/v1/common.proto\"\xcf\x02\n\x0b\x44\x65viceFrame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12$\n\x05hello\x18\x02 \x01(\x0b\x32\x13.signalhub.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x11.signalhub.v1.AckH\x00\x12\"\n\x04\x66ill\x18\x04 \x01(\x0b\x32\x12.signalhub.v1.FillH\x00\x12\x31\n\x0c\x63lose_result\x18\x05 \x01(\x0b\x32\x19.signalhub.v1.CloseResultH\x00\x12$\n\x05quote\x18\x06 \x01(\x0b\x32\x13.signalhub.v1.QuoteH\x00\x12,\n\theartbeat\x18\x07 \x01(\x0b\x32\x17.signalhub.v1.HeartbeatH\x00\x12\x33\n\raccount_state\x18\x08 \x01(\x0b\x32\x1a.signalhub.v1.AccountStateH\x00\x42\x06\n\x04\x62ody\"\x84\x01\n\x0c\x41\x63\x63ountState\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\t\x12\x0e\n\x06\x65quity\x18\x02 \x01(\t\x12\x0e\n\x06margin\x18\x03 \x01(\t\x12\x13\n\x0b\x66ree_margin\x18\x04 \x01(\t\x12.\n\nstate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\x0cGatewayFrame\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.signalhub.v1.WelcomeH\x00\x12\x36\n\x0binstruction\x18\x02 \x01(\x0b\x32\x1f.signalhub.v1.SealedInstructionH\x00\x12(\n\x07receipt\x18\x04 \x01(\x0b\x32\x15.signalhub.v1.ReceiptH\x00\x12,\n\theartbeat\x18\x05 \x01(\x0b\x32\x17.signalhub.v1.HeartbeatH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x03\x10\x04\"6\n\x11SealedInstruction\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"l\n\x0bInstruction\x12*\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x16.signalhub.v1.DeliveryH\x00\x12)\n\x05\x63lose\x18\x02 \x01(\x0b\x32\x18.signalhub.v1.CloseOrderH\x00\x42\x06\n\x04\x62ody\"\x85\x01\n\x05Hello\x12\x16\n\x0e\x62ridge_version\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63\x63ount_currency\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\t\x12\x0e\n\x06\x65quity\x18\x04 \x01(\t\x12)\n\x07symbols\x18\x05 \x03(\x0b\x32\x18.signalhub.v1.SymbolSpec\"\x95\x01\n\nSymbolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rcontract_size\x18\x02 \x01(\t\x12\x11\n\ttick_size\x18\x03 \x01(\t\x12\x12\n\ntick_value\x18\x04 \x01(\t\x12\x12\n\nvolume_min\x18\x05 \x01(\t\x12\x13\n\x0bvolume_step\x18\x06 \x01(\t\x12\x12\n\nvolume_max\x18\x07 \x01(\t\"|\n\x07Welcome\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0bserver_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\x05\":\n\tHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe6\x01\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x11\n\tsignal_id\x18\x02 \x01(\t\x12\x12\n\ninstrument\x18\x03 \x01(\t\x12 \n\x04side\x18\x04 \x01(\x0e\x32\x12.signalhub.v1.Side\x12\x0e\n\x06volume\x18\x05 \x01(\t\x12\x13\n\x0b\x65ntry_price\x18\x06 \x01(\t\x12\x15\n\rmax_deviation\x18\x07 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\"Q\n\x03\x41\x63k\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12%\n\x05stage\x18\x02 \x01(\x0e\x32\x16.signalhub.v1.AckStage\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x80\x01\n\x04\x46ill\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x15\n\rbroker_ticket\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12-\n\tfill_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\nCloseOrder\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x13\n\x0bposition_id\x18\x02 \x01(\t\x12\x15\n\rbroker_ticket\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12)\n\x06reason\x18\x05 \x01(\x0e\x32\x19.signalhub.v1.CloseReason\"m\n\x0b\x43loseResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x13\n\x0b\x63lose_price\x18\x03 \x01(\t\x12\x15\n\rclosed_volume\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"k\n\x07Receipt\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.signalhub.v1.ReceiptStatus\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status*k\n\x08\x41\x63kStage\x12\x19\n\x15\x41\x43K_STAGE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43K_STAGE_RECEIVED\x10\x01\x12\x14\n\x10\x41\x43K_STAGE_PLACED\x10\x02\x12\x16\n\x12\x41\x43K_STAGE_REJECTED\x10\x03*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03\x32U\n\rDeviceGateway\x12\x44\n\x07\x43onnect\x12\x19.signalhub.v1.DeviceFrame\x1a\x1a.signalhub.v1.GatewayFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signalhub.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACKSTAGE']._serialized_start=2076
-  _globals['_ACKSTAGE']._serialized_end=2183
-  _globals['_RECEIPTSTATUS']._serialized_start=2186
-  _globals['_RECEIPTSTATUS']._serialized_end=2321
+  _globals['_ACKSTAGE']._serialized_start=2264
+  _globals['_ACKSTAGE']._serialized_end=2371
+  _globals['_RECEIPTSTATUS']._serialized_start=2374
+  _globals['_RECEIPTSTATUS']._serialized_end=2509
   _globals['_DEVICEFRAME']._serialized_start=130
-  _globals['_DEVICEFRAME']._serialized_end=412
-  _globals['_GATEWAYFRAME']._serialized_start=415
-  _globals['_GATEWAYFRAME']._serialized_end=629
-  _globals['_SEALEDINSTRUCTION']._serialized_start=631
-  _globals['_SEALEDINSTRUCTION']._serialized_end=685
-  _globals['_INSTRUCTION']._serialized_start=687
-  _globals['_INSTRUCTION']._serialized_end=795
-  _globals['_HELLO']._serialized_start=798
-  _globals['_HELLO']._serialized_end=931
-  _globals['_SYMBOLSPEC']._serialized_start=934
-  _globals['_SYMBOLSPEC']._serialized_end=1083
-  _globals['_WELCOME']._serialized_start=1085
-  _globals['_WELCOME']._serialized_end=1209
-  _globals['_HEARTBEAT']._serialized_start=1211
-  _globals['_HEARTBEAT']._serialized_end=1269
-  _globals['_DELIVERY']._serialized_start=1272
-  _globals['_DELIVERY']._serialized_end=1502
-  _globals['_ACK']._serialized_start=1504
-  _globals['_ACK']._serialized_end=1585
-  _globals['_FILL']._serialized_start=1588
-  _globals['_FILL']._serialized_end=1716
-  _globals['_CLOSEORDER']._serialized_start=1719
-  _globals['_CLOSEORDER']._serialized_end=1854
-  _globals['_CLOSERESULT']._serialized_start=1856
-  _globals['_CLOSERESULT']._serialized_end=1965
-  _globals['_RECEIPT']._serialized_start=1967
-  _globals['_RECEIPT']._serialized_end=2074
-  _globals['_DEVICEGATEWAY']._serialized_start=2323
-  _globals['_DEVICEGATEWAY']._serialized_end=2408
+  _globals['_DEVICEFRAME']._serialized_end=465
+  _globals['_ACCOUNTSTATE']._serialized_start=468
+  _globals['_ACCOUNTSTATE']._serialized_end=600
+  _globals['_GATEWAYFRAME']._serialized_start=603
+  _globals['_GATEWAYFRAME']._serialized_end=817
+  _globals['_SEALEDINSTRUCTION']._serialized_start=819
+  _globals['_SEALEDINSTRUCTION']._serialized_end=873
+  _globals['_INSTRUCTION']._serialized_start=875
+  _globals['_INSTRUCTION']._serialized_end=983
+  _globals['_HELLO']._serialized_start=986
+  _globals['_HELLO']._serialized_end=1119
+  _globals['_SYMBOLSPEC']._serialized_start=1122
+  _globals['_SYMBOLSPEC']._serialized_end=1271
+  _globals['_WELCOME']._serialized_start=1273
+  _globals['_WELCOME']._serialized_end=1397
+  _globals['_HEARTBEAT']._serialized_start=1399
+  _globals['_HEARTBEAT']._serialized_end=1457
+  _globals['_DELIVERY']._serialized_start=1460
+  _globals['_DELIVERY']._serialized_end=1690
+  _globals['_ACK']._serialized_start=1692
+  _globals['_ACK']._serialized_end=1773
+  _globals['_FILL']._serialized_start=1776
+  _globals['_FILL']._serialized_end=1904
+  _globals['_CLOSEORDER']._serialized_start=1907
+  _globals['_CLOSEORDER']._serialized_end=2042
+  _globals['_CLOSERESULT']._serialized_start=2044
+  _globals['_CLOSERESULT']._serialized_end=2153
+  _globals['_RECEIPT']._serialized_start=2155
+  _globals['_RECEIPT']._serialized_end=2262
+  _globals['_DEVICEGATEWAY']._serialized_start=2511
+  _globals['_DEVICEGATEWAY']._serialized_end=2596
 # @@protoc_insertion_point(module_scope)

@@ -96,6 +96,7 @@ class DeviceFrame(_message.Message):
     CLOSE_RESULT_FIELD_NUMBER: _builtins.int
     QUOTE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_STATE_FIELD_NUMBER: _builtins.int
     frame_id: _builtins.str
     """Device-chosen unique id of this frame; the gateway answers each frame with a Receipt
     carrying it. A repeated frame_id is answered DUPLICATE and changes nothing.
@@ -128,6 +129,13 @@ class DeviceFrame(_message.Message):
     def heartbeat(self) -> Global___Heartbeat:
         """Keep-alive."""
 
+    @_builtins.property
+    def account_state(self) -> Global___AccountState:
+        """The trading account's balance and equity: after the Hello, after every fill and close
+        result, and while positions are open whenever equity moved (at most every few
+        seconds). The gateway keeps the latest per device; risk limits are measured on it.
+        """
+
     def __init__(
         self,
         *,
@@ -138,16 +146,57 @@ class DeviceFrame(_message.Message):
         close_result: Global___CloseResult | None = ...,
         quote: _common_pb2.Quote | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        account_state: Global___AccountState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "close_result", b"close_result", "fill", b"fill", "heartbeat", b"heartbeat", "hello", b"hello", "quote", b"quote"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_state", b"account_state", "ack", b"ack", "body", b"body", "close_result", b"close_result", "fill", b"fill", "heartbeat", b"heartbeat", "hello", b"hello", "quote", b"quote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "body", b"body", "close_result", b"close_result", "fill", b"fill", "frame_id", b"frame_id", "heartbeat", b"heartbeat", "hello", b"hello", "quote", b"quote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_state", b"account_state", "ack", b"ack", "body", b"body", "close_result", b"close_result", "fill", b"fill", "frame_id", b"frame_id", "heartbeat", b"heartbeat", "hello", b"hello", "quote", b"quote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "ack", "fill", "close_result", "quote", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "ack", "fill", "close_result", "quote", "heartbeat", "account_state"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___DeviceFrame: _TypeAlias = DeviceFrame  # noqa: Y015
+
+@_typing.final
+class AccountState(_message.Message):
+    """The trading account as the terminal reports it, in the account's currency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    EQUITY_FIELD_NUMBER: _builtins.int
+    MARGIN_FIELD_NUMBER: _builtins.int
+    FREE_MARGIN_FIELD_NUMBER: _builtins.int
+    STATE_TIME_FIELD_NUMBER: _builtins.int
+    balance: _builtins.str
+    """Balance (decimal string, e.g. "10000.00")."""
+    equity: _builtins.str
+    """Equity: balance plus open positions' floating profit (decimal string)."""
+    margin: _builtins.str
+    """Margin in use (decimal string; optional)."""
+    free_margin: _builtins.str
+    """Free margin (decimal string, may be negative; optional)."""
+    @_builtins.property
+    def state_time(self) -> _timestamp_pb2.Timestamp:
+        """When the terminal read it."""
+
+    def __init__(
+        self,
+        *,
+        balance: _builtins.str = ...,
+        equity: _builtins.str = ...,
+        margin: _builtins.str = ...,
+        free_margin: _builtins.str = ...,
+        state_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state_time", b"state_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "equity", b"equity", "free_margin", b"free_margin", "margin", b"margin", "state_time", b"state_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountState: _TypeAlias = AccountState  # noqa: Y015
 
 @_typing.final
 class GatewayFrame(_message.Message):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -23,6 +24,8 @@ from backoffice.platform import paging
 from backoffice.platform.interceptors import Auth
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as pb
+from signalhub.v1 import backoffice_pb2_grpc as rpc
+from tests.backoffice.risk.support import add_stopouts, stopout_row
 from tests.conftest import KeyCredentials, UserCredentials, make_device, rpc_failure
 from tests.hostile import (
     HUNT,
@@ -49,11 +52,13 @@ def path(method: MethodDescriptor) -> str:
 async def world(res: Resources, user: UserCredentials, admin: UserCredentials, producer: KeyCredentials) -> Any:
     """Real objects whose ids the fuzzer may use, so calls reach the code behind the first NOT_FOUND."""
     device = await make_device(res, user)
+    [stopout_id] = await add_stopouts(res, stopout_row(device.id, datetime.now(UTC) - timedelta(minutes=1)))
     return {
         "user": user,
         "admin": admin,
         "producer": producer,
-        "known": [str(user.id), str(admin.id), str(producer.id), str(device.id)],
+        "device": device,
+        "known": [str(user.id), str(admin.id), str(producer.id), str(device.id), str(stopout_id)],
     }
 
 
@@ -113,6 +118,29 @@ async def test_bytes_that_are_not_a_message_get_a_proper_status(
     good = "signed" if METHOD_AUTH.get(name, Auth.BEARER) is not Auth.BEARER else "admin"
     body = data.draw(raw_bytes(method.input_type))
     await call(backoffice_channel, name, body, metadata_for(good, world, name, body))
+
+
+@HUNT
+@given(data=st.data())
+async def test_hostile_risk_policies_for_the_owners_device_are_refused_or_stored_whole(
+    backoffice_channel: grpc.aio.Channel, world: dict[str, Any], data: st.DataObject
+) -> None:
+    """A policy with hostile values, sent by the device's owner, so that it gets past NOT_FOUND: refused with
+    a proper status, or stored as a whole and read back as answered (the largest decimals and counts too)."""
+    policy = data.draw(messages(pb.RiskPolicy.DESCRIPTOR, world["known"]))
+    policy.device_id = str(world["device"].id)
+    risks = rpc.RiskServiceStub(backoffice_channel)
+    try:
+        stored = await risks.UpdateRiskPolicy(
+            pb.UpdateRiskPolicyRequest(policy=policy), metadata=world["user"].metadata, timeout=30
+        )
+    except grpc.aio.AioRpcError as error:
+        assert_proper_status(error)
+        return
+    read = await risks.GetRiskPolicy(
+        pb.GetRiskPolicyRequest(device_id=policy.device_id), metadata=world["user"].metadata
+    )
+    assert read == stored
 
 
 # Cursor times that overflow when converted to UTC, or lie outside any row's range.

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from backoffice.cli import commands as cli
-from gateway.bridge.cli import SECRET_ENV, CredentialsError, add_arguments, load_credentials
+from gateway.bridge.cli import (
+    SECRET_ENV,
+    Credentials,
+    CredentialsError,
+    add_arguments,
+    build_config,
+    load_credentials,
+)
 from signalhub.protocol import signing
 from signalhub.v1 import gateway_pb2 as pb
 from tests.gateway.bridge.scripted import REPO, ScriptedGateway, delivery, spawn
@@ -83,6 +90,19 @@ def test_a_secret_on_the_command_line_is_refused_without_echo(capsys: pytest.Cap
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert SECRET_ENV in err and SHOWN not in err
+
+
+def test_the_account_state_interval_is_an_option(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="signalhub bridge")
+    add_arguments(parser)
+    credentials = Credentials("d", SECRET, ("127.0.0.1:50052",))
+    assert build_config(parser.parse_args([]), credentials).account_state_interval == 2.0
+    chosen = parser.parse_args(["--account-state-interval", "0.5"])
+    assert build_config(chosen, credentials).account_state_interval == 0.5
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(["--account-state-interval", bad])
+        assert info.value.code == 2 and "--account-state-interval" in capsys.readouterr().err
 
 
 def test_mt5_off_windows_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""The bridge SDK against the real gateway on real Postgres and Redis: a MANUAL signal approved and filled,
-a gateway SIGKILLed in the middle of a burst (every delivery still executed exactly once), and an absurd
-entry price whose fill and quotes the gateway takes."""
+"""The bridge SDK against the real gateway on real Postgres and Redis: a MANUAL signal approved and filled
+(and the account state that follows), a gateway SIGKILLed in the middle of a burst (every delivery still
+executed exactly once), and an absurd entry price whose fill and quotes the gateway takes."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import grpc
 from sqlalchemy import func, select
 
 from backoffice.bootstrap import Resources
-from backoffice.models import ActorType, Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
+from backoffice.models import AccountState, ActorType, Delivery, DeliveryState, EventKind, ExecutionEvent, Quote
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import Server
 from backoffice.producer import ProducerClient
@@ -82,7 +82,7 @@ async def test_end_to_end_approve_receive_ack_fill(
     await subscribe(stack.backoffice_channel, stack.user, stack.producer, bpb.SUBSCRIPTION_MODE_MANUAL)
     executor = PaperExecutor(PaperConfig(seed=4, slippage_ticks=2))
     config = BridgeConfig(str(stack.device.id), (stack.gateway.bound_address,), tmp_path / "ledger.db")
-    async with running_bridge(config, stack.device, executor):
+    async with running_bridge(config, stack.device, executor) as client:
         async with stack.producer_client() as signals:
             signal = await signals.submit_signal("XAUUSD", "buy", entry_price="2034.15", stop_loss="2020")
         approve = bpb.ApproveSignalRequest(signal_id=signal.id, request_id=str(uuid.uuid4()))
@@ -114,6 +114,18 @@ async def test_end_to_end_approve_receive_ack_fill(
         stages = [latency.stage for latency in execution.latencies]
         assert {bpb.DELIVERY_STATE_RECEIVED, bpb.DELIVERY_STATE_PLACED, bpb.DELIVERY_STATE_FILLED} <= set(stages)
         await eventually(lambda: ledger_rows(tmp_path / "ledger.db", "outbox") == [], what="every frame receipted")
+
+        # The bridge's AccountState after the fill (the position valued at the bid) is the device's state.
+        account = await executor.account()
+        assert account.equity < account.balance
+
+        async def state_stored() -> bool:
+            async with stack.res.sessions() as session:
+                state = await session.get(AccountState, stack.device.id, populate_existing=True)
+            return state is not None and state.frame_id is not None and state.equity == account.equity
+
+        await _until(state_stored, "the account state after the fill")
+        assert client.stats.receipts_rejected == 0
 
 
 async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_once(

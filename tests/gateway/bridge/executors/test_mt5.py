@@ -61,7 +61,7 @@ class _Terminal:
         return (1, "ok")
 
     def account_info(self) -> Any:
-        return SimpleNamespace(currency="EUR", balance=1234.56, equity=1200.1)
+        return SimpleNamespace(currency="EUR", balance=1234.56, equity=1200.1, margin=203.4, margin_free=996.7)
 
     def symbols_get(self) -> Any:
         gold = SimpleNamespace(
@@ -103,6 +103,7 @@ async def test_mt5_executor_speaks_decimals_at_its_boundary() -> None:
     try:
         account = await executor.account()
         assert (account.currency, account.balance, account.equity) == ("EUR", Decimal("1234.56"), Decimal("1200.1"))
+        assert (account.margin, account.free_margin) == (Decimal("203.4"), Decimal("996.7"))
         [gold] = await executor.symbols()
         assert (gold.name, gold.tick_size, gold.volume_max) == ("GOLD.m", Decimal("0.01"), Decimal("50.0"))
         delivery_id = "0b6f4a8e-3c55-4d7e-9a43-2f1e8c1d7b90"

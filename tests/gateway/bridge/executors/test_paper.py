@@ -157,3 +157,29 @@ async def test_paper_closes_at_the_quote_with_its_slippage(side: OrderSide) -> N
     assert [c.closed_volume for _, c in executor.closes] == [Decimal("0.40"), Decimal("0.60")]
     assert any(c.close_price not in (quote.bid, quote.ask) for _, c in executor.closes)  # it does slip
     assert (await executor.account()).balance == Decimal(10000) + realised
+
+
+@pytest.mark.parametrize(
+    ("side", "floating"),
+    # 0.50 lots of 100 ounces filled at 2000.01 (a BUY, at the ask) or 1999.99 (a SELL, at the bid), valued
+    # after the move at the price that would close them: the bid 2009.99 or the ask 2010.01.
+    [(OrderSide.BUY, Decimal("499.00")), (OrderSide.SELL, Decimal("-501.00"))],
+)
+async def test_paper_account_is_its_book_at_the_current_quote(side: OrderSide, floating: Decimal) -> None:
+    """Balance: the starting balance plus what closes realised; equity: the balance plus the open
+    positions' floating profit at the current bid (a BUY) or ask (a SELL)."""
+    executor = PaperExecutor(PaperConfig(prices={"XAUUSD": Decimal("2000.00")}))
+    start = await executor.account()
+    assert (start.balance, start.equity, start.currency) == (Decimal(10000), Decimal(10000), "USD")
+    fill = await executor.place_order(order(1, side, volume="0.50"))
+    filled = await executor.account()
+    assert (filled.balance, filled.equity) == (Decimal(10000), Decimal(10000) - Decimal("1.00"))  # the spread
+    executor.set_price("XAUUSD", Decimal("2010.00"))
+    moved = await executor.account()
+    assert (moved.balance, moved.equity) == (Decimal(10000), Decimal(10000) + floating)
+    await executor.close_position(CloseRequest("half", fill.broker_ticket, Decimal("0.25")))
+    half = await executor.account()
+    assert (half.balance, half.equity) == (Decimal(10000) + floating / 2, Decimal(10000) + floating)
+    await executor.close_position(CloseRequest("rest", fill.broker_ticket))
+    closed = await executor.account()
+    assert closed.balance == closed.equity == Decimal(10000) + floating
