@@ -136,11 +136,11 @@ async def test_hostile_risk_policies_for_the_owners_device_are_refused_or_stored
         )
     except grpc.aio.AioRpcError as error:
         assert_proper_status(error)
-        return
-    read = await risks.GetRiskPolicy(
-        pb.GetRiskPolicyRequest(device_id=policy.device_id), metadata=world["user"].metadata
-    )
-    assert read == stored
+    else:
+        read = await risks.GetRiskPolicy(
+            pb.GetRiskPolicyRequest(device_id=policy.device_id), metadata=world["user"].metadata
+        )
+        assert read == stored
 
 
 # Cursor times that overflow when converted to UTC, or lie outside any row's range.
