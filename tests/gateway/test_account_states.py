@@ -6,6 +6,7 @@ more."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,17 +18,27 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from prometheus_client import REGISTRY
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import deliveries
 from backoffice.bootstrap import Resources
 from backoffice.deliveries import AccountStateReport, AckReport, DeviceReport
 from backoffice.devices.account_states import StoredAccountState
-from backoffice.models import AccountState, DeliveryState, EventKind
+from backoffice.models import (
+    AccountState,
+    DeliveryState,
+    EventKind,
+    RiskAction,
+    RiskMetric,
+    RiskPeriod,
+    RiskPolicy,
+    Stopout,
+)
+from backoffice.risk.policy import Limit
 from signalhub.v1 import gateway_pb2 as pb
 from tests.conftest import KeyCredentials, UserCredentials, make_device
-from tests.gateway.support import HELLO, Book, events, gateway, stream
+from tests.gateway.support import HELLO, Book, events, eventually, gateway, stream
 
 ACCEPTED, DUPLICATE, REJECTED = pb.RECEIPT_STATUS_ACCEPTED, pb.RECEIPT_STATUS_DUPLICATE, pb.RECEIPT_STATUS_REJECTED
 QUIET = {"sweep_interval_seconds": 60.0, "ack_timeout_seconds": 60.0}
@@ -275,3 +286,36 @@ async def test_a_batch_without_states_costs_no_statement_more(
     added = [s for s in with_states if "account_states" in s]
     policies = [s for s in with_states if "risk_policies" in s]
     assert len(with_states) == len(ack_only) + 3 and len(added) == 2 and len(policies) == 1
+
+
+async def test_two_replicas_receiving_the_same_devices_frames_record_one_stopout(
+    res: Resources, device: KeyCredentials
+) -> None:
+    """The device moves to a second gateway replica while the first still applies its frame: the same
+    crossing state reaches both, each measures the limit in its own transaction; one stopout is recorded."""
+    now = datetime.now(UTC)
+    limit = Limit.of(RiskPeriod.DAY, RiskMetric.LOSS, None, Decimal(5), RiskAction.STOP_OPENING, now)
+    async with res.sessions.begin() as session:
+        session.add(RiskPolicy(device_id=device.id, limits=[limit.to_json()]))
+    async with gateway(res, **QUIET) as (_, first), gateway(res, **QUIET) as (_, second):
+        async with stream(first, device) as early:
+            baseline = state_frame(now - timedelta(seconds=2), balance="10000", equity="10000")
+            assert (await early.receipt(baseline)).status == ACCEPTED
+        # Two states under the limit, the second newer: each replica stores and measures the one it got.
+        crossing = [state_frame(now - timedelta(seconds=n), balance="10000", equity="9000") for n in (1, 0)]
+        async with stream(first, device) as one:
+            await one.send(crossing[0])
+            async with stream(second, device) as other:  # takes the device over
+                assert (await other.receipt(crossing[1])).status == ACCEPTED
+
+                async def stopouts() -> list[Stopout]:
+                    async with res.sessions() as session:
+                        return list(await session.scalars(select(Stopout).where(Stopout.device_id == device.id)))
+
+                await eventually(lambda: _one(stopouts()), "the crossing state to be measured")
+                await asyncio.sleep(0.5)  # the first replica's transaction has long committed by now
+                assert len(await stopouts()) == 1
+
+
+async def _one(found: Any) -> bool:
+    return len(await found) == 1
