@@ -61,8 +61,8 @@ def plan_for_approval(
         if refused is not None:
             RISK_GUARD_SKIPS.labels(refused).inc()
         device_rule = rule
-        if guard is not None and guard.max_volume is not None:
-            cap = guard.max_volume if rule.max_volume is None else min(rule.max_volume, guard.max_volume)
+        if guard is not None and guard.policy.max_volume is not None:
+            cap = guard.policy.max_volume if rule.max_volume is None else min(rule.max_volume, guard.policy.max_volume)
             device_rule = replace(rule, max_volume=cap)
         sized = (
             sizing.Sized(None, refused)
@@ -79,9 +79,10 @@ def plan_for_approval(
         expire_time, max_deviation = signal.expire_time, None
         if guard is not None and sized.volume is not None:
             guard.take(instrument)
-            max_deviation = guard.max_deviation
-            if guard.max_delay_seconds:
-                expire_time = min(expire_time, signal.signal_time + timedelta(seconds=guard.max_delay_seconds))
+            max_deviation = guard.policy.max_deviation
+            if guard.policy.max_delay_seconds:
+                delay = timedelta(seconds=guard.policy.max_delay_seconds)
+                expire_time = min(expire_time, signal.signal_time + delay)
         planned.rows.append(
             {
                 "id": uuid.uuid4(),

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,27 +33,28 @@ SIDE_NOT_ALLOWED = "SIDE_NOT_ALLOWED"
 
 @dataclass
 class DeviceGuard:
-    """One device's guards, and what it holds now (updated as this approval plans deliveries)."""
+    """One device's policy, whether a stopout of it is active, and what it holds now (updated as this
+    approval plans deliveries)."""
 
+    policy: risk.Policy
     stopped: bool = False
-    max_open_positions: int = 0
-    max_open_positions_per_instrument: int = 0
-    max_volume: Decimal | None = None
-    max_deviation: Decimal | None = None
-    max_delay_seconds: int = 0
-    allowed_sides: frozenset[Side] = frozenset()
     held: int = 0  # OPEN and CLOSING positions plus deliveries in flight
     held_by_instrument: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def caps_positions(self) -> bool:
+        return bool(self.policy.max_open_positions or self.policy.max_open_positions_per_instrument)
+
     def refusal(self, side: Side, instrument: str) -> str | None:
         """Why a new delivery of ``side`` on ``instrument`` (the broker's symbol) is skipped, or None."""
+        policy = self.policy
         if self.stopped:
             return RISK_STOPOUT
-        if self.allowed_sides and side not in self.allowed_sides:
+        if not policy.allows_side(side):
             return SIDE_NOT_ALLOWED
-        if self.max_open_positions and self.held >= self.max_open_positions:
+        if policy.max_open_positions and self.held >= policy.max_open_positions:
             return MAX_OPEN_POSITIONS
-        per_instrument = self.max_open_positions_per_instrument
+        per_instrument = policy.max_open_positions_per_instrument
         if per_instrument and self.held_by_instrument.get(instrument, 0) >= per_instrument:
             return MAX_OPEN_POSITIONS
         return None
@@ -77,21 +77,12 @@ async def load(session: AsyncSession, device_ids: Collection[uuid.UUID], now: da
         return {}
     policies = await risk.load_policies(session, ids)
     stopped = await risk.active_stopouts(session, ids, now)
-    guards: dict[uuid.UUID, DeviceGuard] = {}
-    for device_id in ids:
-        policy = policies[device_id]
-        if policy.is_empty and device_id not in stopped:
-            continue
-        guards[device_id] = DeviceGuard(
-            stopped=device_id in stopped,
-            max_open_positions=policy.max_open_positions,
-            max_open_positions_per_instrument=policy.max_open_positions_per_instrument,
-            max_volume=policy.max_volume,
-            max_deviation=policy.max_deviation,
-            max_delay_seconds=policy.max_delay_seconds,
-            allowed_sides=policy.allowed_sides,
-        )
-    capped = sorted(d for d, g in guards.items() if g.max_open_positions or g.max_open_positions_per_instrument)
+    guards = {
+        device_id: DeviceGuard(policies[device_id], stopped=device_id in stopped)
+        for device_id in ids
+        if not policies[device_id].is_empty or device_id in stopped
+    }
+    capped = sorted(d for d, g in guards.items() if g.caps_positions)
     if capped:
         await _lock(session, capped)
         await _count_held(session, capped, guards)
