@@ -396,6 +396,14 @@ GATEWAY_FIELDS: dict[str, dict[str, tuple[int, str, str | None]]] = {
         "close_result": (5, "CloseResult", "body"),
         "quote": (6, "Quote", "body"),
         "heartbeat": (7, "Heartbeat", "body"),
+        "account_state": (8, "AccountState", "body"),
+    },
+    "AccountState": {
+        "balance": (1, "string", None),
+        "equity": (2, "string", None),
+        "margin": (3, "string", None),
+        "free_margin": (4, "string", None),
+        "state_time": (5, "google.protobuf.Timestamp", None),
     },
     "GatewayFrame": {
         "welcome": (1, "Welcome", "body"),
@@ -825,6 +833,58 @@ FIELDS: dict[str, dict[str, str]] = {
     "ListAlertsRequest": {"status": "AlertStatus", "kind": "AlertKind", "device_id": "string"},
     "ListAlertsResponse": {"alerts": "repeated Alert"},
 }
+
+
+# The risk messages, with their numbers (binding, like the gateway's).
+RISK_FIELDS: dict[str, dict[str, tuple[int, str]]] = {
+    "RiskLimit": {
+        "period": (1, "RiskPeriod"),
+        "metric": (2, "RiskMetric"),
+        "max_amount": (3, "string"),
+        "max_percent": (4, "string"),
+        "action": (5, "RiskAction"),
+    },
+    "RiskPolicy": {
+        "device_id": (1, "string"),
+        "limits": (2, "repeated RiskLimit"),
+        "max_open_positions": (3, "int32"),
+        "max_open_positions_per_instrument": (4, "int32"),
+        "max_volume": (5, "string"),
+        "max_deviation": (6, "string"),
+        "max_delay_seconds": (7, "int32"),
+        "allowed_sides": (8, "repeated Side"),
+    },
+    "Stopout": {
+        "id": (1, "string"),
+        "device_id": (2, "string"),
+        "limit": (3, "RiskLimit"),
+        "reference": (4, "string"),
+        "value": (5, "string"),
+        "equity": (6, "string"),
+        "trigger_time": (7, TS),
+        "end_time": (8, TS),
+        "reset_time": (9, TS),
+        "active": (10, "bool"),
+    },
+    "GetRiskPolicyRequest": {"device_id": (1, "string")},
+    "UpdateRiskPolicyRequest": {"request_id": (1, "string"), "policy": (2, "RiskPolicy")},
+    "ListStopoutsRequest": {
+        "device_id": (1, "string"),
+        "active_only": (2, "bool"),
+        "page_size": (3, "int32"),
+        "page_token": (4, "string"),
+    },
+    "ListStopoutsResponse": {"stopouts": (1, "repeated Stopout"), "next_page_token": (2, "string")},
+    "ResetStopoutRequest": {"request_id": (1, "string"), "id": (2, "string")},
+}
+
+
+@pytest.mark.parametrize("message_name", sorted(RISK_FIELDS))
+def test_risk_fields(message_name: str) -> None:
+    desc = message(message_name)
+    for field_name, (number, type_name) in RISK_FIELDS[message_name].items():
+        field = desc.fields_by_name[field_name]
+        assert (field.number, type_of(field)) == (number, type_name), f"{message_name}.{field_name}"
 
 
 @pytest.mark.parametrize("message_name", sorted(FIELDS))
