@@ -275,7 +275,7 @@ def hint(seen: Seen) -> dict[str, str]:
     return {
         "q": seen.feed.instrument,
         "d": str(seen.feed.device_id or ""),
-        "p": str(seen.feed.producer_id or ""),
+        "f": str(seen.feed.producer_id or ""),  # not "p": that names a positions entry (hints.POSITIONS_FIELD)
         "b": wire.decimal_text(seen.bid),
         "a": wire.decimal_text(seen.ask),
         "t": seen.quote_time.isoformat(),
@@ -286,7 +286,7 @@ def hint(seen: Seen) -> dict[str, str]:
 def from_hint(fields: Mapping[str, str]) -> Seen | None:
     """A quote hint read back; None when the entry is not one (or is garbled: hints are only hints)."""
     try:
-        device, producer = fields.get("d") or "", fields.get("p") or ""
+        device, producer = fields.get("d") or "", fields.get("f") or ""
         seen = Seen(
             Feed(fields["q"], uuid.UUID(device) if device else None, uuid.UUID(producer) if producer else None),
             Decimal(fields["b"]),

@@ -24,6 +24,7 @@ from backoffice.models import (
     PositionStatus,
     Side,
 )
+from backoffice.platform import hints
 from signalhub.v1 import gateway_pb2 as gpb
 from tests.backoffice.monitor.support import commands, instrument, monitoring, position_events, quote, submit
 from tests.conftest import KeyCredentials, UserCredentials, make_device
@@ -319,3 +320,20 @@ async def test_a_quote_dated_ahead_never_blinds_the_feed(
         await submit(backoffice_channel, book.producer, ahead)
         await submit(backoffice_channel, book.producer, quote(symbol, "98.90"))
         await eventually(lambda: _closing(res, position_id), "the real quote to fire the stop")
+
+
+async def test_a_quote_acts_through_its_hint_not_only_the_sweep(
+    res: Resources, backoffice_channel: grpc.aio.Channel, device: KeyCredentials, book: Book
+) -> None:
+    """With the sweep a minute away, a crossing quote still closes at once: the monitor reads the quote
+    hint it follows on Redis (a hint whose fields looked like a positions entry was dropped)."""
+    symbol = instrument()
+    position_id = await book.position(device.id, signal_instrument=symbol, entry="100", stop_loss="99")
+    async with monitoring(res, monitor_sweep_seconds=60):
+        await submit(backoffice_channel, book.producer, quote(symbol, "98.90"))
+        await eventually(lambda: _closing(res, position_id), "the hint to fire the stop", within=5)
+    seen = quotes.Seen(
+        quotes.Feed(symbol, producer_id=book.producer.id), D(1), D(2), datetime.now(UTC), datetime.now(UTC)
+    )
+    assert quotes.from_hint(quotes.hint(seen)) == seen
+    assert hints.POSITIONS_FIELD not in quotes.hint(seen)
