@@ -18,10 +18,10 @@ Modules: ``cli`` (the run, phase by phase), ``options`` (the command line), ``sy
 and database), ``world`` (accounts, devices, producers; the public API), ``limits`` and ``echo`` (the
 bare limits), ``jetstream`` (the JetStream yardstick, with its load processes), ``polling`` and
 ``pollers`` (the polling yardstick: its server, and the load processes of its devices), ``scenarios``
-(one function each; ``positions`` holds quote to CloseOrder), ``processes`` (spawned load processes and
-their pipe protocol, shared with the soak), ``loadgen`` and ``simdevice`` (the load processes and the
-simulated bridges they hold), ``meters`` (CPU, memory, the servers' histograms),
-``report`` (figures, the table, results.json), ``profile`` (``--profile``: py-spy).
+(one function each; ``positions`` holds quote to CloseOrder, ``risk`` the risk limits), ``processes``
+(spawned load processes and their pipe protocol, shared with the soak), ``loadgen`` and ``simdevice``
+(the load processes and the simulated bridges they hold), ``meters`` (CPU, memory, the servers'
+histograms), ``report`` (figures, the table, results.json), ``profile`` (``--profile``: py-spy).
 The load, echo and yardstick processes are spawned and import only ``loadgen`` (with ``simdevice``),
 ``echo``, ``jetstream``, ``pollers`` or ``polling``, and this ``__init__``, which imports nothing: a load
 process (``loadgen``, ``jetstream``, ``pollers``) loads no server module.

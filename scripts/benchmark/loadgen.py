@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from multiprocessing.connection import Connection
 
 import grpc
@@ -28,7 +29,8 @@ class WorkerSpec:
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """A load process: holds its share of the devices and answers the coordinator's commands."""
-    run_commands(Worker(spec), ("connect", "echo", "echo_paced", "count", "closes", "drain", "collect", "close"), conn)
+    commands = ("connect", "echo", "echo_paced", "account_states", "account_state", "count", "closes", "drain")
+    run_commands(Worker(spec), (*commands, "collect", "close"), conn)
 
 
 class Worker:
@@ -74,6 +76,21 @@ class Worker:
         await asyncio.gather(*(d.drain() for d in self.devices))
         return ("done",)
 
+    async def account_states(self, seconds: float, interval: float) -> Message:
+        """Every device reports its account every ``interval`` seconds for ``seconds`` (each from a phase of
+        its own); once all are receipted (or 30 s passed), how many were written."""
+        began = time.monotonic()
+        written = await asyncio.gather(*(d.account_states(began, seconds, interval) for d in self.devices))
+        await asyncio.gather(*(d.drain() for d in self.devices))
+        return ("done", sum(written))
+
+    async def account_state(self, device_id: str, balance: Decimal, equity: Decimal) -> Message:
+        """That device (if this process holds it) reports this account state: when it was written, else None."""
+        for device in self.devices:
+            if device.device_id == device_id:
+                return ("written", await device.account_state(balance, equity))
+        return ("written", None)
+
     async def count(self, signal_ids: Sequence[str]) -> Message:
         wanted = set(signal_ids)
         return ("count", sum(1 for s, *_ in self.samples.deliveries if s in wanted), len(self.samples.receipts))
@@ -118,6 +135,16 @@ class LoadGenerator(ProcessPool):
     async def echo_paced(self, per_process: int, seconds: float) -> None:
         """``per_process`` frames from each load process, evenly over ``seconds``."""
         await self.ask("echo_paced", per_process, seconds)
+
+    async def account_states(self, seconds: float, interval: float) -> int:
+        """Every device reports its account every ``interval`` seconds for ``seconds``; returns once all are
+        receipted, with how many were written."""
+        return sum(a[1] for a in await self.ask("account_states", seconds, interval))
+
+    async def account_state(self, device_id: str, balance: Decimal, equity: Decimal) -> float | None:
+        """One device reports this account state; when it was written (None: no load process holds it)."""
+        found = [a[1] for a in await self.ask("account_state", device_id, balance, equity) if a[1] is not None]
+        return found[0] if found else None
 
     async def collect(self) -> Samples:
         """What every device saw since the last collect; the devices start a new phase."""

@@ -13,6 +13,10 @@ from backoffice.cli.status import Scrape, fetch
 
 from .report import Report
 
+# The gateway's uplink histograms (backoffice/platform/metrics.py: UPLINK_BATCH, UPLINK_COMMIT).
+UPLINK_BATCH = "signalhub_uplink_batch_frames"
+UPLINK_COMMIT = "signalhub_uplink_commit_seconds"
+
 
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU time a process has used so far (Linux)."""

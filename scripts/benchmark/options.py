@@ -40,6 +40,8 @@ class Options:
     publishes: int
     nats: str  # the NATS server (with JetStream) of the JetStream yardstick
     polling_samples: int  # work items in the polling yardstick
+    account_seconds: float  # every device reporting its account every 2 s (risk limits)
+    stopout_samples: int  # fresh devices whose CLOSE_ALL limit is crossed, one after another (risk limits)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SCENARIO",
         help=(
-            "run only this scenario (repeat for more), e.g. 'quote to CloseOrder', or '10,000 devices' (the full"
-            " run's last phase); the bare limits always run, a yardstick (JetStream, polling) when a chosen"
-            " scenario reads it"
+            "run only this scenario (repeat for more), e.g. 'quote to CloseOrder', 'risk limits', or"
+            " '10,000 devices' (the full run's last phase); the bare limits always run, a yardstick (JetStream,"
+            " polling) when a chosen scenario reads it"
         ),
     )
     return parser
@@ -115,4 +117,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         publishes=500 if quick else 2000,
         nats=args.nats,
         polling_samples=80 if quick else 1000,
+        account_seconds=6.0 if quick else 20.0,
+        stopout_samples=8 if quick else 20,
     )

@@ -75,17 +75,21 @@ class Positions:
         await self.redis.aclose()
         await self.engine.dispose()
 
-    async def add(self, instrument: str, stops: Sequence[Decimal], target: Decimal | None = None) -> list[str]:
+    async def add(
+        self, instrument: str, stops: Sequence[Decimal], target: Decimal | None = None, *, device_id: str | None = None
+    ) -> list[str]:
         """One BUY position per stop (entry at the start price), each from a signal, approval and filled
-        delivery of its own; the monitor is hinted. Returns their ids."""
+        delivery of its own, on the book's device or on ``device_id`` (another of the same user's); the
+        monitor is hinted. Returns their ids."""
         now = datetime.now(UTC)
+        device = self.device_id if device_id is None else uuid.UUID(device_id)
         signals, approvals, deliveries, positions = [], [], [], []
         for stop in stops:
             signal_id, approval_id, delivery_id, position_id = (uuid.uuid4() for _ in range(4))
             signals.append(_signal(signal_id, self.producer_id, instrument, now))
             approvals.append(_approval(approval_id, signal_id, self.subscription_id, self.user_id, now))
-            deliveries.append(_delivery(delivery_id, approval_id, signal_id, self.device_id, instrument, now))
-            positions.append(_position(position_id, signal_id, delivery_id, self.device_id, instrument, stop, target))
+            deliveries.append(_delivery(delivery_id, approval_id, signal_id, device, instrument, now))
+            positions.append(_position(position_id, signal_id, delivery_id, device, instrument, stop, target))
         async with self.sessions.begin() as session:
             for model, rows in (
                 (models.Signal, signals),

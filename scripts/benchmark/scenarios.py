@@ -1,6 +1,7 @@
 """The scenarios against the real system, one function each, run in order over the same connected
 simulated bridges: approval to delivery (and to execution), fan-out, acks at a steady rate, acks in a
-burst, signed SubmitSignal, and quote to CloseOrder (``positions``). Each reports its figures beside the
+burst, signed SubmitSignal, quote to CloseOrder (``positions``), and risk limits (``risk``: AccountState
+frames' cost, and a limit's CLOSE_ALL to the CloseOrders). Each reports its figures beside the
 targets of docs/design.md, and beside the yardsticks measured earlier in the run (the echo, JetStream,
 a device polling once a second) as ratios: signalhub's figure over the yardstick's."""
 
@@ -14,11 +15,12 @@ from typing import Any
 
 from .limits import Bare
 from .loadgen import LoadGenerator
-from .meters import CpuMeter, histogram_mean, histogram_sums, rss_kib
+from .meters import UPLINK_BATCH, UPLINK_COMMIT, CpuMeter, histogram_mean, histogram_sums, rss_kib
 from .options import Options
 from .positions import quote_to_close
 from .profile import profiled
 from .report import Report, ms, percentile, round_trips, throughput
+from .risk import risk_limits
 from .system import Stack
 from .world import Backoffice, World
 
@@ -43,11 +45,6 @@ class Run:
     def meter(self) -> CpuMeter:
         """CPU of the servers and the load processes from now on."""
         return CpuMeter(self.stack.pids, self.load.pids)
-
-
-# The gateway's uplink histograms (backoffice/platform/metrics.py: UPLINK_BATCH, UPLINK_COMMIT).
-UPLINK_BATCH = "signalhub_uplink_batch_frames"
-UPLINK_COMMIT = "signalhub_uplink_commit_seconds"
 
 
 def over(value: float | None, yardstick: float | None) -> float | None:
@@ -283,6 +280,7 @@ SCENARIOS: tuple[tuple[str, Callable[[Run], Coroutine[Any, Any, None]]], ...] = 
     ("acks, burst", ack_burst),
     ("signed SubmitSignal", submit_signals),
     ("quote to CloseOrder", quote_to_close),
+    ("risk limits", risk_limits),
 )
 
 

@@ -1,8 +1,9 @@
 """A simulated EA bridge, built on the protocol layer alone (``signalhub.protocol``): it signs the stream
 open, opens sealed deliveries and answers each at once with RECEIVED, PLACED and a Fill (no ledger, no
-broker), closes what a CloseOrder names at once (noting when it arrived), heartbeats, and times every
-frame it writes until its Receipt (noting when each delivery's Fill was receipted: its execution is on
-record). It imports no server module, so it measures what any bridge speaking the contract would see."""
+broker), closes what a CloseOrder names at once (noting when it arrived), reports its trading account
+(AccountState) when told, heartbeats, and times every frame it writes until its Receipt (noting when each
+delivery's Fill was receipted: its execution is on record). It imports no server module, so it measures
+what any bridge speaking the contract would see."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Final
 
 import grpc
@@ -26,6 +28,8 @@ from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
 
 INSTRUMENT: Final = "XAUUSD"
+BALANCE: Final = Decimal("10000.00")  # what the Hello reports, and AccountState frames move around
+MARGIN: Final = Decimal("100.00")
 FRAME_LIMIT_BYTES: Final = 1024 * 1024
 # What the bridge SDK's channels use (each real bridge is a process with a connection of its own).
 CHANNEL_OPTIONS: Final = tuple(device_channel_options(FRAME_LIMIT_BYTES))
@@ -63,7 +67,9 @@ def hello() -> pb.Hello:
         volume_step="0.01",
         volume_max="100",
     )
-    return pb.Hello(bridge_version="bench", account_currency="USD", balance="10000", equity="10000", symbols=[spec])
+    return pb.Hello(
+        bridge_version="bench", account_currency="USD", balance=str(BALANCE), equity=str(BALANCE), symbols=[spec]
+    )
 
 
 def delivery(signal_id: str) -> pb.Instruction:
@@ -124,20 +130,23 @@ class SimDevice:
             asyncio.create_task(self._heartbeat(heartbeat_seconds)),
         ]
 
-    async def _write(self, frame: pb.DeviceFrame, *, track: bool, fill_of: str | None = None) -> None:
+    async def _write(self, frame: pb.DeviceFrame, *, track: bool, fill_of: str | None = None) -> float:
         """Number and send a frame; a tracked one is timed until its receipt (and for the Fill of signal
-        ``fill_of``, when it was receipted is noted: the delivery's execution is then on record)."""
+        ``fill_of``, when it was receipted is noted: the delivery's execution is then on record). Returns
+        when it was written (time.time)."""
         if self.call is None:
             raise ConnectionError("not connected")
         async with self.lock:
             self.sequence += 1
             frame.frame_id = f"{self.device_id[:8]}-{self.sequence}-{secrets.token_hex(4)}"
+            written = time.time()
             if track:
-                self.pending[frame.frame_id] = (time.time(), self.samples.phase)
+                self.pending[frame.frame_id] = (written, self.samples.phase)
                 self.drained.clear()
             if fill_of is not None:
                 self.fills[frame.frame_id] = fill_of
             await self.call.write(frame)
+            return written
 
     async def _heartbeat(self, seconds: int) -> None:
         while True:
@@ -208,6 +217,34 @@ class SimDevice:
 
     async def _ack(self, delivery_id: str, stage: pb.AckStage.ValueType) -> None:
         await self._write(pb.DeviceFrame(ack=pb.Ack(delivery_id=delivery_id, stage=stage)), track=True)
+
+    async def account_state(self, balance: Decimal, equity: Decimal) -> float:
+        """Report the trading account now (100 of margin in use), timed until its receipt; when it was
+        written."""
+        stamp = Timestamp()
+        stamp.GetCurrentTime()
+        state = pb.AccountState(
+            balance=str(balance),
+            equity=str(equity),
+            margin=str(MARGIN),
+            free_margin=str(equity - MARGIN),
+            state_time=stamp,
+        )
+        return await self._write(pb.DeviceFrame(account_state=state), track=True)
+
+    async def account_states(self, began: float, seconds: float, interval: float) -> int:
+        """An AccountState every ``interval`` seconds from a random phase, until ``seconds`` after ``began``
+        (time.monotonic), the balance and equity moving a little around the Hello's 10,000 (within 0.7 % of
+        it, far from any limit a person would set); how many were written."""
+        at, written = began + interval * secrets.randbelow(1000) / 1000, 0
+        while at < began + seconds:
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            balance = BALANCE + Decimal(secrets.randbelow(4001) - 2000) / 100  # +-20.00
+            equity = balance + Decimal(secrets.randbelow(10001) - 5000) / 100  # +-50.00 floating
+            await self.account_state(balance, equity)
+            written += 1
+            at += interval
+        return written
 
     async def echo_one(self) -> None:
         """Bare limit: one ack-sized frame (the echo server receipts it)."""

@@ -19,7 +19,9 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(scripts.benchmark.__path__
 
 
 def test_the_package_has_its_modules() -> None:
-    assert {"cli", "loadgen", "simdevice", "scenarios", "limits", "report", "system"} <= set(MODULES)
+    assert {"cli", "loadgen", "simdevice", "scenarios", "limits", "report", "system", "positions", "risk"} <= set(
+        MODULES
+    )
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -33,6 +35,7 @@ def test_the_parser_builds_and_quick_shortens_every_phase() -> None:
     assert (full.devices, full.users, full.processes) == (1000, 50, 4)
     assert quick.quick and not full.quick
     assert quick.ack_seconds < full.ack_seconds and quick.latency_samples < full.latency_samples
+    assert quick.account_seconds < full.account_seconds and quick.stopout_samples < full.stopout_samples
     assert full.output == ROOT / "bench" / "results.json"
 
 
@@ -52,6 +55,7 @@ def test_a_load_process_imports_no_server_module() -> None:
 
 def test_only_names_existing_scenarios() -> None:
     assert options.parse_args(["--only", "quote to CloseOrder"]).only == ("quote to CloseOrder",)
+    assert options.parse_args(["--only", "risk limits"]).only == ("risk limits",)
     assert options.parse_args(["--only", "10,000 devices"]).only == ("10,000 devices",)  # the full run's last
     assert options.parse_args([]).only == ()
     with pytest.raises(SystemExit):
