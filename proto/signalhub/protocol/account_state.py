@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from signalhub.protocol.errors import InvalidArgument
-from signalhub.protocol.wire import parse_decimal, parse_timestamp
+from signalhub.protocol.wire import parse_decimal, reported_time
 from signalhub.v1 import gateway_pb2
 
 
@@ -53,16 +53,7 @@ def parse_account_state(
     equity = amount("equity", required=True)
     margin = amount("margin", required=False)
     free_margin = amount("free_margin", required=False, signed=True)
-    state_time = None
-    if not state.HasField("state_time"):
-        violations.append((f"{prefix}.state_time", "is required"))
-    else:
-        try:
-            state_time = parse_timestamp(state.state_time, True, f"{prefix}.state_time")
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-        if state_time is not None and not_after is not None and state_time > not_after:
-            violations.append((f"{prefix}.state_time", "must not be in the future (beyond the clock tolerance)"))
+    state_time = reported_time(state, "state_time", prefix, not_after, violations)
     if violations:
         raise InvalidArgument(violations)
     assert balance is not None and equity is not None and state_time is not None

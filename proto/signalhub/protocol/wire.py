@@ -159,20 +159,31 @@ def parse_quote(
             violations.extend(exc.violations)
     if len(prices) == 2 and prices["bid"] > prices["ask"]:
         violations.append((f"{prefix}.bid", "must not exceed ask"))
-    quote_time = None
-    if not quote.HasField("quote_time"):
-        violations.append((f"{prefix}.quote_time", "is required"))
-    else:
-        try:
-            quote_time = parse_timestamp(quote.quote_time, True, f"{prefix}.quote_time")
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-        if quote_time is not None and not_after is not None and quote_time > not_after:
-            violations.append((f"{prefix}.quote_time", "must not be in the future (beyond the clock tolerance)"))
+    quote_time = reported_time(quote, "quote_time", prefix, not_after, violations)
     if violations:
         raise InvalidArgument(violations)
     assert quote_time is not None
     return QuotePrices(quote.instrument, prices["bid"], prices["ask"], quote_time)
+
+
+def reported_time(
+    message: Message, field: str, prefix: str, not_after: datetime | None, violations: list[tuple[str, str]]
+) -> datetime | None:
+    """The required time ``field`` a sender reported (a quote's, an account state's), or None with its
+    violation added: absent, out of range, or later than ``not_after`` (the server's clock plus the
+    signature tolerance; a time ahead of it would count as fresh for ever)."""
+    path = f"{prefix}.{field}"
+    if not message.HasField(field):
+        violations.append((path, "is required"))
+        return None
+    try:
+        reported = parse_timestamp(getattr(message, field), True, path)
+    except InvalidArgument as exc:
+        violations.extend(exc.violations)
+        return None
+    if reported is not None and not_after is not None and reported > not_after:
+        violations.append((path, "must not be in the future (beyond the clock tolerance)"))
+    return reported
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
