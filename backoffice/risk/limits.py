@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -130,17 +130,13 @@ def _reached(limit: Limit, reference: Decimal, value: Decimal) -> bool:
 
 
 async def _last_resets(session: AsyncSession, device_ids: list[uuid.UUID]) -> dict[tuple[uuid.UUID, str], datetime]:
+    """The latest reset of each limit of these devices (Postgres keeps the newest, not every reset ever)."""
     rows = await session.execute(
-        select(Stopout.device_id, Stopout.limit_key, Stopout.reset_time).where(
-            any_id(Stopout.device_id, device_ids), Stopout.reset_time.is_not(None)
-        )
+        select(Stopout.device_id, Stopout.limit_key, func.max(Stopout.reset_time))
+        .where(any_id(Stopout.device_id, device_ids), Stopout.reset_time.is_not(None))
+        .group_by(Stopout.device_id, Stopout.limit_key)
     )
-    found: dict[tuple[uuid.UUID, str], datetime] = {}
-    for row in rows:
-        key = (row.device_id, row.limit_key)
-        if key not in found or row.reset_time > found[key]:
-            found[key] = row.reset_time
-    return found
+    return {(device_id, key): reset for device_id, key, reset in rows if reset is not None}
 
 
 @dataclass
