@@ -15,7 +15,7 @@ imports only ``signalhub.protocol``, ``signalhub.v1`` and itself.
 from gateway.bridge import executors
 from gateway.bridge.client import BridgeClient, RpcErrorInfo
 from gateway.bridge.config import BRIDGE_VERSION, BridgeConfig, BridgeStats, channel_options
-from gateway.bridge.errors import BridgeError, DeviceRevoked, LedgerError
+from gateway.bridge.errors import BridgeError, CredentialsRefused, DeviceRevoked, DeviceTakenOver, LedgerError
 from gateway.bridge.executors import *  # noqa: F403  (the names of executors.__all__)
 from gateway.bridge.ledger import Ledger, OutFrame
 
@@ -25,7 +25,9 @@ __all__ = [
     "BridgeConfig",
     "BridgeError",
     "BridgeStats",
+    "CredentialsRefused",
     "DeviceRevoked",
+    "DeviceTakenOver",
     "Ledger",
     "LedgerError",
     "OutFrame",

@@ -4,7 +4,8 @@
 
 It reconnects after every session with capped exponential backoff and full jitter, moving to the next
 gateway address each time (a replica that just failed is the least likely to work), and stops for good
-only on ``stop()`` or a revoked device key.
+only on ``stop()``, a revoked device key, credentials refused ``auth_failure_limit`` times in a row, or its
+device taken by another bridge ``replaced_limit`` times in a row (with growing waits between).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import grpc
 
 from gateway.bridge.account import AccountReporter
 from gateway.bridge.config import BridgeConfig, BridgeStats
-from gateway.bridge.errors import DeviceRevoked
+from gateway.bridge.errors import CredentialsRefused, DeviceRevoked, DeviceTakenOver
 from gateway.bridge.executors.base import Executor, ExecutorError
 from gateway.bridge.ledger import Ledger
 from gateway.bridge.orders import Orders
-from gateway.bridge.outbox import Outbox
+from gateway.bridge.outbox import LedgerStateStore, Outbox
 from gateway.bridge.pacing import pause
 from gateway.bridge.stream import SessionEnded, Stream
 from signalhub.protocol.client import jittered_backoff
@@ -87,6 +88,7 @@ class BridgeClient:
         """Serve until ``stop()``; raises DeviceRevoked (or LedgerError, ExecutorError) when it cannot go on."""
         await self._outbox.db(self.ledger.open)
         try:
+            self.executor.keep_state_in(LedgerStateStore(self._outbox, f"executor:{type(self.executor).__name__}"))
             await self.executor.start()
             pruned = await self._outbox.db(self.ledger.prune, self.config.prune_after)
             if pruned:
@@ -105,10 +107,13 @@ class BridgeClient:
     async def _connect_loop(self) -> None:
         """Open sessions until stopped: after each one, the next gateway, after a jittered backoff that
         grows while sessions fail and starts over after a healthy one. SESSION_REPLACED (another bridge
-        took this device) waits replaced_backoff on top, so two bridges do not take turns forever;
-        KEY_REVOKED stops for good."""
+        took this device) waits replaced_backoff on top, doubling with each takeover in a row, and the
+        replaced_limit-th in a row stops the bridge, so two bridges do not take turns forever; KEY_REVOKED
+        stops at once, other refused credentials after auth_failure_limit in a row."""
         attempt = 0
         index = 0
+        replaced = 0  # takeovers in a row
+        refused = 0  # UNAUTHENTICATED in a row
         gateways = self.config.gateways
         while not self._stopping.is_set():
             address = gateways[index % len(gateways)]
@@ -117,20 +122,16 @@ class BridgeClient:
                 healthy = await self._stream.run(address)
                 if healthy:
                     attempt = 0
+                replaced = refused = 0
                 log.info("session ended", extra={"gateway": address})
             except grpc.aio.AioRpcError as exc:
                 info = RpcErrorInfo.of(exc)
-                if info.code == grpc.StatusCode.UNAUTHENTICATED and info.reason == "KEY_REVOKED":
-                    log.error("this device's key was revoked; stopping for good", extra={"gateway": address})
-                    raise DeviceRevoked(
-                        f"device {self.config.device_id} was revoked: register a new device and use its credentials"
-                    ) from None
-                if info.code == grpc.StatusCode.ABORTED and info.reason == "SESSION_REPLACED":
-                    log.warning(
-                        "another bridge connected as this device; backing off",
-                        extra={"gateway": address, "seconds": self.config.replaced_backoff},
-                    )
-                    floor = self.config.replaced_backoff
+                if info.code == grpc.StatusCode.UNAUTHENTICATED:
+                    refused += 1
+                    self._check_credentials(info, address, refused)
+                elif info.code == grpc.StatusCode.ABORTED and info.reason == "SESSION_REPLACED":
+                    replaced += 1
+                    floor = self._taken_over(address, replaced)
                 else:
                     log.warning(
                         "stream failed",
@@ -151,3 +152,36 @@ class BridgeClient:
             delay = floor + self._backoff(attempt)
             attempt += 1
             await pause(self._stopping, delay)
+
+    def _check_credentials(self, info: RpcErrorInfo, address: str, refused: int) -> None:
+        """KEY_REVOKED stops the bridge at once; any other refusal of the credentials after
+        auth_failure_limit in a row (a wrong or rotated secret does not fix itself)."""
+        device = self.config.device_id
+        if info.reason == "KEY_REVOKED":
+            log.error("this device's key was revoked; stopping for good", extra={"gateway": address})
+            raise DeviceRevoked(f"device {device} was revoked: register a new device and use its credentials")
+        log.warning(
+            "the gateway refused this device's credentials",
+            extra={"gateway": address, "reason": info.reason or None, "error": info.message, "in_a_row": refused},
+        )
+        if refused >= self.config.auth_failure_limit:
+            raise CredentialsRefused(
+                f"the gateways refused device {device}'s credentials {refused} times in a row "
+                f"({info.reason or info.code.name}: {info.message}); check the device id and secret "
+                "(a rotated secret needs the new credentials file) and this machine's clock"
+            )
+
+    def _taken_over(self, address: str, replaced: int) -> float:
+        """The wait after the ``replaced``-th takeover in a row; at replaced_limit, DeviceTakenOver."""
+        config = self.config
+        if replaced >= config.replaced_limit:
+            raise DeviceTakenOver(
+                f"another bridge took device {config.device_id}'s stream {replaced} times in a row; stopping: "
+                "run one bridge per device (stop the other one, or register a device for each terminal)"
+            )
+        floor: float = min(config.replaced_backoff * 2.0 ** (replaced - 1), config.replaced_backoff_cap)
+        log.warning(
+            "another bridge connected as this device; backing off",
+            extra={"gateway": address, "seconds": floor, "in_a_row": replaced},
+        )
+        return floor

@@ -42,7 +42,12 @@ class BridgeConfig:
     welcome_timeout: float = 10.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
-    replaced_backoff: float = 30.0  # after SESSION_REPLACED: another bridge holds this device
+    # After SESSION_REPLACED (another bridge took this device): wait this long, doubling with each takeover
+    # in a row up to the cap; at the replaced_limit-th in a row, stop (DeviceTakenOver).
+    replaced_backoff: float = 30.0
+    replaced_backoff_cap: float = 300.0
+    replaced_limit: int = 4
+    auth_failure_limit: int = 5  # UNAUTHENTICATED this many times in a row: stop (CredentialsRefused)
     healthy_after: float = 5.0  # a session this long (after Welcome) resets the backoff
     quote_interval: float = 1.0
     quote_refresh: float = 10.0  # an unchanged quote is sent again this often
@@ -63,6 +68,8 @@ class BridgeConfig:
             raise ValueError("at least one gateway address is needed")
         if self.max_concurrent_orders < 1:
             raise ValueError("max_concurrent_orders must be at least 1")
+        if self.replaced_limit < 1 or self.auth_failure_limit < 1:
+            raise ValueError("replaced_limit and auth_failure_limit must be at least 1")
         if not self.account_state_interval > 0:
             raise ValueError("account_state_interval must be more than 0 seconds")
         exposed = tuple(address for address in self.gateways if not is_loopback(address))

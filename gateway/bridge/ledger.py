@@ -9,8 +9,15 @@ report arrive, across reconnects and restarts. It holds:
 * the outbox: every Ack, Fill and CloseResult frame, stored before it is sent and deleted only when its
   Receipt (ACCEPTED or DUPLICATE) arrives. Unreceipted frames are sent again after every reconnect.
 
+* what the executor asks to keep (``executor_state``): the paper broker's book and prices, so a restarted
+  paper bridge can still close what it opened.
+
 Hello, Heartbeat and Quote frames also carry a unique frame_id and get a Receipt, but they describe the
 moment and are not kept: an old heartbeat or quote sent again after a reconnect would only mislead.
+
+One bridge at a time: the ledger is held under an exclusive lock on ``<ledger>.lock`` (an OS lock, released
+by the OS when the process dies), so a second bridge started on the same ledger stops at once, saying so,
+instead of taking the device's stream from the first one over and over.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -91,6 +99,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_outbox_subject ON outbox (subject);
+CREATE TABLE IF NOT EXISTS executor_state (name TEXT PRIMARY KEY, data BLOB NOT NULL, updated_at TEXT NOT NULL);
 """
 
 FINAL_DELIVERY = (State.FILLED, State.REJECTED)
@@ -105,6 +114,43 @@ def close_subject(command_id: str) -> str:
     return f"close:{command_id}"
 
 
+class _ExclusiveLock:
+    """An exclusive, non-blocking OS lock on a file of its own (flock on POSIX, msvcrt on Windows, where
+    MetaTrader runs): held while the ledger is open, dropped by the OS if the process dies. The file holds
+    the holder's pid, for the message a second bridge gets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise LedgerError(
+                f"the ledger {self.path.with_suffix('')} is in use by another bridge (pid {holder}): "
+                "one bridge per device and ledger; stop the other one first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
 class Ledger:
     """The bridge's durable memory: one SQLite file in WAL mode with ``synchronous=FULL`` (every commit is
     fsync'd before it returns). Not thread-safe: the bridge's ``Outbox`` calls it from one thread of its own."""
@@ -113,9 +159,20 @@ class Ledger:
         self.path = path
         self.device_id = device_id
         self._db: sqlite3.Connection | None = None
+        self._lock = _ExclusiveLock(path.with_name(path.name + ".lock"))
 
     def open(self) -> None:
+        """Take the ledger's lock (LedgerError when another bridge holds it), then open the file, creating
+        it owner-only; a ledger written for another device is refused."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self) -> None:
         try:
             # Owner-only whatever the umask, like the other state files: it records every order placed.
             # SQLite gives the -wal and -shm files the database file's mode.
@@ -139,6 +196,7 @@ class Ledger:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._lock.release()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -269,6 +327,20 @@ class Ledger:
 
     def closes_in(self, state: str) -> list[tuple[str, bytes]]:
         return self._in("close_commands", state)
+
+    # what the executor keeps
+
+    def executor_state(self, name: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM executor_state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def save_executor_state(self, name: str, data: bytes) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO executor_state (name, data, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                (name, data, now().isoformat()),
+            )
 
     # outbox
 

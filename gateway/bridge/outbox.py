@@ -45,6 +45,20 @@ class Uplink:
         self.ephemeral.add(frame.frame_id)
 
 
+@dataclass(frozen=True)
+class LedgerStateStore:
+    """The executor's ``StateStore``: a row of the ledger, read and written on the ledger's thread."""
+
+    outbox: Outbox
+    name: str
+
+    async def load(self) -> bytes | None:
+        return await self.outbox.db(self.outbox.ledger.executor_state, self.name)
+
+    async def save(self, data: bytes) -> None:
+        await self.outbox.db(self.outbox.ledger.save_executor_state, self.name, data)
+
+
 class Outbox:
     """The ledger on its own thread, and the uplink of the current session (None between sessions)."""
 

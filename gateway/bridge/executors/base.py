@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Protocol
 
 # What the package re-exports (gateway.bridge.executors, then gateway.bridge): written once, here.
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "OrderRequest",
     "OrderSide",
     "Price",
+    "StateStore",
     "SymbolInfo",
     "order_comment",
 ]
@@ -132,6 +134,14 @@ class CloseFailed(Exception):
         self.reason = reason
 
 
+class StateStore(Protocol):
+    """Where an executor keeps what it must remember across restarts (the bridge's ledger)."""
+
+    async def load(self) -> bytes | None: ...
+
+    async def save(self, data: bytes) -> None: ...
+
+
 class Executor(ABC):
     """What a BridgeClient needs from a trading terminal. Every method may be called from one event loop;
     implementations that block (MetaTrader5) run their calls on a thread of their own."""
@@ -178,6 +188,11 @@ class Executor(ABC):
 
     async def stop(self) -> None:
         """Release the terminal (nothing to release by default)."""
+        return None
+
+    def keep_state_in(self, store: StateStore) -> None:
+        """Called before ``start`` with the ledger's store: an executor that is its own broker (the paper
+        one) keeps its book there; one that trades through a terminal has the terminal for that."""
         return None
 
 

@@ -1,14 +1,20 @@
-"""``PaperExecutor``: a simulated broker (latency, slippage and rejects, deterministic with a seed) with
-positions in memory, for demos, tests and trying a bridge without a terminal."""
+"""``PaperExecutor``: a simulated broker (latency, slippage and rejects, deterministic with a seed), for
+demos, tests and trying a bridge without a terminal. Its book (positions, entry prices, orders and closes by
+id, realised profit) and its prices live in memory and, in a bridge, in the bridge's ledger: saved after
+every fill and close and on stop, loaded on start, so a restarted paper bridge can still close what it
+opened, at the prices it left."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
+from typing import Any
 
 from gateway.bridge.executors import base
 
@@ -104,9 +110,56 @@ class PaperExecutor(base.Executor):
         self.fills: list[tuple[base.OrderRequest, base.OrderFill]] = []  # every fill, in order (tests count them)
         self.closes: list[tuple[base.CloseRequest, base.CloseFill]] = []
         self._closed: dict[str, base.CloseFill] = {}  # by command id
+        self._store: base.StateStore | None = None
+
+    def keep_state_in(self, store: base.StateStore) -> None:
+        self._store = store
 
     async def start(self) -> None:
-        return None
+        """Load the book a previous run saved (when in a bridge with a ledger)."""
+        if self._store is None:
+            return
+        data = await self._store.load()
+        if data is not None:
+            self._restore(json.loads(data))
+
+    async def stop(self) -> None:
+        await self._save()  # the prices moved since the last fill or close
+
+    async def _save(self) -> None:
+        if self._store is not None:
+            await self._store.save(json.dumps(self._snapshot(), sort_keys=True).encode())
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "positions": [
+                [p.broker_ticket, p.instrument, p.side.value, str(p.volume), str(self._entry[p.broker_ticket])]
+                for p in self._positions.values()
+            ],
+            "orders": {
+                d: [f.broker_ticket, str(f.price), str(f.volume), f.fill_time.isoformat()]
+                for d, f in self._orders.items()
+            },
+            "closes": {c: [str(f.close_price), str(f.closed_volume)] for c, f in self._closed.items()},
+            "realised": str(self._realised),
+            "prices": {instrument: str(mid) for instrument, mid in self._mid.items()},
+            "fixed": sorted(self._fixed),
+        }
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        for ticket, instrument, side, volume, entry in saved["positions"]:
+            self._positions[ticket] = base.HeldPosition(ticket, instrument, base.OrderSide(side), Decimal(volume))
+            self._entry[ticket] = Decimal(entry)
+        for delivery_id, (ticket, price, volume, when) in saved["orders"].items():
+            self._orders[delivery_id] = base.OrderFill(
+                ticket, Decimal(price), Decimal(volume), datetime.fromisoformat(when)
+            )
+        for command_id, (price, volume) in saved["closes"].items():
+            self._closed[command_id] = base.CloseFill(Decimal(price), Decimal(volume))
+        self._realised = Decimal(saved["realised"])
+        # Prices fixed by this run's configuration win over the saved ones.
+        self._mid = {**{i: Decimal(m) for i, m in saved["prices"].items()}, **self.config.prices}
+        self._fixed = set(saved["fixed"]) | set(self.config.prices)
 
     def _spec(self, instrument: str) -> base.SymbolInfo:
         return self._symbols.get(instrument) or replace(_GENERIC_SYMBOL, name=instrument)
@@ -200,6 +253,7 @@ class PaperExecutor(base.Executor):
         self._entry[ticket] = price
         self._orders[order.delivery_id] = fill
         self.fills.append((order, fill))
+        await self._save()
         return fill
 
     async def find_order(self, delivery_id: str) -> base.OrderFill | None:
@@ -232,6 +286,7 @@ class PaperExecutor(base.Executor):
         result = base.CloseFill(close_price, volume)
         self.closes.append((request, result))
         self._closed[request.command_id] = result
+        await self._save()
         return result
 
     async def find_close(self, command_id: str) -> base.CloseFill | None:

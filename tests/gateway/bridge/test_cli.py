@@ -138,6 +138,13 @@ async def test_runs_until_ctrl_c_with_json_logs_and_no_secret(tmp_path: Path) ->
             pb.ACK_STAGE_RECEIVED,
             pb.ACK_STAGE_PLACED,
         ]
+        # A second bridge on the same ledger (the default one, here) stops at once with one line.
+        second = await asyncio.to_thread(
+            subprocess.run, command, env=env, cwd=tmp_path, capture_output=True, timeout=60
+        )
+        assert second.returncode == 1
+        assert second.stderr.decode().strip().splitlines()[-1].startswith("signalhub bridge: the ledger ")
+        assert "in use by another bridge (pid " in second.stderr.decode()
         process.send_signal(signal.SIGINT)
         code = await asyncio.to_thread(process.wait, 20)
     finally:

@@ -1,6 +1,7 @@
 """The bridge SDK against the real gateway on real Postgres and Redis: a MANUAL signal approved and filled
 (and the account state that follows), a gateway SIGKILLed in the middle of a burst (every delivery still
-executed exactly once), and an absurd entry price whose fill and quotes the gateway takes."""
+executed exactly once), two bridges for one device (the first taken over steps aside, the other keeps the
+device), and an absurd entry price whose fill and quotes the gateway takes."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from backoffice.models import AccountState, ActorType, Delivery, DeliveryState, 
 from backoffice.platform.config import Settings
 from backoffice.platform.serving import Server
 from backoffice.producer import ProducerClient
-from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecutor
+from gateway.bridge import BridgeClient, BridgeConfig, DeviceTakenOver, PaperConfig, PaperExecutor
 from signalhub.protocol import signing
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
@@ -126,6 +127,43 @@ async def test_end_to_end_approve_receive_ack_fill(
 
         await _until(state_stored, "the account state after the fill")
         assert client.stats.receipts_rejected == 0
+
+
+async def test_two_bridges_for_one_device_stop_taking_turns(stack: Stack, tmp_path: Path) -> None:
+    """Two bridges with their own ledgers for one device take its stream from each other; each takeover in
+    a row doubles the wait, so the first one replaced reaches the limit first and stops, saying why, and the
+    other keeps the device."""
+    secret = signing.parse_secret(stack.device.secret)
+
+    def bridge(name: str) -> BridgeClient:
+        config = BridgeConfig(
+            str(stack.device.id),
+            (stack.gateway.bound_address,),
+            tmp_path / f"{name}.db",
+            backoff_base=0.05,
+            backoff_cap=0.2,
+            replaced_backoff=0.3,
+            replaced_limit=3,
+        )
+        return BridgeClient(config, secret, PaperExecutor())
+
+    first, second = bridge("first"), bridge("second")
+    first_run = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.connected.wait(), 15)
+    second_run = asyncio.create_task(second.run())
+    try:
+        done, _ = await asyncio.wait([first_run, second_run], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {first_run}, "the first bridge replaced is the one that steps aside"
+        error = first_run.exception()
+        assert isinstance(error, DeviceTakenOver) and "3 times in a row" in str(error)
+        await asyncio.sleep(1.5)  # longer than any wait of the second: it is not taken over any more
+        assert second.connected.is_set() and not second_run.done()
+    finally:
+        second.stop()
+        await asyncio.wait_for(second_run, 15)
+        if not first_run.done():
+            first.stop()
+            await asyncio.wait_for(first_run, 15)
 
 
 async def test_sigkill_the_gateway_mid_burst_every_delivery_executes_exactly_once(

@@ -183,3 +183,50 @@ async def test_paper_account_is_its_book_at_the_current_quote(side: OrderSide, f
     await executor.close_position(CloseRequest("rest", fill.broker_ticket))
     closed = await executor.account()
     assert closed.balance == closed.equity == Decimal(10000) + floating
+
+
+class _Store:
+    """The StateStore a bridge gives its executor, in memory: what a restart finds in the ledger."""
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    async def load(self) -> bytes | None:
+        return self.data
+
+    async def save(self, data: bytes) -> None:
+        self.data = data
+
+
+async def test_paper_book_and_prices_outlive_a_restart() -> None:
+    """A restarted paper broker still holds the positions, orders, closes, profit and prices of the last
+    run: what it opened can be closed, and its account is where it was."""
+    store = _Store()
+    first = PaperExecutor(PaperConfig(seed=3))
+    first.keep_state_in(store)
+    await first.start()
+    kept = await first.place_order(order(1, entry="2010.00"))
+    closed = await first.place_order(order(2, OrderSide.SELL, entry="2012.00"))
+    await first.close_position(CloseRequest("close-2", closed.broker_ticket))
+    account = await first.account()
+    await first.stop()
+
+    second = PaperExecutor(PaperConfig(seed=4))
+    second.keep_state_in(store)
+    await second.start()
+    assert [p.broker_ticket for p in await second.positions()] == [kept.broker_ticket]
+    assert await second.find_order(order(1).delivery_id) == kept
+    assert await second.find_close("close-2") is not None
+    assert await second.account() == account
+    quote = await second.quote("XAUUSD")
+    assert quote is not None and abs(quote.bid - Decimal("2012.00")) < 1  # not back at the reference price
+    result = await second.close_position(CloseRequest("close-1", kept.broker_ticket))
+    assert result.closed_volume == kept.volume and await second.positions() == []
+
+
+async def test_paper_without_a_store_keeps_nothing() -> None:
+    executor = PaperExecutor()
+    await executor.start()
+    await executor.place_order(order(1, entry="2000.00"))
+    await executor.stop()
+    assert await PaperExecutor().positions() == []
