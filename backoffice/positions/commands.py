@@ -11,10 +11,12 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import audit, quotes
+from backoffice.devices.hello import Hello
 from backoffice.models import (
     ActorType,
     CloseCommand,
     CloseReason,
+    Device,
     Position,
     PositionEventKind,
     PositionStatus,
@@ -35,6 +37,44 @@ def _require_open(position: Position) -> None:
         )
 
 
+def _require_closable(position: Position) -> None:
+    """OPEN, or CLOSED_ERROR: a close that failed (or was never answered) may be tried again by a person."""
+    if position.status not in (PositionStatus.OPEN, PositionStatus.CLOSED_ERROR):
+        raise FailedPrecondition(
+            f"the position is {position.status.value}, not OPEN or CLOSED_ERROR",
+            reason="POSITION_NOT_OPEN",
+            metadata={"position_id": str(position.id), "status": position.status.value},
+        )
+
+
+async def _check_close_volume(session: AsyncSession, position: Position, amount: Decimal) -> None:
+    """A partial close the broker can make: at most the open volume, a multiple of the symbol's volume step,
+    and leaving nothing or at least the symbol's minimum (the specs of the device's last Hello, where it
+    said)."""
+    if amount > position.volume:
+        raise InvalidArgument([("volume", f"must not exceed the open volume {decimal_text(position.volume)}")])
+    if amount == position.volume:
+        return
+    device = await session.get(Device, position.device_id)
+    spec = Hello.from_json(device.last_hello if device else None).spec(position.instrument)
+    if spec is None:
+        return
+    if spec.volume_step and amount % spec.volume_step:
+        raise InvalidArgument(
+            [("volume", f"must be a multiple of {position.instrument}'s volume step {decimal_text(spec.volume_step)}")]
+        )
+    if spec.volume_min and position.volume - amount < spec.volume_min:
+        raise InvalidArgument(
+            [
+                (
+                    "volume",
+                    f"would leave {decimal_text(position.volume - amount)} lots, under {position.instrument}'s "
+                    f"minimum {decimal_text(spec.volume_min)}: close all of it, or less",
+                )
+            ]
+        )
+
+
 @dataclass(frozen=True)
 class Closed:
     command: CloseCommand
@@ -51,12 +91,13 @@ async def close_position(
     request_id: str = "",
 ) -> Closed:
     """A close command for ``volume`` of an OPEN position (all of it when empty), reason MANUAL, or ADMIN
-    when an admin closes another user's position; the position is CLOSING until the device answers."""
+    when an admin closes another user's position; the position is CLOSING until the device answers. A
+    CLOSED_ERROR position (its close failed, or was never answered) may be closed again the same way."""
     amount = parse_optional_decimal(volume, "volume")
     position = await queries.find_position(session, caller, position_id, lock=True)
-    _require_open(position)
-    if amount is not None and amount > position.volume:
-        raise InvalidArgument([("volume", f"must not exceed the open volume {decimal_text(position.volume)}")])
+    _require_closable(position)
+    if amount is not None:
+        await _check_close_volume(session, position, amount)
     owner = (await queries.owners(session, [position.device_id]))[position.device_id]
     reason = CloseReason.ADMIN if caller.is_admin and owner != caller.id else CloseReason.MANUAL
     queued = await closing.queue_closes(

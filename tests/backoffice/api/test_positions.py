@@ -1,5 +1,6 @@
 """PositionService through the generated stubs on real Postgres: listing and filtering, a position's
-events, full and partial closes (idempotent, refused when not OPEN), moving the hidden levels (refused
+events, full and partial closes (idempotent, refused when not OPEN or CLOSED_ERROR, partial ones on the
+symbol's volume step and leaving nothing or at least its minimum), moving the hidden levels (refused
 when a level would fire at once against the latest fresh quote), and another user's positions NOT_FOUND
 everywhere."""
 
@@ -11,9 +12,11 @@ from decimal import Decimal
 
 import grpc
 import pytest
+from sqlalchemy import update
 
 from backoffice.bootstrap import Resources
-from backoffice.models import CloseCommand, Position, PositionStatus, Side
+from backoffice.devices.hello import Hello, SymbolSpec
+from backoffice.models import CloseCommand, Device, Position, PositionStatus, Side
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
@@ -126,6 +129,59 @@ async def test_a_close_volume_must_fit(
         )
     )
     assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and problem in refused.violations["volume"]
+
+
+@pytest.mark.parametrize(
+    ("volume", "problem"),
+    [("0.105", "must be a multiple of GOLD.m's volume step 0.01"), ("0.25", "would leave 0.05 lots, under")],
+)
+async def test_a_partial_close_is_one_the_broker_can_make(
+    res: Resources,
+    backoffice_channel: grpc.aio.Channel,
+    user: UserCredentials,
+    device: KeyCredentials,
+    book: Book,
+    volume: str,
+    problem: str,
+) -> None:
+    """On the symbol's volume step (from the device's Hello), and leaving nothing or at least the symbol's
+    minimum: 0.001 of 0.10 would leave 0.099, a volume no broker holds."""
+    spec = SymbolSpec(volume_min=Decimal("0.10"), volume_step=Decimal("0.01"), volume_max=Decimal(100))
+    async with res.sessions.begin() as session:
+        hello = Hello(account_currency="USD", symbols={"GOLD.m": spec}).to_json()
+        await session.execute(update(Device).where(Device.id == device.id).values(last_hello=hello))
+    position_id = await book.position(device.id, volume="0.30")
+    positions = stub(backoffice_channel)
+    refused = await failure(
+        positions.ClosePosition(pb.ClosePositionRequest(id=str(position_id), volume=volume), metadata=user.metadata)
+    )
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and problem in refused.violations["volume"]
+    assert (await row(res, Position, position_id)).status is PositionStatus.OPEN  # nothing changed
+    command = await positions.ClosePosition(
+        pb.ClosePositionRequest(id=str(position_id), volume="0.20"), metadata=user.metadata
+    )
+    assert command.volume == "0.20"
+
+
+async def test_a_position_whose_close_failed_may_be_closed_again(
+    res: Resources, backoffice_channel: grpc.aio.Channel, user: UserCredentials, device: KeyCredentials, book: Book
+) -> None:
+    """CLOSED_ERROR (the device could not close it, or never answered) waits for a person: its owner may
+    send a new close command; a CLOSED position may not."""
+    failed, closed = await book.position(device.id), await book.position(device.id)
+    async with res.sessions.begin() as session:
+        await session.execute(update(Position).where(Position.id == failed).values(status=PositionStatus.CLOSED_ERROR))
+        await session.execute(update(Position).where(Position.id == closed).values(status=PositionStatus.CLOSED))
+    positions = stub(backoffice_channel)
+    command = await positions.ClosePosition(pb.ClosePositionRequest(id=str(failed)), metadata=user.metadata)
+    assert (command.status, command.volume) == (pb.CLOSE_COMMAND_STATUS_PENDING, "0.10")
+    assert (await row(res, Position, failed)).status is PositionStatus.CLOSING
+    refused = await failure(positions.ClosePosition(pb.ClosePositionRequest(id=str(closed)), metadata=user.metadata))
+    assert (refused.code, refused.reason, refused.metadata["status"]) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "POSITION_NOT_OPEN",
+        "CLOSED",
+    )
 
 
 async def test_an_admin_closes_anyones_position_as_admin(
