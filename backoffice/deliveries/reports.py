@@ -170,7 +170,8 @@ class Recorded:
     alerts: list[alerts.Raised]
     # The newest state of each device that was stored (an older one changes nothing).
     account_states: list[StoredAccountState] = field(default_factory=list)
-    # Devices with close commands the batch queued (a risk limit's CLOSE_ALL): woken once it commits.
+    # Devices with close commands the batch queued (a risk limit's CLOSE_ALL, the rest of a whole close): woken
+    # once it commits.
     woken: list[uuid.UUID] = field(default_factory=list)
 
 
@@ -211,18 +212,20 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
     await _write_deliveries(session, batch.deliveries.values(), now)
     opened = await positions.open_positions(session, batch.openings, now)
     raised = await positions.write_closes(session, batch.closes.values(), now)
+    rest = await positions.close_the_rest(session, batch.closes.values(), now)
     stored = await quotes.store_latest(session, batch.quotes, batch.now)
     states = await store_latest(session, batch.account_states, batch.now)
     # Risk limits are measured on the states stored; a batch without one costs nothing more.
     stopped = await risk.evaluate(session, [risk.State(s.device_id, s.balance, s.equity) for s in states], now)
     closed = [t.position.id for t in batch.closes.values() if t.changed]
+    queued = rest + stopped.closes
     return Recorded(
         outcomes,
         stored,
-        opened + closed + [q.position_id for q in stopped.closes],
+        opened + closed + [q.position_id for q in queued],
         raised + stopped.alerts,
         states,
-        sorted({q.device_id for q in stopped.closes}),
+        sorted({q.device_id for q in queued}),
     )
 
 

@@ -372,6 +372,24 @@ def apply_close(
         target.effect = PositionEventKind.PARTIALLY_CLOSED
 
 
+# Reasons that always close the whole position: what a fill added while their command was out is closed too.
+_WHOLE = frozenset(
+    {CloseReason.STOP_LOSS, CloseReason.TAKE_PROFIT, CloseReason.SIGNAL_CANCELLED, CloseReason.RISK_LIMIT}
+)
+
+
+async def close_the_rest(session: AsyncSession, targets: Iterable[CloseTarget], now: datetime) -> list[Queued]:
+    """A close for the whole position (a level crossed, a cancelled signal, a risk limit) that left volume
+    OPEN (a further fill of its delivery added to it while the command was out) gets a close command of
+    its own for the rest, with the same reason. Runs after ``write_closes``, with the positions locked."""
+    rest = [
+        Closing(t.position.id, t.device_id, t.position.volume, t.reason)
+        for t in targets
+        if t.effect is PositionEventKind.PARTIALLY_CLOSED and t.reason in _WHOLE
+    ]
+    return await queue_closes(session, rest, now, actor_type=ActorType.SYSTEM)
+
+
 async def write_closes(session: AsyncSession, targets: Iterable[CloseTarget], now: datetime) -> list[alerts.Raised]:
     """Write the close commands a batch of CloseResults changed, the positions they close (price, profit,
     status), each as one executemany statement (this runs on the uplink's hot transaction), and an event

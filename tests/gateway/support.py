@@ -404,7 +404,13 @@ class Book:
         return position.id
 
     async def close_command(
-        self, device_id: uuid.UUID, position_id: uuid.UUID, *, volume: str = "0.10", created_at: datetime | None = None
+        self,
+        device_id: uuid.UUID,
+        position_id: uuid.UUID,
+        *,
+        volume: str = "0.10",
+        created_at: datetime | None = None,
+        reason: CloseReason = CloseReason.TAKE_PROFIT,
     ) -> uuid.UUID:
         command_id = uuid.uuid4()
         async with self.res.sessions.begin() as session:
@@ -414,7 +420,7 @@ class Book:
                     position_id=position_id,
                     device_id=device_id,
                     volume=Decimal(volume),
-                    reason=CloseReason.TAKE_PROFIT,
+                    reason=reason,
                     status=CloseCommandStatus.PENDING,
                     created_at=created_at or datetime.now(UTC),
                 )

@@ -1,4 +1,5 @@
-"""backoffice.positions: profit from the Hello's tick value, partial and full closes, failed closes."""
+"""backoffice.positions: profit from the Hello's tick value, partial and full closes, failed closes, and
+the rest of a whole close (volume a further fill added while its command was out) closed too."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from backoffice import deliveries, positions
 from backoffice.bootstrap import Resources
@@ -76,7 +78,7 @@ async def book(res: Resources, user: UserCredentials) -> Book:
 
 async def test_a_partial_close_result_is_written(res: Resources, device: KeyCredentials, book: Book) -> None:
     position_id = await book.position(device.id, volume="0.30")
-    command_id = await book.close_command(device.id, position_id, volume="0.10")
+    command_id = await book.close_command(device.id, position_id, volume="0.10", reason=CloseReason.MANUAL)
     report = deliveries.CloseReport(command_id, True, Decimal("2036.25"), None, "")
     async with res.sessions.begin() as session:
         [outcome] = (
@@ -89,8 +91,35 @@ async def test_a_partial_close_result_is_written(res: Resources, device: KeyCred
     assert (command.status, command.closed_volume, command.reason) == (
         CloseCommandStatus.SUCCEEDED,
         Decimal("0.10"),
-        CloseReason.TAKE_PROFIT,
+        CloseReason.MANUAL,
     )
     position = await row(res, Position, position_id)
     # No Hello from this device yet: the tick value is unknown, so is the profit.
     assert (position.status, position.volume, position.profit) == (PositionStatus.OPEN, Decimal("0.20"), None)
+
+
+async def test_the_rest_of_a_whole_close_gets_its_own_command(
+    res: Resources, device: KeyCredentials, book: Book
+) -> None:
+    """A stop-loss close went out for 0.10; a further fill of the delivery added 0.20 meanwhile. The
+    result closes the 0.10 and the 0.20 left gets a close command of its own, with the same reason."""
+    position_id = await book.position(device.id, volume="0.30")
+    command_id = await book.close_command(device.id, position_id, volume="0.10", reason=CloseReason.STOP_LOSS)
+    report = deliveries.CloseReport(command_id, True, Decimal("2030.25"), None, "")
+    async with res.sessions.begin() as session:
+        recorded = await deliveries.record_reports(
+            session, [deliveries.DeviceReport(device.id, "close-1", report)], datetime.now(UTC)
+        )
+    assert recorded.woken == [device.id]  # the gateway pushes the new command at once
+    async with res.sessions() as session:
+        commands = (
+            await session.scalars(
+                select(CloseCommand).where(CloseCommand.position_id == position_id).order_by(CloseCommand.created_at)
+            )
+        ).all()
+    assert [(c.id == command_id, c.status, c.volume, c.reason) for c in commands] == [
+        (True, CloseCommandStatus.SUCCEEDED, Decimal("0.10"), CloseReason.STOP_LOSS),
+        (False, CloseCommandStatus.PENDING, Decimal("0.20"), CloseReason.STOP_LOSS),
+    ]
+    position = await row(res, Position, position_id)
+    assert (position.status, position.volume) == (PositionStatus.CLOSING, Decimal("0.20"))
