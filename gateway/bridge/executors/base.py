@@ -30,6 +30,7 @@ __all__ = [
     "Price",
     "StateStore",
     "SymbolInfo",
+    "close_comment",
     "order_comment",
 ]
 
@@ -199,6 +200,11 @@ class Executor(ABC):
 def order_comment(delivery_id: str) -> str:
     """What ties a broker order to its delivery: 31 characters at most (MetaTrader's comment limit)."""
     return "sh" + delivery_id.replace("-", "")[:29]
+
+
+def close_comment(command_id: str) -> str:
+    """What ties a broker's closing deal to its close command, within MetaTrader's 31 characters."""
+    return ("sh-close-" + command_id.replace("-", ""))[:31]
 
 
 def now() -> datetime:

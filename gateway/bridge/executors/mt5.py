@@ -238,7 +238,7 @@ class Mt5Executor(base.Executor):
                 "price": tick.bid if was_buy else tick.ask,
                 "deviation": self.config.deviation_points,
                 "magic": self.config.magic,
-                "comment": ("sh-close-" + request.command_id.replace("-", ""))[:31],
+                "comment": base.close_comment(request.command_id),
                 "type_time": mt5.ORDER_TIME_GTC,
                 "type_filling": self._filling(info),
             }
@@ -251,6 +251,26 @@ class Mt5Executor(base.Executor):
 
     async def close_position(self, request: base.CloseRequest) -> base.CloseFill:
         return await self._call(self._close, request)
+
+    def _find_close(self, command_id: str) -> base.CloseFill | None:
+        """The closing deals the terminal's history holds for ``command_id`` (by their comment, within
+        history_days): their volume and volume-weighted price, or None when it made none."""
+        mt5 = self._mt5
+        comment = base.close_comment(command_id)
+        until = base.now()
+        start = datetime.fromtimestamp(until.timestamp() - self.config.history_days * 86400, UTC)
+        deals = mt5.history_deals_get(start, until)
+        if deals is None:  # the terminal could not answer: that is not "no close was made"
+            raise base.ExecutorError(f"the terminal's deal history is unavailable: {self._error()}")
+        closing = [d for d in deals if d.comment == comment and d.entry != mt5.DEAL_ENTRY_IN]
+        if not closing:
+            return None
+        volume = sum((_dec(d.volume) for d in closing), Decimal(0))
+        price = sum((_dec(d.price) * _dec(d.volume) for d in closing), Decimal(0)) / volume
+        return base.CloseFill(price, volume)
+
+    async def find_close(self, command_id: str) -> base.CloseFill | None:
+        return await self._call(self._find_close, command_id)
 
     def _positions(self) -> list[base.HeldPosition]:
         mt5 = self._mt5

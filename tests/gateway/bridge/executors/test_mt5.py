@@ -1,5 +1,6 @@
 """The MetaTrader 5 executor (gateway/bridge/executors/mt5.py) at its boundary: a clear error off Windows,
-comments that fit the terminal, and decimals (never floats) on the bridge's side."""
+comments that fit the terminal, decimals (never floats) on the bridge's side, and an interrupted close
+found again in the terminal's deal history."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gateway.bridge.executors import (
     OrderRejected,
     OrderRequest,
     OrderSide,
+    close_comment,
     order_comment,
 )
 
@@ -117,5 +119,50 @@ async def test_mt5_executor_speaks_decimals_at_its_boundary() -> None:
             await executor.place_order(OrderRequest(delivery_id, "NOPE", OrderSide.SELL, Decimal("0.10")))
         with pytest.raises(CloseFailed, match="no open position"):
             await executor.close_position(CloseRequest("c", "555001"))
+    finally:
+        await executor.stop()
+
+
+@dataclass
+class _History(_Terminal):
+    """A terminal whose deal history holds ``deals`` (None: it cannot answer)."""
+
+    deals: tuple[Any, ...] | None = ()
+    DEAL_ENTRY_OUT = 1
+
+    def history_deals_get(self, *args: Any, **kwargs: Any) -> Any:
+        return self.deals
+
+
+async def test_mt5_finds_an_interrupted_close_in_the_deal_history() -> None:
+    """A close whose answer was lost (the bridge died mid-close) is looked up by its comment: the closing
+    deals' volume and volume-weighted price; none means the terminal made none; no history means it
+    cannot tell."""
+    command_id = "7c1e0a52-9d0b-4b6f-8f3e-1a2b3c4d5e6f"
+    mine, other = close_comment(command_id), close_comment("00000000-0000-0000-0000-000000000000")
+    assert len(mine) <= 31 and mine.startswith("sh-close-7c1e0a52")
+
+    def deal(comment: str, entry: int, price: float, volume: float) -> Any:
+        return SimpleNamespace(comment=comment, entry=entry, price=price, volume=volume, position_id=1)
+
+    terminal = _History(
+        sent=[],
+        deals=(
+            deal(order_comment(command_id), _Terminal.DEAL_ENTRY_IN, 2030.0, 0.3),
+            deal(mine, _History.DEAL_ENTRY_OUT, 2034.0, 0.1),
+            deal(mine, _History.DEAL_ENTRY_OUT, 2035.0, 0.3),
+            deal(other, _History.DEAL_ENTRY_OUT, 1.0, 1.0),
+        ),
+    )
+    executor = Mt5Executor(module=terminal)
+    await executor.start()
+    try:
+        found = await executor.find_close(command_id)
+        assert found is not None and (found.closed_volume, found.close_price) == (Decimal("0.4"), Decimal("2034.75"))
+        terminal.deals = ()
+        assert await executor.find_close(command_id) is None
+        terminal.deals = None
+        with pytest.raises(ExecutorError, match="deal history is unavailable"):
+            await executor.find_close(command_id)
     finally:
         await executor.stop()
