@@ -20,7 +20,7 @@ from backoffice.api.executions import ExecutionServicer
 from backoffice.api.positions import PositionServicer
 from backoffice.api.risk import RiskServicer
 from backoffice.api.signals import SignalServicer
-from backoffice.platform import db
+from backoffice.platform import db, readiness
 from backoffice.platform.auth import SignatureVerifier
 from backoffice.platform.config import Settings
 from backoffice.platform.interceptors import Auth, RpcInterceptor
@@ -93,6 +93,8 @@ def build_server(res: Resources, address: str | None = None) -> Server:
         [interceptor],
         [s.full_name for s in SERVICES],
         tls=res.settings.backoffice_tls,
+        # Without Postgres nothing works; Redis only carries hints here (the monitor's sweep covers them).
+        dependencies=[readiness.postgres(res.engine)],
     )
     handlers = servicers(res)
     for service in SERVICES:

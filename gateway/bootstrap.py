@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 
 from backoffice.bootstrap import Resources
+from backoffice.platform import readiness
 from backoffice.platform.interceptors import Auth, RpcInterceptor
 from backoffice.platform.registry import service_handler
 from backoffice.platform.serving import Server
@@ -35,7 +36,17 @@ class GatewayServer(Server):
             max_in_flight=res.settings.max_streams,
             max_message_bytes=res.settings.max_message_bytes,
         )
-        super().__init__(res.settings, address, [interceptor], [SERVICE.full_name], tls=res.settings.gateway_tls)
+        # Postgres holds every frame's outcome; Redis the one-session-per-device takeover between replicas and
+        # the wake-ups: a gateway that reaches neither should not be given streams.
+        dependencies = [readiness.postgres(res.engine), readiness.redis(res.redis)]
+        super().__init__(
+            res.settings,
+            address,
+            [interceptor],
+            [SERVICE.full_name],
+            tls=res.settings.gateway_tls,
+            dependencies=dependencies,
+        )
         settings = res.settings
         self.writer = UplinkWriter(res.sessions, res.redis)
         self.pusher = Pusher(

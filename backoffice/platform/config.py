@@ -87,6 +87,8 @@ class Settings:
     max_streams: int = 20000
     heartbeat_seconds: int = 15
     shutdown_grace_seconds: int = 10
+    # A dependency (Postgres; Redis for the gateway) unreachable this long: the services' health NOT_SERVING.
+    readiness_grace_seconds: float = 3.0
     log_level: str = "INFO"
     event_loop: str = "auto"  # uvloop where installed (the server extra does, on Linux and macOS), else asyncio
     public_url: str = "https://signalhub.example"
@@ -248,6 +250,9 @@ class Settings:
         values["max_streams"] = number("MAX_STREAMS", defaults.max_streams, 1, 1_000_000)
         values["heartbeat_seconds"] = number("HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1, 300)
         values["shutdown_grace_seconds"] = number("SHUTDOWN_GRACE_SECONDS", 10, 0, 600)
+        values["readiness_grace_seconds"] = seconds(
+            "READINESS_GRACE_SECONDS", defaults.readiness_grace_seconds, 0, 3600
+        )
         values["ack_timeout_seconds"] = seconds("ACK_TIMEOUT_SECONDS", defaults.ack_timeout_seconds, 0.1, 3600)
         values["hello_timeout_seconds"] = seconds("HELLO_TIMEOUT_SECONDS", defaults.hello_timeout_seconds, 0.1, 600)
         values["max_hello_symbols"] = number("MAX_HELLO_SYMBOLS", defaults.max_hello_symbols, 1, 100_000)

@@ -26,6 +26,7 @@ from prometheus_client import start_http_server
 
 from backoffice.platform.config import ENV_PREFIX, ConfigError, ServerTls, Settings
 from backoffice.platform.metrics import EVENT_LOOP_LAG, GC_PAUSE
+from backoffice.platform.readiness import Probe, Readiness
 from signalhub.protocol.wire import is_loopback
 
 log = logging.getLogger("signalhub.serving")
@@ -117,6 +118,7 @@ class Server:
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         service_names: Sequence[str],
         tls: ServerTls | None = None,
+        dependencies: Sequence[Probe] = (),
     ) -> None:
         # Before anything is built: a server that cannot serve TLS as configured never starts.
         self._credentials = server_credentials(tls) if tls is not None else None
@@ -129,6 +131,8 @@ class Server:
         reflection.enable_server_reflection(
             (*self._service_names, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.grpc
         )
+        # The services go NOT_SERVING while a dependency they need stays unreachable (the readiness module).
+        self.readiness = Readiness(self.health, self._service_names, dependencies, settings.readiness_grace_seconds)
         self.port = 0
         self._stopped = asyncio.Event()
 
@@ -152,6 +156,7 @@ class Server:
         await self.grpc.start()
         for name in ("", *self._service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.readiness.start()
         log.info(
             "serving",
             extra={"address": self.bound_address, "services": list(self._service_names), "tls": self.tls},
@@ -168,6 +173,7 @@ class Server:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
         log.info("stopped", extra={"address": self.bound_address})

@@ -18,6 +18,7 @@ FAST_SETTINGS = {
     "heartbeat_seconds": "2",
     "worker_interval_seconds": "0.5",
     "hello_timeout_seconds": "5",
+    "readiness_grace_seconds": "1",
 }
 
 
