@@ -1,6 +1,7 @@
 """The worker process (`signalhub serve worker`): the stop-loss / take-profit monitor
-(``backoffice.monitor``), and periodic housekeeping: expiry of signals and approvals, idle devices,
-purges, and the alerts about silent or disconnected devices that hold positions."""
+(``backoffice.monitor``), commission accrual as soon as a gateway says fills were queued, and periodic
+housekeeping: expiry of signals and approvals, idle devices, purges, the alerts about silent or
+disconnected devices that hold positions, and the commissions again (for a hint that was lost)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
+from redis.exceptions import RedisError
 from sqlalchemy import delete
 
 from backoffice import alerts, quotes, signals
@@ -18,12 +20,14 @@ from backoffice.bootstrap import Resources, open_redis
 from backoffice.devices import presence
 from backoffice.models import IdempotencyRecord
 from backoffice.monitor import Monitor
+from backoffice.platform import hints
 from backoffice.platform.serving import cancel_and_wait
 
 log = logging.getLogger("signalhub.worker")
 
 # A retry comes within minutes; a day is generous, and keeps sealed copies of shown-once credentials short-lived.
 IDEMPOTENCY_RETENTION = timedelta(days=1)
+ACCRUAL_SWEEP_SECONDS = 5.0  # the accrual loop drains the queue this often even when no gateway rang
 
 
 async def run_once(res: Resources) -> dict[str, int]:
@@ -62,11 +66,36 @@ async def run_once(res: Resources) -> dict[str, int]:
     }
 
 
+async def accrue_commissions(res: Resources, stop: asyncio.Event, sweep: float = ACCRUAL_SWEEP_SECONDS) -> None:
+    """Accrue the queued fills' commissions as soon as a gateway rings the doorbell, and every ``sweep``
+    seconds anyway, until ``stop`` is set. Without Redis it simply drains every ``sweep``."""
+    doorbell = open_redis(res.settings, block_seconds=sweep)  # blocks between rings: a connection of its own
+    program = Program.from_settings(res.settings)
+    try:
+        while not stop.is_set():
+            try:
+                await hints.wait_for_commissions(doorbell, sweep)
+            except (RedisError, OSError) as exc:
+                log.warning("commissions doorbell unreachable; accruing every sweep", extra={"error": str(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), sweep)
+            try:
+                accrued = await accrual.drain(res.sessions, program)
+            except Exception:  # retried at the next ring or sweep; the worker keeps going
+                log.exception("commission accrual failed")
+                continue
+            if accrued:
+                log.info("commissions accrued", extra={"fills": accrued})
+    finally:
+        await doorbell.aclose()
+
+
 async def run(res: Resources, stop: asyncio.Event, interval_seconds: float = 30.0) -> None:
-    """The monitor and the housekeeping rounds, until ``stop`` is set."""
+    """The monitor, the commission accrual and the housekeeping rounds, until ``stop`` is set."""
     # The monitor blocks on the Redis stream between sweeps: a connection of its own, with room for that.
     stream = open_redis(res.settings, block_seconds=res.settings.monitor_sweep_seconds)
     monitor = asyncio.create_task(Monitor(res.sessions, stream, res.settings).run(stop), name="monitor")
+    accruing = asyncio.create_task(accrue_commissions(res, stop), name="commissions")
     try:
         while not stop.is_set():
             try:
@@ -78,5 +107,5 @@ async def run(res: Resources, stop: asyncio.Event, interval_seconds: float = 30.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_seconds)
     finally:
-        await cancel_and_wait([monitor])
+        await cancel_and_wait([monitor, accruing])
         await stream.aclose()

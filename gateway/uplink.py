@@ -269,6 +269,8 @@ class UplinkWriter:
             await hints.publish_monitor(self._redis, entries)
             if recorded.woken:  # close commands a risk limit queued: pushed now, not at the next sweep
                 await hints.publish(self._redis, recorded.woken)
+            if recorded.fills_queued:  # their commissions accrue now, not at the worker's next round
+                await hints.ring_commissions(self._redis)
 
     async def _transaction(self, reports: list[DeviceReport]) -> Recorded:
         started = time.perf_counter()

@@ -43,9 +43,9 @@ from backoffice.platform.db import any_id
 BATCH = 500
 
 
-async def enqueue_fills(session: AsyncSession, events: Sequence[dict[str, Any]]) -> None:
+async def enqueue_fills(session: AsyncSession, events: Sequence[dict[str, Any]]) -> int:
     """Queue the FILL execution events among ``events`` (rows as ``executions.event_row`` makes them) for
-    accrual. This runs on the uplink's hot transaction: one statement, no lookups."""
+    accrual; how many were queued. This runs on the uplink's hot transaction: one statement, no lookups."""
     rows = [
         {
             "fill_event_id": event["id"],
@@ -58,6 +58,7 @@ async def enqueue_fills(session: AsyncSession, events: Sequence[dict[str, Any]])
         if event["kind"] is EventKind.FILL
     ]
     await db.insert_rows(session, CommissionQueueItem, rows)
+    return len(rows)
 
 
 async def drain(sessions: async_sessionmaker[AsyncSession], program: Program) -> int:

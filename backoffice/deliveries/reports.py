@@ -173,6 +173,7 @@ class Recorded:
     # Devices with close commands the batch queued (a risk limit's CLOSE_ALL, the rest of a whole close): woken
     # once it commits.
     woken: list[uuid.UUID] = field(default_factory=list)
+    fills_queued: int = 0  # fills queued for commission accrual: the worker is told once the batch commits
 
 
 async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> Recorded:
@@ -207,7 +208,7 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
         if outcome.verdict is Verdict.ACCEPTED:
             recorded.add(key)
         outcomes.append(outcome)
-    await accrual.enqueue_fills(session, batch.events)  # the worker accrues commissions, off this transaction
+    fills = await accrual.enqueue_fills(session, batch.events)  # the worker accrues them, off this transaction
     await executions.insert_events(session, batch.events)
     await _write_deliveries(session, batch.deliveries.values(), now)
     opened = await positions.open_positions(session, batch.openings, now)
@@ -226,6 +227,7 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
         raised + stopped.alerts,
         states,
         sorted({q.device_id for q in queued}),
+        fills,
     )
 
 

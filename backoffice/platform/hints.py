@@ -5,6 +5,9 @@ data, so publishing never fails the caller's request.
   a periodic sweep re-read it too). Wake-ups go out batched, many devices in one message on
   ``WAKE_CHANNEL`` (16 bytes per device id), so a signal fanned out to 10,000 devices costs a few
   messages rather than 10,000; revocations and takeovers go to the device's own channel.
+- The commissions doorbell: a one-element Redis list the gateway rings after committing fills, on which
+  the worker's accrual loop blocks (BLPOP), so a referred user's fill accrues its commission within a
+  moment, not at the next housekeeping round (which still drains the queue, for a ring that was lost).
 - The monitor stream: stored quotes and changed positions, for the worker's stop-loss / take-profit
   monitor (``backoffice.monitor``), which also re-reads both tables periodically. A capped Redis stream
   rather than pub/sub: two workers can both follow it, and a worker reading a moment late misses nothing.
@@ -31,6 +34,7 @@ WAKE_BATCH = 4096  # device ids per wake message (64 KiB)
 MONITOR_STREAM = "sh:monitor"
 MONITOR_STREAM_LENGTH = 100_000  # approximate cap: a worker further behind than this re-reads Postgres
 POSITIONS_FIELD = "p"  # an entry naming positions that changed (comma-separated ids)
+COMMISSIONS_DUE = "sh:commissions:due"  # a list of at most one element: fills are queued for accrual
 
 
 def device_channel(device_id: uuid.UUID | str) -> str:
@@ -77,3 +81,19 @@ async def publish_monitor(redis: Redis, entries: Sequence[Mapping[str, str]]) ->
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("monitor hint not published; its sweep will catch up", extra={"error": str(exc)})
+
+
+async def ring_commissions(redis: Redis) -> None:
+    """Tell a worker that fills were queued for commission accrual (one element, however often rung)."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(COMMISSIONS_DUE, b"1")
+            pipe.ltrim(COMMISSIONS_DUE, 0, 0)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("commissions hint not published; the worker's round will accrue them", extra={"error": str(exc)})
+
+
+async def wait_for_commissions(redis: Redis, seconds: float) -> bool:
+    """Block until the doorbell rings (True) or ``seconds`` pass (False). Redis errors are the caller's."""
+    return await redis.blpop([COMMISSIONS_DUE], timeout=seconds) is not None

@@ -5,6 +5,7 @@ period and its support.release."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -84,6 +85,38 @@ async def test_a_fill_through_the_gateway_earns_one_commission(
     assert (figures.referral_count, figures.active_referral_count) == (1, 1)
     await worker.run_once(res)  # a second round finds nothing more to do for this fill
     assert len(await support.commissions(backoffice_channel, affiliate.user)) == 1
+
+
+async def test_the_worker_accrues_a_fill_within_moments_of_the_gateway_recording_it(
+    backoffice_channel: grpc.aio.Channel,
+    gateway_channel: grpc.aio.Channel,
+    res: Resources,
+    admin: UserCredentials,
+) -> None:
+    """The gateway rings the commissions doorbell once a batch with fills commits; the worker's accrual
+    loop, blocked on it, accrues at once: with its own sweep a minute away, the commission still shows
+    within moments of the fill."""
+    affiliate, trader = await support.affiliate_and_trader(backoffice_channel, res, admin)
+    delivery_id = await (await Book.open(res, trader.user.id)).delivery(trader.device_id)
+    stop = asyncio.Event()
+    accruing = asyncio.create_task(worker.accrue_commissions(res, stop, sweep=60.0))
+    try:
+        await asyncio.sleep(0.5)  # its first drain (of anything queued before) is over: it waits for a ring
+        async with stream(gateway_channel, trader.device) as device:
+            assert (await device.delivery()).delivery_id == str(delivery_id)
+            filled = await device.receipt(device.fill(delivery_id, volume="0.10"))
+            assert filled.status == gw.RECEIPT_STATUS_ACCEPTED
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await support.commissions(backoffice_channel, affiliate.user):
+                assert asyncio.get_running_loop().time() < deadline, "no commission within 10 s of the fill"
+                await asyncio.sleep(0.1)
+        [commission] = await support.commissions(backoffice_channel, affiliate.user)
+        assert commission.lots == "0.10"
+    finally:
+        stop.set()
+        accruing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accruing
 
 
 async def test_tiers_by_the_months_lots_crossed_mid_month_and_restarted(
