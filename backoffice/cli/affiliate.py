@@ -1,11 +1,10 @@
 """``signalhub affiliate ...``: AffiliateService from the command line.
 
 Every command but ``check`` is one call (list commands: every page) through the generated stubs with a
-bearer token, printed as one JSON object; the server decides what the token may do (the payout
-decisions and ``reverse-fill`` need an admin's). The token comes from ``$SIGNALHUB_API_TOKEN``, else
-from ``--credentials FILE`` (default ``.signalhub/demo.json``): its ``api_token``, or in the demo file
-the ``admin_token`` for admin commands and the ``user_token`` for the others. It is never an argument,
-which anyone on the machine could read in ``ps``. A refused call is one line on stderr and exit status 1.
+bearer token, printed as one JSON object, as every user command does (``backoffice.cli.calls``: the token
+from ``$SIGNALHUB_API_TOKEN``, else the credentials file's ``api_token``, or a demo file's ``admin_token``
+for the admin commands and ``user_token`` for the others; a refusal as one line). The server decides what
+the token may do (the payout decisions and ``reverse-fill`` need an admin's).
 
 ``check`` runs on the server side, over the domain like ``signalhub admin``: it recomputes every
 affiliate's balances from the ledger and prints what disagrees (exit status 1 if anything does).
@@ -16,26 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
+from backoffice.cli import calls
 from backoffice.producer.cli import uuid_text
-from backoffice.producer.client import DEFAULT_TARGET, ProducerCallError
-from signalhub.protocol.state import DEFAULT_CREDENTIALS
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
-
-TOKEN_ENV = "SIGNALHUB_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
 
 @dataclass(frozen=True)
@@ -166,17 +158,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one subcommand per call, and ``check``; each sets ``run``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--credentials",
-        type=Path,
-        metavar="FILE",
-        help=f"JSON with api_token (or a demo file's user_token/admin_token) and optionally backoffice "
-        f"(default {DEFAULT_CREDENTIALS}); ${TOKEN_ENV} wins",
-    )
-    common.add_argument("--target", metavar="HOST:PORT", help=f"back office address (default {DEFAULT_TARGET})")
-    common.add_argument("--tls", action="store_true", help="check the server against gRPC's default roots")
-    common.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per call (default %(default)s)")
+    common = calls.caller_arguments()
     commands = parser.add_subparsers(dest="affiliate_command", required=True, metavar="COMMAND", help="the call")
     for name, call in CALLS.items():
         sub = commands.add_parser(name, parents=[common], help=call.help)
@@ -188,16 +170,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.set_defaults(run=run_check)
 
 
-def run_call(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> None:
+def run_call(args: argparse.Namespace) -> None:
     call: Call = args.call
     if "request_id" in call.options and not args.request_id:
         args.request_id = str(uuid.uuid4())
-    token, target = _token_and_target(args, call.admin, environ)
-    try:
-        result = asyncio.run(_call(target, args.tls, token, call, call.request(args), args.timeout))
-    except grpc.aio.AioRpcError as exc:
-        _fail(str(ProducerCallError.from_rpc_error(exc, method=call.rpc, attempts=1)))
-    print(json.dumps(result))
+    request: Any = call.request(args)  # Any: a list request of its own type, or any other request
+
+    def method(stub: rpc.AffiliateServiceAsyncStub) -> Any:  # Any: the RPC is named at run time
+        return getattr(stub, call.rpc)
+
+    if call.pages:
+        calls.every_page(args, rpc.AffiliateServiceStub, method, request, call.pages, admin=call.admin)
+    else:
+        calls.call(args, rpc.AffiliateServiceStub, method, request, admin=call.admin)
 
 
 def run_check(args: argparse.Namespace) -> None:
@@ -217,45 +202,6 @@ def run_check(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-async def _call(target: str, tls: bool, token: str, call: Call, request: Message, deadline: float) -> dict[str, Any]:
-    """The call (every page of a list), as a JSON-ready dict."""
-    channel = (
-        grpc.aio.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.aio.insecure_channel(target)
-    )
-    async with channel:
-        method = getattr(rpc.AffiliateServiceStub(channel), call.rpc)
-        metadata = (("authorization", f"Bearer {token}"),)
-        if not call.pages:
-            return _json(await method(request, metadata=metadata, timeout=deadline))
-        items: list[dict[str, Any]] = []
-        while True:
-            page = await method(request, metadata=metadata, timeout=deadline)
-            items.extend(_json(item) for item in getattr(page, call.pages))
-            if not page.next_page_token:
-                return {call.pages: items}
-            request.page_token = page.next_page_token  # type: ignore[attr-defined]
-
-
-def _token_and_target(args: argparse.Namespace, admin: bool, environ: Mapping[str, str]) -> tuple[str, str]:
-    token = environ.get(TOKEN_ENV, "").strip()
-    path = args.credentials or DEFAULT_CREDENTIALS
-    data: dict[str, Any] = {}
-    if args.credentials is not None or path.is_file():
-        try:
-            data = dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
-            _fail(f"cannot read a JSON object from the credentials file {path}")
-    token = token or str(data.get("api_token") or data.get("admin_token" if admin else "user_token") or "")
-    if not token:
-        _fail(f"no API token: set ${TOKEN_ENV}, or pass --credentials FILE holding api_token")
-    return token, args.target or str(data.get("backoffice") or DEFAULT_TARGET)
-
-
-def _json(message: Message) -> dict[str, Any]:
-    found: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return found
-
-
 def _status(kind: str, status: str | None) -> Any:  # Any: each generated enum has its own ValueType
     """The wire number of ``status`` ("pending") of ``kind`` ("commission"); 0 (unspecified) for none."""
     if not status:
@@ -265,8 +211,3 @@ def _status(kind: str, status: str | None) -> Any:  # Any: each generated enum h
         .values_by_name[f"{kind.upper()}_STATUS_{status.upper()}"]
         .number
     )
-
-
-def _fail(message: str) -> Any:
-    print(f"signalhub: {message}", file=sys.stderr)
-    raise SystemExit(1)

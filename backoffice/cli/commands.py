@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from backoffice.cli.calls import bad_fields
 from backoffice.cli.embedded import EmbeddedUnavailable
 from backoffice.cli.local import Unreachable, check_postgres, load_settings
 from backoffice.platform.config import ENV_PREFIX, ConfigError, Settings
 from signalhub.protocol import logs
-from signalhub.protocol.errors import DomainError
+from signalhub.protocol.errors import DomainError, InvalidArgument
 from signalhub.protocol.state import STATE_DIR
 
 # Server-side modules (SQLAlchemy, the servicers) are imported inside the commands that need them, so
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     create_user = admin.add_parser("create-user", help='prints {"user_id", "api_token"}')
     create_user.add_argument("--email", required=True, help="the user's email address (unique)")
     create_user.add_argument("--role", choices=["admin", "user"], default="user", help="default %(default)s")
+    create_user.add_argument(
+        "--referral-code", default="", metavar="CODE", help="the affiliate who referred the user (their code)"
+    )
     create_producer = admin.add_parser("create-producer", help='prints {"producer_id", "secret"}')
     create_producer.add_argument("--name", required=True, help="a name for the strategy engine")
     create_producer.add_argument(
@@ -69,8 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--from", dest="source", type=Path, required=True, help="a file written by backup")
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
     from backoffice.cli import affiliate as affiliate_cli
+    from backoffice.cli import approvals as approvals_cli
+    from backoffice.cli import audit as audit_cli
+    from backoffice.cli import devices as devices_cli
     from backoffice.cli import positions as positions_cli
     from backoffice.cli import risk as risk_cli
+    from backoffice.cli import signals as signals_cli
+    from backoffice.cli import subscriptions as subscriptions_cli
     from backoffice.producer import cli as producer_cli  # each client command defines its own arguments
     from gateway.bridge import cli as bridge_cli
 
@@ -83,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     risk_cli.add_arguments(
         commands.add_parser("risk", help="a device's risk policy and stopouts: get, set, list, reset (API token)")
     )
+    subscriptions_cli.add_arguments(
+        commands.add_parser("subscriptions", help="the producers you follow: list, add, remove (API token)")
+    )
+    devices_cli.add_arguments(
+        commands.add_parser("devices", help="your EA bridges: list, register, rotate the secret, revoke (API token)")
+    )
+    approvals_cli.add_arguments(
+        commands.add_parser("approvals", help="signals awaiting your decision: pending, approve, reject (API token)")
+    )
+    signals_cli.add_arguments(
+        commands.add_parser("signals", help="the signals you see, and each one's execution per device (API token)")
+    )
+    audit_cli.add_commands(admin)  # `admin alerts|audit`: client calls with an admin's token
     return parser
 
 
@@ -95,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             logs.configure("WARNING")
             asyncio.run(_up(args.state_dir))
             return
-        if args.command in ("producer", "bridge", "affiliate", "positions", "risk"):
+        if "run" in args:  # a client command (producer, bridge, the user commands, admin alerts|audit): runs itself
             logs.configure("WARNING")
             args.run(args)
             return
@@ -130,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (EmbeddedUnavailable, Unreachable) as exc:
         sys.exit(f"signalhub: {exc}")
     except DomainError as exc:
-        sys.exit(f"signalhub: {exc.message}")
+        bad = exc.violations if isinstance(exc, InvalidArgument) else []
+        sys.exit(f"signalhub: {exc.message}{bad_fields(dict(bad))}")
     except KeyboardInterrupt:
         pass
 
@@ -192,7 +215,9 @@ async def _admin(settings: Settings, args: argparse.Namespace) -> dict[str, obje
         async with res.sessions.begin() as session:
             if args.admin_command == "create-user":
                 role = Role.ADMIN if args.role == "admin" else Role.USER
-                user, token = await accounts.create_user(session, email=args.email, role=role)
+                user, token = await accounts.create_user(
+                    session, email=args.email, role=role, referral_code=args.referral_code
+                )
                 return {"user_id": str(user.id), "api_token": token}
             if args.admin_command == "create-producer":
                 producer, secret = await accounts.create_producer(session, res.vault, name=args.name)

@@ -1,17 +1,11 @@
 """``signalhub risk get|set|stopouts|reset``: a device's risk policy and stopouts through RiskService, as its
 owner (or an admin).
 
-The API token comes from the environment variable ``SIGNALHUB_API_TOKEN``, else from ``--credentials FILE``
-(JSON with ``user_token`` and optionally ``backoffice``, like the ``.signalhub/demo.json`` that
-``signalhub up`` writes, which is the default when present); never from an argument, which anyone on the
-machine could read in ``ps``. The result is printed as one JSON object on stdout; a failure is one line on
-stderr (the gRPC code, the server's reason when it says more, each bad field) and exit status 1.
+The API token, the back office's address, the JSON answer and a refusal's one line are the same for every
+user command (``backoffice.cli.calls``); ``stopouts`` prints every page.
 
 ``set`` replaces the whole policy: whatever it is not given is no limit. The server validates the values
 and names each bad one by its path (``policy.limits[0].max_percent``).
-
-Only the protocol layer and the generated stubs are imported: the command starts quickly and needs none
-of the servers' dependencies.
 """
 
 from __future__ import annotations
@@ -27,15 +21,10 @@ from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
 
 T = TypeVar("T")
-PERIODS = {
-    "day": pb.RISK_PERIOD_DAY,
-    "week": pb.RISK_PERIOD_WEEK,
-    "month": pb.RISK_PERIOD_MONTH,
-    "lifetime": pb.RISK_PERIOD_LIFETIME,
-}
-METRICS = {"loss": pb.RISK_METRIC_LOSS, "drawdown": pb.RISK_METRIC_DRAWDOWN}
-ACTIONS = {"stop-opening": pb.RISK_ACTION_STOP_OPENING, "close-all": pb.RISK_ACTION_CLOSE_ALL}
-SIDES = {"buy": common_pb2.SIDE_BUY, "sell": common_pb2.SIDE_SELL}
+PERIODS = calls.choices(pb.RiskPeriod)
+METRICS = calls.choices(pb.RiskMetric)
+ACTIONS = calls.choices(pb.RiskAction)
+SIDES = calls.choices(common_pb2.Side)
 LIMIT_KEYS = ("period", "metric", "amount", "percent", "action")
 LIMIT_HELP = (
     "period=day|week|month|lifetime,metric=loss|drawdown,action=stop-opening|close-all, and amount=D "
@@ -75,29 +64,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a delivery expires at most N s after its signal",
     )
     put.add_argument("--allowed-sides", type=_sides, default=[], metavar="buy,sell", help="the sides it may trade")
-    put.add_argument("--request-id", type=uuid.UUID, metavar="UUID", help="idempotency key (default: a new UUID)")
+    calls.add_request_id(put)
     put.set_defaults(run=run_set)
 
-    stopouts = commands.add_parser("stopouts", parents=[common], help="a device's stopouts, newest first")
+    stopouts = commands.add_parser("stopouts", parents=[common], help="a device's stopouts, newest first (every page)")
     stopouts.add_argument("--device", required=True, type=uuid.UUID, metavar="ID", help="the device")
     stopouts.add_argument("--active", action="store_true", help="only the ones still in force")
-    stopouts.add_argument("--page-size", type=_int32, default=0, help="stopouts per page (default 50, at most 500)")
-    stopouts.add_argument("--page-token", default="", help="next_page_token of the previous page")
     stopouts.set_defaults(run=run_stopouts)
 
     reset = commands.add_parser("reset", parents=[common], help="lift a stopout now")
     reset.add_argument("id", type=uuid.UUID, metavar="ID", help="the stopout")
-    reset.add_argument("--request-id", type=uuid.UUID, metavar="UUID", help="idempotency key (default: a new UUID)")
+    calls.add_request_id(reset)
     reset.set_defaults(run=run_reset)
 
 
 def run_get(args: argparse.Namespace) -> None:
     request = pb.GetRiskPolicyRequest(device_id=str(args.device))
-    calls.run(
-        args,
-        rpc.RiskServiceStub,
-        lambda stub, metadata, timeout: stub.GetRiskPolicy(request, metadata=metadata, timeout=timeout),
-    )
+    calls.call(args, rpc.RiskServiceStub, lambda stub: stub.GetRiskPolicy, request)
 
 
 def run_set(args: argparse.Namespace) -> None:
@@ -111,32 +94,18 @@ def run_set(args: argparse.Namespace) -> None:
         max_delay_seconds=args.max_delay_seconds,
         allowed_sides=args.allowed_sides,
     )
-    request = pb.UpdateRiskPolicyRequest(request_id=str(args.request_id or uuid.uuid4()), policy=policy)
-    calls.run(
-        args,
-        rpc.RiskServiceStub,
-        lambda stub, metadata, timeout: stub.UpdateRiskPolicy(request, metadata=metadata, timeout=timeout),
-    )
+    request = pb.UpdateRiskPolicyRequest(request_id=calls.request_id(args), policy=policy)
+    calls.call(args, rpc.RiskServiceStub, lambda stub: stub.UpdateRiskPolicy, request)
 
 
 def run_stopouts(args: argparse.Namespace) -> None:
-    request = pb.ListStopoutsRequest(
-        device_id=str(args.device), active_only=args.active, page_size=args.page_size, page_token=args.page_token
-    )
-    calls.run(
-        args,
-        rpc.RiskServiceStub,
-        lambda stub, metadata, timeout: stub.ListStopouts(request, metadata=metadata, timeout=timeout),
-    )
+    request = pb.ListStopoutsRequest(device_id=str(args.device), active_only=args.active)
+    calls.every_page(args, rpc.RiskServiceStub, lambda stub: stub.ListStopouts, request, "stopouts")
 
 
 def run_reset(args: argparse.Namespace) -> None:
-    request = pb.ResetStopoutRequest(id=str(args.id), request_id=str(args.request_id or uuid.uuid4()))
-    calls.run(
-        args,
-        rpc.RiskServiceStub,
-        lambda stub, metadata, timeout: stub.ResetStopout(request, metadata=metadata, timeout=timeout),
-    )
+    request = pb.ResetStopoutRequest(id=str(args.id), request_id=calls.request_id(args))
+    calls.call(args, rpc.RiskServiceStub, lambda stub: stub.ResetStopout, request)
 
 
 def _limit(text: str) -> pb.RiskLimit:

@@ -67,19 +67,40 @@ def load_credentials(
     return Credentials(found_id, _secret(role, found_secret), _text(data, address_key), path)
 
 
-def load_token(path: Path | None, environ: Mapping[str, str], *, token_env: str, key: str) -> tuple[Secret, str | None]:
-    """An API token (``sht_...``) and the back office's address when a file gave one: from the environment
-    variable ``token_env``, else from ``key`` in a JSON file (``path``, or the demo.json that `signalhub up`
-    writes, whose ``user_token`` is the demo user's). Never from an argument, and never repeated in an
-    error."""
-    shown = environ.get(token_env, "").strip()
-    if shown:
-        return Secret(shown.encode()), None
-    path, data = _file_or_demo(path, f"no API token: set {token_env}, or pass --credentials FILE")
-    token = _text(data, key)
-    if token is None:
-        raise CredentialsError(f"{path} must have {key}")
-    return Secret(token.encode()), _text(data, "backoffice")
+API_TOKEN_KEY = "api_token"  # noqa: S105 - a key's name: what `signalhub admin create-user` prints the token under
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """Who a user command acts as: an API token (``sht_...``, never shown), and the addresses the credentials
+    file gave (the back office's, a gateway's), when one was read."""
+
+    token: Secret
+    backoffice: str | None = None
+    gateway: str | None = None
+
+
+def load_token(path: Path | None, environ: Mapping[str, str], *, token_env: str, admin: bool = False) -> ApiToken:
+    """The one way a user command finds its API token: the environment variable ``token_env``, else a JSON
+    file (``path``, or the demo.json that `signalhub up` wrote here): its ``api_token`` (what `signalhub
+    admin create-user` prints), or in a demo file, which holds two, its ``admin_token`` for an ``admin``
+    command and its ``user_token`` otherwise. The file's addresses are read even when the token comes from
+    the environment.
+
+    Never from an argument (anyone on the machine could read it in ``ps``), and never repeated in an error."""
+    if path is None and DEFAULT_CREDENTIALS.is_file():
+        path = DEFAULT_CREDENTIALS
+    data = _read_json(path) if path is not None else {}
+    demo_key = "admin_token" if admin else "user_token"
+    token = environ.get(token_env, "").strip() or _text(data, API_TOKEN_KEY) or _text(data, demo_key)
+    if not token:
+        if path is None:
+            raise CredentialsError(
+                f"no API token: set {token_env}, or pass --credentials FILE "
+                f"(or run `signalhub up` here, which writes {DEFAULT_CREDENTIALS})"
+            )
+        raise CredentialsError(f"{path} has no API token: it needs {API_TOKEN_KEY} (or a demo file's {demo_key})")
+    return ApiToken(Secret(token.encode()), _text(data, "backoffice"), _text(data, "gateway"))
 
 
 def _file_or_demo(path: Path | None, missing: str) -> tuple[Path, dict[str, object]]:

@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -21,13 +21,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import select, text
 
-from backoffice import quotes
+from backoffice import alerts, quotes
+from backoffice.affiliates import referrals
 from backoffice.bootstrap import Resources
 from backoffice.cli import commands as cli
 from backoffice.devices import registration
-from backoffice.models import Device, Role
+from backoffice.models import AlertKind, Device, Role, User
 from backoffice.platform.auth import authenticate_token
 from backoffice.platform.config import MasterKey, Settings
+from backoffice.platform.serving import Server
 from backoffice.platform.vault import Binding, Vault
 from backoffice.producer import cli as producer_cli
 from gateway.bridge import cli as bridge_cli
@@ -35,6 +37,7 @@ from signalhub.protocol import signing
 from signalhub.protocol.secret import Secret
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
+from tests.backoffice.cli import support
 from tests.backoffice.platform.test_vault import wait_until_blocked_behind
 from tests.conftest import (
     REDIS_URL,
@@ -43,6 +46,7 @@ from tests.conftest import (
     KeyCredentials,
     UserCredentials,
     free_port,
+    make_user,
     run_module,
     scratch_database,
 )
@@ -135,6 +139,67 @@ async def test_an_admin_marks_a_producer_a_price_feed(settings: Settings, res: R
     assert await price_feed()
     unknown = signalhub("admin", "set-price-feed", str(uuid.uuid4()), env=env)
     assert unknown.returncode != 0 and "no producer" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+async def test_admin_create_user_with_a_referral_code(settings: Settings, res: Resources) -> None:
+    """The new user is attributed to the affiliate whose code it gives; a refused code is one line naming the
+    field, and no user is made."""
+    referrer = await make_user(res)
+    async with res.sessions.begin() as session:
+        affiliate = await referrals.register(session, referrer.caller)
+    done = signalhub(
+        "admin", "create-user", "--email", f"{uuid.uuid4().hex}@cli.test", "--referral-code", affiliate.referral_code,
+        env=_env(settings),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    async with res.sessions() as session:
+        assert await referrals.referrer_of(session, uuid.UUID(json.loads(done.stdout)["user_id"])) == affiliate.id
+
+    email = f"{uuid.uuid4().hex}@cli.test"
+    refused = signalhub("admin", "create-user", "--email", email, "--referral-code", "nobodys", env=_env(settings))
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == "signalhub: invalid request: referral_code (referral_code: unknown referral code)\n"
+    async with res.sessions() as session:
+        assert await session.scalar(select(User).where(User.email == email)) is None
+
+
+async def test_admin_alerts_and_audit_with_an_admins_token(
+    res: Resources, backoffice_server: Server, admin: UserCredentials, user: UserCredentials, device: KeyCredentials
+) -> None:
+    """Client calls through AuditService, filtered as their requests allow; a user's token is refused."""
+    target = backoffice_server.bound_address
+    async with res.sessions.begin() as session:
+        [raised] = await alerts.raise_alerts(
+            session,
+            [alerts.Incident(AlertKind.DEVICE_DISCONNECTED, device.id, device.id, "disconnected for a while")],
+            datetime.now(UTC),
+        )
+    code, found, err = await support.signalhub(
+        "admin", "alerts", "--device", str(device.id), "--status", "open", "--kind", "device-disconnected",
+        token=admin.token, target=target,
+    )  # fmt: skip
+    assert code == 0, err
+    assert [(a["id"], a["kind"], a["user_id"]) for a in found["alerts"]] == [
+        (str(raised.id), "ALERT_KIND_DEVICE_DISCONNECTED", str(user.id))
+    ]
+    code, found, _ = await support.signalhub(
+        "admin", "alerts", "--device", str(device.id), "--status", "resolved", token=admin.token, target=target
+    )
+    assert code == 0 and found == {"alerts": []}
+
+    code, audited, err = await support.signalhub(
+        "admin", "audit", "--object-type", "alert", "--object", str(raised.id), token=admin.token, target=target
+    )
+    assert code == 0, err
+    assert [(e["action"], e["actor_type"]) for e in audited["audit_events"]] == [("alert.raise", "ACTOR_TYPE_SYSTEM")]
+    code, audited, _ = await support.signalhub(
+        "admin", "audit", "--actor", str(user.id), "--action", "RegisterDevice", token=admin.token, target=target
+    )
+    assert code == 0 and [e["object_id"] for e in audited["audit_events"]] == [str(device.id)]
+
+    for command in ("alerts", "audit"):
+        code, out, err = await support.signalhub("admin", command, token=user.token, target=target)
+        assert (code, out) == (1, None) and support.one_line(err, "PERMISSION_DENIED"), err
 
 
 def test_bad_configuration_names_each_problem(settings: Settings) -> None:

@@ -3,9 +3,7 @@ environment (or a credentials file), one JSON object out, one line on stderr whe
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +12,13 @@ import pytest
 
 from backoffice.bootstrap import Resources
 from backoffice.platform.serving import Server
-from tests.conftest import ROOT_DIR, KeyCredentials, UserCredentials, run_module
+from tests.backoffice.cli.support import signalhub
+from tests.conftest import ROOT_DIR, KeyCredentials, UserCredentials
 from tests.gateway.support import Book
 
 
 async def positions(*args: str, token: str | None, target: str, cwd: Path = ROOT_DIR) -> tuple[int, Any, str]:
-    """Run the command (off the event loop, which serves the back office meanwhile); its exit status, its
-    JSON output (None when there is none) and its stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
-    env["PYTHONPATH"] = f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}"
-    if token is not None:
-        env["SIGNALHUB_API_TOKEN"] = token
-    process = run_module("backoffice.cli", "positions", *args, "--target", target, env=env, cwd=cwd)
-    out, err = await asyncio.to_thread(process.communicate, timeout=60)
-    return process.returncode, json.loads(out) if out.strip() else None, err
+    return await signalhub("positions", *args, token=token, target=target, cwd=cwd)
 
 
 @pytest.fixture

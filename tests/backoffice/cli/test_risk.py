@@ -3,9 +3,7 @@ office, the API token from the environment, one JSON object out, one line on std
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,20 +13,13 @@ from backoffice import risk
 from backoffice.bootstrap import Resources
 from backoffice.models import RiskAction, RiskMetric, RiskPeriod, Side
 from backoffice.platform.serving import Server
+from tests.backoffice.cli.support import signalhub
 from tests.backoffice.risk.support import add_stopouts, stopout_row
-from tests.conftest import ROOT_DIR, KeyCredentials, UserCredentials, make_user, run_module
+from tests.conftest import ROOT_DIR, KeyCredentials, UserCredentials, make_user
 
 
 async def risk_command(*args: str, token: str | None, target: str, cwd: Path = ROOT_DIR) -> tuple[int, Any, str]:
-    """Run the command (off the event loop, which serves the back office meanwhile); its exit status, its
-    JSON output (None when there is none) and its stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALHUB_")}
-    env["PYTHONPATH"] = f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}"
-    if token is not None:
-        env["SIGNALHUB_API_TOKEN"] = token
-    process = run_module("backoffice.cli", "risk", *args, "--target", target, env=env, cwd=cwd)
-    out, err = await asyncio.to_thread(process.communicate, timeout=60)
-    return process.returncode, json.loads(out) if out.strip() else None, err
+    return await signalhub("risk", *args, token=token, target=target, cwd=cwd)
 
 
 async def test_set_get_stopouts_and_reset(
