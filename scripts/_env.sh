@@ -110,3 +110,29 @@ choose_test_servers() {
         echo "== starting embedded ${names% and } under .signalhub/test-servers: $why" >&2
     fi
 }
+
+# The browser the console's tests drive (tests/backoffice/console): the distribution's Chromium at
+# /usr/bin/chromium, never one Playwright downloads. Missing and we are root with apt-get: install Debian's
+# `chromium` package, quietly. Still missing: under CI=true that is a failure; elsewhere the browser tests
+# are skipped (they say so).
+CHROMIUM=/usr/bin/chromium
+ensure_chromium() {
+    if [[ -x "$CHROMIUM" ]]; then
+        return
+    fi
+    if ((EUID == 0)) && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing chromium (Debian package) for the console's browser tests" >&2
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium; } >/dev/null 2>&1; then
+            echo "!! apt-get could not install chromium" >&2
+        fi
+    fi
+    if [[ -x "$CHROMIUM" ]]; then
+        return
+    fi
+    if [[ "${CI:-}" == "true" ]]; then
+        echo "$CHROMIUM is required in CI for the console's browser tests (install Debian's chromium package)" >&2
+        exit 1
+    fi
+    echo "!! $CHROMIUM not found: the console's browser tests will be skipped (install the chromium package)" >&2
+}

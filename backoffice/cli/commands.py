@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a metrics endpoint to read (repeat for each process; default SIGNALHUB_METRICS_ADDRESS)",
     )
     serve = commands.add_parser("serve", help="run one process")
-    serve.add_argument("process", choices=["backoffice", "gateway", "worker"], help="which process to run")
+    serve.add_argument("process", choices=["backoffice", "gateway", "worker", "console"], help="which process to run")
     admin = commands.add_parser("admin", help="administration").add_subparsers(
         dest="admin_command", required=True, help="what to administer"
     )
@@ -130,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         if args.command == "admin" and args.admin_command == "generate-master-key":
             print(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
+            return
+        if args.command == "serve" and args.process == "console":
+            from backoffice.console import server as console_server  # no database: none of the server settings
+
+            console_server.main()
             return
         settings = load_settings()
         logs.configure(settings.log_level)
