@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backoffice import audit
 from backoffice.affiliates import referrals
 from backoffice.models import ActorType, ApiToken, Device, Producer, ProducerStatus, Role, User
+from backoffice.platform import paging
 from backoffice.platform.auth import Caller, new_api_token, require_admin
 from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
@@ -210,3 +211,27 @@ async def revoke_producer(session: AsyncSession, caller: Caller, producer_id: uu
         producer.revoked_at = datetime.now(UTC)
         audit.record(session, caller, "RevokeProducer", "producer", producer.id)
     return producer
+
+
+async def list_producers(session: AsyncSession, caller: Caller, page: paging.PageRequest) -> tuple[list[Producer], str]:
+    """Producers, newest first, one page: an admin sees every one, a user the ACTIVE ones (whom they may
+    follow)."""
+    query = select(Producer)
+    if not caller.is_admin:
+        query = query.where(Producer.status == ProducerStatus.ACTIVE)
+    return await paging.fetch(session, query, Producer, page, filters=[caller.is_admin])
+
+
+async def list_users(
+    session: AsyncSession, caller: Caller, page: paging.PageRequest, *, email: str = ""
+) -> tuple[list[tuple[User, uuid.UUID | None]], str]:
+    """Users, newest first, one page, each with the affiliate that referred it (if any); only the one with
+    ``email`` when given. Admin only."""
+    require_admin(caller)
+    wanted = email.strip().lower()
+    query = select(User)
+    if wanted:
+        query = query.where(User.email == wanted)
+    users, token = await paging.fetch(session, query, User, page, filters=[wanted])
+    referrers = await referrals.referrers_of(session, [u.id for u in users])
+    return [(user, referrers.get(user.id)) for user in users], token

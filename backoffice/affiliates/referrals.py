@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -121,7 +122,17 @@ async def attribute(session: AsyncSession, affiliate: Affiliate, user_id: uuid.U
 
 async def referrer_of(session: AsyncSession, user_id: uuid.UUID) -> uuid.UUID | None:
     """The affiliate that referred the user, if any."""
-    return await session.scalar(select(Referral.affiliate_id).where(Referral.referred_user_id == user_id))
+    return (await referrers_of(session, [user_id])).get(user_id)
+
+
+async def referrers_of(session: AsyncSession, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The affiliate that referred each of these users, for those referred."""
+    if not user_ids:
+        return {}
+    rows = await session.execute(
+        select(Referral.referred_user_id, Referral.affiliate_id).where(any_id(Referral.referred_user_id, user_ids))
+    )
+    return {user_id: affiliate_id for user_id, affiliate_id in rows}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backoffice import accounts, models
 from backoffice.affiliates import referrals
 from backoffice.models import Role
+from backoffice.platform import paging
 from backoffice.platform.auth import require_admin
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
@@ -141,3 +142,15 @@ class AccountServicer:
         producer_id = parse_id(request.id, "id")
         async with self._sessions.begin() as session:
             return encode_producer(await accounts.revoke_producer(session, caller, producer_id))
+
+    async def ListProducers(self, request: pb.ListProducersRequest, context: Any) -> pb.ListProducersResponse:
+        caller = current_caller()
+        async with self._sessions() as session:
+            found, token = await accounts.list_producers(session, caller, paging.requested(request))
+        return pb.ListProducersResponse(producers=[encode_producer(p) for p in found], next_page_token=token)
+
+    async def ListUsers(self, request: pb.ListUsersRequest, context: Any) -> pb.ListUsersResponse:
+        caller = current_caller()
+        async with self._sessions() as session:
+            found, token = await accounts.list_users(session, caller, paging.requested(request), email=request.email)
+        return pb.ListUsersResponse(users=[encode_user(u, referrer) for u, referrer in found], next_page_token=token)

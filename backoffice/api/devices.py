@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import devices, models
+from backoffice.devices import account_states
 from backoffice.devices.hello import Hello
 from backoffice.platform import hints, paging
 from backoffice.platform.config import Settings
@@ -22,8 +23,19 @@ from signalhub.v1 import backoffice_pb2 as pb
 _STATUS = "DEVICE_STATUS"
 
 
-def encode_device(device: models.Device) -> pb.Device:
+def encode_device(device: models.Device, account: models.AccountState | None = None) -> pb.Device:
     hello = Hello.from_json(device.last_hello)
+    state = (
+        pb.DeviceAccountState(
+            balance=wire.decimal_text(account.balance),
+            equity=wire.decimal_text(account.equity),
+            margin=wire.decimal_text(account.margin),
+            free_margin=wire.decimal_text(account.free_margin),
+            state_time=wire.timestamp(account.state_time),
+        )
+        if account is not None
+        else None
+    )
     return pb.Device(
         id=str(device.id),
         user_id=str(device.user_id),
@@ -40,6 +52,7 @@ def encode_device(device: models.Device) -> pb.Device:
         balance=wire.decimal_text(hello.balance),
         equity=wire.decimal_text(hello.equity),
         hello_time=wire.timestamp(device.last_hello_at),
+        account_state=state,
     )
 
 
@@ -77,14 +90,18 @@ class DeviceServicer:
         device_id = parse_id(request.id, "id")
         async with self._sessions() as session:
             device = await devices.get_device(session, caller, device_id)
-        return encode_device(device)
+            states = await account_states.latest(session, [device.id])
+        return encode_device(device, states.get(device.id))
 
     async def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:
         caller = current_caller()
         status = wire.optional_enum_from_wire(pb.DeviceStatus, _STATUS, request.status, models.DeviceStatus, "status")
         async with self._sessions() as session:
             found, token = await devices.list_devices(session, caller, status=status, page=paging.requested(request))
-        return pb.ListDevicesResponse(devices=[encode_device(d) for d in found], next_page_token=token)
+            states = await account_states.latest(session, [d.id for d in found])
+        return pb.ListDevicesResponse(
+            devices=[encode_device(d, states.get(d.id)) for d in found], next_page_token=token
+        )
 
     async def UpdateDevice(self, request: pb.UpdateDeviceRequest, context: Any) -> pb.Device:
         caller = current_caller()

@@ -11,14 +11,16 @@ device's own frames that follow it (so a slow device clock does not hide them un
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice.platform.db import driver_rows
+from backoffice.models import AccountState
+from backoffice.platform.db import any_id, driver_rows
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,11 @@ RETURNING stored.device_id
 _RECORDED_FRAMES = (
     "SELECT device_id, frame_id FROM account_states WHERE device_id = ANY($1::uuid[]) AND frame_id = ANY($2::text[])"
 )
+
+
+async def latest(session: AsyncSession, device_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AccountState]:
+    """The stored (newest) account state of each of these devices that has one."""
+    if not device_ids:
+        return {}
+    rows = await session.scalars(select(AccountState).where(any_id(AccountState.device_id, device_ids)))
+    return {row.device_id: row for row in rows}

@@ -848,6 +848,118 @@ class Producer(_message.Message):
 Global___Producer: _TypeAlias = Producer  # noqa: Y015
 
 @_typing.final
+class ListProducersRequest(_message.Message):
+    """Request for AccountService.ListProducers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size: 0 means 50, at most 500."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProducersRequest: _TypeAlias = ListProducersRequest  # noqa: Y015
+
+@_typing.final
+class ListProducersResponse(_message.Message):
+    """Response of AccountService.ListProducers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty at the end."""
+    @_builtins.property
+    def producers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Producer]:
+        """The producers."""
+
+    def __init__(
+        self,
+        *,
+        producers: _abc.Iterable[Global___Producer] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "producers", b"producers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProducersResponse: _TypeAlias = ListProducersResponse  # noqa: Y015
+
+@_typing.final
+class ListUsersRequest(_message.Message):
+    """Request for AccountService.ListUsers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size: 0 means 50, at most 500."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
+    email: _builtins.str
+    """Optional: only the user with this email (compared case-insensitively)."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsersRequest: _TypeAlias = ListUsersRequest  # noqa: Y015
+
+@_typing.final
+class ListUsersResponse(_message.Message):
+    """Response of AccountService.ListUsers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty at the end."""
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]:
+        """The users."""
+
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___User] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsersResponse: _TypeAlias = ListUsersResponse  # noqa: Y015
+
+@_typing.final
 class CreateUserRequest(_message.Message):
     """Request for AccountService.CreateUser."""
 
@@ -2001,6 +2113,7 @@ class Device(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     EQUITY_FIELD_NUMBER: _builtins.int
     HELLO_TIME_FIELD_NUMBER: _builtins.int
+    ACCOUNT_STATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id (UUID); the x-sh-key-id of its signatures."""
     user_id: _builtins.str
@@ -2045,6 +2158,12 @@ class Device(_message.Message):
     def hello_time(self) -> _timestamp_pb2.Timestamp:
         """When its last Hello arrived; unset if never."""
 
+    @_builtins.property
+    def account_state(self) -> Global___DeviceAccountState:
+        """The newest account state its bridge reported (AccountState frames, and its Hello's
+        balance and equity); unset if none.
+        """
+
     def __init__(
         self,
         *,
@@ -2063,14 +2182,57 @@ class Device(_message.Message):
         balance: _builtins.str = ...,
         equity: _builtins.str = ...,
         hello_time: _timestamp_pb2.Timestamp | None = ...,
+        account_state: Global___DeviceAccountState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "hello_time", b"hello_time", "last_seen_time", b"last_seen_time", "revoke_time", b"revoke_time", "secret_rotate_time", b"secret_rotate_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_state", b"account_state", "create_time", b"create_time", "hello_time", b"hello_time", "last_seen_time", b"last_seen_time", "revoke_time", b"revoke_time", "secret_rotate_time", b"secret_rotate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_currency", b"account_currency", "balance", b"balance", "bridge_version", b"bridge_version", "create_time", b"create_time", "equity", b"equity", "hello_time", b"hello_time", "id", b"id", "last_seen_time", b"last_seen_time", "mac_address", b"mac_address", "name", b"name", "revoke_time", b"revoke_time", "secret_rotate_time", b"secret_rotate_time", "status", b"status", "symbol_map", b"symbol_map", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_currency", b"account_currency", "account_state", b"account_state", "balance", b"balance", "bridge_version", b"bridge_version", "create_time", b"create_time", "equity", b"equity", "hello_time", b"hello_time", "id", b"id", "last_seen_time", b"last_seen_time", "mac_address", b"mac_address", "name", b"name", "revoke_time", b"revoke_time", "secret_rotate_time", b"secret_rotate_time", "status", b"status", "symbol_map", b"symbol_map", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class DeviceAccountState(_message.Message):
+    """A device's trading account as its bridge last reported it. Decimal strings; margin and
+    free_margin empty when the terminal did not say.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    EQUITY_FIELD_NUMBER: _builtins.int
+    MARGIN_FIELD_NUMBER: _builtins.int
+    FREE_MARGIN_FIELD_NUMBER: _builtins.int
+    STATE_TIME_FIELD_NUMBER: _builtins.int
+    balance: _builtins.str
+    """Balance, in the account currency."""
+    equity: _builtins.str
+    """Equity, in the account currency."""
+    margin: _builtins.str
+    """Margin in use."""
+    free_margin: _builtins.str
+    """Free margin."""
+    @_builtins.property
+    def state_time(self) -> _timestamp_pb2.Timestamp:
+        """When the bridge read it (its own clock; a Hello's is the server's receive time)."""
+
+    def __init__(
+        self,
+        *,
+        balance: _builtins.str = ...,
+        equity: _builtins.str = ...,
+        margin: _builtins.str = ...,
+        free_margin: _builtins.str = ...,
+        state_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state_time", b"state_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "equity", b"equity", "free_margin", b"free_margin", "margin", b"margin", "state_time", b"state_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceAccountState: _TypeAlias = DeviceAccountState  # noqa: Y015
 
 @_typing.final
 class RegisterDeviceRequest(_message.Message):

@@ -70,6 +70,16 @@ class AccountServiceStub:
                 request_serializer=signalhub_dot_v1_dot_backoffice__pb2.RevokeProducerRequest.SerializeToString,
                 response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.Producer.FromString,
                 _registered_method=True)
+        self.ListProducers = channel.unary_unary(
+                '/signalhub.v1.AccountService/ListProducers',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListProducersRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListProducersResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/signalhub.v1.AccountService/ListUsers',
+                request_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -132,6 +142,21 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProducers(self, request, context):
+        """Lists producers, newest first: admins see every one, users the ACTIVE ones (whom they may
+        follow).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Lists users, newest first. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +194,16 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.RevokeProducer,
                     request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.RevokeProducerRequest.FromString,
                     response_serializer=signalhub_dot_v1_dot_backoffice__pb2.Producer.SerializeToString,
+            ),
+            'ListProducers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProducers,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListProducersRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListProducersResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=signalhub_dot_v1_dot_backoffice__pb2.ListUsersRequest.FromString,
+                    response_serializer=signalhub_dot_v1_dot_backoffice__pb2.ListUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +396,60 @@ class AccountService:
             '/signalhub.v1.AccountService/RevokeProducer',
             signalhub_dot_v1_dot_backoffice__pb2.RevokeProducerRequest.SerializeToString,
             signalhub_dot_v1_dot_backoffice__pb2.Producer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProducers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.AccountService/ListProducers',
+            signalhub_dot_v1_dot_backoffice__pb2.ListProducersRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.ListProducersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signalhub.v1.AccountService/ListUsers',
+            signalhub_dot_v1_dot_backoffice__pb2.ListUsersRequest.SerializeToString,
+            signalhub_dot_v1_dot_backoffice__pb2.ListUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,12 @@ class AccountServiceStub:
     """Revokes a producer: its signatures fail with KEY_REVOKED from now on. Admin only.
     Revoking twice is a no-op.
     """
+    ListProducers: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListProducersRequest, _backoffice_pb2.ListProducersResponse]
+    """Lists producers, newest first: admins see every one, users the ACTIVE ones (whom they may
+    follow).
+    """
+    ListUsers: _grpc.UnaryUnaryMultiCallable[_backoffice_pb2.ListUsersRequest, _backoffice_pb2.ListUsersResponse]
+    """Lists users, newest first. Admin only."""
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -109,6 +115,12 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Revokes a producer: its signatures fail with KEY_REVOKED from now on. Admin only.
     Revoking twice is a no-op.
     """
+    ListProducers: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListProducersRequest, _backoffice_pb2.ListProducersResponse]  # type: ignore[assignment]
+    """Lists producers, newest first: admins see every one, users the ACTIVE ones (whom they may
+    follow).
+    """
+    ListUsers: _aio.UnaryUnaryMultiCallable[_backoffice_pb2.ListUsersRequest, _backoffice_pb2.ListUsersResponse]  # type: ignore[assignment]
+    """Lists users, newest first. Admin only."""
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Users, their API tokens, and producers. Bearer-token auth."""
@@ -179,6 +191,24 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes a producer: its signatures fail with KEY_REVOKED from now on. Admin only.
         Revoking twice is a no-op.
         """
+
+    @_abc_1.abstractmethod
+    def ListProducers(
+        self,
+        request: _backoffice_pb2.ListProducersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.ListProducersResponse, _abc.Awaitable[_backoffice_pb2.ListProducersResponse]]:
+        """Lists producers, newest first: admins see every one, users the ACTIVE ones (whom they may
+        follow).
+        """
+
+    @_abc_1.abstractmethod
+    def ListUsers(
+        self,
+        request: _backoffice_pb2.ListUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_backoffice_pb2.ListUsersResponse, _abc.Awaitable[_backoffice_pb2.ListUsersResponse]]:
+        """Lists users, newest first. Admin only."""
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -134,3 +134,50 @@ async def test_producer_create_rotate_revoke(
             )
         ).all()
     assert set(actions) == {"CreateProducer", "RotateProducerSecret", "RevokeProducer"}
+
+
+async def test_producers_listed_all_for_admins_active_for_users(
+    backoffice_channel: grpc.aio.Channel, user: UserCredentials, admin: UserCredentials
+) -> None:
+    """Admins see every producer, newest first and paged; users only the active ones (whom they may follow)."""
+    stub = rpc.AccountServiceStub(backoffice_channel)
+    made = []
+    for n in range(3):
+        request = pb.CreateProducerRequest(request_id=str(uuid.uuid4()), name=f"listed {n}")
+        made.append((await stub.CreateProducer(request, metadata=admin.metadata, timeout=5)).producer)
+    await stub.RevokeProducer(pb.RevokeProducerRequest(id=made[1].id), metadata=admin.metadata, timeout=5)
+
+    async def every(who: UserCredentials) -> list[pb.Producer]:
+        found: list[pb.Producer] = []
+        token = ""
+        while True:
+            page = await stub.ListProducers(
+                pb.ListProducersRequest(page_size=2, page_token=token), metadata=who.metadata, timeout=5
+            )
+            found.extend(page.producers)
+            if not (token := page.next_page_token):
+                return found
+
+    seen_by_admin = [p.id for p in await every(admin) if p.id in {m.id for m in made}]
+    assert seen_by_admin == [made[2].id, made[1].id, made[0].id]  # newest first, the revoked one too
+    seen_by_user = {p.id: p for p in await every(user)}
+    assert made[1].id not in seen_by_user and {made[0].id, made[2].id} <= set(seen_by_user)
+    assert seen_by_user[made[2].id].name == "listed 2"
+
+
+async def test_users_listed_by_admins_only_and_found_by_email(
+    backoffice_channel: grpc.aio.Channel, user: UserCredentials, admin: UserCredentials
+) -> None:
+    stub = rpc.AccountServiceStub(backoffice_channel)
+    refused = await expect_failure(stub.ListUsers(pb.ListUsersRequest(), metadata=user.metadata, timeout=5))
+    assert refused.code == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    email = f"Listed.{uuid.uuid4().hex}@Example.com"
+    created = await stub.CreateUser(
+        pb.CreateUserRequest(request_id=str(uuid.uuid4()), email=email, role=pb.ROLE_USER),
+        metadata=admin.metadata,
+        timeout=5,
+    )
+    [found] = (await stub.ListUsers(pb.ListUsersRequest(email=email), metadata=admin.metadata, timeout=5)).users
+    assert found == created.user
+    page = await stub.ListUsers(pb.ListUsersRequest(page_size=1), metadata=admin.metadata, timeout=5)
+    assert len(page.users) == 1 and page.next_page_token  # more than one user: paged

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import func, select
 
 from backoffice.bootstrap import Resources
+from backoffice.devices import account_states
 from backoffice.models import Device, DeviceStatus
 from backoffice.platform import hints
 from backoffice.platform.auth import KeyKind
@@ -375,3 +377,28 @@ async def test_concurrent_registers_with_one_request_id_make_one_device(
     assert len({(a.device.id, a.secret) for a in answers}) == 1
     async with res.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Device).where(Device.user_id == owner.id)) == 1
+
+
+async def test_a_device_shows_its_newest_account_state(
+    backoffice_channel: grpc.aio.Channel, user: UserCredentials, res: Resources
+) -> None:
+    """GetDevice and ListDevices carry the newest AccountState its bridge reported, unset before any."""
+    device = (await register(backoffice_channel, user)).device
+    assert not device.HasField("account_state")
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    async with res.sessions.begin() as session:
+        await account_states.store_latest(
+            session,
+            [
+                account_states.AccountStateIn(
+                    uuid.UUID(device.id), Decimal("10000.50"), Decimal("9876.25"), Decimal("120"), None, when, "f-1"
+                )
+            ],
+            datetime.now(UTC),
+        )
+    got = await stub(backoffice_channel).GetDevice(pb.GetDeviceRequest(id=device.id), metadata=user.metadata)
+    state = got.account_state
+    assert (state.balance, state.equity, state.margin, state.free_margin) == ("10000.50", "9876.25", "120", "")
+    assert state.state_time.ToDatetime(UTC) == when
+    listed = await stub(backoffice_channel).ListDevices(pb.ListDevicesRequest(), metadata=user.metadata)
+    assert [d.account_state for d in listed.devices if d.id == device.id] == [state]
