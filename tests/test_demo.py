@@ -1,5 +1,7 @@
 """The README's walk-through as a person does it: `signalhub up`, `signalhub bridge --executor paper`,
-`signalhub producer submit`, and the signal ends as a paper fill visible through ExecutionService."""
+`signalhub producer submit`, and the signal ends as a paper fill visible through ExecutionService; the
+console `up` started answers at the URL it printed; each server's log is in its own file; and a second
+`up` on the same addresses says in one line that they are taken."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +85,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
                 "SIGNALHUB_BACKOFFICE_ADDRESS": "127.0.0.1:0",
                 "SIGNALHUB_GATEWAY_ADDRESS": "127.0.0.1:0",
                 "SIGNALHUB_METRICS_ADDRESS": "127.0.0.1:0",
+                "SIGNALHUB_CONSOLE_ADDRESS": "127.0.0.1:0",
                 "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}",
             }
         )
@@ -165,3 +169,41 @@ def test_the_readme_grpcurl_example_runs_as_written(demo: Demo) -> None:
     # Parsed with protobuf's JSON mapping, which takes field names as written or in lowerCamelCase.
     (device,) = json_format.Parse(ran.stdout, pb.SignalExecution()).devices
     assert device.device_id == demo.credentials["device_id"] and device.instrument == "GOLD.m"
+
+
+def test_up_serves_the_console_at_the_url_it_printed(demo: Demo) -> None:
+    url = demo.credentials["console"]
+    with urllib.request.urlopen(url + "signin", timeout=10) as page:  # noqa: S310 - the test's own loopback URL
+        body = page.read().decode()
+        assert page.status == 200 and "Content-Security-Policy" in page.headers
+    assert "API token" in body and demo.credentials["user_token"] not in body
+
+
+def test_up_writes_each_servers_json_log_owner_only(demo: Demo) -> None:
+    logs = demo.cwd / ".signalhub" / "logs"
+    lines = [json.loads(line) for line in (logs / "backoffice.log").read_text().splitlines() if line.strip()]
+    assert any(line["logger"] == "signalhub.rpc" for line in lines)  # the calls the walk-through made
+    gateway = (logs / "gateway.log").read_text()
+    assert "signalhub.gateway" in gateway and "signalhub.rpc" not in gateway
+    for path in logs.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+        text = path.read_text()
+        for key in ("device_secret", "producer_secret", "user_token", "admin_token"):
+            assert demo.credentials[key] not in text, f"{key} in {path.name}"
+
+
+def test_a_second_up_on_the_same_addresses_says_they_are_taken(demo: Demo, tmp_path: Path) -> None:
+    env = {**demo.env, "SIGNALHUB_BACKOFFICE_ADDRESS": demo.credentials["backoffice"]}
+    second = subprocess.run(
+        [sys.executable, "-m", "backoffice.cli", "up", "--state-dir", str(tmp_path / "state")],
+        env=env,
+        cwd=demo.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"signalhub: {demo.credentials['backoffice']} (back office) is taken by another signalhub "
+        "(is `signalhub up` running already?); stop it, or set the address variables"
+    )

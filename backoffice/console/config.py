@@ -54,10 +54,12 @@ class ConsoleConfig:
         def text(name: str, default: str = "") -> str:
             return env.get(ENV_PREFIX + name, "").strip() or default
 
-        def address(name: str, default: str) -> str:
+        def address(name: str, default: str, *, listen: bool = False) -> str:
+            """host:port; one to listen on may name port 0 (any free port: `signalhub up` in tests)."""
             value = text(name, default)
             host, sep, port = value.rpartition(":")
-            if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            lowest = 0 if listen else 1
+            if not sep or not host or not (port.isascii() and port.isdigit()) or not lowest <= int(port) < 65536:
                 problems.append(f"{ENV_PREFIX}{name}: expected host:port, got {value!r}")
             return value
 
@@ -82,7 +84,7 @@ class ConsoleConfig:
                 problems.append(f"{ENV_PREFIX}{name}: no file at {raw}")
             return Path(raw) if raw else None
 
-        host, _, port = address("CONSOLE_ADDRESS", f"{cls.host}:{cls.port}").rpartition(":")
+        host, _, port = address("CONSOLE_ADDRESS", f"{cls.host}:{cls.port}", listen=True).rpartition(":")
         backoffice = address("BACKOFFICE_ADDRESS", cls.backoffice_target)
         gateway = text("CONSOLE_GATEWAY_ADDRESS") or text("GATEWAY_ADDRESS", cls.gateway_address)
         tls_cert, tls_key = path("CONSOLE_TLS_CERT"), path("CONSOLE_TLS_KEY")
