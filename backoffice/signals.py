@@ -32,6 +32,7 @@ from backoffice.models import (
 )
 from backoffice.platform import db, idempotency, paging
 from backoffice.platform.auth import Caller
+from backoffice.platform.db import any_id
 from backoffice.platform.idempotency import add_once
 from backoffice.platform.vault import Vault
 from backoffice.positions import levels
@@ -366,32 +367,41 @@ class SignalView:
     show_levels: bool
 
 
-async def _view(session: AsyncSession, caller: Caller, signal: Signal, now: datetime) -> SignalView:
-    owner = caller.kind is ActorType.PRODUCER and caller.id == signal.producer_id
-    privileged = owner or caller.is_admin
-    show_levels = privileged or bool(
-        await session.scalar(
-            select(
-                exists().where(
-                    Position.signal_id == signal.id, Position.device_id == Device.id, Device.user_id == caller.id
-                )
-            )
-        )
-    )
-    return SignalView(signal, signal.status_at(now), show_payload=privileged, show_levels=show_levels)
-
-
 async def get(session: AsyncSession, caller: Caller, signal_id: uuid.UUID, now: datetime | None = None) -> SignalView:
+    """The signal, as the caller may see it; NOT_FOUND when it may not see it at all."""
+    found = await get_many(session, caller, [signal_id], now)
+    if not found:
+        raise NotFound("signal")
+    return found[0]
+
+
+async def get_many(
+    session: AsyncSession, caller: Caller, signal_ids: Sequence[uuid.UUID], now: datetime | None = None
+) -> list[SignalView]:
+    """Those of ``signal_ids`` the caller may see, each as the caller may see it (``_levels_shown``), in one
+    statement; the others are simply left out."""
+    if not signal_ids:
+        return []
     now = now or datetime.now(UTC)
-    query = select(Signal).where(Signal.id == signal_id)
+    query = select(Signal, _levels_shown(caller)).where(any_id(Signal.id, signal_ids))
     if caller.kind is ActorType.PRODUCER:
         query = query.where(Signal.producer_id == caller.id)
     elif not caller.is_admin:
         query = query.where(_visible_to(caller))
-    signal = await session.scalar(query)
-    if signal is None:
-        raise NotFound("signal")
-    return await _view(session, caller, signal, now)
+    return _views(caller, (await session.execute(query)).all(), now)
+
+
+def _views(caller: Caller, rows: Sequence[Any], now: datetime) -> list[SignalView]:
+    """(signal, levels shown) rows as views: the payload only for the producer that owns it and admins."""
+    return [
+        SignalView(
+            signal,
+            signal.status_at(now),
+            show_payload=caller.is_admin or (caller.kind is ActorType.PRODUCER and caller.id == signal.producer_id),
+            show_levels=bool(levels_shown),
+        )
+        for signal, levels_shown in rows
+    ]
 
 
 def view_for_producer(signal: Signal, now: datetime | None = None) -> SignalView:
@@ -457,15 +467,7 @@ async def list_signals(
         last = rows[size - 1][0]
         token = paging.encode_token(paging.Cursor(last.created_at, last.id), filters)
         rows = rows[:size]
-    return [
-        SignalView(
-            signal,
-            signal.status_at(now),
-            show_payload=caller.is_admin or (caller.kind is ActorType.PRODUCER and caller.id == signal.producer_id),
-            show_levels=bool(levels_shown),
-        )
-        for signal, levels_shown in rows
-    ], token
+    return _views(caller, rows, now), token
 
 
 async def expire_due(session: AsyncSession, now: datetime) -> int:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import approvals, subscriptions
+from backoffice import approvals, signals, subscriptions
+from backoffice.api.signals import encode_signal
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
 from backoffice.platform import idempotency, paging
+from backoffice.platform.auth import Caller
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
 from backoffice.platform.vault import Vault
@@ -40,7 +42,7 @@ def encode_subscription(subscription: Subscription) -> pb.Subscription:
     )
 
 
-def encode_approval(approval: Approval, expire_time: Any = None) -> pb.Approval:
+def encode_approval(approval: Approval, expire_time: Any = None, signal: pb.Signal | None = None) -> pb.Approval:
     return pb.Approval(
         id=str(approval.id),
         signal_id=str(approval.signal_id),
@@ -55,7 +57,16 @@ def encode_approval(approval: Approval, expire_time: Any = None) -> pb.Approval:
         create_time=wire.timestamp(approval.created_at),
         decide_time=wire.timestamp(approval.decided_at),
         expire_time=wire.timestamp(expire_time),
+        signal=signal,
     )
+
+
+async def _listed(session: AsyncSession, caller: Caller, rows: Sequence[Approval]) -> list[pb.Approval]:
+    """A list's approvals, each with its signal's expiry and the signal as GetSignal shows it to the caller."""
+    signal_ids = sorted({a.signal_id for a in rows})
+    expiries = await approvals.expire_times(session, signal_ids)
+    shown = {view.signal.id: encode_signal(view) for view in await signals.get_many(session, caller, signal_ids)}
+    return [encode_approval(a, expiries.get(a.signal_id), shown.get(a.signal_id)) for a in rows]
 
 
 class ApprovalServicer:
@@ -107,10 +118,8 @@ class ApprovalServicer:
         caller = current_caller()
         async with self._sessions() as session:
             rows, token = await approvals.list_pending(session, caller, page=paging.requested(request))
-            expiries = await approvals.expire_times(session, [a.signal_id for a in rows])
-        return pb.ListPendingApprovalsResponse(
-            approvals=[encode_approval(a, expiries.get(a.signal_id)) for a in rows], next_page_token=token
-        )
+            listed = await _listed(session, caller, rows)
+        return pb.ListPendingApprovalsResponse(approvals=listed, next_page_token=token)
 
     async def ApproveSignal(self, request: pb.ApproveSignalRequest, context: Any) -> pb.Approval:
         caller = current_caller()
@@ -179,10 +188,8 @@ class ApprovalServicer:
                 status=status,
                 page=paging.requested(request),
             )
-            expiries = await approvals.expire_times(session, [a.signal_id for a in rows])
-        return pb.ListApprovalsResponse(
-            approvals=[encode_approval(a, expiries.get(a.signal_id)) for a in rows], next_page_token=token
-        )
+            listed = await _listed(session, caller, rows)
+        return pb.ListApprovalsResponse(approvals=listed, next_page_token=token)
 
 
 def _decode_terms(request: pb.SubscribeRequest) -> subscriptions.SubscriptionTerms:

@@ -291,6 +291,8 @@ SERVICES: dict[str, dict[str, Rpc]] = {
         "CreateProducer": _unary("CreateProducerRequest", "CreateProducerResponse"),
         "RotateProducerSecret": _unary("RotateProducerSecretRequest", "RotateProducerSecretResponse"),
         "RevokeProducer": _unary("RevokeProducerRequest", "Producer"),
+        "ListProducers": _unary("ListProducersRequest", "ListProducersResponse"),
+        "ListUsers": _unary("ListUsersRequest", "ListUsersResponse"),
     },
     "RiskService": {
         "GetRiskPolicy": _unary("GetRiskPolicyRequest", "RiskPolicy"),
@@ -645,6 +647,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "reason": "string",
         "create_time": TS,
         "decide_time": TS,
+        "signal": "Signal",
     },
     "ApproveSignalRequest": {
         "signal_id": "string",
@@ -670,7 +673,18 @@ FIELDS: dict[str, dict[str, str]] = {
         "account_currency": "string",
         "balance": "string",
         "equity": "string",
+        "account_state": "DeviceAccountState",
     },
+    "DeviceAccountState": {
+        "balance": "string",
+        "equity": "string",
+        "margin": "string",
+        "free_margin": "string",
+        "state_time": TS,
+    },
+    "ListProducersResponse": {"producers": "repeated Producer", "next_page_token": "string"},
+    "ListUsersRequest": {"page_size": "int32", "page_token": "string", "email": "string"},
+    "ListUsersResponse": {"users": "repeated User", "next_page_token": "string"},
     "RegisterDeviceRequest": {
         "request_id": "string",
         "name": "string",
@@ -983,7 +997,7 @@ def test_every_enum_starts_with_unspecified_zero() -> None:
 
 def test_every_list_rpc_pages() -> None:
     list_methods = [m for m in all_methods() if m.name.startswith("List")]
-    assert len(list_methods) == 14
+    assert len(list_methods) == 16
     for method in list_methods:
         request = method.input_type
         response = method.output_type

@@ -1828,6 +1828,7 @@ class Approval(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DECIDE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id (UUID)."""
     signal_id: _builtins.str
@@ -1862,6 +1863,13 @@ class Approval(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When a pending approval expires (the signal's expire_time)."""
 
+    @_builtins.property
+    def signal(self) -> Global___Signal:
+        """The signal, as GetSignal shows it to the caller: set in ListPendingApprovals and
+        ListApprovals (what a person deciding needs, without a GetSignal per approval); unset in
+        the answers of ApproveSignal and RejectSignal.
+        """
+
     def __init__(
         self,
         *,
@@ -1878,10 +1886,11 @@ class Approval(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         decide_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        signal: Global___Signal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "expire_time", b"expire_time", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_approved", b"auto_approved", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by_user_id", b"decided_by_user_id", "device_ids", b"device_ids", "expire_time", b"expire_time", "id", b"id", "reason", b"reason", "signal_id", b"signal_id", "status", b"status", "subscription_id", b"subscription_id", "user_id", b"user_id", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_approved", b"auto_approved", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by_user_id", b"decided_by_user_id", "device_ids", b"device_ids", "expire_time", b"expire_time", "id", b"id", "reason", b"reason", "signal", b"signal", "signal_id", b"signal_id", "status", b"status", "subscription_id", b"subscription_id", "user_id", b"user_id", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

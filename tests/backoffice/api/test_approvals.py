@@ -493,3 +493,28 @@ async def deadlocks(res: Resources) -> int:
         await session.execute(text("SELECT pg_stat_clear_snapshot()"))
         found = await session.scalar(text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
     return int(found or 0)
+
+
+async def test_pending_approvals_come_with_their_signals_as_get_signal_shows_them(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, user: UserCredentials, res: Resources
+) -> None:
+    """What a person deciding needs in one call: each pending approval's signal, as GetSignal shows it to
+    them (its hidden levels withheld: no position of theirs came from it)."""
+    await device_with(res, user, hello=GOLD_HELLO)
+    await subscribe(backoffice_channel, user, subscribe_request(producer, mode=pb.SUBSCRIPTION_MODE_MANUAL))
+    first = await submit(backoffice_channel, producer, signal_request())
+    second = await submit(backoffice_channel, producer, signal_request())
+    listing = await rpc.ApprovalServiceStub(backoffice_channel).ListPendingApprovals(
+        pb.ListPendingApprovalsRequest(), metadata=user.metadata, timeout=5
+    )
+    assert [a.signal_id for a in listing.approvals] == [first.id, second.id]
+    signals = rpc.SignalServiceStub(backoffice_channel)
+    for approval in listing.approvals:
+        got = await signals.GetSignal(pb.GetSignalRequest(id=approval.signal_id), metadata=user.metadata, timeout=5)
+        assert approval.signal == got and got.stop_loss == ""
+    decided = await approve(backoffice_channel, user, first.id)
+    assert not decided.HasField("signal")  # the caller knows it
+    listed = await rpc.ApprovalServiceStub(backoffice_channel).ListApprovals(
+        pb.ListApprovalsRequest(signal_id=first.id), metadata=user.metadata, timeout=5
+    )
+    assert [a.signal.id for a in listed.approvals] == [first.id]
