@@ -76,13 +76,6 @@ async def _device_names(page: Page) -> dict[str, str]:
 # -- pending approvals -----------------------------------------------------------------------------------
 
 
-async def _signal_or_none(page: Page, signal_id: str) -> pb.Signal | None:
-    try:
-        return await page.call(page.bo.signals.GetSignal, pb.GetSignalRequest(id=signal_id))
-    except Refused:
-        return None  # the approval is still shown, by the signal's id
-
-
 PendingState = tuple[pb.ListPendingApprovalsResponse, pb.ListDevicesResponse, str]
 
 
@@ -109,9 +102,10 @@ async def _pending_state(page: Page, page_token: str) -> PendingState:
 
 async def _pending(page: Page, page_token: str, state: PendingState | None = None) -> dict[str, Any]:
     """The pending list's context: each approval with its signal, the devices, the digest (``state``:
-    what ``_pending_state`` read already, if it did)."""
+    what ``_pending_state`` read already, if it did); no call beyond those two."""
     listing, devices, digest = state or await _pending_state(page, page_token)
-    found = await asyncio.gather(*(_signal_or_none(page, a.signal_id) for a in listing.approvals))
+    # Each listed approval carries its signal (unset only if the caller may no longer see it: shown by id).
+    found = [a.signal if a.HasField("signal") else None for a in listing.approvals]
     return {
         "items": list(zip(listing.approvals, found, strict=True)),
         "devices": list(devices.devices),
