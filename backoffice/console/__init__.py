@@ -14,10 +14,12 @@ Modules:
     charts      the stage timeline as server-drawn SVG
     signin      sign-in with an API token, sign-out
     trader      the trader's pages (approvals live, signals, positions, devices, subscriptions, risk)
+    affiliate   the affiliate's pages (referral link, stats, referrals, commissions, payouts)
+    admin       the admins' pages (alerts live, payouts, the audit trail, producers, users)
     app         ``create_app(config)``: every page module's routes, static files, headers, error pages
     server      uvicorn, started and stopped on SIGTERM/SIGINT
 
-How to add a page (an Affiliate area in ``affiliate.py``, an Admin area in ``admin.py``):
+How to add a page (as ``affiliate.py`` and ``admin.py`` add theirs):
 
 1. In the new module, write each handler as ``@signed_in async def handler(page: Page) -> Response``
    (``@signed_in(admin=True)`` for admins only): read ``page.query(...)`` / ``page.field(...)``, call

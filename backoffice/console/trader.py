@@ -19,13 +19,12 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from backoffice.console import charts
 from backoffice.console.backoffice import Refused
-from backoffice.console.views import Page, Section, error_page, signed_in
+from backoffice.console.views import Page, Section, error_page, form_enum, form_refused, signed_in
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import common_pb2
 
@@ -40,7 +39,6 @@ LIMIT_FIELDS = ("period", "metric", "max_amount", "max_percent", "action")
 POLICY_COUNTS = ("max_open_positions", "max_open_positions_per_instrument", "max_delay_seconds")
 MAX_LIMIT_ROWS = 10  # RiskPolicy's limits: at most 10
 SPARE_LIMIT_ROWS = 2  # empty rows offered for new limits
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 section = Section(
     "Trading",
@@ -52,20 +50,6 @@ section = Section(
         ("Subscriptions", "/subscriptions"),
     ),
 )
-
-
-def _enum(enum: Any, name: str) -> Any:
-    """The value of an enum named in a form (0, which the back office refuses by field, when unknown). Typed
-    Any: each generated enum has its own ValueType."""
-    try:
-        return enum.Value(name)
-    except ValueError:
-        return 0
-
-
-def _refused(violations: dict[str, str]) -> Refused:
-    """A form the console itself cannot turn into a request, told like the back office's refusals."""
-    return Refused(INVALID, f"Invalid request: {', '.join(violations)}", violations)
 
 
 async def _device_names(page: Page) -> dict[str, str]:
@@ -236,7 +220,7 @@ async def positions_page(page: Page) -> Response:
     request = pb.ListPositionsRequest(
         page_size=PAGE_SIZE,
         page_token=page.query("page_token"),
-        status=_enum(pb.PositionStatus, state),
+        status=form_enum(pb.PositionStatus, state),
         device_id=page.query("device_id"),
     )
     listing, names = await asyncio.gather(page.call(page.bo.positions.ListPositions, request), _device_names(page))
@@ -338,13 +322,21 @@ def _online(device: pb.Device) -> bool:
     return datetime.now(UTC) - device.last_seen_time.ToDatetime(UTC) <= ONLINE_WITHIN
 
 
+def _account(device: pb.Device) -> pb.DeviceAccountState:
+    """The device's account as last reported: its newest AccountState, else what its last Hello said
+    (dated by the Hello's arrival)."""
+    if device.HasField("account_state"):
+        return device.account_state
+    return pb.DeviceAccountState(balance=device.balance, equity=device.equity, state_time=device.hello_time)
+
+
 def _symbol_map(text: str) -> dict[str, str]:
     """``INSTRUMENT=SYMBOL`` lines (or separated by commas) as a map; the back office checks each name."""
     found: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in re.split(r"[\n,]", text))):
         instrument, sep, symbol = item.partition("=")
         if not sep or not instrument.strip() or not symbol.strip():
-            raise _refused({"symbol_map": f"{item!r} is not INSTRUMENT=SYMBOL"})
+            raise form_refused({"symbol_map": f"{item!r} is not INSTRUMENT=SYMBOL"})
         found[instrument.strip()] = symbol.strip()
     return found
 
@@ -361,7 +353,7 @@ async def _devices_page(page: Page, status: int = 200, **context: Any) -> Respon
         "devices.html",
         status=status,
         title="Devices",
-        devices=[(d, _online(d)) for d in listing.devices],
+        devices=[(d, _online(d), _account(d)) for d in listing.devices],
         next_token=listing.next_page_token,
         **context,
     )
@@ -372,22 +364,38 @@ async def devices_page(page: Page) -> Response:
     return await _devices_page(page)
 
 
+def offer_file(page: Page, filename: str, content: dict[str, str], path: str) -> str:
+    """Hold ``content`` (a credentials file, JSON) for one download from this session: the link, ``path``
+    and the download's id. Nothing else keeps what it holds."""
+    download_id = page.session.offer_download(
+        filename, (json.dumps(content, indent=2) + "\n").encode(), page.console.sessions.clock()
+    )
+    return f"{path}/{download_id}"
+
+
+def shown_once(page: Page, template: str, address: str, **context: Any) -> Response:
+    """A page with a secret on it, in answer to the form (htmx, boosted) that made the secret: the browser's
+    address becomes ``address``, a page without it, so a reload loads that page rather than sending the
+    form again (which the back office, idempotent on its request_id, would answer with the same secret)."""
+    response = page.render(template, **context)
+    response.headers["HX-Replace-Url"] = address
+    return response
+
+
 def _secret_page(page: Page, device: pb.Device, secret: str, *, rotated: bool) -> Response:
     """The device's secret, shown in this one response, and a link to download it once as the credentials
     file ``signalhub bridge --credentials FILE`` reads. Nothing is kept but that one-time download."""
     credentials = {"device_id": device.id, "device_secret": secret, "gateway": page.console.config.gateway_address}
-    download_id = page.session.offer_download(
-        f"signalhub-device-{device.id[:8]}.json",
-        (json.dumps(credentials, indent=2) + "\n").encode(),
-        page.console.sessions.clock(),
-    )
-    return page.render(
+    download_url = offer_file(page, f"signalhub-device-{device.id[:8]}.json", credentials, "/devices/credentials")
+    return shown_once(
+        page,
         "device_secret.html",
+        f"/devices/{device.id}",
         title="Device credentials",
         device=device,
         secret=secret,
         rotated=rotated,
-        download_url=f"/devices/credentials/{download_id}",
+        download_url=download_url,
     )
 
 
@@ -408,15 +416,21 @@ async def register_device(page: Page) -> Response:
     return _secret_page(page, response.device, response.secret, rotated=False)
 
 
-@signed_in
-async def download_credentials(page: Page) -> Response:
-    """The credentials file, once: the link dies as it is used (and after a few minutes unused)."""
+def one_time_download(page: Page, gone: str) -> Response:
+    """The file the session holds behind the path's ``download_id``, once: the link dies as it is used (and
+    after a few minutes unused); ``gone`` says what to do then."""
     found = page.session.take_download(page.arg("download_id"), page.console.sessions.clock())
     if found is None:
-        text = "This credentials file was already downloaded or has expired: rotate the device's secret for a new one."
-        return error_page(page.request, text, 404, page.session)
+        return error_page(page.request, gone, 404, page.session)
     headers = {"Content-Disposition": f'attachment; filename="{found.filename}"', "Cache-Control": "no-store"}
     return Response(found.content.reveal(), media_type="application/json", headers=headers)
+
+
+@signed_in
+async def download_credentials(page: Page) -> Response:
+    return one_time_download(
+        page, "This credentials file was already downloaded or has expired: rotate the device's secret for a new one."
+    )
 
 
 async def _device_page(page: Page, status: int = 200, **context: Any) -> Response:
@@ -424,7 +438,13 @@ async def _device_page(page: Page, status: int = 200, **context: Any) -> Respons
     if context.get("error_form") != "update":
         context["values"] = {"name": device.name, "symbol_map": _symbol_map_text(device.symbol_map)}
     return page.render(
-        "device.html", status=status, title=f"Device {device.name}", device=device, online=_online(device), **context
+        "device.html",
+        status=status,
+        title=f"Device {device.name}",
+        device=device,
+        online=_online(device),
+        account=_account(device),
+        **context,
     )
 
 
@@ -469,7 +489,7 @@ async def revoke_device(page: Page) -> Response:
     device_id = page.arg("device_id")
     try:
         if page.field("confirm") != "yes":
-            raise _refused({"confirm": "tick the box to revoke this device for good"})
+            raise form_refused({"confirm": "tick the box to revoke this device for good"})
         device = await page.call(page.bo.devices.RevokeDevice, pb.RevokeDeviceRequest(id=device_id))
     except Refused as refused:
         return await _device_page(
@@ -507,8 +527,8 @@ async def subscribe(page: Page) -> Response:
     request = pb.SubscribeRequest(
         request_id=page.field("request_id"),
         producer_id=page.field("producer_id"),
-        mode=_enum(pb.SubscriptionMode, page.field("mode")),
-        sizing=_enum(pb.SizingMode, page.field("sizing")),
+        mode=form_enum(pb.SubscriptionMode, page.field("mode")),
+        sizing=form_enum(pb.SizingMode, page.field("sizing")),
         sizing_value=page.field("sizing_value"),
         max_volume=page.field("max_volume"),
         instruments=[i for i in re.split(r"[\s,]+", page.field("instruments")) if i],
@@ -605,18 +625,18 @@ def _policy_from_form(page: Page) -> tuple[pb.RiskPolicy, dict[str, str]]:
             paths[f"policy.limits[{len(policy.limits)}].{name}"] = f"limit-{row}-{name}"
         policy.limits.append(
             pb.RiskLimit(
-                period=_enum(pb.RiskPeriod, page.field(f"limit-{row}-period")),
-                metric=_enum(pb.RiskMetric, page.field(f"limit-{row}-metric")),
+                period=form_enum(pb.RiskPeriod, page.field(f"limit-{row}-period")),
+                metric=form_enum(pb.RiskMetric, page.field(f"limit-{row}-metric")),
                 max_amount=page.field(f"limit-{row}-max_amount"),
                 max_percent=page.field(f"limit-{row}-max_percent"),
-                action=_enum(pb.RiskAction, page.field(f"limit-{row}-action")),
+                action=form_enum(pb.RiskAction, page.field(f"limit-{row}-action")),
             )
         )
     policy.allowed_sides.extend(
         side for side in (common_pb2.SIDE_BUY, common_pb2.SIDE_SELL) if page.field(f"side-{common_pb2.Side.Name(side)}")
     )
     if problems:
-        raise _refused(problems)
+        raise form_refused(problems)
     return policy, paths
 
 

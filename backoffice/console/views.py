@@ -265,3 +265,17 @@ def local_path(target: str) -> str:
     if target.startswith("/") and target.isprintable() and not any(c.isspace() or c == "\\" for c in target):
         return target if not target.startswith("//") else "/"
     return "/"
+
+
+def form_enum(enum: Any, name: str) -> Any:
+    """The value of an enum named in a form (0, which the back office refuses by field, when unknown). Typed
+    Any: each generated enum has its own ValueType."""
+    try:
+        return enum.Value(name)
+    except ValueError:
+        return 0
+
+
+def form_refused(violations: dict[str, str]) -> Refused:
+    """A form the console itself cannot turn into a request, told like the back office's refusals."""
+    return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid request: {', '.join(violations)}", violations)

@@ -1,6 +1,7 @@
 """Fixtures of the console's tests: one Chromium for the whole session (the distribution's, never a
 download), the console served by uvicorn in-process against the session's back office, browser contexts
-signed in through the sign-in form, and a trader whose paper bridge is connected to the gateway."""
+signed in through the sign-in form, a trader whose paper bridge is connected to the gateway, and for the
+Affiliate and Admin areas an affiliate with money to pay out and an alert raised as the worker raises it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -18,16 +20,19 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from starlette.routing import BaseRoute
 
+from backoffice import alerts
 from backoffice.bootstrap import Resources
 from backoffice.console.app import create_app
 from backoffice.console.config import ConsoleConfig
 from backoffice.console.server import ConsoleServer, server_for
 from backoffice.console.sessions import SessionStore
+from backoffice.models import AlertKind
 from backoffice.platform.serving import Server
 from backoffice.producer import ProducerClient
 from gateway.bridge import BridgeClient, BridgeConfig, PaperConfig, PaperExecutor
 from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import backoffice_pb2_grpc as brpc
+from tests.backoffice.affiliates import support as affiliates
 from tests.conftest import KeyCredentials, UserCredentials, free_port, make_device, make_producer, make_user, subscribe
 from tests.gateway.support import eventually, running_bridge
 
@@ -232,3 +237,24 @@ async def filled_position(trader: Trader, channel: grpc.aio.Channel) -> tuple[bp
 
     await eventually(opened, "the position to open")
     return signal, found[0]
+
+
+async def earning_affiliate(
+    channel: grpc.aio.Channel, res: Resources, admin: UserCredentials, lots: str = "10"
+) -> affiliates.Affiliate:
+    """An affiliate whose referred trader filled ``lots`` a month ago, accrued and past its hold: all of it
+    available for a payout (10 lots earn 92.00 USD under the affiliate tests' program)."""
+    affiliate, trader = await affiliates.affiliate_and_trader(channel, res, admin)
+    await affiliates.record_fills(res, trader, [lots], now=datetime.now(UTC) - timedelta(days=31))
+    await affiliates.accrue(res)
+    await affiliates.release(res, datetime.now(UTC))
+    return affiliate
+
+
+async def raise_alert(res: Resources, device: KeyCredentials, message: str) -> uuid.UUID:
+    """A DEVICE_DISCONNECTED alert about ``device``, raised as the worker's watch raises it."""
+    async with res.sessions.begin() as session:
+        [raised] = await alerts.raise_alerts(
+            session, [alerts.Incident(AlertKind.DEVICE_DISCONNECTED, device.id, device.id, message)], datetime.now(UTC)
+        )
+    return raised.id
