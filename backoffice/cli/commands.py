@@ -68,9 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     price_feed.add_argument("--off", action="store_true", help="unmark it: its quotes act on its own signals only")
     admin.add_parser("rotate-master-key", help="re-seal every secret under the current master key")
     backup = admin.add_parser("backup", help="a consistent dump of the database (pg_dump); prints its size")
-    backup.add_argument("--to", type=Path, required=True, help="the file to write (owner-only)")
+    backup.add_argument(
+        "--to", type=Path, required=True, help="the file to write (owner-only; only once the dump succeeded)"
+    )
     restore = admin.add_parser("restore", help="restore a dump into the configured (new, empty) database")
     restore.add_argument("--from", dest="source", type=Path, required=True, help="a file written by backup")
+    restore.add_argument(
+        "--create", action="store_true", help="create the database SIGNALHUB_DATABASE_URL names when it does not exist"
+    )
     admin.add_parser("generate-master-key", help="print a new random master key (base64)")
     from backoffice.cli import affiliate as affiliate_cli
     from backoffice.cli import approvals as approvals_cli
@@ -125,8 +130,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             from backoffice.cli import status as status_command
 
             default = os.environ.get(f"{ENV_PREFIX}METRICS_ADDRESS") or Settings().metrics_address
-            addresses = status_command.addresses_or_default(args.metrics, default)
-            print("\n".join(status_command.run(addresses)))
+            report = status_command.run(status_command.addresses_or_default(args.metrics, default))
+            if report.summary:
+                print("\n".join(report.summary), flush=True)
+            if report.unanswered:  # a process that does not answer is a problem: say so, exit 1
+                sys.exit("\n".join(f"signalhub: {line}" for line in report.unanswered))
             return
         if args.command == "admin" and args.admin_command == "generate-master-key":
             print(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
@@ -176,32 +184,35 @@ async def _serve(settings: Settings, process: str) -> None:
     stop = asyncio.Event()
     serving.install_stop_signals(stop)
     async with bootstrap.resources(settings) as res:
-        if process == "worker":
-            serving.settle_heap()
-            await worker.run(res, stop, settings.worker_interval_seconds)
-            return
+        server: serving.Server | None = None
         if process == "gateway":
-            from gateway.bootstrap import build_server
-        else:
-            build_server = bootstrap.build_server
-        server = build_server(res)
-        await server.start()
+            from gateway.bootstrap import build_server as build_gateway
+
+            server = build_gateway(res)
+        elif process == "backoffice":
+            server = bootstrap.build_server(res)
+        if server is not None:
+            await server.start()
         serving.settle_heap()
-        serving.start_metrics(settings)
+        serving.start_metrics(settings)  # every process: the worker's are the monitor's and the alerts'
         lag = serving.watch_loop_lag()
-        await stop.wait()
-        await server.stop()
-        await serving.cancel_and_wait([lag])
+        try:
+            if server is None:
+                await worker.run(res, stop, settings.worker_interval_seconds)
+            else:
+                await stop.wait()
+                await server.stop()
+        finally:
+            await serving.cancel_and_wait([lag])
 
 
 def _backup_or_restore(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
     from backoffice.cli import backup  # SQLAlchemy: not for the client commands
 
-    asyncio.run(check_postgres(settings.database_url))
-    try:
+    try:  # each asks the server first: an unreachable one is one line (Unreachable)
         if args.admin_command == "backup":
             return backup.backup(settings, args.to)
-        return backup.restore(settings, args.source)
+        return backup.restore(settings, args.source, create=args.create)
     except backup.BackupFailed as exc:
         sys.exit(f"signalhub: {exc}")
 

@@ -6,6 +6,7 @@ Run ``python -m backoffice.cli.embedded STATE_DIR`` to keep both up and print th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,6 +27,32 @@ UNSUPPORTED = (
 
 class EmbeddedUnavailable(RuntimeError):
     pass
+
+
+def postgres_bin_dir() -> Path | None:
+    """The binaries the embedded Postgres ships (postgres, pg_dump, pg_restore...), found without importing
+    pgserver (its import starts nothing, but is slow and noisy); None when it is not installed."""
+    spec = importlib.util.find_spec("pgserver")
+    for package in (spec.submodule_search_locations or []) if spec else []:
+        found = Path(package) / "pginstall" / "bin"
+        if found.is_dir():
+            return found
+    return None
+
+
+def serves(database_url: str) -> bool:
+    """Whether ``database_url`` names an embedded Postgres: pgserver puts the server's socket in its data
+    directory (``...?host=<state>/pgdata``), where no packaged Postgres puts one."""
+    from sqlalchemy.engine import make_url  # only the server commands ask
+
+    url = make_url(database_url)
+    socket_dir = url.query.get("host") or url.host or ""
+    if isinstance(socket_dir, tuple):  # a repeated query parameter
+        socket_dir = socket_dir[0]
+    try:
+        return socket_dir.startswith("/") and (Path(socket_dir) / "PG_VERSION").is_file()
+    except OSError:  # a data directory this user may not enter
+        return False
 
 
 @dataclass(frozen=True)

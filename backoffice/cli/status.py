@@ -4,6 +4,7 @@ endpoints (backoffice.platform.metrics defines every figure it reads)."""
 from __future__ import annotations
 
 import math
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -113,16 +114,27 @@ def summary(scrape: Scrape) -> list[str]:
     ]
 
 
-def run(addresses: Sequence[str]) -> list[str]:
-    """Scrape every address (one line per endpoint that does not answer) and summarise them together."""
+@dataclass(frozen=True)
+class Report:
+    """What ``signalhub status`` prints: the summary of the endpoints that answered (none when no endpoint
+    did: a screen of zeros would look like an idle system), and one line per endpoint that did not."""
+
+    summary: list[str]
+    unanswered: list[str]
+
+
+def run(addresses: Sequence[str]) -> Report:
+    """Scrape every address and summarise those that answered together; name each that did not."""
     scrape = Scrape()
-    lines: list[str] = []
+    unanswered: list[str] = []
     for address in addresses:
         try:
             scrape.add(fetch(address))
-        except OSError as exc:
-            lines.append(f"!! no metrics at {address}: {exc}")
-    return [*lines, *summary(scrape)]
+        except (OSError, ValueError) as exc:  # refused, timed out, an HTTP error, or not Prometheus text
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            unanswered.append(f"no metrics at {address}: {' '.join(str(reason).split())}")
+    answered = len(unanswered) < len(addresses)
+    return Report(summary=summary(scrape) if answered else [], unanswered=unanswered)
 
 
 def addresses_or_default(given: Iterable[str] | None, default: str) -> list[str]:

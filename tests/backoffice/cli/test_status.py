@@ -6,6 +6,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import grpc
 from prometheus_client import REGISTRY, generate_latest, start_http_server
@@ -59,32 +60,58 @@ def test_quantiles_interpolate_within_buckets() -> None:
     assert scrape.quantile("missing", 0.5) is None
 
 
-def test_the_command_reads_an_endpoint_and_names_one_that_does_not_answer() -> None:
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _status(*addresses: str) -> subprocess.CompletedProcess[str]:
+    arguments = [argument for address in addresses for argument in ("--metrics", address)]
+    return subprocess.run(
+        [sys.executable, "-m", "backoffice.cli", "status", *arguments],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@contextlib.contextmanager
+def _endpoint() -> Iterator[str]:
+    """A real metrics endpoint (this process's registry) on a port of its own."""
     server, thread = start_http_server(0, addr="127.0.0.1")
     try:
-        port = server.server_address[1]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            closed = probe.getsockname()[1]
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "backoffice.cli",
-                "status",
-                "--metrics",
-                f"127.0.0.1:{port}",
-                "--metrics",
-                f"127.0.0.1:{closed}",
-            ],
-            cwd=ROOT_DIR,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        yield f"127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+def test_every_endpoint_answering_exits_0() -> None:
+    with _endpoint() as first, _endpoint() as second:
+        done = _status(first, second)
     assert done.returncode == 0, done.stderr
-    assert f"no metrics at 127.0.0.1:{closed}" in done.stdout
+    assert "connected devices" in done.stdout and "database pool" in done.stdout and done.stderr == ""
+
+
+def test_an_endpoint_that_does_not_answer_is_named_and_the_exit_is_1() -> None:
+    closed, also_closed = _closed_port(), _closed_port()
+    with _endpoint() as answering:
+        done = _status(answering, f"127.0.0.1:{closed}", f"127.0.0.1:{also_closed}")
+    assert done.returncode == 1
+    # The endpoint that answered is still summed; each silent one is one line of its own, named.
     assert "connected devices" in done.stdout and "database pool" in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in done.stderr
+    assert lines[0].startswith(f"signalhub: no metrics at 127.0.0.1:{closed}: ")
+    assert lines[1].startswith(f"signalhub: no metrics at 127.0.0.1:{also_closed}: ")
+    assert "refused" in lines[0].lower()
+
+
+def test_no_endpoint_answering_prints_no_summary() -> None:
+    closed = _closed_port()
+    done = _status(f"127.0.0.1:{closed}")
+    assert done.returncode == 1 and done.stdout == ""  # a screen of zeros would look like an idle system
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"signalhub: no metrics at 127.0.0.1:{closed}: ") and "refused" in line.lower()
