@@ -1,9 +1,10 @@
 """The scenarios against the real system, one function each, run in order over the same connected
 simulated bridges: approval to delivery (and to execution), fan-out, acks at a steady rate, acks in a
-burst, signed SubmitSignal, quote to CloseOrder (``positions``), and risk limits (``risk``: AccountState
-frames' cost, and a limit's CLOSE_ALL to the CloseOrders). Each reports its figures beside the
-targets of docs/design.md, and beside the yardsticks measured earlier in the run (the echo, JetStream,
-a device polling once a second) as ratios: signalhub's figure over the yardstick's."""
+burst, signed SubmitSignal, quote to CloseOrder (``positions``), risk limits (``risk``: AccountState
+frames' cost, and a limit's CLOSE_ALL to the CloseOrders), and the web console's pages with 1,000
+positions (``console``). Each reports its figures beside the targets of docs/design.md, and beside the
+yardsticks measured earlier in the run (the echo, JetStream, a device polling once a second) as ratios:
+signalhub's figure over the yardstick's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .console import console_pages
 from .limits import Bare
 from .loadgen import LoadGenerator
 from .meters import UPLINK_BATCH, UPLINK_COMMIT, CpuMeter, histogram_mean, histogram_sums, rss_kib
@@ -281,6 +283,7 @@ SCENARIOS: tuple[tuple[str, Callable[[Run], Coroutine[Any, Any, None]]], ...] = 
     ("signed SubmitSignal", submit_signals),
     ("quote to CloseOrder", quote_to_close),
     ("risk limits", risk_limits),
+    ("console", console_pages),
 )
 
 

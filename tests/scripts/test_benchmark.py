@@ -56,6 +56,7 @@ def test_a_load_process_imports_no_server_module() -> None:
 def test_only_names_existing_scenarios() -> None:
     assert options.parse_args(["--only", "quote to CloseOrder"]).only == ("quote to CloseOrder",)
     assert options.parse_args(["--only", "risk limits"]).only == ("risk limits",)
+    assert options.parse_args(["--only", "console"]).only == ("console",)
     assert options.parse_args(["--only", "10,000 devices"]).only == ("10,000 devices",)  # the full run's last
     assert options.parse_args([]).only == ()
     with pytest.raises(SystemExit):
