@@ -122,6 +122,8 @@ class CloseCommand(Base):
     position_id: Mapped[uuid.UUID] = _fk("positions.id")
     device_id: Mapped[uuid.UUID] = _fk("devices.id")
     volume: Mapped[Decimal] = mapped_column(Numeric)
+    # It closes the whole position: volume a further fill adds while it is out gets a command of its own.
+    whole: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     reason: Mapped[CloseReason] = mapped_column(_enum(CloseReason, "close_reason"))
     status: Mapped[CloseCommandStatus] = mapped_column(_enum(CloseCommandStatus, "close_command_status"))
     requested_by: Mapped[uuid.UUID | None] = _fk("users.id", nullable=True)

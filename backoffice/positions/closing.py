@@ -64,6 +64,9 @@ class Closing:
     price: Decimal | None = None  # the quote's exit price that triggered it
     stop_loss: Decimal | None = None  # the levels when it was asked for, for the event
     take_profit: Decimal | None = None
+    # All of the position (every close the server decides on; a person's unless it names less): volume a
+    # further fill adds while the command is out is closed after it (``close_the_rest``).
+    whole: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ async def queue_closes(
                 "position_id": c.position_id,
                 "device_id": c.device_id,
                 "volume": c.volume,
+                "whole": c.whole,
                 "reason": c.reason,
                 "status": CloseCommandStatus.PENDING,
                 "requested_by": requested_by,
@@ -187,6 +191,7 @@ class CloseTarget:
     volume: Decimal
     position: PositionState
     reason: CloseReason = CloseReason.MANUAL
+    whole: bool = False  # it closes the whole position (``Closing.whole``)
     close_price: Decimal | None = None
     closed_volume: Decimal | None = None
     error: str | None = None
@@ -237,6 +242,7 @@ async def lock_close_targets(
             CloseCommand.status,
             CloseCommand.volume,
             CloseCommand.reason,
+            CloseCommand.whole,
             Position.id.label("position_id"),
             Position.status.label("position_status"),
             Position.volume.label("position_volume"),
@@ -286,7 +292,7 @@ async def lock_close_targets(
                 signal_id=row.signal_id,
             ),
         )
-        targets[row.id] = CloseTarget(row.id, row.device_id, row.status, row.volume, position, row.reason)
+        targets[row.id] = CloseTarget(row.id, row.device_id, row.status, row.volume, position, row.reason, row.whole)
     return targets
 
 
@@ -372,20 +378,15 @@ def apply_close(
         target.effect = PositionEventKind.PARTIALLY_CLOSED
 
 
-# Reasons that always close the whole position: what a fill added while their command was out is closed too.
-_WHOLE = frozenset(
-    {CloseReason.STOP_LOSS, CloseReason.TAKE_PROFIT, CloseReason.SIGNAL_CANCELLED, CloseReason.RISK_LIMIT}
-)
-
-
 async def close_the_rest(session: AsyncSession, targets: Iterable[CloseTarget], now: datetime) -> list[Queued]:
-    """A close for the whole position (a level crossed, a cancelled signal, a risk limit) that left volume
-    OPEN (a further fill of its delivery added to it while the command was out) gets a close command of
-    its own for the rest, with the same reason. Runs after ``write_closes``, with the positions locked."""
+    """A close for the whole position (a level crossed, a cancelled signal, a risk limit, a person closing
+    all of it) that left volume OPEN (a further fill of its delivery added to it while the command was out)
+    gets a close command of its own for the rest, with the same reason. Runs after ``write_closes``, with
+    the positions locked."""
     rest = [
         Closing(t.position.id, t.device_id, t.position.volume, t.reason)
         for t in targets
-        if t.effect is PositionEventKind.PARTIALLY_CLOSED and t.reason in _WHOLE
+        if t.effect is PositionEventKind.PARTIALLY_CLOSED and t.whole
     ]
     return await queue_closes(session, rest, now, actor_type=ActorType.SYSTEM)
 

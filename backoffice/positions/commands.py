@@ -110,6 +110,7 @@ async def close_position(
                 reason,
                 stop_loss=position.stop_loss,
                 take_profit=position.take_profit,
+                whole=amount is None or amount == position.volume,
             )
         ],
         now,

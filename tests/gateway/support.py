@@ -411,6 +411,7 @@ class Book:
         volume: str = "0.10",
         created_at: datetime | None = None,
         reason: CloseReason = CloseReason.TAKE_PROFIT,
+        whole: bool = False,
     ) -> uuid.UUID:
         command_id = uuid.uuid4()
         async with self.res.sessions.begin() as session:
@@ -420,6 +421,7 @@ class Book:
                     position_id=position_id,
                     device_id=device_id,
                     volume=Decimal(volume),
+                    whole=whole,
                     reason=reason,
                     status=CloseCommandStatus.PENDING,
                     created_at=created_at or datetime.now(UTC),

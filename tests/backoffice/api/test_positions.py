@@ -96,6 +96,7 @@ async def test_a_partial_close_is_idempotent_and_leaves_the_position_closing(
         str(device.id),
     )
     assert await positions.ClosePosition(request, metadata=user.metadata) == command  # idempotent
+    assert not (await row(res, CloseCommand, uuid.UUID(command.id))).whole  # part of it: the rest stays open
     assert (await row(res, Position, position_id)).status is PositionStatus.CLOSING
     again = await failure(positions.ClosePosition(pb.ClosePositionRequest(id=str(position_id)), metadata=user.metadata))
     assert (again.code, again.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "POSITION_NOT_OPEN")
@@ -185,13 +186,14 @@ async def test_a_position_whose_close_failed_may_be_closed_again(
 
 
 async def test_an_admin_closes_anyones_position_as_admin(
-    backoffice_channel: grpc.aio.Channel, admin: UserCredentials, device: KeyCredentials, book: Book
+    res: Resources, backoffice_channel: grpc.aio.Channel, admin: UserCredentials, device: KeyCredentials, book: Book
 ) -> None:
     position_id = await book.position(device.id)
     command = await stub(backoffice_channel).ClosePosition(
         pb.ClosePositionRequest(id=str(position_id)), metadata=admin.metadata
     )
     assert command.reason == common_pb2.CLOSE_REASON_ADMIN and command.volume == "0.10"
+    assert (await row(res, CloseCommand, uuid.UUID(command.id))).whole  # all of it, whatever is added meanwhile
 
 
 async def test_update_protection_moves_and_removes_levels(

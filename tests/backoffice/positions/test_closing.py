@@ -98,13 +98,15 @@ async def test_a_partial_close_result_is_written(res: Resources, device: KeyCred
     assert (position.status, position.volume, position.profit) == (PositionStatus.OPEN, Decimal("0.20"), None)
 
 
+@pytest.mark.parametrize("reason", [CloseReason.STOP_LOSS, CloseReason.MANUAL])
 async def test_the_rest_of_a_whole_close_gets_its_own_command(
-    res: Resources, device: KeyCredentials, book: Book
+    res: Resources, device: KeyCredentials, book: Book, reason: CloseReason
 ) -> None:
-    """A stop-loss close went out for 0.10; a further fill of the delivery added 0.20 meanwhile. The
-    result closes the 0.10 and the 0.20 left gets a close command of its own, with the same reason."""
+    """A close of the whole position (a stop-loss, or a person closing all of it) went out for 0.10; a
+    further fill of the delivery added 0.20 meanwhile. The result closes the 0.10 and the 0.20 left gets a
+    close command of its own, with the same reason. (A partial close's rest stays open: the test above.)"""
     position_id = await book.position(device.id, volume="0.30")
-    command_id = await book.close_command(device.id, position_id, volume="0.10", reason=CloseReason.STOP_LOSS)
+    command_id = await book.close_command(device.id, position_id, volume="0.10", reason=reason, whole=True)
     report = deliveries.CloseReport(command_id, True, Decimal("2030.25"), None, "")
     async with res.sessions.begin() as session:
         recorded = await deliveries.record_reports(
@@ -117,9 +119,9 @@ async def test_the_rest_of_a_whole_close_gets_its_own_command(
                 select(CloseCommand).where(CloseCommand.position_id == position_id).order_by(CloseCommand.created_at)
             )
         ).all()
-    assert [(c.id == command_id, c.status, c.volume, c.reason) for c in commands] == [
-        (True, CloseCommandStatus.SUCCEEDED, Decimal("0.10"), CloseReason.STOP_LOSS),
-        (False, CloseCommandStatus.PENDING, Decimal("0.20"), CloseReason.STOP_LOSS),
+    assert [(c.id == command_id, c.status, c.volume, c.reason, c.whole) for c in commands] == [
+        (True, CloseCommandStatus.SUCCEEDED, Decimal("0.10"), reason, True),
+        (False, CloseCommandStatus.PENDING, Decimal("0.20"), reason, True),
     ]
     position = await row(res, Position, position_id)
     assert (position.status, position.volume) == (PositionStatus.CLOSING, Decimal("0.20"))
