@@ -1,10 +1,11 @@
 """The scenarios against the real system, one function each, run in order over the same connected
 simulated bridges: approval to delivery (and to execution), fan-out, acks at a steady rate, acks in a
 burst, signed SubmitSignal, quote to CloseOrder (``positions``), risk limits (``risk``: AccountState
-frames' cost, and a limit's CLOSE_ALL to the CloseOrders), and the web console's pages with 1,000
-positions (``console``). Each reports its figures beside the targets of docs/design.md, and beside the
-yardsticks measured earlier in the run (the echo, JetStream, a device polling once a second) as ratios:
-signalhub's figure over the yardstick's."""
+frames' cost, and a limit's CLOSE_ALL to the CloseOrders), the web console's pages with 1,000
+positions (``console``), and a referred trader's fill to its affiliate's commission (``commissions``).
+Each reports its figures beside the targets of docs/design.md, and beside the yardsticks measured earlier
+in the run (the echo, JetStream, a device polling once a second) as ratios: signalhub's figure over the
+yardstick's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .commissions import fill_to_commission
 from .console import console_pages
 from .limits import Bare
 from .loadgen import LoadGenerator
@@ -284,6 +286,7 @@ SCENARIOS: tuple[tuple[str, Callable[[Run], Coroutine[Any, Any, None]]], ...] = 
     ("quote to CloseOrder", quote_to_close),
     ("risk limits", risk_limits),
     ("console", console_pages),
+    ("commissions", fill_to_commission),
 )
 
 
