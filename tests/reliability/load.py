@@ -407,7 +407,10 @@ class World:
         assert set(per_position.values()) == {1}, "a close command was doubled"
         closes = self.bridges.closes()
         succeeded = {str(r.id) for r in commands if r.status is CloseCommandStatus.SUCCEEDED}
-        assert set(closes) == succeeded, "a close result was lost (or an unknown close made)"
+        assert set(closes) == succeeded, (
+            "a close result was lost (or an unknown close made): "
+            f"closed at the broker only {set(closes) - succeeded}, succeeded only {succeeded - set(closes)}"
+        )
         assert set(failed.values()) <= ({INTERRUPTED_CLOSING} if bridges_killed else set()), f"closes failed: {failed}"
         assert succeeded | set(failed) == {str(r.id) for r in commands}, "a close command was never answered"
         assert set(closes.values()) == {1}, "a position was closed more than once at the broker"
