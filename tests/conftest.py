@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -27,6 +28,7 @@ import asyncpg
 import grpc
 import pytest
 from sqlalchemy.engine import make_url
+from xdist.scheduler import LoadGroupScheduling
 
 from backoffice import accounts, bootstrap, devices, models
 from backoffice.bootstrap import Resources
@@ -121,6 +123,32 @@ def no_unplanned_server_errors(request: pytest.FixtureRequest) -> Iterator[None]
         )
 
 
+# scripts/test runs the suite on two pytest-xdist workers: any test may run beside any other but these,
+# which each run a whole stack of processes under load and are judged by what they measure (recovery
+# times, event-loop lag, memory). Two at once on a 2-core machine would skew each other's figures, so one
+# worker runs them all, one after another, while the other takes the rest.
+ONE_AT_A_TIME = (
+    "tests/reliability/",
+    "tests/gateway/bridge/test_end_to_end.py",
+    "tests/scripts/test_soak.py::test_a_short_soak_does_not_grow",
+)
+
+
+class OneAtATimeScheduling(LoadGroupScheduling):
+    """xdist's loadgroup, with the tests of ONE_AT_A_TIME as one group. Not by xdist_group marks: xdist 3.8
+    carries a test's group in its node id, which pytest 9.2 no longer reads back, so every mark is lost;
+    the controller sees node ids only, so the rule goes by path. The largest group is handed out first."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return "one_at_a_time" if nodeid.startswith(ONE_AT_A_TIME) else super()._split_scope(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> OneAtATimeScheduling | None:
+    """Under ``--dist loadgroup`` (pyproject's addopts); another --dist gets xdist's own."""
+    return OneAtATimeScheduling(config, log) if config.getoption("dist") == "loadgroup" else None
+
+
 def run_module(
     module: str, *args: str, env: dict[str, str], cwd: Path, output: Path | None = None
 ) -> subprocess.Popen[str]:
@@ -141,11 +169,48 @@ def run_module(
         )
 
 
+# The ports free_port hands out: from LOWEST_PORT up to the kernel's ephemeral range, where a bind to port 0
+# and every outgoing connection take theirs.
+LOWEST_PORT = 10_000
+_ports_handed_out: set[int] = set()
+_port_picker = random.Random()  # its own: hypothesis seeds the global one
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere the ephemeral range starts higher still
+
+
+def _port_band() -> range:
+    """This process's share of the ports below the ephemeral range: all of them in a plain run, one band
+    each under pytest-xdist (workers gw0, gw1...), so no two workers ever hand out the same port."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start, end = LOWEST_PORT, max(_ephemeral_ports_start(), LOWEST_PORT + 4096)
+    width = (end - start) // workers
+    return range(start + int(worker) * width, start + (int(worker) + 1) * width)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (for a server started as a process)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on, for a server started as a process to bind later.
+    Until then nobody else may take it: it comes from this worker's band below the ephemeral range (no
+    other worker, bind to port 0 or outgoing connection on this machine lands there), at random (another
+    run on the machine is unlikely to pick it too), and no port is handed out twice in a run."""
+    band = _port_band()
+    for _ in range(1000):
+        port = _port_picker.choice(band)
+        if port in _ports_handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:  # something has it
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise AssertionError(f"no free port in {band.start}-{band.stop - 1}")
 
 
 # What a client-side process (a bridge, a load process) must not load: the servers and their dependencies.

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.reliability.conftest import WorldOpener
+from tests.reliability.load import wait_for
 
 STALL_SECONDS = 5.0
 REDIS_OUTAGE_SECONDS = 10.0
@@ -80,8 +81,12 @@ async def test_postgres_restarted_then_stalled(new_world: WorldOpener) -> None:
         async with _watching(checks) as seen:
             await postgres.stall(STALL_SECONDS)
             await world.recovered_after("postgres stall", datetime.now(UTC), stalled_s=STALL_SECONDS)
-            await _until(backoffice, BACKOFFICE_SERVICE, "SERVING")
-            await _until(gateway, GATEWAY_SERVICE, "SERVING")
+
+            # Until the watcher itself saw both back (a probe of our own could see it before its next poll).
+            async def serving_again() -> bool:
+                return all(len(seen[name]) > 1 and seen[name][-1] == "SERVING" for name in ("backoffice", "gateway"))
+
+            await wait_for(serving_again, "the watcher to see both SERVING again", within=15.0)
         assert seen["backoffice"] == ["SERVING", "NOT_SERVING", "SERVING"], seen
         assert seen["gateway"] == ["SERVING", "NOT_SERVING", "SERVING"], seen
         assert seen["gateway liveness"] == ["SERVING"], seen

@@ -45,6 +45,12 @@ async def monitoring(res: Resources, **overrides: Any) -> AsyncIterator[Monitor]
         await redis.aclose()
 
 
+def held(monitor: Monitor, symbol: str) -> bool:
+    """Whether a quote of ``symbol`` waits for confirmation. Only the test's own instrument counts: the
+    monitor follows a Redis stream every server on that Redis writes to, other tests' jumps included."""
+    return any(feed.instrument == symbol for feed in monitor.unconfirmed)
+
+
 def instrument() -> str:
     """An instrument no other test quotes."""
     return "M" + uuid.uuid4().hex[:10].upper()

@@ -26,7 +26,15 @@ from backoffice.models import (
 )
 from backoffice.platform import hints
 from signalhub.v1 import gateway_pb2 as gpb
-from tests.backoffice.monitor.support import commands, instrument, monitoring, position_events, quote, submit
+from tests.backoffice.monitor.support import (
+    commands,
+    held,
+    instrument,
+    monitoring,
+    position_events,
+    quote,
+    submit,
+)
 from tests.conftest import KeyCredentials, UserCredentials, make_device
 from tests.gateway.support import Book, eventually, gateway, row, stream
 
@@ -59,7 +67,7 @@ async def test_a_quote_crossing_the_hidden_stop_queues_one_close(
         await submit(backoffice_channel, book.producer, quote(symbol, "98.80"))
         # 111 is a jump of over 5 %: it acts once a second quote confirms the level.
         await submit(backoffice_channel, book.producer, quote(symbol, "111"))
-        await eventually(lambda: monitor.unconfirmed, "the jump to be held")
+        await eventually(lambda: held(monitor, symbol), "the jump to be held")
         await submit(backoffice_channel, book.producer, quote(symbol, "111.05"))
         await asyncio.sleep(0.5)  # more crossings, and two sweeps: still one command
     [command] = await commands(res, crossed)
@@ -289,13 +297,13 @@ async def test_a_jump_acts_only_once_a_second_quote_confirms_it(
         # The feed's last fresh quote is what a jump is measured from (a feed's first quote has none).
         await eventually(lambda: any(f.instrument == symbol for f in monitor.latest), "the monitor to read it")
         await submit(backoffice_channel, book.producer, quote(symbol, "50"))  # a spike
-        await eventually(lambda: monitor.unconfirmed, "the spike to be held")
+        await eventually(lambda: held(monitor, symbol), "the spike to be held")
         await asyncio.sleep(0.6)
         assert await commands(res, position_id) == []
         await submit(backoffice_channel, book.producer, quote(symbol, "100.20"))  # back: the spike was noise
-        await eventually(lambda: not monitor.unconfirmed, "the level to be back")
+        await eventually(lambda: not held(monitor, symbol), "the level to be back")
         await submit(backoffice_channel, book.producer, quote(symbol, "60"))
-        await eventually(lambda: monitor.unconfirmed, "the second jump to be held")
+        await eventually(lambda: held(monitor, symbol), "the second jump to be held")
         await asyncio.sleep(0.6)
         assert await commands(res, position_id) == []
         await submit(backoffice_channel, book.producer, quote(symbol, "60.10"))  # confirmed

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import uuid
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from backoffice import models
 from backoffice.bootstrap import Resources
 from backoffice.platform.serving import Server
 from signalhub.protocol import signing
-from tests.conftest import KeyCredentials
+from tests.conftest import KeyCredentials, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET_ENV = "SIGNALHUB_PRODUCER_SECRET"
@@ -240,9 +239,7 @@ async def test_without_credentials_it_says_what_to_do(
 async def test_an_unreachable_back_office_is_unavailable_after_retries(
     producer: KeyCredentials, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there, and nothing else in this run is handed it
     done = await signalhub(
         "producer", "submit", "--producer-id", str(producer.id), "--target", f"127.0.0.1:{port}",
         "--instrument", "XAUUSD", "--side", "buy", cwd=tmp_path, env=_env(**{SECRET_ENV: producer.secret}),
