@@ -15,12 +15,12 @@ from backoffice.affiliates import referrals
 from backoffice.models import ActorType, ApiToken, Device, Producer, ProducerStatus, Role, User
 from backoffice.platform import paging
 from backoffice.platform.auth import Caller, new_api_token, require_admin
+from backoffice.platform.text import validate_name
 from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
 from signalhub.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
-_NAME_MAX = 200
 
 
 def _system_or(caller: Caller | None) -> tuple[ActorType, uuid.UUID | None]:
@@ -54,13 +54,6 @@ async def enforce_user_cap(
             reason=reason,
             metadata={"quota": quota, "limit": str(cap)},
         )
-
-
-def validate_name(value: str, field: str) -> str:
-    name = value.strip()
-    if not name or len(name) > _NAME_MAX or not name.isprintable():
-        raise InvalidArgument([(field, f"1-{_NAME_MAX} printable characters")])
-    return name
 
 
 async def create_user(

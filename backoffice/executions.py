@@ -25,7 +25,7 @@ from backoffice.models import (
     Side,
     Signal,
 )
-from backoffice.platform import db, paging
+from backoffice.platform import paging
 from backoffice.platform.auth import Caller
 
 K = TypeVar("K")
@@ -195,36 +195,3 @@ async def list_executions(
         query = query.where(Delivery.state == state)
     deliveries, token = await paging.fetch(session, query, Delivery, page, filters=[signal_id, device_id, state])
     return await _assemble(session, deliveries), token
-
-
-def event_row(
-    device_id: uuid.UUID,
-    kind: EventKind,
-    now: datetime,
-    *,
-    frame_id: str | None = None,
-    delivery_id: uuid.UUID | None = None,
-    close_command_id: uuid.UUID | None = None,
-    stage: str | None = None,
-    body: dict[str, Any] | None = None,
-    event_time: datetime | None = None,
-) -> dict[str, Any]:
-    """An execution_events row. ``body`` holds decimals as strings; ``event_time`` is the source's clock,
-    ``received_at`` the server's."""
-    return {
-        "id": uuid.uuid4(),
-        "device_id": device_id,
-        "frame_id": frame_id,
-        "kind": kind,
-        "delivery_id": delivery_id,
-        "close_command_id": close_command_id,
-        "stage": stage,
-        "body": body or {},
-        "event_time": event_time,
-        "received_at": now,
-    }
-
-
-async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    # Arrays through unnest, not the ORM's bulk insert: nothing is read back, and this is the hottest write.
-    await db.insert_rows(session, ExecutionEvent, rows)

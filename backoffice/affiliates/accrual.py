@@ -44,8 +44,9 @@ BATCH = 500
 
 
 async def enqueue_fills(session: AsyncSession, events: Sequence[dict[str, Any]]) -> int:
-    """Queue the FILL execution events among ``events`` (rows as ``executions.event_row`` makes them) for
-    accrual; how many were queued. This runs on the uplink's hot transaction: one statement, no lookups."""
+    """Queue the FILL execution events among ``events`` (rows as ``backoffice.execution_events.event_row``
+    makes them) for accrual; how many were queued. This runs on the uplink's hot transaction: one statement,
+    no lookups."""
     rows = [
         {
             "fill_event_id": event["id"],

@@ -13,11 +13,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import accounts, audit
+from backoffice import audit
 from backoffice.affiliates import accrual, ledger, referrals
 from backoffice.affiliates.program import Program
 from backoffice.models import Commission, CommissionStatus, LedgerEntryKind
 from backoffice.platform.auth import Caller, require_admin
+from backoffice.platform.text import validate_name
 from signalhub.protocol.errors import NotFound
 
 
@@ -34,7 +35,7 @@ async def reverse_fill(
     """Reverse the commission a fill earned (admins only, with a reason); a fill still queued is accrued
     first. Reversing twice changes nothing. NOT_FOUND when the fill earned no commission."""
     require_admin(caller)
-    reason = accounts.validate_name(reason, "reason")
+    reason = validate_name(reason, "reason")
     await accrual.accrue(session, program, fill_event_id=fill_event_id)
     affiliate_id = await session.scalar(
         select(Commission.affiliate_id).where(Commission.fill_event_id == fill_event_id)

@@ -21,12 +21,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import accounts, audit
+from backoffice import audit
 from backoffice.affiliates import ledger, referrals
 from backoffice.affiliates.program import CENT, Program
 from backoffice.models import LedgerEntryKind, Payout, PayoutStatus
 from backoffice.platform.auth import Caller, require_admin
 from backoffice.platform.idempotency import add_once
+from backoffice.platform.text import validate_name
 from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -103,9 +104,9 @@ async def decide(
     action, target, sources, movement = decision.value
     text = ""
     if decision is Decision.REJECT:
-        text = accounts.validate_name(note, "reason")
+        text = validate_name(note, "reason")
     elif decision is Decision.MARK_PAID:
-        text = accounts.validate_name(note, "payment_reference")
+        text = validate_name(note, "payment_reference")
     affiliate_id = await session.scalar(select(Payout.affiliate_id).where(Payout.id == payout_id))
     if affiliate_id is None:
         raise NotFound("payout")

@@ -15,6 +15,7 @@ from backoffice.platform import paging
 from backoffice.platform.auth import require_admin
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
+from backoffice.platform.text import validate_name
 from backoffice.platform.vault import Vault
 from signalhub.protocol import wire
 from signalhub.protocol.errors import NotFound
@@ -94,7 +95,7 @@ class AccountServicer:
 
     async def CreateApiToken(self, request: pb.CreateApiTokenRequest, context: Any) -> pb.CreateApiTokenResponse:
         caller = current_caller()
-        name = accounts.validate_name(request.name or "api token", "name")
+        name = validate_name(request.name or "api token", "name")
 
         async def create(session: AsyncSession, wake: Wake) -> pb.CreateApiTokenResponse:
             token, shown = await accounts.create_api_token(

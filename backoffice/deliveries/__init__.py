@@ -18,7 +18,7 @@ Every function works inside the caller's transaction, but ``claim``, which is on
   connection do not use up the budget.
 - ``expire_due`` (expiry.py) expires deliveries of devices that are not connected; ``due_devices`` names the devices
   with something due, for the gateway's periodic sweep (a lost wake-up hint costs latency, never data).
-- ``record_reports`` (reports.py): a batch of device frames. Each ack, fill and close result is kept as an
+- ``record_reports`` (device_frames.py): a batch of device frames. Each ack, fill and close result is kept as an
   immutable execution event and applied to its delivery, close command or position, in the caller's one
   transaction (a heartbeat is presence, not a record: it is accepted and nothing is written); the caller
   commits before it answers any Receipt, then announces what the batch returned (quotes and positions
@@ -61,10 +61,7 @@ from backoffice.deliveries.claim import (
     claim,
 )
 from backoffice.deliveries.create import Planned, Recipient, insert_planned, plan_for_approval
-from backoffice.deliveries.expiry import due_devices, expire_due
-from backoffice.deliveries.guards import Guards
-from backoffice.deliveries.guards import load as load_guards
-from backoffice.deliveries.reports import (
+from backoffice.deliveries.device_frames import (
     ACCEPTED,
     DUPLICATE,
     AccountStateReport,
@@ -80,6 +77,9 @@ from backoffice.deliveries.reports import (
     Verdict,
     record_reports,
 )
+from backoffice.deliveries.expiry import due_devices, expire_due
+from backoffice.deliveries.guards import Guards
+from backoffice.deliveries.guards import load as load_guards
 from backoffice.deliveries.states import EXPIRED_REASON, MAY_FILL, UNRECEIVED
 
 __all__ = [

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import executions
+from backoffice import execution_events as events
 from backoffice.deliveries.claim import DEFAULT_CLOSE_ATTEMPTS
 from backoffice.deliveries.states import EXPIRED_REASON, UNRECEIVED
 from backoffice.models import (
@@ -48,10 +48,10 @@ async def expire_due(
         .execution_options(synchronize_session=False)
     )
     expired = result.all()
-    await executions.insert_events(
+    await events.insert_events(
         session,
         [
-            executions.event_row(
+            events.event_row(
                 row.device_id,
                 EventKind.EXPIRED,
                 now,

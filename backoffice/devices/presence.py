@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import audit, executions
+from backoffice import audit, execution_events
 from backoffice.devices import account_states
 from backoffice.devices.hello import Hello
 from backoffice.models import ActorType, Device, DeviceStatus, EventKind, ExecutionEvent
@@ -35,7 +35,7 @@ async def store_hello(session: AsyncSession, device_id: uuid.UUID, frame_id: str
         raise Unauthenticated("this device key is revoked", reason=AuthFailure.KEY_REVOKED.value)
     stored = hello.to_json()
     summary = {k: stored[k] for k in ("bridge_version", "account_currency", "balance", "equity")}
-    row = executions.event_row(device_id, EventKind.HELLO, now, frame_id=frame_id, body=summary)
+    row = execution_events.event_row(device_id, EventKind.HELLO, now, frame_id=frame_id, body=summary)
     inserted = await session.scalar(
         pg_insert(ExecutionEvent)
         .values(**row)

@@ -12,11 +12,12 @@ from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import accounts, audit
-from backoffice.accounts import rotate_secret, validate_name
+from backoffice.accounts import rotate_secret
 from backoffice.models import Device, DeviceStatus
 from backoffice.platform import paging
 from backoffice.platform.auth import Caller
 from backoffice.platform.idempotency import add_once
+from backoffice.platform.text import validate_name
 from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol import signing
 from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound

@@ -5,7 +5,7 @@ the device answers with a CloseResult. The levels never reach the broker: the se
 - ``levels``: the one rule that reads a quote against a position's levels (pure).
 - ``opening``: fills open positions, or add to them (partial fills), on the uplink's transaction.
 - ``closing``: close commands (one outstanding per position), their results, their bounded re-sends.
-- ``commands``: ClosePosition and UpdateProtection.
+- ``user_actions``: what people do to a position: ClosePosition and UpdateProtection.
 - ``queries``: what a caller may see.
 - ``events``: the record of what happened to each position.
 
@@ -28,7 +28,6 @@ from backoffice.positions.closing import (
     realised_profit,
     write_closes,
 )
-from backoffice.positions.commands import ProtectionChange, close_position, update_protection
 from backoffice.positions.opening import Opening, open_positions
 from backoffice.positions.queries import (
     PositionView,
@@ -38,6 +37,7 @@ from backoffice.positions.queries import (
     list_close_commands,
     list_positions,
 )
+from backoffice.positions.user_actions import ProtectionChange, close_position, update_protection
 
 __all__ = [
     "CloseTarget",

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backoffice import alerts, executions, positions, quotes, risk
+from backoffice import alerts, positions, quotes, risk
+from backoffice import execution_events as events
 from backoffice.affiliates import accrual
 from backoffice.devices.account_states import AccountStateIn, StoredAccountState, store_latest
 from backoffice.devices.account_states import recorded_frames as recorded_state_frames
@@ -209,7 +210,7 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
             recorded.add(key)
         outcomes.append(outcome)
     fills = await accrual.enqueue_fills(session, batch.events)  # the worker accrues them, off this transaction
-    await executions.insert_events(session, batch.events)
+    await events.insert_events(session, batch.events)
     await _write_deliveries(session, batch.deliveries.values(), now)
     opened = await positions.open_positions(session, batch.openings, now)
     raised = await positions.write_closes(session, batch.closes.values(), now)
@@ -316,7 +317,7 @@ def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | Fi
             )
         )
     batch.events.append(
-        executions.event_row(
+        events.event_row(
             item.device_id,
             kind,
             batch.now,
@@ -394,7 +395,7 @@ def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outc
     else:
         body["error"] = target.error
     batch.events.append(
-        executions.event_row(
+        events.event_row(
             item.device_id,
             EventKind.CLOSE_RESULT,
             batch.now,
