@@ -9,7 +9,6 @@ refused and never executed. A gateway silent for three heartbeats ends the sessi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
 
 log = logging.getLogger("signalhub.bridge")
+TEARDOWN_SECONDS = 5.0  # at most this long for a session's tasks, and then its channel, to stop
 
 
 class SessionEnded(Exception):
@@ -108,7 +108,8 @@ class Stream:
             account = await self.executor.account()
             hello = frames.hello(self.config.bridge_version, account, await self.executor.symbols())
             session.uplink.mark_ephemeral(hello)
-            await call.write(hello)
+            # Bounded too: a write into a connection that damage left half-open may never complete.
+            await asyncio.wait_for(call.write(hello), self.config.welcome_timeout)
             await asyncio.wait_for(self._await_welcome(session), self.config.welcome_timeout)
             # The session's first account state, once welcomed: written before the Welcome, it could race a
             # gateway refusing the open, and gRPC then reports INTERNAL instead of why it refused.
@@ -141,14 +142,25 @@ class Stream:
             self.connected.clear()
             if session is not None:
                 await self.outbox.detach(session.uplink)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            if session is not None:
-                session.call.cancel()
-            await channel.close()
+            await self._end(session, channel, tasks)
+
+    async def _end(self, session: Session | None, channel: grpc.aio.Channel, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the session's tasks, the call and the channel, each wait bounded: a task or a close stuck
+        in a damaged connection must not keep the bridge from its next session (it is left behind, logged)."""
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            stopped, stuck = await asyncio.wait(tasks, timeout=TEARDOWN_SECONDS)
+            for task in stopped:  # their errors were seen (the first one ended the session): retrieved
+                _ = task.cancelled() or task.exception()
+            if stuck:
+                log.warning("session tasks did not stop; left behind", extra={"tasks": [t.get_name() for t in stuck]})
+        if session is not None:
+            session.call.cancel()
+        try:
+            await asyncio.wait_for(channel.close(), TEARDOWN_SECONDS)
+        except TimeoutError:
+            log.warning("the channel did not close; left behind", extra={"gateway": session and session.address})
 
     async def _wait_stop(self) -> None:
         await self._stopping.wait()

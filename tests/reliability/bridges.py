@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -155,6 +157,7 @@ async def _host(spec: dict[str, Any]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks, clients)
     tasks = [asyncio.create_task(c.run(), name=f"bridge-{c.config.device_id}") for c in clients]
     stats_path = Path(spec["stats"])
     try:
@@ -170,6 +173,17 @@ async def _host(spec: dict[str, Any]) -> None:
             client.stop()
         await asyncio.wait(tasks, timeout=10)
         _write_stats(stats_path, clients)
+
+
+def _log_task_stacks(clients: list[BridgeClient]) -> None:
+    """On SIGUSR1: where every task of this process waits, and which bridges hold no session (a test
+    that waited in vain for them asks, so its failure says where they hang)."""
+    log = logging.getLogger("tests.reliability.bridges")
+    log.warning("not connected", extra={"devices": [c.config.device_id for c in clients if not c.connected.is_set()]})
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        log.warning("task", extra={"task": task.get_name(), "stack": stack.getvalue()})
 
 
 def _write_stats(path: Path, clients: list[BridgeClient]) -> None:
@@ -219,6 +233,14 @@ class BridgeHost:
         from tests.reliability.cluster import stop_process
 
         stop_process(self.process)
+
+    def where_they_wait(self) -> str:
+        """The bridge process's task stacks (it logs them on SIGUSR1) and its last log lines."""
+        if self.process is None or self.process.poll() is not None:
+            return "(no bridge process running)"
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)  # a moment to write them
+        return self.log_path.read_text(errors="replace")[-12000:]
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """The current process's counters per device ({} before it wrote any)."""

@@ -46,7 +46,10 @@ async def test_bytes_dropped_delayed_duplicated_reordered_and_cut(new_world: Wor
             async def reconnected() -> bool:
                 return world.bridges.connected()
 
-            took = await wait_for(reconnected, "every bridge to hold a session again")
+            try:
+                took = await wait_for(reconnected, "every bridge to hold a session again")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; where the bridges wait:\n{world.bridges.where_they_wait()}") from None
             injected = sum((p.injected for p in proxies), Counter[str]())
             corrupted = sum(p.corrupted for p in proxies)
             await world.recovered_after(
