@@ -73,7 +73,7 @@ async def main_async(options: Options) -> int:
     print(f"== {len(report.figures)} figures in {clock.seconds():.0f} s -> {options.output}", flush=True)
     if missed:
         print("== targets not met: " + ", ".join(missed), flush=True)
-    return 0
+    return report.exit_status(options.check)
 
 
 def wanted(options: Options, *scenarios: str) -> bool:

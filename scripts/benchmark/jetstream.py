@@ -6,9 +6,11 @@ processes as the gateway's, each device with a NATS connection of its own (as a 
 a durable push consumer of its own subject with explicit acks. Fan-out: one instruction-sized message
 per device (signalhub seals each delivery for its device, so one message per device subject), each
 published with its PubAck awaited, timed from the first publish to the last device's receipt. Uplink
-burst: every device publishes ack-sized frames to its uplink subject, awaiting each PubAck; throughput
-is frames over the span from the first publish to the last PubAck. The streams (and so the consumers)
-are deleted at the end; an unreachable server is noted and its figures are None.
+burst: every device publishes ack-sized frames to its uplink subject, pipelined as the simulated bridges
+write theirs (all at once, each PubAck awaited); throughput is frames over the span from the first
+publish to the last PubAck. The server's version and the streams' storage settings name the figures.
+The streams (and so the consumers) are deleted at the end; an unreachable server is noted and its
+figures are None.
 
 A load process imports this module: it imports no server module (nats, the protocol's messages, and
 ``report``/``options``, which import nothing server-side).
@@ -29,7 +31,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
 from signalhub.v1 import gateway_pb2 as pb
@@ -134,27 +136,28 @@ class FleetWorker:
         return ("arrivals", found)
 
     async def burst(self, frames: int) -> Message:
-        """Every device publishes ``frames`` ack frames to its uplink subject, one after another, each
-        awaiting its PubAck; (first publish, last PubAck, PubAcks, errors) of this process."""
+        """Every device publishes ``frames`` ack frames to its uplink subject, pipelined (all sent at once,
+        each PubAck awaited); (first publish, last PubAck, PubAcks, errors) of this process."""
         first: list[float] = []
         last: list[float] = []
         errors: list[str] = []
 
-        async def publish(device: JsDevice) -> None:
+        async def publish(js: JetStreamContext, subject: str, payload: bytes) -> None:
+            try:
+                await js.publish(subject, payload, timeout=30)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            last.append(time.time())
+
+        async def device_burst(device: JsDevice) -> None:
+            # Pipelined, as a bridge writes its frames: every publish goes out at once, each PubAck awaited.
             js = device.conn.jetstream()
             subject = f"{self.spec.prefix}.up.{device.device_id}"
-            for k in range(frames):
-                payload = ack_payload(device.device_id, k)
-                if k == 0:
-                    first.append(time.time())
-                try:
-                    await js.publish(subject, payload, timeout=30)
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    return
-                last.append(time.time())
+            first.append(time.time())
+            await asyncio.gather(*(publish(js, subject, ack_payload(device.device_id, k)) for k in range(frames)))
 
-        await asyncio.gather(*(publish(d) for d in self.devices))
+        await asyncio.gather(*(device_burst(d) for d in self.devices))
         return ("burst", min(first, default=None), max(last, default=None), len(last), errors[:3])
 
     async def close(self) -> Message:
@@ -198,7 +201,8 @@ async def bare_jetstream(options: Options, device_ids: Sequence[str], report: Re
     fleet: Fleet | None = None
     try:
         await js.add_stream(name=down, subjects=[f"{prefix}.dev.*"], storage=StorageType.FILE)
-        await js.add_stream(name=up, subjects=[f"{prefix}.up.*"], storage=StorageType.FILE)
+        uplink = await js.add_stream(name=up, subjects=[f"{prefix}.up.*"], storage=StorageType.FILE)
+        where = storage_settings(coordinator, uplink.config, len(device_ids), options.processes)
         fleet = Fleet(options.nats, prefix, down, device_ids, options.processes)
         answers = await fleet.ask("connect")
         connected = sum(a[1] for a in answers)
@@ -226,6 +230,19 @@ async def bare_jetstream(options: Options, device_ids: Sequence[str], report: Re
     report.add("jetstream_fanout_p50", ms(found.get("jetstream_fanout_p50")), "ms", where)
     report.add("jetstream_ack_burst_throughput", found["jetstream_rate"], "frames/s", where)
     return found
+
+
+def storage_settings(server: Nats, config: StreamConfig, devices: int, processes: int) -> str:
+    """What the JetStream figures were measured on, as the results name them: the server's version and
+    the streams' storage, replicas and persistence (a file stream is synced to disk on the server's
+    interval, 2 minutes by default, not per message; Postgres commits each uplink batch with fsync)."""
+    version = server._server_info.get("version", "?")  # the INFO the server sent on connect
+    persist = getattr(config, "persist_mode", None) or "default"
+    storage = getattr(config.storage, "value", config.storage) or "?"  # the server's answer: an enum or its name
+    return (
+        f"NATS {version} JetStream, {storage} storage, {config.num_replicas or 1} replica, persist {persist},"
+        f" {devices} devices over {processes} load processes"
+    )
 
 
 async def jetstream_fanout(

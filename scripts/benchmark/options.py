@@ -17,6 +17,7 @@ class Options:
     """What the command line asked for, and the scenario sizes that follow from --quick."""
 
     quick: bool
+    check: bool  # exit 1 when a figure misses its goal
     profile: bool  # py-spy samples the servers during each scenario (bench/profiles/)
     only: tuple[str, ...]  # scenario names to run; empty runs them all
     devices: int
@@ -33,6 +34,8 @@ class Options:
     burst_signals: int
     wait_seconds: float
     submit_rate: float
+    auto_submit_rate: float  # SubmitSignal/s from the producer with AUTO subscribers (each fans out to every device)
+    auto_submits: int
     submit_seconds: float
     low_seconds: float
     idle_seconds: float
@@ -48,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The options of ``scripts/bench``; ``parse_args`` derives the run's settings from them."""
     parser = argparse.ArgumentParser(prog="scripts/bench", description=DESCRIPTION)
     parser.add_argument("--quick", action="store_true", help="a short run (about 3 minutes)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when any figure misses its goal (one without a value, n/a, misses it too)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="record py-spy profiles of the servers per scenario into bench/profiles/"
     )
@@ -94,6 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     quick: bool = args.quick
     return Options(
         quick=quick,
+        check=args.check,
         profile=args.profile,
         only=tuple(args.only),
         devices=args.devices,
@@ -110,6 +119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         burst_signals=2 if quick else 10,
         wait_seconds=8.0 if quick else 30.0,
         submit_rate=500.0,
+        auto_submit_rate=2.0,
+        auto_submits=10 if quick else 40,
         submit_seconds=1.0 if quick else 10.0,
         low_seconds=3.0 if quick else 10.0,
         idle_seconds=3.0 if quick else 10.0,

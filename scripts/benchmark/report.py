@@ -58,6 +58,10 @@ class Report:
         """The names of the figures whose target was not met."""
         return [f.name for f in self.figures if f.met is False]
 
+    def exit_status(self, check: bool) -> int:
+        """The run's exit status: 1 under ``--check`` when a figure missed its goal, else 0."""
+        return 1 if check and self.missed() else 0
+
 
 def write_results(path: Path, report: Report) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

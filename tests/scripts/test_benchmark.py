@@ -39,6 +39,19 @@ def test_the_parser_builds_and_quick_shortens_every_phase() -> None:
     assert full.output == ROOT / "bench" / "results.json"
 
 
+def test_check_fails_the_run_only_when_a_figure_misses_its_goal() -> None:
+    assert options.parse_args(["--check"]).check and not options.parse_args([]).check
+    run = report.Report()
+    run.add("met", 1.0, "ms", "s", at_most=2.0)
+    run.add("informative", 9.0, "ms", "s")
+    assert (run.exit_status(check=True), run.exit_status(check=False)) == (0, 0)
+    run.add("missed", 3.0, "x", "s", at_least=4.0)
+    assert (run.exit_status(check=True), run.exit_status(check=False)) == (1, 0)
+    unmeasured = report.Report()
+    unmeasured.add("n/a", None, "x", "s", at_most=1.0)
+    assert unmeasured.exit_status(check=True) == 1
+
+
 def test_a_running_stack_is_named_by_both_addresses() -> None:
     with pytest.raises(SystemExit):
         options.parse_args(["--backoffice", "127.0.0.1:1"])
