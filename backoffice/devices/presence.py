@@ -30,7 +30,10 @@ async def store_hello(session: AsyncSession, device_id: uuid.UUID, frame_id: str
     INACTIVE device ACTIVE again. A Hello that says both balance and equity (neither negative) is also the
     device's account state, dated ``now``. False when the frame_id was recorded before: the Hello then
     changes nothing. A device revoked since its stream opened is refused."""
-    status = await session.scalar(select(Device.status).where(Device.id == device_id).with_for_update())
+    # FOR NO KEY UPDATE: serialised with a revocation (its UPDATE takes the same lock), while the foreign-key
+    # checks of rows naming this device (an uplink storing its account state and stopouts) pass: FOR UPDATE
+    # would wait on them while they wait on this Hello's account state, a deadlock.
+    status = await session.scalar(select(Device.status).where(Device.id == device_id).with_for_update(key_share=True))
     if status is None or status is DeviceStatus.REVOKED:
         raise Unauthenticated("this device key is revoked", reason=AuthFailure.KEY_REVOKED.value)
     stored = hello.to_json()
