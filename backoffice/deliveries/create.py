@@ -10,13 +10,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import sizing
 from backoffice.deliveries.guards import Guards
 from backoffice.devices.hello import Hello
 from backoffice.models import Delivery, DeliveryState, Signal
+from backoffice.platform import db
 from backoffice.platform.metrics import RISK_GUARD_SKIPS
 
 
@@ -110,6 +110,6 @@ def plan_for_approval(
 
 
 async def insert_planned(session: AsyncSession, planned: Planned) -> None:
-    """Write the planned deliveries: one multi-row INSERT (the approvals they belong to come first)."""
-    if planned.rows:
-        await session.execute(insert(Delivery), planned.rows)
+    """Write the planned deliveries in one statement, every column one array (the approvals they belong to
+    come first, flushed), not SQLAlchemy's multi-row INSERT with its processing of every bound value."""
+    await db.insert_rows(session, Delivery, planned.rows)
