@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, func, insert, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -72,7 +73,8 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
         for s in (await session.scalars(_ACTIVE_SUBSCRIPTIONS, {"producer_id": signal.producer_id})).all()
         if not s.instruments or signal.instrument in s.instruments
     ]
-    devices = await _active_devices(session, {s.user_id for s in subscriptions if s.mode is SubscriptionMode.AUTO})
+    auto_users = {s.user_id for s in subscriptions if s.mode is SubscriptionMode.AUTO}
+    devices = await _active_devices(session, auto_users, signal.instrument)
     guards = await deliveries.load_guards(session, [d.id for chosen in devices.values() for d in chosen], now)
     planned = deliveries.Planned()
     rows = []
@@ -96,12 +98,35 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
     return tuple(planned.woken)
 
 
-async def _active_devices(session: AsyncSession, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
-    """The ACTIVE devices of these users, oldest first, with just what a delivery needs of them."""
+async def _active_devices(
+    session: AsyncSession, user_ids: set[uuid.UUID], signal_instrument: str
+) -> dict[uuid.UUID, list[Any]]:
+    """The ACTIVE devices of these users, oldest first, with just what a delivery of ``signal_instrument``
+    needs of them: of each last Hello, the account and the one symbol the device's map names for it. A
+    terminal may declare 2,000 symbols; reading and parsing them all for every device of a fan-out was
+    most of its cost."""
     if not user_ids:
         return {}
+    symbol = func.coalesce(Device.symbol_map.op("->>")(signal_instrument), signal_instrument)
+    hello = Device.last_hello
+    hello_for_signal = func.jsonb_build_object(
+        "account_currency",
+        hello.op("->")("account_currency"),
+        "balance",
+        hello.op("->")("balance"),
+        "equity",
+        hello.op("->")("equity"),
+        "symbols",
+        func.jsonb_build_object(symbol, hello.op("->")("symbols").op("->")(symbol)),
+    )
     rows = await session.execute(
-        select(Device.id, Device.user_id, Device.name, Device.symbol_map, Device.last_hello)
+        select(
+            Device.id,
+            Device.user_id,
+            Device.name,
+            Device.symbol_map,
+            type_coerce(hello_for_signal, JSONB).label("last_hello"),
+        )
         .where(any_id(Device.user_id, user_ids), Device.status == DeviceStatus.ACTIVE)
         .order_by(Device.created_at, Device.id)
     )

@@ -75,12 +75,11 @@ async def load(session: AsyncSession, device_ids: Collection[uuid.UUID], now: da
     ids = list(dict.fromkeys(device_ids))
     if not ids:
         return {}
-    policies = await risk.load_policies(session, ids)
+    policies = {d: p for d, p in (await risk.stored_policies(session, ids)).items() if not p.is_empty}
     stopped = await risk.active_stopouts(session, ids, now)
     guards = {
-        device_id: DeviceGuard(policies[device_id], stopped=device_id in stopped)
-        for device_id in ids
-        if not policies[device_id].is_empty or device_id in stopped
+        device_id: DeviceGuard(policies.get(device_id) or risk.Policy(device_id), stopped=device_id in stopped)
+        for device_id in policies.keys() | stopped
     }
     capped = sorted(d for d, g in guards.items() if g.caps_positions)
     if capped:

@@ -19,6 +19,7 @@ from backoffice.risk.policy import (
     load_policies,
     load_policy,
     require_device,
+    stored_policies,
     update_policy,
     validate_policy,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "period_bounds",
     "require_device",
     "reset_stopout",
+    "stored_policies",
     "update_policy",
     "validate_policy",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -248,11 +248,17 @@ def _from_row(row: RiskPolicy) -> Policy:
 async def load_policies(session: AsyncSession, device_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Policy]:
     """The policy of each device, the empty one for a device without one, in one query."""
     ids = set(device_ids)
-    if not ids:
-        return {}
-    rows = await session.scalars(select(RiskPolicy).where(any_id(RiskPolicy.device_id, ids)))
-    found = {row.device_id: _from_row(row) for row in rows}
+    found = await stored_policies(session, ids)
     return {device_id: found.get(device_id) or Policy(device_id) for device_id in ids}
+
+
+async def stored_policies(session: AsyncSession, device_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Policy]:
+    """The policies set for these devices, in one query; a device without one is absent (for a fan-out to
+    many devices, most of which have none)."""
+    if not device_ids:
+        return {}
+    rows = await session.scalars(select(RiskPolicy).where(any_id(RiskPolicy.device_id, device_ids)))
+    return {row.device_id: _from_row(row) for row in rows}
 
 
 async def load_policy(session: AsyncSession, device_id: uuid.UUID) -> Policy:
