@@ -31,11 +31,19 @@ from signalhub.protocol.errors import FailedPrecondition, NotFound
 CODE_BYTES = 12  # 96 random bits: 16 base64url characters, unguessable and safe in a URL
 
 
+def new_code() -> str:
+    """A referral code that does not start with "-": people pass it after an option on a command line
+    (``--referral-code CODE``), where a leading dash would read as another option."""
+    while (code := secrets.token_urlsafe(CODE_BYTES)).startswith("-"):
+        pass
+    return code
+
+
 async def register(session: AsyncSession, caller: Caller, *, request_id: str = "") -> Affiliate:
     """Make the caller an affiliate with a new referral code; one who already is one gets it back."""
     affiliate_id = await session.scalar(
         insert(Affiliate)
-        .values(id=uuid.uuid4(), user_id=caller.id, referral_code=secrets.token_urlsafe(CODE_BYTES))
+        .values(id=uuid.uuid4(), user_id=caller.id, referral_code=new_code())
         .on_conflict_do_nothing(index_elements=[Affiliate.user_id])
         .returning(Affiliate.id)
     )

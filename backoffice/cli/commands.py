@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     create_user.add_argument("--email", required=True, help="the user's email address (unique)")
     create_user.add_argument("--role", choices=["admin", "user"], default="user", help="default %(default)s")
     create_user.add_argument(
-        "--referral-code", default="", metavar="CODE", help="the affiliate who referred the user (their code)"
+        "--referral-code",
+        default="",
+        metavar="CODE",
+        help="the affiliate who referred the user (their code; --referral-code=CODE for one that starts with -)",
     )
     create_producer = admin.add_parser("create-producer", help='prints {"producer_id", "secret"}')
     create_producer.add_argument("--name", required=True, help="a name for the strategy engine")

@@ -148,3 +148,13 @@ async def test_self_referral_and_cycles_are_refused_where_attribution_happens(
         outsider = await make_user(res)
         assert (await referrals.attribute(session, third_row, outsider.id)).affiliate_id == third_row.id
         await session.rollback()
+
+
+def test_a_new_code_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A code is typed after an option (``--referral-code CODE``): a leading dash would read as an option."""
+    drawn = iter(["-dash-first", "_then-fine"])
+    monkeypatch.setattr(referrals.secrets, "token_urlsafe", lambda n: next(drawn))
+    assert referrals.new_code() == "_then-fine"
+    monkeypatch.undo()
+    codes = [referrals.new_code() for _ in range(2000)]
+    assert not [c for c in codes if c.startswith("-")] and {len(c) for c in codes} == {16}
