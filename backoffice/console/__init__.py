@@ -10,10 +10,11 @@ Modules:
     security    the response headers (CSP and the rest) and the CSRF check
     backoffice  the one call helper: a stub method, the session's token, a refusal as ``Refused``
     formats     how values read on a page (enum names, UTC times, durations)
-    views       templates, the ``Page`` a handler gets, and the ``signed_in`` guard
+    views       templates, the ``Page`` a handler gets, the ``signed_in`` guard, secrets shown once
     charts      the stage timeline as server-drawn SVG
     signin      sign-in with an API token, sign-out
-    trader      the trader's pages (approvals live, signals, positions, devices, subscriptions, risk)
+    trader      the trader's pages (approvals live, signals, positions, subscriptions)
+    devices     the trader's device pages (credentials shown once, rotate, revoke, each device's risk policy)
     affiliate   the affiliate's pages (referral link, stats, referrals, commissions, payouts)
     admin       the admins' pages (alerts live, payouts, the audit trail, producers, users)
     app         ``create_app(config)``: every page module's routes, static files, headers, error pages

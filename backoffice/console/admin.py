@@ -26,8 +26,16 @@ from starlette.routing import BaseRoute, Route
 
 from backoffice.console.affiliate import PAYOUT_FILTERS
 from backoffice.console.backoffice import Refused
-from backoffice.console.trader import offer_file, one_time_download, shown_once
-from backoffice.console.views import Page, Section, form_enum, form_refused, signed_in
+from backoffice.console.views import (
+    Page,
+    Section,
+    form_enum,
+    form_refused,
+    offer_file,
+    one_time_download,
+    shown_once,
+    signed_in,
+)
 from signalhub.v1 import backoffice_pb2 as pb
 
 PAGE_SIZE = 25

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from backoffice.console import admin, affiliate, security, signin, trader
+from backoffice.console import admin, affiliate, devices, security, signin, trader
 from backoffice.console.backoffice import BackOffice
 from backoffice.console.config import ConsoleConfig
 from backoffice.console.sessions import SessionStore
@@ -48,7 +48,7 @@ class PageModule(Protocol):
 
 # Every module of pages, in the navigation's order. A new area adds its module here (see the package's
 # docstring).
-PAGE_MODULES: tuple[PageModule, ...] = (signin, trader, affiliate, admin)
+PAGE_MODULES: tuple[PageModule, ...] = (signin, trader, devices, affiliate, admin)
 
 
 def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> Starlette:

@@ -5,6 +5,7 @@ asked, a refusal from the back office shown as its one-line reason."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -279,3 +280,34 @@ def form_enum(enum: Any, name: str) -> Any:
 def form_refused(violations: dict[str, str]) -> Refused:
     """A form the console itself cannot turn into a request, told like the back office's refusals."""
     return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid request: {', '.join(violations)}", violations)
+
+
+# -- secrets shown once (a device's, a producer's) ------------------------------------------------------
+
+
+def offer_file(page: Page, filename: str, content: dict[str, str], path: str) -> str:
+    """Hold ``content`` (a credentials file, JSON) for one download from this session: the link, ``path``
+    and the download's id. Nothing else keeps what it holds."""
+    download_id = page.session.offer_download(
+        filename, (json.dumps(content, indent=2) + "\n").encode(), page.console.sessions.clock()
+    )
+    return f"{path}/{download_id}"
+
+
+def shown_once(page: Page, template: str, address: str, **context: Any) -> Response:
+    """A page with a secret on it, in answer to the form (htmx, boosted) that made the secret: the browser's
+    address becomes ``address``, a page without it, so a reload loads that page rather than sending the
+    form again (which the back office, idempotent on its request_id, would answer with the same secret)."""
+    response = page.render(template, **context)
+    response.headers["HX-Replace-Url"] = address
+    return response
+
+
+def one_time_download(page: Page, gone: str) -> Response:
+    """The file the session holds behind the path's ``download_id``, once: the link dies as it is used (and
+    after a few minutes unused); ``gone`` says what to do then."""
+    found = page.session.take_download(page.arg("download_id"), page.console.sessions.clock())
+    if found is None:
+        return error_page(page.request, gone, 404, page.session)
+    headers = {"Content-Disposition": f'attachment; filename="{found.filename}"', "Cache-Control": "no-store"}
+    return Response(found.content.reveal(), media_type="application/json", headers=headers)
