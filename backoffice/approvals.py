@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, func, insert, select, type_coerce
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,7 +37,6 @@ from backoffice.models import (
 )
 from backoffice.platform import db, idempotency, paging
 from backoffice.platform.auth import Caller
-from backoffice.platform.db import any_id
 from backoffice.platform.vault import Vault
 from signalhub.protocol.errors import FailedPrecondition, NotFound
 
@@ -74,7 +72,7 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
         if not s.instruments or signal.instrument in s.instruments
     ]
     auto_users = {s.user_id for s in subscriptions if s.mode is SubscriptionMode.AUTO}
-    devices = await _active_devices(session, auto_users, signal.instrument)
+    devices = await deliveries.active_recipients(session, auto_users, signal.instrument)
     guards = await deliveries.load_guards(session, [d.id for chosen in devices.values() for d in chosen], now)
     planned = deliveries.Planned()
     rows = []
@@ -96,44 +94,6 @@ async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -
         await session.execute(insert(Approval), rows)
     await deliveries.insert_planned(session, planned)
     return tuple(planned.woken)
-
-
-async def _active_devices(
-    session: AsyncSession, user_ids: set[uuid.UUID], signal_instrument: str
-) -> dict[uuid.UUID, list[Any]]:
-    """The ACTIVE devices of these users, oldest first, with just what a delivery of ``signal_instrument``
-    needs of them: of each last Hello, the account and the one symbol the device's map names for it. A
-    terminal may declare 2,000 symbols; reading and parsing them all for every device of a fan-out was
-    most of its cost."""
-    if not user_ids:
-        return {}
-    symbol = func.coalesce(Device.symbol_map.op("->>")(signal_instrument), signal_instrument)
-    hello = Device.last_hello
-    hello_for_signal = func.jsonb_build_object(
-        "account_currency",
-        hello.op("->")("account_currency"),
-        "balance",
-        hello.op("->")("balance"),
-        "equity",
-        hello.op("->")("equity"),
-        "symbols",
-        func.jsonb_build_object(symbol, hello.op("->")("symbols").op("->")(symbol)),
-    )
-    rows = await session.execute(
-        select(
-            Device.id,
-            Device.user_id,
-            Device.name,
-            Device.symbol_map,
-            type_coerce(hello_for_signal, JSONB).label("last_hello"),
-        )
-        .where(any_id(Device.user_id, user_ids), Device.status == DeviceStatus.ACTIVE)
-        .order_by(Device.created_at, Device.id)
-    )
-    found: dict[uuid.UUID, list[Any]] = {}
-    for row in rows:
-        found.setdefault(row.user_id, []).append(row)
-    return found
 
 
 def _pending_row(signal: Signal, subscription: Subscription) -> dict[str, Any]:

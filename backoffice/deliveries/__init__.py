@@ -2,7 +2,8 @@
 
 Every function works inside the caller's transaction, but ``claim``, which is one statement of its own:
 
-- ``plan_for_approval`` and ``insert_planned`` (create.py): one delivery per chosen device when a signal
+- ``active_recipients``, ``plan_for_approval`` and ``insert_planned`` (create.py): the ACTIVE devices of
+  AUTO subscribers with what a delivery needs of them; one delivery per chosen device when a signal
   is approved, sized per device (PENDING), or SKIPPED with the reason when sizing gives nothing
   tradable; every approval of a signal is planned first, then written with one bulk INSERT.
 - ``cancel_for_signal`` (cancel.py): a cancelled signal's deliveries that were not received are never
@@ -60,7 +61,7 @@ from backoffice.deliveries.claim import (
     Order,
     claim,
 )
-from backoffice.deliveries.create import Planned, Recipient, insert_planned, plan_for_approval
+from backoffice.deliveries.create import Planned, Recipient, active_recipients, insert_planned, plan_for_approval
 from backoffice.deliveries.device_frames import (
     ACCEPTED,
     DUPLICATE,
@@ -108,6 +109,7 @@ __all__ = [
     "Recorded",
     "Report",
     "Verdict",
+    "active_recipients",
     "cancel_for_signal",
     "claim",
     "due_devices",

@@ -10,13 +10,16 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from sqlalchemy import func, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import sizing
 from backoffice.deliveries.guards import Guards
 from backoffice.devices.hello import Hello
-from backoffice.models import Delivery, DeliveryState, Signal
+from backoffice.models import Delivery, DeliveryState, Device, DeviceStatus, Signal
 from backoffice.platform import db
+from backoffice.platform.db import any_id
 from backoffice.platform.metrics import RISK_GUARD_SKIPS
 
 
@@ -36,6 +39,44 @@ class Planned:
     rows: list[dict[str, Any]] = field(default_factory=list)
     woken: list[uuid.UUID] = field(default_factory=list)  # devices with a PENDING delivery to wake
     skipped: list[str] = field(default_factory=list)  # "<device name>: <why>" for each SKIPPED delivery
+
+
+async def active_recipients(
+    session: AsyncSession, user_ids: set[uuid.UUID], signal_instrument: str
+) -> dict[uuid.UUID, list[Any]]:
+    """The ACTIVE devices of these users, oldest first, with just what a delivery of ``signal_instrument``
+    needs of them: of each last Hello, the account and the one symbol the device's map names for it. A
+    terminal may declare 2,000 symbols; reading and parsing them all for every device of a fan-out was
+    most of its cost."""
+    if not user_ids:
+        return {}
+    symbol = func.coalesce(Device.symbol_map.op("->>")(signal_instrument), signal_instrument)
+    hello = Device.last_hello
+    hello_for_signal = func.jsonb_build_object(
+        "account_currency",
+        hello.op("->")("account_currency"),
+        "balance",
+        hello.op("->")("balance"),
+        "equity",
+        hello.op("->")("equity"),
+        "symbols",
+        func.jsonb_build_object(symbol, hello.op("->")("symbols").op("->")(symbol)),
+    )
+    rows = await session.execute(
+        select(
+            Device.id,
+            Device.user_id,
+            Device.name,
+            Device.symbol_map,
+            type_coerce(hello_for_signal, JSONB).label("last_hello"),
+        )
+        .where(any_id(Device.user_id, user_ids), Device.status == DeviceStatus.ACTIVE)
+        .order_by(Device.created_at, Device.id)
+    )
+    found: dict[uuid.UUID, list[Any]] = {}
+    for row in rows:
+        found.setdefault(row.user_id, []).append(row)
+    return found
 
 
 def plan_for_approval(
