@@ -131,6 +131,13 @@ async def driver_rows(session: AsyncSession, statement: str, *params: Any) -> Se
     return (await connection.exec_driver_sql(statement, params)).all()
 
 
+async def execute_driver(session: AsyncSession, statement: str, *params: Any) -> None:
+    """The driver's own SQL (``$1``-style parameters) that returns no rows, in the session's transaction,
+    begun if it was not: a hot path's write whose Core form would be compiled anew for every call."""
+    connection = await session.connection()
+    await connection.exec_driver_sql(statement, params)
+
+
 _DIALECT: Any = postgresql.dialect()  # type: ignore[no-untyped-call]  # for column type names only
 
 

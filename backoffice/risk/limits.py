@@ -39,7 +39,7 @@ from backoffice.models import (
     RiskPeriod,
     Stopout,
 )
-from backoffice.platform.db import any_id
+from backoffice.platform.db import any_id, execute_driver
 from backoffice.platform.metrics import RISK_STOPOUTS
 from backoffice.risk import policy
 from backoffice.risk.policy import Limit
@@ -146,6 +146,19 @@ class _Mark:
     last_balance: Decimal
 
 
+# The marks in one statement of fixed shape, in the keys' order (two batches lock the same rows in the same
+# order): SQLAlchemy's multi-row INSERT compiled anew for every batch size, on the uplink's hot path.
+_UPSERT_MARKS = """
+INSERT INTO risk_marks (device_id, period, period_start, reference_balance, equity_high, last_balance)
+SELECT device_id, period, period_start, reference_balance, equity_high, last_balance
+FROM unnest($1::uuid[], $2::varchar[], $3::timestamptz[], $4::numeric[], $5::numeric[], $6::numeric[])
+     WITH ORDINALITY AS v(device_id, period, period_start, reference_balance, equity_high, last_balance, n)
+ORDER BY n
+ON CONFLICT (device_id, period, period_start) DO UPDATE
+SET equity_high = excluded.equity_high, last_balance = excluded.last_balance, updated_at = excluded.updated_at
+"""
+
+
 async def _update_marks(
     session: AsyncSession,
     latest: dict[uuid.UUID, State],
@@ -185,30 +198,16 @@ async def _update_marks(
             else:
                 reference = state.balance
             marks[key] = _Mark(reference, state.equity, state.balance)
-    statement = insert(RiskMark).values(
-        [
-            {
-                "device_id": device_id,
-                "period": period,
-                "period_start": start,
-                "reference_balance": m.reference_balance,
-                "equity_high": m.equity_high,
-                "last_balance": m.last_balance,
-            }
-            for (device_id, period, start), m in sorted(
-                marks.items(), key=lambda item: (str(item[0][0]), item[0][1], item[0][2])
-            )
-        ]
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[RiskMark.device_id, RiskMark.period, RiskMark.period_start],
-            set_={
-                "equity_high": statement.excluded.equity_high,
-                "last_balance": statement.excluded.last_balance,
-                "updated_at": statement.excluded.updated_at,
-            },
-        )
+    ordered = sorted(marks.items(), key=lambda item: (str(item[0][0]), item[0][1], item[0][2]))
+    await execute_driver(
+        session,
+        _UPSERT_MARKS,
+        [device_id for (device_id, _, _), _ in ordered],
+        [period.value for (_, period, _), _ in ordered],
+        [start for (_, _, start), _ in ordered],
+        [m.reference_balance for _, m in ordered],
+        [m.equity_high for _, m in ordered],
+        [m.last_balance for _, m in ordered],
     )
     return marks
 
