@@ -46,8 +46,8 @@ async def active_recipients(
 ) -> dict[uuid.UUID, list[Any]]:
     """The ACTIVE devices of these users, oldest first, with just what a delivery of ``signal_instrument``
     needs of them: of each last Hello, the account and the one symbol the device's map names for it. A
-    terminal may declare 2,000 symbols; reading and parsing them all for every device of a fan-out was
-    most of its cost."""
+    terminal may declare 2,000 symbols, which would otherwise be read and parsed for every device of every
+    fan-out."""
     if not user_ids:
         return {}
     symbol = func.coalesce(Device.symbol_map.op("->>")(signal_instrument), signal_instrument)

@@ -175,8 +175,7 @@ async def _with_arrays(
         raise ValueError(f"every row written to {table.name} must name the same columns: {', '.join(names)}")
     converters = [_to_driver(table.c[name]) for name in names]
     arrays = [[convert(row[name]) for row in rows] for name, convert in zip(names, converters, strict=True)]
-    connection = await session.connection()
-    await connection.exec_driver_sql(statement, tuple(arrays))
+    await execute_driver(session, statement, *arrays)
 
 
 def _to_driver(column: Any) -> Callable[[Any], Any]:
