@@ -274,13 +274,17 @@ class UplinkWriter:
 
     async def _transaction(self, reports: list[DeviceReport]) -> Recorded:
         started = time.perf_counter()
-        recorded = await db.retrying(
-            self._sessions,
-            lambda session: deliveries.record_reports(session, reports, datetime.now(UTC)),
-            log=log,
-            what="uplink batch",
-            sqlstates=_RETRY_SQLSTATES,
-        )
+        recorded = None
+        if deliveries.only_account_states(reports):  # one statement, unless a limit is reached
+            recorded = await deliveries.record_account_states_alone(self._sessions, reports, datetime.now(UTC))
+        if recorded is None:
+            recorded = await db.retrying(
+                self._sessions,
+                lambda session: deliveries.record_reports(session, reports, datetime.now(UTC)),
+                log=log,
+                what="uplink batch",
+                sqlstates=_RETRY_SQLSTATES,
+            )
         UPLINK_COMMIT.observe(time.perf_counter() - started)
         UPLINK_BATCH.observe(len(reports))
         return recorded

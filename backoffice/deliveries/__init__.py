@@ -26,7 +26,9 @@ Every function works inside the caller's transaction, but ``claim``, which is on
   for the monitor, alerts). A quote is market data, not a record: only the newest per symbol is kept
   (``backoffice.quotes``), and a repeat of the frame that set it is a DUPLICATE. An account state likewise:
   only the newest per device is kept (``backoffice.devices.account_states``), an older one is accepted and
-  changes nothing, and the states stored come back for what acts on them after the commit.
+  changes nothing; the statement that stores the states also measures the devices' risk limits
+  (``backoffice.risk.limits``). ``record_account_states_alone`` takes a batch of nothing but account
+  states as that one statement, committing on its own, unless it reaches a limit.
 
 What a device may report about a delivery of its own (anything else answers REJECTED, and a delivery of
 another device is NOT_FOUND, exactly like an unknown one):
@@ -76,6 +78,8 @@ from backoffice.deliveries.device_frames import (
     Recorded,
     Report,
     Verdict,
+    only_account_states,
+    record_account_states_alone,
     record_reports,
 )
 from backoffice.deliveries.expiry import due_devices, expire_due
@@ -116,6 +120,8 @@ __all__ = [
     "expire_due",
     "insert_planned",
     "load_guards",
+    "only_account_states",
     "plan_for_approval",
+    "record_account_states_alone",
     "record_reports",
 ]

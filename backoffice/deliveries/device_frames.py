@@ -14,13 +14,12 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, positions, quotes, risk
 from backoffice import execution_events as events
 from backoffice.affiliates import accrual
-from backoffice.devices.account_states import AccountStateIn, StoredAccountState, store_latest
-from backoffice.devices.account_states import recorded_frames as recorded_state_frames
+from backoffice.devices.account_states import AccountStateIn, StoredAccountState
 from backoffice.devices.hello import Hello
 from backoffice.models import (
     CloseCommandStatus,
@@ -216,9 +215,11 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
     raised = await positions.write_closes(session, batch.closes.values(), now)
     rest = await positions.close_the_rest(session, batch.closes.values(), now)
     stored = await quotes.store_latest(session, batch.quotes, batch.now)
-    states = await store_latest(session, batch.account_states, batch.now)
-    # Risk limits are measured on the states stored; a batch without one costs nothing more.
-    stopped = await risk.evaluate(session, [risk.State(s.device_id, s.balance, s.equity) for s in states], now)
+    # Risk limits are measured on the states stored, in the statement that stores them; a batch without one
+    # costs nothing more.
+    states = await risk.record_states(session, batch.account_states, batch.now)
+    _repeated(reports, outcomes, states.duplicates)
+    stopped = await risk.act_on(session, states.reached, now)
     closed = [t.position.id for t in batch.closes.values() if t.changed]
     queued = rest + stopped.closes
     return Recorded(
@@ -226,10 +227,61 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
         stored,
         opened + closed + [q.position_id for q in queued],
         raised + stopped.alerts,
-        states,
+        states.stored,
         sorted({q.device_id for q in queued}),
         fills,
     )
+
+
+async def record_account_states_alone(
+    sessions: async_sessionmaker[AsyncSession], reports: Sequence[DeviceReport], now: datetime
+) -> Recorded | None:
+    """A batch of nothing but AccountState frames as one statement that commits on its own (the states
+    stored, the limits measured: ``risk.record_states_alone``); None, with nothing changed, when it would
+    reach a limit or lost a race: the caller then applies it with ``record_reports`` in a transaction."""
+    outcomes: list[Outcome] = []
+    states: list[AccountStateIn] = []
+    seen: set[tuple[uuid.UUID, str]] = set()
+    for item in reports:
+        report = item.report
+        assert isinstance(report, AccountStateReport), "account states alone"
+        key = (item.device_id, item.frame_id)
+        outcomes.append(DUPLICATE if key in seen else ACCEPTED)
+        if key not in seen:
+            seen.add(key)
+            states.append(_account_state(item, report))
+    recorded = await risk.record_states_alone(sessions, states, now)
+    if recorded is None:
+        return None
+    _repeated(reports, outcomes, recorded.duplicates)
+    return Recorded(outcomes, [], [], [], recorded.stored)
+
+
+def only_account_states(reports: Sequence[DeviceReport]) -> bool:
+    """Whether ``record_account_states_alone`` can take this batch."""
+    return all(isinstance(r.report, AccountStateReport) for r in reports)
+
+
+def _account_state(item: DeviceReport, report: AccountStateReport) -> AccountStateIn:
+    return AccountStateIn(
+        item.device_id,
+        report.balance,
+        report.equity,
+        report.margin,
+        report.free_margin,
+        report.state_time,
+        item.frame_id,
+    )
+
+
+def _repeated(reports: Sequence[DeviceReport], outcomes: list[Outcome], recorded: set[tuple[uuid.UUID, str]]) -> None:
+    """Account states accepted in the batch whose frames had set a stored state before: DUPLICATE."""
+    if not recorded:
+        return
+    for i, item in enumerate(reports):
+        state = isinstance(item.report, AccountStateReport) and outcomes[i].verdict is Verdict.ACCEPTED
+        if state and (item.device_id, item.frame_id) in recorded:
+            outcomes[i] = DUPLICATE
 
 
 def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
@@ -246,17 +298,7 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
     if isinstance(report, AccountStateReport):
         # Like a quote: only the newest state per device is kept (no execution event); an older one changes
         # nothing.
-        batch.account_states.append(
-            AccountStateIn(
-                item.device_id,
-                report.balance,
-                report.equity,
-                report.margin,
-                report.free_margin,
-                report.state_time,
-                item.frame_id,
-            )
-        )
+        batch.account_states.append(_account_state(item, report))
         return ACCEPTED
     # A heartbeat is presence, not a record: the gateway keeps devices.last_seen_at (no execution event).
     return ACCEPTED
@@ -409,14 +451,12 @@ def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outc
 
 
 async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport]) -> set[tuple[uuid.UUID, str]]:
-    """The frames of this batch recorded before: as an execution event, or as the frame that set a quote or
-    an account state (each read only when the batch carries such frames)."""
+    """The frames of this batch recorded before: as an execution event, or as the frame that set a quote
+    (each read only when the batch carries such frames). An account state's is found where it is stored
+    (``_repeated``)."""
     pairs = {(r.device_id, r.frame_id) for r in reports if not isinstance(r.report, QuoteReport | AccountStateReport)}
     found = await quotes.recorded_frames(
         session, {(r.device_id, r.frame_id) for r in reports if isinstance(r.report, QuoteReport)}
-    )
-    found |= await recorded_state_frames(
-        session, {(r.device_id, r.frame_id) for r in reports if isinstance(r.report, AccountStateReport)}
     )
     if not pairs:
         return found

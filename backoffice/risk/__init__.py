@@ -3,11 +3,21 @@
 - ``policy``: a device's policy (limits, position caps, volume and deviation caps, delay, sides): the
   draft a request states, its validation, the typed record (``Policy``, ``Limit``) and its load.
 - ``stopouts``: limits reached: listed, reset, and which devices are stopped out now.
-- ``limits``: each limit measured on the account states a batch stores, and the stopouts (with their
-  alerts and CLOSE_ALL close commands) recorded when one is reached.
+- ``limits``: each limit measured on the account states a batch stores (by functions in Postgres, in the
+  statement that stores them), and what a stopout recorded sets off (its alert, audit event and CLOSE_ALL
+  close commands).
 """
 
-from backoffice.risk.limits import State, Stopped, evaluate, period_bounds
+from backoffice.risk.limits import (
+    Reached,
+    State,
+    StatesRecorded,
+    Stopped,
+    act_on,
+    evaluate,
+    record_states,
+    record_states_alone,
+)
 from backoffice.risk.policy import (
     MAX_LIMITS,
     Limit,
@@ -38,8 +48,11 @@ __all__ = [
     "LimitDraft",
     "Policy",
     "PolicyDraft",
+    "Reached",
     "State",
+    "StatesRecorded",
     "Stopped",
+    "act_on",
     "active_at",
     "active_stopouts",
     "evaluate",
@@ -50,7 +63,8 @@ __all__ = [
     "list_stopouts",
     "load_policies",
     "load_policy",
-    "period_bounds",
+    "record_states",
+    "record_states_alone",
     "require_device",
     "reset_stopout",
     "stored_policies",

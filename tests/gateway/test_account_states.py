@@ -27,6 +27,7 @@ from backoffice.deliveries import AccountStateReport, AckReport, DeviceReport
 from backoffice.devices.account_states import StoredAccountState
 from backoffice.models import (
     AccountState,
+    CloseCommand,
     DeliveryState,
     EventKind,
     RiskAction,
@@ -261,8 +262,8 @@ async def test_a_batch_without_states_costs_no_statement_more(
 ) -> None:
     """An ack batch takes the statements it took before account states existed (the frames read, the
     deliveries locked, the events inserted, the deliveries updated: four, none for risk limits); account
-    states add three whatever their number (the frames that set stored states read, one upsert, and the
-    devices' risk policies read; a device without limits costs nothing more)."""
+    states add one whatever their number (``record_account_states``: the repeats found, the newest stored,
+    the devices' limits measured)."""
     book = await Book.open(res, user.id)
     now = datetime.now(UTC)
 
@@ -284,8 +285,7 @@ async def test_a_batch_without_states_costs_no_statement_more(
         [*acks(sent[2:]), *(state_report(device.id, now - timedelta(seconds=n), "1.00") for n in range(3))]
     )
     added = [s for s in with_states if "account_states" in s]
-    policies = [s for s in with_states if "risk_policies" in s]
-    assert len(with_states) == len(ack_only) + 3 and len(added) == 2 and len(policies) == 1
+    assert len(with_states) == len(ack_only) + 1 and len(added) == 1 and "record_account_states(" in added[0]
 
 
 async def test_two_replicas_receiving_the_same_devices_frames_record_one_stopout(
@@ -319,3 +319,37 @@ async def test_two_replicas_receiving_the_same_devices_frames_record_one_stopout
 
 async def _one(found: Any) -> bool:
     return len(await found) == 1
+
+
+async def test_states_alone_are_one_statement_unless_a_limit_is_reached(
+    res: Resources, user: UserCredentials, device: KeyCredentials
+) -> None:
+    """A batch of nothing but account states commits as one statement, repeats found in the batch and in
+    the table; one that would reach a limit changes nothing and says so, and the transaction that applies
+    it instead records the stopout with what it sets off (here CLOSE_ALL's close commands)."""
+    book = await Book.open(res, user.id)
+    held = [await book.position(device.id) for _ in range(2)]
+    now = datetime.now(UTC)
+    limit = Limit.of(RiskPeriod.DAY, RiskMetric.LOSS, None, Decimal(5), RiskAction.CLOSE_ALL, now)
+    async with res.sessions.begin() as session:
+        session.add(RiskPolicy(device_id=device.id, limits=[limit.to_json()]))
+    first = state_report(device.id, now - timedelta(seconds=3), "1000.00", frame_id="s-1")
+    alone = await deliveries.record_account_states_alone(res.sessions, [first, first], now)
+    assert alone is not None and alone.outcomes == [deliveries.ACCEPTED, deliveries.DUPLICATE]
+    assert [s.equity for s in alone.account_states] == [Decimal("1000.00")]
+    again = await deliveries.record_account_states_alone(res.sessions, [first], now)
+    assert again is not None and again.outcomes == [deliveries.DUPLICATE] and again.account_states == []
+
+    crossing = state_report(device.id, now - timedelta(seconds=1), "900.00", frame_id="s-2")
+    assert await deliveries.record_account_states_alone(res.sessions, [crossing], now) is None
+    state = await stored_state(res, device.id)
+    assert state is not None and (state.frame_id, state.equity) == ("s-1", Decimal("1000.00"))  # unchanged
+
+    async with res.sessions.begin() as session:
+        recorded = await deliveries.record_reports(session, [crossing], now)
+    assert recorded.outcomes == [deliveries.ACCEPTED] and sorted(recorded.position_ids) == sorted(held)
+    async with res.sessions() as session:
+        (stopout,) = await session.scalars(select(Stopout).where(Stopout.device_id == device.id))
+        commands = list(await session.scalars(select(CloseCommand).where(CloseCommand.device_id == device.id)))
+    assert (stopout.reference, stopout.value) == (Decimal("1000.00"), Decimal("100.00"))
+    assert sorted(c.position_id for c in commands) == sorted(held)

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from backoffice.bootstrap import Resources
 from backoffice.models import (
@@ -25,9 +25,9 @@ from backoffice.models import (
     Stopout,
 )
 from backoffice.risk import active_stopouts
-from backoffice.risk.limits import State, evaluate, period_bounds
+from backoffice.risk.limits import State, evaluate
 from backoffice.risk.policy import Limit
-from tests.conftest import KeyCredentials, UserCredentials
+from tests.conftest import KeyCredentials, UserCredentials, make_device
 from tests.gateway.support import Book
 
 D = Decimal
@@ -141,15 +141,23 @@ async def test_after_a_reset_the_limit_measures_afresh(res: Resources, device: K
     assert len(await _stopouts(res, device.id)) == 2
 
 
-def test_calendar_periods_in_utc() -> None:
+async def test_calendar_periods_in_utc(res: Resources, user: UserCredentials) -> None:
+    """Days, weeks from Monday and months in UTC, whatever the session's time zone; LIFETIME from when the
+    limit was set, without an end."""
     set_at = NOON - timedelta(days=40)
-    assert period_bounds(RiskPeriod.DAY, NOON, set_at) == (
-        datetime(2026, 12, 9, tzinfo=UTC),
-        datetime(2026, 12, 10, tzinfo=UTC),
-    )
-    assert period_bounds(RiskPeriod.WEEK, NOON, set_at)[0].weekday() == 0
-    assert period_bounds(RiskPeriod.MONTH, NOON, set_at) == (
-        datetime(2026, 12, 1, tzinfo=UTC),
-        datetime(2027, 1, 1, tzinfo=UTC),
-    )
-    assert period_bounds(RiskPeriod.LIFETIME, NOON, set_at) == (set_at, None)
+    expected = {
+        RiskPeriod.DAY: (datetime(2026, 12, 9, tzinfo=UTC), datetime(2026, 12, 10, tzinfo=UTC)),
+        RiskPeriod.WEEK: (datetime(2026, 12, 7, tzinfo=UTC), datetime(2026, 12, 14, tzinfo=UTC)),
+        RiskPeriod.MONTH: (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)),
+        RiskPeriod.LIFETIME: (set_at, None),
+    }
+    for period, bounds in expected.items():
+        device = await make_device(res, user)
+        limit = Limit.of(period, RiskMetric.LOSS, D(100), None, RiskAction.STOP_OPENING, set_at)
+        async with res.sessions.begin() as session:
+            session.add(RiskPolicy(device_id=device.id, limits=[limit.to_json()]))
+            await session.execute(text("SET LOCAL TIME ZONE 'America/New_York'"))
+            await evaluate(session, [State(device.id, D(1000), D(1000))], NOON)
+            await evaluate(session, [State(device.id, D(1000), D(800))], NOON)
+        (stopout,) = await _stopouts(res, device.id)
+        assert (stopout.period_start, stopout.end_time) == bounds, period
