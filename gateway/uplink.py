@@ -274,9 +274,8 @@ class UplinkWriter:
 
     async def _transaction(self, reports: list[DeviceReport]) -> Recorded:
         started = time.perf_counter()
-        recorded = None
-        if deliveries.only_account_states(reports):  # one statement, unless a limit is reached
-            recorded = await deliveries.record_account_states_alone(self._sessions, reports, datetime.now(UTC))
+        # Acks alone, or account states alone, in one statement; anything else in a transaction.
+        recorded = await deliveries.record_alone(self._sessions, reports, datetime.now(UTC))
         if recorded is None:
             recorded = await db.retrying(
                 self._sessions,

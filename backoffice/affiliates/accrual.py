@@ -1,5 +1,6 @@
-"""Commission accrual, off the uplink's hot transaction: the gateway queues every fill it records
-(``enqueue_fills``, one small insert naming the device), and the worker drains the queue (``drain``):
+"""Commission accrual, off the uplink's hot transaction: the gateway queues every fill it records (a row of
+``commission_queue`` naming the device, written by ``apply_delivery_reports`` with the fill's execution
+event), and the worker drains the queue (``drain``):
 a fill of a referred user accrues exactly one commission to the referrer, PENDING for the hold period;
 ``release_due`` then makes it AVAILABLE.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -32,34 +32,13 @@ from backoffice.models import (
     CommissionQueueItem,
     CommissionStatus,
     Device,
-    EventKind,
     LedgerEntryKind,
     Position,
     Referral,
 )
-from backoffice.platform import db
 from backoffice.platform.db import any_id
 
 BATCH = 500
-
-
-async def enqueue_fills(session: AsyncSession, events: Sequence[dict[str, Any]]) -> int:
-    """Queue the FILL execution events among ``events`` (rows as ``backoffice.execution_events.event_row``
-    makes them) for accrual; how many were queued. This runs on the uplink's hot transaction: one statement,
-    no lookups."""
-    rows = [
-        {
-            "fill_event_id": event["id"],
-            "device_id": event["device_id"],
-            "delivery_id": event["delivery_id"],
-            "lots": Decimal(event["body"]["volume"]),
-            "filled_at": event["received_at"],
-        }
-        for event in events
-        if event["kind"] is EventKind.FILL
-    ]
-    await db.insert_rows(session, CommissionQueueItem, rows)
-    return len(rows)
 
 
 async def drain(sessions: async_sessionmaker[AsyncSession], program: Program) -> int:

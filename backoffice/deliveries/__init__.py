@@ -27,11 +27,13 @@ Every function works inside the caller's transaction, but ``claim``, which is on
   (``backoffice.quotes``), and a repeat of the frame that set it is a DUPLICATE. An account state likewise:
   only the newest per device is kept (``backoffice.devices.account_states``), an older one is accepted and
   changes nothing; the statement that stores the states also measures the devices' risk limits
-  (``backoffice.risk.limits``). ``record_account_states_alone`` takes a batch of nothing but account
-  states as that one statement, committing on its own, unless it reaches a limit.
+  (``backoffice.risk.limits``). ``record_alone`` takes a batch of acks alone, or of account states
+  alone that reaches no limit, as one statement committing on its own.
 
 What a device may report about a delivery of its own (anything else answers REJECTED, and a delivery of
-another device is NOT_FOUND, exactly like an unknown one):
+another device is NOT_FOUND, exactly like an unknown one). These rules have one implementation, the
+Postgres function ``apply_delivery_reports`` (migration 0011), which applies a batch's acks and fills in
+one statement; device_frames.py builds the receipts from what it returns:
 
 - RECEIVED, PLACED and FILLED move a delivery forward from PENDING, SENT or EXPIRED (the device's word
   beats the server's presumption that it never arrived: the bridge itself refuses to place late). A stage
@@ -78,8 +80,7 @@ from backoffice.deliveries.device_frames import (
     Recorded,
     Report,
     Verdict,
-    only_account_states,
-    record_account_states_alone,
+    record_alone,
     record_reports,
 )
 from backoffice.deliveries.expiry import due_devices, expire_due
@@ -120,8 +121,7 @@ __all__ = [
     "expire_due",
     "insert_planned",
     "load_guards",
-    "only_account_states",
     "plan_for_approval",
-    "record_account_states_alone",
+    "record_alone",
     "record_reports",
 ]

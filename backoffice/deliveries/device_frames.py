@@ -7,29 +7,27 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, positions, quotes, risk
 from backoffice import execution_events as events
-from backoffice.affiliates import accrual
 from backoffice.devices.account_states import AccountStateIn, StoredAccountState
 from backoffice.devices.hello import Hello
 from backoffice.models import (
     CloseCommandStatus,
-    Delivery,
     DeliveryState,
     EventKind,
-    ExecutionEvent,
     Side,
 )
-from backoffice.platform.db import any_id, driver_rows, update_by_id
+from backoffice.platform import db
+from backoffice.platform.db import driver_rows
 from signalhub.protocol.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from signalhub.protocol.wire import decimal_text
 
@@ -111,51 +109,11 @@ class DeviceReport:
 
 
 @dataclass
-class _DeliveryState:
-    """A delivery locked by the current transaction, changed in memory, written once at the end."""
-
-    id: uuid.UUID
-    device_id: uuid.UUID
-    signal_id: uuid.UUID
-    instrument: str
-    side: Side
-    attempt: int
-    state: DeliveryState
-    reason: str | None
-    sent: bool
-    volume: Decimal  # what the device was asked to trade: its fills together never exceed it
-    volume_step: Decimal | None  # the broker symbol's, from the device's Hello, when it said
-    volume_max: Decimal | None
-    filled: Decimal = Decimal(0)  # the volume of the fills accepted so far
-    changed: bool = False
-
-
-# How far along the way to a fill each state is; EXPIRED counts as "not received" (see the module doc).
-_PROGRESS = {
-    DeliveryState.PENDING: 0,
-    DeliveryState.SENT: 0,
-    DeliveryState.EXPIRED: 0,
-    DeliveryState.RECEIVED: 1,
-    DeliveryState.PLACED: 2,
-    DeliveryState.FILLED: 3,
-}
-_NEVER_SENT = (DeliveryState.SKIPPED, DeliveryState.CANCELLED, DeliveryState.FAILED)
-
-
-# A fill as the device described it: the same fill sent again under a new frame_id is a DUPLICATE,
-# another fill of the same delivery a partial fill that adds to its position.
-_FillKey = tuple[uuid.UUID, str, str, str, str]
-
-
-@dataclass
 class _Batch:
     now: datetime
-    deliveries: dict[uuid.UUID, _DeliveryState]
     closes: dict[uuid.UUID, positions.CloseTarget]
     accounts: dict[uuid.UUID, Hello]
-    fills: set[_FillKey]
     events: list[dict[str, Any]] = field(default_factory=list)
-    openings: list[positions.Opening] = field(default_factory=list)
     quotes: list[quotes.QuoteIn] = field(default_factory=list)
     account_states: list[AccountStateIn] = field(default_factory=list)
 
@@ -178,28 +136,27 @@ class Recorded:
 
 async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> Recorded:
     """Apply a batch of frames in order; one Outcome per frame. A frame_id the device used before (or
-    earlier in the batch) is a DUPLICATE. Locks are taken in id order, so concurrent batches never wait
-    on each other in a cycle; a unique violation on (device_id, frame_id) means another transaction
-    recorded the same frame meanwhile, and the caller retries the batch (this check then sees it)."""
-    recorded = await _recorded_frames(session, reports)
-    deliveries = await _lock_deliveries(
-        session, {(r.report.delivery_id, r.device_id) for r in reports if isinstance(r.report, AckReport | FillReport)}
-    )
+    earlier in the batch) is a DUPLICATE. The acks and fills go first, in one statement
+    (``apply_delivery_reports``), then the rest in order. Locks are taken in id order, so concurrent
+    batches never wait on each other in a cycle; a unique violation on (device_id, frame_id) means another
+    transaction recorded the same frame meanwhile, and the caller retries the batch (this check then sees
+    it)."""
+    applied = await _apply_to_deliveries(session, reports, now)
+    recorded = await _recorded_frames(session, reports) | applied.accepted
     batch = _Batch(
         now=now,
-        deliveries=deliveries,
         closes=await positions.lock_close_targets(
             session, {(r.report.command_id, r.device_id) for r in reports if isinstance(r.report, CloseReport)}
         ),
         accounts={},
-        fills=await _recorded_fills(session, [d.id for d in deliveries.values() if d.state is DeliveryState.FILLED]),
     )
-    for delivery_id, *_, volume, _ in batch.fills:
-        deliveries[delivery_id].filled += Decimal(volume)
     if batch.closes:
         batch.accounts = await positions.accounts_of(session, {t.device_id for t in batch.closes.values()})
     outcomes = []
-    for item in reports:
+    for i, item in enumerate(reports):
+        if i in applied.outcomes:
+            outcomes.append(applied.outcomes[i])
+            continue
         key = (item.device_id, item.frame_id)
         if key in recorded:
             outcomes.append(DUPLICATE)
@@ -208,10 +165,8 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
         if outcome.verdict is Verdict.ACCEPTED:
             recorded.add(key)
         outcomes.append(outcome)
-    fills = await accrual.enqueue_fills(session, batch.events)  # the worker accrues them, off this transaction
     await events.insert_events(session, batch.events)
-    await _write_deliveries(session, batch.deliveries.values(), now)
-    opened = await positions.open_positions(session, batch.openings, now)
+    opened = await positions.open_positions(session, applied.openings, now)
     raised = await positions.write_closes(session, batch.closes.values(), now)
     rest = await positions.close_the_rest(session, batch.closes.values(), now)
     stored = await quotes.store_latest(session, batch.quotes, batch.now)
@@ -229,11 +184,132 @@ async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport],
         raised + stopped.alerts,
         states.stored,
         sorted({q.device_id for q in queued}),
-        fills,
+        len(applied.openings),
     )
 
 
-async def record_account_states_alone(
+async def record_alone(
+    sessions: async_sessionmaker[AsyncSession], reports: Sequence[DeviceReport], now: datetime
+) -> Recorded | None:
+    """A batch that one statement applies whole, committing on its own (no transaction around it): acks
+    alone, or account states alone that reach no risk limit. None, with nothing changed, for any other
+    batch, or when that statement lost a race or would reach a limit: the caller then applies the batch
+    with ``record_reports`` in a transaction."""
+    if all(isinstance(r.report, AckReport) for r in reports):
+        try:
+            async with db.driver(sessions) as connection:
+                rows = await connection.fetch(_APPLY, *_delivery_arrays(reports), now)
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) in {"23505", *db.RACE_SQLSTATES}:
+                return None
+            raise
+        outcomes = [_delivery_outcome(item, row) for item, row in zip(reports, rows, strict=True)]
+        return Recorded(outcomes, [], [], [])
+    if all(isinstance(r.report, AccountStateReport) for r in reports):
+        return await _account_states_alone(sessions, reports, now)
+    return None
+
+
+@dataclass
+class _Applied:
+    """What ``apply_delivery_reports`` did with a batch's acks and fills, by the frame's index in the batch."""
+
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    accepted: set[tuple[uuid.UUID, str]] = field(default_factory=set)
+    openings: list[positions.Opening] = field(default_factory=list)
+
+
+async def _apply_to_deliveries(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> _Applied:
+    """The batch's acks and fills through the delivery state machine, in the session's transaction: one
+    statement, whatever their number (none without them)."""
+    applied = _Applied()
+    indexed = [(i, r) for i, r in enumerate(reports) if isinstance(r.report, AckReport | FillReport)]
+    if not indexed:
+        return applied
+    rows = await db.driver_rows(session, _APPLY, *_delivery_arrays([r for _, r in indexed]), now)
+    for (i, item), row in zip(indexed, rows, strict=True):
+        outcome = applied.outcomes[i] = _delivery_outcome(item, row)
+        if outcome.verdict is not Verdict.ACCEPTED:
+            continue
+        applied.accepted.add((item.device_id, item.frame_id))
+        report = item.report
+        if isinstance(report, FillReport):
+            _, _, _, signal_id, instrument, side, *_ = row
+            applied.openings.append(
+                positions.Opening(
+                    delivery_id=report.delivery_id,
+                    device_id=item.device_id,
+                    signal_id=signal_id,
+                    instrument=instrument,
+                    side=Side(side),
+                    volume=report.volume,
+                    entry_price=report.price,
+                    broker_ticket=report.broker_ticket,
+                    opened_at=report.fill_time or now,
+                )
+            )
+    return applied
+
+
+_APPLY = """
+SELECT * FROM apply_delivery_reports($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                                     $7::text[], $8::text[], $9::timestamptz[], $10::uuid[], $11::timestamptz)
+"""
+
+
+def _delivery_arrays(items: Sequence[DeviceReport]) -> list[list[Any]]:
+    """``apply_delivery_reports``'s arrays, one element per ack or fill: decimals as the text the events keep
+    (a repeated fill is found by it), a new event id each."""
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for item in items:
+        report = item.report
+        values: list[Any]
+        if isinstance(report, AckReport):
+            values = [report.delivery_id, report.stage.value, report.reason, None, None, None, None]
+        else:
+            assert isinstance(report, FillReport)
+            price, volume = decimal_text(report.price), decimal_text(report.volume)
+            values = [report.delivery_id, DeliveryState.FILLED.value, "", report.broker_ticket, price, volume]
+            values.append(report.fill_time)
+        for column, value in zip(columns, [item.device_id, item.frame_id, *values, uuid.uuid4()], strict=True):
+            column.append(value)
+    return columns
+
+
+def _delivery_outcome(item: DeviceReport, row: Any) -> Outcome:
+    """A frame's Outcome from its row of ``apply_delivery_reports``."""
+    verdict, problem, state, signal_id, _, _, remaining, step, most = row
+    if verdict == Verdict.DUPLICATE:
+        return DUPLICATE
+    if verdict == Verdict.ACCEPTED:
+        return Outcome(Verdict.ACCEPTED, trace=signal_id)
+    report = item.report
+    assert isinstance(report, AckReport | FillReport)
+    if problem == "NOT_FOUND":
+        return Outcome(Verdict.REJECTED, NotFound("delivery"))
+    if problem == "INVALID_TRANSITION":
+        stage = report.stage if isinstance(report, AckReport) else DeliveryState.FILLED
+        return Outcome(
+            Verdict.REJECTED,
+            FailedPrecondition(
+                f"a delivery that is {state} cannot become {stage.value}",
+                reason="INVALID_TRANSITION",
+                metadata={"delivery_id": str(report.delivery_id), "state": state, "stage": stage.value},
+            ),
+        )
+    assert isinstance(report, FillReport)
+    why = {
+        "VOLUME_NOT_POSITIVE": "must be greater than zero",
+        "VOLUME_OVER_REMAINING": (
+            f"{decimal_text(report.volume)} is more than the {decimal_text(remaining)} lots left of this delivery"
+        ),
+        "VOLUME_OFF_STEP": f"must be a multiple of the symbol's volume step {decimal_text(step)}",
+        "VOLUME_OVER_MAX": f"must be at most the symbol's maximum {decimal_text(most)}",
+    }[problem]
+    return Outcome(Verdict.REJECTED, InvalidArgument([("fill.volume", why)], reason="FILL_VOLUME_REFUSED"))
+
+
+async def _account_states_alone(
     sessions: async_sessionmaker[AsyncSession], reports: Sequence[DeviceReport], now: datetime
 ) -> Recorded | None:
     """A batch of nothing but AccountState frames as one statement that commits on its own (the states
@@ -255,11 +331,6 @@ async def record_account_states_alone(
         return None
     _repeated(reports, outcomes, recorded.duplicates)
     return Recorded(outcomes, [], [], [], recorded.stored)
-
-
-def only_account_states(reports: Sequence[DeviceReport]) -> bool:
-    """Whether ``record_account_states_alone`` can take this batch."""
-    return all(isinstance(r.report, AccountStateReport) for r in reports)
 
 
 def _account_state(item: DeviceReport, report: AccountStateReport) -> AccountStateIn:
@@ -287,8 +358,6 @@ def _repeated(reports: Sequence[DeviceReport], outcomes: list[Outcome], recorded
 def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
     """Apply one frame to the batch's state in memory (the writes happen once, at the end of the batch)."""
     report = item.report
-    if isinstance(report, AckReport | FillReport):
-        return _apply_to_delivery(batch, item, report)
     if isinstance(report, CloseReport):
         return _apply_close(batch, item, report)
     if isinstance(report, QuoteReport):
@@ -302,106 +371,6 @@ def _apply(batch: _Batch, item: DeviceReport) -> Outcome:
         return ACCEPTED
     # A heartbeat is presence, not a record: the gateway keeps devices.last_seen_at (no execution event).
     return ACCEPTED
-
-
-def _apply_to_delivery(batch: _Batch, item: DeviceReport, report: AckReport | FillReport) -> Outcome:
-    """An ack or fill against its delivery: NOT_FOUND unless it is this device's, the state machine of the
-    package docstring, an execution event when accepted, and for a fill the position it opens."""
-    delivery = batch.deliveries.get(report.delivery_id)
-    if delivery is None or delivery.device_id != item.device_id:
-        return Outcome(Verdict.REJECTED, NotFound("delivery"))
-    stage = report.stage if isinstance(report, AckReport) else DeliveryState.FILLED
-    verdict = _transition(delivery.state, stage, sent=delivery.sent)
-    if isinstance(report, FillReport) and delivery.state is DeliveryState.FILLED:
-        verdict = Verdict.DUPLICATE if _fill_key(delivery.id, report) in batch.fills else Verdict.ACCEPTED
-    if isinstance(report, FillReport) and verdict is Verdict.ACCEPTED:
-        refused = _fill_volume_refused(delivery, report.volume)
-        if refused is not None:
-            return Outcome(Verdict.REJECTED, refused)
-    if verdict is not Verdict.ACCEPTED:
-        if verdict is Verdict.DUPLICATE:
-            return DUPLICATE
-        return Outcome(
-            Verdict.REJECTED,
-            FailedPrecondition(
-                f"a delivery that is {delivery.state.value} cannot become {stage.value}",
-                reason="INVALID_TRANSITION",
-                metadata={"delivery_id": str(delivery.id), "state": delivery.state.value, "stage": stage.value},
-            ),
-        )
-    delivery.state = stage
-    delivery.changed = True
-    body: dict[str, Any] = {"attempt": delivery.attempt}
-    if isinstance(report, AckReport):
-        if report.reason:
-            body["reason"] = report.reason
-        if stage is DeliveryState.REJECTED:
-            delivery.reason = report.reason or "rejected by the device"
-        kind, event_time = EventKind.ACK, None
-    else:
-        body.update(
-            price=decimal_text(report.price), volume=decimal_text(report.volume), broker_ticket=report.broker_ticket
-        )
-        kind, event_time = EventKind.FILL, report.fill_time
-        batch.fills.add(_fill_key(delivery.id, report))
-        delivery.filled += report.volume
-        batch.openings.append(
-            positions.Opening(
-                delivery_id=delivery.id,
-                device_id=delivery.device_id,
-                signal_id=delivery.signal_id,
-                instrument=delivery.instrument,
-                side=delivery.side,
-                volume=report.volume,
-                entry_price=report.price,
-                broker_ticket=report.broker_ticket,
-                opened_at=report.fill_time or batch.now,
-            )
-        )
-    batch.events.append(
-        events.event_row(
-            item.device_id,
-            kind,
-            batch.now,
-            frame_id=item.frame_id,
-            delivery_id=delivery.id,
-            stage=stage.value,
-            body=body,
-            event_time=event_time,
-        )
-    )
-    return Outcome(Verdict.ACCEPTED, trace=delivery.signal_id)
-
-
-def _fill_volume_refused(delivery: _DeliveryState, volume: Decimal) -> InvalidArgument | None:
-    """Why a fill of ``volume`` cannot be true of this delivery, or None: its fills together never exceed
-    the volume it asked for (a device cannot mint positions, or commissions, by reporting more), and each is
-    a positive multiple of the symbol's volume step, at most its maximum (when the device's Hello said)."""
-    remaining = delivery.volume - delivery.filled
-    if volume <= 0:
-        why = "must be greater than zero"
-    elif volume > remaining:
-        why = f"{decimal_text(volume)} is more than the {decimal_text(remaining)} lots left of this delivery"
-    elif delivery.volume_step and volume % delivery.volume_step:
-        why = f"must be a multiple of the symbol's volume step {decimal_text(delivery.volume_step)}"
-    elif delivery.volume_max and volume > delivery.volume_max:
-        why = f"must be at most the symbol's maximum {decimal_text(delivery.volume_max)}"
-    else:
-        return None
-    return InvalidArgument([("fill.volume", why)], reason="FILL_VOLUME_REFUSED")
-
-
-def _transition(state: DeliveryState, stage: DeliveryState, *, sent: bool) -> Verdict:
-    """ACCEPTED (move to ``stage``), DUPLICATE (nothing to change) or REJECTED (a conflict)."""
-    if state is DeliveryState.CANCELLED and sent:
-        state = DeliveryState.SENT  # cancelled on its way: the device's word wins, as after EXPIRED
-    if state in _NEVER_SENT:
-        return Verdict.REJECTED
-    if state is DeliveryState.REJECTED:
-        return Verdict.REJECTED if stage is DeliveryState.FILLED else Verdict.DUPLICATE
-    if stage is DeliveryState.REJECTED:
-        return Verdict.REJECTED if state is DeliveryState.FILLED else Verdict.ACCEPTED
-    return Verdict.ACCEPTED if _PROGRESS[stage] > _PROGRESS[state] else Verdict.DUPLICATE
 
 
 def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outcome:
@@ -451,10 +420,11 @@ def _apply_close(batch: _Batch, item: DeviceReport, report: CloseReport) -> Outc
 
 
 async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport]) -> set[tuple[uuid.UUID, str]]:
-    """The frames of this batch recorded before: as an execution event, or as the frame that set a quote
-    (each read only when the batch carries such frames). An account state's is found where it is stored
-    (``_repeated``)."""
-    pairs = {(r.device_id, r.frame_id) for r in reports if not isinstance(r.report, QuoteReport | AccountStateReport)}
+    """The frames of this batch recorded before: as a close result's execution event, or as the frame that set
+    a quote (each read only when the batch carries such frames). Acks and fills are found by
+    ``apply_delivery_reports``, account states where they are stored (``_repeated``)."""
+    applied_elsewhere = QuoteReport | AccountStateReport | AckReport | FillReport
+    pairs = {(r.device_id, r.frame_id) for r in reports if not isinstance(r.report, applied_elsewhere)}
     found = await quotes.recorded_frames(
         session, {(r.device_id, r.frame_id) for r in reports if isinstance(r.report, QuoteReport)}
     )
@@ -469,86 +439,7 @@ async def _recorded_frames(session: AsyncSession, reports: Sequence[DeviceReport
     return found | {(row.device_id, row.frame_id) for row in rows if (row.device_id, row.frame_id) in pairs}
 
 
-# The two reads every uplink batch makes, as the driver's own SQL (see ``driver_rows``).
+# The driver's own SQL (see ``driver_rows``).
 _RECORDED_FRAMES = (
     "SELECT device_id, frame_id FROM execution_events WHERE device_id = ANY($1::uuid[]) AND frame_id = ANY($2::text[])"
 )
-_LOCK_DELIVERIES = """
-SELECT d.id, d.device_id, d.signal_id, d.instrument, d.side, d.attempt, d.state, d.state_reason, d.sent_at, d.volume,
-       NULLIF(v.last_hello -> 'symbols' -> d.instrument ->> 'volume_step', '') AS volume_step,
-       NULLIF(v.last_hello -> 'symbols' -> d.instrument ->> 'volume_max', '') AS volume_max
-FROM deliveries d JOIN devices v ON v.id = d.device_id
-WHERE d.id = ANY($1::uuid[]) AND d.device_id = ANY($2::uuid[])
-ORDER BY d.id
-FOR UPDATE OF d
-"""
-
-
-def _fill_key(delivery_id: uuid.UUID, report: FillReport) -> _FillKey:
-    when = report.fill_time.isoformat() if report.fill_time else ""
-    return (delivery_id, report.broker_ticket, decimal_text(report.price), decimal_text(report.volume), when)
-
-
-async def _recorded_fills(session: AsyncSession, delivery_ids: Sequence[uuid.UUID]) -> set[_FillKey]:
-    """The fills recorded for these (FILLED) deliveries, as ``_fill_key`` describes them."""
-    if not delivery_ids:
-        return set()
-    rows = await session.execute(
-        select(ExecutionEvent.delivery_id, ExecutionEvent.body, ExecutionEvent.event_time).where(
-            any_id(ExecutionEvent.delivery_id, delivery_ids), ExecutionEvent.kind == EventKind.FILL
-        )
-    )
-    return {
-        (
-            row.delivery_id,
-            str(row.body.get("broker_ticket", "")),
-            str(row.body.get("price", "")),
-            str(row.body.get("volume", "")),
-            row.event_time.isoformat() if row.event_time else "",
-        )
-        for row in rows
-    }
-
-
-async def _lock_deliveries(
-    session: AsyncSession, pairs: Iterable[tuple[uuid.UUID, uuid.UUID]]
-) -> dict[uuid.UUID, _DeliveryState]:
-    """The deliveries named by (delivery id, device id) pairs, locked in id order; another device's
-    delivery is simply not found."""
-    wanted = set(pairs)
-    if not wanted:
-        return {}
-    rows = await driver_rows(session, _LOCK_DELIVERIES, list({d for d, _ in wanted}), list({d for _, d in wanted}))
-    return {
-        row.id: _DeliveryState(
-            row.id,
-            row.device_id,
-            row.signal_id,
-            row.instrument,
-            Side(row.side),
-            row.attempt,
-            DeliveryState(row.state),
-            row.state_reason,
-            sent=row.sent_at is not None,
-            volume=row.volume,
-            volume_step=_stored_decimal(row.volume_step),
-            volume_max=_stored_decimal(row.volume_max),
-        )
-        for row in rows
-        if (row.id, row.device_id) in wanted
-    }
-
-
-def _stored_decimal(text: str | None) -> Decimal | None:
-    """A spec stored by the device's Hello (already checked when it came), or None when absent or unusable."""
-    try:
-        number = Decimal(text) if text else None
-    except ArithmeticError:
-        return None
-    return number if number is not None and number.is_finite() and number > 0 else None
-
-
-async def _write_deliveries(session: AsyncSession, deliveries: Iterable[_DeliveryState], now: datetime) -> None:
-    changed = [d for d in deliveries if d.changed]
-    rows = [{"id": d.id, "state": d.state, "state_reason": d.reason, "updated_at": now} for d in changed]
-    await update_by_id(session, Delivery, rows)

@@ -76,11 +76,11 @@ LANGUAGE sql VOLATILE AS $$
                    WHEN 'MONTH' THEN date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                    ELSE (l.spec ->> 'set_at')::timestamptz
                END AS period_start,
-               CASE l.spec ->> 'period'
-                   WHEN 'DAY' THEN (date_trunc('day', p_now AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC'
-                   WHEN 'WEEK' THEN (date_trunc('week', p_now AT TIME ZONE 'UTC') + interval '7 days') AT TIME ZONE 'UTC'
-                   WHEN 'MONTH' THEN (date_trunc('month', p_now AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
-               END AS period_end
+               (CASE l.spec ->> 'period'
+                   WHEN 'DAY' THEN date_trunc('day', p_now AT TIME ZONE 'UTC') + interval '1 day'
+                   WHEN 'WEEK' THEN date_trunc('week', p_now AT TIME ZONE 'UTC') + interval '7 days'
+                   WHEN 'MONTH' THEN date_trunc('month', p_now AT TIME ZONE 'UTC') + interval '1 month'
+               END) AT TIME ZONE 'UTC' AS period_end
         FROM states s
         JOIN risk_policies p ON p.device_id = s.device_id
         CROSS JOIN LATERAL jsonb_array_elements(p.limits) AS l(spec)

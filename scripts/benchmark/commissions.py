@@ -2,7 +2,7 @@
 commission for it exists.
 
 The path measured: the gateway records the fill and queues it for accrual in the uplink's transaction
-(``backoffice.affiliates.accrual.enqueue_fills``), rings the commissions doorbell after the commit
+(the Postgres function ``apply_delivery_reports``), rings the commissions doorbell after the commit
 (``backoffice.platform.hints.ring_commissions``), and the worker's accrual loop, blocked on that doorbell,
 drains the queue at once (``backoffice.worker.accrue_commissions``; without a ring it drains every
 ``ACCRUAL_SWEEP_SECONDS``, reported beside the figures so that a reader sees they are not the sweep).

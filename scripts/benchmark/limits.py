@@ -22,9 +22,11 @@ from .report import Report, ms, percentile, round_trips, throughput
 from .system import Stack, postgres
 from .world import World
 
+ACCOUNT_STATE_INTERVAL = 2.0  # seconds between one device's AccountState frames (the risk limits' scenario)
+
 # What the bare limits and yardsticks found, read by the scenarios: "commit", "publish", "rtt",
-# "echo_cpu_per_frame", "echo_fanout_last", "jetstream_fanout_last", "polling_p50" (seconds), "echo_rate",
-# "jetstream_rate" (frames/s).
+# "echo_cpu_per_frame", "echo_cpu_per_account_state", "echo_fanout_last", "jetstream_fanout_last",
+# "polling_p50" (seconds), "echo_rate", "jetstream_rate" (frames/s).
 Bare = dict[str, float | None]
 
 
@@ -66,9 +68,11 @@ async def bare_redis(stack: Stack, report: Report, publishes: int) -> float | No
     return add_p50_p99(report, "redis_publish", latencies)
 
 
-async def bare_echo(options: Options, world: World, report: Report) -> Bare:
+async def bare_echo(options: Options, world: World, report: Report, *, account_states: bool = False) -> Bare:
     """The same load generator against an echo stream: connect N, RSS per stream, a low and a steady paced
-    rate (the floors of delivery and ack latency), a burst (the ceiling of throughput), then a fan-out."""
+    rate (the floors of delivery and ack latency), a burst (the ceiling of throughput), with
+    ``account_states`` every device's AccountState every 2 s (the floor under risk limits' cost), then a
+    fan-out."""
     context = multiprocessing.get_context("spawn")
     mine, theirs = context.Pipe()
     server = context.Process(target=echo_server_main, args=(theirs, dict(world.devices)), daemon=True)
@@ -89,6 +93,8 @@ async def bare_echo(options: Options, world: World, report: Report) -> Bare:
             report.add("echo_rss_per_stream", (after - before) / connected, "KiB", "bare")
         await load.collect()
         await echo_rates(options, load, report, found, server.pid)
+        if account_states:
+            await echo_account_states(options, load, report, found, server.pid)
         await echo_fanout(options, load, mine, report, found)
         return found
     finally:
@@ -125,6 +131,22 @@ async def echo_rates(options: Options, load: LoadGenerator, report: Report, foun
         per_frame = (after - before) / len(burst)
         found["echo_cpu_per_frame"] = per_frame
         report.add("echo_cpu_per_frame", 1e6 * per_frame, "us", where)
+
+
+async def echo_account_states(
+    options: Options, load: LoadGenerator, report: Report, found: Bare, pid: int | None
+) -> None:
+    """The echo's CPU per frame when every device reports its account every 2 s, as in the risk limits'
+    scenario: frames that come one at a time, each a wake-up of its own, cost more than a burst's."""
+    before = cpu_seconds(pid)
+    await load.account_states(options.account_seconds, ACCOUNT_STATE_INTERVAL)
+    after = cpu_seconds(pid)
+    receipted = len((await load.collect()).receipts)
+    if before is not None and after is not None and receipted:
+        per_frame = (after - before) / receipted
+        found["echo_cpu_per_account_state"] = per_frame
+        where = f"bare, {options.devices} devices, an AccountState every {ACCOUNT_STATE_INTERVAL:g} s each"
+        report.add("echo_cpu_per_account_state", 1e6 * per_frame, "us", where)
 
 
 async def echo_fanout(options: Options, load: LoadGenerator, pipe: Connection, report: Report, found: Bare) -> None:

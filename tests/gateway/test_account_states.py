@@ -260,9 +260,9 @@ async def statements_of(session: AsyncSession) -> AsyncIterator[list[str]]:
 async def test_a_batch_without_states_costs_no_statement_more(
     res: Resources, user: UserCredentials, device: KeyCredentials
 ) -> None:
-    """An ack batch takes the statements it took before account states existed (the frames read, the
-    deliveries locked, the events inserted, the deliveries updated: four, none for risk limits); account
-    states add one whatever their number (``record_account_states``: the repeats found, the newest stored,
+    """An ack batch is one statement (``apply_delivery_reports``: the frames read, the deliveries locked,
+    the events inserted, the deliveries updated), none for risk limits; account states add one whatever
+    their number (``record_account_states``: the repeats found, the newest stored,
     the devices' limits measured)."""
     book = await Book.open(res, user.id)
     now = datetime.now(UTC)
@@ -280,7 +280,11 @@ async def test_a_batch_without_states_costs_no_statement_more(
 
     sent = [await book.delivery(device.id, state=DeliveryState.SENT) for _ in range(4)]
     ack_only = await statements(acks(sent[:2]))
-    assert len(ack_only) == 4 and not any("account_states" in s or "risk_policies" in s for s in ack_only)
+    assert (
+        len(ack_only) == 1
+        and "apply_delivery_reports(" in ack_only[0]
+        and not any("account_states" in s or "risk_policies" in s for s in ack_only)
+    )
     with_states = await statements(
         [*acks(sent[2:]), *(state_report(device.id, now - timedelta(seconds=n), "1.00") for n in range(3))]
     )
@@ -334,14 +338,14 @@ async def test_states_alone_are_one_statement_unless_a_limit_is_reached(
     async with res.sessions.begin() as session:
         session.add(RiskPolicy(device_id=device.id, limits=[limit.to_json()]))
     first = state_report(device.id, now - timedelta(seconds=3), "1000.00", frame_id="s-1")
-    alone = await deliveries.record_account_states_alone(res.sessions, [first, first], now)
+    alone = await deliveries.record_alone(res.sessions, [first, first], now)
     assert alone is not None and alone.outcomes == [deliveries.ACCEPTED, deliveries.DUPLICATE]
     assert [s.equity for s in alone.account_states] == [Decimal("1000.00")]
-    again = await deliveries.record_account_states_alone(res.sessions, [first], now)
+    again = await deliveries.record_alone(res.sessions, [first], now)
     assert again is not None and again.outcomes == [deliveries.DUPLICATE] and again.account_states == []
 
     crossing = state_report(device.id, now - timedelta(seconds=1), "900.00", frame_id="s-2")
-    assert await deliveries.record_account_states_alone(res.sessions, [crossing], now) is None
+    assert await deliveries.record_alone(res.sessions, [crossing], now) is None
     state = await stored_state(res, device.id)
     assert state is not None and (state.frame_id, state.equity) == ("s-1", Decimal("1000.00"))  # unchanged
 

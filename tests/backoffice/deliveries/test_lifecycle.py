@@ -284,3 +284,52 @@ async def test_one_batch_applies_in_order_and_sees_its_own_frames(
     ]
     assert (await row(res, Delivery, mine)).state is DeliveryState.FILLED
     assert (await row(res, Delivery, theirs)).state is DeliveryState.PLACED
+
+
+async def test_acks_alone_commit_as_one_statement_and_anything_else_takes_a_transaction(
+    res: Resources, device: KeyCredentials, user: UserCredentials, book: Book
+) -> None:
+    """``record_alone`` applies a batch of acks with the same rules and outcomes as ``record_reports``; a
+    batch with a fill is not its to take; a frame another transaction is recording meanwhile is waited for
+    (the delivery's lock comes before the frames are read) and found a DUPLICATE."""
+    other = await make_device(res, user)
+    mine = await book.delivery(device.id, state=DeliveryState.SENT)
+    theirs = await book.delivery(other.id, state=DeliveryState.SENT)
+    acks = [
+        _ack(device, mine, DeliveryState.RECEIVED, frame_id="a"),
+        _ack(device, mine, DeliveryState.RECEIVED, frame_id="a"),
+        _ack(device, mine, DeliveryState.PLACED),
+        _ack(device, theirs, DeliveryState.PLACED),  # not this device's
+        _ack(device, mine, DeliveryState.REJECTED),  # placed already: not after all? a conflict, refused
+    ]
+    recorded = await deliveries.record_alone(res.sessions, acks, datetime.now(UTC))
+    assert recorded is not None
+    assert [o.verdict for o in recorded.outcomes] == [
+        Verdict.ACCEPTED,
+        Verdict.DUPLICATE,
+        Verdict.ACCEPTED,
+        Verdict.REJECTED,
+        Verdict.ACCEPTED,
+    ]
+    assert (await row(res, Delivery, mine)).state is DeliveryState.REJECTED
+    assert (await row(res, Delivery, theirs)).state is DeliveryState.SENT
+    assert await count_events(res, device.id) == 3
+
+    fresh = await book.delivery(device.id, state=DeliveryState.SENT)
+    assert (
+        await deliveries.record_alone(
+            res.sessions, [_ack(device, fresh, DeliveryState.PLACED), _fill(device, fresh)], datetime.now(UTC)
+        )
+        is None
+    )
+    assert (await row(res, Delivery, fresh)).state is DeliveryState.SENT
+
+    frame = _ack(device, fresh, DeliveryState.RECEIVED, frame_id="raced")
+    async with res.sessions.begin() as session:
+        await deliveries.record_reports(session, [frame], datetime.now(UTC))
+        racing = asyncio.create_task(deliveries.record_alone(res.sessions, [frame], datetime.now(UTC)))
+        await asyncio.sleep(0.3)
+        assert not racing.done()  # waiting on the delivery's lock
+    raced = await racing
+    assert raced is not None and [o.verdict for o in raced.outcomes] == [Verdict.DUPLICATE]
+    assert await count_events(res, device.id) == 4
