@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,9 +54,13 @@ async def store_latest(
     also calls), in the session's transaction; returns the states that were stored."""
     if not states:
         return []
-    rows = await driver_rows(
-        session,
-        _STORE,
+    rows = await driver_rows(session, _STORE, *columns(states), now)
+    return [StoredAccountState(row.device_id, row.balance, row.equity, row.state_time, now) for row in rows]
+
+
+def columns(states: Sequence[AccountStateIn]) -> list[list[Any]]:
+    """The states as the arrays ``store_account_states`` and ``record_account_states`` take, in their order."""
+    return [
         [s.device_id for s in states],
         [s.balance for s in states],
         [s.equity for s in states],
@@ -63,9 +68,7 @@ async def store_latest(
         [s.free_margin for s in states],
         [s.state_time for s in states],
         [s.frame_id for s in states],
-        now,
-    )
-    return [StoredAccountState(row.device_id, row.balance, row.equity, row.state_time, now) for row in rows]
+    ]
 
 
 _STORE = """

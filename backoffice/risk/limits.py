@@ -31,6 +31,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, audit, positions
+from backoffice.devices import account_states
 from backoffice.devices.account_states import AccountStateIn, StoredAccountState
 from backoffice.models import ActorType, AlertKind, CloseReason, Position, RiskAction
 from backoffice.platform import db
@@ -80,8 +81,8 @@ class StatesRecorded:
 _STOPOUT_TO_RECORD = "SHR01"
 _RECORD = """
 SELECT kind, device_id, frame_id, balance, equity, state_time, stopout_id, spec::text AS spec, value
-FROM record_account_states($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[],
-                           $7::timestamptz[], $8::timestamptz, $9::boolean)
+FROM record_account_states($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[], $5::numeric[],
+                           $6::timestamptz[], $7::text[], $8::timestamptz, $9::boolean)
 """
 _MEASURE = """
 SELECT id, device_id, spec::text AS spec, value
@@ -94,7 +95,7 @@ async def record_states(session: AsyncSession, states: Sequence[AccountStateIn],
     statement. The stopouts it recorded are for ``act_on``, in the same transaction."""
     if not states:
         return StatesRecorded(set(), [], [])
-    return _recorded(await db.driver_rows(session, _RECORD, *_arrays(states), now, False), now)
+    return _recorded(await db.driver_rows(session, _RECORD, *account_states.columns(states), now, False), now)
 
 
 async def record_states_alone(
@@ -107,24 +108,12 @@ async def record_states_alone(
         return StatesRecorded(set(), [], [])
     try:
         async with db.driver(sessions) as connection:
-            rows = await connection.fetch(_RECORD, *_arrays(states), now, True)
+            rows = await connection.fetch(_RECORD, *account_states.columns(states), now, True)
     except asyncpg.PostgresError as exc:
         if getattr(exc, "sqlstate", None) in {_STOPOUT_TO_RECORD, *db.RACE_SQLSTATES}:
             return None
         raise
     return _recorded(rows, now)
-
-
-def _arrays(states: Sequence[AccountStateIn]) -> list[list[Any]]:
-    return [
-        [s.device_id for s in states],
-        [s.frame_id for s in states],
-        [s.balance for s in states],
-        [s.equity for s in states],
-        [s.margin for s in states],
-        [s.free_margin for s in states],
-        [s.state_time for s in states],
-    ]
 
 
 def _recorded(rows: Sequence[Any], now: datetime) -> StatesRecorded:

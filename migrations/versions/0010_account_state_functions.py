@@ -148,8 +148,8 @@ $$
 
 RECORD = """
 CREATE OR REPLACE FUNCTION record_account_states(
-    p_devices uuid[], p_frames text[], p_balances numeric[], p_equities numeric[], p_margins numeric[],
-    p_free_margins numeric[], p_times timestamptz[], p_now timestamptz, p_quiet boolean
+    p_devices uuid[], p_balances numeric[], p_equities numeric[], p_margins numeric[], p_free_margins numeric[],
+    p_times timestamptz[], p_frames text[], p_now timestamptz, p_quiet boolean
 ) RETURNS TABLE (
     kind text, device_id uuid, frame_id text, balance numeric, equity numeric, state_time timestamptz,
     stopout_id uuid, spec jsonb, value numeric
@@ -216,8 +216,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(
-        "DROP FUNCTION record_account_states(uuid[], text[], numeric[], numeric[], numeric[], numeric[],"
-        " timestamptz[], timestamptz, boolean)"
+        "DROP FUNCTION record_account_states(uuid[], numeric[], numeric[], numeric[], numeric[], timestamptz[],"
+        " text[], timestamptz, boolean)"
     )
     op.execute("DROP FUNCTION measure_risk_limits(uuid[], numeric[], numeric[], timestamptz)")
     op.execute(
