@@ -10,11 +10,9 @@
 
 from backoffice.risk.limits import (
     Reached,
-    State,
     StatesRecorded,
     Stopped,
     act_on,
-    evaluate,
     record_states,
     record_states_alone,
 )
@@ -49,13 +47,11 @@ __all__ = [
     "Policy",
     "PolicyDraft",
     "Reached",
-    "State",
     "StatesRecorded",
     "Stopped",
     "act_on",
     "active_at",
     "active_stopouts",
-    "evaluate",
     "get_policy",
     "is_active",
     "limit_key",

@@ -40,15 +40,6 @@ from signalhub.protocol.wire import decimal_text
 
 
 @dataclass(frozen=True)
-class State:
-    """An account state as stored: the newest a device reported in the batch."""
-
-    device_id: uuid.UUID
-    balance: Decimal
-    equity: Decimal
-
-
-@dataclass(frozen=True)
 class Reached:
     """A stopout recorded now: what ``act_on`` sets off."""
 
@@ -83,10 +74,6 @@ _RECORD = """
 SELECT kind, device_id, frame_id, balance, equity, state_time, stopout_id, spec::text AS spec, value
 FROM record_account_states($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[], $5::numeric[],
                            $6::timestamptz[], $7::text[], $8::timestamptz, $9::boolean)
-"""
-_MEASURE = """
-SELECT id, device_id, spec::text AS spec, value
-FROM measure_risk_limits($1::uuid[], $2::numeric[], $3::numeric[], $4::timestamptz)
 """
 
 
@@ -127,22 +114,6 @@ def _recorded(rows: Sequence[Any], now: datetime) -> StatesRecorded:
         else:
             recorded.reached.append(Reached(stopout_id, device_id, json.loads(spec), value))
     return recorded
-
-
-async def evaluate(session: AsyncSession, states: Sequence[State], now: datetime) -> Stopped:
-    """Measure every limit of these devices' policies on states already stored (one per device), and act
-    on what was reached, in the session's transaction."""
-    if not states:
-        return Stopped([], [], [])
-    rows = await db.driver_rows(
-        session,
-        _MEASURE,
-        [s.device_id for s in states],
-        [s.balance for s in states],
-        [s.equity for s in states],
-        now,
-    )
-    return await act_on(session, [Reached(r.id, r.device_id, json.loads(r.spec), r.value) for r in rows], now)
 
 
 async def act_on(session: AsyncSession, reached: Sequence[Reached], now: datetime) -> Stopped:

@@ -6,13 +6,16 @@ the next period measures again; after a reset the limit measures afresh."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice.bootstrap import Resources
+from backoffice.devices.account_states import AccountStateIn
 from backoffice.models import (
     Alert,
     AlertKind,
@@ -25,7 +28,7 @@ from backoffice.models import (
     Stopout,
 )
 from backoffice.risk import active_stopouts
-from backoffice.risk.limits import State, evaluate
+from backoffice.risk.limits import act_on, record_states
 from backoffice.risk.policy import Limit
 from tests.conftest import KeyCredentials, UserCredentials, make_device
 from tests.gateway.support import Book
@@ -50,12 +53,25 @@ async def _limit(
     return limit
 
 
+_STATE_TIMES = itertools.count()
+
+
 async def _state(
     res: Resources, device_id: uuid.UUID, balance: str, equity: str, now: datetime = NOON
 ) -> list[uuid.UUID]:
     async with res.sessions.begin() as session:
-        stopped = await evaluate(session, [State(device_id, D(balance), D(equity))], now)
-    return stopped.stopouts
+        return await _report(session, device_id, balance, equity, now)
+
+
+async def _report(
+    session: AsyncSession, device_id: uuid.UUID, balance: str, equity: str, now: datetime
+) -> list[uuid.UUID]:
+    """The device reports this state (each later than the last, so each is stored and measured), applied as
+    an uplink batch applies it at ``now``: the stopouts it recorded."""
+    state_time = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=next(_STATE_TIMES))
+    state = AccountStateIn(device_id, D(balance), D(equity), None, None, state_time, uuid.uuid4().hex)
+    recorded = await record_states(session, [state], now)
+    return (await act_on(session, recorded.reached, now)).stopouts
 
 
 async def _stopouts(res: Resources, device_id: uuid.UUID) -> list[Stopout]:
@@ -156,8 +172,9 @@ async def test_calendar_periods_in_utc(res: Resources, user: UserCredentials) ->
         limit = Limit.of(period, RiskMetric.LOSS, D(100), None, RiskAction.STOP_OPENING, set_at)
         async with res.sessions.begin() as session:
             session.add(RiskPolicy(device_id=device.id, limits=[limit.to_json()]))
+        async with res.sessions.begin() as session:  # the session's time zone is not the periods'
             await session.execute(text("SET LOCAL TIME ZONE 'America/New_York'"))
-            await evaluate(session, [State(device.id, D(1000), D(1000))], NOON)
-            await evaluate(session, [State(device.id, D(1000), D(800))], NOON)
+            await _report(session, device.id, "1000", "1000", NOON)
+            await _report(session, device.id, "1000", "800", NOON)
         (stopout,) = await _stopouts(res, device.id)
         assert (stopout.period_start, stopout.end_time) == bounds, period
