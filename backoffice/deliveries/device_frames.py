@@ -135,12 +135,13 @@ class Recorded:
 
 
 async def record_reports(session: AsyncSession, reports: Sequence[DeviceReport], now: datetime) -> Recorded:
-    """Apply a batch of frames in order; one Outcome per frame. A frame_id the device used before (or
-    earlier in the batch) is a DUPLICATE. The acks and fills go first, in one statement
-    (``apply_delivery_reports``), then the rest in order. Locks are taken in id order, so concurrent
-    batches never wait on each other in a cycle; a unique violation on (device_id, frame_id) means another
-    transaction recorded the same frame meanwhile, and the caller retries the batch (this check then sees
-    it)."""
+    """Apply a batch of frames; one Outcome per frame. A frame_id the device used before (or earlier in the
+    batch) is a DUPLICATE. The acks and fills go first, in order, in one statement
+    (``apply_delivery_reports``), then the rest in order: a frame id is the device's to use once, and one
+    reused in a batch by an ack or fill and a frame of another kind counts for the ack or fill. Locks are
+    taken in id order, so concurrent batches never wait on each other in a cycle; a unique violation on
+    (device_id, frame_id) means another transaction recorded the same frame meanwhile, and the caller
+    retries the batch (this check then sees it)."""
     applied = await _apply_to_deliveries(session, reports, now)
     recorded = await _recorded_frames(session, reports) | applied.accepted
     batch = _Batch(

@@ -139,7 +139,7 @@ LANGUAGE sql VOLATILE AS $$
     SELECT gen_random_uuid(), v.device_id, v.key, v.spec, v.start, v.reference, v.value, v.equity, p_now, v.period_end
     FROM valued v
     WHERE (v.max_amount IS NOT NULL AND v.value >= v.max_amount)
-       OR (v.max_percent IS NOT NULL AND v.reference > 0 AND v.value >= v.reference * v.max_percent / 100)
+       OR (v.max_percent IS NOT NULL AND v.reference > 0 AND v.value * 100 >= v.reference * v.max_percent)
     ORDER BY v.device_id, v.key
     ON CONFLICT (device_id, limit_key, period_start) DO NOTHING
     RETURNING st.id, st.device_id, st."limit", st.value

@@ -87,7 +87,7 @@ BEGIN
         WHERE e.delivery_id = ANY(ids) AND e.kind = 'FILL'
     LOOP
         k := array_position(ids, fill.delivery_id);
-        filled[k] := filled[k] + fill.volume::numeric;
+        filled[k] := filled[k] + coalesce(fill.volume::numeric, 0);
         fills := fills || concat_ws('|', fill.delivery_id, fill.ticket, fill.price, fill.volume,
                                     coalesce(fill.event_time::text, ''));
     END LOOP;

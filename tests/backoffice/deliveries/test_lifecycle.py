@@ -300,7 +300,7 @@ async def test_acks_alone_commit_as_one_statement_and_anything_else_takes_a_tran
         _ack(device, mine, DeliveryState.RECEIVED, frame_id="a"),
         _ack(device, mine, DeliveryState.PLACED),
         _ack(device, theirs, DeliveryState.PLACED),  # not this device's
-        _ack(device, mine, DeliveryState.REJECTED),  # placed already: not after all? a conflict, refused
+        _ack(device, mine, DeliveryState.REJECTED),  # placed, then rejected by the broker: taken
     ]
     recorded = await deliveries.record_alone(res.sessions, acks, datetime.now(UTC))
     assert recorded is not None
