@@ -46,6 +46,7 @@ class GatewayServer(Server):
             [SERVICE.full_name],
             tls=res.settings.gateway_tls,
             dependencies=dependencies,
+            reuse_port=res.settings.gateway_reuse_port,  # one of the processes of `serve gateway --processes N`
         )
         settings = res.settings
         self.writer = UplinkWriter(res.sessions, res.redis)
@@ -73,7 +74,11 @@ class GatewayServer(Server):
         self.listener.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.listener.ready.wait(), LISTENER_READY_SECONDS)
-        return await super().start()
+        try:
+            return await super().start()
+        except BaseException:  # e.g. its address taken: nothing of it may keep the process alive
+            await self._stop_parts()
+            raise
 
     async def stop(self) -> None:
         """Stop accepting, end every stream UNAVAILABLE (SERVER_SHUTTING_DOWN: the bridge reconnects,
@@ -86,6 +91,9 @@ class GatewayServer(Server):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.drained(), self.settings.shutdown_grace_seconds)
         await super().stop()
+        await self._stop_parts()
+
+    async def _stop_parts(self) -> None:
         await self.listener.stop()
         await self.sweeper.stop()
         await self.pusher.stop()

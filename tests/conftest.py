@@ -229,7 +229,8 @@ def packages_imported_by(module: str) -> set[str]:
 
 def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
     """The environment of a ``signalhub serve`` process of a test's own: its database and Redis, the test
-    master key, a metrics port of its own, quiet logs; ``settings`` are more SIGNALHUB_<NAME> values."""
+    master key, a metrics port of its own, quiet logs, a gateway of one process; ``settings`` are more
+    SIGNALHUB_<NAME> values."""
     return {
         **os.environ,
         "PYTHONPATH": f"{ROOT_DIR}{os.pathsep}{ROOT_DIR / 'proto'}",
@@ -240,6 +241,7 @@ def server_env(database_url: str, redis_url: str, **settings: str) -> dict[str, 
         "SIGNALHUB_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "SIGNALHUB_SHUTDOWN_GRACE_SECONDS": "1",
         "SIGNALHUB_LOG_LEVEL": "WARNING",
+        "SIGNALHUB_GATEWAY_PROCESSES": "1",  # one pid to stop or kill (the default is one per core)
         **{f"SIGNALHUB_{name.upper()}": value for name, value in settings.items()},
     }
 

@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve = commands.add_parser("serve", help="run one process")
     serve.add_argument("process", choices=["backoffice", "gateway", "worker", "console"], help="which process to run")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="gateway only: N processes sharing its address, each holding its own streams (default"
+        " SIGNALHUB_GATEWAY_PROCESSES; 0: one per core)",
+    )
     admin = commands.add_parser("admin", help="administration").add_subparsers(
         dest="admin_command", required=True, help="what to administer"
     )
@@ -154,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from backoffice.platform import schema
 
             schema.upgrade(settings)
+        elif args.command == "serve" and (processes := _processes(settings, args)) > 1:
+            from gateway.processes import Supervisor
+
+            sys.exit(Supervisor(settings, processes).run())
         elif args.command == "serve":
             from backoffice.platform import serving
 
@@ -172,6 +183,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"signalhub: {exc.message}{bad_fields(dict(bad))}")
     except KeyboardInterrupt:
         pass
+
+
+def _processes(settings: Settings, args: argparse.Namespace) -> int:
+    """How many processes ``serve`` runs: the gateway's ``--processes`` or setting, one for the others."""
+    if args.process != "gateway":
+        if args.processes is not None:
+            raise ConfigError(["--processes: only the gateway runs as several processes"])
+        return 1
+    if args.processes is not None and args.processes < 0:
+        raise ConfigError(["--processes: 0 (one per core) or more"])
+    from gateway.processes import process_count
+
+    return process_count(settings, args.processes)
 
 
 async def _up(state_dir: Path) -> None:

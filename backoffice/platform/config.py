@@ -102,6 +102,10 @@ class Settings:
     affiliate_payout_minimum: Decimal = Decimal("50.00")
     affiliate_currency: str = "USD"
     # The device gateway.
+    # Processes of `serve gateway` sharing its address (SO_REUSEPORT), each holding its own streams; 0: one per
+    # core this process may run on. A process started by such a gateway has ``gateway_reuse_port`` set.
+    gateway_processes: int = 0
+    gateway_reuse_port: bool = False
     ack_timeout_seconds: float = 10.0  # a delivery with no RECEIVED ack is re-sent after this
     hello_timeout_seconds: float = 10.0  # a stream whose first frame is not a Hello by then is ended
     max_hello_symbols: int = 2000  # broker symbols one Hello may describe; more is refused unread
@@ -253,6 +257,8 @@ class Settings:
         values["readiness_grace_seconds"] = seconds(
             "READINESS_GRACE_SECONDS", defaults.readiness_grace_seconds, 0, 3600
         )
+        values["gateway_processes"] = number("GATEWAY_PROCESSES", defaults.gateway_processes, 0, 256)
+        values["gateway_reuse_port"] = flag("GATEWAY_REUSE_PORT")
         values["ack_timeout_seconds"] = seconds("ACK_TIMEOUT_SECONDS", defaults.ack_timeout_seconds, 0.1, 3600)
         values["hello_timeout_seconds"] = seconds("HELLO_TIMEOUT_SECONDS", defaults.hello_timeout_seconds, 0.1, 600)
         values["max_hello_symbols"] = number("MAX_HELLO_SYMBOLS", defaults.max_hello_symbols, 1, 100_000)

@@ -32,8 +32,10 @@ from signalhub.protocol.wire import is_loopback
 log = logging.getLogger("signalhub.serving")
 
 
-def server_options(settings: Settings) -> list[tuple[str, Any]]:
-    """Keepalive and limits; the bridge SDK's channel options mirror these (too_many_pings otherwise)."""
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """Keepalive and limits; the bridge SDK's channel options mirror these (too_many_pings otherwise).
+    ``reuse_port``: the address is shared with this server's sibling processes (SO_REUSEPORT, which Linux
+    allows only to processes of the same user); otherwise a second server on it fails to start."""
     return [
         # The interceptor refuses anything over max_message_bytes with INVALID_ARGUMENT and details; grpc's
         # own limit, which can only answer a bare RESOURCE_EXHAUSTED, sits well above it.
@@ -48,7 +50,7 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         # After a deploy, long-lived streams drift to new replicas: GOAWAY after an hour, then 5 min grace.
         ("grpc.max_connection_age_ms", 3_600_000),
         ("grpc.max_connection_age_grace_ms", 300_000),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -119,12 +121,15 @@ class Server:
         service_names: Sequence[str],
         tls: ServerTls | None = None,
         dependencies: Sequence[Probe] = (),
+        reuse_port: bool = False,
     ) -> None:
         # Before anything is built: a server that cannot serve TLS as configured never starts.
         self._credentials = server_credentials(tls) if tls is not None else None
         self.settings = settings
         self.address = address
-        self.grpc = grpc.aio.server(interceptors=list(interceptors), options=server_options(settings))
+        self.grpc = grpc.aio.server(
+            interceptors=list(interceptors), options=server_options(settings, reuse_port=reuse_port)
+        )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self._service_names = tuple(service_names)
@@ -141,18 +146,22 @@ class Server:
         return self._credentials is not None
 
     async def start(self) -> int:
-        if self._credentials is not None:
-            self.port = self.grpc.add_secure_port(self.address, self._credentials)
-        else:
-            self.port = self.grpc.add_insecure_port(self.address)
-            if not is_loopback(self.address):
-                log.warning(
-                    "serving plaintext beyond loopback: unless a proxy in front terminates TLS, anyone on the "
-                    "path can read and alter the traffic",
-                    extra={"address": self.address},
-                )
+        """Listen and serve; ConfigError (one line for a person) when the address cannot be listened on."""
+        try:
+            if self._credentials is not None:
+                self.port = self.grpc.add_secure_port(self.address, self._credentials)
+            else:
+                self.port = self.grpc.add_insecure_port(self.address)
+        except RuntimeError:  # grpc's "Failed to bind": in use, or not an address of this machine
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.address}")
+            raise ConfigError([f"cannot listen on {self.address}: in use, or not an address of this machine"])
+        if self._credentials is None and not is_loopback(self.address):
+            log.warning(
+                "serving plaintext beyond loopback: unless a proxy in front terminates TLS, anyone on the "
+                "path can read and alter the traffic",
+                extra={"address": self.address},
+            )
         await self.grpc.start()
         for name in ("", *self._service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -118,6 +118,7 @@ def server_env(database_url: str, redis_url: str) -> dict[str, str]:
         "SIGNALHUB_BACKOFFICE_ADDRESS": f"127.0.0.1:{free_port()}",
         "SIGNALHUB_GATEWAY_ADDRESS": f"127.0.0.1:{free_port()}",
         "SIGNALHUB_LOG_LEVEL": "WARNING",
+        "SIGNALHUB_GATEWAY_PROCESSES": "1",  # the figures read one gateway pid; two: ``processes_ack_burst``
         # One producer submits 500 signals a second here, a load generator rather than a strategy engine:
         # its share of the calls in flight is the whole server's, so refusals never blur the latency.
         "SIGNALHUB_MAX_CONCURRENT_RPCS_PER_CALLER": os.environ.get("SIGNALHUB_MAX_CONCURRENT_RPCS_PER_CALLER", "1000"),
