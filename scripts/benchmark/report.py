@@ -50,6 +50,10 @@ class Report:
         verdict = "" if met is None else ("  met" if met else "  NOT MET")
         print(f"  {name:<42} {shown:>12} {unit:<10} {target or '':<10}{verdict}  [{scenario}]", flush=True)
 
+    def value(self, name: str) -> float | None:
+        """The value of the last figure of this name, None when none was measured."""
+        return next((f.value for f in reversed(self.figures) if f.name == name), None)
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         print(f"  ! {text}", flush=True)

@@ -27,7 +27,8 @@ from .positions import quote_to_close
 from .profile import profiled
 from .report import Report, ms, percentile, round_trips, throughput
 from .risk import risk_limits
-from .system import Stack
+from .simdevice import Samples
+from .system import Stack, gateway_processes
 from .world import Backoffice, World
 
 
@@ -223,19 +224,26 @@ async def ack_steady(run: Run) -> None:
         run.report.note(f"{samples.rejected} frames were answered REJECTED")
 
 
+async def burst(run: Run, load: LoadGenerator, connected: int) -> Samples:
+    """Several AUTO signals at once to the devices of ``load``, every device acking each (RECEIVED, PLACED,
+    Fill): what the devices saw, once every frame has its receipt (or the wait is over)."""
+    options = run.options
+    signal_ids = [await run.api.signal(run.api.auto) for _ in range(options.burst_signals)]
+    await wait_for_deliveries(load, signal_ids, connected * options.burst_signals, 2 * options.wait_seconds)
+    missing = await load.drain(2 * options.wait_seconds)
+    if missing:
+        run.report.note(f"burst: {missing} frames still had no receipt after {2 * options.wait_seconds:g} s")
+    return await load.collect()
+
+
 async def ack_burst(run: Run) -> None:
     """Several AUTO signals at once, every device acking each (RECEIVED, PLACED, Fill)."""
     options = run.options
     metrics = run.stack.metrics.get("gateway")
     histograms = await histogram_sums(metrics, UPLINK_BATCH, UPLINK_COMMIT)
     meter = run.meter()
-    signal_ids = [await run.api.signal(run.api.auto) for _ in range(options.burst_signals)]
-    await wait_for_deliveries(run.load, signal_ids, run.connected * options.burst_signals, 2 * options.wait_seconds)
-    missing = await run.load.drain(2 * options.wait_seconds)
-    samples = await run.load.collect()
+    samples = await burst(run, run.load, run.connected)
     rate = throughput(samples.receipts)
-    if missing:
-        run.report.note(f"burst: {missing} frames still had no receipt after {2 * options.wait_seconds:g} s")
     where = f"{options.burst_signals} AUTO signals x {run.connected} devices x 3 frames"
     run.report.add("ack_burst_frames_receipted", len(samples.receipts), "frames", where)
     run.report.add("ack_burst_throughput", rate, "frames/s", where, at_least=5000)
@@ -253,6 +261,38 @@ async def ack_burst(run: Run) -> None:
     run.report.add("uplink_commit_ms_mean", ms(histogram_mean(histograms, after, UPLINK_COMMIT)), "ms", where)
     if histograms is None or after is None:
         run.report.note(f"burst: the gateway's metrics ({metrics or 'no address'}) could not be read")
+
+
+async def two_processes_burst(run: Run) -> None:
+    """The ack burst again, on a gateway of two processes (``serve gateway --processes 2``, sharing its
+    address): the devices leave the one-process gateway for it, so this runs last. The figure is its
+    throughput over the one-process burst's in the same run (``acks, burst`` runs first when it did not)."""
+    if not run.stack.env:
+        run.report.note("2 processes: only on a stack the benchmark started (it starts the second gateway)")
+        return
+    one = run.report.value("ack_burst_throughput")
+    if one is None:
+        await ack_burst(run)
+        one = run.report.value("ack_burst_throughput")
+    await run.load.close()
+    async with gateway_processes(run.stack, 2) as (address, pids):
+        load = LoadGenerator(address, run.world.devices, run.options.processes)
+        try:
+            connected, errors = await load.connect()
+            where = f"{run.options.burst_signals} AUTO signals x {connected} devices x 3 frames, 2 gateway processes"
+            if connected < len(run.world.devices):
+                run.report.note(f"2 processes: {connected} of {len(run.world.devices)} connected: {errors[:2]}")
+            await asyncio.sleep(2)
+            meter = CpuMeter({f"gateway_process_{i}": pid for i, pid in enumerate(pids)}, load.pids)
+            samples = await burst(run, load, connected)
+            used = meter.report(run.report, where, len(samples.receipts))
+        finally:
+            await load.close()
+    rate = throughput(samples.receipts)
+    run.report.add("ack_burst_2proc_throughput", rate, "frames/s", where)
+    run.report.add("ack_burst_2proc_over_1proc", over(rate, one), "ratio", f"{where}; over one process's")
+    per_frame = sum(used.values()) / len(samples.receipts) if used and samples.receipts else None
+    run.report.add("gateway_2proc_cpu_per_frame", None if per_frame is None else 1e6 * per_frame, "us", where)
 
 
 async def submit_signals(run: Run) -> None:
@@ -313,6 +353,7 @@ SCENARIOS: tuple[tuple[str, Callable[[Run], Coroutine[Any, Any, None]]], ...] = 
     ("risk limits", risk_limits),
     ("console", console_pages),
     ("commissions", fill_to_commission),
+    ("acks, burst, 2 gateway processes", two_processes_burst),  # last: the devices leave the first gateway
 )
 
 

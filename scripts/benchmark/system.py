@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 import socket
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
@@ -42,6 +44,7 @@ class Stack:
     backoffice_pid: int | None = None
     worker_pid: int | None = None  # the monitor runs there; None for a running stack named by address
     metrics: dict[str, str] = field(default_factory=dict)  # process -> its Prometheus host:port (if started here)
+    env: dict[str, str] = field(default_factory=dict)  # the servers' environment (if started here)
 
     @property
     def pids(self) -> dict[str, int | None]:
@@ -168,6 +171,7 @@ async def start_stack(options: Options, stack: AsyncExitStack, sync_stack: ExitS
         processes["backoffice"].pid,
         processes["worker"].pid,
         metrics,
+        env,
     )
 
 
@@ -180,6 +184,41 @@ def spawn_server(process: str, env: dict[str, str], log_file: IO[bytes]) -> subp
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
+
+
+@asynccontextmanager
+async def gateway_processes(stack: Stack, count: int) -> AsyncIterator[tuple[str, list[int]]]:
+    """A second gateway of the stack started here (its database, Redis and master key),
+    ``serve gateway --processes count`` on an address of its own, serving: (its address, its processes'
+    pids); stopped on the way out."""
+    address, metrics = f"127.0.0.1:{free_port()}", free_port()
+    env = {
+        **stack.env,
+        "SIGNALHUB_GATEWAY_ADDRESS": address,
+        "SIGNALHUB_GATEWAY_PROCESSES": str(count),
+        "SIGNALHUB_METRICS_ADDRESS": f"127.0.0.1:{metrics}",  # process i's: this port plus i
+    }
+    with (REPO / "bench" / "logs" / f"gateway-{count}-processes.log").open("wb") as log_file:
+        supervisor = spawn_server("gateway", env, log_file)
+        try:
+            await wait_serving(address)
+            for _ in range(300):  # each serves its metrics once its gRPC server has started: wait for all
+                if all(port_open(metrics + i) for i in range(count)):
+                    break
+                await asyncio.sleep(0.2)
+            yield address, sorted(children(supervisor.pid))
+        finally:
+            await stop_process(supervisor)
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
 
 
 async def stop_process(process: subprocess.Popen[bytes]) -> None:
