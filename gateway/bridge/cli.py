@@ -223,7 +223,6 @@ async def serve(client: BridgeClient) -> None:
     log.info(
         "bridge starting",
         extra={
-            "device_id": client.config.device_id,
             "gateways": list(client.config.gateways),
             "tls": client.config.tls,
             "executor": type(client.executor).__name__,
@@ -241,6 +240,9 @@ def run(args: argparse.Namespace) -> None:
     environ = os.environ
     try:
         credentials = load_credentials(args.credentials, args.device_id, args.gateway, environ)
+        # On every line from here on (asyncio.run's tasks inherit it): whose bridge it is, when several
+        # bridges of one trader log to one place.
+        logs.device_id_var.set(credentials.device_id)
         config = build_config(args, credentials)
         executor = build_executor(args, environ)
     except (CredentialsError, ChannelOptionsError, ExecutorError) as exc:

@@ -157,6 +157,8 @@ async def test_runs_until_ctrl_c_with_json_logs_and_no_secret(tmp_path: Path) ->
     messages = [line["message"] for line in lines]
     assert "bridge starting" in messages and "delivery filled" in messages and "bridge stopped" in messages
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    started = messages.index("bridge starting")
+    assert {line.get("device_id") for line in lines[started:]} == {device_id}  # on every line of the bridge
     output = stdout + stderr
     assert SHOWN.encode() not in output and SHOWN[4:].encode() not in output
     assert (tmp_path / ".signalhub" / f"bridge-{device_id}.db").exists()  # the default ledger
