@@ -41,13 +41,14 @@ def process_count(settings: Settings, asked: int | None) -> int:
 
 def child_environment(settings: Settings, index: int, environ: Mapping[str, str]) -> dict[str, str]:
     """Child ``index``'s environment: a single gateway process on the shared address, its metrics on a port
-    of its own."""
+    of its own (the metrics port plus ``index``)."""
     host, _, port = settings.metrics_address.rpartition(":")
+    base = int(port)
     return {
         **environ,
         f"{ENV_PREFIX}GATEWAY_PROCESSES": "1",
         f"{ENV_PREFIX}GATEWAY_REUSE_PORT": "true",
-        f"{ENV_PREFIX}METRICS_ADDRESS": f"{host}:{int(port) + index}",
+        f"{ENV_PREFIX}METRICS_ADDRESS": f"{host}:{base + index if base else 0}",  # 0: any free port, each
     }
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 
 from backoffice.bootstrap import Resources
+from backoffice.platform.config import Settings
+from gateway.processes import child_environment
 from tests.conftest import ROOT_DIR, UserCredentials, free_port, make_device, run_module, server_env
 from tests.gateway.support import stream
 
@@ -154,3 +156,12 @@ def test_only_the_gateway_runs_as_several_processes(res: Resources) -> None:
     )
     assert done.returncode != 0
     assert done.stderr.splitlines()[-1] == "  - --processes: only the gateway runs as several processes"
+
+
+def test_each_process_has_a_metrics_port_of_its_own() -> None:
+    environ = {"OTHER": "kept"}
+    child = child_environment(Settings(metrics_address="127.0.0.1:9200"), 1, environ)
+    assert child["SIGNALHUB_METRICS_ADDRESS"] == "127.0.0.1:9201" and child["OTHER"] == "kept"
+    assert child["SIGNALHUB_GATEWAY_PROCESSES"] == "1" and child["SIGNALHUB_GATEWAY_REUSE_PORT"] == "true"
+    any_port = child_environment(Settings(metrics_address="127.0.0.1:0"), 1, environ)
+    assert any_port["SIGNALHUB_METRICS_ADDRESS"] == "127.0.0.1:0"  # not port 1
