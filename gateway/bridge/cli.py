@@ -220,6 +220,10 @@ def _install_stop(client: BridgeClient) -> None:
 
 async def serve(client: BridgeClient) -> None:
     _install_stop(client)
+    # On every line of the running bridge (the tasks it starts inherit it), and only there: asyncio.run
+    # gave this coroutine a context of its own. Whose bridge it is, when several of one trader log to one
+    # place.
+    logs.device_id_var.set(client.config.device_id)
     log.info(
         "bridge starting",
         extra={
@@ -240,9 +244,6 @@ def run(args: argparse.Namespace) -> None:
     environ = os.environ
     try:
         credentials = load_credentials(args.credentials, args.device_id, args.gateway, environ)
-        # On every line from here on (asyncio.run's tasks inherit it): whose bridge it is, when several
-        # bridges of one trader log to one place.
-        logs.device_id_var.set(credentials.device_id)
         config = build_config(args, credentials)
         executor = build_executor(args, environ)
     except (CredentialsError, ChannelOptionsError, ExecutorError) as exc:
