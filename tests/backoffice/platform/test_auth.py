@@ -207,3 +207,24 @@ async def test_bearer_token(res: Resources, user: UserCredentials) -> None:
             await authenticate_token(session, user.token)
         with pytest.raises(Unauthenticated):
             await authenticate_token(session, "sht_" + "A" * 43)
+
+
+async def test_a_tokens_last_use_is_noted_at_most_once_a_minute(res: Resources, user: UserCredentials) -> None:
+    async def last_used() -> datetime | None:
+        async with res.sessions() as session:
+            return await session.scalar(select(ApiToken.last_used_at).where(ApiToken.user_id == user.id))
+
+    async with db.autocommit(res.sessions) as session:
+        await authenticate_token(session, user.token)
+    first = await last_used()
+    assert first is not None and datetime.now(UTC) - first < timedelta(seconds=30)
+    async with db.autocommit(res.sessions) as session:
+        await authenticate_token(session, user.token)
+    assert await last_used() == first  # within the minute: not written again
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    async with res.sessions.begin() as session:
+        await session.execute(update(ApiToken).where(ApiToken.user_id == user.id).values(last_used_at=long_ago))
+    async with db.autocommit(res.sessions) as session:
+        await authenticate_token(session, user.token)
+    noted = await last_used()
+    assert noted is not None and noted > long_ago + timedelta(minutes=4)
