@@ -159,8 +159,7 @@ async def ensure_demo(res: Resources, state_dir: Path) -> dict[str, str]:
     if path.exists():
         try:
             demo: dict[str, str] = json.loads(path.read_text())
-            async with res.sessions.begin() as session:
-                await auth.authenticate_token(session, demo["admin_token"])
+            await auth.authenticate_token(res.sessions, demo["admin_token"])
             return demo
         except (Unauthenticated, KeyError, ValueError):
             log.info("demo credentials in demo.json are stale; making new ones")

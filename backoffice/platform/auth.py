@@ -63,30 +63,28 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     raise Unauthenticated("missing 'authorization: Bearer <api token>' metadata", reason="TOKEN_MISSING")
 
 
-async def authenticate_token(session: AsyncSession, token: str) -> Caller:
+async def authenticate_token(sessions: async_sessionmaker[AsyncSession], token: str) -> Caller:
     """The user an API token belongs to (UNAUTHENTICATED when unknown or revoked), its last use noted at
-    most once a minute: one statement of the driver's own SQL, on every call a person's tools make."""
+    most once a minute: the driver's own SQL on the pooled asyncpg connection (no ORM session), on every
+    call a person's tools make. The lookup only reads: a lock on api_tokens (a migration's, a token being
+    created) holds up the minute's note of last use, never the call."""
     now = datetime.now(UTC)
-    rows = await db.driver_rows(session, _CALLER_LOOKUP, hash_api_token(token), now, now - _LAST_USED_RESOLUTION)
-    if not rows:
-        raise Unauthenticated("unknown or revoked API token", reason="TOKEN_INVALID")
-    user_id, role = rows[0]
+    async with db.driver(sessions) as connection:
+        row = await connection.fetchrow(_CALLER_LOOKUP, hash_api_token(token))
+        if row is None:
+            raise Unauthenticated("unknown or revoked API token", reason="TOKEN_INVALID")
+        token_id, last_used_at, user_id, role = row
+        if last_used_at is None or now - last_used_at > _LAST_USED_RESOLUTION:
+            await connection.execute(_NOTE_USE, token_id, now)
     return Caller(ActorType.USER, user_id, Role(role))
 
 
-# The token's user, and its last use noted when older than the resolution (in the same round trip).
 _CALLER_LOOKUP = """
-WITH found AS (
-    SELECT t.id, t.last_used_at, u.id AS user_id, u.role
-    FROM api_tokens t JOIN users u ON u.id = t.user_id
-    WHERE t.token_hash = $1 AND t.revoked_at IS NULL
-), touched AS (
-    UPDATE api_tokens SET last_used_at = $2
-    FROM found
-    WHERE api_tokens.id = found.id AND (found.last_used_at IS NULL OR found.last_used_at < $3)
-)
-SELECT user_id, role FROM found
+SELECT t.id, t.last_used_at, u.id, u.role
+FROM api_tokens t JOIN users u ON u.id = t.user_id
+WHERE t.token_hash = $1 AND t.revoked_at IS NULL
 """
+_NOTE_USE = "UPDATE api_tokens SET last_used_at = $2 WHERE id = $1"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from backoffice.models import ActorType
-from backoffice.platform import auth, db
+from backoffice.platform import auth
 from backoffice.platform.auth import Caller, KeyKind, SignatureVerifier
 from backoffice.platform.metrics import AUTH_FAILURES, RPC_REJECTED, RPC_SECONDS
 from backoffice.platform.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
@@ -255,9 +255,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             except SignatureError as exc:
                 raise as_domain_error(exc) from None
             return key.caller()
-        token = auth.bearer_token(metadata)
-        async with db.autocommit(self._sessions) as session:
-            return await auth.authenticate_token(session, token)
+        return await auth.authenticate_token(self._sessions, auth.bearer_token(metadata))
 
 
 def _decoder(handler: Handler, max_bytes: int, *, check_text: bool = True) -> Callable[[bytes], Any]:

