@@ -14,6 +14,7 @@ tells its streams to reconnect elsewhere) and waits for them."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -117,14 +118,18 @@ def _spawn_gateway(environment: dict[str, str]) -> subprocess.Popen[bytes]:
     """``signalhub serve gateway`` as a fresh interpreter, its output this process's; on Linux it gets
     SIGTERM when this process dies, however it dies (a supervisor killed must not leave servers behind)."""
     command = [sys.executable, "-m", "backoffice.cli", "serve", "gateway"]
+    end_with_parent = functools.partial(_end_with_parent, os.getpid())
     # Our own interpreter and module, nothing a caller sent.
-    return subprocess.Popen(command, env=environment, preexec_fn=_end_with_parent)  # noqa: S603
+    return subprocess.Popen(command, env=environment, preexec_fn=end_with_parent)  # noqa: S603
 
 
-def _end_with_parent() -> None:
-    """In the child, before it runs: SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG; Linux only)."""
+def _end_with_parent(parent: int) -> None:
+    """In the child, before it runs: SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG; Linux only), and
+    at once if the parent died before that was set."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 PR_SET_PDEATHSIG = 1
