@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, audit, positions
 from backoffice.devices import account_states
-from backoffice.devices.account_states import AccountStateIn, StoredAccountState
 from backoffice.models import ActorType, AlertKind, CloseReason, Position, RiskAction
 from backoffice.platform import db
 from backoffice.platform.metrics import RISK_STOPOUTS
@@ -64,7 +63,7 @@ class StatesRecorded:
     that was stored (an older one changes nothing), and the stopouts their limits recorded."""
 
     duplicates: set[tuple[uuid.UUID, str]]
-    stored: list[StoredAccountState]
+    stored: list[account_states.StoredAccountState]
     reached: list[Reached]
 
 
@@ -77,7 +76,9 @@ FROM record_account_states($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric
 """
 
 
-async def record_states(session: AsyncSession, states: Sequence[AccountStateIn], now: datetime) -> StatesRecorded:
+async def record_states(
+    session: AsyncSession, states: Sequence[account_states.AccountStateIn], now: datetime
+) -> StatesRecorded:
     """Store these account states and measure their devices' limits, in the session's transaction: one
     statement. The stopouts it recorded are for ``act_on``, in the same transaction."""
     if not states:
@@ -86,7 +87,7 @@ async def record_states(session: AsyncSession, states: Sequence[AccountStateIn],
 
 
 async def record_states_alone(
-    sessions: async_sessionmaker[AsyncSession], states: Sequence[AccountStateIn], now: datetime
+    sessions: async_sessionmaker[AsyncSession], states: Sequence[account_states.AccountStateIn], now: datetime
 ) -> StatesRecorded | None:
     """The same as ``record_states`` as one statement that commits on its own, for a batch of nothing but
     account states; None, with nothing changed, when it would record a stopout or lost a race: the caller
@@ -110,7 +111,7 @@ def _recorded(rows: Sequence[Any], now: datetime) -> StatesRecorded:
         if kind == "duplicate":
             recorded.duplicates.add((device_id, frame_id))
         elif kind == "stored":
-            recorded.stored.append(StoredAccountState(device_id, balance, equity, state_time, now))
+            recorded.stored.append(account_states.StoredAccountState(device_id, balance, equity, state_time, now))
         else:
             recorded.reached.append(Reached(stopout_id, device_id, json.loads(spec), value))
     return recorded
