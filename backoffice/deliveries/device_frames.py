@@ -13,7 +13,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, positions, quotes, risk
@@ -197,13 +196,10 @@ async def record_alone(
     batch, or when that statement lost a race or would reach a limit: the caller then applies the batch
     with ``record_reports`` in a transaction."""
     if all(isinstance(r.report, AckReport) for r in reports):
-        try:
-            async with db.driver(sessions) as connection:
-                rows = await connection.fetch(_APPLY, *_delivery_arrays(reports), now)
-        except asyncpg.PostgresError as exc:
-            if getattr(exc, "sqlstate", None) in {"23505", *db.RACE_SQLSTATES}:
-                return None
-            raise
+        # A unique violation: another transaction recorded one of these frames meanwhile.
+        rows = await db.fetch_alone(sessions, _APPLY, *_delivery_arrays(reports), now, give_way={"23505"})
+        if rows is None:
+            return None
         outcomes = [_delivery_outcome(item, row) for item, row in zip(reports, rows, strict=True)]
         return Recorded(outcomes, [], [], [])
     if all(isinstance(r.report, AccountStateReport) for r in reports):

@@ -71,6 +71,21 @@ async def driver(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[An
             raise
 
 
+async def fetch_alone(
+    sessions: async_sessionmaker[AsyncSession], statement: str, *params: Any, give_way: Collection[str] = ()
+) -> list[Any] | None:
+    """The rows of one statement of the driver's own SQL that commits on its own (``driver``); None, with
+    nothing changed, when it failed with a race's SQLSTATE or one of ``give_way``: the caller then does the
+    same work in a transaction of its own, which retries races."""
+    try:
+        async with driver(sessions) as connection:
+            return list(await connection.fetch(statement, *params))
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) in {*give_way, *RACE_SQLSTATES}:
+            return None
+        raise
+
+
 @asynccontextmanager
 async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A session whose every statement commits on its own: a lookup on the hot path (a key, a token) is

@@ -27,7 +27,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice import alerts, audit, positions
@@ -94,14 +93,9 @@ async def record_states_alone(
     applies the batch in a transaction instead (``record_states`` and ``act_on``)."""
     if not states:
         return StatesRecorded(set(), [], [])
-    try:
-        async with db.driver(sessions) as connection:
-            rows = await connection.fetch(_RECORD, *account_states.columns(states), now, True)
-    except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) in {_STOPOUT_TO_RECORD, *db.RACE_SQLSTATES}:
-            return None
-        raise
-    return _recorded(rows, now)
+    columns = account_states.columns(states)
+    rows = await db.fetch_alone(sessions, _RECORD, *columns, now, True, give_way={_STOPOUT_TO_RECORD})
+    return None if rows is None else _recorded(rows, now)
 
 
 def _recorded(rows: Sequence[Any], now: datetime) -> StatesRecorded:

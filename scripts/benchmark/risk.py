@@ -52,7 +52,6 @@ from .simdevice import BALANCE, INSTRUMENT
 if TYPE_CHECKING:
     from .scenarios import Run  # which imports this module
 
-INTERVAL = ACCOUNT_STATE_INTERVAL  # seconds between one device's AccountState frames
 
 POLICY_EVERY = 10  # one connected device in this many has limits
 PERCENT = Decimal(10)  # every limit here: 10 % of its reference
@@ -97,12 +96,12 @@ async def account_state_cost(run: Run, sessions: async_sessionmaker[AsyncSession
     metrics = run.stack.metrics.get("gateway")
     histograms = await histogram_sums(metrics, UPLINK_BATCH, UPLINK_COMMIT)
     meter = run.meter()
-    written = await run.load.account_states(seconds, INTERVAL)
+    written = await run.load.account_states(seconds, ACCOUNT_STATE_INTERVAL)
     samples = await run.load.collect()
     after = await histogram_sums(metrics, UPLINK_BATCH, UPLINK_COMMIT)
     receipted = len(samples.receipts)
     where = (
-        f"{run.connected} devices, an AccountState every {INTERVAL:g} s each for {seconds:g} s,"
+        f"{run.connected} devices, an AccountState every {ACCOUNT_STATE_INTERVAL:g} s each for {seconds:g} s,"
         f" {len(limited)} of them with limits"
     )
     used = meter.report(run.report, where, receipted)

@@ -20,6 +20,7 @@ import grpc
 from backoffice.bootstrap import Resources
 from backoffice.platform.config import Settings
 from gateway.processes import child_environment
+from scripts.benchmark.system import children
 from tests.conftest import ROOT_DIR, UserCredentials, free_port, make_device, run_module, server_env
 from tests.gateway.support import stream
 
@@ -43,16 +44,6 @@ def _metrics_ports() -> int:
         with socket.socket() as probe, contextlib.suppress(OSError):
             probe.bind(("127.0.0.1", port + 1))
             return port
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.add(int(stat.parent.name))
-    return found
 
 
 def _alive(pids: set[int]) -> set[int]:
@@ -90,7 +81,7 @@ async def _two_processes(res: Resources, tmp_path: Path) -> AsyncIterator[_Gatew
     supervisor = run_module(*command, env=env, cwd=ROOT_DIR, output=tmp_path / "gateway.log")
     try:
         await _eventually(lambda: all(_sessions(metrics + i) is not None for i in range(2)), "both processes")
-        yield _Gateway(supervisor, address, metrics, _children(supervisor.pid))
+        yield _Gateway(supervisor, address, metrics, children(supervisor.pid))
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
