@@ -1,23 +1,27 @@
 """Approvals: a user's decision on one signal, and the sized deliveries an approval creates.
 
 An approval and its deliveries (one per chosen ACTIVE device, the instrument passed through that device's
-symbol map) are written in one transaction; the caller publishes wake-up hints after the commit.
+symbol map) are written in one transaction; the caller publishes wake-up hints after the commit. Both ways
+an approval is decided have one implementation each: ``approve_signal`` for a person's, ``plan_fan_out``
+(written by ``backoffice.signals.submit``) for the rule's on a signal's arrival. Each reads what it decides
+from in one statement, applies the rules in Python, and has one Postgres function (migration 0012) write
+the decision whole after checking that what it read still holds.
 """
 
 from __future__ import annotations
 
-import enum
+import itertools
 import json
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,14 +29,12 @@ from backoffice import audit, deliveries, sizing
 from backoffice.models import (
     Approval,
     ApprovalStatus,
-    Device,
     DeviceStatus,
     Side,
     Signal,
     SignalStatus,
     SizingMode,
     Subscription,
-    SubscriptionMode,
     SubscriptionStatus,
 )
 from backoffice.platform import db, idempotency, paging
@@ -44,56 +46,17 @@ ResponseT = TypeVar("ResponseT", bound=Message)
 
 
 @dataclass(frozen=True)
-class Decision:
-    """An approval as decided, and the devices whose new deliveries await a wake-up hint."""
+class Decision(Generic[ResponseT]):
+    """The answer to a decision, and the devices whose new deliveries await a wake-up hint; ``repeated``
+    when the answer is the first one to a request_id seen before."""
 
-    approval: Approval
+    response: ResponseT
     woken_devices: tuple[uuid.UUID, ...]
-
-
-# Built once: it runs on every SubmitSignal, and building a statement costs more than running it.
-_ACTIVE_SUBSCRIPTIONS = select(Subscription).where(
-    Subscription.producer_id == bindparam("producer_id"), Subscription.status == SubscriptionStatus.ACTIVE
-)
+    repeated: bool = False
 
 
 def is_open(signal: Signal, now: datetime) -> bool:
     return signal.status_at(now) is SignalStatus.OPEN
-
-
-async def open_approvals(session: AsyncSession, signal: Signal, now: datetime) -> tuple[uuid.UUID, ...]:
-    """On a signal's arrival: a PENDING approval per MANUAL subscriber, an approval with deliveries per
-    AUTO subscriber (subscriptions whose instrument allow-list admits the signal); returns the devices
-    to wake. However many subscribers, that is one query for their devices and two bulk INSERTs (the
-    approvals, then their deliveries): a fan-out's cost must not grow a statement per device."""
-    subscriptions = [
-        s
-        for s in (await session.scalars(_ACTIVE_SUBSCRIPTIONS, {"producer_id": signal.producer_id})).all()
-        if not s.instruments or signal.instrument in s.instruments
-    ]
-    auto_users = {s.user_id for s in subscriptions if s.mode is SubscriptionMode.AUTO}
-    devices = await deliveries.active_recipients(session, auto_users, signal.instrument)
-    guards = await deliveries.load_guards(session, [d.id for chosen in devices.values() for d in chosen], now)
-    planned = deliveries.Planned()
-    rows = []
-    for subscription in subscriptions:
-        row = _pending_row(signal, subscription)
-        if subscription.mode is SubscriptionMode.AUTO:
-            chosen = devices.get(subscription.user_id, [])
-            rule = _rule(subscription, None)
-            skipped = deliveries.plan_for_approval(planned, row["id"], signal, chosen, rule, None, now, guards)
-            row.update(
-                status=ApprovalStatus.APPROVED,
-                automatic=True,
-                decided_at=now,
-                device_ids=[d.id for d in chosen],
-                reason=_approval_reason(chosen, skipped),
-            )
-        rows.append(row)
-    if rows:
-        await session.execute(insert(Approval), rows)
-    await deliveries.insert_planned(session, planned)
-    return tuple(planned.woken)
 
 
 def _pending_row(signal: Signal, subscription: Subscription) -> dict[str, Any]:
@@ -145,41 +108,6 @@ async def _approval_for(
     return approval, signal, subscription
 
 
-async def approve_signal(
-    session: AsyncSession,
-    caller: Caller,
-    signal_id: uuid.UUID,
-    *,
-    volume: Decimal | None,
-    device_ids: Sequence[uuid.UUID],
-    request_id: str,
-    now: datetime | None = None,
-) -> Decision:
-    """Approve the caller's pending approval of ``signal_id``: deliveries to the chosen ACTIVE devices (all
-    of them when none are named), in the caller's transaction. Approving twice returns the approval;
-    a rejected, expired or cancelled one is FAILED_PRECONDITION."""
-    now = now or datetime.now(UTC)
-    approval, signal, subscription = await _approval_for(session, caller, signal_id)
-    if approval.status is ApprovalStatus.APPROVED:
-        return Decision(approval, ())  # approving twice is idempotent
-    if approval.status is ApprovalStatus.REJECTED:
-        raise FailedPrecondition("the signal was already rejected", reason="ALREADY_REJECTED")
-    if approval.status is ApprovalStatus.EXPIRED or not is_open(signal, now):
-        raise FailedPrecondition(f"the signal is {signal.status_at(now).value.lower()}", reason="SIGNAL_NOT_OPEN")
-    devices = await _chosen_devices(session, caller, device_ids)
-    woken = await _approve(session, approval, signal, subscription, volume, devices, now, decided_by=caller.id)
-    audit.record(
-        session,
-        caller,
-        "ApproveSignal",
-        "signal",
-        signal.id,
-        details={"approval_id": str(approval.id), "deliveries": len(approval.device_ids)},
-        request_id=request_id,
-    )
-    return Decision(approval, woken)
-
-
 async def reject_signal(
     session: AsyncSession,
     caller: Caller,
@@ -215,167 +143,122 @@ async def reject_signal(
     return approval
 
 
-async def _chosen_devices(session: AsyncSession, caller: Caller, device_ids: Sequence[uuid.UUID]) -> list[Device]:
-    if not device_ids:
-        query = select(Device).where(Device.user_id == caller.id, Device.status == DeviceStatus.ACTIVE)
-        return list((await session.scalars(query.order_by(Device.created_at, Device.id))).all())
-    found = {
-        d.id: d
-        for d in (
-            await session.scalars(select(Device).where(Device.id.in_(device_ids), Device.user_id == caller.id))
-        ).all()
-    }
-    missing = [d for d in device_ids if d not in found]
-    if missing:
-        raise NotFound("device")
-    inactive = [str(d.id) for d in found.values() if d.status is not DeviceStatus.ACTIVE]
-    if inactive:
-        raise FailedPrecondition(
-            "only ACTIVE devices receive deliveries",
-            reason="DEVICE_NOT_ACTIVE",
-            metadata={"device_ids": ",".join(inactive)},
-        )
-    return [found[d] for d in dict.fromkeys(device_ids)]
+def _approval_reason(devices: Sequence[deliveries.Recipient], skipped: list[str]) -> str | None:
+    """Why an approval delivers to fewer devices than the account has: none ACTIVE, or some skipped."""
+    if not devices:
+        return "no ACTIVE device to deliver to"
+    if skipped:
+        return "; ".join(skipped)[:1000]
+    return None
 
 
-async def _approve(
-    session: AsyncSession,
-    approval: Approval,
-    signal: Signal,
-    subscription: Subscription,
-    volume: Decimal | None,
-    devices: list[Device],
-    now: datetime,
-    *,
-    decided_by: uuid.UUID,
-) -> tuple[uuid.UUID, ...]:
-    """Mark the approval APPROVED and add one delivery per device; returns the devices to wake."""
-    guards = await deliveries.load_guards(session, [d.id for d in devices], now)
-    planned = _mark_approved(approval, signal, subscription, volume, devices, now, decided_by=decided_by, guards=guards)
-    await session.flush()
-    await deliveries.insert_planned(session, planned)
-    return tuple(planned.woken)
-
-
-def _mark_approved(
-    approval: Approval,
-    signal: Signal,
-    subscription: Subscription,
-    volume: Decimal | None,
-    devices: Sequence[deliveries.Recipient],
-    now: datetime,
-    *,
-    decided_by: uuid.UUID,
-    guards: deliveries.Guards | None = None,
-) -> deliveries.Planned:
-    """The decision in memory, for both ways of writing it: the approval APPROVED by a person, and one
-    delivery planned per device (sized by the subscription's rule, or ``volume``, within ``guards``)."""
-    planned = deliveries.Planned()
-    rule = _rule(subscription, volume)
-    skipped = deliveries.plan_for_approval(planned, approval.id, signal, devices, rule, volume, now, guards)
-    approval.status = ApprovalStatus.APPROVED
-    approval.automatic = False
-    approval.decided_by = decided_by
-    approval.decided_at = now
-    approval.volume = volume
-    approval.device_ids = [d.id for d in devices]
-    approval.reason = _approval_reason(devices, skipped)
-    return planned
-
-
-# What ApproveSignal needs to decide, read in one statement without locks: the signal, the caller's
-# approval and its subscription, and the devices chosen (the named ones, or every ACTIVE one).
-_READ_FOR_APPROVAL = """
-SELECT s.instrument, s.side, s.entry_price, s.stop_loss, s.expire_time, s.status AS signal_status,
-       a.id AS approval_id, a.status AS approval_status, a.subscription_id, a.created_at AS approval_created_at,
-       sub.sizing_mode, sub.sizing_value, sub.max_volume,
-       d.id AS device_id, d.name AS device_name, d.symbol_map, d.last_hello, d.status AS device_status,
-       EXISTS (SELECT 1 FROM risk_policies p WHERE p.device_id = d.id)
-           OR EXISTS (SELECT 1 FROM stopouts o WHERE o.device_id = d.id AND o.reset_time IS NULL) AS guarded
-FROM signals s
-JOIN approvals a ON a.signal_id = s.id AND a.user_id = $2
-JOIN subscriptions sub ON sub.id = a.subscription_id
-LEFT JOIN devices d ON d.user_id = $2
-    AND (d.id = ANY($3::uuid[]) OR (cardinality($3::uuid[]) = 0 AND d.status = 'ACTIVE'))
-WHERE s.id = $1
-ORDER BY d.created_at, d.id
-"""
-
-# The decision, in one statement (its own transaction): the approval, still PENDING on a signal still OPEN,
-# becomes APPROVED with its deliveries, its audit row and its idempotency record holding the answer. The
-# signal is locked first (FOR SHARE), then the approval (FOR UPDATE), in the order ``approve_signal``,
-# CancelSignal and expiry take them, so none of them can deadlock with this. Nothing is written when the
-# approval was decided meanwhile, the signal closed, or the request_id was seen before: then no row comes
-# back and ``approve_signal`` answers.
-_DECIDE_IN_ONE = """
-WITH open_signal AS MATERIALIZED (
-    SELECT id FROM signals WHERE id = $15 AND status = 'OPEN' AND expire_time > $3 FOR SHARE
-), pending AS (
-    SELECT a.id, a.signal_id FROM approvals a JOIN open_signal s ON s.id = a.signal_id
-    WHERE a.id = $1 AND a.status = 'PENDING'
-    FOR UPDATE OF a
-), record AS (
-    INSERT INTO idempotency_records (id, caller_id, method, request_id, request_hash, response_sealed)
-    SELECT $7, $2, $8, $9, $10, $11 FROM pending WHERE $9::uuid IS NOT NULL
-    ON CONFLICT DO NOTHING
-    RETURNING id
-), approved AS (
-    UPDATE approvals SET status = 'APPROVED', automatic = false, decided_by = $2, decided_at = $3, volume = $4,
-                         device_ids = $5, reason = $6
-    FROM pending WHERE approvals.id = pending.id AND ($9::uuid IS NULL OR EXISTS (SELECT 1 FROM record))
-    RETURNING approvals.id
-), delivered AS (
-    INSERT INTO deliveries (id, approval_id, signal_id, device_id, instrument, side, volume, entry_price,
-                            max_deviation, expire_time, state, state_reason, created_at, updated_at)
-    SELECT d.* FROM approved, unnest($16::uuid[], $17::uuid[], $18::uuid[], $19::uuid[], $20::text[], $21::text[],
-                                     $22::numeric[], $23::numeric[], $24::numeric[], $25::timestamptz[],
-                                     $26::text[], $27::text[], $28::timestamptz[], $29::timestamptz[])
-        AS d(id, approval_id, signal_id, device_id, instrument, side, volume, entry_price, max_deviation,
-             expire_time, state, state_reason, created_at, updated_at)
-), audited AS (
-    INSERT INTO audit_events (id, actor_type, actor_id, action, object_type, object_id, details, request_id)
-    SELECT $12, $13, $2, 'ApproveSignal', 'signal', $15, $14::jsonb, NULLIF($30, '') FROM approved
-)
-SELECT count(*) FROM approved
-"""
-# The columns of a planned delivery, in the order of the statement's arrays ($16 on).
-_DELIVERY_COLUMNS = (
-    "id",
-    "approval_id",
-    "signal_id",
-    "device_id",
-    "instrument",
-    "side",
-    "volume",
-    "entry_price",
-    "max_deviation",
-    "expire_time",
-    "state",
-    "state_reason",
-    "created_at",
-    "updated_at",
-)
-# A lost race (deadlock, serialization failure): nothing was written, and the ORM path decides instead.
-_LOST_RACE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, asyncpg.UniqueViolationError)
+def _rule(terms: Mapping[str, Any], volume: Decimal | None) -> sizing.Rule:
+    """The subscription's sizing rule (a read's ``sizing_mode``, ``sizing_value`` and ``max_volume``);
+    without one, the approval must name a volume."""
+    if terms["sizing_mode"] is None or terms["sizing_value"] is None:
+        if volume is None:
+            raise FailedPrecondition(
+                "the subscription has no sizing rule: give volume when approving",
+                reason="VOLUME_REQUIRED",
+                metadata={"field": "volume"},
+            )
+        return sizing.Rule(SizingMode.FIXED_VOLUME, volume, terms["max_volume"])
+    return sizing.Rule(SizingMode(terms["sizing_mode"]), terms["sizing_value"], terms["max_volume"])
 
 
 @dataclass
-class _ChosenDevice:
-    """A device as the decision's read gives it (what ``deliveries.Recipient`` asks for)."""
+class FanOut:
+    """A signal's AUTO approvals as planned: one per AUTO subscription taking it, each with a delivery per
+    ACTIVE device of its subscriber, and the guards they were planned within. Empty, it is the plan for a
+    signal no AUTO subscriber takes."""
 
-    id: uuid.UUID
-    name: str
-    symbol_map: dict[str, str]
-    last_hello: dict[str, Any] | None
+    subscriptions: list[uuid.UUID] = field(default_factory=list)
+    approvals: list[uuid.UUID] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    planned: deliveries.Planned = field(default_factory=deliveries.Planned)
+    guards: dict[uuid.UUID, deliveries.DeviceGuard] = field(default_factory=dict)
+
+    def arguments(self) -> list[Any]:
+        """The plan as ``submit_signal``'s last sixteen arguments."""
+        return [
+            self.subscriptions,
+            self.approvals,
+            self.reasons,
+            *deliveries.guards_counted(self.guards),
+            *deliveries.planned_columns(self.planned),
+        ]
+
+
+# The AUTO subscriptions taking a signal ($1 producer, $2 instrument, $3 now), each with its subscriber's
+# ACTIVE devices (oldest first) and their guards: everything the fan-out plans from, in one read.
+_READ_FAN_OUT = f"""
+SELECT s.id AS subscription_id, s.sizing_mode, s.sizing_value, s.max_volume,
+       {deliveries.recipient_columns("$2")}, {deliveries.GUARD_COLUMNS}
+FROM subscriptions s
+LEFT JOIN devices d ON d.user_id = s.user_id AND d.status = 'ACTIVE'
+{deliveries.guard_join("$2", "$3")}
+WHERE s.producer_id = $1 AND s.status = 'ACTIVE' AND s.mode = 'AUTO'
+  AND (cardinality(s.instruments) = 0 OR $2 = ANY(s.instruments))
+ORDER BY s.id, d.created_at, d.id
+"""  # noqa: S608 - our own fragments, no input
+
+
+async def plan_fan_out(connection: Any, signal: Signal, now: datetime) -> FanOut:
+    """On a signal's arrival: an approval per AUTO subscription taking it (its instrument allow-list admits
+    the signal), approved with a delivery per ACTIVE device of the subscriber, sized by the subscription's
+    rule within the device's guards. One read however many subscribers (``connection`` is the driver's)."""
+    fan_out = FanOut()
+    rows = await connection.fetch(_READ_FAN_OUT, signal.producer_id, signal.instrument, now)
+    for subscription_id, group in itertools.groupby(rows, key=lambda row: row["subscription_id"]):
+        found = list(group)
+        chosen = [deliveries.recipient(r, signal.instrument, fan_out.guards) for r in found if r["device_id"]]
+        approval_id = uuid.uuid4()
+        rule = _rule(found[0], None)
+        skipped = deliveries.plan_for_approval(
+            fan_out.planned, approval_id, signal, chosen, rule, None, now, fan_out.guards
+        )
+        fan_out.subscriptions.append(subscription_id)
+        fan_out.approvals.append(approval_id)
+        fan_out.reasons.append(_approval_reason(chosen, skipped))
+    return fan_out
+
+
+# What ApproveSignal decides from, in one read without locks ($1 signal, $2 caller, $3 devices named, $4 now,
+# $5 request_id, $6 method): the signal; the caller's approval and its subscription (or, with no approval
+# yet, the caller's ACTIVE subscription to the producer); the devices chosen (the named ones, or every
+# ACTIVE one) with their guards; and the idempotency record of a request seen before.
+_READ_FOR_APPROVAL = f"""
+SELECT s.producer_id, s.instrument, s.side, s.entry_price, s.stop_loss, s.signal_time, s.expire_time,
+       s.status AS signal_status,
+       a.id AS approval_id, a.status AS approval_status, a.automatic, a.volume, a.device_ids, a.decided_by,
+       a.reason, a.created_at AS approval_created_at, a.decided_at,
+       sub.id AS subscription_id, sub.instruments, sub.sizing_mode, sub.sizing_value, sub.max_volume,
+       d.status AS device_status, {deliveries.recipient_columns("s.instrument")}, {deliveries.GUARD_COLUMNS},
+       r.id AS record_id, r.request_hash, r.response_sealed
+FROM signals s
+LEFT JOIN approvals a ON a.signal_id = s.id AND a.user_id = $2
+LEFT JOIN subscriptions sub ON sub.id = a.subscription_id
+    OR (a.id IS NULL AND sub.user_id = $2 AND sub.producer_id = s.producer_id AND sub.status = 'ACTIVE')
+LEFT JOIN devices d ON d.user_id = $2
+    AND (d.id = ANY($3::uuid[]) OR (cardinality($3::uuid[]) = 0 AND d.status = 'ACTIVE'))
+{deliveries.guard_join("s.instrument", "$4")}
+LEFT JOIN idempotency_records r ON r.caller_id = $2 AND r.method = $6 AND r.request_id = $5
+WHERE s.id = $1
+ORDER BY d.created_at, d.id
+"""  # noqa: S608 - our own fragments, no input
+_APPROVE = db.function_call("approve_signal", 31)
 
 
 @dataclass(frozen=True)
 class _Decided:
-    """An approval decided in memory from the decision's read: the row to write, and its deliveries."""
+    """An approval decided in memory from the read: the row to write (``create``: it is new) and its
+    deliveries; ``planned`` None when it was approved before (approving twice answers it as it is)."""
 
     approval: Approval
     signal: Signal
-    planned: deliveries.Planned
+    create: bool
+    planned: deliveries.Planned | None
+    guards: deliveries.Guards
 
 
 def _decide(
@@ -385,50 +268,88 @@ def _decide(
     volume: Decimal | None,
     device_ids: Sequence[uuid.UUID],
     now: datetime,
-) -> _Decided | None:
-    """What ``approve_signal`` would decide, from the read's rows; None where it must decide itself (no
-    PENDING approval, a closed signal, a named device that is not the caller's ACTIVE one, or one with risk
-    guards: counting what it holds takes a lock this path does not hold)."""
-    if not rows or rows[0]["approval_status"] != ApprovalStatus.PENDING.value or any(r["guarded"] for r in rows):
-        return None
+) -> _Decided:
+    """ApproveSignal's rules, applied to the read's rows: the signal must be the caller's to see (subscribed,
+    its instrument allowed), the approval PENDING on an OPEN signal (approving twice returns it; rejected,
+    expired or cancelled is FAILED_PRECONDITION), the named devices the caller's ACTIVE ones, and a volume
+    given when the subscription has no sizing rule. Then one delivery per chosen device, sized within its
+    guards. Nothing is written here: ``approve_signal`` writes what this returns."""
+    if not rows:
+        raise NotFound("signal")
     first = rows[0]
     signal = Signal(
         id=signal_id,
+        producer_id=first["producer_id"],
         instrument=first["instrument"],
         side=Side(first["side"]),
         entry_price=first["entry_price"],
         stop_loss=first["stop_loss"],
+        signal_time=first["signal_time"],
         expire_time=first["expire_time"],
         status=SignalStatus(first["signal_status"]),
     )
-    found = {
-        r["device_id"]: r for r in rows if r["device_id"] is not None and r["device_status"] == DeviceStatus.ACTIVE
-    }
+    create = first["approval_id"] is None
+    if create:
+        if first["subscription_id"] is None or (first["instruments"] and signal.instrument not in first["instruments"]):
+            raise NotFound("signal")  # not subscribed: the signal is not the caller's to see
+        approval = Approval(
+            id=uuid.uuid4(),
+            signal_id=signal_id,
+            subscription_id=first["subscription_id"],
+            user_id=caller.id,
+            status=ApprovalStatus.PENDING,
+            device_ids=[],
+            created_at=now,
+        )
+    else:
+        approval = Approval(
+            id=first["approval_id"],
+            signal_id=signal_id,
+            subscription_id=first["subscription_id"],
+            user_id=caller.id,
+            status=ApprovalStatus(first["approval_status"]),
+            automatic=first["automatic"],
+            volume=first["volume"],
+            device_ids=list(first["device_ids"]),
+            decided_by=first["decided_by"],
+            reason=first["reason"],
+            created_at=first["approval_created_at"],
+            decided_at=first["decided_at"],
+        )
+    if approval.status is ApprovalStatus.APPROVED:
+        return _Decided(approval, signal, False, None, {})  # approving twice is idempotent
+    if approval.status is ApprovalStatus.REJECTED:
+        raise FailedPrecondition("the signal was already rejected", reason="ALREADY_REJECTED")
+    if approval.status is ApprovalStatus.EXPIRED or not is_open(signal, now):
+        raise FailedPrecondition(f"the signal is {signal.status_at(now).value.lower()}", reason="SIGNAL_NOT_OPEN")
+    found = {row["device_id"]: row for row in rows if row["device_id"] is not None}
+    if device_ids:
+        if any(d not in found for d in device_ids):
+            raise NotFound("device")
+        inactive = [str(d) for d, row in found.items() if row["device_status"] != DeviceStatus.ACTIVE.value]
+        if inactive:
+            raise FailedPrecondition(
+                "only ACTIVE devices receive deliveries",
+                reason="DEVICE_NOT_ACTIVE",
+                metadata={"device_ids": ",".join(inactive)},
+            )
+    guards: dict[uuid.UUID, deliveries.DeviceGuard] = {}
     order = list(dict.fromkeys(device_ids)) if device_ids else list(found)
-    if not is_open(signal, now) or any(d not in found for d in order):
-        return None
-    devices = [
-        # JSONB comes back decoded: the engine's connections carry SQLAlchemy's JSON codecs.
-        _ChosenDevice(d, found[d]["device_name"], found[d]["symbol_map"], found[d]["last_hello"])
-        for d in order
-    ]
-    subscription = Subscription(
-        sizing_mode=SizingMode(first["sizing_mode"]) if first["sizing_mode"] else None,
-        sizing_value=first["sizing_value"],
-        max_volume=first["max_volume"],
-    )
-    approval = Approval(
-        id=first["approval_id"],
-        signal_id=signal_id,
-        subscription_id=first["subscription_id"],
-        user_id=caller.id,
-        created_at=first["approval_created_at"],
-    )
-    planned = _mark_approved(approval, signal, subscription, volume, devices, now, decided_by=caller.id)
-    return _Decided(approval, signal, planned)
+    chosen = [deliveries.recipient(found[d], signal.instrument, guards) for d in order]
+    planned = deliveries.Planned()
+    rule = _rule(first, volume)
+    skipped = deliveries.plan_for_approval(planned, approval.id, signal, chosen, rule, volume, now, guards)
+    approval.status = ApprovalStatus.APPROVED
+    approval.automatic = False
+    approval.decided_by = caller.id
+    approval.decided_at = now
+    approval.volume = volume
+    approval.device_ids = [d.id for d in chosen]
+    approval.reason = _approval_reason(chosen, skipped)
+    return _Decided(approval, signal, create, planned, guards)
 
 
-async def approve_in_two_statements(
+async def approve_signal(
     sessions: async_sessionmaker[AsyncSession],
     vault: Vault,
     caller: Caller,
@@ -439,74 +360,76 @@ async def approve_in_two_statements(
     device_ids: Sequence[uuid.UUID],
     request_id: str,
     respond: Callable[[Approval, datetime], ResponseT],
-) -> tuple[ResponseT, tuple[uuid.UUID, ...]] | None:
-    """The common approval on asyncpg: one read, then one statement writing the decision, its deliveries,
-    its audit row and its idempotency record with the answer ``respond`` gives (the approval and the
-    signal's expire_time). Returns that answer and the devices to wake, or None when ``approve_signal``
-    must decide instead: no PENDING approval yet, one decided or a signal closed (it gives the answer or
-    the error), a device named that is not the caller's ACTIVE one, a request_id seen before, or a race
-    lost to a concurrent transaction. The ORM path costs a dozen round trips between the decision and
-    its commit; this one costs one."""
-    async with db.driver(sessions) as connection:
-        rows = await connection.fetch(_READ_FOR_APPROVAL, signal_id, caller.id, list(device_ids))
-        now = datetime.now(UTC)
-        decided = _decide(rows, caller, signal_id, volume, device_ids, now)
-        if decided is None:
-            return None
-        approval, planned = decided.approval, decided.planned
-        assert all(tuple(row) == _DELIVERY_COLUMNS for row in planned.rows), "a planned delivery's columns changed"
-        response = respond(approval, decided.signal.expire_time)
-        record_id = uuid.uuid4()
-        try:
-            written = await connection.fetchval(
-                _DECIDE_IN_ONE,
-                approval.id,
-                caller.id,
-                now,
-                volume,
-                approval.device_ids,
-                approval.reason,
-                record_id,
-                key.method if key else None,
-                key.request_id if key else None,
-                key.request_hash if key else None,
-                idempotency.seal_response(vault, record_id, response) if key else None,
-                uuid.uuid4(),
-                caller.kind.value,
-                json.dumps({"approval_id": str(approval.id), "deliveries": len(approval.device_ids)}),
+    response_type: type[ResponseT],
+) -> Decision[ResponseT]:
+    """Approve the caller's approval of ``signal_id`` (created if the caller subscribed after the signal
+    came): deliveries to the chosen ACTIVE devices (all of them when none are named), with its audit row
+    and, under a request_id, its idempotency record holding the answer ``respond`` gives (the approval and
+    the signal's expire_time). One read, the rules applied in Python (``_decide``), one function call
+    writing it all in one transaction (``approve_signal`` in Postgres), which writes nothing when the
+    read no longer holds (a concurrent decision or cancel, guards that moved): then it reads and decides
+    again. A request seen before gets its first answer."""
+    for _ in range(db.DECISION_ATTEMPTS):
+        async with db.driver(sessions) as connection:
+            now = datetime.now(UTC)
+            rows = await connection.fetch(
+                _READ_FOR_APPROVAL,
                 signal_id,
-                *([_driver_value(row[column]) for row in planned.rows] for column in _DELIVERY_COLUMNS),
-                request_id,
+                caller.id,
+                list(device_ids),
+                now,
+                key.request_id if key else None,
+                key.method if key else None,
             )
-        except _LOST_RACE:
-            return None
-    return (response, tuple(planned.woken)) if written else None
-
-
-def _driver_value(value: Any) -> Any:
-    return value.value if isinstance(value, enum.Enum) else value
-
-
-def _rule(subscription: Subscription, volume: Decimal | None) -> sizing.Rule:
-    """The subscription's sizing rule; without one, the approval must name a volume."""
-    if subscription.sizing_mode is None or subscription.sizing_value is None:
-        if volume is None:
-            raise FailedPrecondition(
-                "the subscription has no sizing rule: give volume when approving",
-                reason="VOLUME_REQUIRED",
-                metadata={"field": "volume"},
+            if key is not None and rows and rows[0]["record_id"] is not None:
+                first = rows[0]
+                stored = idempotency.answer(
+                    vault, key, first["record_id"], first["request_hash"], first["response_sealed"], response_type
+                )
+                return Decision(stored, (), repeated=True)
+            decided = _decide(rows, caller, signal_id, volume, device_ids, now)
+            approval, planned = decided.approval, decided.planned
+            response = respond(approval, decided.signal.expire_time)
+            if planned is None:
+                return Decision(response, ())
+            record_id = uuid.uuid4()
+            try:
+                written = await connection.fetchrow(
+                    _APPROVE,
+                    signal_id,
+                    approval.id,
+                    approval.subscription_id,
+                    caller.id,
+                    decided.create,
+                    now,
+                    volume,
+                    approval.device_ids,
+                    approval.reason,
+                    record_id,
+                    key.method if key else None,
+                    key.request_id if key else None,
+                    key.request_hash if key else None,
+                    idempotency.seal_response(vault, record_id, response) if key else None,
+                    uuid.uuid4(),
+                    caller.kind.value,
+                    json.dumps({"approval_id": str(approval.id), "deliveries": len(approval.device_ids)}),
+                    request_id,
+                    *deliveries.guards_counted(decided.guards),
+                    *deliveries.planned_columns(planned),
+                )
+            except asyncpg.PostgresError as exc:
+                if not db.is_race(exc):
+                    raise
+                continue
+        if written["o_outcome"] == "stored":
+            return Decision(response, tuple(planned.woken))
+        if written["o_outcome"] == "replay":
+            assert key is not None
+            stored = idempotency.answer(
+                vault, key, written["o_record_id"], written["o_request_hash"], written["o_response"], response_type
             )
-        return sizing.Rule(SizingMode.FIXED_VOLUME, volume, subscription.max_volume)
-    return sizing.Rule(subscription.sizing_mode, subscription.sizing_value, subscription.max_volume)
-
-
-def _approval_reason(devices: Sequence[deliveries.Recipient], skipped: list[str]) -> str | None:
-    """Why an approval delivers to fewer devices than the account has: none ACTIVE, or some skipped."""
-    if not devices:
-        return "no ACTIVE device to deliver to"
-    if skipped:
-        return "; ".join(skipped)[:1000]
-    return None
+            return Decision(stored, (), repeated=True)
+    raise db.lost_race()
 
 
 async def list_pending(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from google.protobuf.message import Message
@@ -33,7 +33,6 @@ from backoffice.models import (
 from backoffice.platform import db, idempotency, paging
 from backoffice.platform.auth import Caller
 from backoffice.platform.db import any_id
-from backoffice.platform.idempotency import add_once
 from backoffice.platform.vault import Vault
 from backoffice.positions import levels
 from signalhub.protocol.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -139,58 +138,19 @@ def draft(
 
 
 @dataclass(frozen=True)
-class Submission:
-    signal: Signal
+class Submitted(Generic[ResponseT]):
+    """The answer to a submission, and the devices of AUTO subscribers whose new deliveries await a
+    wake-up hint; ``repeated`` when the answer is the first one to a request_id seen before."""
+
+    response: ResponseT
     woken_devices: tuple[uuid.UUID, ...]
+    repeated: bool = False
+
+
+_SUBMIT = db.function_call("submit_signal", 37)
 
 
 async def submit(
-    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID | None, signal: SignalDraft, now: datetime
-) -> Submission:
-    """Store the signal and open its approvals: pending for MANUAL subscribers, approved with sized
-    deliveries for AUTO ones, all in the caller's transaction."""
-    row = await _store(session, producer_id, request_id, signal)
-    return Submission(row, await approvals.open_approvals(session, row, now))
-
-
-# A signal, its audit row, its idempotency record and a PENDING approval per MANUAL subscriber, in one
-# statement (its own transaction). It does nothing when an AUTO subscriber takes the signal (their
-# deliveries are sized per device: ``submit`` does that) or when the request_id was seen before (the
-# caller replays the first answer through ``submit``'s path): then no signal row comes back.
-_SUBMIT_IN_ONE = """
-WITH manual_only AS (
-    SELECT NOT EXISTS (
-        SELECT 1 FROM subscriptions
-        WHERE producer_id = $2 AND status = 'ACTIVE' AND mode = 'AUTO'
-          AND (cardinality(instruments) = 0 OR $4 = ANY(instruments))
-    ) AS yes
-), idempotency AS (
-    INSERT INTO idempotency_records (id, caller_id, method, request_id, request_hash, response_sealed)
-    SELECT $15, $2, $16, $3, $17, $18 FROM manual_only WHERE yes AND $3::uuid IS NOT NULL
-    ON CONFLICT DO NOTHING
-    RETURNING id
-), signal AS (
-    INSERT INTO signals (id, producer_id, request_id, instrument, side, entry_price, stop_loss, take_profit,
-                         signal_time, expire_time, payload, trailing_distance, breakeven_trigger,
-                         breakeven_offset, status, cancel_closes_positions, created_at)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, 'OPEN', false, $19
-    FROM manual_only WHERE yes AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM idempotency))
-    RETURNING id
-), approvals AS (
-    INSERT INTO approvals (id, signal_id, subscription_id, user_id, status)
-    SELECT gen_random_uuid(), signal.id, s.id, s.user_id, 'PENDING'
-    FROM signal, subscriptions s
-    WHERE s.producer_id = $2 AND s.status = 'ACTIVE'
-      AND (cardinality(s.instruments) = 0 OR $4 = ANY(s.instruments))
-), audit AS (
-    INSERT INTO audit_events (id, actor_type, actor_id, action, object_type, object_id, details, request_id)
-    SELECT $20, 'PRODUCER', $2, 'SubmitSignal', 'signal', signal.id, $21::jsonb, $22 FROM signal
-)
-SELECT count(*) FROM signal
-"""
-
-
-async def submit_in_one_statement(
     sessions: async_sessionmaker[AsyncSession],
     vault: Vault,
     producer_id: uuid.UUID,
@@ -198,47 +158,68 @@ async def submit_in_one_statement(
     signal: SignalDraft,
     now: datetime,
     respond: Callable[[Signal], ResponseT],
-) -> ResponseT | None:
-    """The common submit as one statement on asyncpg: the signal, its audit row, its idempotency record
-    with the answer ``respond`` gives, and PENDING approvals for MANUAL subscribers. None when the
-    signal needs ``submit`` instead (an AUTO subscriber takes it, or the request_id was used before).
-    SQLAlchemy's ORM cost several milliseconds of CPU per call here; one statement costs one round trip."""
+) -> Submitted[ResponseT]:
+    """Store the signal once per request_id with its audit row, a PENDING approval per MANUAL subscriber
+    and, per AUTO subscriber, an approval with a delivery per ACTIVE device sized within its guards
+    (``approvals.plan_fan_out``); under a request_id, its idempotency record holds the answer ``respond``
+    gives. One Postgres function (``submit_signal``) writes it all in one transaction; it first checks
+    that the plan still holds (the AUTO subscriptions it was made for, the guards it counted) and answers
+    'plan' when not, so a signal no AUTO subscriber takes costs one statement, and a fan-out one read and
+    a second call. A request seen before gets its first answer; a late retry whose record was purged is
+    REQUEST_ID_REUSED."""
     row = _signal_row(producer_id, key.request_id if key else None, signal)
     row.cancel_closes_positions = False
     row.created_at = now
-    record_id = uuid.uuid4()
     response = respond(row)
-    details = {"instrument": signal.instrument, "side": signal.side.value}
-    async with db.driver(sessions) as connection:
-        try:
-            stored = await connection.fetchval(
-                _SUBMIT_IN_ONE,
-                row.id,
-                producer_id,
-                row.request_id,
-                signal.instrument,
-                signal.side.value,
-                signal.entry_price,
-                signal.stop_loss,
-                signal.take_profit,
-                signal.signal_time,
-                signal.expire_time,
-                json.dumps(signal.payload),
-                signal.trailing_distance,
-                signal.breakeven_trigger,
-                signal.breakeven_offset,
-                record_id,
-                key.method if key else None,
-                key.request_hash if key else None,
-                idempotency.seal_response(vault, record_id, response) if key else None,
-                now,
-                uuid.uuid4(),
-                json.dumps(details),
-                str(key.request_id) if key else None,
+    record_id = uuid.uuid4()
+    sealed = idempotency.seal_response(vault, record_id, response) if key else None
+    details = json.dumps({"instrument": signal.instrument, "side": signal.side.value})
+    fan_out = approvals.FanOut()  # nothing planned: the plan while no AUTO subscriber takes the signal
+    for _ in range(db.DECISION_ATTEMPTS):
+        async with db.driver(sessions) as connection:
+            try:
+                written = await connection.fetchrow(
+                    _SUBMIT,
+                    row.id,
+                    producer_id,
+                    row.request_id,
+                    signal.instrument,
+                    signal.side.value,
+                    signal.entry_price,
+                    signal.stop_loss,
+                    signal.take_profit,
+                    signal.signal_time,
+                    signal.expire_time,
+                    json.dumps(signal.payload),
+                    signal.trailing_distance,
+                    signal.breakeven_trigger,
+                    signal.breakeven_offset,
+                    now,
+                    record_id,
+                    key.method if key else None,
+                    key.request_hash if key else None,
+                    sealed,
+                    uuid.uuid4(),
+                    details,
+                    *fan_out.arguments(),
+                )
+            except asyncpg.UniqueViolationError:
+                raise idempotency.request_id_reused() from None
+            except asyncpg.PostgresError as exc:
+                if not db.is_race(exc):
+                    raise
+                continue
+            if written["o_outcome"] == "plan":
+                fan_out = await approvals.plan_fan_out(connection, row, now)
+                continue
+        if written["o_outcome"] == "replay":
+            assert key is not None
+            stored = idempotency.answer(
+                vault, key, written["o_record_id"], written["o_request_hash"], written["o_response"], type(response)
             )
-        except asyncpg.UniqueViolationError:
-            raise idempotency.request_id_reused() from None
-    return response if stored else None
+            return Submitted(stored, (), repeated=True)
+        return Submitted(response, tuple(fan_out.planned.woken))
+    raise db.lost_race()
 
 
 def _signal_row(producer_id: uuid.UUID, request_id: uuid.UUID | None, signal: SignalDraft) -> Signal:
@@ -259,25 +240,6 @@ def _signal_row(producer_id: uuid.UUID, request_id: uuid.UUID | None, signal: Si
         breakeven_offset=signal.breakeven_offset,
         status=SignalStatus.OPEN,
     )
-
-
-async def _store(
-    session: AsyncSession, producer_id: uuid.UUID, request_id: uuid.UUID | None, signal: SignalDraft
-) -> Signal:
-    """Insert the signal (refused as REQUEST_ID_REUSED when its request_id was used before and its
-    idempotency record has expired) and audit the submission."""
-    row = _signal_row(producer_id, request_id, signal)
-    await add_once(session, row)
-    audit.record(
-        session,
-        (ActorType.PRODUCER, producer_id),
-        "SubmitSignal",
-        "signal",
-        row.id,
-        details={"instrument": signal.instrument, "side": signal.side.value},
-        request_id=str(request_id) if request_id else None,
-    )
-    return row
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backoffice import approvals, signals, subscriptions
 from backoffice.api.signals import encode_signal
 from backoffice.models import Approval, ApprovalStatus, SizingMode, Subscription, SubscriptionMode, SubscriptionStatus
-from backoffice.platform import idempotency, paging
+from backoffice.platform import hints, idempotency, paging
 from backoffice.platform.auth import Caller
 from backoffice.platform.interceptors import current_caller
 from backoffice.platform.mutations import Mutations, Wake
@@ -127,8 +127,7 @@ class ApprovalServicer:
         volume = parse_optional_decimal(request.volume, "volume")
         device_ids = [parse_id(d, f"device_ids[{i}]") for i, d in enumerate(request.device_ids)]
 
-        woken: list[int] = []  # deliveries made; empty when a repeated request_id got the first answer
-        direct = await approvals.approve_in_two_statements(
+        decision = await approvals.approve_signal(
             self._sessions,
             self._mutations.vault,
             caller,
@@ -138,29 +137,13 @@ class ApprovalServicer:
             device_ids=device_ids,
             request_id=request.request_id,
             respond=encode_approval,
+            response_type=pb.Approval,
         )
-        if direct is not None:
-            approval, devices = direct
-            wake = Wake()
-            wake.add(devices)
-            await self._mutations.publish(wake)
-            woken.append(len(devices))
-
-        async def approve(session: AsyncSession, wake: Wake) -> pb.Approval:
-            decision = await approvals.approve_signal(
-                session, caller, signal_id, volume=volume, device_ids=device_ids, request_id=request.request_id
-            )
-            wake.add(decision.woken_devices)
-            woken.append(len(decision.woken_devices))
-            expiries = await approvals.expire_times(session, [signal_id])
-            return encode_approval(decision.approval, expiries.get(signal_id))
-
-        if direct is None:
-            approval = await self._mutations.run(caller.id, request, pb.Approval, approve)
+        await self._mutations.publish(Wake(devices={hints.WAKE: list(decision.woken_devices)}))
         trace_var.set(str(signal_id))  # this call's lines, the rpc line included, carry the signal's trace
-        if woken:
-            log.info("deliveries created", extra={"deliveries": woken[0], "approval": "manual"})
-        return approval
+        if decision.woken_devices or not decision.repeated:
+            log.info("deliveries created", extra={"deliveries": len(decision.woken_devices), "approval": "manual"})
+        return decision.response
 
     async def RejectSignal(self, request: pb.RejectSignalRequest, context: Any) -> pb.Approval:
         caller = current_caller()

@@ -66,50 +66,42 @@ class SignalServicer:
 
     async def SubmitSignal(self, request: pb.SubmitSignalRequest, context: Any) -> pb.Signal:
         """Validate and store a producer's signal once per request_id, open its approvals, and wake the devices
-        of AUTO subscribers after the commit. Without AUTO subscribers, one statement does it all; with
-        them (deliveries sized per device), or for a request_id seen before, the mutation's path does."""
+        of AUTO subscribers after the commit (``signals.submit``). A request that fails validation may still
+        be the retry of a stored one (its signal_time may have left the tolerance window since): it gets the
+        first answer."""
         caller = current_caller()
-        request_uuid = parse_optional_id(request.request_id, "request_id")
-        woken: list[int] = []  # deliveries made; empty when a repeated request_id got the first answer
-        signal: pb.Signal | None = None
+        key = idempotency.key_of(request)
         now = datetime.now(UTC)
         try:
-            first = self._draft(request, now)
+            draft = self._draft(request, now)
         except InvalidArgument:
-            if request_uuid is None:
+            replayed = await idempotency.replay(self._sessions, self._vault, caller.id, key, pb.Signal) if key else None
+            if replayed is None:
                 raise
-            first = None  # perhaps a retry of a stored request: answered below, before validation
-        if first is not None:
-            signal = await signals.submit_in_one_statement(
+            submitted = signals.Submitted(replayed, (), repeated=True)
+        else:
+            submitted = await signals.submit(
                 self._sessions,
                 self._vault,
                 caller.id,
-                idempotency.key_of(request),
-                first,
+                key,
+                draft,
                 now,
                 lambda row: encode_signal(signals.view_for_producer(row, now)),
             )
-            if signal is not None:
-                woken.append(0)
-
-        async def submit(session: AsyncSession, wake: Wake) -> pb.Signal:
-            # Validated only when new: a retry of a stored request returns the first answer even after
-            # its signal_time has left the tolerance window.
-            now = datetime.now(UTC)
-            submitted = await signals.submit(session, caller.id, request_uuid, self._draft(request, now), now)
-            wake.add(submitted.woken_devices)
-            woken.append(len(submitted.woken_devices))
-            return encode_signal(signals.view_for_producer(submitted.signal, now))
-
-        if signal is None:
-            signal = await self._mutations.run(caller.id, request, pb.Signal, submit)
+        await self._mutations.publish(Wake(devices={hints.WAKE: list(submitted.woken_devices)}))
+        signal = submitted.response
         trace_var.set(signal.id)  # this call's lines, the rpc line included, carry the signal's trace
         log.info(
             "signal accepted",
-            extra={"instrument": signal.instrument, "side": common_pb2.Side.Name(signal.side), "repeated": not woken},
+            extra={
+                "instrument": signal.instrument,
+                "side": common_pb2.Side.Name(signal.side),
+                "repeated": submitted.repeated,
+            },
         )
-        if woken and woken[0]:
-            log.info("deliveries created", extra={"deliveries": woken[0], "approval": "rule"})
+        if submitted.woken_devices:
+            log.info("deliveries created", extra={"deliveries": len(submitted.woken_devices), "approval": "rule"})
         return signal
 
     def _draft(self, request: pb.SubmitSignalRequest, now: datetime) -> signals.SignalDraft:

@@ -2,10 +2,12 @@
 
 Every function works inside the caller's transaction, but ``claim``, which is one statement of its own:
 
-- ``active_recipients``, ``plan_for_approval`` and ``insert_planned`` (create.py): the ACTIVE devices of
-  AUTO subscribers with what a delivery needs of them; one delivery per chosen device when a signal
-  is approved, sized per device (PENDING), or SKIPPED with the reason when sizing gives nothing
-  tradable; every approval of a signal is planned first, then written with one bulk INSERT.
+- ``recipient_columns``, ``guard_join``, ``recipient``, ``plan_for_approval`` and ``planned_columns``
+  (create.py): what a delivery needs of a device (and its risk guard, guards.py) as a decision's read
+  selects it; one delivery per chosen device when a signal is approved, sized per device (PENDING), or
+  SKIPPED with the reason when sizing or a guard gives nothing tradable; every approval of a signal is
+  planned first, then written by the decision's one function call (``backoffice.signals.submit``,
+  ``backoffice.approvals.approve_signal``).
 - ``cancel_for_signal`` (cancel.py): a cancelled signal's deliveries that were not received are never
   (re-)sent.
 
@@ -65,7 +67,15 @@ from backoffice.deliveries.claim import (
     Order,
     claim,
 )
-from backoffice.deliveries.create import Planned, Recipient, active_recipients, insert_planned, plan_for_approval
+from backoffice.deliveries.create import (
+    Planned,
+    Recipient,
+    guard_join,
+    plan_for_approval,
+    planned_columns,
+    recipient,
+    recipient_columns,
+)
 from backoffice.deliveries.device_frames import (
     ACCEPTED,
     DUPLICATE,
@@ -84,8 +94,8 @@ from backoffice.deliveries.device_frames import (
     record_reports,
 )
 from backoffice.deliveries.expiry import due_devices, expire_due
-from backoffice.deliveries.guards import Guards
-from backoffice.deliveries.guards import load as load_guards
+from backoffice.deliveries.guards import GUARD_COLUMNS, DeviceGuard, Guards
+from backoffice.deliveries.guards import counted as guards_counted
 from backoffice.deliveries.states import EXPIRED_REASON, MAY_FILL, UNRECEIVED
 
 __all__ = [
@@ -93,6 +103,7 @@ __all__ = [
     "DEFAULT_CLOSE_ATTEMPTS",
     "DUPLICATE",
     "EXPIRED_REASON",
+    "GUARD_COLUMNS",
     "MAY_FILL",
     "UNRECEIVED",
     "AccountStateReport",
@@ -102,6 +113,7 @@ __all__ = [
     "CloseOrder",
     "CloseReport",
     "DeliveryOrder",
+    "DeviceGuard",
     "DeviceReport",
     "FillReport",
     "Guards",
@@ -114,14 +126,16 @@ __all__ = [
     "Recorded",
     "Report",
     "Verdict",
-    "active_recipients",
     "cancel_for_signal",
     "claim",
     "due_devices",
     "expire_due",
-    "insert_planned",
-    "load_guards",
+    "guard_join",
+    "guards_counted",
     "plan_for_approval",
+    "planned_columns",
+    "recipient",
+    "recipient_columns",
     "record_alone",
     "record_reports",
 ]

@@ -1,35 +1,22 @@
-"""Deliveries come into being when a signal is approved for an account: one per chosen device, planned
-in memory and written with one bulk INSERT however many devices there are."""
+"""Deliveries come into being when a signal is approved for an account: one per chosen device, read with
+its guard in the decision's one read, planned in memory, and written by the decision's one function call
+(``insert_planned_deliveries``, every column one array) however many devices there are."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
-
-from sqlalchemy import func, select, type_coerce
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import Any
 
 from backoffice import sizing
-from backoffice.deliveries.guards import Guards
+from backoffice.deliveries.guards import DeviceGuard, Guards
+from backoffice.deliveries.guards import from_row as guards_from_row
 from backoffice.devices.hello import Hello
-from backoffice.models import Delivery, DeliveryState, Device, DeviceStatus, Signal
-from backoffice.platform import db
-from backoffice.platform.db import any_id
+from backoffice.models import DeliveryState, Signal
 from backoffice.platform.metrics import RISK_GUARD_SKIPS
-
-
-class Recipient(Protocol):
-    """What a delivery needs of its device (a Device row, or a row of just these columns)."""
-
-    id: uuid.UUID
-    name: str
-    symbol_map: dict[str, str]
-    last_hello: dict[str, Any] | None
 
 
 @dataclass
@@ -41,42 +28,44 @@ class Planned:
     skipped: list[str] = field(default_factory=list)  # "<device name>: <why>" for each SKIPPED delivery
 
 
-async def active_recipients(
-    session: AsyncSession, user_ids: set[uuid.UUID], signal_instrument: str
-) -> dict[uuid.UUID, list[Any]]:
-    """The ACTIVE devices of these users, oldest first, with just what a delivery of ``signal_instrument``
-    needs of them: of each last Hello, the account and the one symbol the device's map names for it. A
-    terminal may declare 2,000 symbols, which would otherwise be read and parsed for every device of every
-    fan-out."""
-    if not user_ids:
-        return {}
-    symbol = func.coalesce(Device.symbol_map.op("->>")(signal_instrument), signal_instrument)
-    hello = Device.last_hello
-    hello_for_signal = func.jsonb_build_object(
-        "account_currency",
-        hello.op("->")("account_currency"),
-        "balance",
-        hello.op("->")("balance"),
-        "equity",
-        hello.op("->")("equity"),
-        "symbols",
-        func.jsonb_build_object(symbol, hello.op("->")("symbols").op("->")(symbol)),
+def recipient_columns(instrument: str) -> str:
+    """What a delivery needs of device ``d`` (a read's columns) for a signal on ``instrument`` (an SQL
+    expression): its id, name and symbol map and, of its last Hello, the account and the one symbol the map
+    names for the instrument. A terminal may declare 2,000 symbols, which would otherwise be read and parsed
+    for every device of every fan-out. With ``device_guard``'s columns (``guards.GUARD_COLUMNS``) after a
+    ``LEFT JOIN LATERAL device_guard(d.id, <symbol>, <now>) g ON true``."""
+    symbol = f"coalesce(d.symbol_map ->> {instrument}, {instrument})"
+    return (
+        "d.id AS device_id, d.name AS device_name, d.symbol_map,"
+        " jsonb_build_object('account_currency', d.last_hello -> 'account_currency',"
+        " 'balance', d.last_hello -> 'balance', 'equity', d.last_hello -> 'equity',"
+        f" 'symbols', jsonb_build_object({symbol}, d.last_hello -> 'symbols' -> {symbol})) AS last_hello"
     )
-    rows = await session.execute(
-        select(
-            Device.id,
-            Device.user_id,
-            Device.name,
-            Device.symbol_map,
-            type_coerce(hello_for_signal, JSONB).label("last_hello"),
-        )
-        .where(any_id(Device.user_id, user_ids), Device.status == DeviceStatus.ACTIVE)
-        .order_by(Device.created_at, Device.id)
-    )
-    found: dict[uuid.UUID, list[Any]] = {}
-    for row in rows:
-        found.setdefault(row.user_id, []).append(row)
-    return found
+
+
+def guard_join(instrument: str, now: str) -> str:
+    """The join giving each device ``d`` its guard for a signal on ``instrument`` at ``now`` (SQL)."""
+    symbol = f"coalesce(d.symbol_map ->> {instrument}, {instrument})"
+    return f"LEFT JOIN LATERAL device_guard(d.id, {symbol}, {now}) g ON true"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What a delivery needs of its device, as a decision's read gives it (``recipient_columns``)."""
+
+    id: uuid.UUID
+    name: str
+    symbol_map: dict[str, str]
+    last_hello: dict[str, Any] | None
+
+
+def recipient(row: Mapping[str, Any], signal_instrument: str, guards: dict[uuid.UUID, DeviceGuard]) -> Recipient:
+    """The device in a read's row (``recipient_columns``), its guard (if any) added to ``guards``."""
+    device = Recipient(row["device_id"], row["device_name"], row["symbol_map"], row["last_hello"])
+    guard = guards_from_row(device.id, device.symbol_map.get(signal_instrument, signal_instrument), row)
+    if guard is not None:
+        guards[device.id] = guard
+    return device
 
 
 def plan_for_approval(
@@ -91,8 +80,9 @@ def plan_for_approval(
 ) -> list[str]:
     """Add one delivery per device to ``planned``, in the symbol the device's map gives, sized from its
     last Hello (or ``volume`` when the approval names one): PENDING when tradable, else SKIPPED with the
-    reason. ``guards`` (``guards.load``) are the owners' risk guards: a guarded device's delivery may be
-    SKIPPED for them, its volume capped, its expiry brought forward and its price deviation bounded.
+    reason. ``guards`` (read with the devices: ``recipient``) are the owners' risk guards: a guarded
+    device's delivery may be SKIPPED for them, its volume capped, its expiry brought forward and its price
+    deviation bounded.
     Returns this approval's skipped devices ("<name>: <why>")."""
     skipped: list[str] = []
     for device in devices:
@@ -150,7 +140,18 @@ def plan_for_approval(
     return skipped
 
 
-async def insert_planned(session: AsyncSession, planned: Planned) -> None:
-    """Write the planned deliveries in one statement, every column one array (the approvals they belong to
-    come first, flushed), not SQLAlchemy's multi-row INSERT with its processing of every bound value."""
-    await db.insert_rows(session, Delivery, planned.rows)
+def planned_columns(planned: Planned) -> list[list[Any]]:
+    """The planned deliveries as ``insert_planned_deliveries``'s nine arrays (the signal's side, entry price
+    and the decision's time are the function's own arguments)."""
+    rows = planned.rows
+    return [
+        [row["id"] for row in rows],
+        [row["approval_id"] for row in rows],
+        [row["device_id"] for row in rows],
+        [row["instrument"] for row in rows],
+        [row["volume"] for row in rows],
+        [row["max_deviation"] for row in rows],
+        [row["expire_time"] for row in rows],
+        [row["state"].value for row in rows],
+        [row["state_reason"] for row in rows],
+    ]

@@ -3,32 +3,28 @@ approvals alike): no delivery while a stopout is active, caps on open positions 
 instrument, counting deliveries still in flight), the sides allowed, a cap on volume, a bound on how late
 a delivery may be placed (``max_delay_seconds``) and the price deviation the bridge may accept.
 
-Counting open positions is race-safe: ``load`` takes a transaction-scoped advisory lock per device whose
-policy caps them, so two approvals for one device count one after the other (the second sees the first's
-deliveries once it commits)."""
+A guard is read with the devices a decision plans for (Postgres's ``device_guard``, one row per guarded
+device, joined into the decision's read). Counting open positions is race-safe: the decision's write
+(``submit_signal``, ``approve_signal``) takes an advisory lock per capped device and writes nothing when
+the device no longer holds what was counted (``counted``); the caller then reads and plans again."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-
-from sqlalchemy import and_, func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import Any
 
 from backoffice import risk
-from backoffice.models import Delivery, DeliveryState, Position, PositionStatus, Side
-from backoffice.platform.db import any_id
-
-# Deliveries that may still become positions.
-IN_FLIGHT = (DeliveryState.PENDING, DeliveryState.SENT, DeliveryState.RECEIVED, DeliveryState.PLACED)
-HELD = (PositionStatus.OPEN, PositionStatus.CLOSING)
+from backoffice.models import Side
 
 # Why a delivery was SKIPPED (the contract's reasons).
 RISK_STOPOUT = "RISK_STOPOUT"
 MAX_OPEN_POSITIONS = "MAX_OPEN_POSITIONS"
 SIDE_NOT_ALLOWED = "SIDE_NOT_ALLOWED"
+
+# The columns ``device_guard`` returns, as a read selects them (``g.*``): one home for their names.
+GUARD_COLUMNS = "g.o_max_open_positions IS NOT NULL AS guarded, g.*"
 
 
 @dataclass
@@ -40,6 +36,8 @@ class DeviceGuard:
     stopped: bool = False
     held: int = 0  # OPEN and CLOSING positions plus deliveries in flight
     held_by_instrument: dict[str, int] = field(default_factory=dict)
+    # What was counted when read (instrument, held, held on it): the write checks it still holds.
+    counted: tuple[str, int, int] | None = None
 
     @property
     def caps_positions(self) -> bool:
@@ -68,45 +66,33 @@ class DeviceGuard:
 Guards = Mapping[uuid.UUID, DeviceGuard]
 
 
-async def load(session: AsyncSession, device_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, DeviceGuard]:
-    """The guards of these devices (their policies and active stopouts, one query each), then, only for the
-    devices whose policy caps open positions, their advisory locks and what they hold. Devices with
-    neither a policy nor an active stopout are left out (nothing guards them)."""
-    ids = list(dict.fromkeys(device_ids))
-    if not ids:
-        return {}
-    policies = {d: p for d, p in (await risk.stored_policies(session, ids)).items() if not p.is_empty}
-    stopped = await risk.active_stopouts(session, ids, now)
-    guards = {
-        device_id: DeviceGuard(policies.get(device_id) or risk.Policy(device_id), stopped=device_id in stopped)
-        for device_id in policies.keys() | stopped
-    }
-    capped = sorted(d for d, g in guards.items() if g.caps_positions)
-    if capped:
-        await _lock(session, capped)
-        await _count_held(session, capped, guards)
-    return guards
-
-
-async def _lock(session: AsyncSession, device_ids: list[uuid.UUID]) -> None:
-    """One advisory lock per device, in id order (no cycle between two approvals), until the commit."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(d::text, 0)) FROM unnest(CAST(:ids AS uuid[])) d"),
-        {"ids": device_ids},
+def from_row(device_id: uuid.UUID, instrument: str, row: Mapping[str, Any]) -> DeviceGuard | None:
+    """The guard in a read's row (its ``GUARD_COLUMNS``) of the device's delivery on ``instrument`` (the
+    broker's symbol); None for a device nothing guards."""
+    if not row["guarded"]:
+        return None
+    policy = risk.Policy(
+        device_id,
+        max_open_positions=row["o_max_open_positions"],
+        max_open_positions_per_instrument=row["o_max_open_positions_per_instrument"],
+        max_volume=row["o_max_volume"],
+        max_deviation=row["o_max_deviation"],
+        max_delay_seconds=row["o_max_delay_seconds"],
+        allowed_sides=frozenset(Side(side) for side in row["o_allowed_sides"]),
     )
+    held, held_on_it = row["o_held"], row["o_held_for_instrument"]
+    guard = DeviceGuard(policy, stopped=row["o_stopped"], held=held, held_by_instrument={instrument: held_on_it})
+    if guard.caps_positions:
+        guard.counted = (instrument, held, held_on_it)
+    return guard
 
 
-async def _count_held(session: AsyncSession, device_ids: list[uuid.UUID], guards: dict[uuid.UUID, DeviceGuard]) -> None:
-    positions = select(Position.device_id, Position.instrument, func.count()).where(
-        any_id(Position.device_id, device_ids), Position.status.in_(HELD)
-    )
-    deliveries = select(Delivery.device_id, Delivery.instrument, func.count()).where(
-        and_(any_id(Delivery.device_id, device_ids), Delivery.state.in_(IN_FLIGHT))
-    )
-    for query in (positions, deliveries):
-        for device_id, instrument, count in await session.execute(
-            query.group_by(query.selected_columns[0], query.selected_columns[1])
-        ):
-            guard = guards[device_id]
-            guard.held += count
-            guard.held_by_instrument[instrument] = guard.held_by_instrument.get(instrument, 0) + count
+def counted(guards: Guards) -> list[list[Any]]:
+    """The capped devices and what was counted of them, as ``guards_hold``'s four arrays."""
+    capped = [(device_id, guard.counted) for device_id, guard in guards.items() if guard.counted is not None]
+    return [
+        [device_id for device_id, _ in capped],
+        [count[0] for _, count in capped if count],
+        [count[1] for _, count in capped if count],
+        [count[2] for _, count in capped if count],
+    ]

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backoffice.platform.config import Settings
 from backoffice.platform.metrics import DB_POOL_IN_USE, DB_POOL_SIZE
+from signalhub.protocol.errors import Unavailable
 
 
 def create_engine(settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
@@ -212,6 +213,25 @@ def _same(value: Any) -> Any:
 T = TypeVar("T")
 # Deadlock and serialization failure: the transaction lost a race and may simply run again.
 RACE_SQLSTATES = frozenset({"40P01", "40001"})
+# How often a decision (a signal's submission, an approval) reads and writes again when what it read no
+# longer held by the time it wrote, or it lost a race, before the caller hears ``lost_race``.
+DECISION_ATTEMPTS = 5
+
+
+def function_call(name: str, arguments: int) -> str:
+    """``SELECT * FROM name($1, ..., $n)``: a call of one of our Postgres functions (its name is ours)."""
+    return f"SELECT * FROM {name}(" + ", ".join(f"${i}" for i in range(1, arguments + 1)) + ")"  # noqa: S608
+
+
+def is_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement that lost a race (it changed nothing and may simply run again)."""
+    return str(getattr(exc, "sqlstate", "") or getattr(getattr(exc, "orig", None), "sqlstate", "")) in RACE_SQLSTATES
+
+
+def lost_race() -> Unavailable:
+    """What a caller hears of a change that kept losing races: transient, so UNAVAILABLE as the contract
+    has it (it names no ABORTED for calls); retry."""
+    return Unavailable("the request conflicted with a concurrent one; retry it", reason="CONCURRENT_CHANGE")
 
 
 async def retrying(

@@ -18,9 +18,10 @@ from google.protobuf.message import Message
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backoffice.models import Base, IdempotencyRecord
+from backoffice.platform import db
 from backoffice.platform.vault import Binding, Vault
 from signalhub.protocol.errors import AlreadyExists
 from signalhub.protocol.wire import parse_id
@@ -92,14 +93,48 @@ async def run_once(
                 )
             )
         ).scalar_one()
-        if record.request_hash != request_hash or record.response_sealed is None:
-            raise AlreadyExists("request_id was already used for a different request", reason="REQUEST_ID_REUSED")
-        stored = vault.open(record.response_sealed, _binding(record.id))
-        return response_type.FromString(stored)
+        return answer(vault, found, record.id, record.request_hash, record.response_sealed, response_type)
     response = await action()
     sealed = seal_response(vault, record_id, response)
     await session.execute(_STORE_RESPONSE, {"record_id": record_id, "sealed": sealed})
     return response
+
+
+def answer(
+    vault: Vault,
+    key: Key,
+    record_id: uuid.UUID,
+    request_hash: bytes,
+    response_sealed: str | None,
+    response_type: type[ResponseT],
+) -> ResponseT:
+    """The first response a stored record holds, for a repeat of its request; ALREADY_EXISTS when the
+    request under this key was a different one."""
+    if request_hash != key.request_hash or response_sealed is None:
+        raise AlreadyExists("request_id was already used for a different request", reason="REQUEST_ID_REUSED")
+    return response_type.FromString(vault.open(response_sealed, _binding(record_id)))
+
+
+_FIND_RECORD = """
+SELECT id, request_hash, response_sealed FROM idempotency_records
+WHERE caller_id = $1 AND method = $2 AND request_id = $3
+"""
+
+
+async def replay(
+    sessions: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    caller_id: uuid.UUID,
+    key: Key,
+    response_type: type[ResponseT],
+) -> ResponseT | None:
+    """The first response to this caller's request under ``key``, or None when none is stored (one
+    statement on the driver: for a request that failed validation, which may still be a stored one's retry)."""
+    async with db.driver(sessions) as connection:
+        found = await connection.fetchrow(_FIND_RECORD, caller_id, key.method, key.request_id)
+    if found is None:
+        return None
+    return answer(vault, key, found["id"], found["request_hash"], found["response_sealed"], response_type)
 
 
 async def add_once(session: AsyncSession, row: Base) -> None:

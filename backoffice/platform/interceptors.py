@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from backoffice.models import ActorType
-from backoffice.platform import auth
+from backoffice.platform import auth, db
 from backoffice.platform.auth import Caller, KeyKind, SignatureVerifier
 from backoffice.platform.metrics import AUTH_FAILURES, RPC_REJECTED, RPC_SECONDS
 from backoffice.platform.rpc_errors import as_domain_error, build_status, status_code_of, trailing_metadata
@@ -313,7 +313,7 @@ def _domain_error(exc: Exception, method: str) -> errors.DomainError:
     if _sqlstate(exc).startswith(_LOST_RACE):
         log.warning("a transaction lost a race", exc_info=exc)
         # Transient, so UNAVAILABLE as the contract has it (it names no ABORTED for calls): retry.
-        return errors.Unavailable("the request conflicted with a concurrent one; retry it", reason="CONCURRENT_CHANGE")
+        return db.lost_race()
     if (
         isinstance(exc, _TRANSIENT)
         or (isinstance(exc, DBAPIError) and exc.connection_invalidated)

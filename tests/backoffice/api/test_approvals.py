@@ -13,8 +13,6 @@ import grpc
 import pytest
 from sqlalchemy import select, text, update
 
-from backoffice import approvals
-from backoffice.api.approvals import encode_approval
 from backoffice.bootstrap import Resources
 from backoffice.models import (
     ActorType,
@@ -27,7 +25,7 @@ from backoffice.models import (
     Producer,
     ProducerStatus,
 )
-from backoffice.platform import hints, idempotency
+from backoffice.platform import hints
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.backoffice.api.test_signals import signal_request, submit, ts
@@ -387,46 +385,27 @@ async def test_subscribing_after_arrival_can_still_approve(
     assert approval.status == pb.APPROVAL_STATUS_APPROVED and len(await deliveries(res, signal.id)) == 1
 
 
-async def test_both_ways_an_approval_is_decided_keep_the_same_records(
+async def test_an_approval_made_on_arrival_or_on_approval_is_decided_alike(
     backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, res: Resources
 ) -> None:
-    """ApproveSignal decides in one statement on asyncpg when it can, and through the ORM otherwise (an
-    approval not yet created, a concurrent decision): either way the approval, its deliveries (sized,
-    mapped, one skipped with its reason) and its audit row are the same, and the idempotency record
-    answers a retry while a different request under the same request_id is refused."""
+    """ApproveSignal decides one way whether the subscriber's approval was made when the signal came or is
+    made now (it subscribed after): the approval, its deliveries (sized, mapped, one skipped with its
+    reason) and its audit row are the same, and the idempotency record answers a retry while a different
+    request under the same request_id is refused."""
     small = {**GOLD_HELLO, "balance": "1", "equity": "1"}
     users = [await make_user(res), await make_user(res)]
+    terms = {"mode": pb.SUBSCRIPTION_MODE_MANUAL, "sizing": pb.SIZING_MODE_RISK_PERCENT, "sizing_value": "1"}
     for owner in users:
         await device_with(res, owner, symbol_map={"XAUUSD": "GOLD.m"}, hello=GOLD_HELLO)
         await device_with(res, owner, hello=small)
-        await subscribe(
-            backoffice_channel,
-            owner,
-            subscribe_request(
-                producer, mode=pb.SUBSCRIPTION_MODE_MANUAL, sizing=pb.SIZING_MODE_RISK_PERCENT, sizing_value="1"
-            ),
-        )
+    await subscribe(backoffice_channel, users[0], subscribe_request(producer, **terms))
     signal = await submit(backoffice_channel, producer, signal_request())
+    await subscribe(backoffice_channel, users[1], subscribe_request(producer, **terms))
     signal_id = uuid.UUID(signal.id)
     request = pb.ApproveSignalRequest(signal_id=signal.id, request_id=str(uuid.uuid4()))
-    direct = await approvals.approve_in_two_statements(
-        res.sessions,
-        res.vault,
-        users[0].caller,
-        idempotency.key_of(request),
-        signal_id,
-        volume=None,
-        device_ids=[],
-        request_id=request.request_id,
-        respond=encode_approval,
-    )
-    assert direct is not None and len(direct[1]) == 1  # one device woken, the small one skipped
-    async with res.sessions.begin() as session:
-        decision = await approvals.approve_signal(
-            session, users[1].caller, signal_id, volume=None, device_ids=[], request_id=request.request_id
-        )
     stub = rpc.ApprovalServiceStub(backoffice_channel)
-    assert await stub.ApproveSignal(request, metadata=users[0].metadata, timeout=5) == direct[0]
+    answers = [await stub.ApproveSignal(request, metadata=owner.metadata, timeout=5) for owner in users]
+    assert await stub.ApproveSignal(request, metadata=users[0].metadata, timeout=5) == answers[0]
     other = pb.ApproveSignalRequest(signal_id=signal.id, request_id=request.request_id, volume="1")
     refused = await expect_failure(stub.ApproveSignal(other, metadata=users[0].metadata, timeout=5))
     assert (refused.code, refused.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
@@ -458,8 +437,10 @@ async def test_both_ways_an_approval_is_decided_keep_the_same_records(
     assert decided[users[0].id].reason and decided[users[0].id].reason.startswith("test device: ")
     assert delivery_facts(users[0]) == delivery_facts(users[1]) and len(delivery_facts(users[0])) == 2
     assert {d.state for d in made.values()} == {DeliveryState.PENDING, DeliveryState.SKIPPED}
-    assert direct[0].decide_time.ToDatetime(tzinfo=UTC) == decided[users[0].id].decided_at
-    assert decision.woken_devices and len(decision.woken_devices) == len(direct[1])
+    for owner, answer in zip(users, answers, strict=True):
+        assert answer.decide_time.ToDatetime(tzinfo=UTC) == decided[owner.id].decided_at
+        assert answer.create_time.ToDatetime(tzinfo=UTC) == decided[owner.id].created_at
+        assert list(answer.device_ids) == [str(d) for d in decided[owner.id].device_ids]
     for owner in users:
         event = audited[owner.id]
         assert (event.actor_type, event.object_type, event.request_id) == (ActorType.USER, "signal", request.request_id)

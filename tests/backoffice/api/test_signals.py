@@ -332,12 +332,12 @@ async def test_out_of_range_time_and_non_finite_payload_are_invalid_argument(
 
 
 @pytest.mark.parametrize("mode", [pb.SUBSCRIPTION_MODE_MANUAL, pb.SUBSCRIPTION_MODE_AUTO])
-async def test_both_ways_a_signal_is_stored_keep_the_same_records(
+async def test_a_signal_is_stored_alike_for_manual_and_auto_subscribers(
     backoffice_channel: grpc.aio.Channel, res: Resources, user: UserCredentials, mode: Any
 ) -> None:
-    """A signal only MANUAL subscribers follow is stored by one statement, one an AUTO subscriber takes by
-    the ORM (its deliveries are sized per device): either way the same rows, and a retry gets the first
-    answer back while a different request under the same request_id is refused."""
+    """A signal only MANUAL subscribers follow is written in one call, one an AUTO subscriber takes after a
+    read that plans its deliveries: either way the same rows, and a retry gets the first answer back while
+    a different request under the same request_id is refused."""
     producer = await make_producer(res)
     await subscribe(backoffice_channel, user, producer, mode)
     request = signal_request()

@@ -137,3 +137,18 @@ async def test_concurrent_approvals_never_pass_max_open_positions(
     states = [d.state for s in signals for d in (await _deliveries(res, s.id)).values()]
     assert states.count(DeliveryState.PENDING) == 3
     assert states.count(DeliveryState.SKIPPED) == 7
+
+
+async def test_concurrent_auto_signals_never_pass_max_open_positions(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, user: UserCredentials
+) -> None:
+    """Ten signals submitted at once to an AUTO subscriber whose one device is capped at three: each fan-out
+    is planned from a count that the others change before it writes, so all but one must plan again, and
+    the device ends with three deliveries to send, never more."""
+    device = await make_device(res, user)
+    await _policy(res, device.id, max_open_positions=3)
+    await subscribe(backoffice_channel, user, producer, pb.SUBSCRIPTION_MODE_AUTO)
+    signals = await asyncio.gather(*(submit(backoffice_channel, producer, signal_request()) for _ in range(10)))
+    states = [d.state for s in signals for d in (await _deliveries(res, s.id)).values()]
+    assert states.count(DeliveryState.PENDING) == 3
+    assert states.count(DeliveryState.SKIPPED) == 7
