@@ -179,7 +179,7 @@ class FanOut:
     guards: dict[uuid.UUID, deliveries.DeviceGuard] = field(default_factory=dict)
 
     def arguments(self) -> list[Any]:
-        """The plan as ``submit_signal``'s last sixteen arguments."""
+        """The plan as ``submit_signal``'s last fifteen arguments."""
         return [
             self.subscriptions,
             self.approvals,
@@ -224,29 +224,31 @@ async def plan_fan_out(connection: Any, signal: Signal, now: datetime) -> FanOut
 
 
 # What ApproveSignal decides from, in one read without locks ($1 signal, $2 caller, $3 devices named, $4 now,
-# $5 request_id, $6 method): the signal; the caller's approval and its subscription (or, with no approval
-# yet, the caller's ACTIVE subscription to the producer); the devices chosen (the named ones, or every
-# ACTIVE one) with their guards; and the idempotency record of a request seen before.
+# $5 request_id, $6 method): the idempotency record of a request seen before (whether or not the signal
+# exists); the signal; the caller's approval and its subscription (or, with no approval yet, the caller's
+# ACTIVE subscription to the producer); the devices chosen (the named ones, or every ACTIVE one) with their
+# guards. At least one row: its signal_id is NULL when there is no such signal.
 _READ_FOR_APPROVAL = f"""
-SELECT s.producer_id, s.instrument, s.side, s.entry_price, s.stop_loss, s.signal_time, s.expire_time,
-       s.status AS signal_status,
+SELECT s.id AS signal_id, s.producer_id, s.instrument, s.side, s.entry_price, s.stop_loss, s.signal_time,
+       s.expire_time, s.status AS signal_status,
        a.id AS approval_id, a.status AS approval_status, a.automatic, a.volume, a.device_ids, a.decided_by,
        a.reason, a.created_at AS approval_created_at, a.decided_at,
        sub.id AS subscription_id, sub.instruments, sub.sizing_mode, sub.sizing_value, sub.max_volume,
        d.status AS device_status, {deliveries.recipient_columns("s.instrument")}, {deliveries.GUARD_COLUMNS},
        r.id AS record_id, r.request_hash, r.response_sealed
-FROM signals s
+FROM (SELECT $1::uuid AS id) wanted
+LEFT JOIN signals s ON s.id = wanted.id
 LEFT JOIN approvals a ON a.signal_id = s.id AND a.user_id = $2
 LEFT JOIN subscriptions sub ON sub.id = a.subscription_id
     OR (a.id IS NULL AND sub.user_id = $2 AND sub.producer_id = s.producer_id AND sub.status = 'ACTIVE')
-LEFT JOIN devices d ON d.user_id = $2
+LEFT JOIN devices d ON s.id IS NOT NULL AND d.user_id = $2
     AND (d.id = ANY($3::uuid[]) OR (cardinality($3::uuid[]) = 0 AND d.status = 'ACTIVE'))
 {deliveries.guard_join("s.instrument", "$4")}
 LEFT JOIN idempotency_records r ON r.caller_id = $2 AND r.method = $6 AND r.request_id = $5
-WHERE s.id = $1
 ORDER BY d.created_at, d.id
 """  # noqa: S608 - our own fragments, no input
-_APPROVE = db.function_call("approve_signal", 31)
+_APPROVE = db.function_call("approve_signal", 30)
+_CLAIM = "SELECT claim_request($1, $2, $3, $4, $5, $6)"
 
 
 @dataclass(frozen=True)
@@ -274,9 +276,9 @@ def _decide(
     expired or cancelled is FAILED_PRECONDITION), the named devices the caller's ACTIVE ones, and a volume
     given when the subscription has no sizing rule. Then one delivery per chosen device, sized within its
     guards. Nothing is written here: ``approve_signal`` writes what this returns."""
-    if not rows:
-        raise NotFound("signal")
     first = rows[0]
+    if first["signal_id"] is None:
+        raise NotFound("signal")
     signal = Signal(
         id=signal_id,
         producer_id=first["producer_id"],
@@ -369,66 +371,75 @@ async def approve_signal(
     writing it all in one transaction (``approve_signal`` in Postgres), which writes nothing when the
     read no longer holds (a concurrent decision or cancel, guards that moved): then it reads and decides
     again. A request seen before gets its first answer."""
+    locked: list[uuid.UUID] = []
     for _ in range(db.DECISION_ATTEMPTS):
         async with db.driver(sessions) as connection:
-            now = datetime.now(UTC)
-            rows = await connection.fetch(
-                _READ_FOR_APPROVAL,
-                signal_id,
-                caller.id,
-                list(device_ids),
-                now,
-                key.request_id if key else None,
-                key.method if key else None,
-            )
-            if key is not None and rows and rows[0]["record_id"] is not None:
-                first = rows[0]
-                stored = idempotency.answer(
-                    vault, key, first["record_id"], first["request_hash"], first["response_sealed"], response_type
-                )
-                return Decision(stored, (), repeated=True)
-            decided = _decide(rows, caller, signal_id, volume, device_ids, now)
-            approval, planned = decided.approval, decided.planned
-            response = respond(approval, decided.signal.expire_time)
-            if planned is None:
-                return Decision(response, ())
-            record_id = uuid.uuid4()
             try:
-                written = await connection.fetchrow(
-                    _APPROVE,
-                    signal_id,
-                    approval.id,
-                    approval.subscription_id,
-                    caller.id,
-                    decided.create,
-                    now,
-                    volume,
-                    approval.device_ids,
-                    approval.reason,
-                    record_id,
-                    key.method if key else None,
-                    key.request_id if key else None,
-                    key.request_hash if key else None,
-                    idempotency.seal_response(vault, record_id, response) if key else None,
-                    uuid.uuid4(),
-                    caller.kind.value,
-                    json.dumps({"approval_id": str(approval.id), "deliveries": len(approval.device_ids)}),
-                    request_id,
-                    *deliveries.guards_counted(decided.guards),
-                    *deliveries.planned_columns(planned),
-                )
+                async with deliveries.serialized(connection, locked):
+                    now = datetime.now(UTC)
+                    rows = await connection.fetch(
+                        _READ_FOR_APPROVAL,
+                        signal_id,
+                        caller.id,
+                        list(device_ids),
+                        now,
+                        key.request_id if key else None,
+                        key.method if key else None,
+                    )
+                    first = rows[0]
+                    if key is not None and first["record_id"] is not None:
+                        stored = idempotency.answer(
+                            vault,
+                            key,
+                            first["record_id"],
+                            first["request_hash"],
+                            first["response_sealed"],
+                            response_type,
+                        )
+                        return Decision(stored, (), repeated=True)
+                    decided = _decide(rows, caller, signal_id, volume, device_ids, now)
+                    approval, planned = decided.approval, decided.planned
+                    response = respond(approval, decided.signal.expire_time)
+                    record_id = uuid.uuid4()
+                    sealed = idempotency.seal_response(vault, record_id, response) if key else None
+                    if planned is None:  # approved before: the answer is the approval, recorded under the key
+                        if key is None or await connection.fetchval(
+                            _CLAIM, record_id, caller.id, key.method, key.request_id, key.request_hash, sealed
+                        ):
+                            return Decision(response, ())
+                        continue  # a concurrent request under the key recorded its answer first: read it
+                    written = await connection.fetchrow(
+                        _APPROVE,
+                        signal_id,
+                        approval.id,
+                        approval.subscription_id,
+                        caller.id,
+                        decided.create,
+                        now,
+                        volume,
+                        approval.device_ids,
+                        approval.reason,
+                        record_id,
+                        key.method if key else None,
+                        key.request_id if key else None,
+                        key.request_hash if key else None,
+                        sealed,
+                        uuid.uuid4(),
+                        caller.kind.value,
+                        json.dumps({"approval_id": str(approval.id), "deliveries": len(approval.device_ids)}),
+                        request_id,
+                        *deliveries.guards_counted(decided.guards),
+                        *deliveries.planned_columns(planned),
+                    )
             except asyncpg.PostgresError as exc:
                 if not db.is_race(exc):
                     raise
                 continue
-        if written["o_outcome"] == "stored":
+        if written is not None and written["o_outcome"] == "stored":
             return Decision(response, tuple(planned.woken))
-        if written["o_outcome"] == "replay":
-            assert key is not None
-            stored = idempotency.answer(
-                vault, key, written["o_record_id"], written["o_request_hash"], written["o_response"], response_type
-            )
-            return Decision(stored, (), repeated=True)
+        # Changed meanwhile (decided, cancelled, a device's room taken): read and decide again, with the
+        # capped devices locked first; a replay (or its record purged meanwhile): the read answers it.
+        locked = deliveries.guards_capped(decided.guards)
     raise db.lost_race()
 
 

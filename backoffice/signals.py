@@ -147,7 +147,7 @@ class Submitted(Generic[ResponseT]):
     repeated: bool = False
 
 
-_SUBMIT = db.function_call("submit_signal", 37)
+_SUBMIT = db.function_call("submit_signal", 36)
 
 
 async def submit(
@@ -175,43 +175,51 @@ async def submit(
     sealed = idempotency.seal_response(vault, record_id, response) if key else None
     details = json.dumps({"instrument": signal.instrument, "side": signal.side.value})
     fan_out = approvals.FanOut()  # nothing planned: the plan while no AUTO subscriber takes the signal
+    stale = False
+    locked: list[uuid.UUID] = []
     for _ in range(db.DECISION_ATTEMPTS):
         async with db.driver(sessions) as connection:
             try:
-                written = await connection.fetchrow(
-                    _SUBMIT,
-                    row.id,
-                    producer_id,
-                    row.request_id,
-                    signal.instrument,
-                    signal.side.value,
-                    signal.entry_price,
-                    signal.stop_loss,
-                    signal.take_profit,
-                    signal.signal_time,
-                    signal.expire_time,
-                    json.dumps(signal.payload),
-                    signal.trailing_distance,
-                    signal.breakeven_trigger,
-                    signal.breakeven_offset,
-                    now,
-                    record_id,
-                    key.method if key else None,
-                    key.request_hash if key else None,
-                    sealed,
-                    uuid.uuid4(),
-                    details,
-                    *fan_out.arguments(),
-                )
+                async with deliveries.serialized(connection, locked):
+                    if stale:
+                        fan_out = await approvals.plan_fan_out(connection, row, now)
+                    written = await connection.fetchrow(
+                        _SUBMIT,
+                        row.id,
+                        producer_id,
+                        row.request_id,
+                        signal.instrument,
+                        signal.side.value,
+                        signal.entry_price,
+                        signal.stop_loss,
+                        signal.take_profit,
+                        signal.signal_time,
+                        signal.expire_time,
+                        json.dumps(signal.payload),
+                        signal.trailing_distance,
+                        signal.breakeven_trigger,
+                        signal.breakeven_offset,
+                        now,
+                        record_id,
+                        key.method if key else None,
+                        key.request_hash if key else None,
+                        sealed,
+                        uuid.uuid4(),
+                        details,
+                        *fan_out.arguments(),
+                    )
             except asyncpg.UniqueViolationError:
                 raise idempotency.request_id_reused() from None
             except asyncpg.PostgresError as exc:
                 if not db.is_race(exc):
                     raise
                 continue
-            if written["o_outcome"] == "plan":
-                fan_out = await approvals.plan_fan_out(connection, row, now)
-                continue
+        if written is None:
+            continue  # the record a replay points to was purged meanwhile: the request is new again
+        if written["o_outcome"] == "plan":
+            # Planned again; after a plan of its own was overtaken, with its capped devices locked first.
+            stale, locked = True, deliveries.guards_capped(fan_out.guards)
+            continue
         if written["o_outcome"] == "replay":
             assert key is not None
             stored = idempotency.answer(

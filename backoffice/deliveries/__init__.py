@@ -94,7 +94,8 @@ from backoffice.deliveries.device_frames import (
     record_reports,
 )
 from backoffice.deliveries.expiry import due_devices, expire_due
-from backoffice.deliveries.guards import GUARD_COLUMNS, DeviceGuard, Guards
+from backoffice.deliveries.guards import GUARD_COLUMNS, DeviceGuard, Guards, serialized
+from backoffice.deliveries.guards import capped as guards_capped
 from backoffice.deliveries.guards import counted as guards_counted
 from backoffice.deliveries.states import EXPIRED_REASON, MAY_FILL, UNRECEIVED
 
@@ -131,6 +132,7 @@ __all__ = [
     "due_devices",
     "expire_due",
     "guard_join",
+    "guards_capped",
     "guards_counted",
     "plan_for_approval",
     "planned_columns",
@@ -138,4 +140,5 @@ __all__ = [
     "recipient_columns",
     "record_alone",
     "record_reports",
+    "serialized",
 ]

@@ -37,9 +37,10 @@ def recipient_columns(instrument: str) -> str:
     symbol = f"coalesce(d.symbol_map ->> {instrument}, {instrument})"
     return (
         "d.id AS device_id, d.name AS device_name, d.symbol_map,"
-        " jsonb_build_object('account_currency', d.last_hello -> 'account_currency',"
+        " CASE WHEN d.id IS NOT NULL THEN jsonb_build_object("  # no device on the row (outer join): no Hello
+        " 'account_currency', d.last_hello -> 'account_currency',"
         " 'balance', d.last_hello -> 'balance', 'equity', d.last_hello -> 'equity',"
-        f" 'symbols', jsonb_build_object({symbol}, d.last_hello -> 'symbols' -> {symbol})) AS last_hello"
+        f" 'symbols', jsonb_build_object({symbol}, d.last_hello -> 'symbols' -> {symbol})) END AS last_hello"
     )
 
 
@@ -88,7 +89,7 @@ def plan_for_approval(
     for device in devices:
         instrument = device.symbol_map.get(signal.instrument, signal.instrument)
         guard = guards.get(device.id) if guards else None
-        refused = guard.refusal(signal.side, instrument) if guard is not None else None
+        refused = guard.refusal(signal.side) if guard is not None else None
         if refused is not None:
             RISK_GUARD_SKIPS.labels(refused).inc()
         device_rule = rule
@@ -109,7 +110,6 @@ def plan_for_approval(
         )
         expire_time, max_deviation = signal.expire_time, None
         if guard is not None and sized.volume is not None:
-            guard.take(instrument)
             max_deviation = guard.policy.max_deviation
             if guard.policy.max_delay_seconds:
                 delay = timedelta(seconds=guard.policy.max_delay_seconds)

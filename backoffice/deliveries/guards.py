@@ -4,15 +4,18 @@ instrument, counting deliveries still in flight), the sides allowed, a cap on vo
 a delivery may be placed (``max_delay_seconds``) and the price deviation the bridge may accept.
 
 A guard is read with the devices a decision plans for (Postgres's ``device_guard``, one row per guarded
-device, joined into the decision's read). Counting open positions is race-safe: the decision's write
-(``submit_signal``, ``approve_signal``) takes an advisory lock per capped device and writes nothing when
-the device no longer holds what was counted (``counted``); the caller then reads and plans again."""
+device, joined into the decision's read); whether a capped device has room for one more delivery is
+Postgres's rule too (``device_room``). Counting open positions is race-safe: the decision's write
+(``submit_signal``, ``approve_signal``) takes an advisory lock per capped device and writes nothing when a
+device's room is no longer what the plan saw (``counted``); the caller then reads and plans again, with
+those devices locked (``serialized``), so concurrent decisions on one device take turns."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from backoffice import risk
@@ -29,38 +32,29 @@ GUARD_COLUMNS = "g.o_max_open_positions IS NOT NULL AS guarded, g.*"
 
 @dataclass
 class DeviceGuard:
-    """One device's policy, whether a stopout of it is active, and what it holds now (updated as this
-    approval plans deliveries)."""
+    """One device's policy, whether a stopout of it is active, and whether its caps on open positions
+    leave room for one more delivery (always, without caps)."""
 
     policy: risk.Policy
     stopped: bool = False
-    held: int = 0  # OPEN and CLOSING positions plus deliveries in flight
-    held_by_instrument: dict[str, int] = field(default_factory=dict)
-    # What was counted when read (instrument, held, held on it): the write checks it still holds.
-    counted: tuple[str, int, int] | None = None
+    room: bool = True
+    # The room as read, on which instrument (the broker's symbol), for a device its caps count: the write
+    # checks it still holds.
+    counted: tuple[str, bool] | None = None
 
     @property
     def caps_positions(self) -> bool:
         return bool(self.policy.max_open_positions or self.policy.max_open_positions_per_instrument)
 
-    def refusal(self, side: Side, instrument: str) -> str | None:
-        """Why a new delivery of ``side`` on ``instrument`` (the broker's symbol) is skipped, or None."""
-        policy = self.policy
+    def refusal(self, side: Side) -> str | None:
+        """Why a new delivery of ``side`` is skipped, or None."""
         if self.stopped:
             return RISK_STOPOUT
-        if not policy.allows_side(side):
+        if not self.policy.allows_side(side):
             return SIDE_NOT_ALLOWED
-        if policy.max_open_positions and self.held >= policy.max_open_positions:
-            return MAX_OPEN_POSITIONS
-        per_instrument = policy.max_open_positions_per_instrument
-        if per_instrument and self.held_by_instrument.get(instrument, 0) >= per_instrument:
+        if not self.room:
             return MAX_OPEN_POSITIONS
         return None
-
-    def take(self, instrument: str) -> None:
-        """Count a delivery just planned, so the next signal of this approval sees it."""
-        self.held += 1
-        self.held_by_instrument[instrument] = self.held_by_instrument.get(instrument, 0) + 1
 
 
 Guards = Mapping[uuid.UUID, DeviceGuard]
@@ -80,19 +74,36 @@ def from_row(device_id: uuid.UUID, instrument: str, row: Mapping[str, Any]) -> D
         max_delay_seconds=row["o_max_delay_seconds"],
         allowed_sides=frozenset(Side(side) for side in row["o_allowed_sides"]),
     )
-    held, held_on_it = row["o_held"], row["o_held_for_instrument"]
-    guard = DeviceGuard(policy, stopped=row["o_stopped"], held=held, held_by_instrument={instrument: held_on_it})
+    guard = DeviceGuard(policy, stopped=row["o_stopped"], room=row["o_room"])
     if guard.caps_positions:
-        guard.counted = (instrument, held, held_on_it)
+        guard.counted = (instrument, guard.room)
     return guard
 
 
 def counted(guards: Guards) -> list[list[Any]]:
-    """The capped devices and what was counted of them, as ``guards_hold``'s four arrays."""
+    """The capped devices and the room the plan saw, as ``guards_hold``'s three arrays."""
     capped = [(device_id, guard.counted) for device_id, guard in guards.items() if guard.counted is not None]
     return [
         [device_id for device_id, _ in capped],
         [count[0] for _, count in capped if count],
         [count[1] for _, count in capped if count],
-        [count[2] for _, count in capped if count],
     ]
+
+
+def capped(guards: Guards) -> list[uuid.UUID]:
+    """The devices whose caps a plan counted on: those a retry locks before it reads (``serialized``)."""
+    return sorted(device_id for device_id, guard in guards.items() if guard.counted is not None)
+
+
+@asynccontextmanager
+async def serialized(connection: Any, device_ids: Sequence[uuid.UUID]) -> AsyncIterator[None]:
+    """With ``device_ids``: a transaction on ``connection`` (the driver's) holding their advisory locks
+    from before a decision's read to its write's commit, so decisions on those devices take turns rather
+    than plan again and again; the retry of a decision whose plan a concurrent one overtook. Without:
+    nothing (each statement commits on its own)."""
+    if not device_ids:
+        yield
+        return
+    async with connection.transaction():
+        await connection.execute("SELECT lock_devices($1)", list(device_ids))
+        yield

@@ -42,6 +42,13 @@ class Position(Base):
         Index("ix_positions_open_instrument", "instrument", postgresql_where=text("status = 'OPEN'")),
         Index("ix_positions_device_id_opened_at", "device_id", "opened_at"),
         Index("ix_positions_updated_at", "updated_at"),
+        # What a device holds, counted against its risk policy's caps on open positions.
+        Index(
+            "ix_positions_held_device_id",
+            "device_id",
+            "instrument",
+            postgresql_where=text("status IN ('OPEN', 'CLOSING')"),
+        ),
     )
     id: Mapped[uuid.UUID] = _id()
     device_id: Mapped[uuid.UUID] = _fk("devices.id")

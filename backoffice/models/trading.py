@@ -156,6 +156,13 @@ class Delivery(Base):
             postgresql_where=text("state IN ('PENDING', 'SENT')"),
         ),
         Index("ix_deliveries_signal_id", "signal_id"),
+        # Deliveries that may still become a position, counted against a risk policy's caps.
+        Index(
+            "ix_deliveries_in_flight_device_id",
+            "device_id",
+            "instrument",
+            postgresql_where=text("state IN ('PENDING', 'SENT', 'RECEIVED', 'PLACED')"),
+        ),
     )
     id: Mapped[uuid.UUID] = _id()
     approval_id: Mapped[uuid.UUID] = _fk("approvals.id")

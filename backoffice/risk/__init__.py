@@ -33,7 +33,6 @@ from backoffice.risk.policy import (
 )
 from backoffice.risk.stopouts import (
     active_at,
-    active_stopouts,
     is_active,
     limit_of,
     list_stopouts,
@@ -51,7 +50,6 @@ __all__ = [
     "Stopped",
     "act_on",
     "active_at",
-    "active_stopouts",
     "get_policy",
     "is_active",
     "limit_key",

@@ -1,45 +1,34 @@
 """Stopouts: a limit of a device's policy reached. One is active (no new delivery for the device) until
 its period ends or someone resets it; resetting one resolves its RISK_STOPOUT alert, whose subject is the
-stopout. The limit evaluation records them; this module lists, resets and answers which devices are
-stopped out."""
+stopout. The limit evaluation records them; this module lists and resets them (a decision's read asks
+Postgres which devices are stopped out: ``backoffice.deliveries.guards``)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, true
+from sqlalchemy import Boolean, ColumnElement, exists, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backoffice import alerts, audit
 from backoffice.models import AlertKind, Device, Stopout
 from backoffice.platform import paging
 from backoffice.platform.auth import Caller
-from backoffice.platform.db import any_id
 from backoffice.risk import policy
 from signalhub.protocol.errors import FailedPrecondition, NotFound
 
 
 def is_active(stopout: Stopout, now: datetime) -> bool:
-    """Still in force: not reset, and its period (if it has an end) not over."""
+    """Still in force: not reset, and its period (if it has an end) not over. The same rule as Postgres's
+    ``stopout_active`` (migration 0012), which queries use (``active_at``), for a row already loaded."""
     return stopout.reset_time is None and (stopout.end_time is None or stopout.end_time > now)
 
 
 def active_at(now: datetime) -> ColumnElement[bool]:
-    """``is_active`` as a condition on the stopouts table."""
-    return and_(Stopout.reset_time.is_(None), or_(Stopout.end_time.is_(None), Stopout.end_time > now))
-
-
-async def active_stopouts(session: AsyncSession, device_ids: Iterable[uuid.UUID], now: datetime) -> set[uuid.UUID]:
-    """The devices among ``device_ids`` with at least one active stopout, in one query."""
-    ids = set(device_ids)
-    if not ids:
-        return set()
-    rows = await session.scalars(
-        select(Stopout.device_id).where(any_id(Stopout.device_id, ids), active_at(now)).distinct()
-    )
-    return set(rows)
+    """``is_active`` as a condition on the stopouts table: Postgres's ``stopout_active``, which the risk
+    guards of a decision's read use too."""
+    return func.stopout_active(Stopout.reset_time, Stopout.end_time, now, type_=Boolean)
 
 
 def limit_of(stopout: Stopout) -> policy.Limit:

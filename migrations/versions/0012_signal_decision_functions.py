@@ -11,12 +11,15 @@ device from its last Hello is Python's, shared with nothing here); one function 
 whole decision in one transaction, after checking that what the plan was made from still holds. When it
 does not, nothing is written and the function says so; the caller reads again and plans again.
 
-- ``held_by_device``: what a device's open-position caps count (OPEN and CLOSING positions, and the
-  deliveries that may still become one), in all and on one instrument.
+- ``stopout_active``: the one rule for a stopout in force (not reset, its period not over); the back
+  office's queries call it too (``backoffice.risk.stopouts.active_at``).
+- ``device_room``: whether a device's open-position caps let it take one more delivery on an instrument,
+  counting OPEN and CLOSING positions and the deliveries that may still become one.
 - ``device_guard``: a device's risk guard for a delivery on one instrument: its policy's guards, whether a
-  stopout of it is active, and, when its policy caps open positions, what it holds.
-- ``guards_hold``: takes the capped devices' advisory locks in id order (held to the commit, so two
-  decisions on one device count one after the other) and checks they still hold what the plan counted.
+  stopout of it is active, and, when its policy caps open positions, whether it has room.
+- ``lock_devices``: advisory locks on devices, in id order (no cycle between two decisions), to the commit.
+- ``guards_hold``: takes the capped devices' locks and checks each still has the room the plan saw: two
+  decisions on one device conflict only when one of them fills its last place.
 - ``claim_request``: an idempotency record with the sealed first answer, unless the key was claimed.
 - ``insert_planned_deliveries``: a decision's deliveries, every varying column one array.
 - ``submit_signal``: AUTO subscriptions other than those planned for, or guards that moved, answer 'plan';
@@ -30,11 +33,15 @@ does not, nothing is written and the function says so; the caller reads again an
 The idempotency record is claimed after the checks, in the same transaction as the change: a concurrent
 request under the same key waits on its unique index until the first commits, then answers 'replay'.
 
-Additive (no table changes): safe while the servers serve.
+Two partial indexes serve ``device_room``: a device's deliveries in flight and its positions held, by
+instrument. Built CONCURRENTLY, outside the migration's transaction, as the tables take writes all the
+time; should a build fail, Postgres leaves an INVALID index of that name behind: drop it and migrate again.
+Otherwise additive (no table changes): safe while the servers serve.
 """
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
@@ -42,11 +49,21 @@ down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-HELD = r"""
-CREATE OR REPLACE FUNCTION held_by_device(p_device uuid, p_instrument text)
-RETURNS TABLE (o_held integer, o_held_for_instrument integer)
+STOPOUT_ACTIVE = r"""
+CREATE OR REPLACE FUNCTION stopout_active(p_reset_time timestamptz, p_end_time timestamptz, p_now timestamptz)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_reset_time IS NULL AND (p_end_time IS NULL OR p_end_time > p_now)
+$$
+"""
+
+ROOM = r"""
+CREATE OR REPLACE FUNCTION device_room(p_device uuid, p_instrument text, p_max integer, p_max_per_instrument integer)
+RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT count(*)::integer, (count(*) FILTER (WHERE held.instrument = p_instrument))::integer
+    SELECT (p_max = 0 OR count(*) < p_max)
+           AND (p_max_per_instrument = 0
+                OR count(*) FILTER (WHERE held.instrument = p_instrument) < p_max_per_instrument)
     FROM (
         SELECT instrument FROM positions WHERE device_id = p_device AND status IN ('OPEN', 'CLOSING')
         UNION ALL
@@ -61,42 +78,52 @@ CREATE OR REPLACE FUNCTION device_guard(p_device uuid, p_instrument text, p_now 
 RETURNS TABLE (
     o_max_open_positions integer, o_max_open_positions_per_instrument integer, o_max_volume numeric,
     o_max_deviation numeric, o_max_delay_seconds integer, o_allowed_sides text[], o_stopped boolean,
-    o_held integer, o_held_for_instrument integer
+    o_room boolean
 )
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(p.max_open_positions, 0), coalesce(p.max_open_positions_per_instrument, 0), p.max_volume,
            p.max_deviation, coalesce(p.max_delay_seconds, 0), coalesce(p.allowed_sides, '{}'), g.stopped,
-           coalesce(h.o_held, 0), coalesce(h.o_held_for_instrument, 0)
+           -- Counted only under a cap (CASE evaluates it lazily): most guarded devices have none.
+           CASE WHEN p.max_open_positions > 0 OR p.max_open_positions_per_instrument > 0
+                THEN device_room(p_device, p_instrument, p.max_open_positions, p.max_open_positions_per_instrument)
+                ELSE true END
     FROM (
-        -- An active stopout: not reset, and its period not over (backoffice.risk.stopouts.active_at).
         SELECT EXISTS (
             SELECT 1 FROM stopouts s
-            WHERE s.device_id = p_device AND s.reset_time IS NULL AND (s.end_time IS NULL OR s.end_time > p_now)
+            WHERE s.device_id = p_device AND stopout_active(s.reset_time, s.end_time, p_now)
         ) AS stopped
     ) g
     LEFT JOIN risk_policies p ON p.device_id = p_device
-    LEFT JOIN LATERAL held_by_device(p_device, p_instrument) h
-        ON p.max_open_positions > 0 OR p.max_open_positions_per_instrument > 0
     WHERE g.stopped OR p.device_id IS NOT NULL
 $$
 """
 
-GUARDS_HOLD = r"""
-CREATE OR REPLACE FUNCTION guards_hold(
-    p_devices uuid[], p_instruments text[], p_held integer[], p_held_for_instrument integer[]
-) RETURNS boolean
+LOCK = r"""
+CREATE OR REPLACE FUNCTION lock_devices(p_devices uuid[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     device uuid;
 BEGIN
-    FOR device IN SELECT d FROM unnest(p_devices) d ORDER BY d LOOP
+    FOR device IN SELECT DISTINCT d FROM unnest(p_devices) d ORDER BY d LOOP
         PERFORM pg_advisory_xact_lock(hashtextextended(device::text, 0));
     END LOOP;
+END
+$$
+"""
+
+GUARDS_HOLD = r"""
+CREATE OR REPLACE FUNCTION guards_hold(p_devices uuid[], p_instruments text[], p_room boolean[]) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM lock_devices(p_devices);
     RETURN NOT EXISTS (
         SELECT 1
-        FROM unnest(p_devices, p_instruments, p_held, p_held_for_instrument) AS c(device, instrument, held, held_for)
-        CROSS JOIN LATERAL held_by_device(c.device, c.instrument) h
-        WHERE (h.o_held, h.o_held_for_instrument) IS DISTINCT FROM (c.held, c.held_for)
+        FROM unnest(p_devices, p_instruments, p_room) AS c(device, instrument, room)
+        LEFT JOIN risk_policies p ON p.device_id = c.device
+        WHERE c.room IS DISTINCT FROM (
+            coalesce(p.max_open_positions, 0) = 0 AND coalesce(p.max_open_positions_per_instrument, 0) = 0
+            OR device_room(c.device, c.instrument, p.max_open_positions, p.max_open_positions_per_instrument)
+        )
     );
 END
 $$
@@ -142,25 +169,33 @@ CREATE OR REPLACE FUNCTION submit_signal(
     p_trailing numeric, p_be_trigger numeric, p_be_offset numeric, p_now timestamptz,
     p_record uuid, p_method text, p_hash bytea, p_response text, p_audit uuid, p_audit_details jsonb,
     p_auto_subscriptions uuid[], p_auto_approvals uuid[], p_auto_reasons text[],
-    p_guard_devices uuid[], p_guard_instruments text[], p_guard_held integer[], p_guard_held_for integer[],
+    p_guard_devices uuid[], p_guard_instruments text[], p_guard_room boolean[],
     p_d_ids uuid[], p_d_approvals uuid[], p_d_devices uuid[], p_d_instruments text[], p_d_volumes numeric[],
     p_d_deviations numeric[], p_d_expiries timestamptz[], p_d_states text[], p_d_reasons text[]
 ) RETURNS TABLE (o_outcome text, o_record_id uuid, o_request_hash bytea, o_response text)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    holds boolean;
+    taking uuid[];     -- the subscriptions taking the signal, their subscribers, whether AUTO
+    takers uuid[];
+    automatic boolean[];
 BEGIN
-    -- The plan holds while the AUTO subscriptions taking the signal are those it was made for, and the
-    -- capped devices hold what it counted.
-    SELECT count(*) FILTER (WHERE s.id <> ALL(p_auto_subscriptions)) = 0
-           AND count(*) FILTER (WHERE s.id = ANY(p_auto_subscriptions)) = cardinality(p_auto_subscriptions)
-    INTO holds
+    -- The plan holds while the capped devices have the room it saw (their locks taken first: the wait
+    -- comes before anything is read) and the AUTO subscriptions taking the signal are those it was made
+    -- for. The subscriptions are read once, here, for the check and the approvals alike.
+    IF cardinality(p_guard_devices) > 0
+       AND NOT guards_hold(p_guard_devices, p_guard_instruments, p_guard_room) THEN
+        RETURN QUERY SELECT 'plan', NULL::uuid, NULL::bytea, NULL::text;
+        RETURN;
+    END IF;
+    SELECT coalesce(array_agg(s.id), '{}'), coalesce(array_agg(s.user_id), '{}'),
+           coalesce(array_agg(s.mode = 'AUTO'), '{}')
+    INTO taking, takers, automatic
     FROM subscriptions s
-    WHERE s.producer_id = p_producer AND s.status = 'ACTIVE' AND s.mode = 'AUTO'
+    WHERE s.producer_id = p_producer AND s.status = 'ACTIVE'
       AND (cardinality(s.instruments) = 0 OR p_instrument = ANY(s.instruments));
-    IF NOT holds
-       OR (cardinality(p_guard_devices) > 0
-           AND NOT guards_hold(p_guard_devices, p_guard_instruments, p_guard_held, p_guard_held_for)) THEN
+    IF (SELECT count(*) FROM unnest(taking, automatic) t(id, auto) WHERE t.auto) <> cardinality(p_auto_subscriptions)
+       OR EXISTS (SELECT 1 FROM unnest(p_auto_subscriptions) x
+                  WHERE NOT EXISTS (SELECT 1 FROM unnest(taking, automatic) t(id, auto) WHERE t.id = x AND t.auto)) THEN
         RETURN QUERY SELECT 'plan', NULL::uuid, NULL::bytea, NULL::text;
         RETURN;
     END IF;
@@ -187,16 +222,15 @@ BEGIN
     ), approved AS (
         INSERT INTO approvals (id, signal_id, subscription_id, user_id, status, automatic, decided_at,
                                device_ids, reason, created_at)
-        SELECT a.id, signal.id, s.id, s.user_id, 'APPROVED', true, p_now, coalesce(chosen.devices, '{}'),
+        SELECT a.id, signal.id, t.id, t.user_id, 'APPROVED', true, p_now, coalesce(chosen.devices, '{}'),
                a.reason, p_now
         FROM signal, unnest(p_auto_approvals, p_auto_subscriptions, p_auto_reasons) AS a(id, subscription, reason)
-        JOIN subscriptions s ON s.id = a.subscription
+        JOIN unnest(taking, takers) AS t(id, user_id) ON t.id = a.subscription
         LEFT JOIN chosen ON chosen.approval = a.id
         UNION ALL
-        SELECT gen_random_uuid(), signal.id, s.id, s.user_id, 'PENDING', false, NULL, '{}', NULL, p_now
-        FROM signal, subscriptions s
-        WHERE s.producer_id = p_producer AND s.status = 'ACTIVE' AND s.id <> ALL(p_auto_subscriptions)
-          AND (cardinality(s.instruments) = 0 OR p_instrument = ANY(s.instruments))
+        SELECT gen_random_uuid(), signal.id, t.id, t.user_id, 'PENDING', false, NULL, '{}', NULL, p_now
+        FROM signal, unnest(taking, takers, automatic) AS t(id, user_id, auto)
+        WHERE NOT t.auto
         RETURNING id
     )
     INSERT INTO audit_events (id, actor_type, actor_id, action, object_type, object_id, details, request_id)
@@ -219,7 +253,7 @@ CREATE OR REPLACE FUNCTION approve_signal(
     p_volume numeric, p_device_ids uuid[], p_reason text,
     p_record uuid, p_method text, p_request_id uuid, p_hash bytea, p_response text,
     p_audit uuid, p_actor_type text, p_audit_details jsonb, p_audit_request_id text,
-    p_guard_devices uuid[], p_guard_instruments text[], p_guard_held integer[], p_guard_held_for integer[],
+    p_guard_devices uuid[], p_guard_instruments text[], p_guard_room boolean[],
     p_d_ids uuid[], p_d_approvals uuid[], p_d_devices uuid[], p_d_instruments text[], p_d_volumes numeric[],
     p_d_deviations numeric[], p_d_expiries timestamptz[], p_d_states text[], p_d_reasons text[]
 ) RETURNS TABLE (o_outcome text, o_record_id uuid, o_request_hash bytea, o_response text)
@@ -246,7 +280,7 @@ BEGIN
     END IF;
     IF NOT FOUND
        OR (cardinality(p_guard_devices) > 0
-           AND NOT guards_hold(p_guard_devices, p_guard_instruments, p_guard_held, p_guard_held_for)) THEN
+           AND NOT guards_hold(p_guard_devices, p_guard_instruments, p_guard_room)) THEN
         RETURN QUERY SELECT 'changed', NULL::uuid, NULL::bytea, NULL::text;
         RETURN;
     END IF;
@@ -275,7 +309,7 @@ $$
 """
 
 _ARRAYS = "uuid[], uuid[], uuid[], text[], numeric[], numeric[], timestamptz[], text[], text[]"
-_GUARDS = "uuid[], text[], integer[], integer[]"
+_GUARDS = "uuid[], text[], boolean[]"
 DROPS = (
     f"approve_signal(uuid, uuid, uuid, uuid, boolean, timestamptz, numeric, uuid[], text, uuid, text, uuid, bytea,"
     f" text, uuid, text, jsonb, text, {_GUARDS}, {_ARRAYS})",
@@ -285,16 +319,35 @@ DROPS = (
     f"insert_planned_deliveries(uuid, text, numeric, timestamptz, {_ARRAYS})",
     "claim_request(uuid, uuid, text, uuid, bytea, text)",
     f"guards_hold({_GUARDS})",
+    "lock_devices(uuid[])",
     "device_guard(uuid, text, timestamptz)",
-    "held_by_device(uuid, text)",
+    "device_room(uuid, text, integer, integer)",
+    "stopout_active(timestamptz, timestamptz, timestamptz)",
+)
+# A device's deliveries that may still become a position, and its positions held, by instrument.
+INDEXES = (
+    ("ix_deliveries_in_flight_device_id", "deliveries", "state IN ('PENDING', 'SENT', 'RECEIVED', 'PLACED')"),
+    ("ix_positions_held_device_id", "positions", "status IN ('OPEN', 'CLOSING')"),
 )
 
 
 def upgrade() -> None:
-    for function in (HELD, GUARD, GUARDS_HOLD, CLAIM, INSERT_DELIVERIES, SUBMIT, APPROVE):
+    for function in (STOPOUT_ACTIVE, ROOM, GUARD, LOCK, GUARDS_HOLD, CLAIM, INSERT_DELIVERIES, SUBMIT, APPROVE):
         op.execute(function)
+    with op.get_context().autocommit_block():
+        for name, table, where in INDEXES:
+            op.create_index(
+                name,
+                table,
+                ["device_id", "instrument"],
+                postgresql_where=sa.text(where),
+                postgresql_concurrently=True,
+            )
 
 
 def downgrade() -> None:
+    with op.get_context().autocommit_block():
+        for name, table, _ in INDEXES:
+            op.drop_index(name, table_name=table, postgresql_concurrently=True)
     for signature in DROPS:
         op.execute(f"DROP FUNCTION {signature}")

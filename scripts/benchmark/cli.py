@@ -52,7 +52,15 @@ async def main_async(options: Options) -> int:
                 "publish": await bare_redis(system, report, options.publishes),
             }
             clock.phase(f"bare limits: echo stream, {options.devices} streams over {options.processes} load processes")
-            bare.update(await bare_echo(options, world, report, account_states=wanted(options, "risk limits")))
+            bare.update(
+                await bare_echo(
+                    options,
+                    world,
+                    report,
+                    account_states=wanted(options, "risk limits"),
+                    submits=wanted(options, "signed SubmitSignal"),
+                )
+            )
             device_ids = [d for d, _ in world.devices]
             if wanted(options, "fan-out", "acks, burst"):
                 clock.phase(f"yardstick: NATS JetStream ({options.nats}), {options.devices} devices")

@@ -46,7 +46,7 @@ from .meters import CpuMeter
 from .options import Options
 from .report import ms, percentile
 from .simdevice import Samples, SimDevice
-from .world import Backoffice
+from .world import Backoffice, paced
 
 if TYPE_CHECKING:
     from .scenarios import Run  # which imports this module
@@ -177,7 +177,6 @@ def elapsed(began: Mapping[str, float], ended: Mapping[str, float]) -> list[floa
 async def fill_to_commission(run: Run) -> None:
     """The set-up, one fill to warm up, then ``QUICK_SAMPLES`` (``FULL_SAMPLES``) fills at ``RATE`` a
     second, the commissions table polled throughout; the figures as ``report_figures`` gives them."""
-    from .scenarios import paced  # scenarios imports this module
 
     count = QUICK_SAMPLES if run.options.quick else FULL_SAMPLES
     within = patience(run.options)

@@ -5,13 +5,20 @@ real gateway can do on this machine with this load generator.
 Like the gateway, each stream reads in a task of its own and writes from a queue, so that the echo can
 also push: told to fan out (over its pipe), it seals one Delivery instruction per connected device (with
 the device's own secret, as the gateway does) and queues it on every stream at once. The simulated
-bridges open it and record its arrival like any delivery: the floor under the real fan-out."""
+bridges open it and record its arrival like any delivery: the floor under the real fan-out.
+
+The same server answers SignalService.SubmitSignal with a Signal made from the request, verifying and
+storing nothing: the floor under a signed submit (gRPC's unary handling of the same request and answer,
+with the same load generator)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from multiprocessing.connection import Connection
+from typing import Any
 
 import grpc
 
@@ -19,6 +26,7 @@ from backoffice.platform.config import Settings
 from backoffice.platform.serving import event_loop_factory, server_options
 from signalhub.protocol.sealing import InstructionSealer
 from signalhub.protocol.signing import HEADER_KEY_ID, parse_secret
+from signalhub.v1 import backoffice_pb2 as bpb
 from signalhub.v1 import gateway_pb2 as pb
 from signalhub.v1 import gateway_pb2_grpc as rpc
 
@@ -69,6 +77,34 @@ class Echo(rpc.DeviceGatewayServicer):
         return len(self.streams)
 
 
+async def bare_submit(request: bpb.SubmitSignalRequest, context: Any) -> bpb.Signal:
+    """SubmitSignal's answer, as the back office gives it, made from the request alone."""
+    signal = bpb.Signal(
+        id=str(uuid.uuid4()),
+        request_id=request.request_id,
+        instrument=request.instrument,
+        side=request.side,
+        entry_price=request.entry_price,
+        signal_time=request.signal_time,
+        expire_time=request.expire_time,
+        status=bpb.SIGNAL_STATUS_OPEN,
+    )
+    signal.create_time.FromNanoseconds(time.time_ns())
+    return signal
+
+
+BARE_SIGNALS = grpc.method_handlers_generic_handler(
+    "signalhub.v1.SignalService",
+    {
+        "SubmitSignal": grpc.unary_unary_rpc_method_handler(
+            bare_submit,
+            request_deserializer=bpb.SubmitSignalRequest.FromString,
+            response_serializer=bpb.Signal.SerializeToString,
+        )
+    },
+)
+
+
 def echo_server_main(conn: Connection, secrets: Mapping[str, str]) -> None:
     """The echo server's process: sends its port on ``conn``, then answers ``("fanout", signal_id)`` with
     ``("pushed", streams)``; any other message stops it."""
@@ -81,6 +117,7 @@ async def _echo_server(conn: Connection, secrets: Mapping[str, str]) -> None:
     server = grpc.aio.server(options=server_options(Settings()))
     echo = Echo(secrets)
     rpc.add_DeviceGatewayServicer_to_server(echo, server)
+    server.add_generic_rpc_handlers((BARE_SIGNALS,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     conn.send(port)

@@ -14,19 +14,21 @@ from multiprocessing.connection import Connection
 
 from redis.asyncio import Redis
 
+from backoffice.producer import ProducerClient, RetryPolicy
+
 from .echo import echo_server_main
 from .loadgen import LoadGenerator
 from .meters import cpu_seconds, rss_kib
 from .options import Options
 from .report import Report, ms, percentile, round_trips, throughput
 from .system import Stack, postgres
-from .world import World
+from .world import Backoffice, World
 
 ACCOUNT_STATE_INTERVAL = 2.0  # seconds between one device's AccountState frames (the risk limits' scenario)
 
 # What the bare limits and yardsticks found, read by the scenarios: "commit", "publish", "rtt",
 # "echo_cpu_per_frame", "echo_cpu_per_account_state", "echo_fanout_last", "jetstream_fanout_last",
-# "polling_p50" (seconds), "echo_rate", "jetstream_rate" (frames/s).
+# "polling_p50", "echo_submit_p99", "echo_cpu_per_submit" (seconds), "echo_rate", "jetstream_rate" (frames/s).
 Bare = dict[str, float | None]
 
 
@@ -68,11 +70,14 @@ async def bare_redis(stack: Stack, report: Report, publishes: int) -> float | No
     return add_p50_p99(report, "redis_publish", latencies)
 
 
-async def bare_echo(options: Options, world: World, report: Report, *, account_states: bool = False) -> Bare:
+async def bare_echo(
+    options: Options, world: World, report: Report, *, account_states: bool = False, submits: bool = False
+) -> Bare:
     """The same load generator against an echo stream: connect N, RSS per stream, a low and a steady paced
     rate (the floors of delivery and ack latency), a burst (the ceiling of throughput), with
-    ``account_states`` every device's AccountState every 2 s (the floor under risk limits' cost), then a
-    fan-out."""
+    ``account_states`` every device's AccountState every 2 s (the floor under risk limits' cost), with
+    ``submits`` the cheap submit's rate of signed SubmitSignal calls to a bare unary server (the floor
+    under their latency and CPU), then a fan-out."""
     context = multiprocessing.get_context("spawn")
     mine, theirs = context.Pipe()
     server = context.Process(target=echo_server_main, args=(theirs, dict(world.devices)), daemon=True)
@@ -95,6 +100,8 @@ async def bare_echo(options: Options, world: World, report: Report, *, account_s
         await echo_rates(options, load, report, found, server.pid)
         if account_states:
             await echo_account_states(options, load, report, found, server.pid)
+        if submits:
+            await echo_submits(options, f"127.0.0.1:{port}", world, report, found, server.pid)
         await echo_fanout(options, load, mine, report, found)
         return found
     finally:
@@ -147,6 +154,29 @@ async def echo_account_states(
         found["echo_cpu_per_account_state"] = per_frame
         where = f"bare, {options.devices} devices, an AccountState every {ACCOUNT_STATE_INTERVAL:g} s each"
         report.add("echo_cpu_per_account_state", 1e6 * per_frame, "us", where)
+
+
+async def echo_submits(
+    options: Options, address: str, world: World, report: Report, found: Bare, pid: int | None
+) -> None:
+    """Signed SubmitSignal calls at the cheap submit's rate, from the same producer client, to the echo's
+    bare SignalService: their latency and the echo's CPU per call, the floor under the real figures."""
+    client = ProducerClient(address, *world.idle, deadline_seconds=10, retry=RetryPolicy(max_attempts=1))
+    try:
+        before = cpu_seconds(pid)
+        submitted = await Backoffice.submits(client, options.submit_rate, options.submit_seconds)
+        after = cpu_seconds(pid)
+    finally:
+        await client.close()
+    where = f"bare, {options.submit_rate:g} signed SubmitSignal/s for {options.submit_seconds:g} s"
+    found["echo_submit_p99"] = percentile(submitted.latencies, 99)
+    report.add("echo_submit_p50", ms(percentile(submitted.latencies, 50)), "ms", where)
+    report.add("echo_submit_p99", ms(found["echo_submit_p99"]), "ms", where)
+    if before is not None and after is not None and submitted.latencies:
+        found["echo_cpu_per_submit"] = (after - before) / submitted.calls
+        report.add("echo_cpu_per_submit", ms(found["echo_cpu_per_submit"]), "ms", where)
+    if submitted.failures:
+        report.note(f"bare submits: {len(submitted.failures)} failed, e.g. {submitted.failures[0]}")
 
 
 async def echo_fanout(options: Options, load: LoadGenerator, pipe: Connection, report: Report, found: Bare) -> None:

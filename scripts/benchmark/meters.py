@@ -29,6 +29,25 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_seconds() -> float | None:
+    """User + system CPU time every Postgres process on this machine has used so far, those that ended
+    included (their time is counted in their parent's): the database's share of a scenario (Linux)."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name, _, rest = text.partition(" (")[2].partition(") ")
+        if name != "postgres":
+            continue
+        fields = rest.split()
+        # utime, stime, and (the postmaster's) cutime, cstime of its ended children; a backend's own are 0.
+        total += sum(int(v) for v in fields[11:15])
+        found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
 def machine_busy_seconds() -> float | None:
     """CPU time (all cores) the whole machine spent busy so far (Linux /proc/stat)."""
     try:
@@ -53,8 +72,8 @@ def rss_kib(pid: int | None) -> int | None:
 
 
 class CpuMeter:
-    """CPU used during one scenario, as a share of one core: each server, the load processes together,
-    and the whole machine (on a 2-core machine, 200 % is saturation)."""
+    """CPU used during one scenario, as a share of one core: each server, the benchmark's own process, the
+    load processes together, Postgres, and the whole machine (on a 2-core machine, 200 % is saturation)."""
 
     def __init__(self, pids: Mapping[str, int | None], load_pids: Sequence[int] = ()) -> None:
         self.pids = dict(pids)
@@ -63,6 +82,8 @@ class CpuMeter:
         self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self.load_start = [cpu_seconds(pid) for pid in self.load_pids]
         self.machine_start = machine_busy_seconds()
+        self.postgres_start = postgres_seconds()
+        self.own_start = cpu_seconds(os.getpid())  # its clients: the producers' signed calls, the approvals
 
     def report(self, report: Report, scenario: str, frames: int | None = None) -> dict[str, float]:
         """Report each process's share of a core (and CPU per frame when ``frames`` is given), the load
@@ -83,6 +104,12 @@ class CpuMeter:
         load = sum(a - b for b, a in used if a is not None and b is not None)
         if self.load_pids:
             report.add("load_generator_cpu_share", 100 * load / elapsed, "% of a core", scenario)
+        for name, began, now in (
+            ("bench_process", self.own_start, cpu_seconds(os.getpid())),
+            ("postgres", self.postgres_start, postgres_seconds()),
+        ):
+            if began is not None and now is not None:
+                report.add(f"{name}_cpu_share", 100 * (now - began) / elapsed, "% of a core", scenario)
         machine_end = machine_busy_seconds()
         if self.machine_start is not None and machine_end is not None:
             busy = 100 * (machine_end - self.machine_start) / elapsed

@@ -29,7 +29,7 @@ from .report import Report, ms, percentile, round_trips, throughput
 from .risk import risk_limits
 from .simdevice import Samples
 from .system import Stack, gateway_processes
-from .world import Backoffice, World
+from .world import Backoffice, World, paced
 
 
 @dataclass
@@ -57,18 +57,6 @@ class Run:
 def over(value: float | None, yardstick: float | None) -> float | None:
     """signalhub's figure over the yardstick's; None when either is missing."""
     return None if value is None or not yardstick else value / yardstick
-
-
-async def paced(count: int, rate: float, make: Callable[[int], Coroutine[Any, Any, None]]) -> None:
-    """Start ``make(i)`` at ``rate`` per second (open loop), then wait for all."""
-    began = time.monotonic()
-    tasks: list[asyncio.Task[None]] = []
-    for i in range(count):
-        delay = began + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(make(i)))
-    await asyncio.gather(*tasks)
 
 
 async def wait_for_deliveries(load: LoadGenerator, signal_ids: Sequence[str], expected: int, within: float) -> int:
@@ -316,31 +304,24 @@ async def submit_signals(run: Run) -> None:
 async def _submits(run: Run, producer: ProducerClient, rate: float, seconds: float, prefix: str, to: str) -> None:
     """``rate`` signed SubmitSignal calls a second for ``seconds`` from ``producer``: latency (p50, p99
     against 15 ms), failures, and the back office's CPU per call (against 1 ms), figures named with
-    ``prefix``."""
+    ``prefix``; for the cheap path, each also over the bare unary server's under the same load."""
     meter = run.meter()
-    latencies: list[float] = []
-    failures: list[str] = []
-
-    async def submit(_: int) -> None:
-        began = time.perf_counter()
-        try:
-            await Backoffice.signal(producer)
-        except Exception as exc:
-            failures.append(str(exc))
-        else:
-            latencies.append(time.perf_counter() - began)
-
-    calls = max(1, int(rate * seconds))
-    await paced(calls, rate, submit)
+    submitted = await Backoffice.submits(producer, rate, seconds)
     where = f"{rate:g} signed SubmitSignal/s for {seconds:g} s, {to}"
-    run.report.add(f"{prefix}submit_signal_p50", ms(percentile(latencies, 50)), "ms", where)
-    run.report.add(f"{prefix}submit_signal_p99", ms(percentile(latencies, 99)), "ms", where, at_most=15)
-    run.report.add(f"{prefix}submit_signal_failed", len(failures), "calls", where, at_most=0)
+    p99 = percentile(submitted.latencies, 99)
+    run.report.add(f"{prefix}submit_signal_p50", ms(percentile(submitted.latencies, 50)), "ms", where)
+    run.report.add(f"{prefix}submit_signal_p99", ms(p99), "ms", where, at_most=15)
+    run.report.add(f"{prefix}submit_signal_failed", len(submitted.failures), "calls", where, at_most=0)
     used = meter.report(run.report, where)
-    per_call = used["backoffice"] / calls if "backoffice" in used else None
+    per_call = used["backoffice"] / submitted.calls if "backoffice" in used else None
     run.report.add(f"backoffice_cpu_per_{prefix}submit", ms(per_call), "ms", where, at_most=1)
-    if failures:
-        run.report.note(f"{len(failures)} SubmitSignal calls failed, e.g. {failures[0]}")
+    if not prefix:
+        bare = f"{where}; over the bare unary server's"
+        run.report.add("submit_signal_p99_over_echo", over(p99, run.bare.get("echo_submit_p99")), "ratio", bare)
+        cpu = over(per_call, run.bare.get("echo_cpu_per_submit"))
+        run.report.add("backoffice_cpu_per_submit_over_echo", cpu, "ratio", bare)
+    if submitted.failures:
+        run.report.note(f"{len(submitted.failures)} SubmitSignal calls failed, e.g. {submitted.failures[0]}")
 
 
 SCENARIOS: tuple[tuple[str, Callable[[Run], Coroutine[Any, Any, None]]], ...] = (

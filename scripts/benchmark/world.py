@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 
@@ -22,6 +23,27 @@ from signalhub.v1 import backoffice_pb2_grpc as brpc
 
 from .simdevice import INSTRUMENT
 from .system import Stack
+
+
+async def paced(count: int, rate: float, make: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """Start ``make(i)`` at ``rate`` per second (open loop), then wait for all."""
+    began = time.monotonic()
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(count):
+        delay = began + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(make(i)))
+    await asyncio.gather(*tasks)
+
+
+@dataclass
+class Submitted:
+    """What a run of paced SubmitSignal calls saw: each call's seconds, the failures, how many calls."""
+
+    calls: int
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +139,23 @@ class Backoffice:
             INSTRUMENT, "buy", signal_time=datetime.now(UTC), expire_time=timedelta(seconds=300)
         )
         return str(submitted.id)
+
+    @staticmethod
+    async def submits(client: ProducerClient, rate: float, seconds: float) -> Submitted:
+        """``rate`` signed SubmitSignal calls a second for ``seconds`` (open loop), each timed."""
+        submitted = Submitted(max(1, int(rate * seconds)))
+
+        async def submit(_: int) -> None:
+            began = time.perf_counter()
+            try:
+                await Backoffice.signal(client)
+            except Exception as exc:
+                submitted.failures.append(str(exc))
+            else:
+                submitted.latencies.append(time.perf_counter() - began)
+
+        await paced(submitted.calls, rate, submit)
+        return submitted
 
     async def approve(self, account: Account, signal_id: str, device_ids: Sequence[str] = ()) -> float:
         """Approve; returns the approval's decide_time (Unix seconds), the origin of the latency."""

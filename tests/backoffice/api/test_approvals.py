@@ -454,7 +454,7 @@ async def test_approvals_racing_cancels_neither_deadlock_nor_leave_a_delivery_to
     admin: UserCredentials,
     res: Resources,
 ) -> None:
-    """ApproveSignal's one statement locks the signal before the approval, as CancelSignal does: raced
+    """ApproveSignal's write locks the signal before the approval, as CancelSignal does: raced
     against each other, each call either succeeds or is refused as the contract says (never INTERNAL), and
     a cancelled signal is left with no delivery still to be sent."""
     await device_with(res, user, hello=GOLD_HELLO)
@@ -511,3 +511,23 @@ async def test_pending_approvals_come_with_their_signals_as_get_signal_shows_the
         pb.ListApprovalsRequest(signal_id=first.id), metadata=user.metadata, timeout=5
     )
     assert [a.signal.id for a in listed.approvals] == [first.id]
+
+
+async def test_a_request_id_is_recorded_when_the_approval_was_made_before(
+    backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, user: UserCredentials, res: Resources
+) -> None:
+    """Approving an approved signal answers the approval, and its request_id is then taken: reused for
+    another signal, or for one that does not exist, it is ALREADY_EXISTS, as for any request_id."""
+    await device_with(res, user, hello=GOLD_HELLO)
+    await subscribe(backoffice_channel, user, subscribe_request(producer, mode=pb.SUBSCRIPTION_MODE_MANUAL))
+    first, second = [await submit(backoffice_channel, producer, signal_request()) for _ in range(2)]
+    stub = rpc.ApprovalServiceStub(backoffice_channel)
+    approved = await approve(backoffice_channel, user, first.id)
+    reused = str(uuid.uuid4())
+    again = pb.ApproveSignalRequest(signal_id=first.id, request_id=reused)
+    assert await stub.ApproveSignal(again, metadata=user.metadata, timeout=5) == approved
+    for signal_id in (second.id, str(uuid.uuid4())):
+        other = pb.ApproveSignalRequest(signal_id=signal_id, request_id=reused)
+        refused = await expect_failure(stub.ApproveSignal(other, metadata=user.metadata, timeout=5))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert len(await deliveries(res, second.id)) == 0

@@ -20,7 +20,7 @@ from backoffice.models import Alert, AuditEvent, RiskPeriod, RiskPolicy, Stopout
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from signalhub.v1 import common_pb2
-from tests.backoffice.risk.support import add_stopouts, raise_stopout_alert, stopout_row
+from tests.backoffice.risk.support import add_stopouts, raise_stopout_alert, stopout_row, stopped_out
 from tests.conftest import KeyCredentials, RpcFailure, UserCredentials, make_device, make_user, rpc_failure
 from tests.gateway.support import row
 
@@ -319,7 +319,7 @@ async def test_a_reset_lifts_a_stopout_once(
     assert (await row(res, Alert, alert_id)).resolved_at is not None
     async with res.sessions() as session:
         audited = list(await session.scalars(select(AuditEvent).where(AuditEvent.object_id == stopout.id)))
-        assert not await risk.active_stopouts(session, [device.id], datetime.now(UTC))
+    assert not await stopped_out(res, [device.id], datetime.now(UTC))
     assert [(e.action, e.actor_id, e.request_id) for e in audited] == [("ResetStopout", user.id, request.request_id)]
     again = await failure(risks.ResetStopout(pb.ResetStopoutRequest(id=str(stopout.id)), metadata=admin.metadata))
     assert (again.code, again.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STOPOUT_NOT_ACTIVE")

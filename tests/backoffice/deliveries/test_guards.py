@@ -21,7 +21,7 @@ from backoffice.models import Delivery, DeliveryState, RiskPolicy, Stopout
 from signalhub.v1 import backoffice_pb2 as pb
 from signalhub.v1 import backoffice_pb2_grpc as rpc
 from tests.backoffice.api.test_signals import signal_request, submit
-from tests.conftest import KeyCredentials, UserCredentials, make_device, subscribe
+from tests.conftest import KeyCredentials, UserCredentials, make_device, make_user, subscribe
 from tests.gateway.support import Book
 
 
@@ -152,3 +152,34 @@ async def test_concurrent_auto_signals_never_pass_max_open_positions(
     states = [d.state for s in signals for d in (await _deliveries(res, s.id)).values()]
     assert states.count(DeliveryState.PENDING) == 3
     assert states.count(DeliveryState.SKIPPED) == 7
+
+
+async def test_concurrent_decisions_under_a_cap_they_do_not_reach_all_succeed(
+    res: Resources, backoffice_channel: grpc.aio.Channel, producer: KeyCredentials, user: UserCredentials
+) -> None:
+    """Thirty AUTO signals and thirty approvals at once for devices capped at a hundred: each decision's
+    write checks only whether the device still has room, which none of the others takes away, so every
+    call succeeds (none is refused as a lost race) and every delivery is to be sent."""
+    for _ in range(2):
+        await _policy(res, (await make_device(res, user)).id, max_open_positions=100)
+    await subscribe(backoffice_channel, user, producer, pb.SUBSCRIPTION_MODE_AUTO)
+    signals = await asyncio.gather(*(submit(backoffice_channel, producer, signal_request()) for _ in range(30)))
+    states = [d.state for s in signals for d in (await _deliveries(res, s.id)).values()]
+    assert states == [DeliveryState.PENDING] * 60  # the AUTO subscriber's two devices
+
+    other = await make_user(res)
+    device = await make_device(res, other)
+    await _policy(res, device.id, max_open_positions=100)
+    await subscribe(backoffice_channel, other, producer, pb.SUBSCRIPTION_MODE_MANUAL)
+    signals = [await submit(backoffice_channel, producer, signal_request()) for _ in range(30)]
+    stub = rpc.ApprovalServiceStub(backoffice_channel)
+    await asyncio.gather(
+        *(
+            stub.ApproveSignal(
+                pb.ApproveSignalRequest(signal_id=s.id, request_id=str(uuid.uuid4())), metadata=other.metadata
+            )
+            for s in signals
+        )
+    )
+    made = [(await _deliveries(res, s.id)).get(device.id) for s in signals]
+    assert [d.state if d else None for d in made] == [DeliveryState.PENDING] * 30

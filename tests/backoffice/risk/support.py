@@ -1,5 +1,6 @@
 """Stopouts written directly with the ORM (the limit evaluation is what records them in production), and
-the RISK_STOPOUT alert it raises with one."""
+the RISK_STOPOUT alert it raises with one; and which devices are stopped out, asked every way the code
+asks it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from backoffice import alerts
+from sqlalchemy import select, text
+
+from backoffice import alerts, risk
 from backoffice.bootstrap import Resources
 from backoffice.models import AlertKind, RiskAction, RiskMetric, RiskPeriod, Stopout
 from backoffice.risk import Limit
@@ -54,3 +57,25 @@ async def raise_stopout_alert(res: Resources, stopout: Stopout, now: datetime) -
             now,
         )
     return raised.id
+
+
+async def stopped_out(res: Resources, device_ids: list[uuid.UUID], now: datetime) -> set[uuid.UUID]:
+    """The devices with an active stopout at ``now``, as the listing's filter (``risk.active_at``), a
+    decision's guard (``device_guard``) and a loaded row (``risk.is_active``) each find them: all three
+    must agree."""
+    async with res.sessions() as session:
+        listed = set(
+            await session.scalars(
+                select(Stopout.device_id).where(Stopout.device_id.in_(device_ids), risk.active_at(now)).distinct()
+            )
+        )
+        guarded = {
+            device_id
+            for device_id in device_ids
+            if await session.scalar(
+                text("SELECT o_stopped FROM device_guard(:device, 'XAUUSD', :now)"), {"device": device_id, "now": now}
+            )
+        }
+        loaded = {s.device_id for s in await session.scalars(select(Stopout)) if risk.is_active(s, now)}
+    assert listed == guarded == loaded & set(device_ids)
+    return listed

@@ -27,9 +27,9 @@ from backoffice.models import (
     RiskPolicy,
     Stopout,
 )
-from backoffice.risk import active_stopouts
 from backoffice.risk.limits import act_on, record_states
 from backoffice.risk.policy import Limit
+from tests.backoffice.risk.support import stopped_out
 from tests.conftest import KeyCredentials, UserCredentials, make_device
 from tests.gateway.support import Book
 
@@ -135,9 +135,8 @@ async def test_the_periods_end_lifts_it_and_the_next_period_measures_again(
     await _state(res, device.id, "10000", "10000")
     await _state(res, device.id, "10000", "9400")
     await _state(res, device.id, "9400", "9400")  # the losing positions closed: the loss is in the balance
-    async with res.sessions() as session:
-        assert await active_stopouts(session, [device.id], NOON) == {device.id}
-        assert await active_stopouts(session, [device.id], NOON + timedelta(days=1)) == set()
+    assert await stopped_out(res, [device.id], NOON) == {device.id}
+    assert await stopped_out(res, [device.id], NOON + timedelta(days=1)) == set()
     # Tomorrow measures from the last balance known when the day began: 9,400.
     tomorrow = NOON + timedelta(days=1)
     assert await _state(res, device.id, "9400", "9400", tomorrow) == []

@@ -12,7 +12,7 @@ from backoffice import risk
 from backoffice.bootstrap import Resources
 from backoffice.models import Alert, AuditEvent, Stopout
 from signalhub.protocol.errors import FailedPrecondition, NotFound
-from tests.backoffice.risk.support import add_stopouts, raise_stopout_alert, stopout_row
+from tests.backoffice.risk.support import add_stopouts, raise_stopout_alert, stopout_row, stopped_out
 from tests.conftest import KeyCredentials, UserCredentials, make_device, make_user
 from tests.gateway.support import row
 
@@ -30,10 +30,8 @@ async def test_a_device_is_stopped_out_while_one_of_its_stopouts_is_active(
         stopout_row(lifetime.id, now - timedelta(days=400), end_time=None),  # a LIFETIME one never ends
     )
     everyone = [device.id, ended.id, lifted.id, lifetime.id, quiet.id]
-    async with res.sessions() as session:
-        assert await risk.active_stopouts(session, everyone, now) == {device.id, lifetime.id}
-        assert await risk.active_stopouts(session, everyone, now + timedelta(days=1)) == {lifetime.id}
-        assert await risk.active_stopouts(session, [], now) == set()
+    assert await stopped_out(res, everyone, now) == {device.id, lifetime.id}
+    assert await stopped_out(res, everyone, now + timedelta(days=1)) == {lifetime.id}
 
 
 async def test_a_reset_lifts_the_stopout_resolves_its_alert_and_is_audited(
@@ -52,8 +50,8 @@ async def test_a_reset_lifts_the_stopout_resolves_its_alert_and_is_audited(
         assert (reset.reset_time, reset.reset_by, risk.is_active(reset, now)) == (now, user.id, False)
     assert (await row(res, Alert, alert_id)).resolved_at == now
     assert (await row(res, Stopout, stopout.id)).reset_time == now
+    assert not await stopped_out(res, [device.id], now)
     async with res.sessions() as session:
-        assert not await risk.active_stopouts(session, [device.id], now)
         audited = list(await session.scalars(select(AuditEvent).where(AuditEvent.object_id == stopout.id)))
     assert [(e.action, e.actor_id, e.details["device_id"]) for e in audited] == [
         ("ResetStopout", user.id, str(device.id))
