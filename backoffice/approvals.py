@@ -248,7 +248,7 @@ LEFT JOIN idempotency_records r ON r.caller_id = $2 AND r.method = $6 AND r.requ
 ORDER BY d.created_at, d.id
 """  # noqa: S608 - our own fragments, no input
 _APPROVE = db.function_call("approve_signal", 30)
-_CLAIM = "SELECT claim_request($1, $2, $3, $4, $5, $6)"
+_CLAIM = "SELECT count(*) = 0 FROM claim_request($1, $2, $3, $4, $5, $6)"  # true: claimed now
 
 
 @dataclass(frozen=True)
@@ -291,24 +291,14 @@ def _decide(
         status=SignalStatus(first["signal_status"]),
     )
     create = first["approval_id"] is None
+    belongs = {"signal_id": signal_id, "subscription_id": first["subscription_id"], "user_id": caller.id}
     if create:
         if first["subscription_id"] is None or (first["instruments"] and signal.instrument not in first["instruments"]):
             raise NotFound("signal")  # not subscribed: the signal is not the caller's to see
-        approval = Approval(
-            id=uuid.uuid4(),
-            signal_id=signal_id,
-            subscription_id=first["subscription_id"],
-            user_id=caller.id,
-            status=ApprovalStatus.PENDING,
-            device_ids=[],
-            created_at=now,
-        )
+        approval = Approval(id=uuid.uuid4(), status=ApprovalStatus.PENDING, device_ids=[], created_at=now, **belongs)
     else:
         approval = Approval(
             id=first["approval_id"],
-            signal_id=signal_id,
-            subscription_id=first["subscription_id"],
-            user_id=caller.id,
             status=ApprovalStatus(first["approval_status"]),
             automatic=first["automatic"],
             volume=first["volume"],
@@ -317,6 +307,7 @@ def _decide(
             reason=first["reason"],
             created_at=first["approval_created_at"],
             decided_at=first["decided_at"],
+            **belongs,
         )
     if approval.status is ApprovalStatus.APPROVED:
         return _Decided(approval, signal, False, None, {})  # approving twice is idempotent

@@ -65,7 +65,12 @@ async def driver(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[An
     against 180 us of CPU per checkout and statement through ``engine.connect()``, and 280 through a
     session. Returned through the pool's own (greenlet) path, which resets it as for any checkout."""
     engine: AsyncEngine = sessions.kw["bind"]
-    pooled = await engine.raw_connection()
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        pooled = await engine.raw_connection()
+    except dbapi_error as exc:  # no connection could be made (the server starting, say): as connect() raises it
+        lost = engine.dialect.is_disconnect(exc, None, None)
+        raise DBAPIError.instance(None, None, exc, dbapi_error, connection_invalidated=lost) from exc
     try:
         yield pooled.driver_connection
     except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, ConnectionError, OSError) as exc:

@@ -20,7 +20,8 @@ does not, nothing is written and the function says so; the caller reads again an
 - ``lock_devices``: advisory locks on devices, in id order (no cycle between two decisions), to the commit.
 - ``guards_hold``: takes the capped devices' locks and checks each still has the room the plan saw: two
   decisions on one device conflict only when one of them fills its last place.
-- ``claim_request``: an idempotency record with the sealed first answer, unless the key was claimed.
+- ``claim_request``: an idempotency record with the sealed first answer; when the key was claimed before,
+  a 'replay' row with that record instead.
 - ``insert_planned_deliveries``: a decision's deliveries, every varying column one array.
 - ``submit_signal``: AUTO subscriptions other than those planned for, or guards that moved, answer 'plan';
   a request seen before answers 'replay' with its record; otherwise the signal, its AUTO approvals with
@@ -132,14 +133,17 @@ $$
 CLAIM = r"""
 CREATE OR REPLACE FUNCTION claim_request(
     p_record uuid, p_caller uuid, p_method text, p_request_id uuid, p_hash bytea, p_response text
-) RETURNS boolean
+) RETURNS TABLE (o_outcome text, o_record_id uuid, o_request_hash bytea, o_response text)
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     -- A concurrent request with the same key waits here on the unique index until the first commits.
     INSERT INTO idempotency_records (id, caller_id, method, request_id, request_hash, response_sealed)
     VALUES (p_record, p_caller, p_method, p_request_id, p_hash, p_response)
     ON CONFLICT DO NOTHING;
-    RETURN FOUND;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'replay', r.id, r.request_hash, r.response_sealed FROM idempotency_records r
+            WHERE r.caller_id = p_caller AND r.method = p_method AND r.request_id = p_request_id;
+    END IF;
 END
 $$
 """
@@ -199,11 +203,9 @@ BEGIN
         RETURN QUERY SELECT 'plan', NULL::uuid, NULL::bytea, NULL::text;
         RETURN;
     END IF;
-    IF p_request_id IS NOT NULL
-       AND NOT claim_request(p_record, p_producer, p_method, p_request_id, p_hash, p_response) THEN
-        RETURN QUERY SELECT 'replay', r.id, r.request_hash, r.response_sealed FROM idempotency_records r
-            WHERE r.caller_id = p_producer AND r.method = p_method AND r.request_id = p_request_id;
-        RETURN;
+    IF p_request_id IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM claim_request(p_record, p_producer, p_method, p_request_id, p_hash, p_response);
+        IF FOUND THEN RETURN; END IF;  -- a request seen before: its record
     END IF;
     -- One statement: the signal (a late retry whose idempotency record was purged fails here, on the
     -- unique producer and request_id), its approvals (the AUTO ones planned, with their devices; PENDING
@@ -284,11 +286,9 @@ BEGIN
         RETURN QUERY SELECT 'changed', NULL::uuid, NULL::bytea, NULL::text;
         RETURN;
     END IF;
-    IF p_request_id IS NOT NULL
-       AND NOT claim_request(p_record, p_user, p_method, p_request_id, p_hash, p_response) THEN
-        RETURN QUERY SELECT 'replay', r.id, r.request_hash, r.response_sealed FROM idempotency_records r
-            WHERE r.caller_id = p_user AND r.method = p_method AND r.request_id = p_request_id;
-        RETURN;
+    IF p_request_id IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM claim_request(p_record, p_user, p_method, p_request_id, p_hash, p_response);
+        IF FOUND THEN RETURN; END IF;  -- a request seen before: its record
     END IF;
     WITH approved AS (
         UPDATE approvals SET status = 'APPROVED', automatic = false, decided_by = p_user, decided_at = p_now,

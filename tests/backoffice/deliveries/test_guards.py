@@ -48,6 +48,19 @@ async def _stopout(res: Resources, device_id: uuid.UUID, *, end_time: datetime |
         )
 
 
+async def _approve_at_once(channel: grpc.aio.Channel, user: UserCredentials, signals: list[pb.Signal]) -> None:
+    """ApproveSignal for each signal, all at once."""
+    stub = rpc.ApprovalServiceStub(channel)
+    await asyncio.gather(
+        *(
+            stub.ApproveSignal(
+                pb.ApproveSignalRequest(signal_id=s.id, request_id=str(uuid.uuid4())), metadata=user.metadata
+            )
+            for s in signals
+        )
+    )
+
+
 def _skips(reason: str) -> float:
     return REGISTRY.get_sample_value("signalhub_risk_guard_skips_total", {"reason": reason}) or 0.0
 
@@ -125,15 +138,7 @@ async def test_concurrent_approvals_never_pass_max_open_positions(
     await _policy(res, device.id, **cap)
     await subscribe(backoffice_channel, user, producer, pb.SUBSCRIPTION_MODE_MANUAL)
     signals = [await submit(backoffice_channel, producer, signal_request()) for _ in range(10)]
-    stub = rpc.ApprovalServiceStub(backoffice_channel)
-    await asyncio.gather(
-        *(
-            stub.ApproveSignal(
-                pb.ApproveSignalRequest(signal_id=s.id, request_id=str(uuid.uuid4())), metadata=user.metadata
-            )
-            for s in signals
-        )
-    )
+    await _approve_at_once(backoffice_channel, user, signals)
     states = [d.state for s in signals for d in (await _deliveries(res, s.id)).values()]
     assert states.count(DeliveryState.PENDING) == 3
     assert states.count(DeliveryState.SKIPPED) == 7
@@ -172,14 +177,6 @@ async def test_concurrent_decisions_under_a_cap_they_do_not_reach_all_succeed(
     await _policy(res, device.id, max_open_positions=100)
     await subscribe(backoffice_channel, other, producer, pb.SUBSCRIPTION_MODE_MANUAL)
     signals = [await submit(backoffice_channel, producer, signal_request()) for _ in range(30)]
-    stub = rpc.ApprovalServiceStub(backoffice_channel)
-    await asyncio.gather(
-        *(
-            stub.ApproveSignal(
-                pb.ApproveSignalRequest(signal_id=s.id, request_id=str(uuid.uuid4())), metadata=other.metadata
-            )
-            for s in signals
-        )
-    )
+    await _approve_at_once(backoffice_channel, other, signals)
     made = [(await _deliveries(res, s.id)).get(device.id) for s in signals]
     assert [d.state if d else None for d in made] == [DeliveryState.PENDING] * 30

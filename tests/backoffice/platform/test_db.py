@@ -6,7 +6,9 @@ import uuid
 from datetime import datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import make_url, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from backoffice.bootstrap import Resources
 from backoffice.models import ActorType, Approval, ApprovalStatus, AuditEvent
@@ -59,3 +61,18 @@ async def test_rows_that_name_different_columns_are_refused(res: Resources) -> N
     async with res.sessions() as session:
         with pytest.raises(ValueError, match="same columns"):
             await db.update_by_id(session, AuditEvent, rows)
+
+
+async def test_a_connection_the_server_refuses_is_raised_as_sqlalchemy_raises_it(res: Resources) -> None:
+    """``db.driver`` takes its connection from the pool directly; when none can be made (here: a database
+    that does not exist; in production, a server still recovering), the error is SQLAlchemy's wrapper with
+    the server's SQLSTATE, as ``engine.connect()`` raises it, so the interceptor answers UNAVAILABLE."""
+    url = make_url(res.settings.database_url).set(database=f"missing_{uuid.uuid4().hex[:8]}")
+    engine = create_async_engine(url)
+    try:
+        with pytest.raises(DBAPIError) as refused:
+            async with db.driver(db.session_factory(engine)):
+                pass
+    finally:
+        await engine.dispose()
+    assert getattr(refused.value.orig, "sqlstate", None) == "3D000"  # invalid_catalog_name
