@@ -163,10 +163,10 @@ async def submit(
     and, per AUTO subscriber, an approval with a delivery per ACTIVE device sized within its guards
     (``approvals.plan_fan_out``); under a request_id, its idempotency record holds the answer ``respond``
     gives. One Postgres function (``submit_signal``) writes it all in one transaction; it first checks
-    that the plan still holds (the AUTO subscriptions it was made for, the guards it counted) and answers
-    'plan' when not, so a signal no AUTO subscriber takes costs one statement, and a fan-out one read and
-    a second call. A request seen before gets its first answer; a late retry whose record was purged is
-    REQUEST_ID_REUSED."""
+    that the plan still holds (the AUTO subscriptions it was made for, the room its capped devices had)
+    and answers 'plan' when not, so a signal no AUTO subscriber takes costs one statement, and a fan-out
+    one read and a second call; a plan overtaken again is made with its capped devices locked. A request
+    seen before gets its first answer; a late retry whose record was purged is REQUEST_ID_REUSED."""
     row = _signal_row(producer_id, key.request_id if key else None, signal)
     row.cancel_closes_positions = False
     row.created_at = now
