@@ -47,8 +47,9 @@ ResponseT = TypeVar("ResponseT", bound=Message)
 
 @dataclass(frozen=True)
 class Decision(Generic[ResponseT]):
-    """The answer to a decision, and the devices whose new deliveries await a wake-up hint; ``repeated``
-    when the answer is the first one to a request_id seen before."""
+    """The answer to a decision (an approval; a signal's submission, with its fan-out), and the devices
+    whose new deliveries await a wake-up hint; ``repeated`` when the answer is the first one to a
+    request_id seen before."""
 
     response: ResponseT
     woken_devices: tuple[uuid.UUID, ...]
@@ -59,25 +60,9 @@ def is_open(signal: Signal, now: datetime) -> bool:
     return signal.status_at(now) is SignalStatus.OPEN
 
 
-def _pending_row(signal: Signal, subscription: Subscription) -> dict[str, Any]:
-    """A PENDING approval's columns (every one a decision sets too, so rows can be inserted together)."""
-    return {
-        "id": uuid.uuid4(),
-        "signal_id": signal.id,
-        "subscription_id": subscription.id,
-        "user_id": subscription.user_id,
-        "status": ApprovalStatus.PENDING,
-        "automatic": False,
-        "device_ids": [],
-        "decided_at": None,
-        "reason": None,
-    }
-
-
-async def _approval_for(
-    session: AsyncSession, caller: Caller, signal_id: uuid.UUID
-) -> tuple[Approval, Signal, Subscription]:
-    """The caller's approval row for a signal (created now if the caller subscribed after it arrived)."""
+async def _approval_for(session: AsyncSession, caller: Caller, signal_id: uuid.UUID) -> tuple[Approval, Signal]:
+    """The caller's approval row for a signal (created now if the caller subscribed after it arrived), for
+    a rejection."""
     # FOR SHARE: a concurrent CancelSignal (FOR UPDATE) waits, or this sees the signal cancelled.
     signal = await session.get(Signal, signal_id, with_for_update={"read": True})
     if signal is None:
@@ -86,9 +71,7 @@ async def _approval_for(
         select(Approval).where(Approval.signal_id == signal_id, Approval.user_id == caller.id).with_for_update()
     )
     if approval is not None:
-        subscription = await session.get(Subscription, approval.subscription_id)
-        assert subscription is not None
-        return approval, signal, subscription
+        return approval, signal
     subscription = await session.scalar(
         select(Subscription).where(
             Subscription.user_id == caller.id,
@@ -98,14 +81,22 @@ async def _approval_for(
     )
     if subscription is None or (subscription.instruments and signal.instrument not in subscription.instruments):
         raise NotFound("signal")  # not subscribed: the signal is not the caller's to see
-    approval = Approval(**_pending_row(signal, subscription))
+    approval = Approval(
+        id=uuid.uuid4(),
+        signal_id=signal.id,
+        subscription_id=subscription.id,
+        user_id=subscription.user_id,
+        status=ApprovalStatus.PENDING,
+        automatic=False,
+        device_ids=[],
+    )
     try:
         async with session.begin_nested():
             session.add(approval)
             await session.flush()
     except IntegrityError:  # a concurrent decision created it first: use that one
         return await _approval_for(session, caller, signal_id)
-    return approval, signal, subscription
+    return approval, signal
 
 
 async def reject_signal(
@@ -120,7 +111,7 @@ async def reject_signal(
     """Reject the caller's pending approval of ``signal_id`` (rejecting twice returns it); an approved,
     expired or cancelled one is FAILED_PRECONDITION."""
     now = now or datetime.now(UTC)
-    approval, signal, _ = await _approval_for(session, caller, signal_id)
+    approval, signal = await _approval_for(session, caller, signal_id)
     if approval.status is ApprovalStatus.REJECTED:
         return approval
     if approval.status is ApprovalStatus.APPROVED:

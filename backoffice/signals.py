@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 from google.protobuf.message import Message
@@ -137,16 +137,6 @@ def draft(
     return SignalDraft(instrument, side, entry, stop, target, signal_time, expires, payload, trailing, trigger, offset)
 
 
-@dataclass(frozen=True)
-class Submitted(Generic[ResponseT]):
-    """The answer to a submission, and the devices of AUTO subscribers whose new deliveries await a
-    wake-up hint; ``repeated`` when the answer is the first one to a request_id seen before."""
-
-    response: ResponseT
-    woken_devices: tuple[uuid.UUID, ...]
-    repeated: bool = False
-
-
 _SUBMIT = db.function_call("submit_signal", 36)
 
 
@@ -158,7 +148,7 @@ async def submit(
     signal: SignalDraft,
     now: datetime,
     respond: Callable[[Signal], ResponseT],
-) -> Submitted[ResponseT]:
+) -> approvals.Decision[ResponseT]:
     """Store the signal once per request_id with its audit row, a PENDING approval per MANUAL subscriber
     and, per AUTO subscriber, an approval with a delivery per ACTIVE device sized within its guards
     (``approvals.plan_fan_out``); under a request_id, its idempotency record holds the answer ``respond``
@@ -225,8 +215,8 @@ async def submit(
             stored = idempotency.answer(
                 vault, key, written["o_record_id"], written["o_request_hash"], written["o_response"], type(response)
             )
-            return Submitted(stored, (), repeated=True)
-        return Submitted(response, tuple(fan_out.planned.woken))
+            return approvals.Decision(stored, (), repeated=True)
+        return approvals.Decision(response, tuple(fan_out.planned.woken))
     raise db.lost_race()
 
 

@@ -141,7 +141,7 @@ class ApprovalServicer:
         )
         await self._mutations.publish(Wake(devices={hints.WAKE: list(decision.woken_devices)}))
         trace_var.set(str(signal_id))  # this call's lines, the rpc line included, carry the signal's trace
-        if decision.woken_devices or not decision.repeated:
+        if not decision.repeated:
             log.info("deliveries created", extra={"deliveries": len(decision.woken_devices), "approval": "manual"})
         return decision.response
 

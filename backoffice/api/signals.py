@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backoffice import quotes, signals
+from backoffice import approvals, quotes, signals
 from backoffice.models import ActorType, Side, SignalStatus
 from backoffice.platform import hints, idempotency
 from backoffice.platform.interceptors import current_caller
@@ -78,7 +78,7 @@ class SignalServicer:
             replayed = await idempotency.replay(self._sessions, self._vault, caller.id, key, pb.Signal) if key else None
             if replayed is None:
                 raise
-            submitted = signals.Submitted(replayed, (), repeated=True)
+            submitted = approvals.Decision(replayed, (), repeated=True)
         else:
             submitted = await signals.submit(
                 self._sessions,

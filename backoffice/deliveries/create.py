@@ -25,7 +25,11 @@ class Planned:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     woken: list[uuid.UUID] = field(default_factory=list)  # devices with a PENDING delivery to wake
-    skipped: list[str] = field(default_factory=list)  # "<device name>: <why>" for each SKIPPED delivery
+
+
+def _symbol(instrument: str) -> str:
+    """The broker's symbol device ``d`` trades a signal's ``instrument`` (an SQL expression) under."""
+    return f"coalesce(d.symbol_map ->> {instrument}, {instrument})"
 
 
 def recipient_columns(instrument: str) -> str:
@@ -34,7 +38,7 @@ def recipient_columns(instrument: str) -> str:
     names for the instrument. A terminal may declare 2,000 symbols, which would otherwise be read and parsed
     for every device of every fan-out. With ``device_guard``'s columns (``guards.GUARD_COLUMNS``) after a
     ``LEFT JOIN LATERAL device_guard(d.id, <symbol>, <now>) g ON true``."""
-    symbol = f"coalesce(d.symbol_map ->> {instrument}, {instrument})"
+    symbol = _symbol(instrument)
     return (
         "d.id AS device_id, d.name AS device_name, d.symbol_map,"
         " CASE WHEN d.id IS NOT NULL THEN jsonb_build_object("  # no device on the row (outer join): no Hello
@@ -46,8 +50,7 @@ def recipient_columns(instrument: str) -> str:
 
 def guard_join(instrument: str, now: str) -> str:
     """The join giving each device ``d`` its guard for a signal on ``instrument`` at ``now`` (SQL)."""
-    symbol = f"coalesce(d.symbol_map ->> {instrument}, {instrument})"
-    return f"LEFT JOIN LATERAL device_guard(d.id, {symbol}, {now}) g ON true"
+    return f"LEFT JOIN LATERAL device_guard(d.id, {_symbol(instrument)}, {now}) g ON true"
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,6 @@ def plan_for_approval(
             skipped.append(f"{device.name}: {sized.reason}")
         else:
             planned.woken.append(device.id)
-    planned.skipped.extend(skipped)
     return skipped
 
 

@@ -7,7 +7,7 @@ A guard is read with the devices a decision plans for (Postgres's ``device_guard
 device, joined into the decision's read); whether a capped device has room for one more delivery is
 Postgres's rule too (``device_room``). Counting open positions is race-safe: the decision's write
 (``submit_signal``, ``approve_signal``) takes an advisory lock per capped device and writes nothing when a
-device's room is no longer what the plan saw (``counted``); the caller then reads and plans again, with
+device's room is no longer what the plan saw (``counted_on``); the caller then reads and plans again, with
 those devices locked (``serialized``), so concurrent decisions on one device take turns."""
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ class DeviceGuard:
     policy: risk.Policy
     stopped: bool = False
     room: bool = True
-    # The room as read, on which instrument (the broker's symbol), for a device its caps count: the write
-    # checks it still holds.
-    counted: tuple[str, bool] | None = None
+    # For a device whose caps count: the instrument (the broker's symbol) its room was read for; the write
+    # checks the device still has that room.
+    counted_on: str | None = None
 
     @property
     def caps_positions(self) -> bool:
@@ -76,23 +76,23 @@ def from_row(device_id: uuid.UUID, instrument: str, row: Mapping[str, Any]) -> D
     )
     guard = DeviceGuard(policy, stopped=row["o_stopped"], room=row["o_room"])
     if guard.caps_positions:
-        guard.counted = (instrument, guard.room)
+        guard.counted_on = instrument
     return guard
 
 
 def counted(guards: Guards) -> list[list[Any]]:
     """The capped devices and the room the plan saw, as ``guards_hold``'s three arrays."""
-    capped = [(device_id, guard.counted) for device_id, guard in guards.items() if guard.counted is not None]
+    counted = [(device_id, guard) for device_id, guard in guards.items() if guard.counted_on is not None]
     return [
-        [device_id for device_id, _ in capped],
-        [count[0] for _, count in capped if count],
-        [count[1] for _, count in capped if count],
+        [device_id for device_id, _ in counted],
+        [guard.counted_on for _, guard in counted],
+        [guard.room for _, guard in counted],
     ]
 
 
 def capped(guards: Guards) -> list[uuid.UUID]:
     """The devices whose caps a plan counted on: those a retry locks before it reads (``serialized``)."""
-    return sorted(device_id for device_id, guard in guards.items() if guard.counted is not None)
+    return sorted(device_id for device_id, guard in guards.items() if guard.counted_on is not None)
 
 
 @asynccontextmanager

@@ -94,7 +94,7 @@ async def fetch_alone(
         async with driver(sessions) as connection:
             return list(await connection.fetch(statement, *params))
     except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) in {*give_way, *RACE_SQLSTATES}:
+        if getattr(exc, "sqlstate", None) in give_way or is_race(exc):
             return None
         raise
 
