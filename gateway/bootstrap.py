@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 
 from backoffice.bootstrap import Resources
 from backoffice.platform import readiness
@@ -55,7 +56,9 @@ class GatewayServer(Server):
             ack_timeout_seconds=settings.ack_timeout_seconds,
             max_close_attempts=settings.close_max_attempts,
         )
-        self.registry = SessionRegistry(res.redis, Services(settings, res.sessions, self.writer, self.pusher))
+        # This process's route: its devices' wake-ups reach it, and no other process, on the route's channel.
+        route = secrets.token_hex(8)
+        self.registry = SessionRegistry(res.redis, Services(settings, res.sessions, self.writer, self.pusher), route)
         self.listener = HintListener(res.redis, self.registry, on_reconnect=self._wake_all)
         self.sweeper = Sweeper(res.sessions, self.registry, settings)
         self.grpc.add_generic_rpc_handlers(

@@ -1,5 +1,6 @@
-"""The process's one Redis pub/sub connection: the batched wake-up channel, and a pattern subscription to
-every device's own hint channel.
+"""The process's one Redis pub/sub connection: its route's wake-up channel (the devices it holds), the
+shared one (devices whose session key names no route), and a pattern subscription to every device's own
+hint channel.
 
 A WAKE (a batch naming many devices, or the one-device form a back office of the previous release
 still sends) has the device's session read what is pending; REVOKED ends its stream (UNAUTHENTICATED,
@@ -54,7 +55,7 @@ class HintListener:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(hints.WAKE_CHANNEL)
+                    await pubsub.subscribe(hints.route_channel(self._registry.route), hints.WAKE_CHANNEL)
                     await pubsub.psubscribe(PATTERN)
                     backoff = 0.1
                     await self._listen(pubsub, connected_before)
@@ -83,7 +84,7 @@ class HintListener:
                         self._on_reconnect()  # hints may have been lost while we were away
                 elif kind == "pmessage":
                     self._dispatch(message["channel"], message["data"])
-                elif kind == "message":  # WAKE_CHANNEL, the one plain subscription
+                elif kind == "message":  # the route's channel or WAKE_CHANNEL: device ids, batched
                     self._wake(message["data"])
             if now - pinged >= PING_EVERY:
                 await pubsub.ping()

@@ -6,12 +6,13 @@ session from outside (takeover, revocation, shutdown, heartbeat missed) closes i
 error, which the servicer raises and the interceptor turns into the stream's status.
 
 The registry holds the sessions of this process by device. A device has one session across all replicas:
-the newest. Opening one sets ``sh:session:<device_id>`` to its id and publishes a takeover on the device's
-hint channel; a replica holding an older session ends it (ABORTED, SESSION_REPLACED) when that key no
-longer names it. Each new session checks the key once more after it is registered, so two opens racing on
-two replicas still leave exactly the last writer of the key; the sweep compares the keys again, so even a
-lost takeover message ends an old session within ten sweep intervals (the sweep checks a tenth each round).
-"""
+the newest. Opening one sets ``sh:session:<device_id>`` to its id and the process's route (where the
+device's wake-ups are sent: ``backoffice.platform.hints``) before anything pending is read, and publishes
+a takeover on the device's hint channel; a replica holding an older session ends it (ABORTED,
+SESSION_REPLACED) when that key no longer names it. Each new session checks the key once more after it is
+registered, so two opens racing on two replicas still leave exactly the last writer of the key; the sweep
+compares the keys again, so even a lost takeover message ends an old session within ten sweep intervals
+(the sweep checks a tenth each round)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,6 @@ from signalhub.v1 import gateway_pb2 as pb
 log = logging.getLogger("signalhub.gateway.sessions")
 
 
-SESSION_KEY_PREFIX = "sh:session:"
 TAKEOVER_PREFIX = b"takeover:"  # + session id, on the device's hint channel
 SESSION_KEY_TTL_SECONDS = 7 * 24 * 3600  # far beyond any stream's life (max_connection_age)
 INBOX_SIZE = 64  # frames read ahead of the one being applied
@@ -67,10 +67,6 @@ SECOND_HELLO = Outcome(
     Verdict.REJECTED,
     FailedPrecondition("a stream takes one Hello, its first frame", reason="HELLO_ALREADY_SENT"),
 )
-
-
-def session_key(device_id: uuid.UUID) -> str:
-    return f"{SESSION_KEY_PREFIX}{device_id}"
 
 
 def replaced() -> Aborted:
@@ -115,10 +111,11 @@ class Services:
 
 
 class DeviceSession:
-    def __init__(self, key: SignedKey, services: Services) -> None:
+    def __init__(self, key: SignedKey, services: Services, route: str) -> None:
         settings = services.settings
         self.device_id = key.id
         self.session_id = str(uuid.uuid4())
+        self.key_value = hints.session_value(self.session_id, route)  # what the device's session key holds
         self.connected_at = datetime.now(UTC)
         # The sealing key derives from the secret that signed this stream's open (docs/contract.md).
         self.sealer = InstructionSealer(key.secret, str(key.id))
@@ -297,9 +294,10 @@ def heartbeat() -> pb.GatewayFrame:
 
 
 class SessionRegistry:
-    def __init__(self, redis: Redis, services: Services) -> None:
+    def __init__(self, redis: Redis, services: Services, route: str) -> None:
         self._redis = redis
         self._services = services
+        self.route = route  # this process's: its devices' wake-ups come on hints.route_channel(route)
         self._local: dict[uuid.UUID, DeviceSession] = {}
         self._streams = 0
         self._closing = False
@@ -335,7 +333,7 @@ class SessionRegistry:
                 self._drained.set()
 
     def open(self, key: SignedKey) -> DeviceSession:
-        return DeviceSession(key, self._services)
+        return DeviceSession(key, self._services, self.route)
 
     async def attach(self, session: DeviceSession) -> None:
         """Make ``session`` the device's one session: here at once, on other replicas via Redis."""
@@ -345,15 +343,15 @@ class SessionRegistry:
             older.end(replaced())
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(session_key(session.device_id), session.session_id, ex=SESSION_KEY_TTL_SECONDS)
+                pipe.set(hints.session_key(session.device_id), session.key_value, ex=SESSION_KEY_TTL_SECONDS)
                 pipe.publish(hints.device_channel(session.device_id), TAKEOVER_PREFIX + session.session_id.encode())
-                pipe.get(session_key(session.device_id))
+                pipe.get(hints.session_key(session.device_id))
                 *_, current = await pipe.execute()
         except (RedisError, OSError) as exc:
             # Redis holds only what may be lost: this replica still keeps one session per device.
             log.warning("takeover not published", extra={"device_id": str(session.device_id), "error": str(exc)})
             return
-        if current is not None and _text(current) != session.session_id:
+        if current is not None and _text(current) != session.key_value:
             session.end(replaced())  # an even newer session opened meanwhile
 
     def detach(self, session: DeviceSession) -> None:
@@ -374,12 +372,12 @@ class SessionRegistry:
         if not sessions:
             return
         try:
-            current = await self._redis.mget([session_key(s.device_id) for s in sessions])
+            current = await self._redis.mget([hints.session_key(s.device_id) for s in sessions])
         except (RedisError, OSError) as exc:
             log.warning("session keys not read", extra={"error": str(exc)})
             return
         for session, value in zip(sessions, current, strict=True):
-            if value is not None and _text(value) != session.session_id:
+            if value is not None and _text(value) != session.key_value:
                 session.end(replaced())
 
     def close_all(self, error: DomainError) -> None:

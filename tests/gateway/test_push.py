@@ -104,6 +104,31 @@ async def test_a_wake_hint_pushes_a_new_delivery(res: Resources, device: KeyCred
         assert (await device_stream.delivery(2.0)).delivery_id == str(delivery_id)
 
 
+async def test_a_wake_hint_reaches_the_replica_holding_the_device_and_no_other(
+    res: Resources, device: KeyCredentials, book: Book
+) -> None:
+    async with (
+        gateway(res, **SLOW) as (one, _),
+        gateway(res, **SLOW) as (two, channel),
+        stream(channel, device) as device_stream,
+        res.redis.pubsub() as pubsub,
+    ):
+        assert await res.redis.get(hints.session_key(device.id)) == (
+            hints.session_value(device_stream.welcome.session_id, two.registry.route).encode()
+        )
+        await pubsub.subscribe(hints.route_channel(one.registry.route), hints.route_channel(two.registry.route))
+        for _ in range(2):
+            assert await pubsub.get_message(timeout=2.0) is not None  # subscribed
+        await device_stream.nothing(0.2)
+        delivery_id = await book.delivery(device.id)
+        await hints.publish(res.redis, [device.id])
+        assert (await device_stream.delivery(2.0)).delivery_id == str(delivery_id)
+        heard = [await pubsub.get_message(timeout=0.5) for _ in range(2)]
+        assert [(m["channel"].decode(), hints.woken(m["data"])) for m in heard if m is not None] == [
+            (hints.route_channel(two.registry.route), [device.id])
+        ]
+
+
 async def test_the_sweep_finds_what_a_lost_hint_would_have_announced(
     res: Resources, device: KeyCredentials, book: Book
 ) -> None:
