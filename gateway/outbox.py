@@ -49,7 +49,11 @@ class Outbox:
         return room
 
     def release(self, count: int) -> None:
+        """Give back reserved room a read did not fill: a receipt waiting in ``put`` (the read had reserved
+        all the room) goes on now, not when the next frame happens to be written."""
         self._reserved = max(0, self._reserved - count)
+        if self.room() > 0:
+            self._writable.set()
         self._check_room()
 
     def fill(self, frame: pb.GatewayFrame) -> None:
