@@ -123,7 +123,8 @@ async def _route_wakes(redis: Redis, targets: Sequence[uuid.UUID]) -> None:
 
 
 def woken(payload: bytes) -> list[uuid.UUID]:
-    """The device ids of a ``WAKE_CHANNEL`` message (a malformed tail is ignored)."""
+    """The device ids of a wake-up message, on a route's channel or ``WAKE_CHANNEL`` (a malformed tail is
+    ignored)."""
     return [uuid.UUID(bytes=payload[i : i + 16]) for i in range(0, len(payload) - 15, 16)]
 
 

@@ -5,6 +5,7 @@ with the ORM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -150,7 +151,10 @@ class DeviceStream:
         return f"f{self._frames}-{uuid.uuid4().hex[:8]}"
 
     async def send(self, frame: pb.DeviceFrame) -> str:
-        await self.call.write(frame)
+        """Write ``frame``. A stream the gateway has already ended (a refused open, say) may fail the write
+        with the client's own error; the stream's status is what the reader records, so that is kept."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self.call.write(frame)
         return frame.frame_id
 
     async def hello(self, hello: pb.Hello = HELLO, frame_id: str | None = None) -> pb.Welcome:
