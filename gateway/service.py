@@ -29,6 +29,9 @@ class DeviceGatewayServicer:
             except SignatureError as exc:
                 raise as_domain_error(exc) from None
             device_id_var.set(str(key.id))  # on every line of this stream, its frames and its close
+            # Accepted: said at once, so a client can wait for it before writing its Hello (a refused open
+            # ends with its status instead, and a frame written into that end could fail on the client first).
+            await context.send_initial_metadata(())
             session = self._registry.open(key)
             await self._registry.attach(session)
             try:

@@ -5,7 +5,6 @@ with the ORM."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 import uuid
@@ -151,9 +150,10 @@ class DeviceStream:
         return f"f{self._frames}-{uuid.uuid4().hex[:8]}"
 
     async def send(self, frame: pb.DeviceFrame) -> str:
-        """Write ``frame``. A stream the gateway has already ended (a refused open, say) may fail the write
-        with the client's own error; the stream's status is what the reader records, so that is kept."""
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        """Write ``frame`` once the gateway has accepted the open; onto a stream it refused, nothing (a write
+        racing the refusal can fail on the client and hide the stream's status, which the reader keeps)."""
+        await self.call.initial_metadata()
+        if not self.call.done():
             await self.call.write(frame)
         return frame.frame_id
 
